@@ -1,0 +1,80 @@
+//! The contract between the optimizer (tensors, options, protocol) and one algorithm (math and
+//! state). Every algorithm can *propose* its step — advance its state and report `g·s` for the
+//! displacement `s` it would apply — separately from *applying* `θ ← θ − k·s`; GI wraps any
+//! algorithm through exactly this pair. `step` is the fused path used when nothing wraps it.
+
+use crate::checkpoint::{Reader, Writer};
+use crate::error::Result;
+use crate::optimizer::{Callbacks, Layout, StepInputs};
+use crate::options::Options;
+
+/// What an algorithm sees of the optimizer besides its own state.
+pub struct Context<'a> {
+    pub layout: &'a Layout,
+    pub options: &'a Options,
+}
+
+/// Which inputs an algorithm uses; anything given that it does not use is an error, not ignored.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Accepts {
+    pub per_sample: bool,
+    pub curvature: bool,
+    pub loss: bool,
+    pub loss_fn: bool,
+    pub grad_fn: bool,
+}
+
+pub trait Algorithm: Send {
+    fn name(&self) -> &'static str;
+
+    /// Which inputs it uses.
+    fn accepts(&self, ctx: &Context) -> Accepts;
+
+    /// Algorithm-specific input requirements (presence, N ≥ 2, …), checked before anything changes.
+    fn check(&self, _ctx: &Context, _inputs: &StepInputs, _callbacks: &Callbacks) -> Result<()> {
+        Ok(())
+    }
+
+    /// Advances the state for this step and returns `Σ g·s` over all tensors, where `s` is the
+    /// displacement the algorithm would apply on its own. Parameters are only read.
+    fn propose(&mut self, ctx: &Context, params: &[&mut [f32]], inputs: &StepInputs, callbacks: &mut Callbacks) -> Result<f64>;
+
+    /// `θ ← θ − scale·s` for the step last proposed, recomputing `s` from the state.
+    fn apply(&self, ctx: &Context, params: &mut [&mut [f32]], inputs: &StepInputs, scale: f32);
+
+    /// One whole step: propose then apply with scale 1. Algorithms override it with a fused pass.
+    fn step(&mut self, ctx: &Context, params: &mut [&mut [f32]], inputs: &StepInputs, callbacks: &mut Callbacks) -> Result<()> {
+        self.propose(ctx, params, inputs, callbacks)?;
+        self.apply(ctx, params, inputs, 1.0);
+        Ok(())
+    }
+
+    /// Effective learning rate of a group after the last step.
+    fn lr(&self, ctx: &Context, group: usize) -> f64;
+
+    /// Momentum of a group (0 where the algorithm has none).
+    fn momentum(&self, _ctx: &Context, _group: usize) -> f64 {
+        0.0
+    }
+
+    /// Internal scalars of a group (ALGORITHMS.md §5), by name.
+    fn telemetry(&self, ctx: &Context, group: usize) -> Vec<(&'static str, f64)>;
+
+    /// The second phase of GI's two-phase protocol; other algorithms take no report.
+    fn report_loss(&mut self, _ctx: &Context, _loss_after: f64) -> Result<()> {
+        Err(crate::error::Error::wrong_state(format!(
+            "algorithm '{}' takes no loss report: alr_report_loss is only for 'gi' after a step without a loss callback",
+            self.name()
+        )))
+    }
+
+    /// True while a step waits for its loss report (no new step may start).
+    fn awaiting_report(&self) -> bool {
+        false
+    }
+
+    fn save(&self, w: &mut Writer);
+
+    /// Reads the state written by `save` into a freshly built algorithm of the same configuration.
+    fn load(&mut self, ctx: &Context, r: &mut Reader) -> Result<()>;
+}

@@ -1,0 +1,138 @@
+//! Fixed-rate update rules (ALGORITHMS.md §0). Each rule is a small file: its options, the
+//! per-group scalars of a step, and the per-element update. `FixedRate<R>` turns any rule into
+//! an algorithm: state allocation, the fused pass, propose/apply for GI, checkpoints.
+
+pub mod adagrad;
+pub mod adam;
+pub mod momentum;
+pub mod rmsprop;
+pub mod sgd;
+
+use crate::algorithm::{Accepts, Algorithm, Context};
+use crate::backend::cpu::{self, ElemState};
+use crate::checkpoint::{Reader, Writer};
+use crate::error::Result;
+use crate::optimizer::{Callbacks, StepInputs};
+use crate::options::{OptionSpec, Options};
+
+/// One fixed-rate rule: `θ ← θ − delta(g, θ, state)` with the learning rate folded into `Coeffs`.
+pub trait Rule: Send + Sync + 'static {
+    const NAME: &'static str;
+    /// Per-element state (ALGORITHMS.md §0's "state" column, nothing more).
+    type State: ElemState;
+    /// Per-group scalars of one step (learning rate, bias corrections, …).
+    type Coeffs: Copy;
+
+    fn specs() -> Vec<OptionSpec>;
+
+    /// Scalars for `group` at its step `t` (counting from 1) with learning rate `lr`.
+    fn coeffs(options: &Options, group: usize, t: u64, lr: f64) -> Self::Coeffs;
+
+    /// Advances one element's state and returns its displacement `delta` (`θ ← θ − delta`).
+    fn advance(c: &Self::Coeffs, g: f32, theta: f32, state: &mut Self::State) -> f32;
+
+    /// The displacement of the step just taken, from the advanced state (GI's second pass).
+    fn delta(c: &Self::Coeffs, g: f32, theta: f32, state: &Self::State) -> f32;
+
+    /// The group's momentum as users know it (μ, β1), 0 if none.
+    fn momentum(_options: &Options, _group: usize) -> f64 {
+        0.0
+    }
+}
+
+/// A rule run with its `lr` option — or with a unit learning rate when GI wraps it and owns η.
+pub struct FixedRate<R: Rule> {
+    /// Per tensor, per element.
+    states: Vec<Vec<R::State>>,
+    /// Per group: steps taken (Adam's bias correction, momentum's first step).
+    steps: Vec<u64>,
+    unit_lr: bool,
+}
+
+impl<R: Rule> FixedRate<R> {
+    pub fn new(lens: &[usize], n_groups: usize, unit_lr: bool) -> Self {
+        FixedRate { states: lens.iter().map(|&n| vec![R::State::default(); n]).collect(), steps: vec![0; n_groups], unit_lr }
+    }
+
+    fn coeffs(&self, ctx: &Context, group: usize) -> R::Coeffs {
+        let lr = if self.unit_lr { 1.0 } else { ctx.options.get(group, "lr") };
+        R::coeffs(ctx.options, group, self.steps[group], lr)
+    }
+}
+
+impl<R: Rule> Algorithm for FixedRate<R> {
+    fn name(&self) -> &'static str {
+        R::NAME
+    }
+
+    fn accepts(&self, _ctx: &Context) -> Accepts {
+        Accepts::default()
+    }
+
+    fn propose(&mut self, ctx: &Context, params: &[&mut [f32]], inputs: &StepInputs, _cb: &mut Callbacks) -> Result<f64> {
+        let mut g_dot_s = 0.0;
+        for (group, members) in ctx.layout.members.iter().enumerate() {
+            self.steps[group] += 1;
+            let c = self.coeffs(ctx, group);
+            for &t in members {
+                g_dot_s += cpu::advance_dot(params[t], inputs.grads[t], &mut self.states[t], |g, theta, st| R::advance(&c, g, theta, st));
+            }
+        }
+        Ok(g_dot_s)
+    }
+
+    fn apply(&self, ctx: &Context, params: &mut [&mut [f32]], inputs: &StepInputs, scale: f32) {
+        for (group, members) in ctx.layout.members.iter().enumerate() {
+            let c = self.coeffs(ctx, group);
+            for &t in members {
+                cpu::apply_scaled(params[t], inputs.grads[t], &self.states[t], scale, |g, theta, st| R::delta(&c, g, theta, st));
+            }
+        }
+    }
+
+    fn step(&mut self, ctx: &Context, params: &mut [&mut [f32]], inputs: &StepInputs, _cb: &mut Callbacks) -> Result<()> {
+        for (group, members) in ctx.layout.members.iter().enumerate() {
+            self.steps[group] += 1;
+            let c = self.coeffs(ctx, group);
+            for &t in members {
+                cpu::update(params[t], inputs.grads[t], &mut self.states[t], |g, theta, st| R::advance(&c, g, theta, st));
+            }
+        }
+        Ok(())
+    }
+
+    fn lr(&self, ctx: &Context, group: usize) -> f64 {
+        if self.unit_lr {
+            1.0
+        } else {
+            ctx.options.get(group, "lr")
+        }
+    }
+
+    fn momentum(&self, ctx: &Context, group: usize) -> f64 {
+        R::momentum(ctx.options, group)
+    }
+
+    fn telemetry(&self, ctx: &Context, group: usize) -> Vec<(&'static str, f64)> {
+        vec![("lr", self.lr(ctx, group)), ("steps", self.steps[group] as f64)]
+    }
+
+    fn save(&self, w: &mut Writer) {
+        w.f64s(&self.steps.iter().map(|&s| s as f64).collect::<Vec<_>>());
+        for s in &self.states {
+            w.f32s(&cpu::states_to_floats(s));
+        }
+    }
+
+    fn load(&mut self, ctx: &Context, r: &mut Reader) -> Result<()> {
+        self.steps = r.f64s_exact(self.steps.len(), "step counts")?.into_iter().map(|s| s as u64).collect();
+        for (t, &len) in ctx.layout.lens.iter().enumerate() {
+            let floats = r.f32s_exact(len * R::State::FLOATS, &format!("state of tensor {t}"))?;
+            self.states[t] = cpu::states_from_floats(&floats, len);
+        }
+        Ok(())
+    }
+}
+
+/// `weight_decay`, shared by every rule (coupled L2 for all but AdamW, where it is decoupled).
+pub const WEIGHT_DECAY: OptionSpec = OptionSpec::non_negative("weight_decay", 0.0);

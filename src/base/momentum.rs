@@ -1,0 +1,74 @@
+//! SGD with momentum, PyTorch's convention (ALGORITHMS.md §0):
+//! `m ← μ m + (1 − dampening) g` (the first step sets `m ← g`), `θ ← θ − η m`,
+//! or with Nesterov `θ ← θ − η (g + μ m)`; `g` includes coupled weight decay `λθ`.
+
+use super::{Rule, WEIGHT_DECAY};
+use crate::options::{OptionSpec, Options};
+
+pub struct Momentum;
+
+#[derive(Clone, Copy)]
+pub struct MomentumCoeffs {
+    lr: f32,
+    weight_decay: f32,
+    mu: f32,
+    /// Multiplier of the old buffer: μ, or 0 on the first step (torch clones g into the buffer).
+    keep: f32,
+    /// Multiplier of g in the buffer: 1 − dampening, or 1 on the first step.
+    gain: f32,
+    nesterov: bool,
+}
+
+impl Rule for Momentum {
+    const NAME: &'static str = "momentum";
+    type State = f32;
+    type Coeffs = MomentumCoeffs;
+
+    fn specs() -> Vec<OptionSpec> {
+        vec![
+            OptionSpec::non_negative("lr", 1e-3),
+            OptionSpec::fraction("momentum", 0.9),
+            OptionSpec::fraction("dampening", 0.0),
+            OptionSpec::flag("nesterov", false),
+            WEIGHT_DECAY,
+        ]
+    }
+
+    fn coeffs(o: &Options, group: usize, t: u64, lr: f64) -> MomentumCoeffs {
+        let mu = o.get(group, "momentum") as f32;
+        let first = t <= 1;
+        MomentumCoeffs {
+            lr: lr as f32,
+            weight_decay: o.get(group, "weight_decay") as f32,
+            mu,
+            keep: if first { 0.0 } else { mu },
+            gain: if first { 1.0 } else { 1.0 - o.get(group, "dampening") as f32 },
+            nesterov: o.flag(group, "nesterov"),
+        }
+    }
+
+    #[inline(always)]
+    fn advance(c: &MomentumCoeffs, g: f32, theta: f32, m: &mut f32) -> f32 {
+        let g = g + c.weight_decay * theta;
+        *m = c.keep * *m + c.gain * g;
+        if c.nesterov {
+            c.lr * (g + c.mu * *m)
+        } else {
+            c.lr * *m
+        }
+    }
+
+    #[inline(always)]
+    fn delta(c: &MomentumCoeffs, g: f32, theta: f32, m: &f32) -> f32 {
+        let g = g + c.weight_decay * theta;
+        if c.nesterov {
+            c.lr * (g + c.mu * *m)
+        } else {
+            c.lr * *m
+        }
+    }
+
+    fn momentum(o: &Options, group: usize) -> f64 {
+        o.get(group, "momentum")
+    }
+}

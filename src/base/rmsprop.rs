@@ -1,0 +1,51 @@
+//! RMSprop (ALGORITHMS.md §0): `s ← α s + (1−α) g²`, `θ ← θ − η g / (√s + ε)`, `g` with coupled decay.
+
+use super::{Rule, WEIGHT_DECAY};
+use crate::options::{OptionSpec, Options};
+
+pub struct RmsProp;
+
+#[derive(Clone, Copy)]
+pub struct RmsPropCoeffs {
+    lr: f32,
+    weight_decay: f32,
+    alpha: f32,
+    eps: f32,
+}
+
+impl Rule for RmsProp {
+    const NAME: &'static str = "rmsprop";
+    type State = f32;
+    type Coeffs = RmsPropCoeffs;
+
+    fn specs() -> Vec<OptionSpec> {
+        vec![
+            OptionSpec::non_negative("lr", 1e-2),
+            OptionSpec::fraction("alpha", 0.99),
+            OptionSpec::positive("eps", 1e-8),
+            WEIGHT_DECAY,
+        ]
+    }
+
+    fn coeffs(o: &Options, group: usize, _t: u64, lr: f64) -> RmsPropCoeffs {
+        RmsPropCoeffs {
+            lr: lr as f32,
+            weight_decay: o.get(group, "weight_decay") as f32,
+            alpha: o.get(group, "alpha") as f32,
+            eps: o.get(group, "eps") as f32,
+        }
+    }
+
+    #[inline(always)]
+    fn advance(c: &RmsPropCoeffs, g: f32, theta: f32, s: &mut f32) -> f32 {
+        let g = g + c.weight_decay * theta;
+        *s = c.alpha * *s + (1.0 - c.alpha) * g * g;
+        c.lr * g / (s.sqrt() + c.eps)
+    }
+
+    #[inline(always)]
+    fn delta(c: &RmsPropCoeffs, g: f32, theta: f32, s: &f32) -> f32 {
+        let g = g + c.weight_decay * theta;
+        c.lr * g / (s.sqrt() + c.eps)
+    }
+}

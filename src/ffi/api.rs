@@ -1,0 +1,529 @@
+//! Every `alr_*` entry point. Each converts C arguments to Rust (checking nulls and lengths),
+//! calls the Rust API, and reports failure through its status and `alr_last_error()`.
+//!
+//! Thread-safety (all functions): different optimizers may be used from different threads at
+//! once; one optimizer must not be used from two threads at the same time. The last-error text
+//! is per thread.
+
+use super::handle::{self, AlrOptimizer};
+use super::{c_str, guard, non_null};
+use crate::error::{AlrStatus, Error};
+use crate::optimizer::{Callbacks, GradFn, LossFn, Optimizer, SampleData, SampleScale, Samples, StepInputs};
+use std::collections::HashMap;
+use std::ffi::{c_void, CString};
+use std::os::raw::c_char;
+use std::sync::{Mutex, OnceLock};
+
+/// Where an optimizer's buffers live.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AlrDevice {
+    /// Host memory; pointers passed to `alr_step` are host pointers.
+    AlrDeviceCpu = 0,
+    /// CUDA device memory; pointers are device pointers, work runs on `stream`.
+    AlrDeviceCuda = 1,
+}
+
+/// How per-sample data passed to `alr_step` is scaled.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AlrSampleScale {
+    /// Entries describe g_i, the gradient of sample i's own loss.
+    AlrScaleSample = 0,
+    /// Entries describe g_i / N: BackPACK's BatchGrad / SumGradSquared under a mean-reduced loss.
+    AlrScaleMean = 1,
+}
+
+/// Arguments of `alr_create`. Set `struct_size = sizeof(AlrCreateArgs)`: fields may be
+/// appended in later versions, and the library reads only the first `struct_size` bytes.
+#[repr(C)]
+pub struct AlrCreateArgs {
+    pub struct_size: usize,
+    /// Algorithm name, e.g. "adam", "auto-sgd", "gi" (NUL-terminated; borrowed for the call).
+    pub algorithm: *const c_char,
+    /// Number of tensors (>= 1).
+    pub n_tensors: usize,
+    /// `n_tensors` element counts (each >= 1).
+    pub lens: *const usize,
+    /// `n_tensors` group ids in 0..G-1, every id used; NULL: each tensor is its own group.
+    pub groups: *const u32,
+    pub device: AlrDevice,
+    /// CUDA device ordinal (ignored on CPU).
+    pub device_ordinal: i32,
+    /// CUDA stream (`CUstream` / `cudaStream_t`; NULL = default stream; ignored on CPU).
+    pub stream: *mut c_void,
+}
+
+/// Evaluates the loss on the current batch at `params` (`n_tensors` pointers in registration
+/// order) into `*loss_out`; returns 0 on success, anything else on failure.
+pub type AlrLossFn = Option<unsafe extern "C" fn(user_data: *mut c_void, params: *const *const f32, n_tensors: usize, loss_out: *mut f64) -> i32>;
+
+/// Writes the gradient of the loss on the current batch at `params` into `grads_out`
+/// (`n_tensors` caller-sized buffers provided by the library); returns 0 on success.
+pub type AlrGradFn =
+    Option<unsafe extern "C" fn(user_data: *mut c_void, params: *const *const f32, grads_out: *const *mut f32, n_tensors: usize) -> i32>;
+
+/// Arguments of `alr_step`. Set `struct_size = sizeof(AlrStepArgs)`; zero-initialise the
+/// struct and fill what the algorithm uses. Every array holds `n_tensors` pointers in
+/// registration order; every buffer is borrowed for the call only and owned by the caller.
+#[repr(C)]
+pub struct AlrStepArgs {
+    pub struct_size: usize,
+    pub n_tensors: usize,
+    /// Parameters, updated in place (lens[i] floats each).
+    pub params: *const *mut f32,
+    /// Mean minibatch gradients (lens[i] floats each).
+    pub grads: *const *const f32,
+    /// Optional: S = sum_i g_i*g_i per tensor (lens[i] floats, >= 0). Give this or `per_sample`.
+    pub sum_sq: *const *const f32,
+    /// Optional: row-major N x lens[i] per-sample gradients per tensor.
+    pub per_sample: *const *const f32,
+    /// Scale of `sum_sq` / `per_sample` entries.
+    pub per_sample_scale: AlrSampleScale,
+    /// N, the minibatch size; required with per-sample data, else ignored.
+    pub batch_size: usize,
+    /// Optional: non-negative diagonal curvature per tensor (vSGD).
+    pub curvature: *const *const f32,
+    /// Non-zero when `loss` holds the loss on this batch at the current parameters (GI).
+    pub has_loss: i32,
+    pub loss: f64,
+    /// Optional: loss re-evaluation on the same batch (GI). Without it, GI expects `alr_report_loss`.
+    pub loss_fn: AlrLossFn,
+    /// Optional: gradient re-evaluation on the same batch (vSGD finite-difference curvature).
+    pub grad_fn: AlrGradFn,
+    /// Passed unchanged to the callbacks.
+    pub user_data: *mut c_void,
+}
+
+fn check_struct_size(given: usize, needed: usize, what: &str) -> Result<(), Error> {
+    if given < needed {
+        return Err(Error::invalid(format!(
+            "{what}.struct_size is {given}, this library needs at least {needed}: set it to sizeof({what})"
+        )));
+    }
+    Ok(())
+}
+
+/// `n` pointers from a C array, each non-null.
+///
+/// # Safety
+/// `ptrs` must point to `n` readable pointers.
+unsafe fn pointers<T>(ptrs: *const *const T, n: usize, what: &str) -> Result<Vec<*const T>, Error> {
+    non_null!(ptrs, what);
+    let list = std::slice::from_raw_parts(ptrs, n).to_vec();
+    if let Some(t) = list.iter().position(|p| p.is_null()) {
+        return Err(Error::new(AlrStatus::AlrNullPointer, format!("{what}[{t}] is null")));
+    }
+    Ok(list)
+}
+
+/// Borrowed slices for an optional per-tensor array of buffers, each `lens[t] * per_elem` long.
+///
+/// # Safety
+/// Each pointer must address that many readable floats for the duration of the call.
+unsafe fn slices<'a>(ptrs: *const *const f32, lens: &[usize], per_elem: usize, what: &str) -> Result<Vec<&'a [f32]>, Error> {
+    let list = pointers(ptrs, lens.len(), what)?;
+    list.iter()
+        .zip(lens)
+        .map(|(&p, &n)| {
+            let len = n.checked_mul(per_elem).ok_or_else(|| Error::invalid(format!("{what}: size overflows")))?;
+            Ok(std::slice::from_raw_parts(p, len))
+        })
+        .collect()
+}
+
+fn status_name(status: AlrStatus) -> &'static str {
+    match status {
+        AlrStatus::AlrOk => "ALR_OK",
+        AlrStatus::AlrNullPointer => "ALR_NULL_POINTER",
+        AlrStatus::AlrInvalidArgument => "ALR_INVALID_ARGUMENT",
+        AlrStatus::AlrShapeMismatch => "ALR_SHAPE_MISMATCH",
+        AlrStatus::AlrNonFinite => "ALR_NON_FINITE",
+        AlrStatus::AlrWrongState => "ALR_WRONG_STATE",
+        AlrStatus::AlrUnsupported => "ALR_UNSUPPORTED",
+        AlrStatus::AlrCudaError => "ALR_CUDA_ERROR",
+        AlrStatus::AlrCallbackFailed => "ALR_CALLBACK_FAILED",
+        AlrStatus::AlrBadCheckpoint => "ALR_BAD_CHECKPOINT",
+        AlrStatus::AlrPanic => "ALR_PANIC",
+    }
+}
+
+/// A NUL-terminated copy of a static name that lives for the whole process.
+fn interned(name: &'static str) -> *const c_char {
+    static NAMES: OnceLock<Mutex<HashMap<&'static str, CString>>> = OnceLock::new();
+    let mut names = NAMES.get_or_init(Default::default).lock().unwrap_or_else(|p| p.into_inner());
+    names.entry(name).or_insert_with(|| CString::new(name).unwrap_or_default()).as_ptr()
+}
+
+/// The library version ("MAJOR.MINOR.PATCH", equal to `ALR_VERSION`). Static storage; never fails.
+#[no_mangle]
+pub extern "C" fn alr_version() -> *const c_char {
+    static VERSION: OnceLock<CString> = OnceLock::new();
+    VERSION.get_or_init(|| CString::new(crate::ALR_VERSION).unwrap_or_default()).as_ptr()
+}
+
+/// The C ABI version (equal to `ALR_ABI_VERSION` of the header the caller compiled against
+/// when they are compatible). Never fails.
+#[no_mangle]
+pub extern "C" fn alr_abi_version() -> u32 {
+    crate::ALR_ABI_VERSION
+}
+
+/// Text explaining the most recent failure on this thread ("" after a success). The pointer is
+/// owned by the library and valid until the next `alr_*` call on this thread. Never fails.
+#[no_mangle]
+pub extern "C" fn alr_last_error() -> *const c_char {
+    super::last_error_ptr()
+}
+
+/// The name of a status code ("ALR_OK", "ALR_NULL_POINTER", …); static storage.
+#[no_mangle]
+pub extern "C" fn alr_status_name(status: AlrStatus) -> *const c_char {
+    interned(status_name(status))
+}
+
+/// Creates an optimizer and writes its handle to `*out` (set to NULL on failure).
+/// Free it with `alr_destroy`. Options start at their defaults (ALGORITHMS.md).
+/// Returns ALR_OK, ALR_NULL_POINTER, ALR_INVALID_ARGUMENT (unknown algorithm — the message
+/// lists the accepted names —, bad group ids, zero-length tensor, struct_size too small),
+/// ALR_UNSUPPORTED (CUDA device on a build without the `cuda` feature), ALR_CUDA_ERROR.
+#[no_mangle]
+pub extern "C" fn alr_create(args: *const AlrCreateArgs, out: *mut *mut AlrOptimizer) -> AlrStatus {
+    guard("alr_create", || {
+        non_null!(out, "out");
+        // SAFETY: out is non-null and points to writable storage for one pointer.
+        unsafe { *out = std::ptr::null_mut() };
+        non_null!(args, "args");
+        // SAFETY: args is non-null; struct_size is the first field of every version.
+        let size = unsafe { (*args).struct_size };
+        check_struct_size(size, std::mem::size_of::<AlrCreateArgs>(), "AlrCreateArgs")?;
+        // SAFETY: struct_size says the caller's struct is at least this version's size.
+        let args = unsafe { &*args };
+        let name = c_str(args.algorithm, "algorithm")?;
+        if args.n_tensors == 0 {
+            return Err(Error::invalid("n_tensors is 0: an optimizer needs at least one tensor"));
+        }
+        non_null!(args.lens, "lens");
+        // SAFETY: lens addresses n_tensors sizes (documented).
+        let lens = unsafe { std::slice::from_raw_parts(args.lens, args.n_tensors) };
+        let groups: Option<Vec<usize>> = if args.groups.is_null() {
+            None
+        } else {
+            // SAFETY: groups addresses n_tensors ids (documented).
+            Some(unsafe { std::slice::from_raw_parts(args.groups, args.n_tensors) }.iter().map(|&g| g as usize).collect())
+        };
+        if args.device == AlrDevice::AlrDeviceCuda {
+            return Err(Error::unsupported(
+                "this build of autolr has no CUDA backend: rebuild with `--features cuda` or create the optimizer on ALR_DEVICE_CPU",
+            ));
+        }
+        let opt = Optimizer::new(name, lens, groups.as_deref())?;
+        // SAFETY: checked non-null above.
+        unsafe { *out = handle::register(opt) };
+        Ok(())
+    })
+}
+
+/// Frees an optimizer. NULL is a no-op. Returns ALR_OK, or ALR_INVALID_ARGUMENT for a handle
+/// that is not live (already destroyed or never created) — nothing is freed then.
+#[no_mangle]
+pub extern "C" fn alr_destroy(opt: *mut AlrOptimizer) -> AlrStatus {
+    guard("alr_destroy", || {
+        handle::destroy(opt)
+    })
+}
+
+/// Sets option `name` to `value` for every group. Flags take 0 or 1. Returns ALR_OK,
+/// ALR_NULL_POINTER, ALR_INVALID_ARGUMENT (unknown name — the message lists the accepted
+/// ones — or value out of range — the message gives the range), ALR_WRONG_STATE (an option
+/// that shapes the state, set after the first step).
+#[no_mangle]
+pub extern "C" fn alr_set_option(opt: *mut AlrOptimizer, name: *const c_char, value: f64) -> AlrStatus {
+    guard("alr_set_option", || {
+        // SAFETY: the handle is checked against the live set.
+        let opt = unsafe { handle::get(opt) }?;
+        opt.set_option(c_str(name, "name")?, None, value)
+    })
+}
+
+/// Sets option `name` for one group only (like a torch param_group), e.g. "lr" or
+/// "weight_decay". Returns as `alr_set_option`, and ALR_INVALID_ARGUMENT for a group that
+/// does not exist or an option that is one value for the whole optimizer.
+#[no_mangle]
+pub extern "C" fn alr_set_group_option(opt: *mut AlrOptimizer, group: usize, name: *const c_char, value: f64) -> AlrStatus {
+    guard("alr_set_group_option", || {
+        // SAFETY: the handle is checked against the live set.
+        let opt = unsafe { handle::get(opt) }?;
+        opt.set_option(c_str(name, "name")?, Some(group), value)
+    })
+}
+
+/// Sets a string option: only GI's "base" (the wrapped algorithm's name). Set it before the
+/// first step and before the wrapped algorithm's options (it resets them to defaults).
+/// Returns ALR_OK, ALR_NULL_POINTER, ALR_INVALID_ARGUMENT, ALR_WRONG_STATE.
+#[no_mangle]
+pub extern "C" fn alr_set_option_str(opt: *mut AlrOptimizer, name: *const c_char, value: *const c_char) -> AlrStatus {
+    guard("alr_set_option_str", || {
+        // SAFETY: the handle is checked against the live set.
+        let opt = unsafe { handle::get(opt) }?;
+        opt.set_option_str(c_str(name, "name")?, c_str(value, "value")?)
+    })
+}
+
+/// Reads option `name` of `group` into `*value` (NaN for an unset optional value).
+/// Returns ALR_OK, ALR_NULL_POINTER, ALR_INVALID_ARGUMENT.
+#[no_mangle]
+pub extern "C" fn alr_get_option(opt: *mut AlrOptimizer, group: usize, name: *const c_char, value: *mut f64) -> AlrStatus {
+    guard("alr_get_option", || {
+        non_null!(value, "value");
+        // SAFETY: the handle is checked against the live set.
+        let opt = unsafe { handle::get(opt) }?;
+        let v = opt.get_option(c_str(name, "name")?, group)?;
+        // SAFETY: checked non-null.
+        unsafe { *value = v };
+        Ok(())
+    })
+}
+
+/// One training step over every tensor: updates `args->params` in place. All inputs are
+/// validated first; on failure the parameters and the optimizer's state are unchanged
+/// (exception: ALR_CALLBACK_FAILED from GI's loss callback, which runs after the move —
+/// the move stands, η is not adapted). Returns ALR_OK, ALR_NULL_POINTER, ALR_INVALID_ARGUMENT
+/// (e.g. N < 2 where a variance is needed, negative sum_sq or curvature, struct_size too
+/// small), ALR_SHAPE_MISMATCH (tensor count or a buffer length differs from the
+/// registration), ALR_NON_FINITE (NaN/Inf in an input), ALR_WRONG_STATE (GI waits for
+/// `alr_report_loss`), ALR_UNSUPPORTED (an input this algorithm does not use, or a required
+/// one missing), ALR_CALLBACK_FAILED.
+#[no_mangle]
+pub extern "C" fn alr_step(opt: *mut AlrOptimizer, args: *const AlrStepArgs) -> AlrStatus {
+    guard("alr_step", || {
+        non_null!(args, "args");
+        // SAFETY: args is non-null; struct_size is its first field.
+        let size = unsafe { (*args).struct_size };
+        check_struct_size(size, std::mem::size_of::<AlrStepArgs>(), "AlrStepArgs")?;
+        // SAFETY: the caller's struct is at least this version's size.
+        let args = unsafe { &*args };
+        // SAFETY: the handle is checked against the live set.
+        let opt = unsafe { handle::get(opt) }?;
+        let lens = opt.layout().lens.clone();
+        let n = lens.len();
+        if args.n_tensors != n {
+            return Err(Error::shape(format!("args.n_tensors is {}, the optimizer has {n} tensors", args.n_tensors)));
+        }
+        // SAFETY (all slices below): the header documents that each pointer addresses lens[t]
+        // (or N * lens[t]) floats, valid and not aliased by other arguments for the call.
+        let param_ptrs = unsafe { pointers(args.params as *const *const f32, n, "params") }?;
+        let mut params: Vec<&mut [f32]> =
+            param_ptrs.iter().zip(&lens).map(|(&p, &len)| unsafe { std::slice::from_raw_parts_mut(p as *mut f32, len) }).collect();
+        let grads = unsafe { slices(args.grads, &lens, 1, "grads") }?;
+        let mut inputs = StepInputs::new(grads);
+        let scale = match args.per_sample_scale {
+            AlrSampleScale::AlrScaleSample => SampleScale::Sample,
+            AlrSampleScale::AlrScaleMean => SampleScale::Mean,
+        };
+        inputs.samples = match (args.sum_sq.is_null(), args.per_sample.is_null()) {
+            (true, true) => None,
+            (false, false) => return Err(Error::invalid("give either sum_sq or per_sample, not both")),
+            (false, true) => Some(Samples {
+                data: SampleData::SumSq(unsafe { slices(args.sum_sq, &lens, 1, "sum_sq") }?),
+                scale,
+                batch_size: args.batch_size,
+            }),
+            (true, false) => {
+                if args.batch_size == 0 {
+                    return Err(Error::invalid("per_sample given with batch_size 0: set batch_size to N"));
+                }
+                Some(Samples {
+                    data: SampleData::PerSample(unsafe { slices(args.per_sample, &lens, args.batch_size, "per_sample") }?),
+                    scale,
+                    batch_size: args.batch_size,
+                })
+            }
+        };
+        if !args.curvature.is_null() {
+            inputs.curvature = Some(unsafe { slices(args.curvature, &lens, 1, "curvature") }?);
+        }
+        if args.has_loss != 0 {
+            inputs.loss = Some(args.loss);
+        }
+        let user_data = args.user_data;
+        let mut callbacks = Callbacks::default();
+        if let Some(loss_fn) = args.loss_fn {
+            let f: LossFn = Box::new(move |params: &[&[f32]]| {
+                let ptrs: Vec<*const f32> = params.iter().map(|p| p.as_ptr()).collect();
+                let mut loss = f64::NAN;
+                // SAFETY: calling the caller's function with pointers valid for the call.
+                let rc = unsafe { loss_fn(user_data, ptrs.as_ptr(), ptrs.len(), &mut loss) };
+                if rc != 0 {
+                    return Err(format!("loss callback returned {rc}"));
+                }
+                Ok(loss)
+            });
+            callbacks.loss_fn = Some(f);
+        }
+        if let Some(grad_fn) = args.grad_fn {
+            let f: GradFn = Box::new(move |params: &[&[f32]], grads: &mut [&mut [f32]]| {
+                let ptrs: Vec<*const f32> = params.iter().map(|p| p.as_ptr()).collect();
+                let outs: Vec<*mut f32> = grads.iter_mut().map(|g| g.as_mut_ptr()).collect();
+                // SAFETY: calling the caller's function with buffers valid for the call.
+                let rc = unsafe { grad_fn(user_data, ptrs.as_ptr(), outs.as_ptr(), ptrs.len()) };
+                if rc != 0 {
+                    return Err(format!("gradient callback returned {rc}"));
+                }
+                Ok(())
+            });
+            callbacks.grad_fn = Some(f);
+        }
+        opt.step(&mut params, &inputs, &mut callbacks)
+    })
+}
+
+/// GI's second phase: `loss_after` is the loss on the same batch at the parameters the last
+/// `alr_step` produced (when that step had no `loss_fn`). Returns ALR_OK, ALR_WRONG_STATE
+/// (no step is waiting for a loss, or the algorithm is not GI), ALR_NULL_POINTER,
+/// ALR_INVALID_ARGUMENT. A non-finite `loss_after` is accepted and halves η (ALGORITHMS.md §3).
+#[no_mangle]
+pub extern "C" fn alr_report_loss(opt: *mut AlrOptimizer, loss_after: f64) -> AlrStatus {
+    guard("alr_report_loss", || {
+        // SAFETY: the handle is checked against the live set.
+        let opt = unsafe { handle::get(opt) }?;
+        opt.report_loss(loss_after)
+    })
+}
+
+/// Writes the number of groups to `*out`. Returns ALR_OK, ALR_NULL_POINTER, ALR_INVALID_ARGUMENT.
+#[no_mangle]
+pub extern "C" fn alr_n_groups(opt: *mut AlrOptimizer, out: *mut usize) -> AlrStatus {
+    guard("alr_n_groups", || {
+        non_null!(out, "out");
+        // SAFETY: the handle is checked against the live set; out is non-null.
+        let opt = unsafe { handle::get(opt) }?;
+        unsafe { *out = opt.n_groups() };
+        Ok(())
+    })
+}
+
+/// Writes the effective learning rate of `group` after the last step to `*out`.
+/// Returns ALR_OK, ALR_NULL_POINTER, ALR_INVALID_ARGUMENT (no such group).
+#[no_mangle]
+pub extern "C" fn alr_get_lr(opt: *mut AlrOptimizer, group: usize, out: *mut f64) -> AlrStatus {
+    guard("alr_get_lr", || {
+        non_null!(out, "out");
+        // SAFETY: the handle is checked against the live set; out is non-null.
+        let opt = unsafe { handle::get(opt) }?;
+        let v = opt.lr(group)?;
+        unsafe { *out = v };
+        Ok(())
+    })
+}
+
+/// Writes the momentum of `group` to `*out` (AutoOpt's adapted β; the fixed value for
+/// momentum bases; 0 where there is none). Returns as `alr_get_lr`.
+#[no_mangle]
+pub extern "C" fn alr_get_momentum(opt: *mut AlrOptimizer, group: usize, out: *mut f64) -> AlrStatus {
+    guard("alr_get_momentum", || {
+        non_null!(out, "out");
+        // SAFETY: the handle is checked against the live set; out is non-null.
+        let opt = unsafe { handle::get(opt) }?;
+        let v = opt.momentum(group)?;
+        unsafe { *out = v };
+        Ok(())
+    })
+}
+
+/// Writes the number of telemetry entries of `group` to `*count` (ALGORITHMS.md §5).
+/// Returns ALR_OK, ALR_NULL_POINTER, ALR_INVALID_ARGUMENT.
+#[no_mangle]
+pub extern "C" fn alr_telemetry_count(opt: *mut AlrOptimizer, group: usize, count: *mut usize) -> AlrStatus {
+    guard("alr_telemetry_count", || {
+        non_null!(count, "count");
+        // SAFETY: the handle is checked against the live set; count is non-null.
+        let opt = unsafe { handle::get(opt) }?;
+        let n = opt.telemetry(group)?.len();
+        unsafe { *count = n };
+        Ok(())
+    })
+}
+
+/// Writes telemetry entry `index` of `group`: its name (static storage, never freed) and
+/// value. Returns ALR_OK, ALR_NULL_POINTER, ALR_INVALID_ARGUMENT (no such group or index).
+#[no_mangle]
+pub extern "C" fn alr_telemetry_entry(opt: *mut AlrOptimizer, group: usize, index: usize, name: *mut *const c_char, value: *mut f64) -> AlrStatus {
+    guard("alr_telemetry_entry", || {
+        non_null!(name, "name");
+        non_null!(value, "value");
+        // SAFETY: the handle is checked against the live set; outputs are non-null.
+        let opt = unsafe { handle::get(opt) }?;
+        let entries = opt.telemetry(group)?;
+        let (n, v) = *entries.get(index).ok_or_else(|| {
+            Error::invalid(format!("telemetry index {index} out of range: group {group} has {} entries", entries.len()))
+        })?;
+        unsafe {
+            *name = interned(n);
+            *value = v;
+        }
+        Ok(())
+    })
+}
+
+/// Writes the size in bytes of the current saved state to `*size` (call before `alr_save`).
+/// Returns ALR_OK, ALR_NULL_POINTER, ALR_INVALID_ARGUMENT, ALR_WRONG_STATE (GI waits for its loss report).
+#[no_mangle]
+pub extern "C" fn alr_save_size(opt: *mut AlrOptimizer, size: *mut usize) -> AlrStatus {
+    guard("alr_save_size", || {
+        non_null!(size, "size");
+        // SAFETY: the handle is checked against the live set; size is non-null.
+        let opt = unsafe { handle::get(opt) }?;
+        let n = opt.save()?.len();
+        unsafe { *size = n };
+        Ok(())
+    })
+}
+
+/// Saves the whole state (options, per-tensor buffers, counters) into the caller's buffer
+/// `buf` of `capacity` bytes; writes the bytes used to `*written`. The format is versioned
+/// and checksummed. Returns ALR_OK, ALR_NULL_POINTER, ALR_INVALID_ARGUMENT (buffer too small;
+/// nothing written), ALR_WRONG_STATE.
+#[no_mangle]
+pub extern "C" fn alr_save(opt: *mut AlrOptimizer, buf: *mut u8, capacity: usize, written: *mut usize) -> AlrStatus {
+    guard("alr_save", || {
+        non_null!(buf, "buf");
+        non_null!(written, "written");
+        // SAFETY: the handle is checked against the live set.
+        let opt = unsafe { handle::get(opt) }?;
+        let bytes = opt.save()?;
+        if bytes.len() > capacity {
+            return Err(Error::invalid(format!("buffer holds {capacity} bytes, the state needs {}: ask alr_save_size first", bytes.len())));
+        }
+        // SAFETY: buf addresses `capacity` writable bytes (documented) and bytes.len() <= capacity.
+        unsafe {
+            std::ptr::copy_nonoverlapping(bytes.as_ptr(), buf, bytes.len());
+            *written = bytes.len();
+        }
+        Ok(())
+    })
+}
+
+/// Restores a state saved by `alr_save` into an optimizer of the same algorithm (and GI
+/// base) over the same tensors and groups. Returns ALR_OK, ALR_NULL_POINTER,
+/// ALR_BAD_CHECKPOINT (truncated, corrupted, other format version, other algorithm or
+/// tensors); on failure the optimizer is unchanged.
+#[no_mangle]
+pub extern "C" fn alr_load(opt: *mut AlrOptimizer, buf: *const u8, len: usize) -> AlrStatus {
+    guard("alr_load", || {
+        non_null!(buf, "buf");
+        // SAFETY: the handle is checked against the live set; buf addresses len bytes.
+        let opt = unsafe { handle::get(opt) }?;
+        let bytes = unsafe { std::slice::from_raw_parts(buf, len) };
+        opt.load(bytes)
+    })
+}
+
+/// Panics inside the library on purpose and returns ALR_PANIC: lets a binding test that a
+/// library bug surfaces as an error, not a crash. Changes nothing.
+#[no_mangle]
+pub extern "C" fn alr_selftest_panic() -> AlrStatus {
+    guard("alr_selftest_panic", || {
+        panic!("alr_selftest_panic was called")
+    })
+}

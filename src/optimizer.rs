@@ -1,0 +1,408 @@
+//! The optimizer: tensors and groups, options, the step protocol (validate everything, then
+//! change anything), read-back of rates and telemetry, and checkpoints.
+
+use crate::algorithm::{Accepts, Algorithm, Context};
+use crate::backend::cpu;
+use crate::checkpoint::{self, Reader, Writer};
+use crate::error::{Error, Result};
+use crate::options::Options;
+use crate::registry;
+
+/// Which tensors exist and how they are grouped.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Layout {
+    /// Elements per tensor.
+    pub lens: Vec<usize>,
+    /// Group of each tensor.
+    pub groups: Vec<usize>,
+    /// Tensors of each group, in registration order.
+    pub members: Vec<Vec<usize>>,
+}
+
+impl Layout {
+    /// `groups[i]` is tensor i's group id; ids must be 0..G−1 with every group used. `None`:
+    /// every tensor is its own group.
+    pub fn new(lens: &[usize], groups: Option<&[usize]>) -> Result<Self> {
+        if lens.is_empty() {
+            return Err(Error::invalid("an optimizer needs at least one tensor"));
+        }
+        if let Some(t) = lens.iter().position(|&n| n == 0) {
+            return Err(Error::invalid(format!("tensor {t} has 0 elements; register only non-empty tensors")));
+        }
+        let groups: Vec<usize> = match groups {
+            None => (0..lens.len()).collect(),
+            Some(g) if g.len() != lens.len() => {
+                return Err(Error::shape(format!("{} group ids given for {} tensors", g.len(), lens.len())))
+            }
+            Some(g) => g.to_vec(),
+        };
+        let n_groups = groups.iter().max().map_or(0, |m| m + 1);
+        let mut members = vec![Vec::new(); n_groups];
+        for (t, &g) in groups.iter().enumerate() {
+            members[g].push(t);
+        }
+        if let Some(empty) = members.iter().position(|m| m.is_empty()) {
+            return Err(Error::invalid(format!(
+                "group ids must be 0..{} with every id used, but group {empty} has no tensor",
+                n_groups - 1
+            )));
+        }
+        Ok(Layout { lens: lens.to_vec(), groups, members })
+    }
+
+    pub fn n_tensors(&self) -> usize {
+        self.lens.len()
+    }
+
+    pub fn n_groups(&self) -> usize {
+        self.members.len()
+    }
+}
+
+/// How per-sample data is scaled (ALGORITHMS.md, "Scale convention").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SampleScale {
+    /// Entries describe `g_i`, the gradient of sample i's own loss.
+    Sample,
+    /// Entries describe `g_i / N` (BackPACK's BatchGrad / SumGradSquared under a mean loss).
+    Mean,
+}
+
+/// Per-sample information, in one of two forms.
+pub enum SampleData<'a> {
+    /// Per tensor, `S = Σ_i g_i ⊙ g_i` (len elements).
+    SumSq(Vec<&'a [f32]>),
+    /// Per tensor, the row-major `N × len` matrix of per-sample gradients.
+    PerSample(Vec<&'a [f32]>),
+}
+
+pub struct Samples<'a> {
+    pub data: SampleData<'a>,
+    pub scale: SampleScale,
+    pub batch_size: usize,
+}
+
+impl Samples<'_> {
+    /// Factor turning the given squares into squares of `g_i` (N² under the mean convention).
+    pub fn square_scale(&self) -> f64 {
+        match self.scale {
+            SampleScale::Sample => 1.0,
+            SampleScale::Mean => (self.batch_size as f64).powi(2),
+        }
+    }
+}
+
+/// Everything one step reads. Slices are borrowed for the call only.
+pub struct StepInputs<'a> {
+    /// Mean minibatch gradient per tensor.
+    pub grads: Vec<&'a [f32]>,
+    pub samples: Option<Samples<'a>>,
+    /// A non-negative diagonal curvature estimate per tensor (vSGD).
+    pub curvature: Option<Vec<&'a [f32]>>,
+    /// Loss on this batch at the current parameters (GI).
+    pub loss: Option<f64>,
+}
+
+impl<'a> StepInputs<'a> {
+    pub fn new(grads: Vec<&'a [f32]>) -> Self {
+        StepInputs { grads, samples: None, curvature: None, loss: None }
+    }
+}
+
+/// Evaluates the loss on the same batch at the given parameters.
+pub type LossFn<'a> = Box<dyn FnMut(&[&[f32]]) -> std::result::Result<f64, String> + 'a>;
+/// Writes the gradient on the same batch at the given parameters into the output buffers.
+pub type GradFn<'a> = Box<dyn FnMut(&[&[f32]], &mut [&mut [f32]]) -> std::result::Result<(), String> + 'a>;
+
+#[derive(Default)]
+pub struct Callbacks<'a> {
+    pub loss_fn: Option<LossFn<'a>>,
+    pub grad_fn: Option<GradFn<'a>>,
+}
+
+/// An optimizer over a fixed set of tensors.
+pub struct Optimizer {
+    name: String,
+    /// The wrapped algorithm for `gi` (its string option `base`); empty otherwise.
+    base: String,
+    layout: Layout,
+    options: Options,
+    algorithm: Box<dyn Algorithm>,
+    /// Set once a step has begun: structural options and the state shape are then fixed.
+    started: bool,
+}
+
+impl Optimizer {
+    /// Creates `algorithm` (see `registry::ALGORITHMS`) for tensors of `lens` elements in `groups`.
+    pub fn new(algorithm: &str, lens: &[usize], groups: Option<&[usize]>) -> Result<Self> {
+        let layout = Layout::new(lens, groups)?;
+        let base = registry::default_base(algorithm).to_string();
+        let options = Options::new(registry::specs(algorithm, &base)?, layout.n_groups());
+        let built = registry::build(algorithm, &base, &layout, false)?;
+        Ok(Optimizer { name: algorithm.to_string(), base, layout, options, algorithm: built, started: false })
+    }
+
+    pub fn algorithm(&self) -> &str {
+        &self.name
+    }
+
+    /// GI's wrapped algorithm ("" for every other algorithm).
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    fn ctx(&self) -> Context<'_> {
+        Context { layout: &self.layout, options: &self.options }
+    }
+
+    /// Sets an option for every group (`group = None`) or one group.
+    pub fn set_option(&mut self, name: &str, group: Option<usize>, value: f64) -> Result<()> {
+        let structural = self.options.spec(name, &self.name)?.structural;
+        if structural && self.started {
+            return Err(Error::wrong_state(format!("option '{name}' shapes the optimizer's state: set it before the first step")));
+        }
+        let mut options = self.options.clone();
+        options.set(&self.name, name, group, value)?;
+        if structural {
+            // Rebuild so the state matches the new shape; nothing has been learned yet.
+            self.algorithm = registry::build(&self.name, &self.base, &self.layout, false)?;
+        }
+        self.options = options;
+        Ok(())
+    }
+
+    pub fn get_option(&self, name: &str, group: usize) -> Result<f64> {
+        self.options.spec(name, &self.name)?;
+        self.check_group(group)?;
+        Ok(self.options.get(group, name))
+    }
+
+    /// Sets a string option (GI's `base`); must come before the first step and before the
+    /// wrapped algorithm's own options, which it resets to their defaults.
+    pub fn set_option_str(&mut self, name: &str, value: &str) -> Result<()> {
+        if self.started {
+            return Err(Error::wrong_state(format!("option '{name}' shapes the optimizer: set it before the first step")));
+        }
+        if name != "base" || self.name != "gi" {
+            return Err(Error::invalid(format!(
+                "algorithm '{}' has no string option '{name}' (only 'gi' takes one: 'base')",
+                self.name
+            )));
+        }
+        let options = Options::new(registry::specs(&self.name, value)?, self.layout.n_groups());
+        self.algorithm = registry::build(&self.name, value, &self.layout, false)?;
+        self.options = options;
+        self.base = value.to_string();
+        Ok(())
+    }
+
+    fn check_group(&self, group: usize) -> Result<()> {
+        if group >= self.layout.n_groups() {
+            return Err(Error::invalid(format!("group {group} does not exist (this optimizer has {} groups)", self.layout.n_groups())));
+        }
+        Ok(())
+    }
+
+    /// Validates everything a step reads; nothing is changed before this passes.
+    fn validate(&self, params: &[&mut [f32]], inputs: &StepInputs, callbacks: &Callbacks) -> Result<()> {
+        if self.algorithm.awaiting_report() {
+            return Err(Error::wrong_state("the last step is waiting for its loss: call alr_report_loss (Python: report_loss) before the next step"));
+        }
+        let lens = &self.layout.lens;
+        let n = lens.len();
+        if params.len() != n || inputs.grads.len() != n {
+            return Err(Error::shape(format!(
+                "step got {} parameter and {} gradient tensors, the optimizer has {n} tensors",
+                params.len(),
+                inputs.grads.len()
+            )));
+        }
+        let check_finite = self.options.flag(0, "check_finite");
+        let check = |what: &str, bufs: &[&[f32]], per_elem: usize, non_negative: bool| -> Result<()> {
+            if bufs.len() != n {
+                return Err(Error::shape(format!("{} {what} tensors given, the optimizer has {n} tensors", bufs.len())));
+            }
+            for (t, (buf, &len)) in bufs.iter().zip(lens).enumerate() {
+                let want = len.checked_mul(per_elem).ok_or_else(|| Error::invalid(format!("tensor {t}: {what} size overflows")))?;
+                if buf.len() != want {
+                    let registered = if per_elem == 1 { format!("registered {len}") } else { format!("expected {per_elem} × {len}") };
+                    return Err(Error::shape(format!("tensor {t}: {what} has {} elements, {registered}", buf.len())));
+                }
+                if check_finite && !cpu::all_finite(buf) {
+                    let i = cpu::first_non_finite(buf).unwrap_or(0);
+                    return Err(Error::non_finite(format!("tensor {t}: {what}[{i}] is {}", buf[i])));
+                }
+                if non_negative {
+                    if let Some(i) = cpu::first_negative(buf) {
+                        return Err(Error::invalid(format!("tensor {t}: {what}[{i}] = {} is negative; it must be ≥ 0", buf[i])));
+                    }
+                }
+            }
+            Ok(())
+        };
+        let param_views: Vec<&[f32]> = params.iter().map(|p| &**p).collect();
+        // Parameters are checked for shape only: a non-finite parameter is the caller's state, not an input.
+        for (t, (p, &len)) in param_views.iter().zip(lens).enumerate() {
+            if p.len() != len {
+                return Err(Error::shape(format!("tensor {t}: param has {} elements, registered {len}", p.len())));
+            }
+        }
+        check("grad", &inputs.grads, 1, false)?;
+        let accepts: Accepts = self.algorithm.accepts(&self.ctx());
+        let refuse = |what: &str| {
+            Err(Error::unsupported(format!("algorithm '{}' does not use {what}; pass none", self.name)))
+        };
+        if let Some(samples) = &inputs.samples {
+            if !accepts.per_sample {
+                return refuse("per-sample data");
+            }
+            if samples.batch_size == 0 {
+                return Err(Error::invalid("batch_size is 0; give the number of samples N in the minibatch"));
+            }
+            match &samples.data {
+                SampleData::SumSq(s) => check("sum_sq", s, 1, true)?,
+                SampleData::PerSample(m) => check("per_sample", m, samples.batch_size, false)?,
+            }
+        }
+        if let Some(h) = &inputs.curvature {
+            if !accepts.curvature {
+                return refuse("curvature");
+            }
+            check("curvature", h, 1, true)?;
+        }
+        if let Some(loss) = inputs.loss {
+            if !accepts.loss {
+                return refuse("a loss");
+            }
+            if !loss.is_finite() {
+                return Err(Error::non_finite(format!("loss is {loss}; give the finite loss on this batch")));
+            }
+        }
+        if callbacks.loss_fn.is_some() && !accepts.loss_fn {
+            return refuse("a loss callback");
+        }
+        if callbacks.grad_fn.is_some() && !accepts.grad_fn {
+            return refuse("a gradient callback");
+        }
+        self.algorithm.check(&self.ctx(), inputs, callbacks)
+    }
+
+    /// One training step: updates `params` in place. On error nothing has changed, except
+    /// where the error says otherwise (a failing GI loss callback: the move was made, η kept).
+    pub fn step(&mut self, params: &mut [&mut [f32]], inputs: &StepInputs, callbacks: &mut Callbacks) -> Result<()> {
+        self.validate(params, inputs, callbacks)?;
+        self.started = true;
+        let ctx = Context { layout: &self.layout, options: &self.options };
+        self.algorithm.step(&ctx, params, inputs, callbacks)
+    }
+
+    /// GI's second phase: the loss on the same batch after the last step's move.
+    pub fn report_loss(&mut self, loss_after: f64) -> Result<()> {
+        let ctx = Context { layout: &self.layout, options: &self.options };
+        self.algorithm.report_loss(&ctx, loss_after)
+    }
+
+    pub fn n_groups(&self) -> usize {
+        self.layout.n_groups()
+    }
+
+    pub fn lr(&self, group: usize) -> Result<f64> {
+        self.check_group(group)?;
+        Ok(self.algorithm.lr(&self.ctx(), group))
+    }
+
+    pub fn momentum(&self, group: usize) -> Result<f64> {
+        self.check_group(group)?;
+        Ok(self.algorithm.momentum(&self.ctx(), group))
+    }
+
+    pub fn telemetry(&self, group: usize) -> Result<Vec<(&'static str, f64)>> {
+        self.check_group(group)?;
+        Ok(self.algorithm.telemetry(&self.ctx(), group))
+    }
+
+    /// The whole state (configuration, options, algorithm state) as a checksummed buffer.
+    pub fn save(&self) -> Result<Vec<u8>> {
+        if self.algorithm.awaiting_report() {
+            return Err(Error::wrong_state("the last step is waiting for its loss: call alr_report_loss before saving"));
+        }
+        let mut w = Writer::default();
+        w.bytes.extend_from_slice(checkpoint::MAGIC);
+        w.u32(checkpoint::FORMAT_VERSION);
+        w.str(&self.name);
+        w.str(&self.base);
+        w.f64s(&self.layout.lens.iter().map(|&n| n as f64).collect::<Vec<_>>());
+        w.f64s(&self.layout.groups.iter().map(|&g| g as f64).collect::<Vec<_>>());
+        let specs = self.options.specs();
+        w.u64(specs.len() as u64);
+        for spec in specs {
+            w.str(spec.name);
+        }
+        for row in self.options.rows() {
+            w.f64s(row);
+        }
+        w.u32(u32::from(self.started));
+        self.algorithm.save(&mut w);
+        Ok(w.finish())
+    }
+
+    /// Restores a state saved by `save` from an optimizer of the same algorithm and tensors.
+    /// On any error the optimizer is unchanged.
+    pub fn load(&mut self, bytes: &[u8]) -> Result<()> {
+        let mut r = Reader::open(bytes)?;
+        let name = r.str()?;
+        if name != self.name {
+            return Err(Error::checkpoint(format!("checkpoint is of algorithm '{name}', this optimizer is '{}'", self.name)));
+        }
+        let base = r.str()?;
+        if base != self.base {
+            return Err(Error::checkpoint(format!(
+                "checkpoint wraps base '{base}', this optimizer wraps '{}'; set the same base before loading",
+                self.base
+            )));
+        }
+        let n = self.layout.n_tensors();
+        let lens = r.f64s_exact(n, "tensor list")?;
+        let groups = r.f64s_exact(n, "group list")?;
+        for t in 0..n {
+            if lens[t] != self.layout.lens[t] as f64 || groups[t] != self.layout.groups[t] as f64 {
+                return Err(Error::checkpoint(format!(
+                    "checkpoint tensor {t} has {} elements in group {}, this optimizer's has {} in group {}",
+                    lens[t], groups[t], self.layout.lens[t], self.layout.groups[t]
+                )));
+            }
+        }
+        let n_specs = r.u64()? as usize;
+        let specs = self.options.specs();
+        if n_specs != specs.len() {
+            return Err(Error::checkpoint("checkpoint options differ from this optimizer's (other library version?)"));
+        }
+        for spec in specs {
+            let stored = r.str()?;
+            if stored != spec.name {
+                return Err(Error::checkpoint(format!("checkpoint has option '{stored}' where this optimizer has '{}'", spec.name)));
+            }
+        }
+        let rows = (0..self.layout.n_groups()).map(|_| r.f64s_exact(specs.len(), "option row")).collect::<Result<Vec<_>>>()?;
+        let mut options = self.options.clone();
+        options.replace_rows(rows)?;
+        let started = r.u32()? != 0;
+        let mut algorithm = registry::build(&self.name, &self.base, &self.layout, false)?;
+        algorithm.load(&Context { layout: &self.layout, options: &options }, &mut r)?;
+        r.finish()?;
+        self.options = options;
+        self.algorithm = algorithm;
+        self.started = started;
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for Optimizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Optimizer({}, {} tensors, {} groups)", self.name, self.layout.n_tensors(), self.layout.n_groups())
+    }
+}

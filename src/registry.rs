@@ -1,0 +1,60 @@
+//! Algorithm names → option specs and constructors. The one place that knows every algorithm.
+
+use crate::algorithm::Algorithm;
+use crate::base::{adagrad::Adagrad, adam::Adam, momentum::Momentum, rmsprop::RmsProp, sgd::Sgd, FixedRate, Rule};
+use crate::error::{Error, Result};
+use crate::optimizer::Layout;
+use crate::options::OptionSpec;
+
+/// Every algorithm name `alr_create` accepts.
+pub const ALGORITHMS: &[&str] = &["sgd", "momentum", "adam", "adamw", "adagrad", "rmsprop"];
+
+fn unknown(name: &str) -> Error {
+    Error::invalid(format!("unknown algorithm '{name}'; accepted: {}", ALGORITHMS.join(", ")))
+}
+
+/// Options every algorithm takes.
+fn common_specs() -> Vec<OptionSpec> {
+    // Checking every input for NaN/Inf costs one extra read of it; a caller that checks
+    // elsewhere (e.g. a GradScaler) may turn it off and accept that NaN then propagates.
+    vec![OptionSpec::flag("check_finite", true).global()]
+}
+
+/// GI's wrapped algorithm when none is set; "" for algorithms that wrap nothing.
+pub fn default_base(name: &str) -> &'static str {
+    if name == "gi" {
+        "sgd"
+    } else {
+        ""
+    }
+}
+
+/// The options of algorithm `name` (wrapping `base`, for GI).
+pub fn specs(name: &str, _base: &str) -> Result<Vec<OptionSpec>> {
+    let mut specs = match name {
+        "sgd" => Sgd::specs(),
+        "momentum" => Momentum::specs(),
+        "adam" => Adam::<false>::specs(),
+        "adamw" => Adam::<true>::specs(),
+        "adagrad" => Adagrad::specs(),
+        "rmsprop" => RmsProp::specs(),
+        _ => return Err(unknown(name)),
+    };
+    specs.extend(common_specs());
+    Ok(specs)
+}
+
+/// A fresh algorithm (zero state) for `layout`. `unit_lr`: a fixed-rate rule runs at lr 1
+/// because a wrapper (GI) owns the scale.
+pub fn build(name: &str, _base: &str, layout: &Layout, unit_lr: bool) -> Result<Box<dyn Algorithm>> {
+    let (lens, n_groups) = (&layout.lens[..], layout.members.len());
+    Ok(match name {
+        "sgd" => Box::new(FixedRate::<Sgd>::new(lens, n_groups, unit_lr)),
+        "momentum" => Box::new(FixedRate::<Momentum>::new(lens, n_groups, unit_lr)),
+        "adam" => Box::new(FixedRate::<Adam<false>>::new(lens, n_groups, unit_lr)),
+        "adamw" => Box::new(FixedRate::<Adam<true>>::new(lens, n_groups, unit_lr)),
+        "adagrad" => Box::new(FixedRate::<Adagrad>::new(lens, n_groups, unit_lr)),
+        "rmsprop" => Box::new(FixedRate::<RmsProp>::new(lens, n_groups, unit_lr)),
+        _ => return Err(unknown(name)),
+    })
+}

@@ -34,6 +34,11 @@ pub trait Rule: Send + Sync + 'static {
     /// The displacement of the step just taken, from the advanced state (GI's second pass).
     fn delta(c: &Self::Coeffs, g: f32, theta: f32, state: &Self::State) -> f32;
 
+    /// Combinations of options the ranges alone cannot reject (checked before every step).
+    fn check_options(_options: &Options, _group: usize) -> Result<()> {
+        Ok(())
+    }
+
     /// The group's momentum as users know it (μ, β1), 0 if none.
     fn momentum(_options: &Options, _group: usize) -> f64 {
         0.0
@@ -67,6 +72,10 @@ impl<R: Rule> Algorithm for FixedRate<R> {
 
     fn accepts(&self, _ctx: &Context) -> Accepts {
         Accepts::default()
+    }
+
+    fn check(&self, ctx: &Context, _inputs: &StepInputs, _cb: &Callbacks) -> Result<()> {
+        (0..ctx.layout.n_groups()).try_for_each(|group| R::check_options(ctx.options, group))
     }
 
     fn propose(&mut self, ctx: &Context, params: &[&mut [f32]], inputs: &StepInputs, _cb: &mut Callbacks) -> Result<f64> {

@@ -3,6 +3,7 @@
 //! or with Nesterov `θ ← θ − η (g + μ m)`; `g` includes coupled weight decay `λθ`.
 
 use super::{Rule, WEIGHT_DECAY};
+use crate::error::{Error, Result};
 use crate::options::{OptionSpec, Options};
 
 pub struct Momentum;
@@ -66,6 +67,18 @@ impl Rule for Momentum {
         } else {
             c.lr * *m
         }
+    }
+
+    fn check_options(o: &Options, group: usize) -> Result<()> {
+        // PyTorch's rule: Nesterov needs a momentum and no dampening.
+        if o.flag(group, "nesterov") && (o.get(group, "momentum") <= 0.0 || o.get(group, "dampening") != 0.0) {
+            return Err(Error::invalid(format!(
+                "group {group}: nesterov needs momentum > 0 and dampening = 0 (got momentum {}, dampening {})",
+                o.get(group, "momentum"),
+                o.get(group, "dampening")
+            )));
+        }
+        Ok(())
     }
 
     fn momentum(o: &Options, group: usize) -> f64 {

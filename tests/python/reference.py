@@ -121,7 +121,9 @@ GI (A.md §3)
 18. Skip (A.md:150-151): if φ <= 0, or φ, the needed f, Δf or the factor is
     non-finite, the plain base step v is taken, η is not adapted, closure is not
     called, 'skipped' += 1 — also on a non-adapting step.  A non-finite f+
-    gives η <- down·η and is not counted as skipped.
+    gives η <- down·η and is not counted as skipped.  (So an automatic base
+    whose step is zero, e.g. vsgd-* during slow start, gives φ = 0: a counted
+    skip with a zero move.)
 19. φ = Σ g·v uses the caller's mean gradient g (A.md:10,142), not g + λθ.
     v for a fixed-rate base is η × the base's unit step (its lr factored out:
     η(g+λθ), η m, η m̂/(√v̂+ε), η(λθ + ...) for adamw, ...), i.e. the base at

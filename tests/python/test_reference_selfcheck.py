@@ -143,7 +143,6 @@ def test_autoopt_noise_matches_np_var(alg):
 
 @pytest.mark.parametrize("alg", ["auto-sgd", "auto-adam", "vsgd-l", "vsgd-g"])
 def test_per_sample_matrix_sum_sq_and_mean_scale_agree(alg):
-    rng = np.random.default_rng(1)
     shapes = [(3, 2), (4,)]
     N = 5
     kw = {"curvature": [np.full(s, 2.0) for s in shapes]} if alg.startswith("vsgd") else {}
@@ -165,7 +164,6 @@ def test_per_sample_matrix_sum_sq_and_mean_scale_agree(alg):
                 opt.step(th, g, sum_sq=[s / N**2 for s in S], batch_size=N,
                          per_sample_scale="mean", **kw)
         runs.append((th, opt.telemetry(), opt.lr))
-    del rng
     for th, tel, lr in runs[1:]:
         for a, b in zip(runs[0][0], th):
             np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-14)
@@ -308,7 +306,6 @@ def test_vsgd_g_minibatch_form_by_hand():
 
 
 def test_vsgd_b_single_group_equals_g():
-    rng = np.random.default_rng(2)
     shapes = [(3,), (4,)]
     out = []
     for alg in ("vsgd-g", "vsgd-b"):
@@ -318,7 +315,6 @@ def test_vsgd_b_single_group_equals_g():
         for _ in range(6):
             opt.step(th, [r.normal(size=s) for s in shapes], curvature=[np.abs(r.normal(size=s)) for s in shapes])
         out.append(th)
-    del rng
     for a, b in zip(*out):
         np.testing.assert_array_equal(a, b)
 
@@ -435,13 +431,6 @@ def test_tlr_per_group_and_momentum():
 # ---------------------------------------------------------------------------
 # GI
 # ---------------------------------------------------------------------------
-def _rho_one_closure(params, before, grads, f):
-    """Loss that makes ρ = 1 exactly in exact arithmetic: f - g·(θ_before - θ)."""
-    def closure():
-        return f - sum(float(np.sum(g * (b - p))) for g, b, p in zip(grads, before, params)) / 1.0
-    return closure
-
-
 @pytest.mark.parametrize("base", ["sgd", "momentum", "adam", "rmsprop", "adagrad"])
 def test_gi_without_fstar_moves_like_base(base):
     rng = np.random.default_rng(13)

@@ -1,0 +1,260 @@
+"""autolr: learning rates (and momentum) that set themselves — Python binding.
+
+Pure ctypes over the C ABI; needs only numpy. Parameters are C-contiguous float32 numpy arrays
+updated in place (zero-copy). See DESIGN.md's "Python API" for the contract.
+"""
+import ctypes
+
+import numpy as np
+
+from . import _ffi
+from ._lib import lib
+
+__all__ = ["Optimizer", "Error", "__version__", "ABI_VERSION", "ALGORITHMS"]
+
+__version__ = lib.alr_version().decode()
+ABI_VERSION = lib.alr_abi_version()
+
+ALGORITHMS = ("sgd", "momentum", "adam", "adamw", "adagrad", "rmsprop")
+
+
+class Error(ValueError):
+    """A failure reported by the library (or by this binding's checks on its arguments).
+
+    `status` is the C status name ("ALR_SHAPE_MISMATCH", ...); str(e) is the message."""
+
+    def __init__(self, message, status="ALR_INVALID_ARGUMENT"):
+        super().__init__(message)
+        self.status = status
+
+
+def _check(rc):
+    if rc != _ffi.ALR_OK:
+        raise Error(lib.alr_last_error().decode(), _ffi.AlrStatus_NAMES.get(rc, str(rc)))
+
+
+_FloatPtr = ctypes.POINTER(ctypes.c_float)
+_PtrArray = ctypes.POINTER(_FloatPtr)
+
+
+def _as_f32(arr, what, shape=None, writable=False):
+    if not isinstance(arr, np.ndarray):
+        raise Error(f"{what} must be a numpy array, got {type(arr).__name__}")
+    if arr.dtype != np.float32:
+        raise Error(f"{what} has dtype {arr.dtype}; autolr takes float32 (use .astype(np.float32))")
+    if not arr.flags.c_contiguous:
+        raise Error(f"{what} is not C-contiguous; pass np.ascontiguousarray(...)")
+    if writable and not arr.flags.writeable:
+        raise Error(f"{what} is read-only; parameters are updated in place")
+    if shape is not None and arr.shape != shape:
+        raise Error(f"{what} has shape {arr.shape}, expected {shape}", "ALR_SHAPE_MISMATCH")
+    return arr
+
+
+def _ptr_array(arrays):
+    ptrs = (_FloatPtr * len(arrays))()
+    for i, a in enumerate(arrays):
+        ptrs[i] = a.ctypes.data_as(_FloatPtr)
+    return ptrs
+
+
+class Optimizer:
+    """An optimizer over a list of float32 numpy arrays (updated in place by step()).
+
+    Options are given by name (ALGORITHMS.md); `groups` gives a group id per tensor (default:
+    every tensor its own group). For `gi`, pass `base="adam"` etc."""
+
+    def __init__(self, algorithm, params, groups=None, **options):
+        self._params = [_as_f32(p, f"params[{i}]", writable=True) for i, p in enumerate(params)]
+        self._shapes = [p.shape for p in self._params]
+        n = len(self._params)
+        lens = (ctypes.c_size_t * n)(*[p.size for p in self._params])
+        args = _ffi.AlrCreateArgs()
+        args.struct_size = ctypes.sizeof(_ffi.AlrCreateArgs)
+        args.algorithm = str(algorithm).encode()
+        args.n_tensors = n
+        args.lens = lens
+        if groups is not None:
+            if len(groups) != n:
+                raise Error(f"groups has {len(groups)} ids for {n} tensors", "ALR_SHAPE_MISMATCH")
+            args.groups = (ctypes.c_uint32 * n)(*[int(g) for g in groups])
+        args.device = _ffi.ALR_DEVICE_CPU
+        handle = ctypes.c_void_p()
+        _check(lib.alr_create(ctypes.byref(args), ctypes.byref(handle)))
+        self._handle = handle
+        self.algorithm = algorithm
+        base = options.pop("base", None)
+        if base is not None:
+            self.set_option("base", base)
+        for name, value in options.items():
+            self.set_option(name, value)
+
+    def __del__(self):
+        handle = getattr(self, "_handle", None)
+        if handle:
+            lib.alr_destroy(handle)
+            self._handle = None
+
+    # options -------------------------------------------------------------------------------
+    def set_option(self, name, value, group=None):
+        """Sets an option for every group, or for one `group`."""
+        if isinstance(value, str):
+            if group is not None:
+                raise Error(f"string option '{name}' cannot be set per group")
+            _check(lib.alr_set_option_str(self._handle, name.encode(), value.encode()))
+        elif group is None:
+            _check(lib.alr_set_option(self._handle, name.encode(), float(value)))
+        else:
+            _check(lib.alr_set_group_option(self._handle, int(group), name.encode(), float(value)))
+
+    def get_option(self, name, group=0):
+        out = ctypes.c_double()
+        _check(lib.alr_get_option(self._handle, int(group), name.encode(), ctypes.byref(out)))
+        return out.value
+
+    # the step --------------------------------------------------------------------------------
+    def step(self, grads, sum_sq=None, per_sample=None, per_sample_scale="sample", batch_size=None,
+             curvature=None, loss=None, closure=None, grad_closure=None):
+        """One step; parameters are updated in place. See DESIGN.md for each argument."""
+        n = len(self._params)
+        if len(grads) != n:
+            raise Error(f"step got {len(grads)} gradients, the optimizer has {n} tensors", "ALR_SHAPE_MISMATCH")
+        keep = []  # keeps every array and ctypes object alive for the call
+        grads = [_as_f32(g, f"grads[{i}]", self._shapes[i]) for i, g in enumerate(grads)]
+        args = _ffi.AlrStepArgs()
+        args.struct_size = ctypes.sizeof(_ffi.AlrStepArgs)
+        args.n_tensors = n
+        params_ptrs = _ptr_array(self._params)
+        grads_ptrs = _ptr_array(grads)
+        args.params = ctypes.cast(params_ptrs, _PtrArray)
+        args.grads = ctypes.cast(grads_ptrs, _PtrArray)
+        keep += [params_ptrs, grads_ptrs, grads]
+        if per_sample_scale not in ("sample", "mean"):
+            raise Error(f"per_sample_scale is {per_sample_scale!r}; accepted: 'sample' (g_i of each sample's own loss) or 'mean' (g_i/N, BackPACK under a mean loss)")
+        args.per_sample_scale = _ffi.ALR_SCALE_SAMPLE if per_sample_scale == "sample" else _ffi.ALR_SCALE_MEAN
+        if sum_sq is not None and per_sample is not None:
+            raise Error("give either sum_sq or per_sample, not both")
+        if sum_sq is not None:
+            if batch_size is None:
+                raise Error("sum_sq needs batch_size (the number of samples N)")
+            if len(sum_sq) != n:
+                raise Error(f"sum_sq has {len(sum_sq)} tensors, the optimizer has {n}", "ALR_SHAPE_MISMATCH")
+            arrays = [_as_f32(s, f"sum_sq[{i}]", self._shapes[i]) for i, s in enumerate(sum_sq)]
+            ptrs = _ptr_array(arrays)
+            keep += [arrays, ptrs]
+            args.sum_sq = ctypes.cast(ptrs, _PtrArray)
+        if per_sample is not None:
+            if len(per_sample) != n:
+                raise Error(f"per_sample has {len(per_sample)} tensors, the optimizer has {n}", "ALR_SHAPE_MISMATCH")
+            if batch_size is None:
+                batch_size = per_sample[0].shape[0] if per_sample[0].ndim else 0
+            arrays = [_as_f32(s, f"per_sample[{i}]", (batch_size,) + self._shapes[i]) for i, s in enumerate(per_sample)]
+            ptrs = _ptr_array(arrays)
+            keep += [arrays, ptrs]
+            args.per_sample = ctypes.cast(ptrs, _PtrArray)
+        if batch_size is not None:
+            if int(batch_size) < 0:
+                raise Error(f"batch_size is {batch_size}; it must be the number of samples N >= 1")
+            args.batch_size = int(batch_size)
+        if curvature is not None:
+            if len(curvature) != n:
+                raise Error(f"curvature has {len(curvature)} tensors, the optimizer has {n}", "ALR_SHAPE_MISMATCH")
+            arrays = [_as_f32(h, f"curvature[{i}]", self._shapes[i]) for i, h in enumerate(curvature)]
+            ptrs = _ptr_array(arrays)
+            keep += [arrays, ptrs]
+            args.curvature = ctypes.cast(ptrs, _PtrArray)
+        if loss is not None:
+            args.has_loss = 1
+            args.loss = float(loss)
+        raised = []
+        if closure is not None:
+            def loss_fn(_user, _params, _n, out):
+                try:
+                    out[0] = float(closure())
+                    return 0
+                except BaseException as e:  # re-raised below, after the library returns
+                    raised.append(e)
+                    return 1
+            args.loss_fn = _ffi.AlrLossFn(loss_fn)
+            keep.append(args.loss_fn)
+        if grad_closure is not None:
+            shapes = self._shapes
+
+            def grad_fn(_user, params, grads_out, n_tensors):
+                try:
+                    views = [np.ctypeslib.as_array(params[i], shape=shapes[i]) for i in range(n_tensors)]
+                    result = grad_closure(views)
+                    if len(result) != n_tensors:
+                        raise Error(f"grad_closure returned {len(result)} gradients for {n_tensors} tensors", "ALR_SHAPE_MISMATCH")
+                    for i in range(n_tensors):
+                        out = np.ctypeslib.as_array(grads_out[i], shape=shapes[i])
+                        out[...] = np.asarray(result[i], dtype=np.float32).reshape(shapes[i])
+                    return 0
+                except BaseException as e:
+                    raised.append(e)
+                    return 1
+            args.grad_fn = _ffi.AlrGradFn(grad_fn)
+            keep.append(args.grad_fn)
+        rc = lib.alr_step(self._handle, ctypes.byref(args))
+        if raised:
+            err = Error(f"{lib.alr_last_error().decode()} ({type(raised[0]).__name__}: {raised[0]})", "ALR_CALLBACK_FAILED")
+            raise err from raised[0]
+        _check(rc)
+
+    def report_loss(self, loss_after):
+        """GI's second phase: the loss on the same batch after the last step moved the parameters."""
+        _check(lib.alr_report_loss(self._handle, float(loss_after)))
+
+    # read-back --------------------------------------------------------------------------------
+    @property
+    def n_groups(self):
+        out = ctypes.c_size_t()
+        _check(lib.alr_n_groups(self._handle, ctypes.byref(out)))
+        return out.value
+
+    def _per_group(self, fn):
+        out = ctypes.c_double()
+        values = []
+        for g in range(self.n_groups):
+            _check(fn(self._handle, g, ctypes.byref(out)))
+            values.append(out.value)
+        return values
+
+    @property
+    def lr(self):
+        """Effective learning rate per group after the last step."""
+        return self._per_group(lib.alr_get_lr)
+
+    @property
+    def momentum(self):
+        """Momentum per group (AutoOpt's adapted value; the fixed value for momentum bases)."""
+        return self._per_group(lib.alr_get_momentum)
+
+    def telemetry(self):
+        """{name: [value per group]} of the algorithm's internal scalars (ALGORITHMS.md §5)."""
+        result = {}
+        count = ctypes.c_size_t()
+        name = ctypes.c_char_p()
+        value = ctypes.c_double()
+        for g in range(self.n_groups):
+            _check(lib.alr_telemetry_count(self._handle, g, ctypes.byref(count)))
+            for i in range(count.value):
+                _check(lib.alr_telemetry_entry(self._handle, g, i, ctypes.byref(name), ctypes.byref(value)))
+                result.setdefault(name.value.decode(), []).append(value.value)
+        return result
+
+    # checkpoints ------------------------------------------------------------------------------
+    def state_dict(self):
+        """The whole optimizer state as bytes (versioned, checksummed)."""
+        size = ctypes.c_size_t()
+        _check(lib.alr_save_size(self._handle, ctypes.byref(size)))
+        buf = (ctypes.c_uint8 * size.value)()
+        written = ctypes.c_size_t()
+        _check(lib.alr_save(self._handle, buf, size.value, ctypes.byref(written)))
+        return bytes(buf[: written.value])
+
+    def load_state_dict(self, state):
+        """Restores bytes from state_dict(); on error the optimizer is unchanged."""
+        data = bytes(state)
+        buf = (ctypes.c_uint8 * len(data)).from_buffer_copy(data) if data else (ctypes.c_uint8 * 1)()
+        _check(lib.alr_load(self._handle, buf, len(data)))

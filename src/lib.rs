@@ -3,6 +3,7 @@
 //! The Rust API below is what the C ABI (`ffi`) wraps one to one. See `ALGORITHMS.md` for the
 //! update rules and `include/autolr.h` for the C view.
 
+pub mod adapt;
 pub mod algorithm;
 pub mod backend;
 pub mod base;

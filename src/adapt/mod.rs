@@ -1,0 +1,1 @@
+//! The automatic algorithms, one file per paper (ALGORITHMS.md §1–§4).

@@ -1,5 +1,6 @@
 //! Algorithm names → option specs and constructors. The one place that knows every algorithm.
 
+use crate::adapt::autoopt::{self, AdagradDiag, AdamDiag, AutoOpt, Identity};
 use crate::algorithm::Algorithm;
 use crate::base::{adagrad::Adagrad, adam::Adam, momentum::Momentum, rmsprop::RmsProp, sgd::Sgd, FixedRate, Rule};
 use crate::error::{Error, Result};
@@ -7,7 +8,7 @@ use crate::optimizer::Layout;
 use crate::options::OptionSpec;
 
 /// Every algorithm name `alr_create` accepts.
-pub const ALGORITHMS: &[&str] = &["sgd", "momentum", "adam", "adamw", "adagrad", "rmsprop"];
+pub const ALGORITHMS: &[&str] = &["sgd", "momentum", "adam", "adamw", "adagrad", "rmsprop", "auto-sgd", "auto-adam", "auto-adagrad"];
 
 fn unknown(name: &str) -> Error {
     Error::invalid(format!("unknown algorithm '{name}'; accepted: {}", ALGORITHMS.join(", ")))
@@ -38,6 +39,9 @@ pub fn specs(name: &str, _base: &str) -> Result<Vec<OptionSpec>> {
         "adamw" => Adam::<true>::specs(),
         "adagrad" => Adagrad::specs(),
         "rmsprop" => RmsProp::specs(),
+        "auto-sgd" => autoopt::specs::<Identity>(),
+        "auto-adam" => autoopt::specs::<AdamDiag>(),
+        "auto-adagrad" => autoopt::specs::<AdagradDiag>(),
         _ => return Err(unknown(name)),
     };
     specs.extend(common_specs());
@@ -55,6 +59,9 @@ pub fn build(name: &str, _base: &str, layout: &Layout, unit_lr: bool) -> Result<
         "adamw" => Box::new(FixedRate::<Adam<true>>::new(lens, n_groups, unit_lr)),
         "adagrad" => Box::new(FixedRate::<Adagrad>::new(lens, n_groups, unit_lr)),
         "rmsprop" => Box::new(FixedRate::<RmsProp>::new(lens, n_groups, unit_lr)),
+        "auto-sgd" => Box::new(AutoOpt::<Identity>::new(lens, n_groups)),
+        "auto-adam" => Box::new(AutoOpt::<AdamDiag>::new(lens, n_groups)),
+        "auto-adagrad" => Box::new(AutoOpt::<AdagradDiag>::new(lens, n_groups)),
         _ => return Err(unknown(name)),
     })
 }

@@ -1,1 +1,3 @@
 //! The automatic algorithms, one file per paper (ALGORITHMS.md §1–§4).
+
+pub mod autoopt;

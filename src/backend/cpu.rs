@@ -148,6 +148,42 @@ pub fn first_negative(x: &[f32]) -> Option<usize> {
     x.iter().position(|v| *v < 0.0)
 }
 
+/// Columns handled per block when a per-sample matrix is reduced: the block's rows stay in cache
+/// while every row is visited, so the matrix is read from memory once.
+pub const COLUMN_BLOCK: usize = 1024;
+
+/// Per-sample spread of one block of columns `[start, start + out.len())`:
+/// `out[j] = Σ_i (k·x_ij)² − N·center_j²` (with `k·x_ij` the per-sample value and `N` rows),
+/// computed as `Σ_i dev² + 2·center·Σ_i dev` with `dev = k·x_ij − center_j`, so that a mean
+/// gradient much larger than the spread does not cancel the spread away (f64 throughout).
+/// With `center = 0` it is the plain sum of squares `S`.
+pub fn spread_from_rows(rows: &[f32], n_rows: usize, len: usize, start: usize, k: f64, center: &[f32], out: &mut [f64]) {
+    let width = out.len();
+    assert!(rows.len() == n_rows * len && start + width <= len && center.len() == width, "spread_from_rows: bad block");
+    let mut sum_dev = [0.0f64; COLUMN_BLOCK];
+    let sum_dev = &mut sum_dev[..width];
+    out.iter_mut().for_each(|o| *o = 0.0);
+    for row in rows.chunks_exact(len) {
+        for (((x, c), sq), s) in row[start..start + width].iter().zip(center).zip(out.iter_mut()).zip(sum_dev.iter_mut()) {
+            let dev = k * f64::from(*x) - f64::from(*c);
+            *sq += dev * dev;
+            *s += dev;
+        }
+    }
+    for ((o, s), c) in out.iter_mut().zip(sum_dev.iter()).zip(center) {
+        *o += 2.0 * f64::from(*c) * s;
+    }
+}
+
+/// The same spread from the vector `S = Σ_i x_i²` (entries scaled by `k²`):
+/// `out[j] = k²·S_j − N·center_j²`, in f64. Its precision is bounded by the caller's float32 `S`.
+pub fn spread_from_sum_sq(sum_sq: &[f32], n_rows: usize, k: f64, center: &[f32], out: &mut [f64]) {
+    let (k2, n) = (k * k, n_rows as f64);
+    for ((o, s), c) in out.iter_mut().zip(sum_sq).zip(center) {
+        *o = k2 * f64::from(*s) - n * f64::from(*c) * f64::from(*c);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -177,6 +213,25 @@ mod tests {
         assert_eq!(s1, s2);
         let expected: f64 = grad.iter().zip(&p1).map(|(g, p)| f64::from(*g) * f64::from(1.0 - *p)).sum();
         assert!((d - expected).abs() < 1e-4 * expected.abs());
+    }
+
+    #[test]
+    fn spread_forms_agree_and_resist_cancellation() {
+        // 3 samples of 2 columns: large common mean, small spread.
+        let rows = [1000.0f32, 1.0, 1000.5, 2.0, 999.5, 3.0];
+        let center = [1000.0f32, 2.0];
+        let mut from_rows = [0.0f64; 2];
+        spread_from_rows(&rows, 3, 2, 0, 1.0, &center, &mut from_rows);
+        assert_eq!(from_rows, [0.5, 2.0]);
+        let sum_sq = [1000.0f32 * 1000.0 + 1000.5 * 1000.5 + 999.5 * 999.5, 14.0];
+        let mut from_sum_sq = [0.0f64; 2];
+        spread_from_sum_sq(&sum_sq, 3, 1.0, &center, &mut from_sum_sq);
+        assert!((from_sum_sq[1] - 2.0).abs() < 1e-12);
+        // scale k: rows given as x/N (BackPACK's mean convention) with k = N recover the same spread
+        let scaled: Vec<f32> = rows.iter().map(|x| x / 4.0).collect();
+        let mut from_scaled = [0.0f64; 2];
+        spread_from_rows(&scaled, 3, 2, 0, 4.0, &center, &mut from_scaled);
+        assert_eq!(from_scaled, from_rows);
     }
 
     #[test]

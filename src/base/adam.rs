@@ -14,6 +14,9 @@ pub struct AdamCoeffs {
     weight_decay: f32,
     beta1: f32,
     beta2: f32,
+    /// 1 − β1 and 1 − β2, formed in f64: 1 − (β as f32) would be off by ~1e-5 relative (as torch does it).
+    one_minus_beta1: f32,
+    one_minus_beta2: f32,
     /// η / (1 − β1^t)
     step_size: f32,
     /// 1 / √(1 − β2^t)
@@ -51,6 +54,8 @@ impl<const DECOUPLED: bool> Rule for Adam<DECOUPLED> {
             weight_decay: if DECOUPLED { 0.0 } else { weight_decay as f32 },
             beta1: beta1 as f32,
             beta2: beta2 as f32,
+            one_minus_beta1: (1.0 - beta1) as f32,
+            one_minus_beta2: (1.0 - beta2) as f32,
             step_size: (lr / (1.0 - beta1.powi(t))) as f32,
             inv_sqrt_bias2: (1.0 / (1.0 - beta2.powi(t)).sqrt()) as f32,
             eps: o.get(group, "eps") as f32,
@@ -61,8 +66,8 @@ impl<const DECOUPLED: bool> Rule for Adam<DECOUPLED> {
     #[inline(always)]
     fn advance(c: &AdamCoeffs, g: f32, theta: f32, mv: &mut [f32; 2]) -> f32 {
         let g = g + c.weight_decay * theta;
-        mv[0] = c.beta1 * mv[0] + (1.0 - c.beta1) * g;
-        mv[1] = c.beta2 * mv[1] + (1.0 - c.beta2) * g * g;
+        mv[0] = c.beta1 * mv[0] + c.one_minus_beta1 * g;
+        mv[1] = c.beta2 * mv[1] + c.one_minus_beta2 * g * g;
         Self::delta(c, g, theta, mv)
     }
 

@@ -10,6 +10,8 @@ pub struct RmsPropCoeffs {
     lr: f32,
     weight_decay: f32,
     alpha: f32,
+    /// 1 − α formed in f64 (see adam.rs).
+    one_minus_alpha: f32,
     eps: f32,
 }
 
@@ -32,6 +34,7 @@ impl Rule for RmsProp {
             lr: lr as f32,
             weight_decay: o.get(group, "weight_decay") as f32,
             alpha: o.get(group, "alpha") as f32,
+            one_minus_alpha: (1.0 - o.get(group, "alpha")) as f32,
             eps: o.get(group, "eps") as f32,
         }
     }
@@ -39,7 +42,7 @@ impl Rule for RmsProp {
     #[inline(always)]
     fn advance(c: &RmsPropCoeffs, g: f32, theta: f32, s: &mut f32) -> f32 {
         let g = g + c.weight_decay * theta;
-        *s = c.alpha * *s + (1.0 - c.alpha) * g * g;
+        *s = c.alpha * *s + c.one_minus_alpha * g * g;
         c.lr * g / (s.sqrt() + c.eps)
     }
 

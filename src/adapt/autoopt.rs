@@ -1,0 +1,490 @@
+//! AutoOpt (paper 001, Lancewicki & Kopru): a learning rate **and** a momentum per group, from
+//! the per-sample gradient variance (ALGORITHMS.md §1).
+//!
+//! Per group and step, with `D = Ĥ⁻¹` the base's diagonal preconditioner and `d` the previous
+//! update direction before preconditioning:
+//! 1. noise `V = Σ D (S − N g²) / (N (N−1))` (eq. 22, Appendix A), clamped at 0;
+//! 2. `a = Σ D g g`, `c = Σ D g d`, `e = Σ D d d` give `Â` (eq. 24) and `b̂ = [V, V]` (eq. 23);
+//! 3. the oracle `γ_O` solves `Â γ = b̂` in closed form (eq. 25), falling back to the 1-D
+//!    problem `γ = [min(V/a, γ_max), 0]` outside the valid region;
+//! 4. smoothing `γ_E ← min((1−ν) γ_O + ν γ_E, γ_max)` (eq. 26);
+//! 5. `α = 1 − γ1`, `β = γ2 / α`;
+//! 6. direction `ĝ = (1−γ1−γ2) g + γ2 d` (eq. 14), update `θ ← θ − D ⊙ ĝ` (eq. 9), `d ← ĝ`.
+//!
+//! Two passes over memory: a reduction pass (base state, `V`, `a`, `c`, `e`) and the update pass.
+
+use crate::algorithm::{Accepts, Algorithm, Context};
+use crate::backend::cpu::{self, ElemState, COLUMN_BLOCK};
+use crate::base::adam::adam_specs;
+use crate::checkpoint::{Reader, Writer};
+use crate::error::{Error, Result};
+use crate::optimizer::{Callbacks, SampleData, Samples, StepInputs};
+use crate::options::{OptionSpec, Options};
+
+/// The 2-D solution is rejected as ill-conditioned when `det ≤ DET_RTOL · a e` (the authors' code).
+const DET_RTOL: f64 = 1e-12;
+
+/// The base optimizer's diagonal preconditioner `D` and the per-element state carrying it.
+pub trait Precond: Copy + Send + Sync + 'static {
+    const NAME: &'static str;
+    /// `d` alone (SGD), or `[d, v or s]`.
+    type State: ElemState;
+    fn specs() -> Vec<OptionSpec>;
+    /// The group's coefficients at its step `t` (counting from 1).
+    fn new(options: &Options, group: usize, t: u64) -> Self;
+    /// Takes this step's gradient into the base state and returns `D` (eqs. 11–12).
+    fn absorb(&self, state: &mut Self::State, g: f32) -> f32;
+    /// `D` from the (already advanced) state.
+    fn diag(&self, state: &Self::State) -> f32;
+    fn direction(state: &Self::State) -> f32;
+    fn set_direction(state: &mut Self::State, value: f32);
+}
+
+/// AutoSGD: `D = 1`.
+#[derive(Clone, Copy)]
+pub struct Identity;
+
+impl Precond for Identity {
+    const NAME: &'static str = "auto-sgd";
+    type State = f32;
+    fn specs() -> Vec<OptionSpec> {
+        Vec::new()
+    }
+    fn new(_: &Options, _: usize, _: u64) -> Self {
+        Identity
+    }
+    #[inline(always)]
+    fn absorb(&self, _: &mut f32, _: f32) -> f32 {
+        1.0
+    }
+    #[inline(always)]
+    fn diag(&self, _: &f32) -> f32 {
+        1.0
+    }
+    #[inline(always)]
+    fn direction(state: &f32) -> f32 {
+        *state
+    }
+    #[inline(always)]
+    fn set_direction(state: &mut f32, value: f32) {
+        *state = value;
+    }
+}
+
+/// AutoAdaGrad: `s ← s + g²`, `D = 1/(√s + ε)`.
+#[derive(Clone, Copy)]
+pub struct AdagradDiag {
+    eps: f32,
+}
+
+impl Precond for AdagradDiag {
+    const NAME: &'static str = "auto-adagrad";
+    type State = [f32; 2];
+    fn specs() -> Vec<OptionSpec> {
+        vec![OptionSpec::positive("eps", 1e-10)]
+    }
+    fn new(o: &Options, group: usize, _: u64) -> Self {
+        AdagradDiag { eps: o.get(group, "eps") as f32 }
+    }
+    #[inline(always)]
+    fn absorb(&self, state: &mut [f32; 2], g: f32) -> f32 {
+        state[1] += g * g;
+        self.diag(state)
+    }
+    #[inline(always)]
+    fn diag(&self, state: &[f32; 2]) -> f32 {
+        1.0 / (state[1].sqrt() + self.eps)
+    }
+    #[inline(always)]
+    fn direction(state: &[f32; 2]) -> f32 {
+        state[0]
+    }
+    #[inline(always)]
+    fn set_direction(state: &mut [f32; 2], value: f32) {
+        state[0] = value;
+    }
+}
+
+/// AutoAdam: `v ← β2 v + (1−β2) g²`, `D = 1/(√(v/(1−β2^t)) + ε)`. The first-moment bias
+/// factor of eq. 11 is dropped (ALGORITHMS.md §1 decision: β is adapted instead).
+#[derive(Clone, Copy)]
+pub struct AdamDiag {
+    beta2: f32,
+    /// 1 − β2 formed in f64 (see base/adam.rs).
+    one_minus_beta2: f32,
+    inv_sqrt_bias2: f32,
+    eps: f32,
+}
+
+impl Precond for AdamDiag {
+    const NAME: &'static str = "auto-adam";
+    type State = [f32; 2];
+    fn specs() -> Vec<OptionSpec> {
+        adam_specs().into_iter().filter(|s| s.name == "beta2" || s.name == "eps").collect()
+    }
+    fn new(o: &Options, group: usize, t: u64) -> Self {
+        let beta2 = o.get(group, "beta2");
+        AdamDiag {
+            beta2: beta2 as f32,
+            one_minus_beta2: (1.0 - beta2) as f32,
+            inv_sqrt_bias2: (1.0 / (1.0 - beta2.powi(t.max(1) as i32)).sqrt()) as f32,
+            eps: o.get(group, "eps") as f32,
+        }
+    }
+    #[inline(always)]
+    fn absorb(&self, state: &mut [f32; 2], g: f32) -> f32 {
+        state[1] = self.beta2 * state[1] + self.one_minus_beta2 * g * g;
+        self.diag(state)
+    }
+    #[inline(always)]
+    fn diag(&self, state: &[f32; 2]) -> f32 {
+        1.0 / (state[1].sqrt() * self.inv_sqrt_bias2 + self.eps)
+    }
+    #[inline(always)]
+    fn direction(state: &[f32; 2]) -> f32 {
+        state[0]
+    }
+    #[inline(always)]
+    fn set_direction(state: &mut [f32; 2], value: f32) {
+        state[0] = value;
+    }
+}
+
+/// What one group's last step computed (telemetry).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Estimates {
+    pub noise: f64,
+    pub a: f64,
+    pub c: f64,
+    pub e: f64,
+    pub det: f64,
+    pub gamma_oracle: [f64; 2],
+}
+
+#[derive(Debug, Clone, Copy)]
+struct GroupState {
+    /// `γ_E` (eq. 26).
+    gamma: [f64; 2],
+    steps: u64,
+    fallbacks: u64,
+    clamps: u64,
+    skips: u64,
+    last: Estimates,
+    /// The multipliers of `g` and `d` in this step's direction (eq. 14); None: skipped.
+    direction: Option<(f32, f32)>,
+}
+
+pub struct AutoOpt<P: Precond> {
+    /// Per tensor, per element.
+    states: Vec<Vec<P::State>>,
+    groups: Vec<GroupState>,
+}
+
+pub fn specs<P: Precond>() -> Vec<OptionSpec> {
+    let mut specs = vec![OptionSpec::fraction("nu", 0.9), OptionSpec { lo_open: true, hi_open: true, ..OptionSpec::real("gamma_max", 0.999, 0.0, 1.0) }];
+    specs.extend(P::specs());
+    specs
+}
+
+/// The oracle `γ_O` (eq. 25) with the fallbacks of ALGORITHMS.md §1 step 3; `true` when the
+/// 1-D fallback was taken.
+pub fn oracle(est: &Estimates, gamma_max: f64) -> ([f64; 2], bool) {
+    let Estimates { noise, a, c, e, det, .. } = *est;
+    if [noise, a, c, e, det].iter().all(|x| x.is_finite()) && det > DET_RTOL * a * e {
+        let gamma1 = noise * (e - c) / det;
+        let gamma2 = noise * c / det;
+        let valid = gamma1.is_finite()
+            && gamma2.is_finite()
+            && (0.0..=gamma_max).contains(&gamma1)
+            && gamma2 >= 0.0
+            && gamma1 + gamma2 < 1.0;
+        if valid {
+            return ([gamma1, gamma2], false);
+        }
+    }
+    ([(noise / a).min(gamma_max), 0.0], true)
+}
+
+/// Smoothing (eq. 26): `min((1−ν) γ_O + ν γ_E, γ_max)` per component; `true` when the bound bit.
+pub fn smooth(gamma_oracle: [f64; 2], gamma: [f64; 2], nu: f64, gamma_max: f64) -> ([f64; 2], bool) {
+    let raw = [(1.0 - nu) * gamma_oracle[0] + nu * gamma[0], (1.0 - nu) * gamma_oracle[1] + nu * gamma[1]];
+    let clamped = raw[0] > gamma_max || raw[1] > gamma_max;
+    ([raw[0].min(gamma_max), raw[1].min(gamma_max)], clamped)
+}
+
+impl<P: Precond> AutoOpt<P> {
+    pub fn new(lens: &[usize], n_groups: usize) -> Self {
+        let groups = (0..n_groups)
+            .map(|_| GroupState {
+                // Set to [γ_max, 0] at the first step, from the option's value then.
+                gamma: [f64::NAN, 0.0],
+                steps: 0,
+                fallbacks: 0,
+                clamps: 0,
+                skips: 0,
+                last: Estimates::default(),
+                direction: None,
+            })
+            .collect();
+        AutoOpt { states: lens.iter().map(|&n| vec![P::State::default(); n]).collect(), groups }
+    }
+
+    /// `γ_E`, or the `[γ_max, 0]` it will start from before the first step.
+    fn gamma(&self, ctx: &Context, group: usize) -> [f64; 2] {
+        let gs = &self.groups[group];
+        if gs.steps == 0 {
+            [ctx.options.get(group, "gamma_max"), 0.0]
+        } else {
+            gs.gamma
+        }
+    }
+
+    /// Pass 1 over one tensor: advances the base state and returns
+    /// `[Σ D (S − N g²), Σ D g g, Σ D g d, Σ D d d]`.
+    fn reduce_tensor(precond: P, grad: &[f32], state: &mut [P::State], samples: &Samples, tensor: usize) -> [f64; 4] {
+        let n = samples.batch_size;
+        // Each entry of the caller's data is k·g_i: k = 1 ("sample") or N ("mean", g_i/N given).
+        let k = samples.square_scale().sqrt();
+        let mut spread = [0.0f64; COLUMN_BLOCK];
+        let mut total = [0.0f64; 4];
+        for start in (0..grad.len()).step_by(COLUMN_BLOCK) {
+            let end = (start + COLUMN_BLOCK).min(grad.len());
+            let (g, st, sp) = (&grad[start..end], &mut state[start..end], &mut spread[..end - start]);
+            match &samples.data {
+                SampleData::SumSq(s) => cpu::spread_from_sum_sq(&s[tensor][start..end], n, k, g, sp),
+                SampleData::PerSample(rows) => cpu::spread_from_rows(rows[tensor], n, grad.len(), start, k, g, sp),
+            }
+            let block = cpu::reduce::<4, _>(g.len(), |j| {
+                let diag = f64::from(precond.absorb(&mut st[j], g[j]));
+                let (gj, dj) = (f64::from(g[j]), f64::from(P::direction(&st[j])));
+                [diag * sp[j], diag * gj * gj, diag * gj * dj, diag * dj * dj]
+            });
+            for (t, b) in total.iter_mut().zip(block) {
+                *t += b;
+            }
+        }
+        total
+    }
+
+    /// Pass 1 and the per-group solve (steps 1–5); sets each group's direction multipliers.
+    fn estimate(&mut self, ctx: &Context, inputs: &StepInputs) {
+        let samples = inputs.samples.as_ref().expect("checked: AutoOpt has per-sample data");
+        let n = samples.batch_size as f64;
+        for (group, members) in ctx.layout.members.iter().enumerate() {
+            let gs = &mut self.groups[group];
+            if gs.steps == 0 {
+                // A cautious first learning rate 1 − γ_max that the estimates then pull up (§1 step 4).
+                gs.gamma = [ctx.options.get(group, "gamma_max"), 0.0];
+            }
+            gs.steps += 1;
+            let precond = P::new(ctx.options, group, gs.steps);
+            let mut sums = [0.0f64; 4];
+            for &t in members {
+                let part = Self::reduce_tensor(precond, inputs.grads[t], &mut self.states[t], samples, t);
+                sums.iter_mut().zip(part).for_each(|(s, p)| *s += p);
+            }
+            let [spread, a, c, e] = sums;
+            let noise = (spread / (n * (n - 1.0))).max(0.0);
+            let mut est = Estimates { noise, a, c, e, det: a * e - c * c, gamma_oracle: [0.0, 0.0] };
+            if a == 0.0 {
+                // Zero gradient: nothing to scale. The base state has absorbed g (D is formed
+                // before the solve); γ_E, d and θ stay as they are.
+                gs.skips += 1;
+                gs.last = est;
+                gs.direction = None;
+                continue;
+            }
+            let gamma_max = ctx.options.get(group, "gamma_max");
+            let (gamma_oracle, fell_back) = oracle(&est, gamma_max);
+            est.gamma_oracle = gamma_oracle;
+            let (gamma, clamped) = smooth(gamma_oracle, gs.gamma, ctx.options.get(group, "nu"), gamma_max);
+            gs.gamma = gamma;
+            gs.fallbacks += u64::from(fell_back);
+            gs.clamps += u64::from(clamped);
+            gs.last = est;
+            gs.direction = Some(((1.0 - gamma[0] - gamma[1]) as f32, gamma[1] as f32));
+        }
+    }
+}
+
+impl<P: Precond> Algorithm for AutoOpt<P> {
+    fn name(&self) -> &'static str {
+        P::NAME
+    }
+
+    fn accepts(&self, _ctx: &Context) -> Accepts {
+        Accepts { per_sample: true, ..Accepts::default() }
+    }
+
+    fn check(&self, _ctx: &Context, inputs: &StepInputs, _cb: &Callbacks) -> Result<()> {
+        let samples = inputs.samples.as_ref().ok_or_else(|| {
+            Error::invalid(format!(
+                "{} needs per-sample data: pass sum_sq (Σ_i g_i² per tensor) with batch_size, or the N × len per_sample matrices",
+                P::NAME
+            ))
+        })?;
+        if samples.batch_size < 2 {
+            return Err(Error::invalid(format!(
+                "{} needs batch_size N ≥ 2 (got {}): the per-sample variance is undefined for one sample",
+                P::NAME,
+                samples.batch_size
+            )));
+        }
+        Ok(())
+    }
+
+    fn propose(&mut self, ctx: &Context, params: &[&mut [f32]], inputs: &StepInputs, _cb: &mut Callbacks) -> Result<f64> {
+        self.estimate(ctx, inputs);
+        let mut g_dot_s = 0.0;
+        for (group, members) in ctx.layout.members.iter().enumerate() {
+            let Some((coef_g, coef_d)) = self.groups[group].direction else { continue };
+            let precond = P::new(ctx.options, group, self.groups[group].steps);
+            for &t in members {
+                g_dot_s += cpu::advance_dot(params[t], inputs.grads[t], &mut self.states[t], |g, _, st| {
+                    let direction = coef_g * g + coef_d * P::direction(st);
+                    P::set_direction(st, direction);
+                    precond.diag(st) * direction
+                });
+            }
+        }
+        Ok(g_dot_s)
+    }
+
+    fn apply(&self, ctx: &Context, params: &mut [&mut [f32]], inputs: &StepInputs, scale: f32) {
+        for (group, members) in ctx.layout.members.iter().enumerate() {
+            if self.groups[group].direction.is_none() {
+                continue;
+            }
+            let precond = P::new(ctx.options, group, self.groups[group].steps);
+            for &t in members {
+                cpu::apply_scaled(params[t], inputs.grads[t], &self.states[t], scale, |_, _, st| precond.diag(st) * P::direction(st));
+            }
+        }
+    }
+
+    fn step(&mut self, ctx: &Context, params: &mut [&mut [f32]], inputs: &StepInputs, _cb: &mut Callbacks) -> Result<()> {
+        self.estimate(ctx, inputs);
+        for (group, members) in ctx.layout.members.iter().enumerate() {
+            let Some((coef_g, coef_d)) = self.groups[group].direction else { continue };
+            let precond = P::new(ctx.options, group, self.groups[group].steps);
+            for &t in members {
+                cpu::update(params[t], inputs.grads[t], &mut self.states[t], |g, _, st| {
+                    let direction = coef_g * g + coef_d * P::direction(st);
+                    P::set_direction(st, direction);
+                    precond.diag(st) * direction
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn lr(&self, ctx: &Context, group: usize) -> f64 {
+        1.0 - self.gamma(ctx, group)[0]
+    }
+
+    fn momentum(&self, ctx: &Context, group: usize) -> f64 {
+        let gamma = self.gamma(ctx, group);
+        gamma[1] / (1.0 - gamma[0])
+    }
+
+    fn telemetry(&self, ctx: &Context, group: usize) -> Vec<(&'static str, f64)> {
+        let gs = &self.groups[group];
+        let est = &gs.last;
+        let gamma = self.gamma(ctx, group);
+        vec![
+            ("V", est.noise),
+            ("a", est.a),
+            ("c", est.c),
+            ("e", est.e),
+            ("det", est.det),
+            ("gamma1_oracle", est.gamma_oracle[0]),
+            ("gamma2_oracle", est.gamma_oracle[1]),
+            ("gamma1", gamma[0]),
+            ("gamma2", gamma[1]),
+            ("fallbacks", gs.fallbacks as f64),
+            ("clamps", gs.clamps as f64),
+            ("skips", gs.skips as f64),
+        ]
+    }
+
+    fn save(&self, w: &mut Writer) {
+        for gs in &self.groups {
+            let e = &gs.last;
+            let (coef_g, coef_d) = gs.direction.map_or((f64::NAN, f64::NAN), |(g, d)| (f64::from(g), f64::from(d)));
+            w.f64s(&[
+                gs.gamma[0],
+                gs.gamma[1],
+                gs.steps as f64,
+                gs.fallbacks as f64,
+                gs.clamps as f64,
+                gs.skips as f64,
+                e.noise,
+                e.a,
+                e.c,
+                e.e,
+                e.det,
+                e.gamma_oracle[0],
+                e.gamma_oracle[1],
+                coef_g,
+                coef_d,
+            ]);
+        }
+        for s in &self.states {
+            w.f32s(&cpu::states_to_floats(s));
+        }
+    }
+
+    fn load(&mut self, ctx: &Context, r: &mut Reader) -> Result<()> {
+        for gs in self.groups.iter_mut() {
+            let v = r.f64s_exact(15, "AutoOpt group state")?;
+            gs.gamma = [v[0], v[1]];
+            (gs.steps, gs.fallbacks, gs.clamps, gs.skips) = (v[2] as u64, v[3] as u64, v[4] as u64, v[5] as u64);
+            gs.last = Estimates { noise: v[6], a: v[7], c: v[8], e: v[9], det: v[10], gamma_oracle: [v[11], v[12]] };
+            gs.direction = if v[13].is_nan() { None } else { Some((v[13] as f32, v[14] as f32)) };
+        }
+        for (t, &len) in ctx.layout.lens.iter().enumerate() {
+            let floats = r.f32s_exact(len * P::State::FLOATS, &format!("state of tensor {t}"))?;
+            self.states[t] = cpu::states_from_floats(&floats, len);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn est(noise: f64, a: f64, c: f64, e: f64) -> Estimates {
+        Estimates { noise, a, c, e, det: a * e - c * c, gamma_oracle: [0.0; 2] }
+    }
+
+    #[test]
+    fn oracle_solves_the_2x2_system() {
+        // Â γ = [V, V] with Â = [[a, a−c], [a−c, a−2c+e]] (eq. 24).
+        let e = est(0.1, 2.0, 0.5, 1.0);
+        let (g, fell_back) = oracle(&e, 0.999);
+        assert!(!fell_back);
+        let (a, c, ee) = (2.0, 0.5, 1.0);
+        let r1 = a * g[0] + (a - c) * g[1];
+        let r2 = (a - c) * g[0] + (a - 2.0 * c + ee) * g[1];
+        assert!((r1 - 0.1).abs() < 1e-12 && (r2 - 0.1).abs() < 1e-12, "{g:?}");
+    }
+
+    #[test]
+    fn oracle_falls_back_without_history_and_outside_the_region() {
+        // t = 1: d = 0 → c = e = 0 → det = 0.
+        assert_eq!(oracle(&est(0.5, 1.0, 0.0, 0.0), 0.999), ([0.5, 0.0], true));
+        // V/a above γ_max is clamped.
+        assert_eq!(oracle(&est(5.0, 1.0, 0.0, 0.0), 0.999), ([0.999, 0.0], true));
+        // c < 0 gives γ2 < 0: rejected.
+        assert!(oracle(&est(0.1, 2.0, -0.5, 1.0), 0.999).1);
+    }
+
+    #[test]
+    fn smoothing_is_bounded() {
+        let (g, clamped) = smooth([0.999, 0.5], [0.999, 0.999], 0.9, 0.999);
+        assert!(!clamped && g == [0.999, 0.9491]);
+        let (g, clamped) = smooth([2.0, 0.0], [0.999, 0.0], 0.5, 0.999);
+        assert!(clamped && g[0] == 0.999);
+    }
+}

@@ -1,0 +1,968 @@
+/* C API test for autolr: include/autolr.h against the cdylib.
+ *
+ * Build (from the repository root, after `cargo build --release`):
+ *   gcc -std=c11 -Wall -Wextra -Werror -Iinclude tests/c/test_capi.c \
+ *       -Ltarget/release -lautolr -lm -Wl,-rpath,$PWD/target/release
+ * or run tests/c/run.sh (builds it and runs it under valgrind).
+ *
+ * What it covers:
+ *   - create / options by name, per group, get_option / step / lr / momentum / telemetry /
+ *     save_size / save / load / destroy on 'adam' and 'momentum', 3 tensors in 2 groups;
+ *   - a few steps of each against a tiny float64 re-implementation written here
+ *     (ALGORITHMS.md §0, PyTorch conventions);
+ *   - save at step k, load into a fresh optimizer, continue: bit-identical to an
+ *     uninterrupted run, options restored;
+ *   - every status code a CPU build can produce, each at least once, with its message printed
+ *     and checked non-empty; after every failed call on a live optimizer the parameters and the
+ *     saved state bytes are bit-identical to before (memcmp).
+ *
+ * ALR_CUDA_ERROR cannot be produced here: on a build without the `cuda` feature a CUDA device
+ * is refused with ALR_UNSUPPORTED before any driver call, and a CPU optimizer never talks to
+ * the driver. It is only reachable on a `--features cuda` build with a broken driver/kernel.
+ *
+ * ALR_CALLBACK_FAILED needs an algorithm that calls back into the caller ('gi' calls the loss
+ * callback, 'vsgd-l' the gradient callback). The code path below tries to create each; when
+ * neither exists yet (ALR_INVALID_ARGUMENT, unknown algorithm) it prints a note and skips.
+ *
+ * Output ends with "N passed, M failed"; the exit status is non-zero when M > 0.
+ * Everything created is destroyed and everything allocated is freed (valgrind-clean).
+ */
+#define _POSIX_C_SOURCE 200809L /* fork, waitpid: a call that may abort the process runs in a child */
+#include "autolr.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+/* ---------------------------------------------------------------------------------------- */
+/* checks                                                                                    */
+
+static int n_pass = 0, n_fail = 0;
+static char last_msg[4096]; /* copy of alr_last_error() after the last expect() */
+
+static void checkf(int ok, int line, const char *fmt, ...) {
+    if (ok) {
+        n_pass++;
+        return;
+    }
+    n_fail++;
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "FAIL (line %d): ", line);
+    vfprintf(stderr, fmt, ap);
+    fprintf(stderr, "\n");
+    va_end(ap);
+}
+#define CHECK(cond, ...) checkf((cond) != 0, __LINE__, __VA_ARGS__)
+
+/* Checks a status; on an expected failure prints the message and checks it is non-empty. The
+ * message is read first thing, before any other alr_* call can replace it. */
+static int expect_at(AlrStatus rc, AlrStatus want, const char *what, int line) {
+    const char *msg = alr_last_error();
+    snprintf(last_msg, sizeof last_msg, "%s", msg ? msg : "(null)");
+    int ok = rc == want;
+    checkf(ok, line, "%s: got %s, want %s (message: '%s')", what, alr_status_name(rc), alr_status_name(want), last_msg);
+    if (want == ALR_OK) {
+        checkf(msg != NULL && msg[0] == '\0', line, "%s: last error should be empty after success, is '%s'", what, last_msg);
+    } else {
+        checkf(msg != NULL && strlen(msg) > 0, line, "%s: %s with an empty message", what, alr_status_name(rc));
+        printf("  [%-20s] %-58s -> %s\n", alr_status_name(rc), what, last_msg);
+    }
+    return ok;
+}
+#define EXPECT(rc, want, what) expect_at((rc), (want), (what), __LINE__)
+#define MSG_HAS(needle) CHECK(strstr(last_msg, (needle)) != NULL, "message '%s' should mention '%s'", last_msg, (needle))
+
+/* ---------------------------------------------------------------------------------------- */
+/* the fixture: 3 tensors (lengths not multiples of 8, to exercise tails) in 2 groups        */
+
+#define NT 3
+#define NG 2
+#define MAXLEN 13
+static const size_t LENS[NT] = {13, 4, 9};
+static const uint32_t GROUPS[NT] = {0, 1, 0}; /* tensors 0 and 2 share group 0 */
+
+typedef struct {
+    AlrOptimizer *opt;
+    float p[NT][MAXLEN];
+    float g[NT][MAXLEN];
+    float *pp[NT];
+    const float *gp[NT];
+    AlrStepArgs args;
+} Fix;
+
+static AlrCreateArgs create_args(const char *algorithm, const size_t *lens, const uint32_t *groups, size_t n) {
+    AlrCreateArgs a;
+    memset(&a, 0, sizeof a);
+    a.struct_size = sizeof a;
+    a.algorithm = algorithm;
+    a.n_tensors = n;
+    a.lens = lens;
+    a.groups = groups;
+    a.device = ALR_DEVICE_CPU;
+    return a;
+}
+
+static AlrStatus create(const char *algorithm, const size_t *lens, const uint32_t *groups, size_t n, AlrOptimizer **out) {
+    AlrCreateArgs a = create_args(algorithm, lens, groups, n);
+    return alr_create(&a, out);
+}
+
+static void init_params(Fix *fx) {
+    for (size_t t = 0; t < NT; t++)
+        for (size_t i = 0; i < MAXLEN; i++) fx->p[t][i] = (i < LENS[t]) ? (float)sin(0.37 * (double)i + 1.1 * (double)t + 0.2) : 0.0f;
+}
+
+/* A gradient that depends on the parameters (so errors would compound) plus a deterministic wiggle. */
+static void make_grads(Fix *fx, int step) {
+    for (size_t t = 0; t < NT; t++)
+        for (size_t i = 0; i < LENS[t]; i++)
+            fx->g[t][i] = (float)(0.5 * (double)fx->p[t][i] + 0.3 * cos(1.3 * (double)i + 0.7 * step + (double)t));
+}
+
+static void fix_args(Fix *fx) {
+    for (size_t t = 0; t < NT; t++) {
+        fx->pp[t] = fx->p[t];
+        fx->gp[t] = fx->g[t];
+    }
+    memset(&fx->args, 0, sizeof fx->args);
+    fx->args.struct_size = sizeof fx->args;
+    fx->args.n_tensors = NT;
+    fx->args.params = fx->pp;
+    fx->args.grads = fx->gp;
+}
+
+static int fix_open(Fix *fx, const char *algorithm) {
+    memset(fx, 0, sizeof *fx);
+    init_params(fx);
+    fix_args(fx);
+    return EXPECT(create(algorithm, LENS, GROUPS, NT, &fx->opt), ALR_OK, "alr_create fixture");
+}
+
+static void fix_close(Fix *fx) {
+    EXPECT(alr_destroy(fx->opt), ALR_OK, "alr_destroy fixture");
+    fx->opt = NULL;
+}
+
+static AlrStatus fix_step(Fix *fx, int step) {
+    make_grads(fx, step);
+    fix_args(fx);
+    return alr_step(fx->opt, &fx->args);
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* snapshots: parameters + saved state bytes                                                */
+
+typedef struct {
+    float p[NT][MAXLEN];
+    uint8_t *state;
+    size_t len;
+} Snap;
+
+static uint8_t *save_state(AlrOptimizer *opt, size_t *len) {
+    size_t size = 0, written = 0;
+    if (alr_save_size(opt, &size) != ALR_OK) return NULL;
+    uint8_t *buf = malloc(size ? size : 1);
+    if (!buf) return NULL;
+    if (alr_save(opt, buf, size, &written) != ALR_OK || written != size) {
+        free(buf);
+        return NULL;
+    }
+    *len = size;
+    return buf;
+}
+
+static void snap_take(const Fix *fx, Snap *s) {
+    memcpy(s->p, fx->p, sizeof s->p);
+    s->len = 0;
+    s->state = save_state(fx->opt, &s->len);
+    CHECK(s->state != NULL, "snapshot: alr_save failed: %s", alr_last_error());
+}
+
+static void snap_free(Snap *s) {
+    free(s->state);
+    s->state = NULL;
+}
+
+/* Parameters and state bytes bit-identical to the snapshot. */
+static void unchanged_at(const Fix *fx, const Snap *s, const char *what, int line) {
+    checkf(memcmp(fx->p, s->p, sizeof s->p) == 0, line, "%s: parameters changed by a failed call", what);
+    size_t len = 0;
+    uint8_t *now = save_state(fx->opt, &len);
+    checkf(now != NULL && len == s->len && memcmp(now, s->state, len) == 0, line, "%s: saved state changed by a failed call", what);
+    free(now);
+}
+#define UNCHANGED(fx, s, what) unchanged_at((fx), (s), (what), __LINE__)
+
+/* A failed call on the fixture: right status, message, nothing changed. */
+#define FAILS(fx, s, call, want, what)         \
+    do {                                       \
+        EXPECT((call), (want), (what));        \
+        UNCHANGED((fx), (s), (what));          \
+    } while (0)
+
+/* ---------------------------------------------------------------------------------------- */
+/* float64 reference of ALGORITHMS.md §0 (momentum: PyTorch convention, first step m = g)     */
+
+typedef struct {
+    double p[NT][MAXLEN], m[NT][MAXLEN], v[NT][MAXLEN];
+    long t[NG];
+} Ref;
+
+static void ref_init(Ref *r, const Fix *fx) {
+    memset(r, 0, sizeof *r);
+    for (size_t t = 0; t < NT; t++)
+        for (size_t i = 0; i < LENS[t]; i++) r->p[t][i] = (double)fx->p[t][i];
+}
+
+static void ref_momentum(Ref *r, const Fix *fx, const double lr[NG], const double mu[NG], const double wd[NG]) {
+    for (size_t k = 0; k < NG; k++) r->t[k]++;
+    for (size_t t = 0; t < NT; t++) {
+        size_t k = GROUPS[t];
+        for (size_t i = 0; i < LENS[t]; i++) {
+            double g = (double)fx->g[t][i] + wd[k] * r->p[t][i];
+            r->m[t][i] = (r->t[k] == 1) ? g : mu[k] * r->m[t][i] + g;
+            r->p[t][i] -= lr[k] * r->m[t][i];
+        }
+    }
+}
+
+static void ref_adam(Ref *r, const Fix *fx, const double lr[NG], const double b1[NG], const double b2[NG], double eps) {
+    for (size_t k = 0; k < NG; k++) r->t[k]++;
+    for (size_t t = 0; t < NT; t++) {
+        size_t k = GROUPS[t];
+        double c1 = 1.0 - pow(b1[k], (double)r->t[k]), c2 = 1.0 - pow(b2[k], (double)r->t[k]);
+        for (size_t i = 0; i < LENS[t]; i++) {
+            double g = (double)fx->g[t][i];
+            r->m[t][i] = b1[k] * r->m[t][i] + (1.0 - b1[k]) * g;
+            r->v[t][i] = b2[k] * r->v[t][i] + (1.0 - b2[k]) * g * g;
+            r->p[t][i] -= lr[k] * (r->m[t][i] / c1) / (sqrt(r->v[t][i] / c2) + eps);
+        }
+    }
+}
+
+static double ref_max_err(const Ref *r, const Fix *fx) {
+    double worst = 0.0;
+    for (size_t t = 0; t < NT; t++)
+        for (size_t i = 0; i < LENS[t]; i++) {
+            double scale = fabs(r->p[t][i]) > 1.0 ? fabs(r->p[t][i]) : 1.0;
+            double e = fabs((double)fx->p[t][i] - r->p[t][i]) / scale;
+            if (e > worst) worst = e;
+        }
+    return worst;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* option / read-back helpers                                                                */
+
+static double get_opt(AlrOptimizer *opt, size_t group, const char *name) {
+    double v = NAN;
+    AlrStatus rc = alr_get_option(opt, group, name, &v);
+    CHECK(rc == ALR_OK, "alr_get_option(%zu, %s): %s %s", group, name, alr_status_name(rc), alr_last_error());
+    return v;
+}
+
+static void check_readback(AlrOptimizer *opt, const char *alg, const double lr[NG], const double mom[NG], int steps) {
+    size_t ng = 0;
+    EXPECT(alr_n_groups(opt, &ng), ALR_OK, "alr_n_groups");
+    CHECK(ng == NG, "%s: alr_n_groups = %zu, want %d", alg, ng, NG);
+    for (size_t k = 0; k < NG; k++) {
+        double v = NAN;
+        EXPECT(alr_get_lr(opt, k, &v), ALR_OK, "alr_get_lr");
+        CHECK(v == lr[k], "%s group %zu: lr %.17g, want %.17g", alg, k, v, lr[k]);
+        EXPECT(alr_get_momentum(opt, k, &v), ALR_OK, "alr_get_momentum");
+        CHECK(v == mom[k], "%s group %zu: momentum %.17g, want %.17g", alg, k, v, mom[k]);
+        size_t count = 0;
+        EXPECT(alr_telemetry_count(opt, k, &count), ALR_OK, "alr_telemetry_count");
+        CHECK(count >= 1, "%s group %zu: no telemetry", alg, k);
+        int saw_lr = 0;
+        for (size_t e = 0; e < count; e++) {
+            const char *name = NULL;
+            double value = NAN;
+            EXPECT(alr_telemetry_entry(opt, k, e, &name, &value), ALR_OK, "alr_telemetry_entry");
+            CHECK(name != NULL && name[0] != '\0', "%s group %zu entry %zu: empty name", alg, k, e);
+            if (!name) continue;
+            CHECK(isfinite(value), "%s telemetry %s = %g is not finite", alg, name, value);
+            if (strcmp(name, "lr") == 0) {
+                saw_lr = 1;
+                CHECK(value == lr[k], "%s telemetry lr %.17g, want %.17g", alg, value, lr[k]);
+            }
+            if (strcmp(name, "steps") == 0) CHECK(value == (double)steps, "%s telemetry steps %g, want %d", alg, value, steps);
+        }
+        CHECK(saw_lr, "%s group %zu: telemetry has no 'lr' entry", alg, k);
+    }
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* 1. momentum and adam: options, steps against the reference, read-back                    */
+
+static const double MOM_LR[NG] = {0.05, 0.02}, MOM_MU[NG] = {0.9, 0.5}, MOM_WD[NG] = {0.01, 0.0};
+static const double ADAM_LR[NG] = {0.0125, 0.01}, ADAM_B1[NG] = {0.9, 0.8}, ADAM_B2[NG] = {0.99, 0.99};
+
+static void set_momentum_options(AlrOptimizer *opt) {
+    EXPECT(alr_set_option(opt, "lr", 0.05), ALR_OK, "set lr");
+    EXPECT(alr_set_group_option(opt, 1, "lr", 0.02), ALR_OK, "set lr group 1");
+    EXPECT(alr_set_group_option(opt, 1, "momentum", 0.5), ALR_OK, "set momentum group 1");
+    EXPECT(alr_set_group_option(opt, 0, "weight_decay", 0.01), ALR_OK, "set weight_decay group 0");
+}
+
+static void set_adam_options(AlrOptimizer *opt) {
+    EXPECT(alr_set_option(opt, "lr", 0.01), ALR_OK, "set lr");
+    EXPECT(alr_set_group_option(opt, 0, "lr", 0.0125), ALR_OK, "set lr group 0");
+    EXPECT(alr_set_group_option(opt, 1, "beta1", 0.8), ALR_OK, "set beta1 group 1");
+    EXPECT(alr_set_option(opt, "beta2", 0.99), ALR_OK, "set beta2");
+}
+
+static void check_options_momentum(AlrOptimizer *opt, const char *when) {
+    for (size_t k = 0; k < NG; k++) {
+        CHECK(get_opt(opt, k, "lr") == MOM_LR[k], "%s: momentum lr group %zu", when, k);
+        CHECK(get_opt(opt, k, "momentum") == MOM_MU[k], "%s: momentum mu group %zu", when, k);
+        CHECK(get_opt(opt, k, "weight_decay") == MOM_WD[k], "%s: momentum weight_decay group %zu", when, k);
+        CHECK(get_opt(opt, k, "nesterov") == 0.0, "%s: nesterov default", when);
+        CHECK(get_opt(opt, k, "check_finite") == 1.0, "%s: check_finite default", when);
+    }
+}
+
+static void check_options_adam(AlrOptimizer *opt, const char *when) {
+    for (size_t k = 0; k < NG; k++) {
+        CHECK(get_opt(opt, k, "lr") == ADAM_LR[k], "%s: adam lr group %zu", when, k);
+        CHECK(get_opt(opt, k, "beta1") == ADAM_B1[k], "%s: adam beta1 group %zu", when, k);
+        CHECK(get_opt(opt, k, "beta2") == ADAM_B2[k], "%s: adam beta2 group %zu", when, k);
+        CHECK(get_opt(opt, k, "eps") == 1e-8, "%s: adam eps default", when);
+    }
+}
+
+static void test_against_reference(void) {
+    printf("momentum and adam against the float64 reference\n");
+    Fix fx;
+    Ref r;
+    if (fix_open(&fx, "momentum")) {
+        set_momentum_options(fx.opt);
+        check_options_momentum(fx.opt, "momentum after set");
+        ref_init(&r, &fx);
+        for (int s = 0; s < 6; s++) {
+            EXPECT(fix_step(&fx, s), ALR_OK, "momentum step");
+            ref_momentum(&r, &fx, MOM_LR, MOM_MU, MOM_WD);
+            double e = ref_max_err(&r, &fx);
+            CHECK(e <= 1e-6, "momentum step %d: relative error %.3e vs float64 reference", s, e);
+        }
+        check_readback(fx.opt, "momentum", MOM_LR, MOM_MU, 6);
+        fix_close(&fx);
+    }
+    if (fix_open(&fx, "adam")) {
+        set_adam_options(fx.opt);
+        check_options_adam(fx.opt, "adam after set");
+        ref_init(&r, &fx);
+        for (int s = 0; s < 6; s++) {
+            EXPECT(fix_step(&fx, s), ALR_OK, "adam step");
+            ref_adam(&r, &fx, ADAM_LR, ADAM_B1, ADAM_B2, 1e-8);
+            double e = ref_max_err(&r, &fx);
+            CHECK(e <= 1e-6, "adam step %d: relative error %.3e vs float64 reference", s, e);
+        }
+        check_readback(fx.opt, "adam", ADAM_LR, ADAM_B1, 6);
+        fix_close(&fx);
+    }
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* 2. checkpoint: save at step 3, load into a fresh optimizer, continue; bit-identical       */
+
+static void test_resume(const char *alg, void (*set_options)(AlrOptimizer *), void (*check_options)(AlrOptimizer *, const char *)) {
+    printf("%s: save at step 3, load into a fresh optimizer, continue\n", alg);
+    const int K = 3, TOTAL = 7;
+    Fix a, b;
+    if (!fix_open(&a, alg)) return;
+    set_options(a.opt);
+    for (int s = 0; s < TOTAL; s++) EXPECT(fix_step(&a, s), ALR_OK, "uninterrupted step");
+    size_t end_len = 0;
+    uint8_t *end_state = save_state(a.opt, &end_len);
+
+    if (!fix_open(&b, alg)) {
+        free(end_state);
+        fix_close(&a);
+        return;
+    }
+    set_options(b.opt);
+    for (int s = 0; s < K; s++) EXPECT(fix_step(&b, s), ALR_OK, "step before save");
+    size_t size = 0, written = 0;
+    EXPECT(alr_save_size(b.opt, &size), ALR_OK, "alr_save_size");
+    CHECK(size > 0, "save size is 0");
+    uint8_t *buf = malloc(size + 16);
+    memset(buf, 0xAB, size + 16);
+    EXPECT(alr_save(b.opt, buf, size + 16, &written), ALR_OK, "alr_save (roomy buffer)");
+    CHECK(written == size, "alr_save wrote %zu bytes, alr_save_size said %zu", written, size);
+    CHECK(buf[size] == 0xAB, "alr_save wrote past the bytes it reported");
+    float params_at_k[NT][MAXLEN];
+    memcpy(params_at_k, b.p, sizeof params_at_k);
+    fix_close(&b);
+
+    /* a fresh optimizer with default options: load must restore the options too */
+    Fix c;
+    if (fix_open(&c, alg)) {
+        memcpy(c.p, params_at_k, sizeof c.p);
+        EXPECT(alr_load(c.opt, buf, written), ALR_OK, "alr_load into a fresh optimizer");
+        check_options(c.opt, "options after load");
+        for (int s = K; s < TOTAL; s++) EXPECT(fix_step(&c, s), ALR_OK, "step after load");
+        CHECK(memcmp(c.p, a.p, sizeof c.p) == 0, "%s: resumed parameters differ from the uninterrupted run", alg);
+        size_t len = 0;
+        uint8_t *st = save_state(c.opt, &len);
+        CHECK(st && end_state && len == end_len && memcmp(st, end_state, len) == 0, "%s: resumed state differs from the uninterrupted run", alg);
+        free(st);
+        fix_close(&c);
+    }
+    free(buf);
+    free(end_state);
+    fix_close(&a);
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* 3. every status code                                                                      */
+
+static int cb_calls = 0;
+
+static int32_t loss_quadratic(void *user_data, const float *const *params, size_t n_tensors, double *loss_out) {
+    (void)user_data;
+    cb_calls++;
+    double f = 0.0;
+    for (size_t t = 0; t < n_tensors && t < NT; t++)
+        for (size_t i = 0; i < LENS[t]; i++) f += 0.25 * (double)params[t][i] * (double)params[t][i];
+    *loss_out = f;
+    return 0;
+}
+
+static int32_t loss_failing(void *user_data, const float *const *params, size_t n_tensors, double *loss_out) {
+    (void)user_data;
+    (void)params;
+    (void)n_tensors;
+    (void)loss_out;
+    cb_calls++;
+    return 7;
+}
+
+static int32_t grad_failing(void *user_data, const float *const *params, float *const *grads_out, size_t n_tensors) {
+    (void)user_data;
+    (void)params;
+    (void)grads_out;
+    (void)n_tensors;
+    cb_calls++;
+    return 3;
+}
+
+static void test_null_and_create_errors(void) {
+    printf("alr_create and null pointers\n");
+    AlrOptimizer *out = (AlrOptimizer *)&out; /* garbage that must be overwritten with NULL */
+    AlrCreateArgs a = create_args("adam", LENS, GROUPS, NT);
+
+    EXPECT(alr_create(NULL, &out), ALR_NULL_POINTER, "alr_create(args = NULL)");
+    CHECK(out == NULL, "alr_create must set *out = NULL on failure");
+    EXPECT(alr_create(&a, NULL), ALR_NULL_POINTER, "alr_create(out = NULL)");
+    a.algorithm = NULL;
+    EXPECT(alr_create(&a, &out), ALR_NULL_POINTER, "alr_create(algorithm = NULL)");
+    a = create_args("adam", NULL, GROUPS, NT);
+    EXPECT(alr_create(&a, &out), ALR_NULL_POINTER, "alr_create(lens = NULL)");
+
+    out = (AlrOptimizer *)&out;
+    EXPECT(create("adamm", LENS, GROUPS, NT, &out), ALR_INVALID_ARGUMENT, "alr_create unknown algorithm");
+    CHECK(out == NULL, "alr_create must set *out = NULL on failure");
+    MSG_HAS("adamm");
+    MSG_HAS("sgd");
+    MSG_HAS("momentum");
+    MSG_HAS("adam");
+    MSG_HAS("rmsprop");
+
+    static const uint32_t gap[NT] = {0, 2, 0};
+    EXPECT(create("adam", LENS, gap, NT, &out), ALR_INVALID_ARGUMENT, "alr_create groups {0,2,0} (group 1 unused)");
+    MSG_HAS("group 1");
+    static const uint32_t big[NT] = {0, 1, 5};
+    EXPECT(create("adam", LENS, big, NT, &out), ALR_INVALID_ARGUMENT, "alr_create groups {0,1,5}");
+    /* A huge group id must be refused like any other bad id, not size an allocation: run it in a
+     * child process, because a library that allocates one entry per id aborts (OOM) there. */
+    {
+        fflush(stdout);
+        fflush(stderr);
+        pid_t pid = fork();
+        if (pid == 0) {
+            static const uint32_t huge[NT] = {0, 1, 4000000000u};
+            AlrOptimizer *o = (AlrOptimizer *)&o;
+            AlrStatus rc = create("adam", LENS, huge, NT, &o);
+            printf("  [%-20s] %-58s -> %s\n", alr_status_name(rc), "alr_create group id 4e9 (in a child process)", alr_last_error());
+            fflush(stdout);
+            if (rc == ALR_OK) alr_destroy(o);
+            _exit(rc == ALR_INVALID_ARGUMENT && o == NULL && alr_last_error()[0] != '\0' ? 0 : 1);
+        }
+        int status = 0;
+        CHECK(pid > 0 && waitpid(pid, &status, 0) == pid, "fork/waitpid failed");
+        CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+              "alr_create with group id 4000000000 must return ALR_INVALID_ARGUMENT; the child %s %d",
+              WIFSIGNALED(status) ? "was killed by signal" : "exited with", WIFSIGNALED(status) ? WTERMSIG(status) : WEXITSTATUS(status));
+    }
+    static const size_t zero_len[NT] = {13, 0, 9};
+    EXPECT(create("adam", zero_len, GROUPS, NT, &out), ALR_INVALID_ARGUMENT, "alr_create zero-length tensor");
+    EXPECT(create("adam", LENS, GROUPS, 0, &out), ALR_INVALID_ARGUMENT, "alr_create n_tensors = 0");
+
+    a = create_args("adam", LENS, GROUPS, NT);
+    a.struct_size = sizeof a - 1;
+    EXPECT(alr_create(&a, &out), ALR_INVALID_ARGUMENT, "alr_create struct_size too small");
+    MSG_HAS("struct_size");
+    a.struct_size = 0;
+    EXPECT(alr_create(&a, &out), ALR_INVALID_ARGUMENT, "alr_create struct_size = 0");
+
+    a = create_args("adam", LENS, GROUPS, NT);
+    a.device = ALR_DEVICE_CUDA;
+    out = (AlrOptimizer *)&out;
+    EXPECT(alr_create(&a, &out), ALR_UNSUPPORTED, "alr_create on ALR_DEVICE_CUDA (CPU build)");
+    CHECK(out == NULL, "alr_create must set *out = NULL on failure");
+    MSG_HAS("cuda");
+
+    /* a caller compiled against a newer header passes a larger struct: accepted */
+    struct {
+        AlrCreateArgs args;
+        uint64_t appended_field;
+    } bigger;
+    memset(&bigger, 0, sizeof bigger);
+    bigger.args = create_args("sgd", LENS, GROUPS, NT);
+    bigger.args.struct_size = sizeof bigger;
+    bigger.appended_field = 42;
+    EXPECT(alr_create(&bigger.args, &out), ALR_OK, "alr_create with a larger struct_size");
+    EXPECT(alr_destroy(out), ALR_OK, "alr_destroy");
+
+    /* a string option on an algorithm that has none */
+    if (EXPECT(create("adam", LENS, GROUPS, NT, &out), ALR_OK, "alr_create adam")) {
+        EXPECT(alr_set_option_str(out, "base", "sgd"), ALR_INVALID_ARGUMENT, "alr_set_option_str 'base' on adam");
+        EXPECT(alr_destroy(out), ALR_OK, "alr_destroy");
+    }
+
+    /* handle arguments */
+    double v = 0;
+    size_t n = 0;
+    EXPECT(alr_destroy(NULL), ALR_OK, "alr_destroy(NULL) is a no-op");
+    EXPECT(alr_set_option(NULL, "lr", 0.1), ALR_NULL_POINTER, "alr_set_option(opt = NULL)");
+    EXPECT(alr_get_lr(NULL, 0, &v), ALR_NULL_POINTER, "alr_get_lr(opt = NULL)");
+    EXPECT(alr_n_groups(NULL, &n), ALR_NULL_POINTER, "alr_n_groups(opt = NULL)");
+    EXPECT(alr_report_loss(NULL, 1.0), ALR_NULL_POINTER, "alr_report_loss(opt = NULL)");
+
+    /* version and status names */
+    CHECK(strcmp(alr_version(), ALR_VERSION) == 0, "alr_version '%s' != ALR_VERSION '%s'", alr_version(), ALR_VERSION);
+    CHECK(alr_abi_version() == ALR_ABI_VERSION, "alr_abi_version %u != %d", alr_abi_version(), ALR_ABI_VERSION);
+    static const char *names[] = {"ALR_OK", "ALR_NULL_POINTER", "ALR_INVALID_ARGUMENT", "ALR_SHAPE_MISMATCH",
+                                  "ALR_NON_FINITE", "ALR_WRONG_STATE", "ALR_UNSUPPORTED", "ALR_CUDA_ERROR",
+                                  "ALR_CALLBACK_FAILED", "ALR_BAD_CHECKPOINT", "ALR_PANIC"};
+    for (int s = 0; s <= ALR_PANIC; s++)
+        CHECK(strcmp(alr_status_name((AlrStatus)s), names[s]) == 0, "alr_status_name(%d) = %s", s, alr_status_name((AlrStatus)s));
+}
+
+static void test_stale_handle(void) {
+    printf("stale handle after alr_destroy\n");
+    AlrOptimizer *opt = NULL;
+    if (!EXPECT(create("adam", LENS, GROUPS, NT, &opt), ALR_OK, "alr_create")) return;
+    EXPECT(alr_destroy(opt), ALR_OK, "alr_destroy");
+    /* No alr_create in between: the freed address cannot have been handed out again. */
+    Fix fx;
+    memset(&fx, 0, sizeof fx);
+    init_params(&fx);
+    make_grads(&fx, 0);
+    fix_args(&fx);
+    float before[NT][MAXLEN];
+    memcpy(before, fx.p, sizeof before);
+    double v = 0;
+    size_t n = 0;
+    EXPECT(alr_step(opt, &fx.args), ALR_INVALID_ARGUMENT, "alr_step on a destroyed handle");
+    MSG_HAS("not a live optimizer");
+    CHECK(memcmp(before, fx.p, sizeof before) == 0, "alr_step on a stale handle changed the parameters");
+    EXPECT(alr_set_option(opt, "lr", 0.1), ALR_INVALID_ARGUMENT, "alr_set_option on a destroyed handle");
+    EXPECT(alr_get_lr(opt, 0, &v), ALR_INVALID_ARGUMENT, "alr_get_lr on a destroyed handle");
+    EXPECT(alr_save_size(opt, &n), ALR_INVALID_ARGUMENT, "alr_save_size on a destroyed handle");
+    EXPECT(alr_destroy(opt), ALR_INVALID_ARGUMENT, "alr_destroy twice");
+    int not_a_handle = 0;
+    EXPECT(alr_destroy((AlrOptimizer *)&not_a_handle), ALR_INVALID_ARGUMENT, "alr_destroy on a foreign pointer");
+}
+
+static void test_errors_on_live_optimizer(void) {
+    printf("failed calls on a live adam optimizer leave parameters and state bit-identical\n");
+    Fix fx;
+    if (!fix_open(&fx, "adam")) return;
+    set_adam_options(fx.opt);
+    for (int s = 0; s < 3; s++) EXPECT(fix_step(&fx, s), ALR_OK, "adam step");
+    make_grads(&fx, 3);
+    fix_args(&fx);
+    Snap s;
+    snap_take(&fx, &s);
+    double v = 0;
+    size_t n = 0;
+    AlrStepArgs a;
+
+    /* ALR_NULL_POINTER */
+    FAILS(&fx, &s, alr_step(fx.opt, NULL), ALR_NULL_POINTER, "alr_step(args = NULL)");
+    a = fx.args;
+    a.params = NULL;
+    FAILS(&fx, &s, alr_step(fx.opt, &a), ALR_NULL_POINTER, "alr_step(params = NULL)");
+    a = fx.args;
+    a.grads = NULL;
+    FAILS(&fx, &s, alr_step(fx.opt, &a), ALR_NULL_POINTER, "alr_step(grads = NULL)");
+    {
+        const float *grads_with_hole[NT] = {fx.g[0], NULL, fx.g[2]};
+        a = fx.args;
+        a.grads = grads_with_hole;
+        FAILS(&fx, &s, alr_step(fx.opt, &a), ALR_NULL_POINTER, "alr_step(grads[1] = NULL)");
+        MSG_HAS("grads[1]");
+    }
+    {
+        float *params_with_hole[NT] = {fx.p[0], fx.p[1], NULL};
+        a = fx.args;
+        a.params = params_with_hole;
+        FAILS(&fx, &s, alr_step(fx.opt, &a), ALR_NULL_POINTER, "alr_step(params[2] = NULL)");
+    }
+    FAILS(&fx, &s, alr_step(NULL, &fx.args), ALR_NULL_POINTER, "alr_step(opt = NULL)");
+    FAILS(&fx, &s, alr_set_option(fx.opt, NULL, 0.1), ALR_NULL_POINTER, "alr_set_option(name = NULL)");
+    FAILS(&fx, &s, alr_set_group_option(fx.opt, 0, NULL, 0.1), ALR_NULL_POINTER, "alr_set_group_option(name = NULL)");
+    FAILS(&fx, &s, alr_get_option(fx.opt, 0, "lr", NULL), ALR_NULL_POINTER, "alr_get_option(value = NULL)");
+    FAILS(&fx, &s, alr_get_option(fx.opt, 0, NULL, &v), ALR_NULL_POINTER, "alr_get_option(name = NULL)");
+    FAILS(&fx, &s, alr_get_lr(fx.opt, 0, NULL), ALR_NULL_POINTER, "alr_get_lr(out = NULL)");
+    FAILS(&fx, &s, alr_get_momentum(fx.opt, 0, NULL), ALR_NULL_POINTER, "alr_get_momentum(out = NULL)");
+    FAILS(&fx, &s, alr_n_groups(fx.opt, NULL), ALR_NULL_POINTER, "alr_n_groups(out = NULL)");
+    FAILS(&fx, &s, alr_telemetry_count(fx.opt, 0, NULL), ALR_NULL_POINTER, "alr_telemetry_count(count = NULL)");
+    {
+        const char *name = NULL;
+        FAILS(&fx, &s, alr_telemetry_entry(fx.opt, 0, 0, NULL, &v), ALR_NULL_POINTER, "alr_telemetry_entry(name = NULL)");
+        FAILS(&fx, &s, alr_telemetry_entry(fx.opt, 0, 0, &name, NULL), ALR_NULL_POINTER, "alr_telemetry_entry(value = NULL)");
+    }
+    FAILS(&fx, &s, alr_save_size(fx.opt, NULL), ALR_NULL_POINTER, "alr_save_size(size = NULL)");
+    FAILS(&fx, &s, alr_save(fx.opt, NULL, 100, &n), ALR_NULL_POINTER, "alr_save(buf = NULL)");
+    {
+        uint8_t small[4];
+        FAILS(&fx, &s, alr_save(fx.opt, small, sizeof small, NULL), ALR_NULL_POINTER, "alr_save(written = NULL)");
+    }
+    FAILS(&fx, &s, alr_load(fx.opt, NULL, 10), ALR_NULL_POINTER, "alr_load(buf = NULL)");
+    FAILS(&fx, &s, alr_set_option_str(fx.opt, "base", NULL), ALR_NULL_POINTER, "alr_set_option_str(value = NULL)");
+
+    /* ALR_INVALID_ARGUMENT */
+    FAILS(&fx, &s, alr_set_option(fx.opt, "learning_rate", 0.1), ALR_INVALID_ARGUMENT, "alr_set_option unknown name");
+    MSG_HAS("learning_rate");
+    MSG_HAS("lr");
+    MSG_HAS("beta1");
+    MSG_HAS("beta2");
+    MSG_HAS("eps");
+    MSG_HAS("weight_decay");
+    FAILS(&fx, &s, alr_get_option(fx.opt, 0, "momentum", &v), ALR_INVALID_ARGUMENT, "alr_get_option unknown name (adam has no 'momentum')");
+    FAILS(&fx, &s, alr_set_option(fx.opt, "lr", -0.1), ALR_INVALID_ARGUMENT, "alr_set_option lr = -0.1");
+    MSG_HAS("lr");
+    FAILS(&fx, &s, alr_set_option(fx.opt, "beta1", 1.0), ALR_INVALID_ARGUMENT, "alr_set_option beta1 = 1");
+    FAILS(&fx, &s, alr_set_option(fx.opt, "eps", 0.0), ALR_INVALID_ARGUMENT, "alr_set_option eps = 0");
+    FAILS(&fx, &s, alr_set_option(fx.opt, "lr", NAN), ALR_INVALID_ARGUMENT, "alr_set_option lr = NaN");
+    FAILS(&fx, &s, alr_set_option(fx.opt, "lr", INFINITY), ALR_INVALID_ARGUMENT, "alr_set_option lr = inf");
+    FAILS(&fx, &s, alr_set_option(fx.opt, "check_finite", 0.5), ALR_INVALID_ARGUMENT, "alr_set_option flag = 0.5");
+    FAILS(&fx, &s, alr_set_group_option(fx.opt, 1, "beta2", 1.5), ALR_INVALID_ARGUMENT, "alr_set_group_option beta2 = 1.5");
+    FAILS(&fx, &s, alr_set_group_option(fx.opt, 2, "lr", 0.1), ALR_INVALID_ARGUMENT, "alr_set_group_option group 2 of 2");
+    MSG_HAS("group 2");
+    FAILS(&fx, &s, alr_set_group_option(fx.opt, (size_t)-1, "lr", 0.1), ALR_INVALID_ARGUMENT, "alr_set_group_option group SIZE_MAX");
+    FAILS(&fx, &s, alr_set_group_option(fx.opt, 0, "check_finite", 0.0), ALR_INVALID_ARGUMENT, "alr_set_group_option on a global option");
+    FAILS(&fx, &s, alr_get_option(fx.opt, 2, "lr", &v), ALR_INVALID_ARGUMENT, "alr_get_option group 2 of 2");
+    FAILS(&fx, &s, alr_get_lr(fx.opt, 2, &v), ALR_INVALID_ARGUMENT, "alr_get_lr group 2 of 2");
+    FAILS(&fx, &s, alr_get_momentum(fx.opt, 7, &v), ALR_INVALID_ARGUMENT, "alr_get_momentum group 7 of 2");
+    FAILS(&fx, &s, alr_telemetry_count(fx.opt, 2, &n), ALR_INVALID_ARGUMENT, "alr_telemetry_count group 2 of 2");
+    {
+        const char *name = NULL;
+        FAILS(&fx, &s, alr_telemetry_entry(fx.opt, 0, 1000, &name, &v), ALR_INVALID_ARGUMENT, "alr_telemetry_entry index 1000");
+    }
+    a = fx.args;
+    a.struct_size = sizeof a - 8;
+    FAILS(&fx, &s, alr_step(fx.opt, &a), ALR_INVALID_ARGUMENT, "alr_step struct_size too small");
+    MSG_HAS("struct_size");
+    {
+        float neg[NT][MAXLEN];
+        const float *negp[NT] = {neg[0], neg[1], neg[2]};
+        memset(neg, 0, sizeof neg);
+        a = fx.args;
+        a.sum_sq = negp;
+        a.per_sample = negp;
+        a.batch_size = 4;
+        FAILS(&fx, &s, alr_step(fx.opt, &a), ALR_INVALID_ARGUMENT, "alr_step with both sum_sq and per_sample");
+    }
+    {
+        uint8_t small[8];
+        memset(small, 0xAB, sizeof small);
+        n = 12345;
+        FAILS(&fx, &s, alr_save(fx.opt, small, sizeof small, &n), ALR_INVALID_ARGUMENT, "alr_save into an 8-byte buffer");
+        int untouched = 1;
+        for (size_t i = 0; i < sizeof small; i++) untouched &= small[i] == 0xAB;
+        CHECK(untouched, "alr_save wrote into a buffer that was too small");
+        FAILS(&fx, &s, alr_save(fx.opt, small, s.len - 1, &n), ALR_INVALID_ARGUMENT, "alr_save capacity one byte short");
+    }
+
+    /* ALR_SHAPE_MISMATCH */
+    a = fx.args;
+    a.n_tensors = 2;
+    FAILS(&fx, &s, alr_step(fx.opt, &a), ALR_SHAPE_MISMATCH, "alr_step n_tensors = 2 of 3");
+    a.n_tensors = 4;
+    FAILS(&fx, &s, alr_step(fx.opt, &a), ALR_SHAPE_MISMATCH, "alr_step n_tensors = 4 of 3");
+
+    /* ALR_NON_FINITE: a bad value in the last tensor, so the first ones would already be done
+     * if validation were not complete before the update */
+    {
+        float keep = fx.g[2][8];
+        fx.g[2][8] = NAN;
+        FAILS(&fx, &s, alr_step(fx.opt, &fx.args), ALR_NON_FINITE, "alr_step NaN in grads[2][8]");
+        MSG_HAS("tensor 2");
+        fx.g[2][8] = INFINITY;
+        FAILS(&fx, &s, alr_step(fx.opt, &fx.args), ALR_NON_FINITE, "alr_step +inf in grads[2][8]");
+        fx.g[2][8] = keep;
+        keep = fx.g[0][0];
+        fx.g[0][0] = -INFINITY;
+        FAILS(&fx, &s, alr_step(fx.opt, &fx.args), ALR_NON_FINITE, "alr_step -inf in grads[0][0]");
+        fx.g[0][0] = keep;
+    }
+
+    /* ALR_WRONG_STATE: no fixed-rate algorithm has a structural option, so use the GI-only call */
+    FAILS(&fx, &s, alr_report_loss(fx.opt, 1.0), ALR_WRONG_STATE, "alr_report_loss on adam");
+
+    /* ALR_UNSUPPORTED: inputs adam does not use */
+    {
+        float sq[NT][MAXLEN];
+        const float *sqp[NT] = {sq[0], sq[1], sq[2]};
+        for (size_t t = 0; t < NT; t++)
+            for (size_t i = 0; i < MAXLEN; i++) sq[t][i] = 4.0f * fx.g[t][i] * fx.g[t][i];
+        a = fx.args;
+        a.sum_sq = sqp;
+        a.batch_size = 4;
+        FAILS(&fx, &s, alr_step(fx.opt, &a), ALR_UNSUPPORTED, "alr_step sum_sq to adam");
+        MSG_HAS("adam");
+        a = fx.args;
+        a.curvature = sqp;
+        FAILS(&fx, &s, alr_step(fx.opt, &a), ALR_UNSUPPORTED, "alr_step curvature to adam");
+        a = fx.args;
+        a.has_loss = 1;
+        a.loss = 1.0;
+        FAILS(&fx, &s, alr_step(fx.opt, &a), ALR_UNSUPPORTED, "alr_step loss to adam");
+        a = fx.args;
+        a.loss_fn = loss_quadratic;
+        cb_calls = 0;
+        FAILS(&fx, &s, alr_step(fx.opt, &a), ALR_UNSUPPORTED, "alr_step loss_fn to adam");
+        CHECK(cb_calls == 0, "a refused loss callback was called %d times", cb_calls);
+        a = fx.args;
+        a.grad_fn = grad_failing;
+        FAILS(&fx, &s, alr_step(fx.opt, &a), ALR_UNSUPPORTED, "alr_step grad_fn to adam");
+        CHECK(cb_calls == 0, "a refused gradient callback was called %d times", cb_calls);
+    }
+
+    /* ALR_BAD_CHECKPOINT */
+    {
+        uint8_t *buf = malloc(s.len + 1);
+        memcpy(buf, s.state, s.len);
+        FAILS(&fx, &s, alr_load(fx.opt, buf, s.len - 1), ALR_BAD_CHECKPOINT, "alr_load truncated by 1 byte");
+        FAILS(&fx, &s, alr_load(fx.opt, buf, s.len - 8), ALR_BAD_CHECKPOINT, "alr_load without its checksum");
+        FAILS(&fx, &s, alr_load(fx.opt, buf, 11), ALR_BAD_CHECKPOINT, "alr_load 11 bytes");
+        FAILS(&fx, &s, alr_load(fx.opt, buf, 0), ALR_BAD_CHECKPOINT, "alr_load 0 bytes");
+        buf[s.len] = 0;
+        FAILS(&fx, &s, alr_load(fx.opt, buf, s.len + 1), ALR_BAD_CHECKPOINT, "alr_load with a trailing byte");
+        size_t positions[] = {0, 8, 20, s.len / 2, s.len - 20, s.len - 9, s.len - 1};
+        for (size_t k = 0; k < sizeof positions / sizeof positions[0]; k++) {
+            char what[96];
+            snprintf(what, sizeof what, "alr_load byte %zu of %zu flipped", positions[k], s.len);
+            buf[positions[k]] ^= 0x10;
+            FAILS(&fx, &s, alr_load(fx.opt, buf, s.len), ALR_BAD_CHECKPOINT, what);
+            buf[positions[k]] ^= 0x10;
+        }
+        CHECK(memcmp(buf, s.state, s.len) == 0, "test bug: buffer not restored");
+        free(buf);
+    }
+    {
+        /* other algorithm (same tensors and groups) */
+        Fix m;
+        if (fix_open(&m, "momentum")) {
+            EXPECT(fix_step(&m, 0), ALR_OK, "momentum step");
+            size_t len = 0;
+            uint8_t *other = save_state(m.opt, &len);
+            FAILS(&fx, &s, alr_load(fx.opt, other, len), ALR_BAD_CHECKPOINT, "alr_load a momentum checkpoint into adam");
+            MSG_HAS("momentum");
+            free(other);
+            fix_close(&m);
+        }
+        /* other tensor sizes, other groups */
+        static const size_t other_lens[NT] = {13, 4, 8};
+        AlrOptimizer *o = NULL;
+        if (EXPECT(create("adam", other_lens, GROUPS, NT, &o), ALR_OK, "alr_create adam other sizes")) {
+            size_t len = 0;
+            uint8_t *other = save_state(o, &len);
+            FAILS(&fx, &s, alr_load(fx.opt, other, len), ALR_BAD_CHECKPOINT, "alr_load a checkpoint of other tensor sizes");
+            free(other);
+            EXPECT(alr_destroy(o), ALR_OK, "alr_destroy");
+        }
+        if (EXPECT(create("adam", LENS, NULL, NT, &o), ALR_OK, "alr_create adam 3 groups")) {
+            size_t len = 0;
+            uint8_t *other = save_state(o, &len);
+            FAILS(&fx, &s, alr_load(fx.opt, other, len), ALR_BAD_CHECKPOINT, "alr_load a checkpoint of other groups");
+            free(other);
+            EXPECT(alr_destroy(o), ALR_OK, "alr_destroy");
+        }
+        static const size_t two_lens[2] = {13, 4};
+        if (EXPECT(create("adam", two_lens, NULL, 2, &o), ALR_OK, "alr_create adam 2 tensors")) {
+            size_t len = 0;
+            uint8_t *other = save_state(o, &len);
+            FAILS(&fx, &s, alr_load(fx.opt, other, len), ALR_BAD_CHECKPOINT, "alr_load a checkpoint of 2 tensors");
+            free(other);
+            EXPECT(alr_destroy(o), ALR_OK, "alr_destroy");
+        }
+    }
+
+    /* ALR_PANIC: the library survives it and the optimizer still works */
+    FAILS(&fx, &s, alr_selftest_panic(), ALR_PANIC, "alr_selftest_panic");
+    MSG_HAS("alr_selftest_panic");
+
+    /* after all that, the optimizer still works and still matches an untouched twin */
+    EXPECT(alr_step(fx.opt, &fx.args), ALR_OK, "alr_step after the failures");
+    {
+        Fix twin;
+        if (fix_open(&twin, "adam")) {
+            set_adam_options(twin.opt);
+            for (int k = 0; k < 4; k++) EXPECT(fix_step(&twin, k), ALR_OK, "twin step");
+            CHECK(memcmp(twin.p, fx.p, sizeof twin.p) == 0, "failed calls changed the trajectory");
+            fix_close(&twin);
+        }
+    }
+    snap_free(&s);
+    fix_close(&fx);
+}
+
+/* FNV-1a 64 over the body, stored little-endian in the last 8 bytes (src/checkpoint.rs). */
+static void reseal(uint8_t *buf, size_t len) {
+    uint64_t h = 0xcbf29ce484222325ULL;
+    for (size_t i = 0; i < len - 8; i++) {
+        h ^= buf[i];
+        h *= 0x00000100000001b3ULL;
+    }
+    for (int k = 0; k < 8; k++) buf[len - 8 + (size_t)k] = (uint8_t)(h >> (8 * k));
+}
+
+/* Buffers whose checksum is right but whose content is not: the checks behind the checksum. */
+static void test_resealed_checkpoints(void) {
+    printf("checkpoints with a valid checksum but bad content\n");
+    Fix fx;
+    if (!fix_open(&fx, "adam")) return;
+    set_adam_options(fx.opt);
+    EXPECT(fix_step(&fx, 0), ALR_OK, "adam step");
+    Snap s;
+    snap_take(&fx, &s);
+    uint8_t *buf = malloc(s.len);
+
+    memcpy(buf, s.state, s.len);
+    reseal(buf, s.len);
+    CHECK(memcmp(buf, s.state, s.len) == 0, "test's FNV-1a differs from the library's");
+
+    memcpy(buf, s.state, s.len);
+    buf[8] ^= 0x02; /* format version, right after the 8-byte magic */
+    reseal(buf, s.len);
+    FAILS(&fx, &s, alr_load(fx.opt, buf, s.len), ALR_BAD_CHECKPOINT, "alr_load other format version (resealed)");
+
+    /* an option value out of range: find lr = 0.0125 (group 0) and make it -1 */
+    memcpy(buf, s.state, s.len);
+    double lr = 0.0125, bad = -1.0;
+    size_t at = 0;
+    for (size_t i = 0; i + 8 <= s.len - 8; i++)
+        if (memcmp(buf + i, &lr, 8) == 0) {
+            at = i;
+            break;
+        }
+    CHECK(at > 0, "lr = 0.0125 not found in the checkpoint (little-endian f64 expected)");
+    if (at > 0) {
+        memcpy(buf + at, &bad, 8);
+        reseal(buf, s.len);
+        FAILS(&fx, &s, alr_load(fx.opt, buf, s.len), ALR_BAD_CHECKPOINT, "alr_load option lr = -1 (resealed)");
+    }
+    /* the algorithm name 'adam' -> 'adan' */
+    memcpy(buf, s.state, s.len);
+    for (size_t i = 12; i + 4 <= s.len; i++)
+        if (memcmp(buf + i, "adam", 4) == 0) {
+            buf[i + 3] = 'n';
+            break;
+        }
+    reseal(buf, s.len);
+    FAILS(&fx, &s, alr_load(fx.opt, buf, s.len), ALR_BAD_CHECKPOINT, "alr_load algorithm 'adan' (resealed)");
+    free(buf);
+    snap_free(&s);
+    fix_close(&fx);
+}
+
+static void test_callback_failed(void) {
+    printf("ALR_CALLBACK_FAILED\n");
+    int produced = 0;
+    /* GI: the loss callback runs after the move (documented: the move stands, eta is kept), so
+     * only the status, the message and that the optimizer is not left stuck are checked. */
+    {
+        Fix fx;
+        memset(&fx, 0, sizeof fx);
+        init_params(&fx);
+        fix_args(&fx);
+        AlrStatus rc = create("gi", LENS, GROUPS, NT, &fx.opt);
+        if (rc == ALR_INVALID_ARGUMENT) {
+            printf("  note: 'gi' is not an algorithm of this build yet (%s): its callback path is skipped\n", alr_last_error());
+        } else if (EXPECT(rc, ALR_OK, "alr_create gi")) {
+            make_grads(&fx, 0);
+            fix_args(&fx);
+            double f = 0;
+            const float *cp[NT] = {fx.p[0], fx.p[1], fx.p[2]};
+            loss_quadratic(NULL, cp, NT, &f);
+            fx.args.has_loss = 1;
+            fx.args.loss = f;
+            fx.args.loss_fn = loss_failing;
+            cb_calls = 0;
+            EXPECT(alr_step(fx.opt, &fx.args), ALR_CALLBACK_FAILED, "gi: alr_step with a failing loss callback");
+            MSG_HAS("7");
+            CHECK(cb_calls == 1, "gi: failing loss callback called %d times, want 1", cb_calls);
+            produced = 1;
+            make_grads(&fx, 1);
+            fix_args(&fx);
+            loss_quadratic(NULL, cp, NT, &f);
+            fx.args.has_loss = 1;
+            fx.args.loss = f;
+            fx.args.loss_fn = loss_quadratic;
+            EXPECT(alr_step(fx.opt, &fx.args), ALR_OK, "gi: the next step after a callback failure");
+            fix_close(&fx);
+        }
+    }
+    /* vSGD-l without curvature estimates it through the gradient callback, before any change. */
+    {
+        Fix fx;
+        memset(&fx, 0, sizeof fx);
+        init_params(&fx);
+        fix_args(&fx);
+        AlrStatus rc = create("vsgd-l", LENS, GROUPS, NT, &fx.opt);
+        if (rc == ALR_INVALID_ARGUMENT) {
+            printf("  note: 'vsgd-l' is not an algorithm of this build yet (%s): its callback path is skipped\n", alr_last_error());
+        } else if (EXPECT(rc, ALR_OK, "alr_create vsgd-l")) {
+            Snap s;
+            snap_take(&fx, &s);
+            make_grads(&fx, 0);
+            fix_args(&fx);
+            fx.args.grad_fn = grad_failing;
+            cb_calls = 0;
+            FAILS(&fx, &s, alr_step(fx.opt, &fx.args), ALR_CALLBACK_FAILED, "vsgd-l: alr_step with a failing gradient callback");
+            MSG_HAS("3");
+            CHECK(cb_calls >= 1, "vsgd-l: the gradient callback was not called");
+            produced = 1;
+            snap_free(&s);
+            fix_close(&fx);
+        }
+    }
+    if (!produced)
+        printf("  note: ALR_CALLBACK_FAILED skipped: no algorithm of this build takes callbacks yet\n");
+}
+
+int main(void) {
+    printf("autolr %s (ABI %u)\n", alr_version(), alr_abi_version());
+    test_against_reference();
+    test_resume("momentum", set_momentum_options, check_options_momentum);
+    test_resume("adam", set_adam_options, check_options_adam);
+    test_null_and_create_errors();
+    test_stale_handle();
+    test_errors_on_live_optimizer();
+    test_resealed_checkpoints();
+    test_callback_failed();
+    /* ALR_CUDA_ERROR: not producible on a CPU build (see the comment at the top). */
+    printf("%d passed, %d failed\n", n_pass, n_fail);
+    return n_fail == 0 ? 0 : 1;
+}

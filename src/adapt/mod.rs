@@ -1,3 +1,5 @@
 //! The automatic algorithms, one file per paper (ALGORITHMS.md §1–§4).
 
 pub mod autoopt;
+pub mod gi;
+pub mod tlr;

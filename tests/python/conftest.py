@@ -49,7 +49,7 @@ class SideBySide:
         """`kw` holds float64 lists already rounded with f32(); callbacks get their own side."""
         lib_kw = to_lib({k: v for k, v in kw.items() if not k.startswith("ref_") and not k.startswith("lib_")})
         ref_kw = {k: v for k, v in kw.items() if not k.startswith("ref_") and not k.startswith("lib_")}
-        lib_kw.update({k[4:]: v for k, v in kw.items() if k.startswith("lib_")})
+        lib_kw.update(to_lib({k[4:]: v for k, v in kw.items() if k.startswith("lib_")}))
         ref_kw.update({k[4:]: v for k, v in kw.items() if k.startswith("ref_")})
         self.lib.step(**lib_kw)
         self.ref.step(self.p64, **ref_kw)

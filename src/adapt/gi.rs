@@ -1,0 +1,275 @@
+//! GI — learning-rate adaptation by Gaussian inference (paper 003, Algorithm 1; ALGORITHMS.md §3).
+//!
+//! A wrapper with one global scale η over any other algorithm of the library (the *base*):
+//! `v = η s` where `s` is the step the base would take on its own (a fixed-rate base runs at
+//! lr 1, so `v = η W g`). With `φ = g·v`, the move is the Polyak-type step
+//! `θ ← θ − v · 2Δf/(φ + R)`, `Δf = max(f − f*, 0)` or `φ/2` without `f*`; then the loss on the
+//! same batch at the new θ gives `ρ = (f − f+)/(φ/2)`, the observed over the predicted decrease,
+//! and η grows (`ρ > hi`) or shrinks (`ρ < lo`).
+//!
+//! The base keeps its own state exactly as if it had applied `s` (its momentum and rates live in
+//! its own frame); GI scales only the displacement. No parameter-sized buffer is added: the base
+//! recomputes `s` from its state in the second pass.
+
+use crate::algorithm::{Accepts, Algorithm, Context};
+use crate::checkpoint::{Reader, Writer};
+use crate::error::{Error, Result};
+use crate::optimizer::{Callbacks, StepInputs};
+use crate::options::{OptionSpec, Options};
+use crate::registry;
+
+/// Options GI adds to its base's (the base's `lr` is GI's η; a base with its own meaning of
+/// `lr`, like TLR's initial α, takes it as `base_lr`).
+pub fn specs(base: &str) -> Result<Vec<OptionSpec>> {
+    if base == "gi" {
+        return Err(Error::invalid("gi cannot wrap gi; choose another base"));
+    }
+    let fixed_rate = registry::is_fixed_rate(base);
+    // The paper's advice: a small η for a fixed-rate base, which the adaptation accelerates;
+    // an automatic base already chose its scale, so GI starts from 1.
+    let eta0 = if fixed_rate { 1e-3 } else { 1.0 };
+    let mut specs = vec![
+        OptionSpec::positive("lr", eta0).global(),
+        OptionSpec::real("f_star", f64::NAN, f64::NEG_INFINITY, f64::INFINITY).global().unset_by_default(),
+        OptionSpec::non_negative("R", 0.0).global(),
+        OptionSpec::real("up", 1.2, 1.0, f64::INFINITY).global(),
+        OptionSpec { lo_open: true, ..OptionSpec::real("down", 0.5, 0.0, 1.0) }.global(),
+        OptionSpec::non_negative("hi", 4.0 / 3.0).global(),
+        OptionSpec::non_negative("lo", 0.75).global(),
+        OptionSpec::integer("adapt_every", 1.0, 1.0, 1e9).global(),
+    ];
+    for spec in registry::specs(base, "")? {
+        match spec.name {
+            "lr" if fixed_rate => {}
+            "lr" => specs.push(OptionSpec { name: "base_lr", ..spec }),
+            // The paper's momentum for a wrapped Momentum/Adam is 0.5 (§3 decision).
+            "momentum" | "beta1" => specs.push(OptionSpec { default: 0.5, ..spec }),
+            _ => specs.push(spec),
+        }
+    }
+    Ok(specs)
+}
+
+/// The base's own option table, read from GI's (which holds every base option by name).
+fn base_options(base: &str, options: &Options) -> Result<Options> {
+    let mut view = Options::new(registry::specs(base, "")?, options.n_groups());
+    let names: Vec<&'static str> = view.specs().iter().map(|s| s.name).collect();
+    for group in 0..options.n_groups() {
+        for name in &names {
+            let source = match *name {
+                "lr" if registry::is_fixed_rate(base) => continue,
+                "lr" => "base_lr",
+                other => other,
+            };
+            view.set(base, name, Some(group), options.get(group, source)).or_else(|_| view.set(base, name, None, options.get(group, source)))?;
+        }
+    }
+    Ok(view)
+}
+
+/// A step that moved θ and waits for the loss after the move (two-phase protocol). Every
+/// adapting step without a loss callback waits, also one whose prediction was unusable, so a
+/// caller's protocol never depends on φ.
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    loss_before: f64,
+    phi: f64,
+    /// False when φ gave no usable prediction: the report is then taken and ignored.
+    usable: bool,
+}
+
+pub struct Gi {
+    base_name: String,
+    base: Box<dyn Algorithm>,
+    /// `None` until the first step takes the option `lr` as its start.
+    eta: Option<f64>,
+    steps: u64,
+    skipped: u64,
+    phi: f64,
+    rho: f64,
+    /// The multiplier applied to the base's step this step: η · 2Δf/(φ+R), or η on a skip.
+    applied_scale: f64,
+    pending: Option<Pending>,
+}
+
+impl Gi {
+    pub fn new(base_name: &str, base: Box<dyn Algorithm>) -> Self {
+        Gi {
+            base_name: base_name.to_string(),
+            base,
+            eta: None,
+            steps: 0,
+            skipped: 0,
+            phi: 0.0,
+            rho: 0.0,
+            applied_scale: f64::NAN,
+            pending: None,
+        }
+    }
+
+    fn eta(&self, options: &Options) -> f64 {
+        self.eta.unwrap_or_else(|| options.get(0, "lr"))
+    }
+
+    fn adapts(&self, options: &Options, step: u64) -> bool {
+        (step - 1) % (options.get(0, "adapt_every") as u64) == 0
+    }
+
+    /// η ← up·η if ρ > hi, down·η if ρ < lo; a non-finite loss after the move halves η.
+    fn adapt(&mut self, options: &Options, pending: Pending, loss_after: f64) {
+        if !pending.usable {
+            return;
+        }
+        let eta = self.eta(options);
+        self.eta = Some(if !loss_after.is_finite() {
+            self.rho = f64::NAN;
+            options.get(0, "down") * eta
+        } else {
+            self.rho = (pending.loss_before - loss_after) / (pending.phi / 2.0);
+            if self.rho > options.get(0, "hi") {
+                options.get(0, "up") * eta
+            } else if self.rho < options.get(0, "lo") {
+                options.get(0, "down") * eta
+            } else {
+                eta
+            }
+        });
+    }
+}
+
+impl Algorithm for Gi {
+    fn name(&self) -> &'static str {
+        "gi"
+    }
+
+    fn accepts(&self, ctx: &Context) -> Accepts {
+        let base = match base_options(&self.base_name, ctx.options) {
+            Ok(options) => self.base.accepts(&Context { layout: ctx.layout, options: &options }),
+            Err(_) => Accepts::default(),
+        };
+        Accepts { loss: true, loss_fn: true, ..base }
+    }
+
+    fn check(&self, ctx: &Context, inputs: &StepInputs, callbacks: &Callbacks) -> Result<()> {
+        let step = self.steps + 1;
+        let f_star_set = !ctx.options.get(0, "f_star").is_nan();
+        if inputs.loss.is_none() && (f_star_set || self.adapts(ctx.options, step)) {
+            let why = if f_star_set { "f_star is set" } else { "this step adapts η" };
+            return Err(Error::invalid(format!("gi needs the loss on this batch at the current parameters ({why}): pass loss")));
+        }
+        let options = base_options(&self.base_name, ctx.options)?;
+        self.base.check(&Context { layout: ctx.layout, options: &options }, inputs, callbacks)
+    }
+
+    fn propose(&mut self, _ctx: &Context, _params: &[&mut [f32]], _inputs: &StepInputs, _cb: &mut Callbacks) -> Result<f64> {
+        // Wrapping GI in GI is refused when the optimizer is built (specs); nothing calls this.
+        Err(Error::unsupported("gi cannot be wrapped by another algorithm"))
+    }
+
+    fn apply(&self, ctx: &Context, params: &mut [&mut [f32]], inputs: &StepInputs, scale: f32) {
+        if let Ok(options) = base_options(&self.base_name, ctx.options) {
+            self.base.apply(&Context { layout: ctx.layout, options: &options }, params, inputs, scale);
+        }
+    }
+
+    fn step(&mut self, ctx: &Context, params: &mut [&mut [f32]], inputs: &StepInputs, callbacks: &mut Callbacks) -> Result<()> {
+        let options = ctx.options;
+        let base_opts = base_options(&self.base_name, options)?;
+        let base_ctx = Context { layout: ctx.layout, options: &base_opts };
+        self.steps += 1;
+        let adapts = self.adapts(options, self.steps);
+        let eta = self.eta(options);
+        self.eta = Some(eta);
+        let phi = eta * self.base.propose(&base_ctx, params, inputs, callbacks)?;
+        self.phi = phi;
+        self.rho = 0.0;
+        let f_star = options.get(0, "f_star");
+        let loss = inputs.loss.unwrap_or(f64::NAN);
+        let delta_f = if f_star.is_nan() { phi / 2.0 } else { (loss - f_star).max(0.0) };
+        let factor = 2.0 * delta_f / (phi + options.get(0, "R"));
+        // With f* set, a negative φ (the base's step points uphill on this batch) still has the
+        // paper's move, which reverses it and keeps the iterates independent of η (paper 003,
+        // Fig. 4); ALGORITHMS.md §3 would take the plain base step — see the README's note.
+        let reversed = !f_star.is_nan() && phi < 0.0;
+        let usable = (phi > 0.0 || reversed) && phi.is_finite() && factor.is_finite();
+        if usable {
+            self.applied_scale = eta * factor;
+        } else {
+            // No usable prediction: the plain base step at lr η, no adaptation (counted).
+            self.applied_scale = eta;
+        }
+        self.base.apply(&base_ctx, params, inputs, self.applied_scale as f32);
+        // A reversed step has φ < 0: ρ, which divides by the predicted decrease φ/2, means
+        // nothing there, so η is kept.
+        let usable = usable && !reversed;
+        self.skipped += u64::from(!usable);
+        if !adapts {
+            return Ok(());
+        }
+        let pending = Pending { loss_before: loss, phi, usable };
+        match callbacks.loss_fn.as_mut() {
+            None => self.pending = Some(pending),
+            Some(_) if !usable => {}
+            Some(loss_fn) => {
+                let views: Vec<&[f32]> = params.iter().map(|p| &**p).collect();
+                let loss_after = loss_fn(&views).map_err(|why| {
+                    Error::callback(format!("the loss callback failed ({why}); the parameters were moved, η was not adapted"))
+                })?;
+                self.adapt(options, pending, loss_after);
+            }
+        }
+        Ok(())
+    }
+
+    fn report_loss(&mut self, ctx: &Context, loss_after: f64) -> Result<()> {
+        let pending = self.pending.take().ok_or_else(|| {
+            Error::wrong_state("no gi step is waiting for its loss: call alr_report_loss once after each adapting step that had no loss callback")
+        })?;
+        self.adapt(ctx.options, pending, loss_after);
+        Ok(())
+    }
+
+    fn awaiting_report(&self) -> bool {
+        self.pending.is_some()
+    }
+
+    fn lr(&self, ctx: &Context, group: usize) -> f64 {
+        let scale = if self.applied_scale.is_nan() { self.eta(ctx.options) } else { self.applied_scale };
+        if registry::is_fixed_rate(&self.base_name) {
+            return scale;
+        }
+        match base_options(&self.base_name, ctx.options) {
+            Ok(options) => scale * self.base.lr(&Context { layout: ctx.layout, options: &options }, group),
+            Err(_) => f64::NAN,
+        }
+    }
+
+    fn momentum(&self, ctx: &Context, group: usize) -> f64 {
+        match base_options(&self.base_name, ctx.options) {
+            Ok(options) => self.base.momentum(&Context { layout: ctx.layout, options: &options }, group),
+            Err(_) => f64::NAN,
+        }
+    }
+
+    fn telemetry(&self, ctx: &Context, group: usize) -> Vec<(&'static str, f64)> {
+        let mut entries = vec![("phi", self.phi), ("rho", self.rho), ("eta", self.eta(ctx.options)), ("skipped", self.skipped as f64)];
+        if let Ok(options) = base_options(&self.base_name, ctx.options) {
+            entries.extend(self.base.telemetry(&Context { layout: ctx.layout, options: &options }, group));
+        }
+        entries
+    }
+
+    fn save(&self, w: &mut Writer) {
+        w.f64s(&[self.eta.unwrap_or(f64::NAN), self.steps as f64, self.skipped as f64, self.phi, self.rho, self.applied_scale]);
+        self.base.save(w);
+    }
+
+    fn load(&mut self, ctx: &Context, r: &mut Reader) -> Result<()> {
+        let v = r.f64s_exact(6, "GI state")?;
+        self.eta = if v[0].is_nan() { None } else { Some(v[0]) };
+        (self.steps, self.skipped) = (v[1] as u64, v[2] as u64);
+        (self.phi, self.rho, self.applied_scale) = (v[3], v[4], v[5]);
+        let options = base_options(&self.base_name, ctx.options)?;
+        self.base.load(&Context { layout: ctx.layout, options: &options }, r)
+    }
+}

@@ -118,6 +118,13 @@ GI (A.md §3)
     every step when f_star is set (for Δf); otherwise it is ignored (with f_star
     unset and R = 0 the factor is 2(φ/2)/φ = 1 exactly).  ``closure`` is
     required on adapting steps only.  Both are checked before any state moves.
+18a. AMENDED by the project lead after review, not from the spec alone: A.md:150
+    takes the plain base step whenever φ <= 0, but with f_star set the paper's move
+    θ − v·2Δf/(φ+R) is defined for φ < 0 (it reverses a step that points uphill on this
+    batch) and does not depend on η — the property of paper 003 Fig. 4 ("agnostic to the
+    learning rate … the same iterates"), which the φ <= 0 rule breaks at the first negative
+    φ (iteration 2-4 on Rosenbrock from every start tried). So with f_star set and φ < 0
+    the move is taken, η is not adapted, and the step counts in 'skipped'.
 18. Skip (A.md:150-151): if φ <= 0, or φ, the needed f, Δf or the factor is
     non-finite, the plain base step v is taken, η is not adapted, closure is not
     called, 'skipped' += 1 — also on a non-adapting step.  A non-finite f+
@@ -1016,7 +1023,10 @@ class GI(_Optimizer):
         v = [eta_used * si for si in s]
         phi = sum(_dot(g, vi) for g, vi in zip(ctx.grads, v))                  # φ = g·v, global
         f = float(ctx.loss) if need_f else None
-        ok = math.isfinite(phi) and phi > 0 and (f is None or math.isfinite(f))
+        # Decision 18a: with f_star set, a negative φ still gets the paper's move (it is
+        # η-agnostic, paper 003 Fig. 4); only the adaptation is skipped (and counted).
+        reversed_move = f_star is not None and math.isfinite(phi) and phi < 0
+        ok = math.isfinite(phi) and (phi > 0 or reversed_move) and (f is None or math.isfinite(f))
         factor = 1.0
         if ok:
             dF = max(f - f_star, 0.0) if f_star is not None else phi / 2.0    # A.md:143
@@ -1028,8 +1038,10 @@ class GI(_Optimizer):
             disp = v
         else:
             disp = [factor * vi for vi in v]
+            if reversed_move:
+                self.skipped += 1
         rho = 0.0
-        if ok and adapt:
+        if ok and adapt and not reversed_move:
             saved = None
             if not apply:
                 saved = [np.array(p, copy=True) for p in params]

@@ -6,6 +6,12 @@
  * alr_last_error() explains what to fix. The caller owns every buffer it passes
  * (borrowed for the duration of the call); the library owns optimizer state.
  * Argument structs start with struct_size = sizeof(the struct).
+ *
+ * Thread-safety: different optimizers may be used from different threads at
+ * once; one optimizer must not be used from two threads at the same time (wrap
+ * it in your own lock). alr_last_error() is per thread. No function keeps a
+ * pointer the caller passed after it returns, and none aborts the process on
+ * bad input: a library bug surfaces as ALR_PANIC.
  */
 
 #ifndef AUTOLR_H

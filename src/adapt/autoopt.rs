@@ -246,6 +246,7 @@ impl<P: Precond> AutoOpt<P> {
         // Each entry of the caller's data is k·g_i: k = 1 ("sample") or N ("mean", g_i/N given).
         let k = samples.square_scale().sqrt();
         let mut spread = [0.0f64; COLUMN_BLOCK];
+        let mut diag = [0.0f32; COLUMN_BLOCK];
         let mut total = [0.0f64; 4];
         for start in (0..grad.len()).step_by(COLUMN_BLOCK) {
             let end = (start + COLUMN_BLOCK).min(grad.len());
@@ -254,10 +255,14 @@ impl<P: Precond> AutoOpt<P> {
                 SampleData::SumSq(s) => cpu::spread_from_sum_sq(&s[tensor][start..end], n, k, g, sp),
                 SampleData::PerSample(rows) => cpu::spread_from_rows(rows[tensor], n, grad.len(), start, k, g, sp),
             }
+            // f32 elementwise first (vectorises), then the f64 sums over the block.
+            let diag = &mut diag[..end - start];
+            for ((d, st), &gj) in diag.iter_mut().zip(st.iter_mut()).zip(g) {
+                *d = precond.absorb(st, gj);
+            }
             let block = cpu::reduce::<4, _>(g.len(), |j| {
-                let diag = f64::from(precond.absorb(&mut st[j], g[j]));
-                let (gj, dj) = (f64::from(g[j]), f64::from(P::direction(&st[j])));
-                [diag * sp[j], diag * gj * gj, diag * gj * dj, diag * dj * dj]
+                let (dg, gj, dj) = (f64::from(diag[j]), f64::from(g[j]), f64::from(P::direction(&st[j])));
+                [dg * sp[j], dg * gj * gj, dg * gj * dj, dg * dj * dj]
             });
             for (t, b) in total.iter_mut().zip(block) {
                 *t += b;

@@ -1,0 +1,120 @@
+//! Step time of the automatic algorithms against the fixed-rate Adam step and against a memcpy
+//! of the same bytes, all measured in the same run (ratios, never absolute targets):
+//! - AutoOpt with Σg² input at p = 1e7: time / adam time (target ≤ 2.0);
+//! - AutoOpt with the N × len per-sample matrix (N = 32): effective bandwidth / memcpy (target ≥ 0.8);
+//! - GI's own overhead over its base (its loss callback returns a constant, so the caller's
+//!   extra forward pass is excluded; that pass is the model's cost, measured by the main job).
+//!
+//! Run: `cargo bench --bench adaptive` (single-threaded; ~1 minute).
+
+use autolr::{Callbacks, Optimizer, SampleData, SampleScale, Samples, StepInputs};
+use std::time::Instant;
+
+fn median_seconds(mut run: impl FnMut(), reps: usize) -> f64 {
+    run(); // warm-up: page faults, first-touch of state
+    let mut times: Vec<f64> = (0..reps)
+        .map(|_| {
+            let start = Instant::now();
+            run();
+            start.elapsed().as_secs_f64()
+        })
+        .collect();
+    times.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    times[reps / 2]
+}
+
+/// Seconds to move `bytes` bytes with a memcpy (bytes/2 read, bytes/2 written).
+fn memcpy_seconds(bytes: usize, reps: usize) -> f64 {
+    let n = bytes / 8; // f32 elements in each of source and destination
+    let src = vec![1.0f32; n];
+    let mut dst = vec![0.0f32; n];
+    median_seconds(|| dst.copy_from_slice(std::hint::black_box(&src)), reps)
+}
+
+fn filled(p: usize, seed: u32) -> Vec<f32> {
+    (0..p).map(|i| (((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 8) as f32 / 16_777_216.0) - 0.5).collect()
+}
+
+struct Setup {
+    params: Vec<f32>,
+    grad: Vec<f32>,
+    sum_sq: Vec<f32>,
+}
+
+fn step_seconds(opt: &mut Optimizer, setup: &mut Setup, per_sample: Option<&[f32]>, n: usize, gi: bool, reps: usize) -> f64 {
+    let Setup { params, grad, sum_sq } = setup;
+    median_seconds(
+        || {
+            let mut inputs = StepInputs::new(vec![&grad[..]]);
+            let wants_samples = opt.algorithm().starts_with("auto") || opt.base().starts_with("auto");
+            if wants_samples {
+                let data = match per_sample {
+                    Some(rows) => SampleData::PerSample(vec![rows]),
+                    None => SampleData::SumSq(vec![&sum_sq[..]]),
+                };
+                inputs.samples = Some(Samples { data, scale: SampleScale::Sample, batch_size: n });
+            }
+            let mut callbacks = Callbacks::default();
+            if gi {
+                inputs.loss = Some(1.0);
+                callbacks.loss_fn = Some(Box::new(|_: &[&[f32]]| Ok(0.999)));
+            }
+            opt.step(&mut [&mut params[..]], &inputs, &mut callbacks).expect("step");
+        },
+        reps,
+    )
+}
+
+fn main() {
+    let p: usize = 10_000_000;
+    let reps = 7;
+    let n_matrix = 32;
+    let mut setup = Setup { params: filled(p, 1), grad: filled(p, 2), sum_sq: filled(p, 3).iter().map(|x| x * x * 40.0).collect() };
+    let mut time = |name: &str, base: Option<&str>, per_sample: Option<&[f32]>, n: usize, gi: bool| {
+        let mut opt = Optimizer::new(name, &[p], None).expect("create");
+        if let Some(base) = base {
+            opt.set_option_str("base", base).expect("base");
+        }
+        step_seconds(&mut opt, &mut setup, per_sample, n, gi, reps)
+    };
+
+    println!("p = {p} float32 parameters in one tensor, median of {reps} steps, one core\n");
+    let adam = time("adam", None, None, 0, false);
+    println!("| step | time (ms) | ratio to adam |\n|---|---|---|");
+    println!("| adam | {:.2} | 1.00 |", adam * 1e3);
+    for name in ["auto-sgd", "auto-adam", "auto-adagrad"] {
+        let t = time(name, None, None, 32, false);
+        println!("| {name} (Σg² input, N = 32) | {:.2} | {:.2} |", t * 1e3, t / adam);
+    }
+
+    println!("\nGI overhead over its base (loss callback excluded):\n");
+    println!("| base | base step (ms) | gi step (ms) | gi / base |\n|---|---|---|---|");
+    for base in ["sgd", "adam", "auto-sgd", "auto-adam"] {
+        let n = if base.starts_with("auto") { 32 } else { 0 };
+        let alone = time(base, None, None, n, false);
+        let wrapped = time("gi", Some(base), None, n, true);
+        println!("| {base} | {:.2} | {:.2} | {:.2} |", alone * 1e3, wrapped * 1e3, wrapped / alone);
+    }
+
+    // The per-sample matrix: read once (N·4 bytes per element) plus g, θ, d (and v) read and θ, d (v) written.
+    let p_matrix = 2_000_000;
+    let rows = filled(p_matrix * n_matrix, 4);
+    let mut setup_m = Setup { params: filled(p_matrix, 1), grad: filled(p_matrix, 2), sum_sq: Vec::new() };
+    println!("\nAutoOpt with the N × len per-sample matrix (N = {n_matrix}, p = {p_matrix}):\n");
+    println!("| step | floor bytes/elem | time (ms) | GB/s | memcpy GB/s | ratio |\n|---|---|---|---|---|---|");
+    for (name, state_floats) in [("auto-sgd", 1usize), ("auto-adam", 2), ("auto-adagrad", 2)] {
+        let mut opt = Optimizer::new(name, &[p_matrix], None).expect("create");
+        let t = step_seconds(&mut opt, &mut setup_m, Some(&rows), n_matrix, false, reps);
+        // read: matrix, g, θ, state; write: θ, state
+        let per_elem = 4 * n_matrix + 4 * (2 + state_floats) + 4 * (1 + state_floats);
+        let bytes = per_elem * p_matrix;
+        let copy = memcpy_seconds(bytes, reps);
+        println!(
+            "| {name} | {per_elem} | {:.2} | {:.2} | {:.2} | {:.2} |",
+            t * 1e3,
+            bytes as f64 / t / 1e9,
+            bytes as f64 / copy / 1e9,
+            copy / t
+        );
+    }
+}

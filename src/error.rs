@@ -36,13 +36,16 @@ pub enum AlrStatus {
 pub struct Error {
     pub status: AlrStatus,
     pub message: String,
+    /// The call had already changed the optimizer when it failed (only GI's loss callback,
+    /// which runs after the move: the move stands). Every other error leaves everything as it was.
+    pub after_change: bool,
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
     pub fn new(status: AlrStatus, message: impl Into<String>) -> Self {
-        Error { status, message: message.into() }
+        Error { status, message: message.into(), after_change: false }
     }
     pub fn invalid(message: impl Into<String>) -> Self {
         Self::new(AlrStatus::AlrInvalidArgument, message)

@@ -34,7 +34,17 @@ impl Layout {
             Some(g) if g.len() != lens.len() => {
                 return Err(Error::shape(format!("{} group ids given for {} tensors", g.len(), lens.len())))
             }
-            Some(g) => g.to_vec(),
+            Some(g) => {
+                // Checked before anything is sized by the ids: a wild id must not allocate.
+                if let Some(t) = g.iter().position(|&id| id >= lens.len()) {
+                    return Err(Error::invalid(format!(
+                        "tensor {t} has group id {}, but ids must be 0..G−1 with G ≤ {} tensors",
+                        g[t],
+                        lens.len()
+                    )));
+                }
+                g.to_vec()
+            }
         };
         let n_groups = groups.iter().max().map_or(0, |m| m + 1);
         let mut members = vec![Vec::new(); n_groups];
@@ -184,14 +194,14 @@ impl Optimizer {
     /// Sets a string option (GI's `base`); must come before the first step and before the
     /// wrapped algorithm's own options, which it resets to their defaults.
     pub fn set_option_str(&mut self, name: &str, value: &str) -> Result<()> {
-        if self.started {
-            return Err(Error::wrong_state(format!("option '{name}' shapes the optimizer: set it before the first step")));
-        }
         if name != "base" || self.name != "gi" {
             return Err(Error::invalid(format!(
                 "algorithm '{}' has no string option '{name}' (only 'gi' takes one: 'base')",
                 self.name
             )));
+        }
+        if self.started {
+            return Err(Error::wrong_state(format!("option '{name}' shapes the optimizer: set it before the first step")));
         }
         let options = Options::new(registry::specs(&self.name, value)?, self.layout.n_groups());
         self.algorithm = registry::build(&self.name, value, &self.layout, false)?;
@@ -295,9 +305,12 @@ impl Optimizer {
     /// where the error says otherwise (a failing GI loss callback: the move was made, η kept).
     pub fn step(&mut self, params: &mut [&mut [f32]], inputs: &StepInputs, callbacks: &mut Callbacks) -> Result<()> {
         self.validate(params, inputs, callbacks)?;
-        self.started = true;
         let ctx = Context { layout: &self.layout, options: &self.options };
-        self.algorithm.step(&ctx, params, inputs, callbacks)
+        let result = self.algorithm.step(&ctx, params, inputs, callbacks);
+        if result.as_ref().map_or_else(|e| e.after_change, |_| true) {
+            self.started = true;
+        }
+        result
     }
 
     /// GI's second phase: the loss on the same batch after the last step's move.

@@ -176,11 +176,12 @@ impl Algorithm for Gi {
         let options = ctx.options;
         let base_opts = base_options(&self.base_name, options)?;
         let base_ctx = Context { layout: ctx.layout, options: &base_opts };
+        let eta = self.eta(options);
+        // The base's proposal may fail (a vSGD gradient callback) before anything changed.
+        let phi = eta * self.base.propose(&base_ctx, params, inputs, callbacks)?;
         self.steps += 1;
         let adapts = self.adapts(options, self.steps);
-        let eta = self.eta(options);
         self.eta = Some(eta);
-        let phi = eta * self.base.propose(&base_ctx, params, inputs, callbacks)?;
         self.phi = phi;
         self.rho = 0.0;
         let f_star = options.get(0, "f_star");
@@ -212,8 +213,9 @@ impl Algorithm for Gi {
             Some(_) if !usable => {}
             Some(loss_fn) => {
                 let views: Vec<&[f32]> = params.iter().map(|p| &**p).collect();
-                let loss_after = loss_fn(&views).map_err(|why| {
-                    Error::callback(format!("the loss callback failed ({why}); the parameters were moved, η was not adapted"))
+                let loss_after = loss_fn(&views).map_err(|why| Error {
+                    after_change: true,
+                    ..Error::callback(format!("the loss callback failed ({why}); the parameters were moved, η was not adapted"))
                 })?;
                 self.adapt(options, pending, loss_after);
             }

@@ -1,9 +1,11 @@
-//! The opaque optimizer handle. Live handles are kept in a registry so that a null, stale
-//! (destroyed) or foreign pointer is reported as an error instead of being dereferenced.
+//! The opaque optimizer handle. A handle is an id, never an address: ids come from a counter and
+//! are never reused, so a null, stale (destroyed) or foreign handle is reported as an error —
+//! also after a new optimizer happens to get the freed memory.
 
 use crate::error::{AlrStatus, Error};
 use crate::optimizer::Optimizer;
-use std::collections::HashSet;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 
 /// An optimizer created by `alr_create` and freed by `alr_destroy`. Opaque to C.
@@ -11,27 +13,30 @@ pub struct AlrOptimizer {
     pub(crate) inner: Optimizer,
 }
 
-fn live() -> &'static Mutex<HashSet<usize>> {
-    static LIVE: OnceLock<Mutex<HashSet<usize>>> = OnceLock::new();
-    LIVE.get_or_init(|| Mutex::new(HashSet::new()))
+/// Live handles: id → the boxed optimizer's address.
+fn live() -> std::sync::MutexGuard<'static, HashMap<usize, usize>> {
+    static LIVE: OnceLock<Mutex<HashMap<usize, usize>>> = OnceLock::new();
+    // A panic while holding the lock cannot leave the map inconsistent (insert/remove only).
+    LIVE.get_or_init(Default::default).lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-fn registry_lock() -> std::sync::MutexGuard<'static, HashSet<usize>> {
-    // A panic while holding the lock cannot leave the set inconsistent (insert/remove only).
-    live().lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+/// Ids look like aligned pointers (multiples of 16) and start far from 0.
+fn next_id() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed) << 4
 }
 
 pub(crate) fn register(opt: Optimizer) -> *mut AlrOptimizer {
-    let ptr = Box::into_raw(Box::new(AlrOptimizer { inner: opt }));
-    registry_lock().insert(ptr as usize);
-    ptr
+    let id = next_id();
+    live().insert(id, Box::into_raw(Box::new(AlrOptimizer { inner: opt })) as usize);
+    id as *mut AlrOptimizer
 }
 
-fn unknown(ptr: *const AlrOptimizer) -> Error {
-    if ptr.is_null() {
+fn unknown(handle: *const AlrOptimizer) -> Error {
+    if handle.is_null() {
         Error::new(AlrStatus::AlrNullPointer, "argument 'opt' is null")
     } else {
-        Error::invalid(format!("argument 'opt' ({ptr:p}) is not a live optimizer: it was destroyed, or never came from alr_create"))
+        Error::invalid(format!("argument 'opt' ({handle:p}) is not a live optimizer: it was destroyed, or never came from alr_create"))
     }
 }
 
@@ -39,23 +44,19 @@ fn unknown(ptr: *const AlrOptimizer) -> Error {
 ///
 /// # Safety
 /// The caller must not use the same handle from two threads at once (documented in the header).
-pub(crate) unsafe fn get<'a>(ptr: *mut AlrOptimizer) -> Result<&'a mut Optimizer, Error> {
-    if ptr.is_null() || !registry_lock().contains(&(ptr as usize)) {
-        return Err(unknown(ptr));
-    }
-    // SAFETY: the pointer is in the live set, so it came from Box::into_raw and is not freed.
-    Ok(&mut (*ptr).inner)
+pub(crate) unsafe fn get<'a>(handle: *mut AlrOptimizer) -> Result<&'a mut Optimizer, Error> {
+    let address = live().get(&(handle as usize)).copied().ok_or_else(|| unknown(handle))?;
+    // SAFETY: the address is in the live map, so it came from Box::into_raw and is not freed.
+    Ok(&mut (*(address as *mut AlrOptimizer)).inner)
 }
 
-/// Removes a handle from the live set and frees it; null is a no-op.
-pub(crate) fn destroy(ptr: *mut AlrOptimizer) -> Result<(), Error> {
-    if ptr.is_null() {
+/// Removes a handle from the live map and frees its optimizer; null is a no-op.
+pub(crate) fn destroy(handle: *mut AlrOptimizer) -> Result<(), Error> {
+    if handle.is_null() {
         return Ok(());
     }
-    if !registry_lock().remove(&(ptr as usize)) {
-        return Err(unknown(ptr));
-    }
+    let address = live().remove(&(handle as usize)).ok_or_else(|| unknown(handle))?;
     // SAFETY: it was live, so it came from Box::into_raw and nobody else frees it.
-    drop(unsafe { Box::from_raw(ptr) });
+    drop(unsafe { Box::from_raw(address as *mut AlrOptimizer) });
     Ok(())
 }

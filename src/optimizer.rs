@@ -232,7 +232,7 @@ impl Optimizer {
             )));
         }
         let check_finite = self.options.flag(0, "check_finite");
-        let check = |what: &str, bufs: &[&[f32]], per_elem: usize, non_negative: bool| -> Result<()> {
+        let check = |what: &str, bufs: &[&[f32]], per_elem: usize, finite: bool, non_negative: bool| -> Result<()> {
             if bufs.len() != n {
                 return Err(Error::shape(format!("{} {what} tensors given, the optimizer has {n} tensors", bufs.len())));
             }
@@ -242,11 +242,11 @@ impl Optimizer {
                     let registered = if per_elem == 1 { format!("registered {len}") } else { format!("expected {per_elem} × {len}") };
                     return Err(Error::shape(format!("tensor {t}: {what} has {} elements, {registered}", buf.len())));
                 }
-                if check_finite && !cpu::all_finite(buf) {
+                if finite && !cpu::all_finite(buf) {
                     let i = cpu::first_non_finite(buf).unwrap_or(0);
                     return Err(Error::non_finite(format!("tensor {t}: {what}[{i}] is {}", buf[i])));
                 }
-                if non_negative {
+                if non_negative && !cpu::all_non_negative(buf) {
                     if let Some(i) = cpu::first_negative(buf) {
                         return Err(Error::invalid(format!("tensor {t}: {what}[{i}] = {} is negative; it must be ≥ 0", buf[i])));
                     }
@@ -261,7 +261,7 @@ impl Optimizer {
                 return Err(Error::shape(format!("tensor {t}: param has {} elements, registered {len}", p.len())));
             }
         }
-        check("grad", &inputs.grads, 1, false)?;
+        check("grad", &inputs.grads, 1, check_finite, false)?;
         let accepts: Accepts = self.algorithm.accepts(&self.ctx());
         let refuse = |what: &str| {
             Err(Error::unsupported(format!("algorithm '{}' does not use {what}; pass none", self.name)))
@@ -273,16 +273,17 @@ impl Optimizer {
             if samples.batch_size == 0 {
                 return Err(Error::invalid("batch_size is 0; give the number of samples N in the minibatch"));
             }
+            let finite = check_finite && !accepts.checks_sample_finiteness;
             match &samples.data {
-                SampleData::SumSq(s) => check("sum_sq", s, 1, true)?,
-                SampleData::PerSample(m) => check("per_sample", m, samples.batch_size, false)?,
+                SampleData::SumSq(s) => check("sum_sq", s, 1, finite, true)?,
+                SampleData::PerSample(m) => check("per_sample", m, samples.batch_size, finite, false)?,
             }
         }
         if let Some(h) = &inputs.curvature {
             if !accepts.curvature {
                 return refuse("curvature");
             }
-            check("curvature", h, 1, true)?;
+            check("curvature", h, 1, check_finite, true)?;
         }
         if let Some(loss) = inputs.loss {
             if !accepts.loss {

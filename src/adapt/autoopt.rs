@@ -239,31 +239,39 @@ impl<P: Precond> AutoOpt<P> {
         }
     }
 
-    /// Pass 1 over one tensor: advances the base state and returns
+    /// Pass 1 over one tensor (reads only): returns
     /// `[Σ D (S − N g²), Σ D g g, Σ D g d, Σ D d d]`.
-    fn reduce_tensor(precond: P, grad: &[f32], state: &mut [P::State], samples: &Samples, tensor: usize) -> [f64; 4] {
+    fn reduce_tensor(precond: P, grad: &[f32], state: &[P::State], samples: &Samples, tensor: usize) -> [f64; 4] {
         let n = samples.batch_size;
         // Each entry of the caller's data is k·g_i: k = 1 ("sample") or N ("mean", g_i/N given).
         let k = samples.square_scale().sqrt();
-        let mut spread = [0.0f64; COLUMN_BLOCK];
-        let mut diag = [0.0f32; COLUMN_BLOCK];
+        let (mut diag, mut direction) = ([0.0f32; COLUMN_BLOCK], [0.0f32; COLUMN_BLOCK]);
+        let (mut spread, mut spread_f32) = ([0.0f64; COLUMN_BLOCK], [0.0f32; COLUMN_BLOCK]);
         let mut total = [0.0f64; 4];
         for start in (0..grad.len()).step_by(COLUMN_BLOCK) {
             let end = (start + COLUMN_BLOCK).min(grad.len());
-            let (g, st, sp) = (&grad[start..end], &mut state[start..end], &mut spread[..end - start]);
-            match &samples.data {
-                SampleData::SumSq(s) => cpu::spread_from_sum_sq(&s[tensor][start..end], n, k, g, sp),
-                SampleData::PerSample(rows) => cpu::spread_from_rows(rows[tensor], n, grad.len(), start, k, g, sp),
-            }
+            let (g, st) = (&grad[start..end], &state[start..end]);
+            let (diag, direction) = (&mut diag[..end - start], &mut direction[..end - start]);
             // f32 elementwise first (vectorises), then the f64 sums over the block.
-            let diag = &mut diag[..end - start];
-            for ((d, st), &gj) in diag.iter_mut().zip(st.iter_mut()).zip(g) {
-                *d = precond.absorb(st, gj);
+            for (((d, dir), st), &gj) in diag.iter_mut().zip(direction.iter_mut()).zip(st).zip(g) {
+                // D as the base state will be after absorbing g; the state itself changes in pass 2.
+                *d = precond.absorb(&mut st.clone(), gj);
+                *dir = P::direction(st);
             }
-            let block = cpu::reduce::<4, _>(g.len(), |j| {
-                let (dg, gj, dj) = (f64::from(diag[j]), f64::from(g[j]), f64::from(P::direction(&st[j])));
-                [dg * sp[j], dg * gj * gj, dg * gj * dj, dg * dj * dj]
-            });
+            let block = match &samples.data {
+                SampleData::SumSq(s) => {
+                    // Σ D (k² S − N g²) = k² Σ D S − N a: both sums are f64, so nothing cancels
+                    // that a per-element difference would have kept.
+                    let [d_s, a, c, e] = cpu::weighted_moments(diag, g, direction, &s[tensor][start..end]);
+                    [k * k * d_s - n as f64 * a, a, c, e]
+                }
+                SampleData::PerSample(rows) => {
+                    let (spread, spread_f32) = (&mut spread[..end - start], &mut spread_f32[..end - start]);
+                    cpu::spread_from_rows(rows[tensor], n, grad.len(), start, k, g, spread);
+                    spread_f32.iter_mut().zip(spread.iter()).for_each(|(o, s)| *o = *s as f32);
+                    cpu::weighted_moments(diag, g, direction, spread_f32)
+                }
+            };
             for (t, b) in total.iter_mut().zip(block) {
                 *t += b;
             }
@@ -271,45 +279,118 @@ impl<P: Precond> AutoOpt<P> {
         total
     }
 
-    /// Pass 1 and the per-group solve (steps 1–5); sets each group's direction multipliers.
-    fn estimate(&mut self, ctx: &Context, inputs: &StepInputs) {
+    /// Pass 1 and the per-group solve (steps 1–5), changing nothing: a non-finite sum here can
+    /// only come from non-finite per-sample data (g was checked up front), which is then reported
+    /// with the tensor and index, before any state moved. That is why the optimizer does not scan
+    /// the per-sample data separately for AutoOpt (`Accepts::checks_sample_finiteness`).
+    fn estimate(&self, ctx: &Context, inputs: &StepInputs) -> Result<Vec<Solve>> {
         let samples = inputs.samples.as_ref().expect("checked: AutoOpt has per-sample data");
         let n = samples.batch_size as f64;
+        let mut solves = Vec::with_capacity(self.groups.len());
         for (group, members) in ctx.layout.members.iter().enumerate() {
-            let gs = &mut self.groups[group];
-            if gs.steps == 0 {
-                // A cautious first learning rate 1 − γ_max that the estimates then pull up (§1 step 4).
-                gs.gamma = [ctx.options.get(group, "gamma_max"), 0.0];
-            }
-            gs.steps += 1;
-            let precond = P::new(ctx.options, group, gs.steps);
+            let gs = &self.groups[group];
+            let precond = P::new(ctx.options, group, gs.steps + 1);
             let mut sums = [0.0f64; 4];
             for &t in members {
-                let part = Self::reduce_tensor(precond, inputs.grads[t], &mut self.states[t], samples, t);
+                let part = Self::reduce_tensor(precond, inputs.grads[t], &self.states[t], samples, t);
                 sums.iter_mut().zip(part).for_each(|(s, p)| *s += p);
             }
+            if !sums[0].is_finite() {
+                return Err(non_finite_samples(samples, members));
+            }
             let [spread, a, c, e] = sums;
-            let noise = (spread / (n * (n - 1.0))).max(0.0);
-            let mut est = Estimates { noise, a, c, e, det: a * e - c * c, gamma_oracle: [0.0, 0.0] };
+            let mut est = Estimates { noise: (spread / (n * (n - 1.0))).max(0.0), a, c, e, det: a * e - c * c, gamma_oracle: [0.0, 0.0] };
             if a == 0.0 {
-                // Zero gradient: nothing to scale. The base state has absorbed g (D is formed
-                // before the solve); γ_E, d and θ stay as they are.
-                gs.skips += 1;
-                gs.last = est;
-                gs.direction = None;
+                // Zero gradient: nothing to scale; the base state still absorbs g in pass 2
+                // (D is formed before the solve), γ_E, d and θ stay as they are.
+                solves.push(Solve { est, gamma: gs.gamma, fell_back: false, clamped: false, direction: None });
                 continue;
             }
             let gamma_max = ctx.options.get(group, "gamma_max");
             let (gamma_oracle, fell_back) = oracle(&est, gamma_max);
             est.gamma_oracle = gamma_oracle;
-            let (gamma, clamped) = smooth(gamma_oracle, gs.gamma, ctx.options.get(group, "nu"), gamma_max);
+            let (gamma, clamped) = smooth(gamma_oracle, self.gamma(ctx, group), ctx.options.get(group, "nu"), gamma_max);
+            let direction = Some(((1.0 - gamma[0] - gamma[1]) as f32, gamma[1] as f32));
+            solves.push(Solve { est, gamma, fell_back, clamped, direction });
+        }
+        Ok(solves)
+    }
+
+    /// Records the solves; from here on the step cannot fail.
+    fn commit(&mut self, ctx: &Context, solves: Vec<Solve>) {
+        for (group, solve) in solves.into_iter().enumerate() {
+            let gamma = if solve.direction.is_none() { self.gamma(ctx, group) } else { solve.gamma };
+            let gs = &mut self.groups[group];
+            gs.steps += 1;
             gs.gamma = gamma;
-            gs.fallbacks += u64::from(fell_back);
-            gs.clamps += u64::from(clamped);
-            gs.last = est;
-            gs.direction = Some(((1.0 - gamma[0] - gamma[1]) as f32, gamma[1] as f32));
+            gs.fallbacks += u64::from(solve.fell_back);
+            gs.clamps += u64::from(solve.clamped);
+            gs.skips += u64::from(solve.direction.is_none());
+            gs.last = solve.est;
+            gs.direction = solve.direction;
         }
     }
+
+    /// Pass 2: absorbs g into the base state, and where the group was not skipped sets
+    /// `d ← ĝ = coef_g g + coef_d d` (eq. 14) and either moves `θ ← θ − D ĝ` (eq. 9) or only
+    /// sums `g·D ĝ` (GI's proposal). Returns that sum (0 when moving).
+    fn pass2(&mut self, ctx: &Context, grads: &[&[f32]], mut mode: Pass2) -> f64 {
+        let mut g_dot_s = 0.0;
+        for (group, members) in ctx.layout.members.iter().enumerate() {
+            let gs = &self.groups[group];
+            let precond = P::new(ctx.options, group, gs.steps);
+            let Some((coef_g, coef_d)) = gs.direction else {
+                for &t in members {
+                    self.states[t].iter_mut().zip(grads[t]).for_each(|(st, &g)| {
+                        precond.absorb(st, g);
+                    });
+                }
+                continue;
+            };
+            let displacement = |g: f32, _: f32, st: &mut P::State| {
+                let diag = precond.absorb(st, g);
+                let direction = coef_g * g + coef_d * P::direction(st);
+                P::set_direction(st, direction);
+                diag * direction
+            };
+            for &t in members {
+                match &mut mode {
+                    Pass2::Move(params) => cpu::update(params[t], grads[t], &mut self.states[t], displacement),
+                    Pass2::Propose(params) => g_dot_s += cpu::advance_dot(params[t], grads[t], &mut self.states[t], displacement),
+                }
+            }
+        }
+        g_dot_s
+    }
+}
+
+/// What pass 2 does with the displacement.
+enum Pass2<'a, 'b> {
+    Move(&'a mut [&'b mut [f32]]),
+    Propose(&'a [&'b mut [f32]]),
+}
+
+/// Where the non-finite per-sample value is (called only after a sum came out non-finite).
+fn non_finite_samples(samples: &Samples, members: &[usize]) -> Error {
+    for &t in members {
+        let (what, data) = match &samples.data {
+            SampleData::SumSq(s) => ("sum_sq", s[t]),
+            SampleData::PerSample(rows) => ("per_sample", rows[t]),
+        };
+        if let Some(i) = cpu::first_non_finite(data) {
+            return Error::non_finite(format!("tensor {t}: {what}[{i}] is {}", data[i]));
+        }
+    }
+    Error::non_finite("the per-sample variance overflowed float64: per-sample gradients are too large")
+}
+
+/// One group's outcome of pass 1.
+struct Solve {
+    est: Estimates,
+    gamma: [f64; 2],
+    fell_back: bool,
+    clamped: bool,
+    direction: Option<(f32, f32)>,
 }
 
 impl<P: Precond> Algorithm for AutoOpt<P> {
@@ -318,7 +399,7 @@ impl<P: Precond> Algorithm for AutoOpt<P> {
     }
 
     fn accepts(&self, _ctx: &Context) -> Accepts {
-        Accepts { per_sample: true, ..Accepts::default() }
+        Accepts { per_sample: true, checks_sample_finiteness: true, ..Accepts::default() }
     }
 
     fn check(&self, _ctx: &Context, inputs: &StepInputs, _cb: &Callbacks) -> Result<()> {
@@ -339,20 +420,9 @@ impl<P: Precond> Algorithm for AutoOpt<P> {
     }
 
     fn propose(&mut self, ctx: &Context, params: &[&mut [f32]], inputs: &StepInputs, _cb: &mut Callbacks) -> Result<f64> {
-        self.estimate(ctx, inputs);
-        let mut g_dot_s = 0.0;
-        for (group, members) in ctx.layout.members.iter().enumerate() {
-            let Some((coef_g, coef_d)) = self.groups[group].direction else { continue };
-            let precond = P::new(ctx.options, group, self.groups[group].steps);
-            for &t in members {
-                g_dot_s += cpu::advance_dot(params[t], inputs.grads[t], &mut self.states[t], |g, _, st| {
-                    let direction = coef_g * g + coef_d * P::direction(st);
-                    P::set_direction(st, direction);
-                    precond.diag(st) * direction
-                });
-            }
-        }
-        Ok(g_dot_s)
+        let solves = self.estimate(ctx, inputs)?;
+        self.commit(ctx, solves);
+        Ok(self.pass2(ctx, &inputs.grads, Pass2::Propose(params)))
     }
 
     fn apply(&self, ctx: &Context, params: &mut [&mut [f32]], inputs: &StepInputs, scale: f32) {
@@ -368,18 +438,9 @@ impl<P: Precond> Algorithm for AutoOpt<P> {
     }
 
     fn step(&mut self, ctx: &Context, params: &mut [&mut [f32]], inputs: &StepInputs, _cb: &mut Callbacks) -> Result<()> {
-        self.estimate(ctx, inputs);
-        for (group, members) in ctx.layout.members.iter().enumerate() {
-            let Some((coef_g, coef_d)) = self.groups[group].direction else { continue };
-            let precond = P::new(ctx.options, group, self.groups[group].steps);
-            for &t in members {
-                cpu::update(params[t], inputs.grads[t], &mut self.states[t], |g, _, st| {
-                    let direction = coef_g * g + coef_d * P::direction(st);
-                    P::set_direction(st, direction);
-                    precond.diag(st) * direction
-                });
-            }
-        }
+        let solves = self.estimate(ctx, inputs)?;
+        self.commit(ctx, solves);
+        self.pass2(ctx, &inputs.grads, Pass2::Move(params));
         Ok(())
     }
 

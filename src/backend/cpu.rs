@@ -8,6 +8,23 @@
 /// Independent f64 accumulators per reduction; fixed, so results are reproducible bit for bit.
 pub const LANES: usize = 8;
 
+/// Runs a kernel compiled for AVX2 when the CPU has it, else the portable build of the same
+/// code. Both give the same bits: the operations and their order are identical (no FMA
+/// contraction; square root and division are correctly rounded at any vector width), only the
+/// vector width changes.
+macro_rules! dispatch {
+    ($kernel:ident($($arg:expr),* $(,)?)) => {{
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2") {
+                // SAFETY: the CPU supports AVX2 (checked just above).
+                return unsafe { avx2::$kernel($($arg),*) };
+            }
+        }
+        kernels::$kernel($($arg),*)
+    }};
+}
+
 /// Element-wise state of an algorithm: how many f32 values each parameter element carries.
 pub trait ElemState: Copy + Default + Send + Sync + 'static {
     const FLOATS: usize;
@@ -59,35 +76,160 @@ pub fn states_from_floats<S: ElemState>(floats: &[f32], len: usize) -> Vec<S> {
 #[inline]
 pub fn update<S: Copy, F: Fn(f32, f32, &mut S) -> f32>(param: &mut [f32], grad: &[f32], state: &mut [S], step: F) {
     assert!(param.len() == grad.len() && state.len() == param.len(), "update: buffer lengths differ");
-    for ((theta, &g), st) in param.iter_mut().zip(grad).zip(state.iter_mut()) {
-        *theta -= step(g, *theta, st);
-    }
+    dispatch!(update(param, grad, state, step))
 }
 
 /// Advances the state as `update` would, leaves θ alone, and returns `Σ g·delta` (f64, lanes).
 #[inline]
 pub fn advance_dot<S: Copy, F: Fn(f32, f32, &mut S) -> f32>(param: &[f32], grad: &[f32], state: &mut [S], step: F) -> f64 {
     assert!(param.len() == grad.len() && state.len() == param.len(), "advance_dot: buffer lengths differ");
-    let mut lanes = [0.0f64; LANES];
-    let mut chunks = param.chunks_exact(LANES).zip(grad.chunks_exact(LANES)).zip(state.chunks_exact_mut(LANES));
-    for ((p, g), st) in &mut chunks {
-        for k in 0..LANES {
-            lanes[k] += f64::from(g[k]) * f64::from(step(g[k], p[k], &mut st[k]));
-        }
-    }
-    let tail = param.len() - param.len() % LANES;
-    for i in tail..param.len() {
-        lanes[i - tail] += f64::from(grad[i]) * f64::from(step(grad[i], param[i], &mut state[i]));
-    }
-    sum_lanes(&lanes)
+    dispatch!(advance_dot(param, grad, state, step))
 }
 
 /// `θ ← θ − scale·delta`, with delta recomputed from the (already advanced) state.
 #[inline]
 pub fn apply_scaled<S: Copy, F: Fn(f32, f32, &S) -> f32>(param: &mut [f32], grad: &[f32], state: &[S], scale: f32, delta: F) {
     assert!(param.len() == grad.len() && state.len() == param.len(), "apply_scaled: buffer lengths differ");
-    for ((theta, &g), st) in param.iter_mut().zip(grad).zip(state) {
-        *theta -= scale * delta(g, *theta, st);
+    dispatch!(apply_scaled(param, grad, state, scale, delta))
+}
+
+/// The weighted inner products of AutoOpt-style solves, in f64 lanes:
+/// `[Σ w s, Σ w x x, Σ w x y, Σ w y y]`.
+#[inline]
+pub fn weighted_moments(w: &[f32], x: &[f32], y: &[f32], s: &[f32]) -> [f64; 4] {
+    assert!(w.len() == x.len() && x.len() == y.len() && y.len() == s.len(), "weighted_moments: lengths differ");
+    dispatch!(weighted_moments(w, x, y, s))
+}
+
+/// True when every element is finite (a vectorised pass, no early exit).
+#[inline]
+pub fn all_finite(x: &[f32]) -> bool {
+    dispatch!(all_finite(x))
+}
+
+/// The loops themselves, written so the compiler vectorises them: elementwise work in f32, then
+/// f64 accumulation over `LANES` fixed lanes.
+mod kernels {
+    use super::{sum_lanes, LANES};
+
+    #[inline(always)]
+    pub fn update<S: Copy, F: Fn(f32, f32, &mut S) -> f32>(param: &mut [f32], grad: &[f32], state: &mut [S], step: F) {
+        for ((theta, &g), st) in param.iter_mut().zip(grad).zip(state.iter_mut()) {
+            *theta -= step(g, *theta, st);
+        }
+    }
+
+    #[inline(always)]
+    pub fn advance_dot<S: Copy, F: Fn(f32, f32, &mut S) -> f32>(param: &[f32], grad: &[f32], state: &mut [S], step: F) -> f64 {
+        let mut lanes = [0.0f64; LANES];
+        let mut chunks = param.chunks_exact(LANES).zip(grad.chunks_exact(LANES)).zip(state.chunks_exact_mut(LANES));
+        for ((p, g), st) in &mut chunks {
+            let mut delta = [0.0f32; LANES];
+            for k in 0..LANES {
+                delta[k] = step(g[k], p[k], &mut st[k]);
+            }
+            for k in 0..LANES {
+                lanes[k] += f64::from(g[k]) * f64::from(delta[k]);
+            }
+        }
+        let tail = param.len() - param.len() % LANES;
+        for i in tail..param.len() {
+            lanes[i - tail] += f64::from(grad[i]) * f64::from(step(grad[i], param[i], &mut state[i]));
+        }
+        sum_lanes(&lanes)
+    }
+
+    #[inline(always)]
+    pub fn apply_scaled<S: Copy, F: Fn(f32, f32, &S) -> f32>(param: &mut [f32], grad: &[f32], state: &[S], scale: f32, delta: F) {
+        for ((theta, &g), st) in param.iter_mut().zip(grad).zip(state) {
+            *theta -= scale * delta(g, *theta, st);
+        }
+    }
+
+    #[inline(always)]
+    pub fn weighted_moments(w: &[f32], x: &[f32], y: &[f32], s: &[f32]) -> [f64; 4] {
+        // Each product in f32 (relative error 1e-7, far below what the solve needs), each sum in f64.
+        let mut lanes = [[0.0f64; LANES]; 4];
+        let full = w.len() - w.len() % LANES;
+        let chunks = w[..full].chunks_exact(LANES).zip(x[..full].chunks_exact(LANES)).zip(y[..full].chunks_exact(LANES)).zip(s[..full].chunks_exact(LANES));
+        for (((w, x), y), s) in chunks {
+            for k in 0..LANES {
+                let (wx, wy) = (w[k] * x[k], w[k] * y[k]);
+                lanes[0][k] += f64::from(w[k] * s[k]);
+                lanes[1][k] += f64::from(wx * x[k]);
+                lanes[2][k] += f64::from(wx * y[k]);
+                lanes[3][k] += f64::from(wy * y[k]);
+            }
+        }
+        for i in full..w.len() {
+            let (wx, wy) = (w[i] * x[i], w[i] * y[i]);
+            lanes[0][i - full] += f64::from(w[i] * s[i]);
+            lanes[1][i - full] += f64::from(wx * x[i]);
+            lanes[2][i - full] += f64::from(wx * y[i]);
+            lanes[3][i - full] += f64::from(wy * y[i]);
+        }
+        lanes.map(|l| sum_lanes(&l))
+    }
+
+    #[inline(always)]
+    pub fn accumulate_deviations(values: &[f32], center: &[f32], sum_sq: &mut [f32], sum_dev: &mut [f32]) {
+        for (((v, c), sq), dev) in values.iter().zip(center).zip(sum_sq.iter_mut()).zip(sum_dev.iter_mut()) {
+            let d = v - c;
+            *sq += d * d;
+            *dev += d;
+        }
+    }
+
+    #[inline(always)]
+    pub fn all_finite(x: &[f32]) -> bool {
+        // v − v is 0 for a finite v and NaN for NaN or ±Inf; NaN then survives every addition.
+        let mut acc = [0.0f32; 16];
+        let mut chunks = x.chunks_exact(16);
+        for c in &mut chunks {
+            for k in 0..16 {
+                acc[k] += c[k] - c[k];
+            }
+        }
+        for (k, v) in chunks.remainder().iter().enumerate() {
+            acc[k] += v - v;
+        }
+        acc.iter().all(|a| *a == 0.0)
+    }
+}
+
+/// The same kernels compiled with AVX2 enabled.
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::kernels;
+
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn update<S: Copy, F: Fn(f32, f32, &mut S) -> f32>(param: &mut [f32], grad: &[f32], state: &mut [S], step: F) {
+        kernels::update(param, grad, state, step)
+    }
+
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn advance_dot<S: Copy, F: Fn(f32, f32, &mut S) -> f32>(param: &[f32], grad: &[f32], state: &mut [S], step: F) -> f64 {
+        kernels::advance_dot(param, grad, state, step)
+    }
+
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn apply_scaled<S: Copy, F: Fn(f32, f32, &S) -> f32>(param: &mut [f32], grad: &[f32], state: &[S], scale: f32, delta: F) {
+        kernels::apply_scaled(param, grad, state, scale, delta)
+    }
+
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn weighted_moments(w: &[f32], x: &[f32], y: &[f32], s: &[f32]) -> [f64; 4] {
+        kernels::weighted_moments(w, x, y, s)
+    }
+
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn accumulate_deviations(values: &[f32], center: &[f32], sum_sq: &mut [f32], sum_dev: &mut [f32]) {
+        kernels::accumulate_deviations(values, center, sum_sq, sum_dev)
+    }
+
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn all_finite(x: &[f32]) -> bool {
+        kernels::all_finite(x)
     }
 }
 
@@ -132,15 +274,14 @@ pub fn dot(a: &[f32], b: &[f32]) -> f64 {
     reduce::<1, _>(a.len(), |i| [f64::from(a[i]) * f64::from(b[i])])[0]
 }
 
-/// True when every element is finite; a vectorisable pass (no early exit).
-pub fn all_finite(x: &[f32]) -> bool {
-    // A float is finite iff its exponent bits are not all ones; OR-reduce a flag per element.
-    x.chunks(1024).all(|c| c.iter().fold(true, |ok, v| ok & v.is_finite()))
-}
-
 /// Index of the first non-finite element (for the error message; called only on failure).
 pub fn first_non_finite(x: &[f32]) -> Option<usize> {
     x.iter().position(|v| !v.is_finite())
+}
+
+/// True when no element is negative (NaN passes: finiteness is checked separately).
+pub fn all_non_negative(x: &[f32]) -> bool {
+    x.chunks(4096).all(|c| c.iter().fold(true, |ok, v| ok & !(*v < 0.0)))
 }
 
 /// Index of the first negative element.
@@ -150,29 +291,40 @@ pub fn first_negative(x: &[f32]) -> Option<usize> {
 
 /// Columns handled per block when a per-sample matrix is reduced: the block's rows stay in cache
 /// while every row is visited, so the matrix is read from memory once.
-pub const COLUMN_BLOCK: usize = 1024;
+pub const COLUMN_BLOCK: usize = 4096;
 
 /// Per-sample spread of one block of columns `[start, start + out.len())`:
 /// `out[j] = Σ_i (k·x_ij)² − N·center_j²` (with `k·x_ij` the per-sample value and `N` rows),
 /// computed as `Σ_i dev² + 2·center·Σ_i dev` with `dev = k·x_ij − center_j`, so that a mean
-/// gradient much larger than the spread does not cancel the spread away (f64 throughout).
-/// With `center = 0` it is the plain sum of squares `S`.
+/// gradient much larger than the spread does not cancel the spread away. With `center = 0` it
+/// is the plain sum of squares `S`.
 pub fn spread_from_rows(rows: &[f32], n_rows: usize, len: usize, start: usize, k: f64, center: &[f32], out: &mut [f64]) {
     let width = out.len();
     assert!(rows.len() == n_rows * len && start + width <= len && center.len() == width, "spread_from_rows: bad block");
-    let mut sum_dev = [0.0f64; COLUMN_BLOCK];
-    let sum_dev = &mut sum_dev[..width];
-    out.iter_mut().for_each(|o| *o = 0.0);
+    // Per row in f32: dev = k·x − c is exact when k·x and c are close (Sterbenz), which is
+    // exactly when the spread is small; the sums over N rows add only N·ε relative error.
+    let (mut sum_sq, mut sum_dev) = ([0.0f32; COLUMN_BLOCK], [0.0f32; COLUMN_BLOCK]);
+    let (sum_sq, sum_dev) = (&mut sum_sq[..width], &mut sum_dev[..width]);
+    let k = k as f32;
     for row in rows.chunks_exact(len) {
-        for (((x, c), sq), s) in row[start..start + width].iter().zip(center).zip(out.iter_mut()).zip(sum_dev.iter_mut()) {
-            let dev = k * f64::from(*x) - f64::from(*c);
-            *sq += dev * dev;
-            *s += dev;
+        let row = &row[start..start + width];
+        if k == 1.0 {
+            accumulate_deviations(row, center, sum_sq, sum_dev);
+        } else {
+            let mut scaled = [0.0f32; COLUMN_BLOCK];
+            let scaled = &mut scaled[..width];
+            scaled.iter_mut().zip(row).for_each(|(s, x)| *s = k * x);
+            accumulate_deviations(scaled, center, sum_sq, sum_dev);
         }
     }
-    for ((o, s), c) in out.iter_mut().zip(sum_dev.iter()).zip(center) {
-        *o += 2.0 * f64::from(*c) * s;
+    for (((o, sq), dev), c) in out.iter_mut().zip(sum_sq.iter()).zip(sum_dev.iter()).zip(center) {
+        *o = f64::from(*sq) + 2.0 * f64::from(*c) * f64::from(*dev);
     }
+}
+
+#[inline]
+fn accumulate_deviations(values: &[f32], center: &[f32], sum_sq: &mut [f32], sum_dev: &mut [f32]) {
+    dispatch!(accumulate_deviations(values, center, sum_sq, sum_dev))
 }
 
 /// The same spread from the vector `S = Σ_i x_i²` (entries scaled by `k²`):

@@ -3,6 +3,7 @@
 use crate::adapt::autoopt::{self, AdagradDiag, AdamDiag, AutoOpt, Identity};
 use crate::adapt::tlr::{self, Tlr};
 use crate::adapt::gi::{self, Gi};
+use crate::adapt::vsgd::{self, Variant, Vsgd};
 use crate::algorithm::Algorithm;
 use crate::base::{adagrad::Adagrad, adam::Adam, momentum::Momentum, rmsprop::RmsProp, sgd::Sgd, FixedRate, Rule};
 use crate::error::{Error, Result};
@@ -10,7 +11,7 @@ use crate::optimizer::Layout;
 use crate::options::OptionSpec;
 
 /// Every algorithm name `alr_create` accepts.
-pub const ALGORITHMS: &[&str] = &["sgd", "momentum", "adam", "adamw", "adagrad", "rmsprop", "auto-sgd", "auto-adam", "auto-adagrad", "gi", "tlr"];
+pub const ALGORITHMS: &[&str] = &["sgd", "momentum", "adam", "adamw", "adagrad", "rmsprop", "auto-sgd", "auto-adam", "auto-adagrad", "gi", "tlr", "vsgd-l", "vsgd-g", "vsgd-b"];
 
 fn unknown(name: &str) -> Error {
     Error::invalid(format!("unknown algorithm '{name}'; accepted: {}", ALGORITHMS.join(", ")))
@@ -50,6 +51,7 @@ pub fn specs(name: &str, base: &str) -> Result<Vec<OptionSpec>> {
         "auto-adam" => autoopt::specs::<AdamDiag>(),
         "auto-adagrad" => autoopt::specs::<AdagradDiag>(),
         "tlr" => tlr::specs(),
+        "vsgd-l" | "vsgd-g" | "vsgd-b" => vsgd::specs(),
         // GI's table already holds its base's options, check_finite included.
         "gi" => return gi::specs(base),
         _ => return Err(unknown(name)),
@@ -74,6 +76,9 @@ pub fn build(name: &str, base: &str, layout: &Layout, unit_lr: bool) -> Result<B
         "auto-adagrad" => Box::new(AutoOpt::<AdagradDiag>::new(lens, n_groups)),
         "tlr" => Box::new(Tlr::new()),
         "gi" => Box::new(Gi::new(base, build(base, "", layout, is_fixed_rate(base))?)),
+        "vsgd-l" => Box::new(Vsgd::new(Variant::Local, layout)),
+        "vsgd-g" => Box::new(Vsgd::new(Variant::Global, layout)),
+        "vsgd-b" => Box::new(Vsgd::new(Variant::Block, layout)),
         _ => return Err(unknown(name)),
     })
 }

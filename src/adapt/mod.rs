@@ -3,3 +3,4 @@
 pub mod autoopt;
 pub mod gi;
 pub mod tlr;
+pub mod vsgd;

@@ -15,7 +15,7 @@ __all__ = ["Optimizer", "Error", "__version__", "ABI_VERSION", "ALGORITHMS"]
 __version__ = lib.alr_version().decode()
 ABI_VERSION = lib.alr_abi_version()
 
-ALGORITHMS = ("sgd", "momentum", "adam", "adamw", "adagrad", "rmsprop", "auto-sgd", "auto-adam", "auto-adagrad", "gi", "tlr")
+ALGORITHMS = ("sgd", "momentum", "adam", "adamw", "adagrad", "rmsprop", "auto-sgd", "auto-adam", "auto-adagrad", "gi", "tlr", "vsgd-l", "vsgd-g", "vsgd-b")
 
 
 class Error(ValueError):

@@ -120,15 +120,20 @@ class Optimizer:
         if len(grads) != n:
             raise Error(f"step got {len(grads)} gradients, the optimizer has {n} tensors", "ALR_SHAPE_MISMATCH")
         keep = []  # keeps every array and ctypes object alive for the call
-        grads = [_as_f32(g, f"grads[{i}]", self._shapes[i]) for i, g in enumerate(grads)]
         args = _ffi.AlrStepArgs()
         args.struct_size = ctypes.sizeof(_ffi.AlrStepArgs)
         args.n_tensors = n
-        params_ptrs = _ptr_array(self._params)
-        grads_ptrs = _ptr_array(grads)
-        args.params = ctypes.cast(params_ptrs, _PtrArray)
-        args.grads = ctypes.cast(grads_ptrs, _PtrArray)
-        keep += [params_ptrs, grads_ptrs, grads]
+        def pointers(what, arrays, leading=()):
+            """A C array of pointers to validated float32 arrays, kept alive for the call."""
+            if len(arrays) != n:
+                raise Error(f"{what} has {len(arrays)} tensors, the optimizer has {n}", "ALR_SHAPE_MISMATCH")
+            checked = [_as_f32(a, f"{what}[{i}]", leading + self._shapes[i]) for i, a in enumerate(arrays)]
+            ptrs = _ptr_array(checked)
+            keep.extend([checked, ptrs])
+            return ctypes.cast(ptrs, _PtrArray)
+
+        args.params = pointers("params", self._params)
+        args.grads = pointers("grads", grads)
         if per_sample_scale not in ("sample", "mean"):
             raise Error(f"per_sample_scale is {per_sample_scale!r}; accepted: 'sample' (g_i of each sample's own loss) or 'mean' (g_i/N, BackPACK under a mean loss)")
         args.per_sample_scale = _ffi.ALR_SCALE_SAMPLE if per_sample_scale == "sample" else _ffi.ALR_SCALE_MEAN
@@ -137,32 +142,17 @@ class Optimizer:
         if sum_sq is not None:
             if batch_size is None:
                 raise Error("sum_sq needs batch_size (the number of samples N)")
-            if len(sum_sq) != n:
-                raise Error(f"sum_sq has {len(sum_sq)} tensors, the optimizer has {n}", "ALR_SHAPE_MISMATCH")
-            arrays = [_as_f32(s, f"sum_sq[{i}]", self._shapes[i]) for i, s in enumerate(sum_sq)]
-            ptrs = _ptr_array(arrays)
-            keep += [arrays, ptrs]
-            args.sum_sq = ctypes.cast(ptrs, _PtrArray)
+            args.sum_sq = pointers("sum_sq", sum_sq)
         if per_sample is not None:
-            if len(per_sample) != n:
-                raise Error(f"per_sample has {len(per_sample)} tensors, the optimizer has {n}", "ALR_SHAPE_MISMATCH")
-            if batch_size is None:
-                batch_size = per_sample[0].shape[0] if per_sample[0].ndim else 0
-            arrays = [_as_f32(s, f"per_sample[{i}]", (batch_size,) + self._shapes[i]) for i, s in enumerate(per_sample)]
-            ptrs = _ptr_array(arrays)
-            keep += [arrays, ptrs]
-            args.per_sample = ctypes.cast(ptrs, _PtrArray)
+            if batch_size is None and len(per_sample):
+                batch_size = per_sample[0].shape[0] if np.ndim(per_sample[0]) else 0
+            args.per_sample = pointers("per_sample", per_sample, (batch_size,))
         if batch_size is not None:
             if int(batch_size) < 0:
                 raise Error(f"batch_size is {batch_size}; it must be the number of samples N >= 1")
             args.batch_size = int(batch_size)
         if curvature is not None:
-            if len(curvature) != n:
-                raise Error(f"curvature has {len(curvature)} tensors, the optimizer has {n}", "ALR_SHAPE_MISMATCH")
-            arrays = [_as_f32(h, f"curvature[{i}]", self._shapes[i]) for i, h in enumerate(curvature)]
-            ptrs = _ptr_array(arrays)
-            keep += [arrays, ptrs]
-            args.curvature = ctypes.cast(ptrs, _PtrArray)
+            args.curvature = pointers("curvature", curvature)
         if loss is not None:
             args.has_loss = 1
             args.loss = float(loss)

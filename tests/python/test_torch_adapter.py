@@ -1,0 +1,331 @@
+"""autolr.torch: the torch.optim adapter and SumGradSquared, against torch itself and brute force."""
+import io
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip(
+    "torch", reason="torch is not installed on this machine (PyPI has no CPU-only wheel for x86_64); the adapter is tested on the GPU machines")
+
+import autolr  # noqa: E402
+import autolr.torch as alt  # noqa: E402
+
+nn = torch.nn
+F = torch.nn.functional
+
+
+def mlp(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3))
+
+
+def data(seed=1, n=16):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 6, generator=g), torch.randint(0, 3, (n,), generator=g)
+
+
+def params_of(model):
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def assert_params_close(a, b, rtol=1e-5, what=""):
+    for i, (x, y) in enumerate(zip(a.parameters(), b.parameters())):
+        scale = max(1.0, float(y.abs().max()))
+        err = float((x - y).abs().max()) / scale
+        assert err <= rtol, f"{what} tensor {i}: relative error {err:.3e}"
+
+
+# -- fixed-rate rules against torch.optim ---------------------------------------------------------
+
+@pytest.mark.parametrize("ours,theirs,options", [
+    (alt.Adam, torch.optim.Adam, dict(lr=1e-2)),
+    (alt.Adam, torch.optim.Adam, dict(lr=1e-2, weight_decay=0.1, betas=None)),
+    (alt.AdamW, torch.optim.AdamW, dict(lr=1e-2, weight_decay=0.1)),
+    (alt.SGD, torch.optim.SGD, dict(lr=0.1)),
+], ids=["adam", "adam-l2", "adamw", "sgd"])
+def test_matches_torch_step_by_step(ours, theirs, options):
+    options = {k: v for k, v in options.items() if v is not None}
+    a, b = mlp(), mlp()
+    # two param groups with different rates, as torch param groups
+    groups = lambda m, lr: [{"params": m[0].parameters()}, {"params": m[2].parameters(), "lr": lr}]  # noqa: E731
+    opt_a = ours(groups(a, 3e-3), **options)
+    opt_b = theirs(groups(b, 3e-3), **options)
+    for t in range(25):
+        x, y = data(seed=t)
+        for model, opt in ((a, opt_a), (b, opt_b)):
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+        assert_params_close(a, b, what=f"{ours.__name__} step {t}")
+    assert opt_a.lr == pytest.approx([options["lr"], 3e-3])
+
+
+def test_params_are_updated_in_place_zero_copy():
+    model = mlp()
+    pointers = [p.data_ptr() for p in model.parameters()]
+    opt = alt.SGD(model.parameters(), lr=0.5)
+    before = params_of(model)
+    x, y = data()
+    opt.zero_grad()
+    F.cross_entropy(model(x), y).backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    opt.step()
+    for p, p0, g, ptr in zip(model.parameters(), before, grads, pointers):
+        assert p.data_ptr() == ptr
+        torch.testing.assert_close(p.detach(), p0 - 0.5 * g, rtol=1e-6, atol=1e-7)
+
+
+def test_lr_scheduler_drives_the_library_rate():
+    model = mlp()
+    opt = alt.Momentum(model.parameters(), lr=0.1, momentum=0.5)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.1)
+    x, y = data()
+    seen = []
+    for _ in range(5):
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+        seen.append(opt.lr[0])
+        sched.step()
+    assert seen == pytest.approx([0.1, 0.1, 0.01, 0.01, 0.001])
+    assert opt.momentum == pytest.approx([0.5])  # one torch param group = one autolr group
+
+
+def test_errors_are_autolr_errors():
+    with pytest.raises(autolr.Error, match="float32"):
+        alt.SGD([nn.Parameter(torch.zeros(3, dtype=torch.float64))])
+    with pytest.raises(autolr.Error, match="unknown algorithm"):
+        alt.AutoLR(mlp().parameters(), "nope")
+    with pytest.raises(autolr.Error, match="no_such_option"):
+        alt.Adam(mlp().parameters(), no_such_option=1.0)
+    model = mlp()
+    opt = alt.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(autolr.Error, match="cannot be added"):
+        opt.add_param_group({"params": [nn.Parameter(torch.zeros(2))]})
+    model[0].weight.data = model[0].weight.data.clone()  # re-allocated storage
+    with pytest.raises(autolr.Error, match="re-allocated"):
+        opt.step()
+
+
+# -- SumGradSquared against brute-force per-sample gradients ---------------------------------------
+
+def brute_force_sum_sq(model, loss_of, x, y):
+    """Σ_i (g_i/N)² with g_i the gradient of sample i's own loss (the "mean" convention)."""
+    n = x.shape[0]
+    sums = [torch.zeros_like(p, dtype=torch.float64) for p in model.parameters()]
+    for i in range(n):
+        model.zero_grad()
+        loss_of(model(x[i:i + 1]), y[i:i + 1]).backward()
+        for s, p in zip(sums, model.parameters()):
+            s += (p.grad.double() / n) ** 2
+    return sums
+
+
+def check_sum_sq(model, x, y, loss_of=lambda out, y: F.cross_entropy(out, y)):
+    expected = brute_force_sum_sq(model, loss_of, x, y)
+    sgs = alt.SumGradSquared(model)
+    model.zero_grad()
+    loss_of(model(x), y).backward()
+    got = sgs.sum_sq(list(model.parameters()))
+    assert sgs.per_sample_scale == "mean" and sgs.batch_size == x.shape[0]
+    for i, (g, e) in enumerate(zip(got, expected)):
+        e = e.numpy()
+        np.testing.assert_allclose(g, e, rtol=2e-4, atol=1e-6 * float(np.abs(e).max()), err_msg=f"tensor {i}")
+    # "sample" convention = × N²
+    n2 = x.shape[0] ** 2
+    np.testing.assert_allclose(sgs.sum_sq(list(model.parameters()), scale="sample")[0], got[0] * n2, rtol=1e-6)
+    sgs.remove()
+
+
+@pytest.mark.parametrize("inplace", [False, True])
+def test_sum_grad_squared_linear(inplace):
+    """In-place activations after a layer are fine: the output-gradient hook is a tensor hook."""
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(inplace=inplace), nn.Linear(8, 3))
+    x, y = data(seed=5, n=12)
+    check_sum_sq(model, x, y)
+
+
+def test_sum_grad_squared_linear_over_sequences():
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 3))
+    x = torch.randn(7, 4, 6)  # N, T, features: per-sample gradients sum over T
+    y = torch.randn(7, 4, 3)
+    check_sum_sq(model, x, y, loss_of=lambda out, y: ((out - y) ** 2).sum(dim=(1, 2)).mean())
+
+
+@pytest.mark.parametrize("conv_kwargs", [
+    dict(padding=1),
+    dict(stride=2, padding=0, groups=2),
+    dict(padding="same", padding_mode="reflect", dilation=2),
+], ids=["pad1", "stride2-groups2", "same-reflect-dilated"])
+def test_sum_grad_squared_conv2d(conv_kwargs):
+    torch.manual_seed(5)
+    features = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 6, 3, **conv_kwargs), nn.Tanh(), nn.Flatten())
+    x = torch.randn(5, 2, 8, 8)
+    with torch.no_grad():
+        width = features(x).shape[1]
+    model = nn.Sequential(features, nn.Linear(width, 3))
+    y = torch.randint(0, 3, (5,))
+    check_sum_sq(model, x, y)
+
+
+def test_sum_grad_squared_feeds_auto_sgd_like_the_numpy_api():
+    """AutoSGD through the adapter with SumGradSquared = autolr.Optimizer fed brute-force S."""
+    a, b = mlp(7), mlp(7)
+    opt_a = alt.AutoSGD(a.parameters())
+    b_params = [p.detach().numpy() for p in b.parameters()]
+    opt_b = autolr.Optimizer("auto-sgd", b_params, groups=[0] * len(b_params))  # one torch group
+    sgs = alt.SumGradSquared(a)
+    for t in range(8):
+        x, y = data(seed=10 + t, n=10)
+        expected = [s.float().numpy() for s in brute_force_sum_sq(b, F.cross_entropy, x, y)]
+        b.zero_grad()
+        F.cross_entropy(b(x), y).backward()
+        opt_b.step([p.grad.numpy().copy() for p in b.parameters()], sum_sq=expected, per_sample_scale="mean", batch_size=10)
+        opt_a.zero_grad()
+        F.cross_entropy(a(x), y).backward()
+        opt_a.step(sum_sq=sgs)
+        assert_params_close(a, b, rtol=1e-4, what=f"auto-sgd step {t}")
+    assert opt_a.lr == pytest.approx(opt_b.lr, rel=1e-3)
+
+
+# -- GI's closure ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("with_backward_kwarg", [False, True])
+def test_gi_closure_matches_the_two_phase_protocol(with_backward_kwarg):
+    a, b = mlp(2), mlp(2)
+    opt_a = alt.GI(a.parameters(), base="adam", lr=1e-2)
+    b_params = [p.detach().numpy() for p in b.parameters()]
+    opt_b = autolr.Optimizer("gi", b_params, groups=[0] * len(b_params), base="adam", lr=1e-2)
+    calls = {"backward": 0, "forward_only": 0}
+    for t in range(15):
+        x, y = data(seed=20 + t)
+
+        if with_backward_kwarg:
+            def closure(backward=True):
+                opt_a.zero_grad()
+                loss = F.cross_entropy(a(x), y)
+                if backward:
+                    loss.backward()
+                    calls["backward"] += 1
+                else:
+                    assert not torch.is_grad_enabled()
+                    calls["forward_only"] += 1
+                return loss
+        else:
+            def closure():
+                opt_a.zero_grad()
+                loss = F.cross_entropy(a(x), y)
+                loss.backward()
+                calls["backward"] += 1
+                return loss
+        loss_a = opt_a.step(closure)
+
+        b.zero_grad()
+        loss_b = F.cross_entropy(b(x), y)
+        loss_b.backward()
+        opt_b.step([p.grad.numpy().copy() for p in b.parameters()], loss=float(loss_b))
+        with torch.no_grad():
+            opt_b.report_loss(float(F.cross_entropy(b(x), y)))
+        assert float(loss_a) == pytest.approx(float(loss_b), rel=1e-5)
+        assert_params_close(a, b, rtol=1e-5, what=f"gi step {t}")
+    eta_a, eta_b = opt_a.telemetry()["eta"], opt_b.telemetry()["eta"]
+    assert eta_a == pytest.approx(eta_b, rel=1e-5)
+    assert eta_a[0] != pytest.approx(1e-2), "η never adapted"
+    if with_backward_kwarg:
+        assert calls == {"backward": 15, "forward_only": 15}
+    else:
+        assert calls["backward"] == 30
+
+
+def test_gi_closure_exception_surfaces():
+    model = mlp()
+    opt = alt.GI(model.parameters(), base="sgd", lr=0.1)
+    x, y = data()
+    state = {"n": 0}
+
+    def closure():
+        state["n"] += 1
+        if state["n"] == 2:
+            raise RuntimeError("data loader died")
+        opt.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        return loss
+    with pytest.raises(autolr.Error, match="data loader died") as info:
+        opt.step(closure)
+    assert info.value.status == "ALR_CALLBACK_FAILED"
+
+
+def test_vsgd_closure_supplies_finite_difference_curvature():
+    model = mlp(4)
+    opt = alt.VSGD(model.parameters(), variant="l", n0=2)
+    x, y = data(seed=3, n=32)
+    losses = []
+    for t in range(30):
+        def closure():
+            opt.zero_grad()
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            return loss
+        before = params_of(model)
+        losses.append(float(opt.step(closure)))
+        if t < 2:  # slow start: nothing moves, and the shifted evaluation was undone bit-exactly
+            for p, q in zip(model.parameters(), before):
+                assert torch.equal(p.detach(), q)
+    assert all(np.isfinite(losses)) and losses[-1] < losses[0], losses
+
+
+# -- checkpoints --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("make", [
+    lambda p: alt.Adam(p, lr=1e-2),
+    lambda p: alt.GI(p, base="momentum", lr=1e-2),
+], ids=["adam", "gi-momentum"])
+def test_state_dict_round_trip(make):
+    a = mlp(6)
+    opt_a = make(a.parameters())
+
+    def train(model, opt, seeds):
+        for s in seeds:
+            x, y = data(seed=s)
+
+            def closure():
+                opt.zero_grad()
+                loss = F.cross_entropy(model(x), y)
+                loss.backward()
+                return loss
+            opt.step(closure)
+
+    train(a, opt_a, range(5))
+    buf = io.BytesIO()
+    torch.save({"model": a.state_dict(), "opt": opt_a.state_dict()}, buf)
+    buf.seek(0)
+    saved = torch.load(buf)
+    assert isinstance(saved["opt"]["autolr"], bytes)
+
+    b = mlp(99)
+    b.load_state_dict(saved["model"])
+    opt_b = make(b.parameters())
+    opt_b.load_state_dict(saved["opt"])
+    train(a, opt_a, range(5, 10))
+    train(b, opt_b, range(5, 10))
+    for p, q in zip(a.parameters(), b.parameters()):
+        assert torch.equal(p, q), "resumed training differs"
+    assert opt_a.lr == opt_b.lr
+
+    # another algorithm's, or torch's own, state dict is refused
+    with pytest.raises(autolr.Error):
+        alt.SGD(mlp().parameters()).load_state_dict(opt_a.state_dict())
+    with pytest.raises(autolr.Error, match="autolr"):
+        opt_b.load_state_dict(torch.optim.SGD(b.parameters(), lr=0.1).state_dict())
+
+
+def test_every_named_class_constructs():
+    for cls, kw in [(alt.SGD, {}), (alt.Momentum, {}), (alt.Adam, {}), (alt.AdamW, {}), (alt.Adagrad, {}),
+                    (alt.RMSprop, {}), (alt.AutoSGD, {}), (alt.AutoAdam, {}), (alt.AutoAdagrad, {}),
+                    (alt.GI, {"base": "adam"}), (alt.TLR, {}), (alt.VSGD, {"variant": "g"})]:
+        opt = cls(mlp().parameters(), **kw)
+        assert opt.algorithm in autolr.ALGORITHMS
+        assert len(opt.lr) == 1  # one param group

@@ -1,24 +1,31 @@
 #!/usr/bin/env bash
 # Runs every test of autolr, doing all set-up itself on a fresh Debian machine:
-# system packages (valgrind, the Fashion-MNIST data), a Python venv (.venv) with numpy, pytest and
-# scikit-learn, the release build, then: Rust unit and integration tests (the header freshness
-# check among them), the check that the generated bindings match include/autolr.h, the C ABI test
-# under valgrind, and the Python tests.
+# system packages (valgrind, g++, the Fashion-MNIST data, Debian's CPU build of PyTorch), a Python
+# venv (.venv) with numpy, pytest, scikit-learn and setuptools, the release build, then: Rust unit
+# and integration tests (the header freshness check among them), the check that the generated
+# bindings match include/autolr.h, the C ABI test under valgrind, the C++ binding's tests, and
+# the Python tests. The torch adapter's tests run with Debian's python3-torch through a second
+# venv (.venv-torch) when that package installs; otherwise pytest shows them as skipped, saying why.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   missing=""
   command -v valgrind >/dev/null || missing="$missing valgrind"
+  command -v g++ >/dev/null || missing="$missing g++"
   [ -d /usr/share/datasets/fashion-mnist ] || missing="$missing dataset-fashion-mnist"
   if [ -n "$missing" ]; then
     { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing; } \
       || echo "warning: could not install$missing (tests that need them will say so)"
   fi
+  if ! /usr/bin/python3 -c "import torch" 2>/dev/null; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-torch python3-venv >/dev/null \
+      || echo "warning: python3-torch did not install; the torch adapter tests will be skipped"
+  fi
 fi
 
 [ -x .venv/bin/python ] || python3 -m venv .venv
-.venv/bin/pip install -q --disable-pip-version-check numpy pytest scikit-learn
+.venv/bin/pip install -q --disable-pip-version-check numpy pytest scikit-learn "setuptools>=70.1" wheel
 
 echo "== cargo build"
 cargo build --release --all-targets
@@ -28,6 +35,14 @@ echo "== generated bindings"
 python3 scripts/gen_bindings.py --check
 echo "== C ABI test (valgrind)"
 bash tests/c/run.sh
+echo "== C++ binding tests"
+bash tests/cpp/run.sh
+if /usr/bin/python3 -c "import torch" 2>/dev/null; then
+  echo "== torch adapter tests (Debian's python3-torch $(/usr/bin/python3 -c 'import torch; print(torch.__version__)'))"
+  [ -x .venv-torch/bin/python ] || /usr/bin/python3 -m venv --system-site-packages .venv-torch
+  .venv-torch/bin/python -m pip install -q --disable-pip-version-check pytest
+  (cd tests/python && ../../.venv-torch/bin/python -m pytest -q -p no:cacheprovider test_torch_adapter.py)
+fi
 echo "== Python tests"
 cd tests/python
-../../.venv/bin/python -m pytest -q
+../../.venv/bin/python -m pytest -q -rs

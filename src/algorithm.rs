@@ -22,9 +22,9 @@ pub struct Accepts {
     pub loss: bool,
     pub loss_fn: bool,
     pub grad_fn: bool,
-    /// The algorithm detects non-finite per-sample data itself before changing anything, so the
-    /// optimizer need not read that data an extra time (it is the largest input).
-    pub checks_sample_finiteness: bool,
+    /// The algorithm detects non-finite gradients and per-sample data (and negative sum_sq)
+    /// itself, in a pass that changes nothing, so the optimizer need not read them an extra time.
+    pub checks_own_inputs: bool,
 }
 
 pub trait Algorithm: Send {

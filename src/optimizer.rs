@@ -261,8 +261,10 @@ impl Optimizer {
                 return Err(Error::shape(format!("tensor {t}: param has {} elements, registered {len}", p.len())));
             }
         }
-        check("grad", &inputs.grads, 1, check_finite, false)?;
         let accepts: Accepts = self.algorithm.accepts(&self.ctx());
+        // An algorithm that checks its own inputs still gets the shapes checked here.
+        let own = accepts.checks_own_inputs;
+        check("grad", &inputs.grads, 1, check_finite && !own, false)?;
         let refuse = |what: &str| {
             Err(Error::unsupported(format!("algorithm '{}' does not use {what}; pass none", self.name)))
         };
@@ -273,10 +275,9 @@ impl Optimizer {
             if samples.batch_size == 0 {
                 return Err(Error::invalid("batch_size is 0; give the number of samples N in the minibatch"));
             }
-            let finite = check_finite && !accepts.checks_sample_finiteness;
             match &samples.data {
-                SampleData::SumSq(s) => check("sum_sq", s, 1, finite, true)?,
-                SampleData::PerSample(m) => check("per_sample", m, samples.batch_size, finite, false)?,
+                SampleData::SumSq(s) => check("sum_sq", s, 1, check_finite && !own, !own)?,
+                SampleData::PerSample(m) => check("per_sample", m, samples.batch_size, check_finite && !own, false)?,
             }
         }
         if let Some(h) = &inputs.curvature {

@@ -253,16 +253,16 @@ impl<P: Precond> AutoOpt<P> {
             let (g, st) = (&grad[start..end], &state[start..end]);
             let (diag, direction) = (&mut diag[..end - start], &mut direction[..end - start]);
             // f32 elementwise first (vectorises), then the f64 sums over the block.
-            for (((d, dir), st), &gj) in diag.iter_mut().zip(direction.iter_mut()).zip(st).zip(g) {
-                // D as the base state will be after absorbing g; the state itself changes in pass 2.
-                *d = precond.absorb(&mut st.clone(), gj);
-                *dir = P::direction(st);
-            }
+            // D as the base state will be after absorbing g; the state itself changes in pass 2.
+            cpu::map_pairs(st, g, diag, direction, |st, gj| (precond.absorb(&mut st.clone(), gj), P::direction(st)));
             let block = match &samples.data {
                 SampleData::SumSq(s) => {
                     // Σ D (k² S − N g²) = k² Σ D S − N a: both sums are f64, so nothing cancels
                     // that a per-element difference would have kept.
-                    let [d_s, a, c, e] = cpu::weighted_moments(diag, g, direction, &s[tensor][start..end]);
+                    let s = &s[tensor][start..end];
+                    let [d_s, a, c, e] = cpu::weighted_moments(diag, g, direction, s);
+                    // Checked while the block is in cache; a negative S poisons the sum.
+                    let d_s = if cpu::all_non_negative(s) { d_s } else { f64::NAN };
                     [k * k * d_s - n as f64 * a, a, c, e]
                 }
                 SampleData::PerSample(rows) => {
@@ -279,10 +279,10 @@ impl<P: Precond> AutoOpt<P> {
         total
     }
 
-    /// Pass 1 and the per-group solve (steps 1–5), changing nothing: a non-finite sum here can
-    /// only come from non-finite per-sample data (g was checked up front), which is then reported
-    /// with the tensor and index, before any state moved. That is why the optimizer does not scan
-    /// the per-sample data separately for AutoOpt (`Accepts::checks_sample_finiteness`).
+    /// Pass 1 and the per-group solve (steps 1–5), changing nothing. A non-finite sum here can
+    /// only come from a non-finite gradient or per-sample value (D > 0 and d are finite), which
+    /// is then reported with the tensor and index before any state moved; so the optimizer does
+    /// not read those inputs an extra time for AutoOpt (`Accepts::checks_own_inputs`).
     fn estimate(&self, ctx: &Context, inputs: &StepInputs) -> Result<Vec<Solve>> {
         let samples = inputs.samples.as_ref().expect("checked: AutoOpt has per-sample data");
         let n = samples.batch_size as f64;
@@ -295,9 +295,11 @@ impl<P: Precond> AutoOpt<P> {
                 let part = Self::reduce_tensor(precond, inputs.grads[t], &self.states[t], samples, t);
                 sums.iter_mut().zip(part).for_each(|(s, p)| *s += p);
             }
-            if !sums[0].is_finite() {
-                return Err(non_finite_samples(samples, members));
+            // A negative S makes the first sum NaN (see reduce_tensor), so this covers it too.
+            if !sums.iter().all(|s| s.is_finite()) {
+                return Err(bad_inputs(inputs, samples, members));
             }
+
             let [spread, a, c, e] = sums;
             let mut est = Estimates { noise: (spread / (n * (n - 1.0))).max(0.0), a, c, e, det: a * e - c * c, gamma_oracle: [0.0, 0.0] };
             if a == 0.0 {
@@ -370,15 +372,21 @@ enum Pass2<'a, 'b> {
     Propose(&'a [&'b mut [f32]]),
 }
 
-/// Where the non-finite per-sample value is (called only after a sum came out non-finite).
-fn non_finite_samples(samples: &Samples, members: &[usize]) -> Error {
+/// Which input made pass 1's sums non-finite or negative (called only then): the same checks
+/// and messages as the optimizer's own validation, which AutoOpt skips (`checks_own_inputs`).
+fn bad_inputs(inputs: &StepInputs, samples: &Samples, members: &[usize]) -> Error {
     for &t in members {
         let (what, data) = match &samples.data {
             SampleData::SumSq(s) => ("sum_sq", s[t]),
             SampleData::PerSample(rows) => ("per_sample", rows[t]),
         };
-        if let Some(i) = cpu::first_non_finite(data) {
-            return Error::non_finite(format!("tensor {t}: {what}[{i}] is {}", data[i]));
+        for (what, data) in [("grad", inputs.grads[t]), (what, data)] {
+            if let Some(i) = cpu::first_non_finite(data) {
+                return Error::non_finite(format!("tensor {t}: {what}[{i}] is {}", data[i]));
+            }
+        }
+        if let (SampleData::SumSq(_), Some(i)) = (&samples.data, cpu::first_negative(data)) {
+            return Error::invalid(format!("tensor {t}: sum_sq[{i}] = {} is negative; it must be ≥ 0", data[i]));
         }
     }
     Error::non_finite("the per-sample variance overflowed float64: per-sample gradients are too large")
@@ -399,7 +407,7 @@ impl<P: Precond> Algorithm for AutoOpt<P> {
     }
 
     fn accepts(&self, _ctx: &Context) -> Accepts {
-        Accepts { per_sample: true, checks_sample_finiteness: true, ..Accepts::default() }
+        Accepts { per_sample: true, checks_own_inputs: true, ..Accepts::default() }
     }
 
     fn check(&self, _ctx: &Context, inputs: &StepInputs, _cb: &Callbacks) -> Result<()> {

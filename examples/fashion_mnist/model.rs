@@ -338,6 +338,52 @@ impl<T: Real> Network<T> {
         self.evaluate(x, y).accuracy
     }
 
+    /// Mean cross-entropy on `(x, y)` of the network whose flat parameter
+    /// tensors are `params` (the order and layout of [`Self::params`]),
+    /// without building a network: what an optimizer's loss callback
+    /// needs, since it is handed parameter slices while the network's own
+    /// buffers are borrowed for the step. Layer widths are read off the
+    /// tensor lengths; tensors that do not fit together are an error.
+    pub fn loss_at(params: &[&[T]], x: ArrayView2<'_, T>, y: &[u8]) -> Result<f64, String> {
+        if params.is_empty() || params.len() % 2 != 0 {
+            return Err(format!(
+                "expected [W1, b1, W2, b2, ...], got {} tensors",
+                params.len()
+            ));
+        }
+        if x.nrows() != y.len() || y.is_empty() {
+            return Err(format!("{} inputs for {} labels", x.nrows(), y.len()));
+        }
+        let layers = params.len() / 2;
+        let mut activation: Option<Array2<T>> = None;
+        for (index, pair) in params.chunks(2).enumerate() {
+            let (weight, bias) = (pair[0], pair[1]);
+            let input = activation.as_ref().map_or(x.view(), |a| a.view());
+            let (fan_out, fan_in) = (bias.len(), input.ncols());
+            if fan_out == 0 || weight.len() != fan_out * fan_in {
+                return Err(format!(
+                    "layer {index}: weight has {} elements, bias {fan_out}, input width {fan_in}",
+                    weight.len()
+                ));
+            }
+            let weight = ArrayView2::from_shape((fan_out, fan_in), weight).map_err(|e| e.to_string())?;
+            let bias = ndarray::ArrayView1::from(bias);
+            let mut z = input.dot(&weight.t()) + &bias;
+            if index + 1 < layers {
+                z.mapv_inplace(T::tanh);
+            }
+            activation = Some(z);
+        }
+        let logits = activation.expect("at least one layer");
+        if logits.ncols() < 2 {
+            return Err(format!("{} output classes", logits.ncols()));
+        }
+        if let Some(&bad) = y.iter().find(|&&l| usize::from(l) >= logits.ncols()) {
+            return Err(format!("label {bad} out of range for {} classes", logits.ncols()));
+        }
+        Ok(softmax_cross_entropy(&logits, y).loss_sum / y.len() as f64)
+    }
+
     /// Forward and backward pass over a minibatch.
     ///
     /// With `δ` the N × out matrix of each sample's OWN loss gradient w.r.t.
@@ -581,6 +627,32 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn loss_at_given_slices_matches_the_network() {
+        for (case, sizes) in SHAPES.iter().enumerate() {
+            let net = tiny_net(sizes, 100 + case as u64);
+            let (x, y) = tiny_batch(sizes[0], *sizes.last().unwrap(), 110 + case as u64);
+            let at = Network::<f64>::loss_at(&net.params(), x.view(), &y).unwrap();
+            assert!((at - net.loss(x.view(), &y)).abs() < 1e-12, "{sizes:?}");
+            // Other values in the slices: the loss of the network holding them.
+            let moved = with_param(&with_param(&net, 0, 1, 0.3), net.params().len() - 1, 0, -0.7);
+            let at = Network::<f64>::loss_at(&moved.params(), x.view(), &y).unwrap();
+            assert!((at - moved.loss(x.view(), &y)).abs() < 1e-12, "{sizes:?} moved");
+        }
+        // The f32 model the benchmark trains, on real-sized inputs.
+        let data = fallback(3);
+        let net = Model::mlp(5);
+        let x = data.train_x.slice(s![..64, ..]);
+        let y = &data.train_y[..64];
+        let at = Model::loss_at(&net.params(), x, y).unwrap();
+        assert!((at - net.loss(x, y)).abs() < 1e-6);
+        // Tensors that do not fit together are reported, not a panic.
+        let params = net.params();
+        assert!(Model::loss_at(&params[..3], x, y).is_err());
+        assert!(Model::loss_at(&[params[0], params[3]], x, y).is_err());
+        assert!(Model::loss_at(&params, x, &y[..10]).is_err());
     }
 
     #[test]

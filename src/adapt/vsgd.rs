@@ -48,7 +48,10 @@ pub fn specs() -> Vec<OptionSpec> {
     vec![
         // The number of slow-start steps sets when the first move happens (§4.4).
         OptionSpec::integer("n0", 10.0, 0.0, f64::INFINITY).structural(),
-        OptionSpec::positive("slow_start_c", 2.0).global(),
+        // Unset (NaN) means the paper's rule C = d/10, d = all parameters of the optimizer: the
+        // Fashion-MNIST benchmark (README, "Sensitivity") diverged with Schaul's C = 2 and not
+        // with d/10, so d/10 is the default; any positive value overrides it.
+        OptionSpec::positive("slow_start_c", f64::NAN).global().unset_by_default(),
         OptionSpec::positive("eps", 1e-9).global(),
     ]
 }
@@ -491,7 +494,10 @@ impl Vsgd {
         self.rates = Rates::new(inputs.samples.as_ref().map_or(1.0, |s| s.batch_size as f64), eps);
         let n0 = Self::n0(ctx);
         Ok(if self.steps <= n0 {
-            let finish = (self.steps == n0).then(|| ctx.options.get(0, "slow_start_c"));
+            let finish = (self.steps == n0).then(|| match ctx.options.get(0, "slow_start_c") {
+                c if c.is_nan() => ctx.layout.lens.iter().sum::<usize>() as f64 / 10.0,
+                c => c,
+            });
             Phase::SlowStart { t: self.steps, finish }
         } else {
             Phase::Regular

@@ -33,8 +33,9 @@ def inputs(form, scale, rows, grads):
 @pytest.mark.parametrize("scale", ["sample", "mean"])
 def test_matches_reference(algorithm, form, scale):
     rng = np.random.default_rng(7)
-    sbs = SideBySide(algorithm, SHAPES, groups=GROUPS, seed=3)
-    fallbacks = 0
+    # ν = 0.9 for every base (auto-adam's default 0.99999 barely moves γ_E, so its 2-D path
+    # would hardly be exercised); the default itself is compared in test_defaults_match_reference.
+    sbs = SideBySide(algorithm, SHAPES, groups=GROUPS, seed=3, nu=0.9)
     for t in range(120):
         rows, grads = batch(rng, sbs.p64)
         sbs.step(**inputs(form, scale, rows, grads))
@@ -49,6 +50,18 @@ def test_matches_reference(algorithm, form, scale):
     # The comparison must have exercised the 2-D oracle, not only the 1-D fallback.
     assert fallbacks < 120 * 3, "every step fell back: the 2-D path was never compared"
     assert max(sbs.lib.momentum) > 0.0
+
+
+@pytest.mark.parametrize("algorithm", ["auto-sgd", "auto-adam", "auto-adagrad"])
+def test_defaults_match_reference(algorithm):
+    rng = np.random.default_rng(8)
+    sbs = SideBySide(algorithm, SHAPES, groups=GROUPS, seed=4)
+    for t in range(40):
+        rows, grads = batch(rng, sbs.p64)
+        sbs.step(**inputs("sum_sq", "sample", rows, grads))
+        sbs.assert_close(1e-5, f"{algorithm} defaults step {t}")
+        sbs.assert_rates_close(1e-4, f"{algorithm} defaults step {t}")
+    assert sbs.lib.get_option("nu") == (0.99999 if algorithm == "auto-adam" else 0.9)
 
 
 def test_input_forms_agree():

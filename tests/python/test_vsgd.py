@@ -149,7 +149,9 @@ def run_vsgd_l(optimum, noise, theta0):
     Returns the per-run excess loss 1/2 (θ − θ*)² after every step and the median η."""
     steps, runs = noise.shape
     params = [np.full(runs, theta0, np.float32)]
-    opt = autolr.Optimizer("vsgd-l", params)  # defaults: n0 = 10, slow_start_c = 2
+    # n0 = 10 (default) and Schaul's C = 2: with R independent 1-D problems in one tensor the
+    # default d/10 would count all R elements as one problem's dimension.
+    opt = autolr.Optimizer("vsgd-l", params, slow_start_c=2.0)
     ones = [np.ones(runs, np.float32)]
     excess, lr = np.empty((steps, runs)), np.empty(steps)
     for t in range(steps):

@@ -127,6 +127,53 @@ typedef struct AlrStepArgs {
   void *user_data;
 } AlrStepArgs;
 
+// DLPack's `DLDevice`.
+typedef struct AlrDLDevice {
+  // kDLCPU = 1, kDLCUDA = 2, …
+  int32_t device_type;
+  int32_t device_id;
+} AlrDLDevice;
+
+// DLPack's `DLDataType`.
+typedef struct AlrDLDataType {
+  // kDLFloat = 2.
+  uint8_t code;
+  uint8_t bits;
+  uint16_t lanes;
+} AlrDLDataType;
+
+// DLPack's `DLTensor` (borrowed: the library never frees or keeps it).
+typedef struct AlrDLTensor {
+  void *data;
+  struct AlrDLDevice device;
+  int32_t ndim;
+  struct AlrDLDataType dtype;
+  const int64_t *shape;
+  // NULL for compact row-major.
+  const int64_t *strides;
+  uint64_t byte_offset;
+} AlrDLTensor;
+
+// Arguments of `alr_step_dlpack`; as `AlrStepArgs`, with each array holding `n_tensors`
+// pointers to `AlrDLTensor`. `per_sample` tensors have shape (N, *param shape); `batch_size`
+// is then taken from them (it is still needed with `sum_sq`).
+typedef struct AlrDLStepArgs {
+  size_t struct_size;
+  size_t n_tensors;
+  const struct AlrDLTensor *const *params;
+  const struct AlrDLTensor *const *grads;
+  const struct AlrDLTensor *const *sum_sq;
+  const struct AlrDLTensor *const *per_sample;
+  enum AlrSampleScale per_sample_scale;
+  size_t batch_size;
+  const struct AlrDLTensor *const *curvature;
+  int32_t has_loss;
+  double loss;
+  AlrLossFn loss_fn;
+  AlrGradFn grad_fn;
+  void *user_data;
+} AlrDLStepArgs;
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -231,6 +278,12 @@ enum AlrStatus alr_load(struct AlrOptimizer *opt, const uint8_t *buf, size_t len
 // Panics inside the library on purpose and returns ALR_PANIC: lets a binding test that a
 // library bug surfaces as an error, not a crash. Changes nothing.
 enum AlrStatus alr_selftest_panic(void);
+
+// As `alr_step`, with tensors given as borrowed DLPack tensors: float32, compact row-major,
+// on the optimizer's device, with the registered element counts (any shape). Returns the
+// codes of `alr_step`, plus ALR_INVALID_ARGUMENT for a wrong dtype, strides or alignment,
+// ALR_SHAPE_MISMATCH for a wrong element count, ALR_UNSUPPORTED for another device.
+enum AlrStatus alr_step_dlpack(struct AlrOptimizer *opt, const struct AlrDLStepArgs *args);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -64,9 +64,11 @@ def normalise(ctype):
 
 
 PY_SCALARS = {"size_t": "ctypes.c_size_t", "int32_t": "ctypes.c_int32", "uint32_t": "ctypes.c_uint32",
+              "int64_t": "ctypes.c_int64", "uint64_t": "ctypes.c_uint64", "uint16_t": "ctypes.c_uint16",
               "uint8_t": "ctypes.c_uint8", "double": "ctypes.c_double", "float": "ctypes.c_float",
               "bool": "ctypes.c_bool", "void": "None"}
 JL_SCALARS = {"size_t": "Csize_t", "int32_t": "Int32", "uint32_t": "UInt32", "uint8_t": "UInt8",
+              "int64_t": "Int64", "uint64_t": "UInt64", "uint16_t": "UInt16",
               "double": "Cdouble", "float": "Cfloat", "bool": "Bool", "void": "Cvoid", "char": "Cchar"}
 
 
@@ -88,8 +90,10 @@ def py_type(ctype, enums, opaque, fnptrs):
         stars -= 1
     elif base in PY_SCALARS:
         base_t = PY_SCALARS[base]
-    else:
+    elif base in STRUCTS:
         base_t = base
+    else:
+        raise SystemExit(f"gen_bindings.py: no ctypes type for C type '{ctype}'; add it to PY_SCALARS")
     for _ in range(stars):
         base_t = f"ctypes.POINTER({base_t})"
     return base_t
@@ -103,8 +107,12 @@ def jl_type(ctype, enums, opaque, fnptrs):
         t = "Ptr{Cvoid}"
     elif base in opaque:
         t = "Cvoid"
+    elif base in JL_SCALARS:
+        t = JL_SCALARS[base]
+    elif base in STRUCTS:
+        t = base
     else:
-        t = JL_SCALARS.get(base, base)
+        raise SystemExit(f"gen_bindings.py: no Julia type for C type '{ctype}'; add it to JL_SCALARS")
     for _ in range(stars):
         t = f"Ptr{{{t}}}"
     return t
@@ -171,8 +179,12 @@ def julia(parsed):
     return "\n".join(out) + "\n"
 
 
+STRUCTS = set()
+
+
 def main():
     parsed = parse(HEADER.read_text())
+    STRUCTS.update(name for name, _ in parsed[1])
     outputs = {PY_OUT: python(parsed), JL_OUT: julia(parsed)}
     if "--check" in sys.argv:
         stale = [str(p.relative_to(ROOT)) for p, text in outputs.items() if not p.exists() or p.read_text() != text]

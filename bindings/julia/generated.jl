@@ -48,6 +48,44 @@ struct AlrStepArgs
     user_data::Ptr{Cvoid}
 end
 
+struct AlrDLDevice
+    device_type::Int32
+    device_id::Int32
+end
+
+struct AlrDLDataType
+    code::UInt8
+    bits::UInt8
+    lanes::UInt16
+end
+
+struct AlrDLTensor
+    data::Ptr{Cvoid}
+    device::AlrDLDevice
+    ndim::Int32
+    dtype::AlrDLDataType
+    shape::Ptr{Int64}
+    strides::Ptr{Int64}
+    byte_offset::UInt64
+end
+
+struct AlrDLStepArgs
+    struct_size::Csize_t
+    n_tensors::Csize_t
+    params::Ptr{Ptr{AlrDLTensor}}
+    grads::Ptr{Ptr{AlrDLTensor}}
+    sum_sq::Ptr{Ptr{AlrDLTensor}}
+    per_sample::Ptr{Ptr{AlrDLTensor}}
+    per_sample_scale::Cint
+    batch_size::Csize_t
+    curvature::Ptr{Ptr{AlrDLTensor}}
+    has_loss::Int32
+    loss::Cdouble
+    loss_fn::Ptr{Cvoid}
+    grad_fn::Ptr{Cvoid}
+    user_data::Ptr{Cvoid}
+end
+
 alr_version() = @ccall libautolr.alr_version()::Ptr{Cchar}
 alr_abi_version() = @ccall libautolr.alr_abi_version()::UInt32
 alr_last_error() = @ccall libautolr.alr_last_error()::Ptr{Cchar}
@@ -69,3 +107,4 @@ alr_save_size(opt, size) = @ccall libautolr.alr_save_size(opt::Ptr{Cvoid}, size:
 alr_save(opt, buf, capacity, written) = @ccall libautolr.alr_save(opt::Ptr{Cvoid}, buf::Ptr{UInt8}, capacity::Csize_t, written::Ptr{Csize_t})::Cint
 alr_load(opt, buf, len) = @ccall libautolr.alr_load(opt::Ptr{Cvoid}, buf::Ptr{UInt8}, len::Csize_t)::Cint
 alr_selftest_panic() = @ccall libautolr.alr_selftest_panic()::Cint
+alr_step_dlpack(opt, args) = @ccall libautolr.alr_step_dlpack(opt::Ptr{Cvoid}, args::Ptr{AlrDLStepArgs})::Cint

@@ -95,7 +95,7 @@ pub struct AlrStepArgs {
     pub user_data: *mut c_void,
 }
 
-fn check_struct_size(given: usize, needed: usize, what: &str) -> Result<(), Error> {
+pub(crate) fn check_struct_size(given: usize, needed: usize, what: &str) -> Result<(), Error> {
     if given < needed {
         return Err(Error::invalid(format!(
             "{what}.struct_size is {given}, this library needs at least {needed}: set it to sizeof({what})"
@@ -108,28 +108,13 @@ fn check_struct_size(given: usize, needed: usize, what: &str) -> Result<(), Erro
 ///
 /// # Safety
 /// `ptrs` must point to `n` readable pointers.
-unsafe fn pointers<T>(ptrs: *const *const T, n: usize, what: &str) -> Result<Vec<*const T>, Error> {
+pub(crate) unsafe fn pointers<T>(ptrs: *const *const T, n: usize, what: &str) -> Result<Vec<*const T>, Error> {
     non_null!(ptrs, what);
     let list = std::slice::from_raw_parts(ptrs, n).to_vec();
     if let Some(t) = list.iter().position(|p| p.is_null()) {
         return Err(Error::new(AlrStatus::AlrNullPointer, format!("{what}[{t}] is null")));
     }
     Ok(list)
-}
-
-/// Borrowed slices for an optional per-tensor array of buffers, each `lens[t] * per_elem` long.
-///
-/// # Safety
-/// Each pointer must address that many readable floats for the duration of the call.
-unsafe fn slices<'a>(ptrs: *const *const f32, lens: &[usize], per_elem: usize, what: &str) -> Result<Vec<&'a [f32]>, Error> {
-    let list = pointers(ptrs, lens.len(), what)?;
-    list.iter()
-        .zip(lens)
-        .map(|(&p, &n)| {
-            let len = n.checked_mul(per_elem).ok_or_else(|| Error::invalid(format!("{what}: size overflows")))?;
-            Ok(std::slice::from_raw_parts(p, len))
-        })
-        .collect()
 }
 
 fn status_name(status: AlrStatus) -> &'static str {
@@ -305,77 +290,112 @@ pub extern "C" fn alr_step(opt: *mut AlrOptimizer, args: *const AlrStepArgs) -> 
         let args = unsafe { &*args };
         // SAFETY: the handle is checked against the live set.
         let opt = unsafe { handle::get(opt) }?;
-        let lens = opt.layout().lens.clone();
-        let n = lens.len();
+        let n = opt.layout().n_tensors();
         if args.n_tensors != n {
             return Err(Error::shape(format!("args.n_tensors is {}, the optimizer has {n} tensors", args.n_tensors)));
         }
-        // SAFETY (all slices below): the header documents that each pointer addresses lens[t]
-        // (or N * lens[t]) floats, valid and not aliased by other arguments for the call.
-        let param_ptrs = unsafe { pointers(args.params as *const *const f32, n, "params") }?;
-        let mut params: Vec<&mut [f32]> =
-            param_ptrs.iter().zip(&lens).map(|(&p, &len)| unsafe { std::slice::from_raw_parts_mut(p as *mut f32, len) }).collect();
-        let grads = unsafe { slices(args.grads, &lens, 1, "grads") }?;
-        let mut inputs = StepInputs::new(grads);
-        let scale = match args.per_sample_scale {
-            AlrSampleScale::AlrScaleSample => SampleScale::Sample,
-            AlrSampleScale::AlrScaleMean => SampleScale::Mean,
+        let optional = |ptrs: *const *const f32, what: &str| -> Result<Option<Vec<*const f32>>, Error> {
+            // SAFETY: a non-null array holds n pointers (documented).
+            (!ptrs.is_null()).then(|| unsafe { pointers(ptrs, n, what) }).transpose()
         };
-        inputs.samples = match (args.sum_sq.is_null(), args.per_sample.is_null()) {
-            (true, true) => None,
-            (false, false) => return Err(Error::invalid("give either sum_sq or per_sample, not both")),
-            (false, true) => Some(Samples {
-                data: SampleData::SumSq(unsafe { slices(args.sum_sq, &lens, 1, "sum_sq") }?),
-                scale,
-                batch_size: args.batch_size,
-            }),
-            (true, false) => {
-                if args.batch_size == 0 {
-                    return Err(Error::invalid("per_sample given with batch_size 0: set batch_size to N"));
-                }
-                Some(Samples {
-                    data: SampleData::PerSample(unsafe { slices(args.per_sample, &lens, args.batch_size, "per_sample") }?),
-                    scale,
-                    batch_size: args.batch_size,
-                })
-            }
+        let raw = RawStep {
+            // SAFETY: params and grads hold n pointers (documented).
+            params: unsafe { pointers(args.params as *const *const f32, n, "params") }?.into_iter().map(|p| p as *mut f32).collect(),
+            grads: unsafe { pointers(args.grads, n, "grads") }?,
+            sum_sq: optional(args.sum_sq, "sum_sq")?,
+            per_sample: optional(args.per_sample, "per_sample")?,
+            per_sample_scale: args.per_sample_scale,
+            batch_size: args.batch_size,
+            curvature: optional(args.curvature, "curvature")?,
+            loss: (args.has_loss != 0).then_some(args.loss),
+            loss_fn: args.loss_fn,
+            grad_fn: args.grad_fn,
+            user_data: args.user_data,
         };
-        if !args.curvature.is_null() {
-            inputs.curvature = Some(unsafe { slices(args.curvature, &lens, 1, "curvature") }?);
-        }
-        if args.has_loss != 0 {
-            inputs.loss = Some(args.loss);
-        }
-        let user_data = args.user_data;
-        let mut callbacks = Callbacks::default();
-        if let Some(loss_fn) = args.loss_fn {
-            let f: LossFn = Box::new(move |params: &[&[f32]]| {
-                let ptrs: Vec<*const f32> = params.iter().map(|p| p.as_ptr()).collect();
-                let mut loss = f64::NAN;
-                // SAFETY: calling the caller's function with pointers valid for the call.
-                let rc = unsafe { loss_fn(user_data, ptrs.as_ptr(), ptrs.len(), &mut loss) };
-                if rc != 0 {
-                    return Err(format!("loss callback returned {rc}"));
-                }
-                Ok(loss)
-            });
-            callbacks.loss_fn = Some(f);
-        }
-        if let Some(grad_fn) = args.grad_fn {
-            let f: GradFn = Box::new(move |params: &[&[f32]], grads: &mut [&mut [f32]]| {
-                let ptrs: Vec<*const f32> = params.iter().map(|p| p.as_ptr()).collect();
-                let outs: Vec<*mut f32> = grads.iter_mut().map(|g| g.as_mut_ptr()).collect();
-                // SAFETY: calling the caller's function with buffers valid for the call.
-                let rc = unsafe { grad_fn(user_data, ptrs.as_ptr(), outs.as_ptr(), ptrs.len()) };
-                if rc != 0 {
-                    return Err(format!("gradient callback returned {rc}"));
-                }
-                Ok(())
-            });
-            callbacks.grad_fn = Some(f);
-        }
-        opt.step(&mut params, &inputs, &mut callbacks)
+        // SAFETY: the header documents that each pointer addresses lens[t] (or N * lens[t])
+        // floats, valid for the call.
+        unsafe { run_step(opt, raw) }
     })
+}
+
+/// A step's inputs as raw pointers, one per tensor, whichever entry point they came through.
+pub(crate) struct RawStep {
+    pub params: Vec<*mut f32>,
+    pub grads: Vec<*const f32>,
+    pub sum_sq: Option<Vec<*const f32>>,
+    pub per_sample: Option<Vec<*const f32>>,
+    pub per_sample_scale: AlrSampleScale,
+    pub batch_size: usize,
+    pub curvature: Option<Vec<*const f32>>,
+    pub loss: Option<f64>,
+    pub loss_fn: AlrLossFn,
+    pub grad_fn: AlrGradFn,
+    pub user_data: *mut c_void,
+}
+
+/// Borrows the buffers (lens[t] floats, N·lens[t] for per-sample matrices) and runs the step.
+///
+/// # Safety
+/// Every pointer must address that many floats, valid for the call.
+pub(crate) unsafe fn run_step(opt: &mut Optimizer, raw: RawStep) -> Result<(), Error> {
+    let lens = opt.layout().lens.clone();
+    let borrow = |ptrs: &[*const f32], per_elem: usize| -> Result<Vec<&[f32]>, Error> {
+        ptrs.iter()
+            .zip(&lens)
+            .map(|(&p, &n)| {
+                let len = n.checked_mul(per_elem).ok_or_else(|| Error::invalid("per-sample size overflows"))?;
+                Ok(std::slice::from_raw_parts(p, len))
+            })
+            .collect()
+    };
+    let mut params: Vec<&mut [f32]> = raw.params.iter().zip(&lens).map(|(&p, &len)| std::slice::from_raw_parts_mut(p, len)).collect();
+    let mut inputs = StepInputs::new(borrow(&raw.grads, 1)?);
+    let scale = match raw.per_sample_scale {
+        AlrSampleScale::AlrScaleSample => SampleScale::Sample,
+        AlrSampleScale::AlrScaleMean => SampleScale::Mean,
+    };
+    inputs.samples = match (&raw.sum_sq, &raw.per_sample) {
+        (None, None) => None,
+        (Some(_), Some(_)) => return Err(Error::invalid("give either sum_sq or per_sample, not both")),
+        (Some(s), None) => Some(Samples { data: SampleData::SumSq(borrow(s, 1)?), scale, batch_size: raw.batch_size }),
+        (None, Some(m)) => {
+            if raw.batch_size == 0 {
+                return Err(Error::invalid("per_sample given with batch_size 0: set batch_size to N"));
+            }
+            Some(Samples { data: SampleData::PerSample(borrow(m, raw.batch_size)?), scale, batch_size: raw.batch_size })
+        }
+    };
+    inputs.curvature = raw.curvature.as_deref().map(|h| borrow(h, 1)).transpose()?;
+    inputs.loss = raw.loss;
+    let user_data = raw.user_data;
+    let mut callbacks = Callbacks::default();
+    if let Some(loss_fn) = raw.loss_fn {
+        let f: LossFn = Box::new(move |params: &[&[f32]]| {
+            let ptrs: Vec<*const f32> = params.iter().map(|p| p.as_ptr()).collect();
+            let mut loss = f64::NAN;
+            // SAFETY: calling the caller's function with pointers valid for the call.
+            let rc = unsafe { loss_fn(user_data, ptrs.as_ptr(), ptrs.len(), &mut loss) };
+            if rc != 0 {
+                return Err(format!("loss callback returned {rc}"));
+            }
+            Ok(loss)
+        });
+        callbacks.loss_fn = Some(f);
+    }
+    if let Some(grad_fn) = raw.grad_fn {
+        let f: GradFn = Box::new(move |params: &[&[f32]], grads: &mut [&mut [f32]]| {
+            let ptrs: Vec<*const f32> = params.iter().map(|p| p.as_ptr()).collect();
+            let outs: Vec<*mut f32> = grads.iter_mut().map(|g| g.as_mut_ptr()).collect();
+            // SAFETY: calling the caller's function with buffers valid for the call.
+            let rc = unsafe { grad_fn(user_data, ptrs.as_ptr(), outs.as_ptr(), ptrs.len()) };
+            if rc != 0 {
+                return Err(format!("gradient callback returned {rc}"));
+            }
+            Ok(())
+        });
+        callbacks.grad_fn = Some(f);
+    }
+    opt.step(&mut params, &inputs, &mut callbacks)
 }
 
 /// GI's second phase: `loss_after` is the loss on the same batch at the parameters the last

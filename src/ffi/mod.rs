@@ -3,9 +3,11 @@
 //! panic crosses into the caller and no bad input aborts the host process.
 
 mod api;
+mod dlpack;
 mod handle;
 
 pub use api::*;
+pub use dlpack::*;
 pub use handle::AlrOptimizer;
 
 use crate::error::{AlrStatus, Error};

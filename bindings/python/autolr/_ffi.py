@@ -58,6 +58,48 @@ class AlrStepArgs(ctypes.Structure):
         ('user_data', ctypes.c_void_p),
     ]
 
+class AlrDLDevice(ctypes.Structure):
+    _fields_ = [
+        ('device_type', ctypes.c_int32),
+        ('device_id', ctypes.c_int32),
+    ]
+
+class AlrDLDataType(ctypes.Structure):
+    _fields_ = [
+        ('code', ctypes.c_uint8),
+        ('bits', ctypes.c_uint8),
+        ('lanes', ctypes.c_uint16),
+    ]
+
+class AlrDLTensor(ctypes.Structure):
+    _fields_ = [
+        ('data', ctypes.c_void_p),
+        ('device', AlrDLDevice),
+        ('ndim', ctypes.c_int32),
+        ('dtype', AlrDLDataType),
+        ('shape', ctypes.POINTER(ctypes.c_int64)),
+        ('strides', ctypes.POINTER(ctypes.c_int64)),
+        ('byte_offset', ctypes.c_uint64),
+    ]
+
+class AlrDLStepArgs(ctypes.Structure):
+    _fields_ = [
+        ('struct_size', ctypes.c_size_t),
+        ('n_tensors', ctypes.c_size_t),
+        ('params', ctypes.POINTER(ctypes.POINTER(AlrDLTensor))),
+        ('grads', ctypes.POINTER(ctypes.POINTER(AlrDLTensor))),
+        ('sum_sq', ctypes.POINTER(ctypes.POINTER(AlrDLTensor))),
+        ('per_sample', ctypes.POINTER(ctypes.POINTER(AlrDLTensor))),
+        ('per_sample_scale', ctypes.c_int),
+        ('batch_size', ctypes.c_size_t),
+        ('curvature', ctypes.POINTER(ctypes.POINTER(AlrDLTensor))),
+        ('has_loss', ctypes.c_int32),
+        ('loss', ctypes.c_double),
+        ('loss_fn', AlrLossFn),
+        ('grad_fn', AlrGradFn),
+        ('user_data', ctypes.c_void_p),
+    ]
+
 
 def declare(lib):
     """Sets argtypes/restype of every function of the loaded library."""
@@ -103,6 +145,8 @@ def declare(lib):
     lib.alr_load.restype = ctypes.c_int
     lib.alr_selftest_panic.argtypes = []
     lib.alr_selftest_panic.restype = ctypes.c_int
+    lib.alr_step_dlpack.argtypes = [ctypes.c_void_p, ctypes.POINTER(AlrDLStepArgs)]
+    lib.alr_step_dlpack.restype = ctypes.c_int
     return lib
 
-FUNCTIONS = ['alr_version', 'alr_abi_version', 'alr_last_error', 'alr_status_name', 'alr_create', 'alr_destroy', 'alr_set_option', 'alr_set_group_option', 'alr_set_option_str', 'alr_get_option', 'alr_step', 'alr_report_loss', 'alr_n_groups', 'alr_get_lr', 'alr_get_momentum', 'alr_telemetry_count', 'alr_telemetry_entry', 'alr_save_size', 'alr_save', 'alr_load', 'alr_selftest_panic']
+FUNCTIONS = ['alr_version', 'alr_abi_version', 'alr_last_error', 'alr_status_name', 'alr_create', 'alr_destroy', 'alr_set_option', 'alr_set_group_option', 'alr_set_option_str', 'alr_get_option', 'alr_step', 'alr_report_loss', 'alr_n_groups', 'alr_get_lr', 'alr_get_momentum', 'alr_telemetry_count', 'alr_telemetry_entry', 'alr_save_size', 'alr_save', 'alr_load', 'alr_selftest_panic', 'alr_step_dlpack']

@@ -30,7 +30,7 @@ pub trait Precond: Copy + Send + Sync + 'static {
     /// Default smoothing ν (eq. 26), chosen by the Fashion-MNIST benchmark (README, "Sensitivity").
     const NU: f64;
     /// `d` alone (SGD), or `[d, v or s]`.
-    type State: ElemState;
+    type State: DirectionSlot;
     fn specs() -> Vec<OptionSpec>;
     /// The group's coefficients at its step `t` (counting from 1).
     fn new(options: &Options, group: usize, t: u64) -> Self;
@@ -38,8 +38,35 @@ pub trait Precond: Copy + Send + Sync + 'static {
     fn absorb(&self, state: &mut Self::State, g: f32) -> f32;
     /// `D` from the (already advanced) state.
     fn diag(&self, state: &Self::State) -> f32;
-    fn direction(state: &Self::State) -> f32;
-    fn set_direction(state: &mut Self::State, value: f32);
+}
+
+/// Where an element's state keeps `d`, the last direction before preconditioning: alone (SGD)
+/// or first of `[d, v or s]`.
+pub trait DirectionSlot: ElemState {
+    fn direction(&self) -> f32;
+    fn set_direction(&mut self, value: f32);
+}
+
+impl DirectionSlot for f32 {
+    #[inline(always)]
+    fn direction(&self) -> f32 {
+        *self
+    }
+    #[inline(always)]
+    fn set_direction(&mut self, value: f32) {
+        *self = value;
+    }
+}
+
+impl DirectionSlot for [f32; 2] {
+    #[inline(always)]
+    fn direction(&self) -> f32 {
+        self[0]
+    }
+    #[inline(always)]
+    fn set_direction(&mut self, value: f32) {
+        self[0] = value;
+    }
 }
 
 /// AutoSGD: `D = 1`.
@@ -63,14 +90,6 @@ impl Precond for Identity {
     #[inline(always)]
     fn diag(&self, _: &f32) -> f32 {
         1.0
-    }
-    #[inline(always)]
-    fn direction(state: &f32) -> f32 {
-        *state
-    }
-    #[inline(always)]
-    fn set_direction(state: &mut f32, value: f32) {
-        *state = value;
     }
 }
 
@@ -98,14 +117,6 @@ impl Precond for AdagradDiag {
     #[inline(always)]
     fn diag(&self, state: &[f32; 2]) -> f32 {
         1.0 / (state[1].sqrt() + self.eps)
-    }
-    #[inline(always)]
-    fn direction(state: &[f32; 2]) -> f32 {
-        state[0]
-    }
-    #[inline(always)]
-    fn set_direction(state: &mut [f32; 2], value: f32) {
-        state[0] = value;
     }
 }
 
@@ -145,14 +156,6 @@ impl Precond for AdamDiag {
     #[inline(always)]
     fn diag(&self, state: &[f32; 2]) -> f32 {
         1.0 / (state[1].sqrt() * self.inv_sqrt_bias2 + self.eps)
-    }
-    #[inline(always)]
-    fn direction(state: &[f32; 2]) -> f32 {
-        state[0]
-    }
-    #[inline(always)]
-    fn set_direction(state: &mut [f32; 2], value: f32) {
-        state[0] = value;
     }
 }
 
@@ -260,7 +263,7 @@ impl<P: Precond> AutoOpt<P> {
             let (diag, direction) = (&mut diag[..end - start], &mut direction[..end - start]);
             // f32 elementwise first (vectorises), then the f64 sums over the block.
             // D as the base state will be after absorbing g; the state itself changes in pass 2.
-            cpu::map_pairs(st, g, diag, direction, |st, gj| (precond.absorb(&mut st.clone(), gj), P::direction(st)));
+            cpu::map_pairs(st, g, diag, direction, |st, gj| (precond.absorb(&mut st.clone(), gj), st.direction()));
             let block = match &samples.data {
                 SampleData::SumSq(s) => {
                     // Σ D (k² S − N g²) = k² Σ D S − N a: both sums are f64, so nothing cancels
@@ -357,8 +360,8 @@ impl<P: Precond> AutoOpt<P> {
             };
             let displacement = |g: f32, _: f32, st: &mut P::State| {
                 let diag = precond.absorb(st, g);
-                let direction = coef_g * g + coef_d * P::direction(st);
-                P::set_direction(st, direction);
+                let direction = coef_g * g + coef_d * st.direction();
+                st.set_direction(direction);
                 diag * direction
             };
             for &t in members {
@@ -446,7 +449,7 @@ impl<P: Precond> Algorithm for AutoOpt<P> {
             }
             let precond = P::new(ctx.options, group, self.groups[group].steps);
             for &t in members {
-                cpu::apply_scaled(params[t], inputs.grads[t], &self.states[t], scale, |_, _, st| precond.diag(st) * P::direction(st));
+                cpu::apply_scaled(params[t], inputs.grads[t], &self.states[t], scale, |_, _, st| precond.diag(st) * st.direction());
             }
         }
     }

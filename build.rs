@@ -12,8 +12,10 @@ mod cuda {
     pub fn compile() {
         println!("cargo:rerun-if-changed=cuda");
         println!("cargo:rerun-if-env-changed=NVCC");
-        let kernels: Vec<_> = std::fs::read_dir("cuda")
-            .expect("cuda/ exists")
+        // No kernels yet: the CUDA backend is still to be written (the feature is declared so
+        // that its build wiring exists); nothing to compile then.
+        let Ok(dir) = std::fs::read_dir("cuda") else { return };
+        let kernels: Vec<_> = dir
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| p.extension().is_some_and(|x| x == "cu"))
             .collect();

@@ -81,7 +81,8 @@ typedef struct AlrCreateArgs {
   const size_t *lens;
   // `n_tensors` group ids in 0..G-1, every id used; NULL: each tensor is its own group.
   const uint32_t *groups;
-  enum AlrDevice device;
+  // An `AlrDevice` value.
+  int32_t device;
   // CUDA device ordinal (ignored on CPU).
   int32_t device_ordinal;
   // CUDA stream (`CUstream` / `cudaStream_t`; NULL = default stream; ignored on CPU).
@@ -110,8 +111,8 @@ typedef struct AlrStepArgs {
   const float *const *sum_sq;
   // Optional: row-major N x lens[i] per-sample gradients per tensor.
   const float *const *per_sample;
-  // Scale of `sum_sq` / `per_sample` entries.
-  enum AlrSampleScale per_sample_scale;
+  // Scale of `sum_sq` / `per_sample` entries: an `AlrSampleScale` value.
+  int32_t per_sample_scale;
   // N, the minibatch size; required with per-sample data, else ignored.
   size_t batch_size;
   // Optional: non-negative diagonal curvature per tensor (vSGD).
@@ -164,7 +165,8 @@ typedef struct AlrDLStepArgs {
   const struct AlrDLTensor *const *grads;
   const struct AlrDLTensor *const *sum_sq;
   const struct AlrDLTensor *const *per_sample;
-  enum AlrSampleScale per_sample_scale;
+  // An `AlrSampleScale` value.
+  int32_t per_sample_scale;
   size_t batch_size;
   const struct AlrDLTensor *const *curvature;
   int32_t has_loss;
@@ -189,8 +191,9 @@ uint32_t alr_abi_version(void);
 // owned by the library and valid until the next `alr_*` call on this thread. Never fails.
 const char *alr_last_error(void);
 
-// The name of a status code ("ALR_OK", "ALR_NULL_POINTER", …); static storage.
-const char *alr_status_name(enum AlrStatus status);
+// The name of a status code ("ALR_OK", "ALR_NULL_POINTER", …; "ALR_UNKNOWN_STATUS" for a
+// value that is no AlrStatus); static storage. Takes an int so that any value is safe.
+const char *alr_status_name(int32_t status);
 
 // Creates an optimizer and writes its handle to `*out` (set to NULL on failure).
 // Free it with `alr_destroy`. Options start at their defaults (ALGORITHMS.md).

@@ -29,6 +29,11 @@ impl Layout {
         if let Some(t) = lens.iter().position(|&n| n == 0) {
             return Err(Error::invalid(format!("tensor {t} has 0 elements; register only non-empty tensors")));
         }
+        // A buffer of more than isize::MAX bytes cannot exist; such a length is a caller's bug.
+        let limit = isize::MAX as usize / std::mem::size_of::<f32>();
+        if let Some(t) = lens.iter().position(|&n| n > limit) {
+            return Err(Error::invalid(format!("tensor {t} has {} elements, more than any float32 buffer can hold", lens[t])));
+        }
         let groups: Vec<usize> = match groups {
             None => (0..lens.len()).collect(),
             Some(g) if g.len() != lens.len() => {

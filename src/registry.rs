@@ -65,20 +65,20 @@ pub fn specs(name: &str, base: &str) -> Result<Vec<OptionSpec>> {
 pub fn build(name: &str, base: &str, layout: &Layout, unit_lr: bool) -> Result<Box<dyn Algorithm>> {
     let (lens, n_groups) = (&layout.lens[..], layout.members.len());
     Ok(match name {
-        "sgd" => Box::new(FixedRate::<Sgd>::new(lens, n_groups, unit_lr)),
-        "momentum" => Box::new(FixedRate::<Momentum>::new(lens, n_groups, unit_lr)),
-        "adam" => Box::new(FixedRate::<Adam<false>>::new(lens, n_groups, unit_lr)),
-        "adamw" => Box::new(FixedRate::<Adam<true>>::new(lens, n_groups, unit_lr)),
-        "adagrad" => Box::new(FixedRate::<Adagrad>::new(lens, n_groups, unit_lr)),
-        "rmsprop" => Box::new(FixedRate::<RmsProp>::new(lens, n_groups, unit_lr)),
-        "auto-sgd" => Box::new(AutoOpt::<Identity>::new(lens, n_groups)),
-        "auto-adam" => Box::new(AutoOpt::<AdamDiag>::new(lens, n_groups)),
-        "auto-adagrad" => Box::new(AutoOpt::<AdagradDiag>::new(lens, n_groups)),
+        "sgd" => Box::new(FixedRate::<Sgd>::new(lens, n_groups, unit_lr)?),
+        "momentum" => Box::new(FixedRate::<Momentum>::new(lens, n_groups, unit_lr)?),
+        "adam" => Box::new(FixedRate::<Adam<false>>::new(lens, n_groups, unit_lr)?),
+        "adamw" => Box::new(FixedRate::<Adam<true>>::new(lens, n_groups, unit_lr)?),
+        "adagrad" => Box::new(FixedRate::<Adagrad>::new(lens, n_groups, unit_lr)?),
+        "rmsprop" => Box::new(FixedRate::<RmsProp>::new(lens, n_groups, unit_lr)?),
+        "auto-sgd" => Box::new(AutoOpt::<Identity>::new(lens, n_groups)?),
+        "auto-adam" => Box::new(AutoOpt::<AdamDiag>::new(lens, n_groups)?),
+        "auto-adagrad" => Box::new(AutoOpt::<AdagradDiag>::new(lens, n_groups)?),
         "tlr" => Box::new(Tlr::new()),
         "gi" => Box::new(Gi::new(base, build(base, "", layout, is_fixed_rate(base))?)),
-        "vsgd-l" => Box::new(Vsgd::new(Variant::Local, layout)),
-        "vsgd-g" => Box::new(Vsgd::new(Variant::Global, layout)),
-        "vsgd-b" => Box::new(Vsgd::new(Variant::Block, layout)),
+        "vsgd-l" => Box::new(Vsgd::new(Variant::Local, layout)?),
+        "vsgd-g" => Box::new(Vsgd::new(Variant::Global, layout)?),
+        "vsgd-b" => Box::new(Vsgd::new(Variant::Block, layout)?),
         _ => return Err(unknown(name)),
     })
 }

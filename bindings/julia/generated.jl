@@ -26,7 +26,7 @@ struct AlrCreateArgs
     n_tensors::Csize_t
     lens::Ptr{Csize_t}
     groups::Ptr{UInt32}
-    device::Cint
+    device::Int32
     device_ordinal::Int32
     stream::Ptr{Cvoid}
 end
@@ -38,7 +38,7 @@ struct AlrStepArgs
     grads::Ptr{Ptr{Cfloat}}
     sum_sq::Ptr{Ptr{Cfloat}}
     per_sample::Ptr{Ptr{Cfloat}}
-    per_sample_scale::Cint
+    per_sample_scale::Int32
     batch_size::Csize_t
     curvature::Ptr{Ptr{Cfloat}}
     has_loss::Int32
@@ -76,7 +76,7 @@ struct AlrDLStepArgs
     grads::Ptr{Ptr{AlrDLTensor}}
     sum_sq::Ptr{Ptr{AlrDLTensor}}
     per_sample::Ptr{Ptr{AlrDLTensor}}
-    per_sample_scale::Cint
+    per_sample_scale::Int32
     batch_size::Csize_t
     curvature::Ptr{Ptr{AlrDLTensor}}
     has_loss::Int32
@@ -89,7 +89,7 @@ end
 alr_version() = @ccall libautolr.alr_version()::Ptr{Cchar}
 alr_abi_version() = @ccall libautolr.alr_abi_version()::UInt32
 alr_last_error() = @ccall libautolr.alr_last_error()::Ptr{Cchar}
-alr_status_name(status) = @ccall libautolr.alr_status_name(status::Cint)::Ptr{Cchar}
+alr_status_name(status) = @ccall libautolr.alr_status_name(status::Int32)::Ptr{Cchar}
 alr_create(args, out) = @ccall libautolr.alr_create(args::Ptr{AlrCreateArgs}, out::Ptr{Ptr{Cvoid}})::Cint
 alr_destroy(opt) = @ccall libautolr.alr_destroy(opt::Ptr{Cvoid})::Cint
 alr_set_option(opt, name, value) = @ccall libautolr.alr_set_option(opt::Ptr{Cvoid}, name::Ptr{Cchar}, value::Cdouble)::Cint

@@ -222,7 +222,7 @@ pub fn smooth(gamma_oracle: [f64; 2], gamma: [f64; 2], nu: f64, gamma_max: f64) 
 }
 
 impl<P: Precond> AutoOpt<P> {
-    pub fn new(lens: &[usize], n_groups: usize) -> Self {
+    pub fn new(lens: &[usize], n_groups: usize) -> Result<Self> {
         let groups = (0..n_groups)
             .map(|_| GroupState {
                 // Set to [γ_max, 0] at the first step, from the option's value then.
@@ -235,7 +235,7 @@ impl<P: Precond> AutoOpt<P> {
                 direction: None,
             })
             .collect();
-        AutoOpt { states: lens.iter().map(|&n| vec![P::State::default(); n]).collect(), groups }
+        Ok(AutoOpt { states: cpu::filled_per_tensor(lens, P::State::default())?, groups })
     }
 
     /// `γ_E`, or the `[γ_max, 0]` it will start from before the first step.
@@ -254,8 +254,10 @@ impl<P: Precond> AutoOpt<P> {
         let n = samples.batch_size;
         // Each entry of the caller's data is k·g_i: k = 1 ("sample") or N ("mean", g_i/N given).
         let k = samples.square_scale().sqrt();
-        let (mut diag, mut direction) = ([0.0f32; COLUMN_BLOCK], [0.0f32; COLUMN_BLOCK]);
-        let (mut spread, mut spread_f32) = ([0.0f64; COLUMN_BLOCK], [0.0f32; COLUMN_BLOCK]);
+        // Block scratch on the heap, not the stack: a host thread may have a small stack.
+        let block = COLUMN_BLOCK.min(grad.len());
+        let (mut diag, mut direction) = (vec![0.0f32; block], vec![0.0f32; block]);
+        let (mut spread, mut spread_f32) = (vec![0.0f64; block], vec![0.0f32; block]);
         let mut total = [0.0f64; 4];
         for start in (0..grad.len()).step_by(COLUMN_BLOCK) {
             let end = (start + COLUMN_BLOCK).min(grad.len());
@@ -398,7 +400,7 @@ fn bad_inputs(inputs: &StepInputs, samples: &Samples, members: &[usize]) -> Erro
             return Error::invalid(format!("tensor {t}: sum_sq[{i}] = {} is negative; it must be ≥ 0", data[i]));
         }
     }
-    Error::non_finite("the per-sample variance overflowed float64: per-sample gradients are too large")
+    Error::non_finite("the per-sample variance overflowed: per-sample gradients are too large for float32 products")
 }
 
 /// One group's outcome of pass 1.

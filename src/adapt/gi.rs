@@ -29,7 +29,8 @@ pub fn specs(base: &str) -> Result<Vec<OptionSpec>> {
     // an automatic base already chose its scale, so GI starts from 1.
     let eta0 = if fixed_rate { 1e-3 } else { 1.0 };
     let mut specs = vec![
-        OptionSpec::positive("lr", eta0).global(),
+        // The initial η only: η adapts itself, so changing it later would be silently ignored.
+        OptionSpec::positive("lr", eta0).structural(),
         OptionSpec::real("f_star", f64::NAN, f64::NEG_INFINITY, f64::INFINITY).global().unset_by_default(),
         OptionSpec::non_negative("R", 0.0).global(),
         OptionSpec::real("up", 1.2, 1.0, f64::INFINITY).global(),
@@ -42,8 +43,9 @@ pub fn specs(base: &str) -> Result<Vec<OptionSpec>> {
         match spec.name {
             "lr" if fixed_rate => {}
             "lr" => specs.push(OptionSpec { name: "base_lr", ..spec }),
-            // The paper's momentum for a wrapped Momentum/Adam is 0.5 (§3 decision).
-            "momentum" | "beta1" => specs.push(OptionSpec { default: 0.5, ..spec }),
+            // The paper's momentum for a wrapped Momentum/Adam is 0.5 (§3 decision); other
+            // bases (TLR's μ) keep their own default.
+            "momentum" | "beta1" if matches!(base, "momentum" | "adam" | "adamw") => specs.push(OptionSpec { default: 0.5, ..spec }),
             _ => specs.push(spec),
         }
     }

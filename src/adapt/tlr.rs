@@ -192,25 +192,25 @@ struct State {
 }
 
 impl State {
-    fn new(ctx: &Context) -> Self {
+    fn new(ctx: &Context) -> Result<Self> {
         let o = ctx.options;
         let lens = &ctx.layout.lens;
-        let zeros = || lens.iter().map(|&n| vec![0.0f32; n]).collect::<Vec<_>>();
+        let zeros = || cpu::filled_per_tensor(lens, 0.0f32);
         let per_group = o.flag(0, "per_group");
         let n_units = if per_group { ctx.layout.n_groups() } else { 1 };
         let window = o.get(0, "window") as u64;
-        State {
+        Ok(State {
             per_group,
             window,
             steps: 0,
             rates: (0..n_units).map(|u| Rate { alpha: o.get(u, "lr"), ip: 0.0, den: 0.0, cap_hits: 0 }).collect(),
-            memory: if window == 1 { Memory::Step { previous: zeros() } } else { Memory::Window { snapshot: zeros(), previous: zeros() } },
+            memory: if window == 1 { Memory::Step { previous: zeros()? } } else { Memory::Window { snapshot: zeros()?, previous: zeros()? } },
             buffers: if o.get(0, "momentum") > 0.0 {
-                Buffers::Momentum(zeros())
+                Buffers::Momentum(zeros()?)
             } else {
-                Buffers::Plain(lens.iter().map(|&n| vec![(); n]).collect())
+                Buffers::Plain(cpu::filled_per_tensor(lens, ())?)
             },
-        }
+        })
     }
 
     fn unit_of_group(&self, group: usize) -> usize {
@@ -346,7 +346,10 @@ impl Algorithm for Tlr {
     }
 
     fn propose(&mut self, ctx: &Context, params: &[&mut [f32]], inputs: &StepInputs, _cb: &mut Callbacks) -> Result<f64> {
-        let state = self.state.get_or_insert_with(|| State::new(ctx));
+        let state = match &mut self.state {
+            Some(state) => state,
+            empty => empty.insert(State::new(ctx)?),
+        };
         let coeffs = state.begin_step(ctx, params, &inputs.grads);
         Ok(match &mut state.buffers {
             Buffers::Plain(b) => propose_pass(&coeffs, params, &inputs.grads, b),
@@ -364,7 +367,10 @@ impl Algorithm for Tlr {
     }
 
     fn step(&mut self, ctx: &Context, params: &mut [&mut [f32]], inputs: &StepInputs, _cb: &mut Callbacks) -> Result<()> {
-        let state = self.state.get_or_insert_with(|| State::new(ctx));
+        let state = match &mut self.state {
+            Some(state) => state,
+            empty => empty.insert(State::new(ctx)?),
+        };
         let coeffs = state.begin_step(ctx, params, &inputs.grads);
         match &mut state.buffers {
             Buffers::Plain(b) => step_pass(&coeffs, params, &inputs.grads, b),
@@ -412,7 +418,7 @@ impl Algorithm for Tlr {
             self.state = None;
             return Ok(());
         }
-        let mut s = State::new(ctx);
+        let mut s = State::new(ctx)?;
         s.steps = steps;
         let n_units = s.rates.len();
         let alpha = r.f64s_exact(n_units, "TLR α per unit")?;

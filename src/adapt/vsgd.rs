@@ -257,9 +257,10 @@ impl TensorInputs<'_> {
     /// `g²` without per-sample data (ALGORITHMS.md §2) — exactly the square a gbar = g has, so
     /// that ρ = 1 holds exactly at τ = 1.
     fn for_each_block(&self, mut pass: impl FnMut(Range<usize>, &[f64])) {
-        const ZERO: [f32; COLUMN_BLOCK] = [0.0; COLUMN_BLOCK];
         let (t, len) = (self.tensor, self.grad.len());
-        let mut x = [0.0f64; COLUMN_BLOCK];
+        // Block scratch on the heap, not the stack: a host thread may have a small stack.
+        let block = COLUMN_BLOCK.min(len);
+        let (zero, mut x) = (vec![0.0f32; block], vec![0.0f64; block]);
         for start in (0..len).step_by(COLUMN_BLOCK) {
             let end = (start + COLUMN_BLOCK).min(len);
             let x = &mut x[..end - start];
@@ -270,8 +271,8 @@ impl TensorInputs<'_> {
                     // Entries are k·g_i: k = 1 ("sample") or N ("mean"); around 0 the spread is S = Σ (k·entry)².
                     let k = samples.square_scale().sqrt();
                     match &samples.data {
-                        SampleData::SumSq(s) => cpu::spread_from_sum_sq(&s[t][start..end], n, k, &ZERO[..end - start], x),
-                        SampleData::PerSample(rows) => cpu::spread_from_rows(rows[t], n, len, start, k, &ZERO[..end - start], x),
+                        SampleData::SumSq(s) => cpu::spread_from_sum_sq(&s[t][start..end], n, k, &zero[..end - start], x),
+                        SampleData::PerSample(rows) => cpu::spread_from_rows(rows[t], n, len, start, k, &zero[..end - start], x),
                     }
                     x.iter_mut().for_each(|s| *s /= n as f64);
                 }
@@ -449,20 +450,20 @@ pub struct Vsgd {
 
 impl Vsgd {
     /// A fresh state: zero averages, τ = 1 (what the first step sees when n0 = 0).
-    pub fn new(variant: Variant, layout: &Layout) -> Self {
+    pub fn new(variant: Variant, layout: &Layout) -> Result<Self> {
         let state = match variant {
-            Variant::Local => State::Local(layout.lens.iter().map(|&n| vec![LocalElem::FRESH; n]).collect()),
+            Variant::Local => State::Local(cpu::filled_per_tensor(&layout.lens, LocalElem::FRESH)?),
             Variant::Global | Variant::Block => {
                 let unit_tensors = if variant == Variant::Global { vec![(0..layout.n_tensors()).collect()] } else { layout.members.clone() };
                 State::Shared {
-                    elems: layout.lens.iter().map(|&n| vec![SharedElem::default(); n]).collect(),
+                    elems: cpu::filled_per_tensor(&layout.lens, SharedElem::default())?,
                     units: vec![Unit::FRESH; unit_tensors.len()],
                     unit_tensors,
                 }
             }
         };
         // `rates` is set by every step before anything reads it (nothing does before step n0 + 1).
-        Vsgd { variant, steps: 0, rates: Rates::new(1.0, 0.0), state, scratch: Scratch::default() }
+        Ok(Vsgd { variant, steps: 0, rates: Rates::new(1.0, 0.0), state, scratch: Scratch::default() })
     }
 
     fn n0(ctx: &Context) -> u64 {
@@ -762,7 +763,7 @@ mod tests {
             let (layout, mut options) = context_parts(variant.name(), &lens, &[0, 0, 1]);
             options.set(variant.name(), "n0", None, 3.0).unwrap();
             let ctx = Context { layout: &layout, options: &options };
-            let (mut fused, mut split) = (Vsgd::new(variant, &layout), Vsgd::new(variant, &layout));
+            let (mut fused, mut split) = (Vsgd::new(variant, &layout).unwrap(), Vsgd::new(variant, &layout).unwrap());
             let mut theta_fused: Vec<Vec<f32>> = lens.iter().map(|&n| noise(1, n)).collect();
             let mut theta_split = theta_fused.clone();
             for step in 0..12u32 {

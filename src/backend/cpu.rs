@@ -58,6 +58,24 @@ impl ElemState for [f32; 2] {
     }
 }
 
+/// `n` copies of `value`, or an error — not a process abort — when the memory cannot be had.
+pub fn filled<T: Clone>(n: usize, value: T) -> crate::error::Result<Vec<T>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(n).map_err(|_| {
+        crate::error::Error::invalid(format!(
+            "cannot allocate the optimizer's state for a tensor of {n} elements ({} bytes each)",
+            std::mem::size_of::<T>()
+        ))
+    })?;
+    v.resize(n, value);
+    Ok(v)
+}
+
+/// One `filled` vector per tensor.
+pub fn filled_per_tensor<T: Clone>(lens: &[usize], value: T) -> crate::error::Result<Vec<Vec<T>>> {
+    lens.iter().map(|&n| filled(n, value.clone())).collect()
+}
+
 /// Flattens element states to floats (checkpoints).
 pub fn states_to_floats<S: ElemState>(states: &[S]) -> Vec<f32> {
     let mut out = Vec::with_capacity(states.len() * S::FLOATS);
@@ -333,12 +351,6 @@ pub fn reduce<const K: usize, F: FnMut(usize) -> [f64; K]>(len: usize, mut f: F)
     out
 }
 
-/// `Σ a_i b_i` in f64 lanes.
-pub fn dot(a: &[f32], b: &[f32]) -> f64 {
-    assert_eq!(a.len(), b.len(), "dot: lengths differ");
-    reduce::<1, _>(a.len(), |i| [f64::from(a[i]) * f64::from(b[i])])[0]
-}
-
 /// Index of the first non-finite element (for the error message; called only on failure).
 pub fn first_non_finite(x: &[f32]) -> Option<usize> {
     x.iter().position(|v| !v.is_finite())
@@ -368,18 +380,16 @@ pub fn spread_from_rows(rows: &[f32], n_rows: usize, len: usize, start: usize, k
     assert!(rows.len() == n_rows * len && start + width <= len && center.len() == width, "spread_from_rows: bad block");
     // Per row in f32: dev = k·x − c is exact when k·x and c are close (Sterbenz), which is
     // exactly when the spread is small; the sums over N rows add only N·ε relative error.
-    let (mut sum_sq, mut sum_dev) = ([0.0f32; COLUMN_BLOCK], [0.0f32; COLUMN_BLOCK]);
-    let (sum_sq, sum_dev) = (&mut sum_sq[..width], &mut sum_dev[..width]);
+    // Heap scratch, not the stack: a host thread may have a small stack.
+    let (mut sum_sq, mut sum_dev, mut scaled) = (vec![0.0f32; width], vec![0.0f32; width], vec![0.0f32; width]);
     let k = k as f32;
     for row in rows.chunks_exact(len) {
         let row = &row[start..start + width];
         if k == 1.0 {
-            accumulate_deviations(row, center, sum_sq, sum_dev);
+            accumulate_deviations(row, center, &mut sum_sq, &mut sum_dev);
         } else {
-            let mut scaled = [0.0f32; COLUMN_BLOCK];
-            let scaled = &mut scaled[..width];
             scaled.iter_mut().zip(row).for_each(|(s, x)| *s = k * x);
-            accumulate_deviations(scaled, center, sum_sq, sum_dev);
+            accumulate_deviations(&scaled, center, &mut sum_sq, &mut sum_dev);
         }
     }
     for (((o, sq), dev), c) in out.iter_mut().zip(sum_sq.iter()).zip(sum_dev.iter()).zip(center) {
@@ -409,7 +419,7 @@ mod tests {
     fn reduce_is_independent_of_tail_handling() {
         let a: Vec<f32> = (0..1003).map(|i| (i as f32 * 0.37).sin()).collect();
         let naive: f64 = a.iter().map(|x| f64::from(*x) * f64::from(*x)).sum();
-        let lanes = dot(&a, &a);
+        let lanes = reduce::<1, _>(a.len(), |i| [f64::from(a[i]) * f64::from(a[i])])[0];
         assert!((naive - lanes).abs() <= 1e-12 * naive, "{naive} vs {lanes}");
     }
 

@@ -55,8 +55,8 @@ pub struct FixedRate<R: Rule> {
 }
 
 impl<R: Rule> FixedRate<R> {
-    pub fn new(lens: &[usize], n_groups: usize, unit_lr: bool) -> Self {
-        FixedRate { states: lens.iter().map(|&n| vec![R::State::default(); n]).collect(), steps: vec![0; n_groups], unit_lr }
+    pub fn new(lens: &[usize], n_groups: usize, unit_lr: bool) -> Result<Self> {
+        Ok(FixedRate { states: cpu::filled_per_tensor(lens, R::State::default())?, steps: vec![0; n_groups], unit_lr })
     }
 
     fn coeffs(&self, ctx: &Context, group: usize) -> R::Coeffs {

@@ -47,7 +47,8 @@ pub struct AlrCreateArgs {
     pub lens: *const usize,
     /// `n_tensors` group ids in 0..G-1, every id used; NULL: each tensor is its own group.
     pub groups: *const u32,
-    pub device: AlrDevice,
+    /// An `AlrDevice` value.
+    pub device: i32,
     /// CUDA device ordinal (ignored on CPU).
     pub device_ordinal: i32,
     /// CUDA stream (`CUstream` / `cudaStream_t`; NULL = default stream; ignored on CPU).
@@ -78,8 +79,8 @@ pub struct AlrStepArgs {
     pub sum_sq: *const *const f32,
     /// Optional: row-major N x lens[i] per-sample gradients per tensor.
     pub per_sample: *const *const f32,
-    /// Scale of `sum_sq` / `per_sample` entries.
-    pub per_sample_scale: AlrSampleScale,
+    /// Scale of `sum_sq` / `per_sample` entries: an `AlrSampleScale` value.
+    pub per_sample_scale: i32,
     /// N, the minibatch size; required with per-sample data, else ignored.
     pub batch_size: usize,
     /// Optional: non-negative diagonal curvature per tensor (vSGD).
@@ -117,19 +118,30 @@ pub(crate) unsafe fn pointers<T>(ptrs: *const *const T, n: usize, what: &str) ->
     Ok(list)
 }
 
-fn status_name(status: AlrStatus) -> &'static str {
-    match status {
-        AlrStatus::AlrOk => "ALR_OK",
-        AlrStatus::AlrNullPointer => "ALR_NULL_POINTER",
-        AlrStatus::AlrInvalidArgument => "ALR_INVALID_ARGUMENT",
-        AlrStatus::AlrShapeMismatch => "ALR_SHAPE_MISMATCH",
-        AlrStatus::AlrNonFinite => "ALR_NON_FINITE",
-        AlrStatus::AlrWrongState => "ALR_WRONG_STATE",
-        AlrStatus::AlrUnsupported => "ALR_UNSUPPORTED",
-        AlrStatus::AlrCudaError => "ALR_CUDA_ERROR",
-        AlrStatus::AlrCallbackFailed => "ALR_CALLBACK_FAILED",
-        AlrStatus::AlrBadCheckpoint => "ALR_BAD_CHECKPOINT",
-        AlrStatus::AlrPanic => "ALR_PANIC",
+/// Every status with its C name (status codes arrive from C as plain integers).
+const STATUS_NAMES: [(AlrStatus, &str); 11] = [
+    (AlrStatus::AlrOk, "ALR_OK"),
+    (AlrStatus::AlrNullPointer, "ALR_NULL_POINTER"),
+    (AlrStatus::AlrInvalidArgument, "ALR_INVALID_ARGUMENT"),
+    (AlrStatus::AlrShapeMismatch, "ALR_SHAPE_MISMATCH"),
+    (AlrStatus::AlrNonFinite, "ALR_NON_FINITE"),
+    (AlrStatus::AlrWrongState, "ALR_WRONG_STATE"),
+    (AlrStatus::AlrUnsupported, "ALR_UNSUPPORTED"),
+    (AlrStatus::AlrCudaError, "ALR_CUDA_ERROR"),
+    (AlrStatus::AlrCallbackFailed, "ALR_CALLBACK_FAILED"),
+    (AlrStatus::AlrBadCheckpoint, "ALR_BAD_CHECKPOINT"),
+    (AlrStatus::AlrPanic, "ALR_PANIC"),
+];
+
+/// A C enum field read as its integer (any value can arrive from C; an out-of-range value in a
+/// Rust enum would be undefined behaviour).
+pub(crate) fn sample_scale(value: i32) -> Result<SampleScale, Error> {
+    match value {
+        v if v == AlrSampleScale::AlrScaleSample as i32 => Ok(SampleScale::Sample),
+        v if v == AlrSampleScale::AlrScaleMean as i32 => Ok(SampleScale::Mean),
+        v => Err(Error::invalid(format!(
+            "per_sample_scale is {v}; accepted: ALR_SCALE_SAMPLE (0, g_i of each sample's own loss) or ALR_SCALE_MEAN (1, g_i/N)"
+        ))),
     }
 }
 
@@ -161,10 +173,11 @@ pub extern "C" fn alr_last_error() -> *const c_char {
     super::last_error_ptr()
 }
 
-/// The name of a status code ("ALR_OK", "ALR_NULL_POINTER", …); static storage.
+/// The name of a status code ("ALR_OK", "ALR_NULL_POINTER", …; "ALR_UNKNOWN_STATUS" for a
+/// value that is no AlrStatus); static storage. Takes an int so that any value is safe.
 #[no_mangle]
-pub extern "C" fn alr_status_name(status: AlrStatus) -> *const c_char {
-    interned(status_name(status))
+pub extern "C" fn alr_status_name(status: i32) -> *const c_char {
+    interned(STATUS_NAMES.iter().find(|(s, _)| *s as i32 == status).map_or("ALR_UNKNOWN_STATUS", |(_, name)| name))
 }
 
 /// Creates an optimizer and writes its handle to `*out` (set to NULL on failure).
@@ -197,10 +210,14 @@ pub extern "C" fn alr_create(args: *const AlrCreateArgs, out: *mut *mut AlrOptim
             // SAFETY: groups addresses n_tensors ids (documented).
             Some(unsafe { std::slice::from_raw_parts(args.groups, args.n_tensors) }.iter().map(|&g| g as usize).collect())
         };
-        if args.device == AlrDevice::AlrDeviceCuda {
-            return Err(Error::unsupported(
-                "this build of autolr has no CUDA backend: rebuild with `--features cuda` or create the optimizer on ALR_DEVICE_CPU",
-            ));
+        match args.device {
+            d if d == AlrDevice::AlrDeviceCpu as i32 => {}
+            d if d == AlrDevice::AlrDeviceCuda as i32 => {
+                return Err(Error::unsupported(
+                    "autolr has no CUDA backend yet (this version runs on the CPU only): create the optimizer on ALR_DEVICE_CPU",
+                ))
+            }
+            d => return Err(Error::invalid(format!("device is {d}; accepted: ALR_DEVICE_CPU (0), ALR_DEVICE_CUDA (1)"))),
         }
         let opt = Optimizer::new(name, lens, groups.as_deref())?;
         // SAFETY: checked non-null above.
@@ -225,8 +242,8 @@ pub extern "C" fn alr_destroy(opt: *mut AlrOptimizer) -> AlrStatus {
 #[no_mangle]
 pub extern "C" fn alr_set_option(opt: *mut AlrOptimizer, name: *const c_char, value: f64) -> AlrStatus {
     guard("alr_set_option", || {
-        // SAFETY: the handle is checked against the live set.
-        let opt = unsafe { handle::get(opt) }?;
+        // The handle is checked against the live set and held busy for the call.
+        let mut opt = handle::get(opt)?;
         opt.set_option(c_str(name, "name")?, None, value)
     })
 }
@@ -237,8 +254,8 @@ pub extern "C" fn alr_set_option(opt: *mut AlrOptimizer, name: *const c_char, va
 #[no_mangle]
 pub extern "C" fn alr_set_group_option(opt: *mut AlrOptimizer, group: usize, name: *const c_char, value: f64) -> AlrStatus {
     guard("alr_set_group_option", || {
-        // SAFETY: the handle is checked against the live set.
-        let opt = unsafe { handle::get(opt) }?;
+        // The handle is checked against the live set and held busy for the call.
+        let mut opt = handle::get(opt)?;
         opt.set_option(c_str(name, "name")?, Some(group), value)
     })
 }
@@ -249,8 +266,8 @@ pub extern "C" fn alr_set_group_option(opt: *mut AlrOptimizer, group: usize, nam
 #[no_mangle]
 pub extern "C" fn alr_set_option_str(opt: *mut AlrOptimizer, name: *const c_char, value: *const c_char) -> AlrStatus {
     guard("alr_set_option_str", || {
-        // SAFETY: the handle is checked against the live set.
-        let opt = unsafe { handle::get(opt) }?;
+        // The handle is checked against the live set and held busy for the call.
+        let mut opt = handle::get(opt)?;
         opt.set_option_str(c_str(name, "name")?, c_str(value, "value")?)
     })
 }
@@ -261,8 +278,8 @@ pub extern "C" fn alr_set_option_str(opt: *mut AlrOptimizer, name: *const c_char
 pub extern "C" fn alr_get_option(opt: *mut AlrOptimizer, group: usize, name: *const c_char, value: *mut f64) -> AlrStatus {
     guard("alr_get_option", || {
         non_null!(value, "value");
-        // SAFETY: the handle is checked against the live set.
-        let opt = unsafe { handle::get(opt) }?;
+        // The handle is checked against the live set and held busy for the call.
+        let opt = handle::get(opt)?;
         let v = opt.get_option(c_str(name, "name")?, group)?;
         // SAFETY: checked non-null.
         unsafe { *value = v };
@@ -288,8 +305,8 @@ pub extern "C" fn alr_step(opt: *mut AlrOptimizer, args: *const AlrStepArgs) -> 
         check_struct_size(size, std::mem::size_of::<AlrStepArgs>(), "AlrStepArgs")?;
         // SAFETY: the caller's struct is at least this version's size.
         let args = unsafe { &*args };
-        // SAFETY: the handle is checked against the live set.
-        let opt = unsafe { handle::get(opt) }?;
+        // The handle is checked against the live set and held busy for the call.
+        let mut opt = handle::get(opt)?;
         let n = opt.layout().n_tensors();
         if args.n_tensors != n {
             return Err(Error::shape(format!("args.n_tensors is {}, the optimizer has {n} tensors", args.n_tensors)));
@@ -314,7 +331,7 @@ pub extern "C" fn alr_step(opt: *mut AlrOptimizer, args: *const AlrStepArgs) -> 
         };
         // SAFETY: the header documents that each pointer addresses lens[t] (or N * lens[t])
         // floats, valid for the call.
-        unsafe { run_step(opt, raw) }
+        unsafe { run_step(&mut opt, raw) }
     })
 }
 
@@ -324,7 +341,7 @@ pub(crate) struct RawStep {
     pub grads: Vec<*const f32>,
     pub sum_sq: Option<Vec<*const f32>>,
     pub per_sample: Option<Vec<*const f32>>,
-    pub per_sample_scale: AlrSampleScale,
+    pub per_sample_scale: i32,
     pub batch_size: usize,
     pub curvature: Option<Vec<*const f32>>,
     pub loss: Option<f64>,
@@ -350,10 +367,7 @@ pub(crate) unsafe fn run_step(opt: &mut Optimizer, raw: RawStep) -> Result<(), E
     };
     let mut params: Vec<&mut [f32]> = raw.params.iter().zip(&lens).map(|(&p, &len)| std::slice::from_raw_parts_mut(p, len)).collect();
     let mut inputs = StepInputs::new(borrow(&raw.grads, 1)?);
-    let scale = match raw.per_sample_scale {
-        AlrSampleScale::AlrScaleSample => SampleScale::Sample,
-        AlrSampleScale::AlrScaleMean => SampleScale::Mean,
-    };
+    let scale = sample_scale(raw.per_sample_scale)?;
     inputs.samples = match (&raw.sum_sq, &raw.per_sample) {
         (None, None) => None,
         (Some(_), Some(_)) => return Err(Error::invalid("give either sum_sq or per_sample, not both")),
@@ -405,8 +419,8 @@ pub(crate) unsafe fn run_step(opt: &mut Optimizer, raw: RawStep) -> Result<(), E
 #[no_mangle]
 pub extern "C" fn alr_report_loss(opt: *mut AlrOptimizer, loss_after: f64) -> AlrStatus {
     guard("alr_report_loss", || {
-        // SAFETY: the handle is checked against the live set.
-        let opt = unsafe { handle::get(opt) }?;
+        // The handle is checked against the live set and held busy for the call.
+        let mut opt = handle::get(opt)?;
         opt.report_loss(loss_after)
     })
 }
@@ -416,8 +430,8 @@ pub extern "C" fn alr_report_loss(opt: *mut AlrOptimizer, loss_after: f64) -> Al
 pub extern "C" fn alr_n_groups(opt: *mut AlrOptimizer, out: *mut usize) -> AlrStatus {
     guard("alr_n_groups", || {
         non_null!(out, "out");
-        // SAFETY: the handle is checked against the live set; out is non-null.
-        let opt = unsafe { handle::get(opt) }?;
+        // The handle is checked against the live set and held busy for the call; out is non-null.
+        let opt = handle::get(opt)?;
         unsafe { *out = opt.n_groups() };
         Ok(())
     })
@@ -429,8 +443,8 @@ pub extern "C" fn alr_n_groups(opt: *mut AlrOptimizer, out: *mut usize) -> AlrSt
 pub extern "C" fn alr_get_lr(opt: *mut AlrOptimizer, group: usize, out: *mut f64) -> AlrStatus {
     guard("alr_get_lr", || {
         non_null!(out, "out");
-        // SAFETY: the handle is checked against the live set; out is non-null.
-        let opt = unsafe { handle::get(opt) }?;
+        // The handle is checked against the live set and held busy for the call; out is non-null.
+        let opt = handle::get(opt)?;
         let v = opt.lr(group)?;
         unsafe { *out = v };
         Ok(())
@@ -443,8 +457,8 @@ pub extern "C" fn alr_get_lr(opt: *mut AlrOptimizer, group: usize, out: *mut f64
 pub extern "C" fn alr_get_momentum(opt: *mut AlrOptimizer, group: usize, out: *mut f64) -> AlrStatus {
     guard("alr_get_momentum", || {
         non_null!(out, "out");
-        // SAFETY: the handle is checked against the live set; out is non-null.
-        let opt = unsafe { handle::get(opt) }?;
+        // The handle is checked against the live set and held busy for the call; out is non-null.
+        let opt = handle::get(opt)?;
         let v = opt.momentum(group)?;
         unsafe { *out = v };
         Ok(())
@@ -457,8 +471,8 @@ pub extern "C" fn alr_get_momentum(opt: *mut AlrOptimizer, group: usize, out: *m
 pub extern "C" fn alr_telemetry_count(opt: *mut AlrOptimizer, group: usize, count: *mut usize) -> AlrStatus {
     guard("alr_telemetry_count", || {
         non_null!(count, "count");
-        // SAFETY: the handle is checked against the live set; count is non-null.
-        let opt = unsafe { handle::get(opt) }?;
+        // The handle is checked against the live set and held busy for the call; count is non-null.
+        let opt = handle::get(opt)?;
         let n = opt.telemetry(group)?.len();
         unsafe { *count = n };
         Ok(())
@@ -472,8 +486,8 @@ pub extern "C" fn alr_telemetry_entry(opt: *mut AlrOptimizer, group: usize, inde
     guard("alr_telemetry_entry", || {
         non_null!(name, "name");
         non_null!(value, "value");
-        // SAFETY: the handle is checked against the live set; outputs are non-null.
-        let opt = unsafe { handle::get(opt) }?;
+        // The handle is checked against the live set and held busy for the call; outputs are non-null.
+        let opt = handle::get(opt)?;
         let entries = opt.telemetry(group)?;
         let (n, v) = *entries.get(index).ok_or_else(|| {
             Error::invalid(format!("telemetry index {index} out of range: group {group} has {} entries", entries.len()))
@@ -492,8 +506,8 @@ pub extern "C" fn alr_telemetry_entry(opt: *mut AlrOptimizer, group: usize, inde
 pub extern "C" fn alr_save_size(opt: *mut AlrOptimizer, size: *mut usize) -> AlrStatus {
     guard("alr_save_size", || {
         non_null!(size, "size");
-        // SAFETY: the handle is checked against the live set; size is non-null.
-        let opt = unsafe { handle::get(opt) }?;
+        // The handle is checked against the live set and held busy for the call; size is non-null.
+        let opt = handle::get(opt)?;
         let n = opt.save()?.len();
         unsafe { *size = n };
         Ok(())
@@ -509,8 +523,8 @@ pub extern "C" fn alr_save(opt: *mut AlrOptimizer, buf: *mut u8, capacity: usize
     guard("alr_save", || {
         non_null!(buf, "buf");
         non_null!(written, "written");
-        // SAFETY: the handle is checked against the live set.
-        let opt = unsafe { handle::get(opt) }?;
+        // The handle is checked against the live set and held busy for the call.
+        let opt = handle::get(opt)?;
         let bytes = opt.save()?;
         if bytes.len() > capacity {
             return Err(Error::invalid(format!("buffer holds {capacity} bytes, the state needs {}: ask alr_save_size first", bytes.len())));
@@ -532,8 +546,8 @@ pub extern "C" fn alr_save(opt: *mut AlrOptimizer, buf: *mut u8, capacity: usize
 pub extern "C" fn alr_load(opt: *mut AlrOptimizer, buf: *const u8, len: usize) -> AlrStatus {
     guard("alr_load", || {
         non_null!(buf, "buf");
-        // SAFETY: the handle is checked against the live set; buf addresses len bytes.
-        let opt = unsafe { handle::get(opt) }?;
+        // The handle is checked against the live set and held busy; buf addresses len bytes.
+        let mut opt = handle::get(opt)?;
         let bytes = unsafe { std::slice::from_raw_parts(buf, len) };
         opt.load(bytes)
     })

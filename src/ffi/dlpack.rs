@@ -3,7 +3,7 @@
 //! below are layout-compatible with DLPack's `DLTensor`, `DLDevice` and `DLDataType`
 //! (dlpack.h v0.6 and later); they carry autolr names so that both headers can be included.
 
-use super::api::{check_struct_size, pointers, run_step, AlrGradFn, AlrLossFn, AlrSampleScale, RawStep};
+use super::api::{check_struct_size, pointers, run_step, AlrGradFn, AlrLossFn, RawStep};
 use super::handle::{self, AlrOptimizer};
 use super::{guard, non_null};
 use crate::error::{AlrStatus, Error};
@@ -52,7 +52,8 @@ pub struct AlrDLStepArgs {
     pub grads: *const *const AlrDLTensor,
     pub sum_sq: *const *const AlrDLTensor,
     pub per_sample: *const *const AlrDLTensor,
-    pub per_sample_scale: AlrSampleScale,
+    /// An `AlrSampleScale` value.
+    pub per_sample_scale: i32,
     pub batch_size: usize,
     pub curvature: *const *const AlrDLTensor,
     pub has_loss: i32,
@@ -129,8 +130,8 @@ pub extern "C" fn alr_step_dlpack(opt: *mut AlrOptimizer, args: *const AlrDLStep
         check_struct_size(size, std::mem::size_of::<AlrDLStepArgs>(), "AlrDLStepArgs")?;
         // SAFETY: the caller's struct is at least this version's size.
         let args = unsafe { &*args };
-        // SAFETY: the handle is checked against the live set.
-        let opt = unsafe { handle::get(opt) }?;
+        // The handle is checked against the live set and held busy for the call.
+        let mut opt = handle::get(opt)?;
         let lens = opt.layout().lens.clone();
         let n = lens.len();
         if args.n_tensors != n {
@@ -177,6 +178,6 @@ pub extern "C" fn alr_step_dlpack(opt: *mut AlrOptimizer, args: *const AlrDLStep
             user_data: args.user_data,
         };
         // SAFETY: each pointer was checked to address its registered number of floats.
-        unsafe { run_step(opt, raw) }
+        unsafe { run_step(&mut opt, raw) }
     })
 }

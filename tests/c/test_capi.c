@@ -16,9 +16,9 @@
  *     and checked non-empty; after every failed call on a live optimizer the parameters and the
  *     saved state bytes are bit-identical to before (memcmp).
  *
- * ALR_CUDA_ERROR cannot be produced here: on a build without the `cuda` feature a CUDA device
- * is refused with ALR_UNSUPPORTED before any driver call, and a CPU optimizer never talks to
- * the driver. It is only reachable on a `--features cuda` build with a broken driver/kernel.
+ * ALR_CUDA_ERROR cannot be produced here: it is reserved for the CUDA backend, which this
+ * version does not have yet (a CUDA device is refused with ALR_UNSUPPORTED before any driver
+ * call, and a CPU optimizer never talks to the driver).
  *
  * ALR_CALLBACK_FAILED needs an algorithm that calls back into the caller ('gi' calls the loss
  * callback, 'vsgd-l' the gradient callback). The code path below tries to create each; when
@@ -516,7 +516,11 @@ static void test_null_and_create_errors(void) {
     out = (AlrOptimizer *)&out;
     EXPECT(alr_create(&a, &out), ALR_UNSUPPORTED, "alr_create on ALR_DEVICE_CUDA (CPU build)");
     CHECK(out == NULL, "alr_create must set *out = NULL on failure");
-    MSG_HAS("cuda");
+    MSG_HAS("CUDA");
+    a.device = 7; /* not an AlrDevice: C may send any int */
+    EXPECT(alr_create(&a, &out), ALR_INVALID_ARGUMENT, "alr_create with device 7");
+    MSG_HAS("device is 7");
+    CHECK(strcmp(alr_status_name(42), "ALR_UNKNOWN_STATUS") == 0, "alr_status_name(42) is '%s'", alr_status_name(42));
 
     /* a caller compiled against a newer header passes a larger struct: accepted */
     struct {

@@ -521,3 +521,73 @@ def test_gi_wrong_state():
         opt.report_loss(_loss(params))
     assert info.value.status == "ALR_WRONG_STATE"
     opt.state_dict()
+
+
+# --- values C can send that Rust types could not hold, re-entry, sizes -------------------------
+
+def test_out_of_range_enum_values_are_errors():
+    assert lib.alr_status_name(42) == b"ALR_UNKNOWN_STATUS"
+    assert lib.alr_status_name(-1) == b"ALR_UNKNOWN_STATUS"
+    rc, handle = raw_create(device=7)
+    with pytest.raises(autolr.Error, match="device is 7") as info:
+        raw_check(rc)
+    assert info.value.status == "ALR_INVALID_ARGUMENT" and handle.value is None
+    params = [np.ones(4, np.float32)]
+    opt = autolr.Optimizer("auto-sgd", params)
+    before = params[0].copy(), opt.state_dict()
+    args = _ffi.AlrStepArgs()
+    args.struct_size = ctypes.sizeof(args)
+    args.n_tensors = 1
+    ptr = (ctypes.POINTER(ctypes.c_float) * 1)(params[0].ctypes.data_as(ctypes.POINTER(ctypes.c_float)))
+    g = np.ones(4, np.float32)
+    gptr = (ctypes.POINTER(ctypes.c_float) * 1)(g.ctypes.data_as(ctypes.POINTER(ctypes.c_float)))
+    args.params = ctypes.cast(ptr, ctypes.POINTER(ctypes.POINTER(ctypes.c_float)))
+    args.grads = ctypes.cast(gptr, ctypes.POINTER(ctypes.POINTER(ctypes.c_float)))
+    args.sum_sq = args.grads
+    args.batch_size = 4
+    args.per_sample_scale = 5
+    rc = lib.alr_step(opt._handle, ctypes.byref(args))
+    assert _ffi.AlrStatus_NAMES[rc] == "ALR_INVALID_ARGUMENT"
+    assert "per_sample_scale is 5" in lib.alr_last_error().decode()
+    assert np.array_equal(params[0], before[0]) and opt.state_dict() == before[1]
+
+
+def test_callbacks_cannot_reenter_their_optimizer():
+    """A loss callback that calls back into the same optimizer (read-back, load, step) is refused
+    with ALR_WRONG_STATE inside the callback, instead of aliasing the optimizer mid-step."""
+    params = [np.ones(3, np.float32)]
+    opt = autolr.Optimizer("gi", params, base="adam")
+    state = opt.state_dict()
+    for reentry in (lambda: opt.lr, lambda: opt.load_state_dict(state), lambda: opt.step([np.ones(3, np.float32)], loss=1.0)):
+        def closure():
+            reentry()
+            return 0.5
+        with pytest.raises(autolr.Error) as info:
+            opt.step([np.ones(3, np.float32)], loss=1.0, closure=closure)
+        assert info.value.status == "ALR_CALLBACK_FAILED"
+        assert "in use" in str(info.value.__cause__)
+    assert len(opt.lr) == 1  # still usable afterwards
+
+
+@pytest.mark.parametrize("length", [2**42, 2**62])
+def test_impossible_tensor_sizes_are_errors_not_aborts(length):
+    rc, handle = raw_create(algorithm=b"adam", lens=(length,))
+    with pytest.raises(autolr.Error) as info:
+        raw_check(rc)
+    assert info.value.status == "ALR_INVALID_ARGUMENT" and handle.value is None
+
+
+def test_gi_initial_eta_is_fixed_after_the_first_step():
+    params = [np.ones(3, np.float32)]
+    opt = autolr.Optimizer("gi", params, base="sgd", lr=0.01)
+    opt.set_option("lr", 0.02)  # before the first step: fine
+    opt.step([np.ones(3, np.float32)], loss=1.0, closure=lambda: 0.9)
+    with pytest.raises(autolr.Error) as info:
+        opt.set_option("lr", 0.5)
+    assert info.value.status == "ALR_WRONG_STATE"
+
+
+def test_gi_over_tlr_keeps_tlr_momentum_default():
+    opt = autolr.Optimizer("gi", [np.ones(3, np.float32)], base="tlr")
+    assert opt.get_option("momentum") == 0.0
+    assert autolr.Optimizer("gi", [np.ones(3, np.float32)], base="momentum").get_option("momentum") == 0.5

@@ -35,7 +35,7 @@ class AlrCreateArgs(ctypes.Structure):
         ('n_tensors', ctypes.c_size_t),
         ('lens', ctypes.POINTER(ctypes.c_size_t)),
         ('groups', ctypes.POINTER(ctypes.c_uint32)),
-        ('device', ctypes.c_int),
+        ('device', ctypes.c_int32),
         ('device_ordinal', ctypes.c_int32),
         ('stream', ctypes.c_void_p),
     ]
@@ -48,7 +48,7 @@ class AlrStepArgs(ctypes.Structure):
         ('grads', ctypes.POINTER(ctypes.POINTER(ctypes.c_float))),
         ('sum_sq', ctypes.POINTER(ctypes.POINTER(ctypes.c_float))),
         ('per_sample', ctypes.POINTER(ctypes.POINTER(ctypes.c_float))),
-        ('per_sample_scale', ctypes.c_int),
+        ('per_sample_scale', ctypes.c_int32),
         ('batch_size', ctypes.c_size_t),
         ('curvature', ctypes.POINTER(ctypes.POINTER(ctypes.c_float))),
         ('has_loss', ctypes.c_int32),
@@ -90,7 +90,7 @@ class AlrDLStepArgs(ctypes.Structure):
         ('grads', ctypes.POINTER(ctypes.POINTER(AlrDLTensor))),
         ('sum_sq', ctypes.POINTER(ctypes.POINTER(AlrDLTensor))),
         ('per_sample', ctypes.POINTER(ctypes.POINTER(AlrDLTensor))),
-        ('per_sample_scale', ctypes.c_int),
+        ('per_sample_scale', ctypes.c_int32),
         ('batch_size', ctypes.c_size_t),
         ('curvature', ctypes.POINTER(ctypes.POINTER(AlrDLTensor))),
         ('has_loss', ctypes.c_int32),
@@ -109,7 +109,7 @@ def declare(lib):
     lib.alr_abi_version.restype = ctypes.c_uint32
     lib.alr_last_error.argtypes = []
     lib.alr_last_error.restype = ctypes.c_char_p
-    lib.alr_status_name.argtypes = [ctypes.c_int]
+    lib.alr_status_name.argtypes = [ctypes.c_int32]
     lib.alr_status_name.restype = ctypes.c_char_p
     lib.alr_create.argtypes = [ctypes.POINTER(AlrCreateArgs), ctypes.POINTER(ctypes.c_void_p)]
     lib.alr_create.restype = ctypes.c_int

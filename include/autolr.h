@@ -46,7 +46,8 @@ typedef enum AlrStatus {
   ALR_CALLBACK_FAILED = 8,
   // A checkpoint buffer is truncated, corrupted, or belongs to another optimizer configuration.
   ALR_BAD_CHECKPOINT = 9,
-  // A bug inside the library was caught at the C boundary; the optimizer is left as it was before the call.
+  // A bug inside the library was caught at the C boundary. The optimizer the call used may be
+  // mid-step, so it is poisoned: every later call on it fails; destroy it.
   ALR_PANIC = 10,
 } AlrStatus;
 
@@ -90,11 +91,14 @@ typedef struct AlrCreateArgs {
 } AlrCreateArgs;
 
 // Evaluates the loss on the current batch at `params` (`n_tensors` pointers in registration
-// order) into `*loss_out`; returns 0 on success, anything else on failure.
+// order) into `*loss_out`; returns 0 on success, anything else on failure. It must not call
+// the optimizer that invoked it (refused with ALR_WRONG_STATE), and may change the parameter
+// buffers only if it restores them bit-exactly before returning.
 typedef int32_t (*AlrLossFn)(void *user_data, const float *const *params, size_t n_tensors, double *loss_out);
 
-// Writes the gradient of the loss on the current batch at `params` into `grads_out`
-// (`n_tensors` caller-sized buffers provided by the library); returns 0 on success.
+// Writes the gradient of the loss on the current batch at `params` (library-owned shifted
+// copies of the parameters) into `grads_out` (`n_tensors` buffers of the registered sizes,
+// provided by the library); returns 0 on success. The same rules as for `AlrLossFn` apply.
 typedef int32_t (*AlrGradFn)(void *user_data, const float *const *params, float *const *grads_out, size_t n_tensors);
 
 // Arguments of `alr_step`. Set `struct_size = sizeof(AlrStepArgs)`; zero-initialise the

@@ -27,7 +27,8 @@ pub enum AlrStatus {
     AlrCallbackFailed = 8,
     /// A checkpoint buffer is truncated, corrupted, or belongs to another optimizer configuration.
     AlrBadCheckpoint = 9,
-    /// A bug inside the library was caught at the C boundary; the optimizer is left as it was before the call.
+    /// A bug inside the library was caught at the C boundary. The optimizer the call used may be
+    /// mid-step, so it is poisoned: every later call on it fails; destroy it.
     AlrPanic = 10,
 }
 

@@ -56,11 +56,14 @@ pub struct AlrCreateArgs {
 }
 
 /// Evaluates the loss on the current batch at `params` (`n_tensors` pointers in registration
-/// order) into `*loss_out`; returns 0 on success, anything else on failure.
+/// order) into `*loss_out`; returns 0 on success, anything else on failure. It must not call
+/// the optimizer that invoked it (refused with ALR_WRONG_STATE), and may change the parameter
+/// buffers only if it restores them bit-exactly before returning.
 pub type AlrLossFn = Option<unsafe extern "C" fn(user_data: *mut c_void, params: *const *const f32, n_tensors: usize, loss_out: *mut f64) -> i32>;
 
-/// Writes the gradient of the loss on the current batch at `params` into `grads_out`
-/// (`n_tensors` caller-sized buffers provided by the library); returns 0 on success.
+/// Writes the gradient of the loss on the current batch at `params` (library-owned shifted
+/// copies of the parameters) into `grads_out` (`n_tensors` buffers of the registered sizes,
+/// provided by the library); returns 0 on success. The same rules as for `AlrLossFn` apply.
 pub type AlrGradFn =
     Option<unsafe extern "C" fn(user_data: *mut c_void, params: *const *const f32, grads_out: *const *mut f32, n_tensors: usize) -> i32>;
 

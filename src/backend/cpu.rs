@@ -8,15 +8,23 @@
 /// Independent f64 accumulators per reduction; fixed, so results are reproducible bit for bit.
 pub const LANES: usize = 8;
 
+/// Whether the AVX2 kernels run: the CPU has AVX2 and `AUTOLR_PORTABLE` is not set (read once).
+#[cfg(target_arch = "x86_64")]
+fn use_avx2() -> bool {
+    static AVX2: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *AVX2.get_or_init(|| std::arch::is_x86_feature_detected!("avx2") && std::env::var_os("AUTOLR_PORTABLE").is_none())
+}
+
 /// Runs a kernel compiled for AVX2 when the CPU has it, else the portable build of the same
 /// code. Both give the same bits: the operations and their order are identical (no FMA
 /// contraction; square root and division are correctly rounded at any vector width), only the
-/// vector width changes.
+/// vector width changes. `AUTOLR_PORTABLE=1` in the environment forces the portable build (the
+/// tests use it to check that claim on whole runs).
 macro_rules! dispatch {
     ($kernel:ident($($arg:expr),* $(,)?)) => {{
         #[cfg(target_arch = "x86_64")]
         {
-            if std::arch::is_x86_feature_detected!("avx2") {
+            if use_avx2() {
                 // SAFETY: the CPU supports AVX2 (checked just above).
                 return unsafe { avx2::$kernel($($arg),*) };
             }

@@ -1,0 +1,55 @@
+"""Same inputs, same bits: across runs, and between the AVX2 kernels and the portable ones
+(AUTOLR_PORTABLE=1 forces the latter), for every algorithm over a short training run."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import autolr
+
+HERE = Path(__file__).resolve().parent
+
+SCRIPT = r"""
+import hashlib, sys
+import numpy as np
+sys.path[:0] = [sys.argv[1], sys.argv[2]]
+import autolr
+rng = np.random.default_rng(3)
+shapes = [(37, 11), (11,), (5000,)]
+digest = hashlib.sha256()
+for name in autolr.ALGORITHMS:
+    extra = {"base": "auto-adam"} if name == "gi" else {}
+    params = [np.ones(s, np.float32) * 0.1 for s in shapes]
+    opt = autolr.Optimizer(name, params, **extra)
+    for t in range(25):
+        rows = [(p * 0.5 + rng.standard_normal((8,) + s)).astype(np.float32) for p, s in zip(params, shapes)]
+        kw = {}
+        if name.startswith("auto") or name.startswith("vsgd") or name == "gi":
+            kw.update(per_sample=rows)
+        if name.startswith("vsgd"):
+            kw.update(curvature=[np.full(s, 0.5, np.float32) for s in shapes])
+        if name == "gi":
+            kw.update(loss=1.0 / (t + 1), closure=lambda: 0.9 / (t + 1))
+        opt.step([r.mean(axis=0) for r in rows], **kw)
+    for p in params:
+        digest.update(p.tobytes())
+    digest.update(opt.state_dict())
+print(digest.hexdigest())
+"""
+
+
+def run(portable):
+    env = dict(os.environ)
+    env.pop("AUTOLR_PORTABLE", None)
+    if portable:
+        env["AUTOLR_PORTABLE"] = "1"
+    out = subprocess.run([sys.executable, "-c", SCRIPT, str(HERE.parents[1] / "bindings" / "python"), str(HERE)],
+                         env=env, capture_output=True, text=True, check=True)
+    return out.stdout.strip()
+
+
+def test_same_bits_run_to_run_and_on_both_kernel_builds():
+    first = run(portable=False)
+    assert first == run(portable=False)
+    assert first == run(portable=True), "the AVX2 and portable kernels gave different bits"
+    assert len(autolr.ALGORITHMS) >= 14

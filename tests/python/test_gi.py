@@ -24,6 +24,13 @@ def grads_of(params, centers):
     return [f32(h * (p.astype(np.float64) - c)) for h, p, c in zip(H, params, centers)]
 
 
+def batch_inputs(params, centers, n):
+    """Mean gradient, Σg² and mean loss of a batch of n samples with losses 0.5·Σ h (θ − c_i)²."""
+    rows = [np.stack([h * (p.astype(np.float64) - c[i]) for i in range(n)]) for h, p, c in zip(H, params, centers)]
+    loss = np.mean([loss_of(params, [c[i] for c in centers]) for i in range(n)])
+    return [f32(r.mean(axis=0)) for r in rows], [f32((r * r).sum(axis=0)) for r in rows], loss
+
+
 FIXED = [
     ("sgd", {}),
     ("momentum", {}),
@@ -63,18 +70,13 @@ def test_matches_reference_over_auto_bases(base):
     sbs = SideBySide("gi", SHAPES, seed=2, base=base)
     rng = np.random.default_rng(6)
 
-    def batch_inputs(params, centers):
-        rows = [np.stack([h * (p.astype(np.float64) - c[i]) for i in range(n)]) for h, p, c in zip(H, params, centers)]
-        loss = np.mean([loss_of(params, [c[i] for c in centers]) for i in range(n)])
-        return [f32(r.mean(axis=0)) for r in rows], [f32((r * r).sum(axis=0)) for r in rows], loss
-
     for t in range(60):
         centers = [f32(0.5 * rng.standard_normal((n,) + h.shape)) for h in H]
-        g32, s32, f_lib = batch_inputs(sbs.p32, centers)
-        g64, s64, f_ref = batch_inputs(sbs.p64, centers)
+        g32, s32, f_lib = batch_inputs(sbs.p32, centers, n)
+        g64, s64, f_ref = batch_inputs(sbs.p64, centers, n)
         sbs.step(lib_grads=g32, ref_grads=g64, lib_sum_sq=s32, ref_sum_sq=s64, batch_size=n,
                  lib_loss=f_lib, ref_loss=f_ref,
-                 lib_closure=lambda: batch_inputs(sbs.p32, centers)[2], ref_closure=lambda: batch_inputs(sbs.p64, centers)[2])
+                 lib_closure=lambda: batch_inputs(sbs.p32, centers, n)[2], ref_closure=lambda: batch_inputs(sbs.p64, centers, n)[2])
         sbs.assert_close(1e-5, f"gi/{base} step {t}")
         sbs.assert_rates_close(1e-4, f"gi/{base} step {t}")
     assert sbs.lib.telemetry()["eta"][0] != 1.0, "η never adapted"
@@ -92,18 +94,13 @@ def test_matches_reference_over_vsgd(base):
     rng = np.random.default_rng(12)
     curvature = [f32(h) for h in H]
 
-    def batch_inputs(params, centers):
-        rows = [np.stack([h * (p.astype(np.float64) - c[i]) for i in range(n)]) for h, p, c in zip(H, params, centers)]
-        loss = np.mean([loss_of(params, [c[i] for c in centers]) for i in range(n)])
-        return [f32(r.mean(axis=0)) for r in rows], [f32((r * r).sum(axis=0)) for r in rows], loss
-
     for t in range(60):
         centers = [f32(0.5 * rng.standard_normal((n,) + h.shape)) for h in H]
-        g32, s32, f_lib = batch_inputs(sbs.p32, centers)
-        g64, s64, f_ref = batch_inputs(sbs.p64, centers)
+        g32, s32, f_lib = batch_inputs(sbs.p32, centers, n)
+        g64, s64, f_ref = batch_inputs(sbs.p64, centers, n)
         sbs.step(lib_grads=g32, ref_grads=g64, lib_sum_sq=s32, ref_sum_sq=s64, batch_size=n, curvature=curvature,
                  lib_loss=f_lib, ref_loss=f_ref,
-                 lib_closure=lambda: batch_inputs(sbs.p32, centers)[2], ref_closure=lambda: batch_inputs(sbs.p64, centers)[2])
+                 lib_closure=lambda: batch_inputs(sbs.p32, centers, n)[2], ref_closure=lambda: batch_inputs(sbs.p64, centers, n)[2])
         sbs.assert_close(1e-4, f"gi/{base} step {t}")
     lib_t, ref_t = sbs.lib.telemetry(), sbs.ref.telemetry()
     np.testing.assert_allclose(lib_t["eta"], ref_t["eta"], rtol=1e-5)

@@ -55,15 +55,18 @@ pub fn specs(base: &str) -> Result<Vec<OptionSpec>> {
 /// The base's own option table, read from GI's (which holds every base option by name).
 fn base_options(base: &str, options: &Options) -> Result<Options> {
     let mut view = Options::new(registry::specs(base, "")?, options.n_groups());
-    let names: Vec<&'static str> = view.specs().iter().map(|s| s.name).collect();
-    for group in 0..options.n_groups() {
-        for name in &names {
-            let source = match *name {
-                "lr" if registry::is_fixed_rate(base) => continue,
-                "lr" => "base_lr",
-                other => other,
-            };
-            view.set(base, name, Some(group), options.get(group, source)).or_else(|_| view.set(base, name, None, options.get(group, source)))?;
+    for spec in view.specs().to_vec() {
+        let source = match spec.name {
+            "lr" if registry::is_fixed_rate(base) => continue,
+            "lr" => "base_lr",
+            other => other,
+        };
+        if spec.per_group {
+            for group in 0..options.n_groups() {
+                view.set(base, spec.name, Some(group), options.get(group, source))?;
+            }
+        } else {
+            view.set(base, spec.name, None, options.get(0, source))?;
         }
     }
     Ok(view)

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip(
-    "torch", reason="torch is not installed on this machine (PyPI has no CPU-only wheel for x86_64); the adapter is tested on the GPU machines")
+    "torch", reason="torch is not in this venv (PyPI has no CPU-only wheel for x86_64); scripts/test.sh runs these tests "
+    "with Debian's python3-torch in .venv-torch when that package installs")
 
 import autolr  # noqa: E402
 import autolr.torch as alt  # noqa: E402

@@ -139,27 +139,29 @@ def noisy_quadratic_run(algorithm, steps, seed, p=50, n=16, noise=2.0, **options
 
 
 def test_auto_sgd_follows_the_oracle_against_a_fixed_grid():
-    """On a noisy quadratic (p = 50, N = 16, σ = 2, 300 steps, 5 seeds), auto-sgd's α tracks the
-    oracle ‖ḡ‖²/E‖g‖² from above. Measured on this code: mean |α − oracle| after a 30-step warm-up
-    0.095 (asserted < 0.15); α falls as the signal vanishes; over the last 50 steps α is 4.9× the
-    oracle (asserted within 1…8×) — the accepted 2-D solutions (momentum) pull γ1 down through
-    the ν-smoothing. Final loss 0.207 against 0.183 for the best of a 9-point fixed-lr SGD grid
-    (1e-3 … 1, best at 0.032): the paper's "matches a tuned grid" does NOT hold here as a strict
-    win; asserted: within 1.5× of the best grid point and better than all but one grid point."""
-    steps, seeds = 300, range(5)
-    runs = [noisy_quadratic_run("auto-sgd", steps, seed) for seed in seeds]
+    """On a noisy quadratic (p = 1000, h from 0.2 to 1, N = 16, σ = 2, 300 steps, 5 seeds),
+    auto-sgd's α follows the oracle ‖ḡ‖²/E‖g‖² down as the signal vanishes, from above, and its
+    final loss is below the best of a 9-point fixed-lr SGD grid (1e-3 … 1) over the same steps.
+
+    Measured on this code: final loss 1.64 (median) against 3.57 for the best grid point (lr
+    0.032); mean |α − oracle| after a 30-step warm-up 0.086 (tolerance asserted: 0.1); from step
+    10 to 300 the oracle falls 33× and α falls 6×, so α ends 7× above the oracle (asserted: 1 to
+    10×). With p = 50 the same run loses to the grid (0.207 vs 0.183): a and V are sums over the
+    p coordinates, their noise shrinks like 1/√p, and below a few hundred coordinates that noise,
+    clamped one-sidedly at γ_max, keeps α from falling (README, "AutoOpt on a noisy quadratic")."""
+    steps, seeds, p = 300, range(5), 1000
+    runs = [noisy_quadratic_run("auto-sgd", steps, seed, p=p) for seed in seeds]
     lrs = np.mean([r[1] for r in runs], axis=0)
     oracle = np.mean([r[2] for r in runs], axis=0)
     gap = np.mean(np.abs(lrs[30:] - oracle[30:]))
-    assert gap < 0.15, f"mean |α − oracle| = {gap:.3f}"
-    assert lrs[10] > 2 * lrs[-1], "α did not decrease as the signal vanished"
+    assert gap < 0.1, f"mean |α − oracle| = {gap:.3f}"
+    assert lrs[10] > 3 * lrs[-1], "α did not fall as the signal vanished"
     tail_ratio = np.mean(lrs[-50:]) / np.mean(oracle[-50:])
-    assert 1.0 <= tail_ratio <= 8.0, f"α / oracle over the last 50 steps = {tail_ratio:.2f}"
+    assert 1.0 <= tail_ratio <= 10.0, f"α / oracle over the last 50 steps = {tail_ratio:.2f}"
     auto_loss = np.median([r[0] for r in runs])
     grid = np.logspace(-3, 0, 9)
-    grid_losses = np.array([np.median([noisy_quadratic_run("sgd", steps, seed, lr=lr)[0] for seed in seeds]) for lr in grid])
-    assert auto_loss < 1.5 * grid_losses.min(), f"auto-sgd {auto_loss:.4f} vs best fixed {grid_losses.min():.4f}"
-    assert np.sum(grid_losses < auto_loss) <= 1, f"auto-sgd {auto_loss:.4f} loses to {np.sum(grid_losses < auto_loss)} grid points: {grid_losses}"
+    grid_losses = np.array([np.median([noisy_quadratic_run("sgd", steps, seed, p=p, lr=lr)[0] for seed in seeds]) for lr in grid])
+    assert auto_loss < grid_losses.min(), f"auto-sgd {auto_loss:.4f} vs best fixed {grid_losses.min():.4f}: {grid_losses}"
 
 
 def test_errors_leave_everything_untouched():

@@ -249,45 +249,43 @@ impl<P: Precond> AutoOpt<P> {
     }
 
     /// Pass 1 over one tensor (reads only): returns
-    /// `[Σ D (S − N g²), Σ D g g, Σ D g d, Σ D d d]`.
+    /// `[Σ D (S − N g²), Σ D g g, Σ D g d, Σ D d d]`, summed over column blocks in block order
+    /// (the blocks may run on several threads: `cpu::map_blocks`).
     fn reduce_tensor(precond: P, grad: &[f32], state: &[P::State], samples: &Samples, tensor: usize) -> [f64; 4] {
         let n = samples.batch_size;
         // Each entry of the caller's data is k·g_i: k = 1 ("sample") or N ("mean", g_i/N given).
         let k = samples.square_scale().sqrt();
+        let len = grad.len();
         // Block scratch on the heap, not the stack: a host thread may have a small stack.
-        let block = COLUMN_BLOCK.min(grad.len());
-        let (mut diag, mut direction) = (vec![0.0f32; block], vec![0.0f32; block]);
-        let (mut spread, mut spread_f32) = (vec![0.0f64; block], vec![0.0f32; block]);
-        let mut total = [0.0f64; 4];
-        for start in (0..grad.len()).step_by(COLUMN_BLOCK) {
-            let end = (start + COLUMN_BLOCK).min(grad.len());
+        let block_scratch = || (vec![0.0f64; COLUMN_BLOCK.min(len)], vec![0.0f32; COLUMN_BLOCK.min(len)]);
+        // D as the base state will be after absorbing g (the state itself changes in pass 2), and d.
+        let weights = |st: &P::State, gj: f32| (precond.absorb(&mut st.clone(), gj), st.direction());
+        let reduce_block = |(spread, spread_f32): &mut (Vec<f64>, Vec<f32>), block: usize| {
+            let (start, end) = (block * COLUMN_BLOCK, ((block + 1) * COLUMN_BLOCK).min(len));
             let (g, st) = (&grad[start..end], &state[start..end]);
-            let (diag, direction) = (&mut diag[..end - start], &mut direction[..end - start]);
-            // f32 elementwise first (vectorises), then the f64 sums over the block.
-            // D as the base state will be after absorbing g; the state itself changes in pass 2.
-            cpu::map_pairs(st, g, diag, direction, |st, gj| (precond.absorb(&mut st.clone(), gj), st.direction()));
-            let block = match &samples.data {
+            match &samples.data {
                 SampleData::SumSq(s) => {
                     // Σ D (k² S − N g²) = k² Σ D S − N a: both sums are f64, so nothing cancels
                     // that a per-element difference would have kept.
-                    let s = &s[tensor][start..end];
-                    let [d_s, a, c, e] = cpu::weighted_moments(diag, g, direction, s);
-                    // Checked while the block is in cache; a negative S poisons the sum.
-                    let d_s = if cpu::all_non_negative(s) { d_s } else { f64::NAN };
+                    let ([d_s, a, c, e], negative) = cpu::weighted_moments(st, g, &s[tensor][start..end], weights);
+                    // A negative S poisons the sum (reported by `bad_inputs`).
+                    let d_s = if negative { f64::NAN } else { d_s };
                     [k * k * d_s - n as f64 * a, a, c, e]
                 }
                 SampleData::PerSample(rows) => {
                     let (spread, spread_f32) = (&mut spread[..end - start], &mut spread_f32[..end - start]);
-                    cpu::spread_from_rows(rows[tensor], n, grad.len(), start, k, g, spread);
+                    cpu::spread_from_rows(rows[tensor], n, len, start, k, g, spread);
                     spread_f32.iter_mut().zip(spread.iter()).for_each(|(o, s)| *o = *s as f32);
-                    cpu::weighted_moments(diag, g, direction, spread_f32)
+                    cpu::weighted_moments(st, g, spread_f32, weights).0
                 }
-            };
-            for (t, b) in total.iter_mut().zip(block) {
-                *t += b;
             }
-        }
-        total
+        };
+        let floats_read = len * match &samples.data {
+            SampleData::SumSq(_) => 2 + P::State::FLOATS,
+            SampleData::PerSample(_) => n + 1 + P::State::FLOATS,
+        };
+        let blocks = cpu::map_blocks(len.div_ceil(COLUMN_BLOCK), floats_read, block_scratch, reduce_block);
+        blocks.into_iter().fold([0.0f64; 4], |total, block| std::array::from_fn(|i| total[i] + block[i]))
     }
 
     /// Pass 1 and the per-group solve (steps 1–5), changing nothing. A non-finite sum here can

@@ -119,20 +119,23 @@ pub fn apply_scaled<S: Copy, F: Fn(f32, f32, &S) -> f32>(param: &mut [f32], grad
     dispatch!(apply_scaled(param, grad, state, scale, delta))
 }
 
-/// The weighted inner products of AutoOpt-style solves, in f64 lanes:
-/// `[Σ w s, Σ w x x, Σ w x y, Σ w y y]`.
+/// The weighted inner products of AutoOpt-style solves, with the weight `w` and the second
+/// vector `y` formed per element as `(w, y) = f(&state[i], x[i])`:
+/// `[Σ w s, Σ w x x, Σ w x y, Σ w y y]`, and whether any `s` is negative.
+///
+/// Each product is rounded to f32 and `CHUNKS_PER_WIDENING` of them are summed in f32 (relative
+/// error ~4·2⁻²⁴, far below what the solve needs) before one widening add into f64 lanes: the
+/// widening adds, not memory, bound this loop when every product is widened.
 #[inline]
-pub fn weighted_moments(w: &[f32], x: &[f32], y: &[f32], s: &[f32]) -> [f64; 4] {
-    assert!(w.len() == x.len() && x.len() == y.len() && y.len() == s.len(), "weighted_moments: lengths differ");
-    dispatch!(weighted_moments(w, x, y, s))
+pub fn weighted_moments<S: Copy, F: Fn(&S, f32) -> (f32, f32)>(state: &[S], x: &[f32], s: &[f32], f: F) -> ([f64; 4], bool) {
+    assert!(state.len() == x.len() && x.len() == s.len(), "weighted_moments: lengths differ");
+    dispatch!(weighted_moments(state, x, s, f))
 }
 
-/// `(a[i], b[i]) = f(&state[i], x[i])` over a block: elementwise work feeding a reduction.
-#[inline]
-pub fn map_pairs<S: Copy, F: Fn(&S, f32) -> (f32, f32)>(state: &[S], x: &[f32], a: &mut [f32], b: &mut [f32], f: F) {
-    assert!(state.len() == x.len() && x.len() == a.len() && a.len() == b.len(), "map_pairs: lengths differ");
-    dispatch!(map_pairs(state, x, a, b, f))
-}
+/// Chunks of `LANES` products summed in f32 before they are widened (see `weighted_moments`).
+const CHUNKS_PER_WIDENING: usize = 4;
+/// Elements per widening step.
+const GROUP: usize = LANES * CHUNKS_PER_WIDENING;
 
 /// True when every element is finite (a vectorised pass, no early exit).
 #[inline]
@@ -143,7 +146,7 @@ pub fn all_finite(x: &[f32]) -> bool {
 /// The loops themselves, written so the compiler vectorises them: elementwise work in f32, then
 /// f64 accumulation over `LANES` fixed lanes.
 mod kernels {
-    use super::{sum_lanes, LANES};
+    use super::{sum_lanes, CHUNKS_PER_WIDENING, GROUP, LANES};
 
     /// A `LANES`-long chunk as an array, so indexing it needs no bounds checks.
     #[inline(always)]
@@ -187,57 +190,95 @@ mod kernels {
     }
 
     #[inline(always)]
-    pub fn weighted_moments(w: &[f32], x: &[f32], y: &[f32], s: &[f32]) -> [f64; 4] {
-        // Each product in f32 (relative error 1e-7, far below what the solve needs), each sum in f64.
+    pub fn weighted_moments<S: Copy, F: Fn(&S, f32) -> (f32, f32)>(state: &[S], x: &[f32], s: &[f32], f: F) -> ([f64; 4], bool) {
         let mut lanes = [[0.0f64; LANES]; 4];
-        let full = w.len() - w.len() % LANES;
-        let chunks = w[..full].chunks_exact(LANES).zip(x[..full].chunks_exact(LANES)).zip(y[..full].chunks_exact(LANES)).zip(s[..full].chunks_exact(LANES));
-        for (((w, x), y), s) in chunks {
-            let (w, x, y, s) = (lanes_of(w), lanes_of(x), lanes_of(y), lanes_of(s));
-            // All products of the chunk first, as plain f32 vectors, then the widening sums.
-            let mut products = [[0.0f32; LANES]; 4];
-            for k in 0..LANES {
-                let (wx, wy) = (w[k] * x[k], w[k] * y[k]);
-                products[0][k] = w[k] * s[k];
-                products[1][k] = wx * x[k];
-                products[2][k] = wx * y[k];
-                products[3][k] = wy * y[k];
-            }
-            for (lane, product) in lanes.iter_mut().zip(&products) {
+        let mut negative = false;
+        let full = x.len() - x.len() % GROUP;
+        for start in (0..full).step_by(GROUP) {
+            let (w, y) = weights_of(&state[start..start + GROUP], &x[start..start + GROUP], &f);
+            let (x, s): (&[f32; GROUP], &[f32; GROUP]) = (group_of(&x[start..]), group_of(&s[start..]));
+            let mut partial = [[0.0f32; LANES]; 4];
+            for chunk in 0..CHUNKS_PER_WIDENING {
                 for k in 0..LANES {
-                    lane[k] += f64::from(product[k]);
+                    let i = chunk * LANES + k;
+                    let (wx, wy) = (w[i] * x[i], w[i] * y[i]);
+                    partial[0][k] += w[i] * s[i];
+                    partial[1][k] += wx * x[i];
+                    partial[2][k] += wx * y[i];
+                    partial[3][k] += wy * y[i];
                 }
             }
+            for (lane, partial) in lanes.iter_mut().zip(&partial) {
+                for k in 0..LANES {
+                    lane[k] += f64::from(partial[k]);
+                }
+            }
+            negative |= s.iter().fold(false, |found, v| found | (*v < 0.0));
         }
-        finish_moments(lanes, &w[full..], &x[full..], &y[full..], &s[full..])
+        let (sums, tail_negative) = finish_moments(lanes, &state[full..], &x[full..], &s[full..], &f);
+        (sums, negative | tail_negative)
     }
 
-    /// Adds the tail (fewer than `LANES` elements) into the first lanes and sums the lanes.
+    /// A `GROUP`-long run as an array (its first `GROUP` elements), so indexing needs no checks.
     #[inline(always)]
-    pub fn finish_moments(mut lanes: [[f64; LANES]; 4], w: &[f32], x: &[f32], y: &[f32], s: &[f32]) -> [f64; 4] {
-        for i in 0..w.len() {
-            let (wx, wy) = (w[i] * x[i], w[i] * y[i]);
-            lanes[0][i] += f64::from(w[i] * s[i]);
-            lanes[1][i] += f64::from(wx * x[i]);
-            lanes[2][i] += f64::from(wx * y[i]);
-            lanes[3][i] += f64::from(wy * y[i]);
+    pub fn group_of(run: &[f32]) -> &[f32; GROUP] {
+        run[..GROUP].try_into().expect("a full group remains")
+    }
+
+    /// `(w, y)` of one group, as two f32 arrays the products then load as vectors.
+    #[inline(always)]
+    pub fn weights_of<S: Copy, F: Fn(&S, f32) -> (f32, f32)>(state: &[S], x: &[f32], f: &F) -> ([f32; GROUP], [f32; GROUP]) {
+        let (mut w, mut y) = ([0.0f32; GROUP], [0.0f32; GROUP]);
+        let (state, x): (&[S; GROUP], &[f32; GROUP]) = (state.try_into().expect("a full group"), group_of(x));
+        for i in 0..GROUP {
+            (w[i], y[i]) = f(&state[i], x[i]);
         }
-        lanes.map(|l| sum_lanes(&l))
+        (w, y)
+    }
+
+    /// Adds the tail (fewer than `GROUP` elements) into the lanes, each product widened on its
+    /// own, and sums the lanes.
+    #[inline(always)]
+    pub fn finish_moments<S: Copy, F: Fn(&S, f32) -> (f32, f32)>(mut lanes: [[f64; LANES]; 4], state: &[S], x: &[f32], s: &[f32], f: &F) -> ([f64; 4], bool) {
+        let mut negative = false;
+        for i in 0..x.len() {
+            let (w, y) = f(&state[i], x[i]);
+            let (wx, wy) = (w * x[i], w * y);
+            let lane = i % LANES;
+            lanes[0][lane] += f64::from(w * s[i]);
+            lanes[1][lane] += f64::from(wx * x[i]);
+            lanes[2][lane] += f64::from(wx * y);
+            lanes[3][lane] += f64::from(wy * y);
+            negative |= s[i] < 0.0;
+        }
+        (lanes.map(|l| sum_lanes(&l)), negative)
+    }
+
+    /// `sum_sq += d²`, `sum_dev += d` with `d = k·x − c`, for the rows in order: per column,
+    /// the additions are the same whatever `R` is, so grouping rows changes no bit. `R` rows at
+    /// once keep the two sums in registers across rows.
+    #[inline(always)]
+    pub fn accumulate_deviations<const R: usize>(rows: [&[f32]; R], k: f32, center: &[f32], sum_sq: &mut [f32], sum_dev: &mut [f32]) {
+        // k·x = x exactly when k = 1: that loop skips the multiplication and keeps the bits.
+        if k == 1.0 {
+            deviations_of(rows, |x| x, center, sum_sq, sum_dev)
+        } else {
+            deviations_of(rows, |x| k * x, center, sum_sq, sum_dev)
+        }
     }
 
     #[inline(always)]
-    pub fn map_pairs<S: Copy, F: Fn(&S, f32) -> (f32, f32)>(state: &[S], x: &[f32], a: &mut [f32], b: &mut [f32], f: F) {
-        for (((st, &xi), ai), bi) in state.iter().zip(x).zip(a.iter_mut()).zip(b.iter_mut()) {
-            (*ai, *bi) = f(st, xi);
-        }
-    }
-
-    #[inline(always)]
-    pub fn accumulate_deviations(values: &[f32], center: &[f32], sum_sq: &mut [f32], sum_dev: &mut [f32]) {
-        for (((v, c), sq), dev) in values.iter().zip(center).zip(sum_sq.iter_mut()).zip(sum_dev.iter_mut()) {
-            let d = v - c;
-            *sq += d * d;
-            *dev += d;
+    fn deviations_of<const R: usize>(rows: [&[f32]; R], scaled: impl Fn(f32) -> f32, center: &[f32], sum_sq: &mut [f32], sum_dev: &mut [f32]) {
+        let width = center.len();
+        let rows: [&[f32]; R] = rows.map(|row| &row[..width]);
+        for (j, ((c, sq), dev)) in center.iter().zip(sum_sq[..width].iter_mut()).zip(sum_dev[..width].iter_mut()).enumerate() {
+            let (mut sq_j, mut dev_j) = (*sq, *dev);
+            for row in &rows {
+                let d = scaled(row[j]) - c;
+                sq_j += d * d;
+                dev_j += d;
+            }
+            (*sq, *dev) = (sq_j, dev_j);
         }
     }
 
@@ -261,7 +302,7 @@ mod kernels {
 /// The same kernels compiled with AVX2 enabled.
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::kernels;
+    use super::{kernels, CHUNKS_PER_WIDENING, GROUP, LANES};
 
     #[target_feature(enable = "avx2")]
     pub unsafe fn update<S: Copy, F: Fn(f32, f32, &mut S) -> f32>(param: &mut [f32], grad: &[f32], state: &mut [S], step: F) {
@@ -282,40 +323,48 @@ mod avx2 {
     /// lanes and runs at half of memory speed. Same operations, same per-lane order as
     /// `kernels::weighted_moments`, so the same bits.
     #[target_feature(enable = "avx2")]
-    pub unsafe fn weighted_moments(w: &[f32], x: &[f32], y: &[f32], s: &[f32]) -> [f64; 4] {
+    pub unsafe fn weighted_moments<S: Copy, F: Fn(&S, f32) -> (f32, f32)>(state: &[S], x: &[f32], s: &[f32], f: F) -> ([f64; 4], bool) {
         use std::arch::x86_64::*;
-        const _: () = assert!(super::LANES == 8, "one __m256 of f32 per chunk");
-        let full = w.len() - w.len() % 8;
+        const _: () = assert!(LANES == 8, "one __m256 of f32 per chunk");
+        let full = x.len() - x.len() % GROUP;
         // lanes[j] = (elements 0..4, elements 4..8) of sum j, as in the portable kernel.
         let mut lanes = [[_mm256_setzero_pd(); 2]; 4];
-        let mut i = 0;
-        while i < full {
-            let (wv, xv) = (_mm256_loadu_ps(w.as_ptr().add(i)), _mm256_loadu_ps(x.as_ptr().add(i)));
-            let (yv, sv) = (_mm256_loadu_ps(y.as_ptr().add(i)), _mm256_loadu_ps(s.as_ptr().add(i)));
-            let (wx, wy) = (_mm256_mul_ps(wv, xv), _mm256_mul_ps(wv, yv));
-            let products = [_mm256_mul_ps(wv, sv), _mm256_mul_ps(wx, xv), _mm256_mul_ps(wx, yv), _mm256_mul_ps(wy, yv)];
-            for (lane, product) in lanes.iter_mut().zip(products) {
-                lane[0] = _mm256_add_pd(lane[0], _mm256_cvtps_pd(_mm256_castps256_ps128(product)));
-                lane[1] = _mm256_add_pd(lane[1], _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(product)));
+        let mut negative = _mm256_setzero_ps();
+        let mut start = 0;
+        while start < full {
+            let (w, y) = kernels::weights_of(&state[start..start + GROUP], &x[start..start + GROUP], &f);
+            let (xg, sg) = (kernels::group_of(&x[start..]), kernels::group_of(&s[start..]));
+            let mut partial = [_mm256_setzero_ps(); 4];
+            for chunk in 0..CHUNKS_PER_WIDENING {
+                let at = chunk * LANES;
+                let (wv, xv) = (_mm256_loadu_ps(w.as_ptr().add(at)), _mm256_loadu_ps(xg.as_ptr().add(at)));
+                let (yv, sv) = (_mm256_loadu_ps(y.as_ptr().add(at)), _mm256_loadu_ps(sg.as_ptr().add(at)));
+                let (wx, wy) = (_mm256_mul_ps(wv, xv), _mm256_mul_ps(wv, yv));
+                let products = [_mm256_mul_ps(wv, sv), _mm256_mul_ps(wx, xv), _mm256_mul_ps(wx, yv), _mm256_mul_ps(wy, yv)];
+                for (p, product) in partial.iter_mut().zip(products) {
+                    *p = _mm256_add_ps(*p, product);
+                }
+                // Ordered, non-signalling `s < 0`: false for NaN, as in the portable kernel.
+                negative = _mm256_or_ps(negative, _mm256_cmp_ps::<_CMP_LT_OQ>(sv, _mm256_setzero_ps()));
             }
-            i += 8;
+            for (lane, p) in lanes.iter_mut().zip(partial) {
+                lane[0] = _mm256_add_pd(lane[0], _mm256_cvtps_pd(_mm256_castps256_ps128(p)));
+                lane[1] = _mm256_add_pd(lane[1], _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(p)));
+            }
+            start += GROUP;
         }
-        let mut out = [[0.0f64; 8]; 4];
+        let mut out = [[0.0f64; LANES]; 4];
         for (o, lane) in out.iter_mut().zip(lanes) {
             _mm256_storeu_pd(o.as_mut_ptr(), lane[0]);
             _mm256_storeu_pd(o.as_mut_ptr().add(4), lane[1]);
         }
-        kernels::finish_moments(out, &w[full..], &x[full..], &y[full..], &s[full..])
+        let (sums, tail_negative) = kernels::finish_moments(out, &state[full..], &x[full..], &s[full..], &f);
+        (sums, _mm256_movemask_ps(negative) != 0 || tail_negative)
     }
 
     #[target_feature(enable = "avx2")]
-    pub unsafe fn map_pairs<S: Copy, F: Fn(&S, f32) -> (f32, f32)>(state: &[S], x: &[f32], a: &mut [f32], b: &mut [f32], f: F) {
-        kernels::map_pairs(state, x, a, b, f)
-    }
-
-    #[target_feature(enable = "avx2")]
-    pub unsafe fn accumulate_deviations(values: &[f32], center: &[f32], sum_sq: &mut [f32], sum_dev: &mut [f32]) {
-        kernels::accumulate_deviations(values, center, sum_sq, sum_dev)
+    pub unsafe fn accumulate_deviations<const R: usize>(rows: [&[f32]; R], k: f32, center: &[f32], sum_sq: &mut [f32], sum_dev: &mut [f32]) {
+        kernels::accumulate_deviations(rows, k, center, sum_sq, sum_dev)
     }
 
     #[target_feature(enable = "avx2")]
@@ -369,6 +418,49 @@ pub fn all_non_negative(x: &[f32]) -> bool {
     x.chunks(4096).all(|c| c.iter().fold(true, |ok, v| ok & !(*v < 0.0)))
 }
 
+/// Worker threads for the block reductions: `AUTOLR_NUM_THREADS` (a positive integer), else
+/// every core the process may use (read once).
+pub fn threads() -> usize {
+    static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *THREADS.get_or_init(|| {
+        std::env::var("AUTOLR_NUM_THREADS")
+            .ok()
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .filter(|&n| n > 0)
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+    })
+}
+
+/// Below this many input floats per call a reduction runs on the calling thread: starting
+/// workers costs tens of microseconds.
+const FLOATS_PER_THREAD: usize = 1 << 20;
+
+/// `f(scratch, block)` for every block in `0..n_blocks`, in block order in the result. Blocks
+/// are split into contiguous runs over up to `threads()` workers (each with its own scratch from
+/// `scratch`) when the call reads at least `FLOATS_PER_THREAD` floats per worker. Each block's
+/// result is computed the same way on any thread, and the caller combines them in block order,
+/// so the bits never depend on the number of threads.
+pub fn map_blocks<T: Send, W>(n_blocks: usize, floats: usize, scratch: impl Fn() -> W + Sync, f: impl Fn(&mut W, usize) -> T + Sync) -> Vec<T> {
+    let workers = threads().min(n_blocks).min(floats / FLOATS_PER_THREAD).max(1);
+    let run = |blocks: std::ops::Range<usize>| {
+        let mut w = scratch();
+        blocks.map(|b| f(&mut w, b)).collect::<Vec<T>>()
+    };
+    if workers == 1 {
+        return run(0..n_blocks);
+    }
+    let per_worker = n_blocks.div_ceil(workers);
+    std::thread::scope(|scope| {
+        let run = &run;
+        let handles: Vec<_> = (1..workers).map(|w| scope.spawn(move || run(w * per_worker..((w + 1) * per_worker).min(n_blocks)))).collect();
+        // The calling thread takes the first run itself.
+        let mut out = run(0..per_worker.min(n_blocks));
+        // A worker's panic is re-raised here, on the caller's thread (the C ABI's guard catches it).
+        handles.into_iter().for_each(|h| out.extend(h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))));
+        out
+    })
+}
+
 /// Index of the first negative element.
 pub fn first_negative(x: &[f32]) -> Option<usize> {
     x.iter().position(|v| *v < 0.0)
@@ -376,7 +468,7 @@ pub fn first_negative(x: &[f32]) -> Option<usize> {
 
 /// Columns handled per block when a per-sample matrix is reduced: the block's rows stay in cache
 /// while every row is visited, so the matrix is read from memory once.
-pub const COLUMN_BLOCK: usize = 4096;
+pub const COLUMN_BLOCK: usize = 32768;
 
 /// Per-sample spread of one block of columns `[start, start + out.len())`:
 /// `out[j] = Σ_i (k·x_ij)² − N·center_j²` (with `k·x_ij` the per-sample value and `N` rows),
@@ -389,25 +481,27 @@ pub fn spread_from_rows(rows: &[f32], n_rows: usize, len: usize, start: usize, k
     // Per row in f32: dev = k·x − c is exact when k·x and c are close (Sterbenz), which is
     // exactly when the spread is small; the sums over N rows add only N·ε relative error.
     // Heap scratch, not the stack: a host thread may have a small stack.
-    let (mut sum_sq, mut sum_dev, mut scaled) = (vec![0.0f32; width], vec![0.0f32; width], vec![0.0f32; width]);
+    let (mut sum_sq, mut sum_dev) = (vec![0.0f32; width], vec![0.0f32; width]);
     let k = k as f32;
-    for row in rows.chunks_exact(len) {
-        let row = &row[start..start + width];
-        if k == 1.0 {
-            accumulate_deviations(row, center, &mut sum_sq, &mut sum_dev);
-        } else {
-            scaled.iter_mut().zip(row).for_each(|(s, x)| *s = k * x);
-            accumulate_deviations(&scaled, center, &mut sum_sq, &mut sum_dev);
-        }
+    let mut row_groups = rows.chunks_exact(ROWS_AT_ONCE * len);
+    for group in &mut row_groups {
+        let group: [&[f32]; ROWS_AT_ONCE] = std::array::from_fn(|r| &group[r * len + start..r * len + start + width]);
+        accumulate_deviations(group, k, center, &mut sum_sq, &mut sum_dev);
+    }
+    for row in row_groups.remainder().chunks_exact(len) {
+        accumulate_deviations([&row[start..start + width]], k, center, &mut sum_sq, &mut sum_dev);
     }
     for (((o, sq), dev), c) in out.iter_mut().zip(sum_sq.iter()).zip(sum_dev.iter()).zip(center) {
         *o = f64::from(*sq) + 2.0 * f64::from(*c) * f64::from(*dev);
     }
 }
 
+/// Rows of a per-sample block reduced together (their sums stay in registers across them).
+const ROWS_AT_ONCE: usize = 16;
+
 #[inline]
-fn accumulate_deviations(values: &[f32], center: &[f32], sum_sq: &mut [f32], sum_dev: &mut [f32]) {
-    dispatch!(accumulate_deviations(values, center, sum_sq, sum_dev))
+fn accumulate_deviations<const R: usize>(rows: [&[f32]; R], k: f32, center: &[f32], sum_sq: &mut [f32], sum_dev: &mut [f32]) {
+    dispatch!(accumulate_deviations(rows, k, center, sum_sq, sum_dev))
 }
 
 /// The same spread from the vector `S = Σ_i x_i²` (entries scaled by `k²`):
@@ -471,18 +565,54 @@ mod tests {
 
     #[test]
     fn weighted_moments_same_bits_on_every_path() {
-        let n = 1003;
-        let v = |k: u32| (0..n).map(|i| ((i as u32 * 2654435761u32 ^ k) >> 9) as f32 / 8_388_608.0 - 0.7).collect::<Vec<f32>>();
-        let (w, x, y, s) = (v(1), v(2), v(3), v(4));
-        let portable = kernels::weighted_moments(&w, &x, &y, &s);
-        #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: AVX2 is present (checked).
-            let vectorised = unsafe { avx2::weighted_moments(&w, &x, &y, &s) };
-            assert_eq!(portable.map(f64::to_bits), vectorised.map(f64::to_bits));
+        // Lengths below, at and past whole groups, so the tail path is covered too.
+        for n in [7, GROUP, 1003] {
+            let v = |k: u32| (0..n).map(|i| ((i as u32 * 2654435761u32 ^ k) >> 9) as f32 / 8_388_608.0 - 0.7).collect::<Vec<f32>>();
+            let (state, x, mut s) = (v(1), v(2), v(4));
+            let pair = |st: &f32, xi: f32| (*st * 1.5, xi - *st);
+            let portable = kernels::weighted_moments(&state, &x, &s, pair);
+            #[cfg(target_arch = "x86_64")]
+            if std::arch::is_x86_feature_detected!("avx2") {
+                // SAFETY: AVX2 is present (checked).
+                let vectorised = unsafe { avx2::weighted_moments(&state, &x, &s, pair) };
+                assert_eq!(portable.0.map(f64::to_bits), vectorised.0.map(f64::to_bits));
+                assert_eq!(portable.1, vectorised.1);
+            }
+            // Against a plain f64 sum of the same f32 products (only the f32 partial sums differ).
+            let naive = |j: usize| -> f64 {
+                (0..n)
+                    .map(|i| {
+                        let (w, yy) = pair(&state[i], x[i]);
+                        f64::from([w * s[i], w * x[i] * x[i], w * x[i] * yy, w * yy * yy][j])
+                    })
+                    .sum()
+            };
+            for j in 0..4 {
+                assert!((portable.0[j] - naive(j)).abs() < 1e-6 * naive(j).abs().max(1.0), "sum {j}: {} vs {}", portable.0[j], naive(j));
+            }
+            // A negative s anywhere, in a group or in the tail, is reported.
+            assert!(portable.1, "v(4) has negative entries");
+            s.iter_mut().for_each(|x| *x = x.abs());
+            assert!(!kernels::weighted_moments(&state, &x, &s, pair).1);
+            s[n - 1] = -1.0;
+            assert!(weighted_moments(&state, &x, &s, pair).1);
         }
-        let naive: f64 = w.iter().zip(&s).map(|(a, b)| f64::from(a * b)).sum();
-        assert!((portable[0] - naive).abs() < 1e-9 * naive.abs().max(1.0));
+    }
+
+    #[test]
+    fn grouped_rows_give_the_same_bits() {
+        let (n_rows, len) = (7, 37);
+        let rows: Vec<f32> = (0..n_rows * len).map(|i| ((i as f32) * 0.731).sin() * 3.0).collect();
+        let center: Vec<f32> = (0..len).map(|j| (j as f32 * 0.1).cos()).collect();
+        let mut grouped = vec![0.0f64; 20];
+        spread_from_rows(&rows, n_rows, len, 10, 1.0, &center[10..30], &mut grouped);
+        // One row at a time, in order.
+        let (mut sq, mut dev) = (vec![0.0f32; 20], vec![0.0f32; 20]);
+        for row in rows.chunks_exact(len) {
+            kernels::accumulate_deviations([&row[10..30]], 1.0, &center[10..30], &mut sq, &mut dev);
+        }
+        let single: Vec<f64> = (0..20).map(|j| f64::from(sq[j]) + 2.0 * f64::from(center[10 + j]) * f64::from(dev[j])).collect();
+        assert_eq!(grouped, single);
     }
 
     #[test]

@@ -1,5 +1,6 @@
-"""Same inputs, same bits: across runs, and between the AVX2 kernels and the portable ones
-(AUTOLR_PORTABLE=1 forces the latter), for every algorithm over a short training run."""
+"""Same inputs, same bits: across runs, between the AVX2 kernels and the portable ones
+(AUTOLR_PORTABLE=1 forces the latter), for every algorithm over a short training run; and for
+the per-sample reductions, between one worker thread and several (AUTOLR_NUM_THREADS)."""
 import os
 import subprocess
 import sys
@@ -15,13 +16,17 @@ import numpy as np
 sys.path[:0] = [sys.argv[1], sys.argv[2]]
 import autolr
 rng = np.random.default_rng(3)
-shapes = [(37, 11), (11,), (5000,)]
+# "large": one tensor whose 8 × len per-sample matrix is big enough to be split over workers.
+large = sys.argv[3] == "large"
+shapes = [(1 << 18,)] if large else [(37, 11), (11,), (5000,)]
+names = ["auto-sgd", "auto-adam", "auto-adagrad", "gi"] if large else autolr.ALGORITHMS
+steps = 4 if large else 25
 digest = hashlib.sha256()
-for name in autolr.ALGORITHMS:
+for name in names:
     extra = {"base": "auto-adam"} if name == "gi" else {}
     params = [np.ones(s, np.float32) * 0.1 for s in shapes]
     opt = autolr.Optimizer(name, params, **extra)
-    for t in range(25):
+    for t in range(steps):
         rows = [(p * 0.5 + rng.standard_normal((8,) + s)).astype(np.float32) for p, s in zip(params, shapes)]
         kw = {}
         if name.startswith("auto") or name.startswith("vsgd") or name == "gi":
@@ -38,12 +43,15 @@ print(digest.hexdigest())
 """
 
 
-def run(portable):
+def run(portable, threads=None, case="all"):
     env = dict(os.environ)
     env.pop("AUTOLR_PORTABLE", None)
+    env.pop("AUTOLR_NUM_THREADS", None)
     if portable:
         env["AUTOLR_PORTABLE"] = "1"
-    out = subprocess.run([sys.executable, "-c", SCRIPT, str(HERE.parents[1] / "bindings" / "python"), str(HERE)],
+    if threads:
+        env["AUTOLR_NUM_THREADS"] = str(threads)
+    out = subprocess.run([sys.executable, "-c", SCRIPT, str(HERE.parents[1] / "bindings" / "python"), str(HERE), case],
                          env=env, capture_output=True, text=True, check=True)
     return out.stdout.strip()
 
@@ -53,3 +61,9 @@ def test_same_bits_run_to_run_and_on_both_kernel_builds():
     assert first == run(portable=False)
     assert first == run(portable=True), "the AVX2 and portable kernels gave different bits"
     assert len(autolr.ALGORITHMS) >= 14
+
+
+def test_same_bits_on_one_worker_thread_and_on_several():
+    one = run(portable=False, threads=1, case="large")
+    assert one == run(portable=False, threads=2, case="large"), "1 and 2 worker threads gave different bits"
+    assert one == run(portable=False, threads=3, case="large"), "1 and 3 worker threads gave different bits"

@@ -203,7 +203,8 @@ const char *alr_status_name(int32_t status);
 // Free it with `alr_destroy`. Options start at their defaults (ALGORITHMS.md).
 // Returns ALR_OK, ALR_NULL_POINTER, ALR_INVALID_ARGUMENT (unknown algorithm — the message
 // lists the accepted names —, bad group ids, zero-length tensor, struct_size too small),
-// ALR_UNSUPPORTED (CUDA device on a build without the `cuda` feature), ALR_CUDA_ERROR.
+// ALR_UNSUPPORTED (a CUDA device: this version steps on the CPU only), ALR_CUDA_ERROR (built
+// with the `cuda` feature, and no CUDA driver or no such device).
 enum AlrStatus alr_create(const struct AlrCreateArgs *args, struct AlrOptimizer **out);
 
 // Frees an optimizer. NULL is a no-op. Returns ALR_OK, or ALR_INVALID_ARGUMENT for a handle

@@ -2,7 +2,8 @@
 # Runs every test of autolr, doing all set-up itself on a fresh Debian machine:
 # system packages (valgrind, g++, the Fashion-MNIST data, Debian's CPU build of PyTorch), a Python
 # venv (.venv) with numpy, pytest, scikit-learn and setuptools, the release build, then: Rust unit
-# and integration tests (the header freshness check among them), the check that the generated
+# and integration tests (the header freshness check among them), the CUDA kernels compiled with
+# nvcc (the system's, or NVIDIA's pip wheel) and the no-driver error checked, the check that the generated
 # bindings match include/autolr.h, the C ABI test under valgrind, the C++ binding's tests, and
 # the Python tests. The torch adapter's tests run with Debian's python3-torch through a second
 # venv (.venv-torch) when that package installs; otherwise pytest shows them as skipped, saying why.
@@ -32,6 +33,19 @@ cargo build --release --all-targets
 echo "== cargo test"
 # Benches are built above but not run here: they measure, they do not test.
 cargo test --release --lib --tests --examples
+echo "== CUDA kernels (feature cuda; own target dir, so the CPU build the tests below load is untouched)"
+# nvcc: $NVCC if set, else one on PATH, else NVIDIA's nvidia-cuda-nvcc wheel in .venv (what CI
+# gets): a kernel that does not compile fails the test command.
+if [ -z "${NVCC:-}" ]; then
+  if command -v nvcc >/dev/null; then
+    NVCC="$(command -v nvcc)"
+  else
+    .venv/bin/pip install -q --disable-pip-version-check nvidia-cuda-nvcc==13.5.37
+    NVCC="$(ls -d "$PWD"/.venv/lib/python3*/site-packages/nvidia/cu13/bin/nvcc | head -n 1)"
+  fi
+fi
+export NVCC
+CARGO_TARGET_DIR=target/cuda cargo test --release --features cuda --lib --test cuda_device
 echo "== generated bindings"
 python3 scripts/gen_bindings.py --check
 echo "== C ABI test (valgrind)"

@@ -5,7 +5,9 @@ use crate::options::{OptionSpec, Options};
 
 pub struct Adagrad;
 
+/// `#[repr(C)]`: the same struct, field for field, is the kernel argument in cuda/fixed_rate.cu.
 #[derive(Clone, Copy)]
+#[repr(C)]
 pub struct AdagradCoeffs {
     lr: f32,
     weight_decay: f32,

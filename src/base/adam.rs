@@ -9,7 +9,9 @@ use crate::options::{OptionSpec, Options};
 /// `DECOUPLED = false`: Adam; `true`: AdamW.
 pub struct Adam<const DECOUPLED: bool>;
 
+/// `#[repr(C)]`: the same struct, field for field, is the kernel argument in cuda/fixed_rate.cu.
 #[derive(Clone, Copy)]
+#[repr(C)]
 pub struct AdamCoeffs {
     weight_decay: f32,
     beta1: f32,

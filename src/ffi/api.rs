@@ -187,7 +187,8 @@ pub extern "C" fn alr_status_name(status: i32) -> *const c_char {
 /// Free it with `alr_destroy`. Options start at their defaults (ALGORITHMS.md).
 /// Returns ALR_OK, ALR_NULL_POINTER, ALR_INVALID_ARGUMENT (unknown algorithm — the message
 /// lists the accepted names —, bad group ids, zero-length tensor, struct_size too small),
-/// ALR_UNSUPPORTED (CUDA device on a build without the `cuda` feature), ALR_CUDA_ERROR.
+/// ALR_UNSUPPORTED (a CUDA device: this version steps on the CPU only), ALR_CUDA_ERROR (built
+/// with the `cuda` feature, and no CUDA driver or no such device).
 #[no_mangle]
 pub extern "C" fn alr_create(args: *const AlrCreateArgs, out: *mut *mut AlrOptimizer) -> AlrStatus {
     guard("alr_create", || {
@@ -215,11 +216,7 @@ pub extern "C" fn alr_create(args: *const AlrCreateArgs, out: *mut *mut AlrOptim
         };
         match args.device {
             d if d == AlrDevice::AlrDeviceCpu as i32 => {}
-            d if d == AlrDevice::AlrDeviceCuda as i32 => {
-                return Err(Error::unsupported(
-                    "autolr has no CUDA backend yet (this version runs on the CPU only): create the optimizer on ALR_DEVICE_CPU",
-                ))
-            }
+            d if d == AlrDevice::AlrDeviceCuda as i32 => return Err(cuda_unavailable(args.device_ordinal)),
             d => return Err(Error::invalid(format!("device is {d}; accepted: ALR_DEVICE_CPU (0), ALR_DEVICE_CUDA (1)"))),
         }
         let opt = Optimizer::new(name, lens, groups.as_deref())?;
@@ -227,6 +224,25 @@ pub extern "C" fn alr_create(args: *const AlrCreateArgs, out: *mut *mut AlrOptim
         unsafe { *out = handle::register(opt) };
         Ok(())
     })
+}
+
+/// Why an optimizer cannot be created on CUDA device `ordinal` with this build.
+#[cfg(not(feature = "cuda"))]
+fn cuda_unavailable(_ordinal: i32) -> Error {
+    Error::unsupported("this build of autolr has no CUDA backend (built without the `cuda` feature): create the optimizer on ALR_DEVICE_CPU")
+}
+
+/// Why an optimizer cannot be created on CUDA device `ordinal` with this build: no driver or no
+/// such device (ALR_CUDA_ERROR), else steps on the device are not wired yet (ALR_UNSUPPORTED).
+#[cfg(feature = "cuda")]
+fn cuda_unavailable(ordinal: i32) -> Error {
+    match crate::backend::cuda::Device::open(ordinal) {
+        Err(e) => e,
+        Ok(device) => Error::unsupported(format!(
+            "CUDA device {} opened, but this version runs optimizer steps on the CPU only (the CUDA steps are not wired yet): create the optimizer on ALR_DEVICE_CPU",
+            device.ordinal()
+        )),
+    }
 }
 
 /// Frees an optimizer. NULL is a no-op. Returns ALR_OK, or ALR_INVALID_ARGUMENT for a handle

@@ -1,0 +1,50 @@
+//! Creating an optimizer on a CUDA device through the C ABI, on a build with the `cuda` feature:
+//! a clear ALR_CUDA_ERROR — never a crash — without a driver or for a device the machine does
+//! not have. Run by the test command whenever nvcc is available:
+//! `cargo test --features cuda --test cuda_device`.
+#![cfg(feature = "cuda")]
+
+use autolr::ffi::{alr_create, alr_last_error, AlrCreateArgs, AlrDevice, AlrOptimizer};
+use autolr::AlrStatus;
+use std::ffi::CStr;
+
+fn create_on_cuda(ordinal: i32) -> (AlrStatus, String, *mut AlrOptimizer) {
+    let lens = [10usize, 3];
+    let args = AlrCreateArgs {
+        struct_size: std::mem::size_of::<AlrCreateArgs>(),
+        algorithm: c"adam".as_ptr(),
+        n_tensors: lens.len(),
+        lens: lens.as_ptr(),
+        groups: std::ptr::null(),
+        device: AlrDevice::AlrDeviceCuda as i32,
+        device_ordinal: ordinal,
+        stream: std::ptr::null_mut(),
+    };
+    let mut out: *mut AlrOptimizer = std::ptr::dangling_mut();
+    let status = alr_create(&args, &mut out);
+    // SAFETY: alr_last_error returns a NUL-terminated thread-local string (never NULL).
+    let message = unsafe { CStr::from_ptr(alr_last_error()) }.to_string_lossy().into_owned();
+    (status, message, out)
+}
+
+fn driver_present() -> bool {
+    // SAFETY: only probes whether libcuda can be loaded.
+    unsafe { cudarc::driver::sys::is_culib_present() }
+}
+
+#[test]
+fn no_driver_or_no_device_is_a_clear_cuda_error() {
+    let (status, message, out) = create_on_cuda(if driver_present() { 4096 } else { 0 });
+    assert_eq!(status, AlrStatus::AlrCudaError, "{message}");
+    assert!(out.is_null(), "alr_create must set *out = NULL on failure");
+    let expected = if driver_present() { "cannot open CUDA device 4096" } else { "no CUDA driver" };
+    assert!(message.contains(expected), "message {message:?} lacks {expected:?}");
+}
+
+#[test]
+fn a_negative_ordinal_is_an_invalid_argument_where_a_driver_exists() {
+    let (status, message, out) = create_on_cuda(-1);
+    let expected = if driver_present() { AlrStatus::AlrInvalidArgument } else { AlrStatus::AlrCudaError };
+    assert_eq!(status, expected, "{message}");
+    assert!(out.is_null());
+}

@@ -259,22 +259,12 @@ mod kernels {
     /// once keep the two sums in registers across rows.
     #[inline(always)]
     pub fn accumulate_deviations<const R: usize>(rows: [&[f32]; R], k: f32, center: &[f32], sum_sq: &mut [f32], sum_dev: &mut [f32]) {
-        // k·x = x exactly when k = 1: that loop skips the multiplication and keeps the bits.
-        if k == 1.0 {
-            deviations_of(rows, |x| x, center, sum_sq, sum_dev)
-        } else {
-            deviations_of(rows, |x| k * x, center, sum_sq, sum_dev)
-        }
-    }
-
-    #[inline(always)]
-    fn deviations_of<const R: usize>(rows: [&[f32]; R], scaled: impl Fn(f32) -> f32, center: &[f32], sum_sq: &mut [f32], sum_dev: &mut [f32]) {
         let width = center.len();
         let rows: [&[f32]; R] = rows.map(|row| &row[..width]);
         for (j, ((c, sq), dev)) in center.iter().zip(sum_sq[..width].iter_mut()).zip(sum_dev[..width].iter_mut()).enumerate() {
             let (mut sq_j, mut dev_j) = (*sq, *dev);
             for row in &rows {
-                let d = scaled(row[j]) - c;
+                let d = k * row[j] - c;
                 sq_j += d * d;
                 dev_j += d;
             }

@@ -27,24 +27,49 @@ fn median_seconds(mut run: impl FnMut(), reps: usize) -> f64 {
     times[reps / 2]
 }
 
-/// Seconds to move `bytes` bytes with a memcpy (bytes/2 read, bytes/2 written), split into
-/// `workers` contiguous parts copied on as many threads (the library's own thread count, so the
-/// floor uses the same cores as the step it is compared with).
-fn memcpy_seconds(bytes: usize, workers: usize, reps: usize) -> f64 {
-    let n = bytes / 8; // f32 elements in each of source and destination
-    let src = vec![1.0f32; n];
-    let mut dst = vec![0.0f32; n];
-    let part = n.div_ceil(workers);
-    median_seconds(
-        || {
-            std::thread::scope(|scope| {
-                for (d, s) in dst.chunks_mut(part).zip(src.chunks(part)) {
-                    scope.spawn(move || d.copy_from_slice(std::hint::black_box(s)));
-                }
-            })
-        },
-        reps,
-    )
+/// A memcpy of `bytes` bytes (bytes/2 read, bytes/2 written), split into `workers` contiguous
+/// parts copied on as many threads (the library's own thread count, so the floor uses the same
+/// cores as the step it is compared with).
+struct Memcpy {
+    src: Vec<f32>,
+    dst: Vec<f32>,
+    workers: usize,
+}
+
+impl Memcpy {
+    fn new(bytes: usize, workers: usize) -> Self {
+        let n = bytes / 8; // f32 elements in each of source and destination
+        Memcpy { src: vec![1.0f32; n], dst: vec![0.0f32; n], workers }
+    }
+
+    fn run(&mut self) {
+        let part = self.src.len().div_ceil(self.workers);
+        std::thread::scope(|scope| {
+            for (d, s) in self.dst.chunks_mut(part).zip(self.src.chunks(part)) {
+                scope.spawn(move || d.copy_from_slice(std::hint::black_box(s)));
+            }
+        })
+    }
+}
+
+/// Median over `reps` of (memcpy time / step time), each pair timed back to back: a shared
+/// machine's bandwidth drifts by tens of percent within a minute, and pairing cancels that
+/// drift where separate medians would compare different moments. Also returns the median
+/// times of each.
+fn paired_ratio(copy: &mut Memcpy, mut step: impl FnMut(), reps: usize) -> (f64, f64, f64) {
+    let time = |f: &mut dyn FnMut()| {
+        let start = Instant::now();
+        f();
+        start.elapsed().as_secs_f64()
+    };
+    copy.run();
+    step(); // warm-up: page faults, first-touch of state
+    let pairs: Vec<(f64, f64)> = (0..reps).map(|_| (time(&mut || copy.run()), time(&mut step))).collect();
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        v[v.len() / 2]
+    };
+    (median(pairs.iter().map(|(c, s)| c / s).collect()), median(pairs.iter().map(|p| p.0).collect()), median(pairs.iter().map(|p| p.1).collect()))
 }
 
 fn filled(p: usize, seed: u32) -> Vec<f32> {
@@ -57,28 +82,24 @@ struct Setup {
     sum_sq: Vec<f32>,
 }
 
-fn step_seconds(opt: &mut Optimizer, setup: &mut Setup, per_sample: Option<&[f32]>, n: usize, gi: bool, reps: usize) -> f64 {
+/// One step of `opt` on `setup`'s tensors.
+fn step_once(opt: &mut Optimizer, setup: &mut Setup, per_sample: Option<&[f32]>, n: usize, gi: bool) {
     let Setup { params, grad, sum_sq } = setup;
-    median_seconds(
-        || {
-            let mut inputs = StepInputs::new(vec![&grad[..]]);
-            let wants_samples = opt.algorithm().starts_with("auto") || opt.base().starts_with("auto");
-            if wants_samples {
-                let data = match per_sample {
-                    Some(rows) => SampleData::PerSample(vec![rows]),
-                    None => SampleData::SumSq(vec![&sum_sq[..]]),
-                };
-                inputs.samples = Some(Samples { data, scale: SampleScale::Sample, batch_size: n });
-            }
-            let mut callbacks = Callbacks::default();
-            if gi {
-                inputs.loss = Some(1.0);
-                callbacks.loss_fn = Some(Box::new(|_: &[&[f32]]| Ok(0.999)));
-            }
-            opt.step(&mut [&mut params[..]], &inputs, &mut callbacks).expect("step");
-        },
-        reps,
-    )
+    let mut inputs = StepInputs::new(vec![&grad[..]]);
+    let wants_samples = opt.algorithm().starts_with("auto") || opt.base().starts_with("auto");
+    if wants_samples {
+        let data = match per_sample {
+            Some(rows) => SampleData::PerSample(vec![rows]),
+            None => SampleData::SumSq(vec![&sum_sq[..]]),
+        };
+        inputs.samples = Some(Samples { data, scale: SampleScale::Sample, batch_size: n });
+    }
+    let mut callbacks = Callbacks::default();
+    if gi {
+        inputs.loss = Some(1.0);
+        callbacks.loss_fn = Some(Box::new(|_: &[&[f32]]| Ok(0.999)));
+    }
+    opt.step(&mut [&mut params[..]], &inputs, &mut callbacks).expect("step");
 }
 
 fn main() {
@@ -91,7 +112,7 @@ fn main() {
         if let Some(base) = base {
             opt.set_option_str("base", base).expect("base");
         }
-        step_seconds(&mut opt, &mut setup, per_sample, n, gi, reps)
+        median_seconds(|| step_once(&mut opt, &mut setup, per_sample, n, gi), reps)
     };
 
     let workers = autolr::backend::cpu::threads();
@@ -120,25 +141,20 @@ fn main() {
     let rows = filled(p_matrix * n_matrix, 4);
     let mut setup_m = Setup { params: filled(p_matrix, 1), grad: filled(p_matrix, 2), sum_sq: Vec::new() };
     println!("\nAutoOpt with the N × len per-sample matrix (N = {n_matrix}, p = {p_matrix}):\n");
-    println!("| step | floor bytes/elem | time (ms) | GB/s | memcpy GB/s | ratio |\n|---|---|---|---|---|---|");
-    // As above, the first run over the matrix pays for cold caches and page mapping: discard it.
-    step_seconds(&mut Optimizer::new("auto-sgd", &[p_matrix], None).expect("create"), &mut setup_m, Some(&rows), n_matrix, false, reps);
+    println!("| step | floor bytes/elem | time (ms) | GB/s | memcpy GB/s | ratio (median of paired runs) |\n|---|---|---|---|---|---|");
     // read: matrix, g, θ, state; write: θ, state
     let bytes_of = |state_floats: usize| (4 * n_matrix + 4 * (2 + state_floats) + 4 * (1 + state_floats)) * p_matrix;
     for (name, state_floats) in [("auto-sgd", 1usize), ("auto-adam", 2), ("auto-adagrad", 2)] {
         let mut opt = Optimizer::new(name, &[p_matrix], None).expect("create");
-        // The floor is measured before and after the step and the faster copy kept: a shared
-        // machine's bandwidth drifts, and the faster floor is the stricter one.
-        let copy_before = memcpy_seconds(bytes_of(state_floats), workers, reps);
-        let t = step_seconds(&mut opt, &mut setup_m, Some(&rows), n_matrix, false, reps);
-        let (per_elem, bytes) = (bytes_of(state_floats) / p_matrix, bytes_of(state_floats));
-        let copy = copy_before.min(memcpy_seconds(bytes, workers, reps));
+        let bytes = bytes_of(state_floats);
+        let mut copy = Memcpy::new(bytes, workers);
+        let (ratio, copy_s, step_s) = paired_ratio(&mut copy, || step_once(&mut opt, &mut setup_m, Some(&rows), n_matrix, false), reps);
         println!(
-            "| {name} | {per_elem} | {:.2} | {:.2} | {:.2} | {:.2} |",
-            t * 1e3,
-            bytes as f64 / t / 1e9,
-            bytes as f64 / copy / 1e9,
-            copy / t
+            "| {name} | {} | {:.2} | {:.2} | {:.2} | {ratio:.2} |",
+            bytes / p_matrix,
+            step_s * 1e3,
+            bytes as f64 / step_s / 1e9,
+            bytes as f64 / copy_s / 1e9,
         );
     }
 }

@@ -257,10 +257,10 @@ impl<P: Precond> AutoOpt<P> {
         let k = samples.square_scale().sqrt();
         let len = grad.len();
         // Block scratch on the heap, not the stack: a host thread may have a small stack.
-        let block_scratch = || (vec![0.0f64; COLUMN_BLOCK.min(len)], vec![0.0f32; COLUMN_BLOCK.min(len)]);
+        let block_scratch = || vec![0.0f32; COLUMN_BLOCK.min(len)];
         // D as the base state will be after absorbing g (the state itself changes in pass 2), and d.
         let weights = |st: &P::State, gj: f32| (precond.absorb(&mut st.clone(), gj), st.direction());
-        let reduce_block = |(spread, spread_f32): &mut (Vec<f64>, Vec<f32>), block: usize| {
+        let reduce_block = |spread: &mut Vec<f32>, block: usize| {
             let (start, end) = (block * COLUMN_BLOCK, ((block + 1) * COLUMN_BLOCK).min(len));
             let (g, st) = (&grad[start..end], &state[start..end]);
             match &samples.data {
@@ -273,10 +273,9 @@ impl<P: Precond> AutoOpt<P> {
                     [k * k * d_s - n as f64 * a, a, c, e]
                 }
                 SampleData::PerSample(rows) => {
-                    let (spread, spread_f32) = (&mut spread[..end - start], &mut spread_f32[..end - start]);
+                    let spread = &mut spread[..end - start];
                     cpu::spread_from_rows(rows[tensor], n, len, start, k, g, spread);
-                    spread_f32.iter_mut().zip(spread.iter()).for_each(|(o, s)| *o = *s as f32);
-                    cpu::weighted_moments(st, g, spread_f32, weights).0
+                    cpu::weighted_moments(st, g, spread, weights).0
                 }
             }
         };

@@ -460,12 +460,32 @@ pub fn first_negative(x: &[f32]) -> Option<usize> {
 /// while every row is visited, so the matrix is read from memory once.
 pub const COLUMN_BLOCK: usize = 32768;
 
+/// A spread value as stored by its consumer: f64, or rounded once to f32 (the precision of the
+/// products it is summed with, and half the cache traffic).
+pub trait SpreadValue: Copy {
+    fn from_f64(value: f64) -> Self;
+}
+
+impl SpreadValue for f64 {
+    #[inline(always)]
+    fn from_f64(value: f64) -> Self {
+        value
+    }
+}
+
+impl SpreadValue for f32 {
+    #[inline(always)]
+    fn from_f64(value: f64) -> Self {
+        value as f32
+    }
+}
+
 /// Per-sample spread of one block of columns `[start, start + out.len())`:
 /// `out[j] = Σ_i (k·x_ij)² − N·center_j²` (with `k·x_ij` the per-sample value and `N` rows),
 /// computed as `Σ_i dev² + 2·center·Σ_i dev` with `dev = k·x_ij − center_j`, so that a mean
 /// gradient much larger than the spread does not cancel the spread away. With `center = 0` it
 /// is the plain sum of squares `S`.
-pub fn spread_from_rows(rows: &[f32], n_rows: usize, len: usize, start: usize, k: f64, center: &[f32], out: &mut [f64]) {
+pub fn spread_from_rows<T: SpreadValue>(rows: &[f32], n_rows: usize, len: usize, start: usize, k: f64, center: &[f32], out: &mut [T]) {
     let width = out.len();
     assert!(rows.len() == n_rows * len && start + width <= len && center.len() == width, "spread_from_rows: bad block");
     // Per row in f32: dev = k·x − c is exact when k·x and c are close (Sterbenz), which is
@@ -482,7 +502,7 @@ pub fn spread_from_rows(rows: &[f32], n_rows: usize, len: usize, start: usize, k
         accumulate_deviations([&row[start..start + width]], k, center, &mut sum_sq, &mut sum_dev);
     }
     for (((o, sq), dev), c) in out.iter_mut().zip(sum_sq.iter()).zip(sum_dev.iter()).zip(center) {
-        *o = f64::from(*sq) + 2.0 * f64::from(*c) * f64::from(*dev);
+        *o = T::from_f64(f64::from(*sq) + 2.0 * f64::from(*c) * f64::from(*dev));
     }
 }
 

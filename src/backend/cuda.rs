@@ -1,7 +1,7 @@
 //! The GPU backend (feature `cuda`), first part: opening a CUDA device through cudarc (driver
 //! API, loaded at run time), with a clear error — never a crash — where no driver or no such
 //! device exists, and the layout check between the Rust coefficient structs and the kernels'.
-//! The kernels live in cuda/*.cu (fixed-rate rules so far); steps on the device are not wired
+//! The kernels live in cuda/*.cu (fixed-rate rules and AutoOpt so far); steps on the device are not wired
 //! to the optimizer yet (issue 6).
 
 use std::sync::Arc;

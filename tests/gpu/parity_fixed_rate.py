@@ -15,33 +15,16 @@ buffer has NaN sentinels on both sides that must survive (no out-of-bounds write
 line per check and a summary with the date, GPU and driver, for docs/gpu-validation.md.
 """
 import ctypes
-import datetime
 import os
-import subprocess
 import sys
-import tempfile
-from pathlib import Path
 
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "bindings" / "python"))
-import autolr  # noqa: E402
+from common import autolr, build_kernels, padded, report, sentinels_intact, summary
 
 STEPS = 25
-PAD = 64  # sentinel floats on each side of every device buffer
 SIZES = [1, 255, 256, 257, 4097, 100_003]
-
-
-def build_kernels():
-    nvcc = os.environ.get("NVCC", "nvcc")
-    out = Path(tempfile.mkdtemp()) / "libalr_kernels.so"
-    cmd = [nvcc, "-shared", "-Xcompiler", "-fPIC", "--fmad=false", "-prec-div=true", "-prec-sqrt=true",
-           "-gencode", "arch=compute_80,code=sm_80", "-gencode", "arch=compute_90,code=sm_90",
-           "-o", str(out), str(ROOT / "cuda" / "fixed_rate.cu")]
-    subprocess.run(cmd, check=True)
-    return ctypes.CDLL(str(out))
 
 
 def f32(x):
@@ -87,17 +70,6 @@ RULES = {
 }
 
 
-def padded(host):
-    """A device buffer holding `host` between NaN sentinels; returns (buffer, view of the data)."""
-    buf = torch.full((host.size + 2 * PAD,), float("nan"), dtype=torch.float32, device="cuda")
-    buf[PAD:PAD + host.size] = torch.from_numpy(host).cuda()
-    return buf, buf[PAD:PAD + host.size]
-
-
-def sentinels_intact(buf):
-    return bool(torch.isnan(buf[:PAD]).all() and torch.isnan(buf[-PAD:]).all())
-
-
 def run_rule(lib, rule, n, rng, stream):
     entry, state_floats, options = RULES[rule]
     kernel = getattr(lib, entry)
@@ -125,7 +97,7 @@ def run_rule(lib, rule, n, rng, stream):
     cpu = params[0]
     identical = np.array_equal(gpu.view(np.uint32), cpu.view(np.uint32))
     close = np.allclose(gpu, cpu, rtol=1e-6, atol=1e-7)
-    intact = sentinels_intact(p_buf) and sentinels_intact(g_buf) and (s_buf is None or sentinels_intact(s_buf))
+    intact = sentinels_intact(p_buf, g_buf, s_buf)
     return identical, close, intact
 
 
@@ -159,7 +131,7 @@ def graph_replay(lib, stream):
 
 def main():
     small = "--small" in sys.argv
-    lib = build_kernels()
+    lib = build_kernels("fixed_rate.cu")
     rng = np.random.default_rng(int.from_bytes(os.urandom(4), "little"))
     stream = torch.cuda.Stream()
     failures = 0
@@ -169,17 +141,10 @@ def main():
             if n == 1 << 28 and rule not in ("sgd", "adam"):
                 continue  # one large tensor per state shape keeps the run short
             identical, close, intact = run_rule(lib, rule, n, rng, stream)
-            ok = close and intact
-            failures += not ok
-            print(f"{'ok  ' if ok else 'FAIL'} {rule:8s} n={n:>10d} bit-identical={identical} within-f32={close} sentinels={intact}")
+            failures += report(f"{rule:8s} n={n:>10d}", close and intact, f"bit-identical={identical} within-f32={close} sentinels={intact}")
     if not small:
-        ok = graph_replay(lib, stream)
-        failures += not ok
-        print(f"{'ok  ' if ok else 'FAIL'} CUDA graph capture + replay of an Adam step matches eager launches")
-    props = torch.cuda.get_device_properties(0)
-    driver = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"], capture_output=True, text=True).stdout.strip()
-    print(f"{datetime.date.today()} {props.name} driver {driver} torch {torch.__version__}: {failures} failure(s)")
-    sys.exit(1 if failures else 0)
+        failures += report("CUDA graph capture + replay of an Adam step matches eager launches", graph_replay(lib, stream))
+    summary(failures)
 
 
 if __name__ == "__main__":

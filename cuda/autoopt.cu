@@ -38,8 +38,9 @@ struct AutoOptOptions {
     double nu, gamma_max, eps, beta2;
 };
 
-// Per-group state and telemetry, living on the device; read back on demand. Mirrored by
-// `DeviceGroup` in src/backend/cuda.rs (size checked when a device is opened).
+// Per-group state and telemetry, living on the device; read back on demand. Whoever mirrors
+// it on the host (tests/gpu/parity_autoopt.py now, the Rust engine later) checks its layout
+// through alr_cuda_autoopt_struct_size.
 struct AutoOptGroup {
     double gamma[2];  // γ_E (eq. 26)
     double noise, a, c, e, det, gamma_oracle[2];

@@ -12,8 +12,8 @@ scale conventions — through the kernels' C entry points on a torch stream, and
 on the CPU through the autolr library (CPU build, `cargo build --release`). Asserted to float32
 tolerance (the device sums in a different fixed order): the parameters after 20 steps, and
 every step's α, β, V, a per group. Every device buffer lies between NaN sentinels that must
-survive; group state and per-sample buffers are poisoned with NaN before the first step where
-the kernels must write before they read. Also: a NaN gradient and a negative S set the status
+survive, and the partial-sum buffers start as NaN (the kernels must write them before they
+read them). Also: a NaN gradient and a negative S set the status
 and leave parameters and state as they were; a captured CUDA graph of a whole step replays to
 the same bits as eager launches. Prints one line per check and a summary (date, GPU, driver).
 """

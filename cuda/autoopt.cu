@@ -12,13 +12,12 @@
 //    direction multipliers of eq. 14, all in f64 as on the CPU (src/adapt/autoopt.rs).
 // 3. `update` (per tensor): absorbs g into the base state and moves θ ← θ − D ĝ (eqs. 9, 14).
 //
-// Bad input cannot be reported during the step without a host synchronisation. A non-finite
-// sum (a NaN or Inf in g or the per-sample data) or a negative S sets `*status` to
-// ALR_STATUS_NON_FINITE / ALR_STATUS_NEGATIVE_SUM_SQ in `solve` before any group is advanced;
-// `update` then changes nothing,
-// and the status is sticky: every later step is a no-op, leaving parameters and state as they
-// were before the bad step, until the host reads and clears it (the Rust side does so when the
-// caller next reads lr, telemetry or a checkpoint, and reports the error then).
+// Bad input (status.cuh): a non-finite sum (a NaN or Inf in g or the per-sample data) or a
+// negative S sets the status code to ALR_STATUS_NON_FINITE / ALR_STATUS_NEGATIVE_SUM_SQ in
+// `solve`, before any group is advanced; `update` then changes nothing, and neither does any
+// later step until the host has read and cleared the status. `status` points at the code (the
+// first field of DeviceStatus); the group step counts live on the device, so no step number is
+// recorded.
 //
 // Compiled with --fmad=false and IEEE division and square root (build.rs), so the elementwise
 // arithmetic rounds as the CPU's does; the reductions use a different (fixed) order from the
@@ -27,8 +26,7 @@
 #include <cuda_runtime.h>
 #include <stddef.h>
 
-// What the device step reports through `status` (0: fine).
-enum { ALR_STATUS_NON_FINITE = 1, ALR_STATUS_NEGATIVE_SUM_SQ = 2 };
+#include "status.cuh"
 
 // The 2-D solution is rejected as ill-conditioned when det ≤ DET_RTOL · a e (as on the CPU).
 #define DET_RTOL 1e-12

@@ -10,6 +10,8 @@
 #include <cuda_runtime.h>
 #include <stddef.h>
 
+#include "status.cuh"
+
 struct SgdCoeffs {
     float lr, weight_decay;
 };
@@ -90,7 +92,10 @@ struct Adam {
 
 template <typename Rule>
 __global__ void fixed_rate_step(float* __restrict__ param, const float* __restrict__ grad,
-                                typename Rule::State* __restrict__ state, size_t len, typename Rule::Coeffs c) {
+                                typename Rule::State* __restrict__ state, size_t len, typename Rule::Coeffs c,
+                                const DeviceStatus* status) {
+    // A check of this or an earlier step found bad input: change nothing (status.cuh).
+    if (status && status->code != 0) return;
     const size_t stride = (size_t)gridDim.x * blockDim.x;
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < len; i += stride) {
         const float theta = param[i];
@@ -103,22 +108,28 @@ static const unsigned THREADS = 256;
 // A grid-stride loop covers any length; more blocks than this add nothing on an H100.
 static const size_t MAX_BLOCKS = 8192;
 
-template <typename Rule>
-static int launch(float* param, const float* grad, void* state, size_t len, const void* coeffs, void* stream) {
-    if (len == 0) return 0;
+static unsigned blocks_for(size_t len) {
     size_t blocks = (len + THREADS - 1) / THREADS;
-    if (blocks > MAX_BLOCKS) blocks = MAX_BLOCKS;
-    fixed_rate_step<Rule><<<(unsigned)blocks, THREADS, 0, (cudaStream_t)stream>>>(
-        param, grad, (typename Rule::State*)state, len, *(const typename Rule::Coeffs*)coeffs);
+    return (unsigned)(blocks > MAX_BLOCKS ? MAX_BLOCKS : blocks);
+}
+
+template <typename Rule>
+static int launch(float* param, const float* grad, void* state, size_t len, const void* coeffs, const void* status,
+                  void* stream) {
+    if (len == 0) return 0;
+    fixed_rate_step<Rule><<<blocks_for(len), THREADS, 0, (cudaStream_t)stream>>>(
+        param, grad, (typename Rule::State*)state, len, *(const typename Rule::Coeffs*)coeffs,
+        (const DeviceStatus*)status);
     return (int)cudaGetLastError();
 }
 
 // One entry point per rule: enqueue the step of one tensor on `stream` (no synchronisation).
-// Returns the cudaError_t of the launch (0 = cudaSuccess).
+// `status`: a DeviceStatus the checks of this step wrote (NULL: unchecked). Returns the
+// cudaError_t of the launch (0 = cudaSuccess).
 #define ALR_FIXED_RATE_ENTRY(name, Rule)                                                              \
     extern "C" int alr_cuda_##name##_step(float* param, const float* grad, void* state, size_t len, \
-                                          const void* coeffs, void* stream) {                        \
-        return launch<Rule>(param, grad, state, len, coeffs, stream);                                \
+                                          const void* coeffs, const void* status, void* stream) {    \
+        return launch<Rule>(param, grad, state, len, coeffs, status, stream);                        \
     }
 
 ALR_FIXED_RATE_ENTRY(sgd, Sgd)
@@ -127,7 +138,27 @@ ALR_FIXED_RATE_ENTRY(adagrad, Adagrad)
 ALR_FIXED_RATE_ENTRY(rmsprop, RmsProp)
 ALR_FIXED_RATE_ENTRY(adam, Adam)
 
-// sizeof of each coefficient struct, in the order sgd, momentum, adagrad, rmsprop, adam; -1 past it.
+// Sets the status (status.cuh) when `x` holds a NaN or Inf, before any update of the step runs.
+__global__ void check_finite(const float* __restrict__ x, size_t len, unsigned long long step, DeviceStatus* status) {
+    if (status->code != 0) return;
+    const size_t stride = (size_t)gridDim.x * blockDim.x;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < len; i += stride) {
+        if (!isfinite(x[i])) {
+            report(status, ALR_STATUS_NON_FINITE, step);
+            return;
+        }
+    }
+}
+
+// Enqueues the finiteness check of one input buffer of host step `step`.
+extern "C" int alr_cuda_check_finite(const float* x, size_t len, unsigned long long step, void* status, void* stream) {
+    if (len == 0) return 0;
+    check_finite<<<blocks_for(len), THREADS, 0, (cudaStream_t)stream>>>(x, len, step, (DeviceStatus*)status);
+    return (int)cudaGetLastError();
+}
+
+// sizeof of each coefficient struct, in the order sgd, momentum, adagrad, rmsprop, adam, then
+// of DeviceStatus (5); -1 past it.
 extern "C" long alr_cuda_coeffs_size(int rule) {
     switch (rule) {
         case 0: return (long)sizeof(SgdCoeffs);
@@ -135,6 +166,7 @@ extern "C" long alr_cuda_coeffs_size(int rule) {
         case 2: return (long)sizeof(AdagradCoeffs);
         case 3: return (long)sizeof(RmsPropCoeffs);
         case 4: return (long)sizeof(AdamCoeffs);
+        case 5: return (long)sizeof(DeviceStatus);
         default: return -1;
     }
 }

@@ -203,8 +203,9 @@ const char *alr_status_name(int32_t status);
 // Free it with `alr_destroy`. Options start at their defaults (ALGORITHMS.md).
 // Returns ALR_OK, ALR_NULL_POINTER, ALR_INVALID_ARGUMENT (unknown algorithm — the message
 // lists the accepted names —, bad group ids, zero-length tensor, struct_size too small),
-// ALR_UNSUPPORTED (a CUDA device: this version steps on the CPU only), ALR_CUDA_ERROR (built
-// with the `cuda` feature, and no CUDA driver or no such device).
+// ALR_UNSUPPORTED (a CUDA device on a build without the `cuda` feature, or an algorithm
+// without CUDA kernels: vSGD, TLR and GI run on the CPU only), ALR_CUDA_ERROR (no CUDA driver,
+// no such device, or a CUDA call failed).
 enum AlrStatus alr_create(const struct AlrCreateArgs *args, struct AlrOptimizer **out);
 
 // Frees an optimizer. NULL is a no-op. Returns ALR_OK, or ALR_INVALID_ARGUMENT for a handle
@@ -240,6 +241,13 @@ enum AlrStatus alr_get_option(struct AlrOptimizer *opt, size_t group, const char
 // registration), ALR_NON_FINITE (NaN/Inf in an input), ALR_WRONG_STATE (GI waits for
 // `alr_report_loss`), ALR_UNSUPPORTED (an input this algorithm does not use, or a required
 // one missing), ALR_CALLBACK_FAILED.
+//
+// On a CUDA optimizer every buffer is a device pointer; the step is enqueued on the
+// optimizer's stream and returns without waiting (no device-to-host copy, so it can be
+// captured in a CUDA graph). What only the device can see — a NaN or Inf in the inputs, a
+// negative sum_sq — is reported by the next alr_get_lr, alr_get_momentum, telemetry, save or
+// load call (ALR_NON_FINITE / ALR_INVALID_ARGUMENT); the step that found it and every step
+// after it until then changed nothing.
 enum AlrStatus alr_step(struct AlrOptimizer *opt, const struct AlrStepArgs *args);
 
 // GI's second phase: `loss_after` is the loss on the same batch at the parameters the last

@@ -135,6 +135,16 @@ pub struct Callbacks<'a> {
     pub grad_fn: Option<GradFn<'a>>,
 }
 
+/// Where an optimizer's state lives and its steps run.
+enum Engine {
+    /// Host memory: the algorithm of `registry::build`.
+    Host(Box<dyn Algorithm>),
+    /// A CUDA device (feature `cuda`). Behind a mutex because reading a rate back also settles
+    /// the device's status word (backend/cuda.rs), which `&self` readers must be able to do.
+    #[cfg(feature = "cuda")]
+    Cuda(std::sync::Mutex<crate::backend::cuda::Engine>),
+}
+
 /// An optimizer over a fixed set of tensors.
 pub struct Optimizer {
     name: String,
@@ -142,7 +152,7 @@ pub struct Optimizer {
     base: String,
     layout: Layout,
     options: Options,
-    algorithm: Box<dyn Algorithm>,
+    engine: Engine,
     /// Set once a step has begun: structural options and the state shape are then fixed.
     started: bool,
 }
@@ -154,7 +164,43 @@ impl Optimizer {
         let base = registry::default_base(algorithm).to_string();
         let options = Options::new(registry::specs(algorithm, &base)?, layout.n_groups());
         let built = registry::build(algorithm, &base, &layout, false)?;
-        Ok(Optimizer { name: algorithm.to_string(), base, layout, options, algorithm: built, started: false })
+        Ok(Optimizer { name: algorithm.to_string(), base, layout, options, engine: Engine::Host(built), started: false })
+    }
+
+    /// Creates `algorithm` on CUDA device `ordinal`, stepping on `stream`: its state lives in
+    /// device memory and `step_device` takes device pointers. ALR_UNSUPPORTED for an algorithm
+    /// without CUDA kernels, ALR_CUDA_ERROR without a driver or such a device.
+    #[cfg(feature = "cuda")]
+    pub fn new_on_cuda(algorithm: &str, lens: &[usize], groups: Option<&[usize]>, ordinal: i32, stream: crate::backend::cuda::Stream) -> Result<Self> {
+        let layout = Layout::new(lens, groups)?;
+        let options = Options::new(registry::specs(algorithm, registry::default_base(algorithm))?, layout.n_groups());
+        let engine = crate::backend::cuda::Engine::new(ordinal, stream, algorithm, &Context { layout: &layout, options: &options })?;
+        Ok(Optimizer {
+            name: algorithm.to_string(),
+            base: String::new(),
+            layout,
+            options,
+            engine: Engine::Cuda(std::sync::Mutex::new(engine)),
+            started: false,
+        })
+    }
+
+    /// The CUDA device this optimizer lives on (None: host memory).
+    pub fn cuda_ordinal(&self) -> Option<usize> {
+        match &self.engine {
+            Engine::Host(_) => None,
+            #[cfg(feature = "cuda")]
+            Engine::Cuda(engine) => Some(lock(engine).ordinal()),
+        }
+    }
+
+    /// The host algorithm, or why a host call cannot run on this optimizer.
+    fn host(&self) -> Result<&dyn Algorithm> {
+        match &self.engine {
+            Engine::Host(algorithm) => Ok(algorithm.as_ref()),
+            #[cfg(feature = "cuda")]
+            Engine::Cuda(engine) => Err(on_cuda(lock(engine).ordinal())),
+        }
     }
 
     pub fn algorithm(&self) -> &str {
@@ -182,9 +228,13 @@ impl Optimizer {
         }
         let mut options = self.options.clone();
         options.set(&self.name, name, group, value)?;
-        if structural {
+        match &mut self.engine {
             // Rebuild so the state matches the new shape; nothing has been learned yet.
-            self.algorithm = registry::build(&self.name, &self.base, &self.layout, false)?;
+            Engine::Host(algorithm) if structural => *algorithm = registry::build(&self.name, &self.base, &self.layout, false)?,
+            Engine::Host(_) => {}
+            // The device keeps a copy of the options its kernels read.
+            #[cfg(feature = "cuda")]
+            Engine::Cuda(engine) => lock(engine).options_changed(&Context { layout: &self.layout, options: &options })?,
         }
         self.options = options;
         Ok(())
@@ -199,7 +249,7 @@ impl Optimizer {
     /// Sets a string option (GI's `base`); must come before the first step and before the
     /// wrapped algorithm's own options, which it resets to their defaults.
     pub fn set_option_str(&mut self, name: &str, value: &str) -> Result<()> {
-        if name != "base" || self.name != "gi" {
+        if name != "base" || self.name != "gi" || self.cuda_ordinal().is_some() {
             return Err(Error::invalid(format!(
                 "algorithm '{}' has no string option '{name}' (only 'gi' takes one: 'base')",
                 self.name
@@ -209,7 +259,7 @@ impl Optimizer {
             return Err(Error::wrong_state(format!("option '{name}' shapes the optimizer: set it before the first step")));
         }
         let options = Options::new(registry::specs(&self.name, value)?, self.layout.n_groups());
-        self.algorithm = registry::build(&self.name, value, &self.layout, false)?;
+        *self.engine.host_mut()? = registry::build(&self.name, value, &self.layout, false)?;
         self.options = options;
         self.base = value.to_string();
         Ok(())
@@ -224,7 +274,8 @@ impl Optimizer {
 
     /// Validates everything a step reads; nothing is changed before this passes.
     fn validate(&self, params: &[&mut [f32]], inputs: &StepInputs, callbacks: &Callbacks) -> Result<()> {
-        if self.algorithm.awaiting_report() {
+        let algorithm = self.host()?;
+        if algorithm.awaiting_report() {
             return Err(Error::wrong_state("the last step is waiting for its loss: call alr_report_loss (Python: report_loss) before the next step"));
         }
         let lens = &self.layout.lens;
@@ -266,7 +317,7 @@ impl Optimizer {
                 return Err(Error::shape(format!("tensor {t}: param has {} elements, registered {len}", p.len())));
             }
         }
-        let accepts: Accepts = self.algorithm.accepts(&self.ctx());
+        let accepts: Accepts = algorithm.accepts(&self.ctx());
         // An algorithm that checks its own inputs still gets the shapes checked here.
         let own = accepts.checks_own_inputs;
         check("grad", &inputs.grads, 1, check_finite && !own, false)?;
@@ -305,25 +356,48 @@ impl Optimizer {
         if callbacks.grad_fn.is_some() && !accepts.grad_fn {
             return refuse("a gradient callback");
         }
-        self.algorithm.check(&self.ctx(), inputs, callbacks)
+        algorithm.check(&self.ctx(), inputs, callbacks)
     }
 
     /// One training step: updates `params` in place. On error nothing has changed, except
     /// where the error says otherwise (a failing GI loss callback: the move was made, η kept).
     pub fn step(&mut self, params: &mut [&mut [f32]], inputs: &StepInputs, callbacks: &mut Callbacks) -> Result<()> {
         self.validate(params, inputs, callbacks)?;
+        let algorithm = self.engine.host_mut()?;
         let ctx = Context { layout: &self.layout, options: &self.options };
-        let result = self.algorithm.step(&ctx, params, inputs, callbacks);
+        let result = algorithm.step(&ctx, params, inputs, callbacks);
         if result.as_ref().map_or_else(|e| e.after_change, |_| true) {
             self.started = true;
         }
         result
     }
 
+    /// One step of an optimizer on a CUDA device: enqueues it on the optimizer's stream and
+    /// returns without waiting. Pointers are device pointers of the registered sizes. Bad values
+    /// found on the device are reported by the next read of a rate, telemetry or checkpoint.
+    #[cfg(feature = "cuda")]
+    pub fn step_device(&mut self, inputs: &crate::backend::cuda::DeviceStep) -> Result<()> {
+        let n = self.layout.n_tensors();
+        if inputs.params.len() != n || inputs.grads.len() != n {
+            return Err(Error::shape(format!(
+                "step got {} parameter and {} gradient tensors, the optimizer has {n} tensors",
+                inputs.params.len(),
+                inputs.grads.len()
+            )));
+        }
+        let Engine::Cuda(engine) = &mut self.engine else {
+            return Err(Error::wrong_state("this optimizer lives in host memory: pass host pointers"));
+        };
+        let engine = engine.get_mut().unwrap_or_else(|p| p.into_inner());
+        engine.step(&Context { layout: &self.layout, options: &self.options }, inputs)?;
+        self.started = true;
+        Ok(())
+    }
+
     /// GI's second phase: the loss on the same batch after the last step's move.
     pub fn report_loss(&mut self, loss_after: f64) -> Result<()> {
         let ctx = Context { layout: &self.layout, options: &self.options };
-        self.algorithm.report_loss(&ctx, loss_after)
+        self.engine.host_mut()?.report_loss(&ctx, loss_after)
     }
 
     pub fn n_groups(&self) -> usize {
@@ -332,22 +406,34 @@ impl Optimizer {
 
     pub fn lr(&self, group: usize) -> Result<f64> {
         self.check_group(group)?;
-        Ok(self.algorithm.lr(&self.ctx(), group))
+        match &self.engine {
+            Engine::Host(algorithm) => Ok(algorithm.lr(&self.ctx(), group)),
+            #[cfg(feature = "cuda")]
+            Engine::Cuda(engine) => lock(engine).lr(&self.ctx(), group),
+        }
     }
 
     pub fn momentum(&self, group: usize) -> Result<f64> {
         self.check_group(group)?;
-        Ok(self.algorithm.momentum(&self.ctx(), group))
+        match &self.engine {
+            Engine::Host(algorithm) => Ok(algorithm.momentum(&self.ctx(), group)),
+            #[cfg(feature = "cuda")]
+            Engine::Cuda(engine) => lock(engine).momentum(&self.ctx(), group),
+        }
     }
 
     pub fn telemetry(&self, group: usize) -> Result<Vec<(&'static str, f64)>> {
         self.check_group(group)?;
-        Ok(self.algorithm.telemetry(&self.ctx(), group))
+        match &self.engine {
+            Engine::Host(algorithm) => Ok(algorithm.telemetry(&self.ctx(), group)),
+            #[cfg(feature = "cuda")]
+            Engine::Cuda(engine) => lock(engine).telemetry(&self.ctx(), group),
+        }
     }
 
     /// The whole state (configuration, options, algorithm state) as a checksummed buffer.
     pub fn save(&self) -> Result<Vec<u8>> {
-        if self.algorithm.awaiting_report() {
+        if matches!(&self.engine, Engine::Host(algorithm) if algorithm.awaiting_report()) {
             return Err(Error::wrong_state("the last step is waiting for its loss: call alr_report_loss before saving"));
         }
         let mut w = Writer::default();
@@ -366,7 +452,11 @@ impl Optimizer {
             w.f64s(row);
         }
         w.u32(u32::from(self.started));
-        self.algorithm.save(&mut w);
+        match &self.engine {
+            Engine::Host(algorithm) => algorithm.save(&mut w),
+            #[cfg(feature = "cuda")]
+            Engine::Cuda(engine) => lock(engine).save(&self.ctx(), &mut w)?,
+        }
         Ok(w.finish())
     }
 
@@ -411,14 +501,50 @@ impl Optimizer {
         let mut options = self.options.clone();
         options.replace_rows(rows)?;
         let started = r.u32()? != 0;
-        let mut algorithm = registry::build(&self.name, &self.base, &self.layout, false)?;
-        algorithm.load(&Context { layout: &self.layout, options: &options }, &mut r)?;
-        r.finish()?;
+        // The checksum was verified when the reader opened, so a state that parses is whole.
+        let ctx = Context { layout: &self.layout, options: &options };
+        match &mut self.engine {
+            Engine::Host(current) => {
+                let mut algorithm = registry::build(&self.name, &self.base, &self.layout, false)?;
+                algorithm.load(&ctx, &mut r)?;
+                r.finish()?;
+                *current = algorithm;
+            }
+            // The device state is read in full before any of it is uploaded (backend/cuda.rs).
+            #[cfg(feature = "cuda")]
+            Engine::Cuda(engine) => {
+                engine.get_mut().unwrap_or_else(|p| p.into_inner()).load(&ctx, &mut r)?;
+                r.finish()?;
+            }
+        }
         self.options = options;
-        self.algorithm = algorithm;
         self.started = started;
         Ok(())
     }
+}
+
+/// The device engine, also after a panic in another call (which poisons the handle anyway).
+#[cfg(feature = "cuda")]
+fn lock(engine: &std::sync::Mutex<crate::backend::cuda::Engine>) -> std::sync::MutexGuard<'_, crate::backend::cuda::Engine> {
+    engine.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Engine {
+    fn host_mut(&mut self) -> Result<&mut Box<dyn Algorithm>> {
+        match self {
+            Engine::Host(algorithm) => Ok(algorithm),
+            #[cfg(feature = "cuda")]
+            Engine::Cuda(engine) => Err(on_cuda(lock(engine).ordinal())),
+        }
+    }
+}
+
+/// Why a host-pointer call cannot run on an optimizer on CUDA device `ordinal`.
+#[cfg(feature = "cuda")]
+fn on_cuda(ordinal: usize) -> Error {
+    Error::wrong_state(format!(
+        "this optimizer lives on CUDA device {ordinal}: its steps take device pointers, and it has no host-only calls (GI's loss report)"
+    ))
 }
 
 impl std::fmt::Debug for Optimizer {

@@ -1,6 +1,7 @@
 //! Creating an optimizer on a CUDA device through the C ABI, on a build with the `cuda` feature:
 //! a clear ALR_CUDA_ERROR — never a crash — without a driver or for a device the machine does
-//! not have. Run by the test command whenever nvcc is available:
+//! not have, and ALR_UNSUPPORTED for an algorithm without CUDA kernels. (Steps on a device are
+//! tested by tests/gpu/, which needs a GPU.) Run by the test command whenever nvcc is available:
 //! `cargo test --features cuda --test cuda_device`.
 #![cfg(feature = "cuda")]
 
@@ -9,10 +10,14 @@ use autolr::AlrStatus;
 use std::ffi::CStr;
 
 fn create_on_cuda(ordinal: i32) -> (AlrStatus, String, *mut AlrOptimizer) {
+    create_algorithm_on_cuda(c"adam", ordinal)
+}
+
+fn create_algorithm_on_cuda(algorithm: &CStr, ordinal: i32) -> (AlrStatus, String, *mut AlrOptimizer) {
     let lens = [10usize, 3];
     let args = AlrCreateArgs {
         struct_size: std::mem::size_of::<AlrCreateArgs>(),
-        algorithm: c"adam".as_ptr(),
+        algorithm: algorithm.as_ptr(),
         n_tensors: lens.len(),
         lens: lens.as_ptr(),
         groups: std::ptr::null(),
@@ -47,4 +52,15 @@ fn a_negative_ordinal_is_an_invalid_argument_where_a_driver_exists() {
     let expected = if driver_present() { AlrStatus::AlrInvalidArgument } else { AlrStatus::AlrCudaError };
     assert_eq!(status, expected, "{message}");
     assert!(out.is_null());
+}
+
+#[test]
+fn algorithms_without_kernels_are_unsupported_on_cuda_on_every_machine() {
+    for algorithm in [c"gi", c"tlr", c"vsgd-l", c"vsgd-g", c"vsgd-b"] {
+        let (status, message, out) = create_algorithm_on_cuda(algorithm, 0);
+        assert_eq!(status, AlrStatus::AlrUnsupported, "{algorithm:?}: {message}");
+        assert!(out.is_null());
+        let name = algorithm.to_str().unwrap();
+        assert!(message.contains(&format!("'{name}' has no CUDA kernels")) && message.contains("auto-adam"), "{message}");
+    }
 }

@@ -170,8 +170,9 @@ pub struct Estimates {
     pub gamma_oracle: [f64; 2],
 }
 
+/// One group's scalars; the same 15-value record in a checkpoint whichever device ran the steps.
 #[derive(Debug, Clone, Copy)]
-struct GroupState {
+pub(crate) struct GroupState {
     /// `γ_E` (eq. 26).
     gamma: [f64; 2],
     steps: u64,
@@ -181,6 +182,114 @@ struct GroupState {
     last: Estimates,
     /// The multipliers of `g` and `d` in this step's direction (eq. 14); None: skipped.
     direction: Option<(f32, f32)>,
+}
+
+impl GroupState {
+    /// Before the first step: γ_E is set to [γ_max, 0] then, from the option's value at that time.
+    pub(crate) const FRESH: GroupState = GroupState {
+        gamma: [f64::NAN, 0.0],
+        steps: 0,
+        fallbacks: 0,
+        clamps: 0,
+        skips: 0,
+        last: Estimates { noise: 0.0, a: 0.0, c: 0.0, e: 0.0, det: 0.0, gamma_oracle: [0.0, 0.0] },
+        direction: None,
+    };
+
+    /// `γ_E`, or the `[γ_max, 0]` it will start from before the first step.
+    pub(crate) fn gamma(&self, gamma_max: f64) -> [f64; 2] {
+        if self.steps == 0 {
+            [gamma_max, 0.0]
+        } else {
+            self.gamma
+        }
+    }
+
+    /// α = 1 − γ1 (step 5).
+    pub(crate) fn lr(&self, gamma_max: f64) -> f64 {
+        1.0 - self.gamma(gamma_max)[0]
+    }
+
+    /// β = γ2 / α (step 5).
+    pub(crate) fn momentum(&self, gamma_max: f64) -> f64 {
+        let gamma = self.gamma(gamma_max);
+        gamma[1] / (1.0 - gamma[0])
+    }
+
+    pub(crate) fn telemetry(&self, gamma_max: f64) -> Vec<(&'static str, f64)> {
+        let est = &self.last;
+        let gamma = self.gamma(gamma_max);
+        vec![
+            ("V", est.noise),
+            ("a", est.a),
+            ("c", est.c),
+            ("e", est.e),
+            ("det", est.det),
+            ("gamma1_oracle", est.gamma_oracle[0]),
+            ("gamma2_oracle", est.gamma_oracle[1]),
+            ("gamma1", gamma[0]),
+            ("gamma2", gamma[1]),
+            ("fallbacks", self.fallbacks as f64),
+            ("clamps", self.clamps as f64),
+            ("skips", self.skips as f64),
+        ]
+    }
+
+    /// The checkpoint record: γ_E, the counts, the last estimates and the direction
+    /// multipliers (NaN: none, the group did not move).
+    pub(crate) fn record(&self) -> [f64; 15] {
+        let e = &self.last;
+        let (coef_g, coef_d) = self.direction.map_or((f64::NAN, f64::NAN), |(g, d)| (f64::from(g), f64::from(d)));
+        [
+            self.gamma[0],
+            self.gamma[1],
+            self.steps as f64,
+            self.fallbacks as f64,
+            self.clamps as f64,
+            self.skips as f64,
+            e.noise,
+            e.a,
+            e.c,
+            e.e,
+            e.det,
+            e.gamma_oracle[0],
+            e.gamma_oracle[1],
+            coef_g,
+            coef_d,
+        ]
+    }
+
+    pub(crate) fn from_record(v: &[f64; 15]) -> GroupState {
+        GroupState {
+            gamma: [v[0], v[1]],
+            steps: v[2] as u64,
+            fallbacks: v[3] as u64,
+            clamps: v[4] as u64,
+            skips: v[5] as u64,
+            last: Estimates { noise: v[6], a: v[7], c: v[8], e: v[9], det: v[10], gamma_oracle: [v[11], v[12]] },
+            direction: if v[13].is_nan() { None } else { Some((v[13] as f32, v[14] as f32)) },
+        }
+    }
+
+    pub(crate) fn read(r: &mut Reader) -> Result<GroupState> {
+        let v = r.f64s_exact(15, "AutoOpt group state")?;
+        Ok(GroupState::from_record(v.as_slice().try_into().expect("15 values")))
+    }
+}
+
+/// AutoOpt's input requirements (also the CUDA engine's): per-sample data with N ≥ 2.
+pub(crate) fn check_samples(name: &str, batch_size: Option<usize>) -> Result<()> {
+    let n = batch_size.ok_or_else(|| {
+        Error::invalid(format!(
+            "{name} needs per-sample data: pass sum_sq (Σ_i g_i² per tensor) with batch_size, or the N × len per_sample matrices"
+        ))
+    })?;
+    if n < 2 {
+        return Err(Error::invalid(format!(
+            "{name} needs batch_size N ≥ 2 (got {n}): the per-sample variance is undefined for one sample"
+        )));
+    }
+    Ok(())
 }
 
 pub struct AutoOpt<P: Precond> {
@@ -223,29 +332,12 @@ pub fn smooth(gamma_oracle: [f64; 2], gamma: [f64; 2], nu: f64, gamma_max: f64) 
 
 impl<P: Precond> AutoOpt<P> {
     pub fn new(lens: &[usize], n_groups: usize) -> Result<Self> {
-        let groups = (0..n_groups)
-            .map(|_| GroupState {
-                // Set to [γ_max, 0] at the first step, from the option's value then.
-                gamma: [f64::NAN, 0.0],
-                steps: 0,
-                fallbacks: 0,
-                clamps: 0,
-                skips: 0,
-                last: Estimates::default(),
-                direction: None,
-            })
-            .collect();
-        Ok(AutoOpt { states: cpu::filled_per_tensor(lens, P::State::default())?, groups })
+        Ok(AutoOpt { states: cpu::filled_per_tensor(lens, P::State::default())?, groups: vec![GroupState::FRESH; n_groups] })
     }
 
     /// `γ_E`, or the `[γ_max, 0]` it will start from before the first step.
     fn gamma(&self, ctx: &Context, group: usize) -> [f64; 2] {
-        let gs = &self.groups[group];
-        if gs.steps == 0 {
-            [ctx.options.get(group, "gamma_max"), 0.0]
-        } else {
-            gs.gamma
-        }
+        self.groups[group].gamma(ctx.options.get(group, "gamma_max"))
     }
 
     /// Pass 1 over one tensor (reads only): returns
@@ -419,20 +511,7 @@ impl<P: Precond> Algorithm for AutoOpt<P> {
     }
 
     fn check(&self, _ctx: &Context, inputs: &StepInputs, _cb: &Callbacks) -> Result<()> {
-        let samples = inputs.samples.as_ref().ok_or_else(|| {
-            Error::invalid(format!(
-                "{} needs per-sample data: pass sum_sq (Σ_i g_i² per tensor) with batch_size, or the N × len per_sample matrices",
-                P::NAME
-            ))
-        })?;
-        if samples.batch_size < 2 {
-            return Err(Error::invalid(format!(
-                "{} needs batch_size N ≥ 2 (got {}): the per-sample variance is undefined for one sample",
-                P::NAME,
-                samples.batch_size
-            )));
-        }
-        Ok(())
+        check_samples(P::NAME, inputs.samples.as_ref().map(|s| s.batch_size))
     }
 
     fn propose(&mut self, ctx: &Context, params: &[&mut [f32]], inputs: &StepInputs, _cb: &mut Callbacks) -> Result<f64> {
@@ -461,55 +540,20 @@ impl<P: Precond> Algorithm for AutoOpt<P> {
     }
 
     fn lr(&self, ctx: &Context, group: usize) -> f64 {
-        1.0 - self.gamma(ctx, group)[0]
+        self.groups[group].lr(ctx.options.get(group, "gamma_max"))
     }
 
     fn momentum(&self, ctx: &Context, group: usize) -> f64 {
-        let gamma = self.gamma(ctx, group);
-        gamma[1] / (1.0 - gamma[0])
+        self.groups[group].momentum(ctx.options.get(group, "gamma_max"))
     }
 
     fn telemetry(&self, ctx: &Context, group: usize) -> Vec<(&'static str, f64)> {
-        let gs = &self.groups[group];
-        let est = &gs.last;
-        let gamma = self.gamma(ctx, group);
-        vec![
-            ("V", est.noise),
-            ("a", est.a),
-            ("c", est.c),
-            ("e", est.e),
-            ("det", est.det),
-            ("gamma1_oracle", est.gamma_oracle[0]),
-            ("gamma2_oracle", est.gamma_oracle[1]),
-            ("gamma1", gamma[0]),
-            ("gamma2", gamma[1]),
-            ("fallbacks", gs.fallbacks as f64),
-            ("clamps", gs.clamps as f64),
-            ("skips", gs.skips as f64),
-        ]
+        self.groups[group].telemetry(ctx.options.get(group, "gamma_max"))
     }
 
     fn save(&self, w: &mut Writer) {
         for gs in &self.groups {
-            let e = &gs.last;
-            let (coef_g, coef_d) = gs.direction.map_or((f64::NAN, f64::NAN), |(g, d)| (f64::from(g), f64::from(d)));
-            w.f64s(&[
-                gs.gamma[0],
-                gs.gamma[1],
-                gs.steps as f64,
-                gs.fallbacks as f64,
-                gs.clamps as f64,
-                gs.skips as f64,
-                e.noise,
-                e.a,
-                e.c,
-                e.e,
-                e.det,
-                e.gamma_oracle[0],
-                e.gamma_oracle[1],
-                coef_g,
-                coef_d,
-            ]);
+            w.f64s(&gs.record());
         }
         for s in &self.states {
             w.f32s(&cpu::states_to_floats(s));
@@ -518,11 +562,7 @@ impl<P: Precond> Algorithm for AutoOpt<P> {
 
     fn load(&mut self, ctx: &Context, r: &mut Reader) -> Result<()> {
         for gs in self.groups.iter_mut() {
-            let v = r.f64s_exact(15, "AutoOpt group state")?;
-            gs.gamma = [v[0], v[1]];
-            (gs.steps, gs.fallbacks, gs.clamps, gs.skips) = (v[2] as u64, v[3] as u64, v[4] as u64, v[5] as u64);
-            gs.last = Estimates { noise: v[6], a: v[7], c: v[8], e: v[9], det: v[10], gamma_oracle: [v[11], v[12]] };
-            gs.direction = if v[13].is_nan() { None } else { Some((v[13] as f32, v[14] as f32)) };
+            *gs = GroupState::read(r)?;
         }
         for (t, &len) in ctx.layout.lens.iter().enumerate() {
             let floats = r.f32s_exact(len * P::State::FLOATS, &format!("state of tensor {t}"))?;

@@ -187,8 +187,9 @@ pub extern "C" fn alr_status_name(status: i32) -> *const c_char {
 /// Free it with `alr_destroy`. Options start at their defaults (ALGORITHMS.md).
 /// Returns ALR_OK, ALR_NULL_POINTER, ALR_INVALID_ARGUMENT (unknown algorithm — the message
 /// lists the accepted names —, bad group ids, zero-length tensor, struct_size too small),
-/// ALR_UNSUPPORTED (a CUDA device: this version steps on the CPU only), ALR_CUDA_ERROR (built
-/// with the `cuda` feature, and no CUDA driver or no such device).
+/// ALR_UNSUPPORTED (a CUDA device on a build without the `cuda` feature, or an algorithm
+/// without CUDA kernels: vSGD, TLR and GI run on the CPU only), ALR_CUDA_ERROR (no CUDA driver,
+/// no such device, or a CUDA call failed).
 #[no_mangle]
 pub extern "C" fn alr_create(args: *const AlrCreateArgs, out: *mut *mut AlrOptimizer) -> AlrStatus {
     guard("alr_create", || {
@@ -214,35 +215,28 @@ pub extern "C" fn alr_create(args: *const AlrCreateArgs, out: *mut *mut AlrOptim
             // SAFETY: groups addresses n_tensors ids (documented).
             Some(unsafe { std::slice::from_raw_parts(args.groups, args.n_tensors) }.iter().map(|&g| g as usize).collect())
         };
-        match args.device {
-            d if d == AlrDevice::AlrDeviceCpu as i32 => {}
-            d if d == AlrDevice::AlrDeviceCuda as i32 => return Err(cuda_unavailable(args.device_ordinal)),
+        let opt = match args.device {
+            d if d == AlrDevice::AlrDeviceCpu as i32 => Optimizer::new(name, lens, groups.as_deref())?,
+            d if d == AlrDevice::AlrDeviceCuda as i32 => on_cuda(name, lens, groups.as_deref(), args)?,
             d => return Err(Error::invalid(format!("device is {d}; accepted: ALR_DEVICE_CPU (0), ALR_DEVICE_CUDA (1)"))),
-        }
-        let opt = Optimizer::new(name, lens, groups.as_deref())?;
+        };
         // SAFETY: checked non-null above.
         unsafe { *out = handle::register(opt) };
         Ok(())
     })
 }
 
-/// Why an optimizer cannot be created on CUDA device `ordinal` with this build.
+/// This build has no CUDA backend.
 #[cfg(not(feature = "cuda"))]
-fn cuda_unavailable(_ordinal: i32) -> Error {
-    Error::unsupported("this build of autolr has no CUDA backend (built without the `cuda` feature): create the optimizer on ALR_DEVICE_CPU")
+fn on_cuda(_name: &str, _lens: &[usize], _groups: Option<&[usize]>, _args: &AlrCreateArgs) -> Result<Optimizer, Error> {
+    Err(Error::unsupported("this build of autolr has no CUDA backend (built without the `cuda` feature): create the optimizer on ALR_DEVICE_CPU"))
 }
 
-/// Why an optimizer cannot be created on CUDA device `ordinal` with this build: no driver or no
-/// such device (ALR_CUDA_ERROR), else steps on the device are not wired yet (ALR_UNSUPPORTED).
+/// An optimizer on CUDA device `args.device_ordinal`, stepping on `args.stream`.
 #[cfg(feature = "cuda")]
-fn cuda_unavailable(ordinal: i32) -> Error {
-    match crate::backend::cuda::Device::open(ordinal) {
-        Err(e) => e,
-        Ok(device) => Error::unsupported(format!(
-            "CUDA device {} opened, but this version runs optimizer steps on the CPU only (the CUDA steps are not wired yet): create the optimizer on ALR_DEVICE_CPU",
-            device.ordinal()
-        )),
-    }
+fn on_cuda(name: &str, lens: &[usize], groups: Option<&[usize]>, args: &AlrCreateArgs) -> Result<Optimizer, Error> {
+    let stream = crate::backend::cuda::Stream::new(args.stream);
+    Optimizer::new_on_cuda(name, lens, groups, args.device_ordinal, stream)
 }
 
 /// Frees an optimizer. NULL is a no-op. Returns ALR_OK, or ALR_INVALID_ARGUMENT for a handle
@@ -315,6 +309,13 @@ pub extern "C" fn alr_get_option(opt: *mut AlrOptimizer, group: usize, name: *co
 /// registration), ALR_NON_FINITE (NaN/Inf in an input), ALR_WRONG_STATE (GI waits for
 /// `alr_report_loss`), ALR_UNSUPPORTED (an input this algorithm does not use, or a required
 /// one missing), ALR_CALLBACK_FAILED.
+///
+/// On a CUDA optimizer every buffer is a device pointer; the step is enqueued on the
+/// optimizer's stream and returns without waiting (no device-to-host copy, so it can be
+/// captured in a CUDA graph). What only the device can see — a NaN or Inf in the inputs, a
+/// negative sum_sq — is reported by the next alr_get_lr, alr_get_momentum, telemetry, save or
+/// load call (ALR_NON_FINITE / ALR_INVALID_ARGUMENT); the step that found it and every step
+/// after it until then changed nothing.
 #[no_mangle]
 pub extern "C" fn alr_step(opt: *mut AlrOptimizer, args: *const AlrStepArgs) -> AlrStatus {
     guard("alr_step", || {
@@ -372,8 +373,13 @@ pub(crate) struct RawStep {
 /// Borrows the buffers (lens[t] floats, N·lens[t] for per-sample matrices) and runs the step.
 ///
 /// # Safety
-/// Every pointer must address that many floats, valid for the call.
+/// Every pointer must address that many floats, valid for the call (device floats on a CUDA
+/// optimizer).
 pub(crate) unsafe fn run_step(opt: &mut Optimizer, raw: RawStep) -> Result<(), Error> {
+    #[cfg(feature = "cuda")]
+    if opt.cuda_ordinal().is_some() {
+        return run_device_step(opt, raw);
+    }
     let lens = opt.layout().lens.clone();
     let borrow = |ptrs: &[*const f32], per_elem: usize| -> Result<Vec<&[f32]>, Error> {
         ptrs.iter()
@@ -429,6 +435,33 @@ pub(crate) unsafe fn run_step(opt: &mut Optimizer, raw: RawStep) -> Result<(), E
         callbacks.grad_fn = Some(f);
     }
     opt.step(&mut params, &inputs, &mut callbacks)
+}
+
+/// The step of an optimizer on a CUDA device: the pointers are device pointers, passed on as they are.
+#[cfg(feature = "cuda")]
+fn run_device_step(opt: &mut Optimizer, raw: RawStep) -> Result<(), Error> {
+    use crate::backend::cuda::{DeviceSamples, DeviceStep};
+    let unused = [
+        (raw.curvature.is_some(), "curvature"),
+        (raw.loss.is_some(), "a loss"),
+        (raw.loss_fn.is_some(), "a loss callback"),
+        (raw.grad_fn.is_some(), "a gradient callback"),
+    ];
+    if let Some((_, what)) = unused.iter().find(|(given, _)| *given) {
+        return Err(Error::unsupported(format!("algorithm '{}' does not use {what}; pass none", opt.algorithm())));
+    }
+    let scale = sample_scale(raw.per_sample_scale)?;
+    let samples = match (raw.sum_sq, raw.per_sample) {
+        (None, None) => None,
+        (Some(_), Some(_)) => return Err(Error::invalid("give either sum_sq or per_sample, not both")),
+        (Some(s), None) => Some(DeviceSamples::SumSq(s)),
+        (None, Some(m)) => Some(DeviceSamples::PerSample(m)),
+    };
+    if samples.is_some() && raw.batch_size == 0 {
+        return Err(Error::invalid("batch_size is 0; give the number of samples N in the minibatch"));
+    }
+    let samples = samples.map(|data| (data, scale, raw.batch_size));
+    opt.step_device(&DeviceStep { params: raw.params, grads: raw.grads, samples })
 }
 
 /// GI's second phase: `loss_after` is the loss on the same batch at the parameters the last

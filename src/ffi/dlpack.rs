@@ -64,14 +64,23 @@ pub struct AlrDLStepArgs {
 }
 
 const KDL_CPU: i32 = 1;
+const KDL_CUDA: i32 = 2;
 const KDL_FLOAT: u8 = 2;
+
+/// The DLPack device of an optimizer: the CPU, or CUDA device `ordinal`.
+fn optimizer_device(cuda_ordinal: Option<usize>) -> AlrDLDevice {
+    match cuda_ordinal {
+        None => AlrDLDevice { device_type: KDL_CPU, device_id: 0 },
+        Some(ordinal) => AlrDLDevice { device_type: KDL_CUDA, device_id: ordinal as i32 },
+    }
+}
 
 /// The float32 buffer behind a tensor, after checking dtype, device, contiguity and element
 /// count; returns the pointer and the tensor's leading dimension.
 ///
 /// # Safety
 /// `tensor` must point to a valid DLTensor whose shape/strides arrays hold `ndim` entries.
-unsafe fn buffer(tensor: *const AlrDLTensor, want: usize, leading: bool, what: &str) -> Result<(*mut f32, usize), Error> {
+unsafe fn buffer(tensor: *const AlrDLTensor, device: AlrDLDevice, want: usize, leading: bool, what: &str) -> Result<(*mut f32, usize), Error> {
     let t = &*tensor;
     if t.dtype.code != KDL_FLOAT || t.dtype.bits != 32 || t.dtype.lanes != 1 {
         return Err(Error::invalid(format!(
@@ -79,10 +88,12 @@ unsafe fn buffer(tensor: *const AlrDLTensor, want: usize, leading: bool, what: &
             t.dtype.code, t.dtype.bits, t.dtype.lanes
         )));
     }
-    if t.device.device_type != KDL_CPU {
+    // A CPU tensor's device_id is not meaningful (DLPack), a CUDA tensor's is the ordinal.
+    if t.device.device_type != device.device_type || (device.device_type == KDL_CUDA && t.device.device_id != device.device_id) {
+        let runs_on = if device.device_type == KDL_CPU { "the CPU (kDLCPU = 1)".to_string() } else { format!("CUDA device {} (kDLCUDA = 2)", device.device_id) };
         return Err(Error::unsupported(format!(
-            "{what}: device type {} is not the CPU this optimizer runs on (kDLCPU = 1)",
-            t.device.device_type
+            "{what}: device type {} id {} is not the device this optimizer runs on: {runs_on}",
+            t.device.device_type, t.device.device_id
         )));
     }
     if t.ndim < 0 || (t.ndim > 0 && t.shape.is_null()) {
@@ -133,6 +144,7 @@ pub extern "C" fn alr_step_dlpack(opt: *mut AlrOptimizer, args: *const AlrDLStep
         // The handle is checked against the live set and held busy for the call.
         let mut opt = handle::get(opt)?;
         let lens = opt.layout().lens.clone();
+        let device = optimizer_device(opt.cuda_ordinal());
         let n = lens.len();
         if args.n_tensors != n {
             return Err(Error::shape(format!("args.n_tensors is {}, the optimizer has {n} tensors", args.n_tensors)));
@@ -147,7 +159,7 @@ pub extern "C" fn alr_step_dlpack(opt: *mut AlrOptimizer, args: *const AlrDLStep
             let mut out = Vec::with_capacity(n);
             for (t, (&tensor, &len)) in tensors.iter().zip(&lens).enumerate() {
                 // SAFETY: the tensor is non-null and valid for the call (documented).
-                let (data, rows) = unsafe { buffer(tensor, len, leading, &format!("{what}[{t}]")) }?;
+                let (data, rows) = unsafe { buffer(tensor, device, len, leading, &format!("{what}[{t}]")) }?;
                 if leading {
                     if t > 0 && rows != batch_size {
                         return Err(Error::shape(format!("{what}[{t}] has {rows} samples, {what}[0] has {batch_size}")));

@@ -74,7 +74,8 @@ def run_rule(lib, rule, n, rng, stream):
     entry, state_floats, options = RULES[rule]
     kernel = getattr(lib, entry)
     kernel.restype = ctypes.c_int
-    kernel.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_size_t, ctypes.c_void_p, ctypes.c_void_p]
+    # (param, grad, state, len, coeffs, status — NULL: unchecked, stream)
+    kernel.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_size_t, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
     theta0 = rng.standard_normal(n).astype(np.float32)
     grads = [rng.standard_normal(n).astype(np.float32) for _ in range(STEPS)]
 
@@ -90,7 +91,7 @@ def run_rule(lib, rule, n, rng, stream):
         g_dev.copy_(torch.from_numpy(g))
         values, flag = coeffs(rule, options, t)
         err = kernel(p.data_ptr(), g_dev.data_ptr(), s.data_ptr() if s is not None else None, n,
-                     ctypes.cast(pack(values, flag), ctypes.c_void_p), ctypes.c_void_p(stream.cuda_stream))
+                     ctypes.cast(pack(values, flag), ctypes.c_void_p), None, ctypes.c_void_p(stream.cuda_stream))
         assert err == 0, f"{rule}: launch returned cudaError {err}"
     torch.cuda.synchronize()
     gpu = p.cpu().numpy()
@@ -105,7 +106,7 @@ def graph_replay(lib, stream):
     """Captures one Adam step in a CUDA graph and replays it: same result as launching it."""
     kernel = lib.alr_cuda_adam_step
     kernel.restype = ctypes.c_int
-    kernel.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_size_t, ctypes.c_void_p, ctypes.c_void_p]
+    kernel.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_size_t, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
     n = 1 << 20
     g = torch.randn(n, device="cuda")
     coeff = pack(*coeffs("adam", RULES["adam"][2], 1))
@@ -116,14 +117,14 @@ def graph_replay(lib, stream):
         if use_graph:
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, stream=stream):
-                kernel(p.data_ptr(), g.data_ptr(), s.data_ptr(), n, ctypes.cast(coeff, ctypes.c_void_p), ctypes.c_void_p(stream.cuda_stream))
+                kernel(p.data_ptr(), g.data_ptr(), s.data_ptr(), n, ctypes.cast(coeff, ctypes.c_void_p), None, ctypes.c_void_p(stream.cuda_stream))
             # Capture records the launch without running it: replay twice = two steps.
             graph.replay()
             graph.replay()
         else:
             with torch.cuda.stream(stream):
                 for _ in range(2):
-                    kernel(p.data_ptr(), g.data_ptr(), s.data_ptr(), n, ctypes.cast(coeff, ctypes.c_void_p), ctypes.c_void_p(stream.cuda_stream))
+                    kernel(p.data_ptr(), g.data_ptr(), s.data_ptr(), n, ctypes.cast(coeff, ctypes.c_void_p), None, ctypes.c_void_p(stream.cuda_stream))
         torch.cuda.synchronize()
         results.append(p.cpu().numpy())
     return np.array_equal(results[0], results[1])

@@ -338,6 +338,13 @@ def test_cuda_device_on_cpu_build():
     assert handle.value is None, "alr_create must set *out = NULL on failure"
 
 
+def test_cuda_optimizer_on_cpu_build_says_how_to_get_one():
+    with pytest.raises(autolr.Error, match="without the `cuda` feature") as info:
+        autolr.CudaOptimizer("auto-adam", [10, 3], device=0)
+    assert info.value.status == "ALR_UNSUPPORTED"
+    assert set(autolr.CUDA_ALGORITHMS) < set(autolr.ALGORITHMS)
+
+
 # --- ALR_NULL_POINTER and stale handles -----------------------------------------------------------
 
 def test_null_pointers_from_raw_calls():

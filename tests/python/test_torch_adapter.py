@@ -99,6 +99,8 @@ def test_errors_are_autolr_errors():
         alt.AutoLR(mlp().parameters(), "nope")
     with pytest.raises(autolr.Error, match="no_such_option"):
         alt.Adam(mlp().parameters(), no_such_option=1.0)
+    with pytest.raises(autolr.Error, match="CPU or CUDA tensors"):
+        alt.SGD([nn.Parameter(torch.zeros(3, device="meta"))])
     model = mlp()
     opt = alt.SGD(model.parameters(), lr=0.1)
     with pytest.raises(autolr.Error, match="cannot be added"):

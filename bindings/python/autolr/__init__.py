@@ -10,12 +10,14 @@ import numpy as np
 from . import _ffi
 from ._lib import lib
 
-__all__ = ["Optimizer", "Error", "__version__", "ABI_VERSION", "ALGORITHMS"]
+__all__ = ["Optimizer", "CudaOptimizer", "Error", "__version__", "ABI_VERSION", "ALGORITHMS", "CUDA_ALGORITHMS"]
 
 __version__ = lib.alr_version().decode()
 ABI_VERSION = lib.alr_abi_version()
 
 ALGORITHMS = ("sgd", "momentum", "adam", "adamw", "adagrad", "rmsprop", "auto-sgd", "auto-adam", "auto-adagrad", "gi", "tlr", "vsgd-l", "vsgd-g", "vsgd-b")
+# Those with CUDA kernels (a library built with the `cuda` feature); the others run on the CPU only.
+CUDA_ALGORITHMS = ALGORITHMS[:9]
 
 
 class Error(ValueError):
@@ -58,17 +60,12 @@ def _ptr_array(arrays):
     return ptrs
 
 
-class Optimizer:
-    """An optimizer over a list of float32 numpy arrays (updated in place by step()).
+class _Handle:
+    """An optimizer handle: creation, options, read-back and checkpoints, whatever the device."""
 
-    Options are given by name (ALGORITHMS.md); `groups` gives a group id per tensor (default:
-    every tensor its own group). For `gi`, pass `base="adam"` etc."""
-
-    def __init__(self, algorithm, params, groups=None, **options):
-        self._params = [_as_f32(p, f"params[{i}]", writable=True) for i, p in enumerate(params)]
-        self._shapes = [p.shape for p in self._params]
-        n = len(self._params)
-        lens = (ctypes.c_size_t * n)(*[p.size for p in self._params])
+    def _create(self, algorithm, lens, groups, options, device=_ffi.ALR_DEVICE_CPU, ordinal=0, stream=0):
+        n = len(lens)
+        lens = (ctypes.c_size_t * n)(*lens)
         args = _ffi.AlrCreateArgs()
         args.struct_size = ctypes.sizeof(_ffi.AlrCreateArgs)
         args.algorithm = str(algorithm).encode()
@@ -78,7 +75,9 @@ class Optimizer:
             if len(groups) != n:
                 raise Error(f"groups has {len(groups)} ids for {n} tensors", "ALR_SHAPE_MISMATCH")
             args.groups = (ctypes.c_uint32 * n)(*[int(g) for g in groups])
-        args.device = _ffi.ALR_DEVICE_CPU
+        args.device = device
+        args.device_ordinal = int(ordinal)
+        args.stream = ctypes.c_void_p(int(stream) or None)
         handle = ctypes.c_void_p()
         _check(lib.alr_create(ctypes.byref(args), ctypes.byref(handle)))
         self._handle = handle
@@ -111,6 +110,72 @@ class Optimizer:
         out = ctypes.c_double()
         _check(lib.alr_get_option(self._handle, int(group), name.encode(), ctypes.byref(out)))
         return out.value
+
+    # read-back --------------------------------------------------------------------------------
+    @property
+    def n_groups(self):
+        out = ctypes.c_size_t()
+        _check(lib.alr_n_groups(self._handle, ctypes.byref(out)))
+        return out.value
+
+    def _per_group(self, fn):
+        out = ctypes.c_double()
+        values = []
+        for g in range(self.n_groups):
+            _check(fn(self._handle, g, ctypes.byref(out)))
+            values.append(out.value)
+        return values
+
+    @property
+    def lr(self):
+        """Effective learning rate per group after the last step."""
+        return self._per_group(lib.alr_get_lr)
+
+    @property
+    def momentum(self):
+        """Momentum per group (AutoOpt's adapted value; the fixed value for momentum bases)."""
+        return self._per_group(lib.alr_get_momentum)
+
+    def telemetry(self):
+        """{name: [value per group]} of the algorithm's internal scalars (ALGORITHMS.md §5)."""
+        result = {}
+        count = ctypes.c_size_t()
+        name = ctypes.c_char_p()
+        value = ctypes.c_double()
+        for g in range(self.n_groups):
+            _check(lib.alr_telemetry_count(self._handle, g, ctypes.byref(count)))
+            for i in range(count.value):
+                _check(lib.alr_telemetry_entry(self._handle, g, i, ctypes.byref(name), ctypes.byref(value)))
+                result.setdefault(name.value.decode(), []).append(value.value)
+        return result
+
+    # checkpoints ------------------------------------------------------------------------------
+    def state_dict(self):
+        """The whole optimizer state as bytes (versioned, checksummed)."""
+        size = ctypes.c_size_t()
+        _check(lib.alr_save_size(self._handle, ctypes.byref(size)))
+        buf = (ctypes.c_uint8 * size.value)()
+        written = ctypes.c_size_t()
+        _check(lib.alr_save(self._handle, buf, size.value, ctypes.byref(written)))
+        return bytes(buf[: written.value])
+
+    def load_state_dict(self, state):
+        """Restores bytes from state_dict(); on error the optimizer is unchanged."""
+        data = bytes(state)
+        buf = (ctypes.c_uint8 * len(data)).from_buffer_copy(data) if data else (ctypes.c_uint8 * 1)()
+        _check(lib.alr_load(self._handle, buf, len(data)))
+
+
+class Optimizer(_Handle):
+    """An optimizer over a list of float32 numpy arrays (updated in place by step()).
+
+    Options are given by name (ALGORITHMS.md); `groups` gives a group id per tensor (default:
+    every tensor its own group). For `gi`, pass `base="adam"` etc."""
+
+    def __init__(self, algorithm, params, groups=None, **options):
+        self._params = [_as_f32(p, f"params[{i}]", writable=True) for i, p in enumerate(params)]
+        self._shapes = [p.shape for p in self._params]
+        self._create(algorithm, [p.size for p in self._params], groups, options)
 
     # the step --------------------------------------------------------------------------------
     def step(self, grads, sum_sq=None, per_sample=None, per_sample_scale="sample", batch_size=None,
@@ -195,56 +260,46 @@ class Optimizer:
         """GI's second phase: the loss on the same batch after the last step moved the parameters."""
         _check(lib.alr_report_loss(self._handle, float(loss_after)))
 
-    # read-back --------------------------------------------------------------------------------
-    @property
-    def n_groups(self):
-        out = ctypes.c_size_t()
-        _check(lib.alr_n_groups(self._handle, ctypes.byref(out)))
-        return out.value
 
-    def _per_group(self, fn):
-        out = ctypes.c_double()
-        values = []
-        for g in range(self.n_groups):
-            _check(fn(self._handle, g, ctypes.byref(out)))
-            values.append(out.value)
-        return values
+class CudaOptimizer(_Handle):
+    """An optimizer whose state lives on CUDA device `device` (a library built with the `cuda`
+    feature; algorithms: CUDA_ALGORITHMS). Tensors are given as device pointers (ints, e.g. a
+    torch tensor's data_ptr()) of `sizes[i]` float32 elements; steps are enqueued on `stream`
+    (a cudaStream_t as an int; 0: the default stream) and return without waiting.
 
-    @property
-    def lr(self):
-        """Effective learning rate per group after the last step."""
-        return self._per_group(lib.alr_get_lr)
+    A NaN/Inf in the inputs (or a negative sum_sq) is found on the device: that step and every
+    later one change nothing until the next read of lr, momentum, telemetry() or state_dict(),
+    which raises the error (ALR_NON_FINITE / ALR_INVALID_ARGUMENT) and lets steps run again."""
 
-    @property
-    def momentum(self):
-        """Momentum per group (AutoOpt's adapted value; the fixed value for momentum bases)."""
-        return self._per_group(lib.alr_get_momentum)
+    def __init__(self, algorithm, sizes, groups=None, device=0, stream=0, **options):
+        self._sizes = [int(n) for n in sizes]
+        self._create(algorithm, self._sizes, groups, options, _ffi.ALR_DEVICE_CUDA, device, stream)
 
-    def telemetry(self):
-        """{name: [value per group]} of the algorithm's internal scalars (ALGORITHMS.md §5)."""
-        result = {}
-        count = ctypes.c_size_t()
-        name = ctypes.c_char_p()
-        value = ctypes.c_double()
-        for g in range(self.n_groups):
-            _check(lib.alr_telemetry_count(self._handle, g, ctypes.byref(count)))
-            for i in range(count.value):
-                _check(lib.alr_telemetry_entry(self._handle, g, i, ctypes.byref(name), ctypes.byref(value)))
-                result.setdefault(name.value.decode(), []).append(value.value)
-        return result
+    def step(self, params, grads, sum_sq=None, per_sample=None, per_sample_scale="sample", batch_size=None):
+        """Enqueues one step: `params` updated in place; every argument a list of device pointers
+        (per_sample: row-major N × size matrices)."""
+        n = len(self._sizes)
+        args = _ffi.AlrStepArgs()
+        args.struct_size = ctypes.sizeof(_ffi.AlrStepArgs)
+        args.n_tensors = n
+        keep = []
 
-    # checkpoints ------------------------------------------------------------------------------
-    def state_dict(self):
-        """The whole optimizer state as bytes (versioned, checksummed)."""
-        size = ctypes.c_size_t()
-        _check(lib.alr_save_size(self._handle, ctypes.byref(size)))
-        buf = (ctypes.c_uint8 * size.value)()
-        written = ctypes.c_size_t()
-        _check(lib.alr_save(self._handle, buf, size.value, ctypes.byref(written)))
-        return bytes(buf[: written.value])
+        def pointers(what, values):
+            if len(values) != n:
+                raise Error(f"{what} has {len(values)} tensors, the optimizer has {n}", "ALR_SHAPE_MISMATCH")
+            ptrs = (_FloatPtr * n)(*[ctypes.cast(ctypes.c_void_p(int(v)), _FloatPtr) for v in values])
+            keep.append(ptrs)
+            return ctypes.cast(ptrs, _PtrArray)
 
-    def load_state_dict(self, state):
-        """Restores bytes from state_dict(); on error the optimizer is unchanged."""
-        data = bytes(state)
-        buf = (ctypes.c_uint8 * len(data)).from_buffer_copy(data) if data else (ctypes.c_uint8 * 1)()
-        _check(lib.alr_load(self._handle, buf, len(data)))
+        args.params = pointers("params", params)
+        args.grads = pointers("grads", grads)
+        if per_sample_scale not in ("sample", "mean"):
+            raise Error(f"per_sample_scale is {per_sample_scale!r}; accepted: 'sample' or 'mean'")
+        args.per_sample_scale = _ffi.ALR_SCALE_SAMPLE if per_sample_scale == "sample" else _ffi.ALR_SCALE_MEAN
+        if sum_sq is not None:
+            args.sum_sq = pointers("sum_sq", sum_sq)
+        if per_sample is not None:
+            args.per_sample = pointers("per_sample", per_sample)
+        if batch_size is not None:
+            args.batch_size = int(batch_size)
+        _check(lib.alr_step(self._handle, ctypes.byref(args)))

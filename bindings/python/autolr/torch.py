@@ -19,7 +19,13 @@
         return loss
     opt.step(closure)
 
-Tensors: parameters must be CPU, float32 and contiguous. The optimizer keeps zero-copy numpy
+Tensors: parameters must be float32 and contiguous, all on the CPU or all on one CUDA device.
+CUDA tensors need a library built with the `cuda` feature and an algorithm in
+``autolr.CUDA_ALGORITHMS``; their state then lives on that device, every tensor is passed by
+device pointer, and a step is enqueued on the stream that was current when the optimizer was
+created (stepping under another stream is an error) without waiting for it. A NaN/Inf found on
+the device makes that step and later ones no-ops and is raised by the next read of ``lr``,
+``momentum``, ``telemetry()`` or ``state_dict()``. On the CPU the optimizer keeps zero-copy numpy
 views of their storage (``tensor.detach().numpy()`` shares memory) and the library updates them
 in place, so parameters must not be re-allocated after the optimizer is created (``model.to()``,
 ``.half()``, ``p.data = ...``): ``step`` detects a moved storage and raises ``autolr.Error``.
@@ -41,6 +47,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import CudaOptimizer as _CudaCore
 from . import Error
 from . import Optimizer as _Core
 
@@ -57,8 +64,8 @@ def _describe(i, p):
 def _check_param(i, p):
     if not isinstance(p, torch.Tensor):
         raise Error(f"parameter {i} is a {type(p).__name__}, not a torch.Tensor")
-    if p.device.type != "cpu":
-        raise Error(f"{_describe(i, p)} is on {p.device}; autolr.torch takes CPU tensors")
+    if p.device.type not in ("cpu", "cuda"):
+        raise Error(f"{_describe(i, p)} is on {p.device}; autolr.torch takes CPU or CUDA tensors")
     if p.dtype != torch.float32:
         raise Error(f"{_describe(i, p)} has dtype {p.dtype}; autolr works in float32 (model.float())")
     if p.is_sparse or not p.is_contiguous():
@@ -82,6 +89,18 @@ def _to_array(x, what, copy=False):
         x = np.asarray(x, dtype=np.float32)
     x = np.ascontiguousarray(x)
     return x.copy() if copy else x
+
+
+def _to_device(x, what, device):
+    """A float32 contiguous tensor on the optimizer's CUDA device (converted, never moved)."""
+    if not isinstance(x, torch.Tensor):
+        x = torch.as_tensor(np.asarray(x, dtype=np.float32), device=device)
+    x = x.detach()
+    if x.device != device:
+        raise Error(f"{what} is on {x.device}; this optimizer's tensors are on {device}")
+    if x.is_sparse:
+        raise Error(f"{what} is sparse; autolr needs dense tensors")
+    return x.float().contiguous()
 
 
 def _accepts_backward_kwarg(fn):
@@ -115,11 +134,21 @@ class AutoLR(torch.optim.Optimizer):
                 groups.append(g)
         if not tensors:
             raise Error("the optimizer got no parameters")
+        self._device = tensors[0].device
+        for i, p in enumerate(tensors):
+            if p.device != self._device:
+                raise Error(f"{_describe(i, p)} is on {p.device}, parameter 0 on {self._device}: put every parameter on one device")
         self._tensors = tensors
-        self._views = [p.detach().numpy() for p in tensors]  # share the tensors' storage
         self._pointers = [p.data_ptr() for p in tensors]
         self._zeros = {}
-        self._core = _Core(algorithm, self._views, groups=groups, **strings)
+        if self._device.type == "cuda":
+            self._views = None
+            self._stream = torch.cuda.current_stream(self._device).cuda_stream
+            self._core = _CudaCore(algorithm, [p.numel() for p in tensors], groups=groups,
+                                   device=self._device.index, stream=self._stream, **strings)
+        else:
+            self._views = [p.detach().numpy() for p in tensors]  # share the tensors' storage
+            self._core = _Core(algorithm, self._views, groups=groups, **strings)
         for name, value in numbers.items():
             self._core.set_option(name, value)
         self._synced = [{} for _ in self.param_groups]
@@ -186,10 +215,16 @@ class AutoLR(torch.optim.Optimizer):
     # the step -------------------------------------------------------------------------------------
     def _check_storage(self):
         for i, (p, ptr) in enumerate(zip(self._tensors, self._pointers)):
-            if p.data_ptr() != ptr or p.device.type != "cpu" or p.dtype != torch.float32:
+            if p.data_ptr() != ptr or p.device != self._device or p.dtype != torch.float32:
                 raise Error(f"{_describe(i, p)} was re-allocated after the optimizer was created "
                             "(model.to(), .half(), p.data = ...); autolr.torch keeps views of the "
                             "original storage: create the optimizer after moving the model", "ALR_WRONG_STATE")
+
+    def _input(self, x, what, copy=False):
+        """One input buffer as the library's binding takes it on this optimizer's device."""
+        if self._views is None:
+            return _to_device(x, what, self._device)
+        return _to_array(x, what, copy=copy)
 
     def _grads(self, copy):
         out = []
@@ -197,21 +232,41 @@ class AutoLR(torch.optim.Optimizer):
             if p.grad is None:
                 z = self._zeros.get(i)
                 if z is None:
-                    z = self._zeros[i] = np.zeros(self._views[i].shape, np.float32)
+                    z = self._zeros[i] = self._input(torch.zeros_like(p), "zeros")
                 out.append(z)
             else:
-                out.append(_to_array(p.grad, f"grad of {_describe(i, p)}", copy=copy))
+                out.append(self._input(p.grad, f"grad of {_describe(i, p)}", copy=copy))
         return out
 
     def _per_tensor(self, values, what):
         if values is None:
             return None
         if isinstance(values, SumGradSquared):
-            return values.sum_sq(self._tensors)
+            values = values.sum_sq_tensors(self._tensors)
         values = list(values)
         if len(values) != len(self._tensors):
             raise Error(f"{what} has {len(values)} tensors, the optimizer has {len(self._tensors)}", "ALR_SHAPE_MISMATCH")
-        return [_to_array(v, f"{what}[{i}]") for i, v in enumerate(values)]
+        return [self._input(v, f"{what}[{i}]") for i, v in enumerate(values)]
+
+    def _step_cuda(self, grads, kwargs):
+        """Enqueues the step on the optimizer's stream. Temporaries (converted gradients, Σg²)
+        may be freed when this returns: torch reuses their memory only in the order of the
+        current stream, which is the one the step runs on."""
+        current = torch.cuda.current_stream(self._device).cuda_stream
+        if current != self._stream:
+            raise Error(f"step() runs under CUDA stream {current:#x}, the optimizer was created under {self._stream:#x}: "
+                        "step under the stream the optimizer was created under", "ALR_WRONG_STATE")
+        for name in ("curvature", "loss", "closure", "grad_closure"):
+            if kwargs.get(name) is not None:
+                raise Error(f"'{self.algorithm}' on CUDA takes no {name}", "ALR_UNSUPPORTED")
+        pointers = lambda tensors: None if tensors is None else [t.data_ptr() for t in tensors]
+        per_sample = kwargs["per_sample"]
+        batch_size = kwargs.get("batch_size")
+        if batch_size is None and per_sample:
+            batch_size = per_sample[0].shape[0] if per_sample[0].dim() else 0
+        self._core.step(pointers(self._tensors), pointers(grads), sum_sq=pointers(kwargs["sum_sq"]),
+                        per_sample=pointers(per_sample), per_sample_scale=kwargs["per_sample_scale"],
+                        batch_size=batch_size)
 
     @torch.no_grad()
     def step(self, closure=None, *, loss=None, sum_sq=None, per_sample=None, per_sample_scale=None,
@@ -277,7 +332,10 @@ class AutoLR(torch.optim.Optimizer):
             kwargs["closure"] = after
         if closure is not None and vsgd and curvature is None:
             kwargs["grad_closure"] = lambda points: self._grad_at(closure, points)
-        self._core.step(grads, **kwargs)
+        if self._views is None:
+            self._step_cuda(grads, kwargs)
+        else:
+            self._core.step(grads, **kwargs)
         return result
 
     def _grad_at(self, closure, points):
@@ -557,6 +615,10 @@ class SumGradSquared:
     def sum_sq(self, params, scale=None):
         """S per parameter as float32 numpy arrays, in the order of ``params``; ``scale`` converts
         to "sample" (× N² from "mean") or "mean"; default: as collected (``per_sample_scale``)."""
+        return [_to_array(s, f"sum_sq of {_describe(i, p)}") for i, (p, s) in enumerate(zip(params, self.sum_sq_tensors(params, scale)))]
+
+    def sum_sq_tensors(self, params, scale=None):
+        """As ``sum_sq``, as tensors on the parameters' device (what a CUDA optimizer takes)."""
         out = []
         factor = 1.0
         if scale is not None and scale != self.per_sample_scale:
@@ -571,5 +633,5 @@ class SumGradSquared:
             s = self._sums.get(id(p))
             if s is None:
                 raise Error(f"no Σg² for {_describe(i, p)} yet: run forward and backward (with gradients enabled) first", "ALR_WRONG_STATE")
-            out.append(_to_array(s * factor if factor != 1.0 else s, f"sum_sq of {_describe(i, p)}"))
+            out.append(s * factor if factor != 1.0 else s)
         return out

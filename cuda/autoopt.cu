@@ -80,6 +80,19 @@ struct AdagradDiag {
     __device__ static void set_direction(State* st, float d) { st->x = d; }
 };
 
+// β^t exactly as the CPU's f64::powi forms it (compiler-rt's __powidf2: square-and-multiply), so
+// the bias factor has the CPU's bits; pow() may differ in the last one.
+__device__ static double powi(double base, long long exponent) {
+    double result = 1.0;
+    for (;;) {
+        if (exponent & 1) result *= base;
+        exponent /= 2;
+        if (exponent == 0) break;
+        base *= base;
+    }
+    return result;
+}
+
 struct AdamDiag {
     typedef float2 State;
     float beta2, one_minus_beta2, inv_sqrt_bias2, eps;
@@ -87,7 +100,7 @@ struct AdamDiag {
     __device__ AdamDiag(const AutoOptOptions& o, unsigned long long t)
         : beta2((float)o.beta2),
           one_minus_beta2((float)(1.0 - o.beta2)),
-          inv_sqrt_bias2((float)(1.0 / sqrt(1.0 - pow(o.beta2, (double)(t < 1 ? 1 : t))))),
+          inv_sqrt_bias2((float)(1.0 / sqrt(1.0 - powi(o.beta2, (long long)(t < 1 ? 1 : t))))),
           eps((float)o.eps) {}
     // v ← β2 v + (1−β2) g², D = 1/(√(v/(1−β2^t)) + ε); the first-moment bias factor is dropped
     // (ALGORITHMS.md §1: β is adapted instead).
@@ -127,7 +140,7 @@ template <typename P>
 __global__ void autoopt_moments(const float* __restrict__ grad, const typename P::State* __restrict__ state,
                                 const float* __restrict__ sum_sq, const float* __restrict__ rows, size_t n_rows,
                                 float k, size_t len, const AutoOptGroup* group, const AutoOptOptions* options,
-                                const int* status, MomentSums* __restrict__ partials) {
+                                int* status, MomentSums* __restrict__ partials) {
     __shared__ double shared[4][THREADS];
     if (*status != 0) return;  // a sticky error: this step changes nothing (solve skips too)
     const P precond(*options, group->steps + 1);
@@ -161,8 +174,12 @@ __global__ void autoopt_moments(const float* __restrict__ grad, const typename P
         sums[2] += (double)(wg * d);
         sums[3] += (double)(wd * d);
     }
-    // A negative S poisons its sum, as on the CPU (solve reports it).
-    if (negative) sums[0] = __longlong_as_double(0x7ff8000000000001LL);
+    // A negative S poisons its sum, as on the CPU, and says so in DeviceStatus.pad (status[1]),
+    // so that solve tells it from a NaN in the data (which poisons the sum too).
+    if (negative) {
+        sums[0] = __longlong_as_double(0x7ff8000000000001LL);
+        status[1] = 1;
+    }
     block_sum4(sums, shared);
     if (threadIdx.x == 0) partials[blockIdx.x] = MomentSums{sums[0], sums[1], sums[2], sums[3]};
 }
@@ -254,19 +271,19 @@ __global__ void autoopt_solve(const MomentSums* __restrict__ group_sums, AutoOpt
                               size_t n_groups, double n, double square_scale, int* status) {
     __shared__ int bad;
     if (*status != 0) return;
-    if (threadIdx.x == 0) bad = 0;
+    if (threadIdx.x == 0) bad = 3;  // above every code: atomicMin keeps the most basic one found
     __syncthreads();
     for (size_t g = threadIdx.x; g < n_groups; g += blockDim.x) {
         const MomentSums s = group_sums[g];
         if (!(is_finite(spread_of(s, n, square_scale)) && is_finite(s.a) && is_finite(s.c) && is_finite(s.e))) {
-            // A NaN first sum with a finite a, in the Σg² form, can only come from a negative S
-            // (moments poisons it so); anything else is a NaN or Inf in the inputs.
-            const bool negative = square_scale != 0.0 && isnan(s.spread) && is_finite(s.a);
-            atomicMax(&bad, negative ? ALR_STATUS_NEGATIVE_SUM_SQ : ALR_STATUS_NON_FINITE);
+            // A NaN or Inf in the inputs is reported before a negative S (status[1], set by
+            // moments), as the CPU checks finiteness first.
+            const bool negative = square_scale != 0.0 && status[1] != 0 && is_finite(s.a) && is_finite(s.c) && is_finite(s.e);
+            atomicMin(&bad, negative ? ALR_STATUS_NEGATIVE_SUM_SQ : ALR_STATUS_NON_FINITE);
         }
     }
     __syncthreads();
-    if (bad != 0) {
+    if (bad != 3) {
         if (threadIdx.x == 0) *status = bad;
         return;
     }
@@ -304,7 +321,7 @@ extern "C" size_t alr_cuda_autoopt_partials(size_t len) { return partials_for(le
 template <typename P>
 static int launch_moments(const float* grad, const void* state, const float* sum_sq, const float* rows,
                           size_t n_rows, float k, size_t len, const AutoOptGroup* group,
-                          const AutoOptOptions* options, const int* status, MomentSums* partials, cudaStream_t stream) {
+                          const AutoOptOptions* options, int* status, MomentSums* partials, cudaStream_t stream) {
     autoopt_moments<P><<<(unsigned)partials_for(len), THREADS, 0, stream>>>(
         grad, (const typename P::State*)state, sum_sq, rows, n_rows, k, len, group, options, status, partials);
     return (int)cudaGetLastError();
@@ -313,7 +330,7 @@ static int launch_moments(const float* grad, const void* state, const float* sum
 extern "C" int alr_cuda_autoopt_moments(int precond, const float* grad, const void* state, const float* sum_sq,
                                         const float* rows, size_t n_rows, float k, size_t len,
                                         const AutoOptGroup* group, const AutoOptOptions* options,
-                                        const int* status, double* partials, void* stream) {
+                                        int* status, double* partials, void* stream) {
     if (len == 0) return 0;
     MomentSums* out = (MomentSums*)partials;
     cudaStream_t s = (cudaStream_t)stream;

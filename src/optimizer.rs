@@ -510,11 +510,10 @@ impl Optimizer {
                 r.finish()?;
                 *current = algorithm;
             }
-            // The device state is read in full before any of it is uploaded (backend/cuda.rs).
+            // The checkpoint is read to its end before any of it is uploaded (backend/cuda.rs).
             #[cfg(feature = "cuda")]
             Engine::Cuda(engine) => {
-                engine.get_mut().unwrap_or_else(|p| p.into_inner()).load(&ctx, &mut r)?;
-                r.finish()?;
+                engine.get_mut().unwrap_or_else(|p| p.into_inner()).load(&ctx, r)?;
             }
         }
         self.options = options;

@@ -3,7 +3,8 @@
 //! wrappers only size buffers and enqueue launches).
 //!
 //! A step enqueues its kernels on the caller's stream and returns: no device-to-host copy and no
-//! synchronisation, so a step can be captured in a CUDA graph. Bad input found on the device
+//! synchronisation, so an AutoOpt step can be captured in a CUDA graph (a fixed-rate step forms
+//! its coefficients on the host, so it refuses capture). Bad input found on the device
 //! sets a sticky status word instead (cuda/status.cuh): that step and later ones change nothing
 //! until the host reads the status — which happens whenever the caller reads a rate, telemetry
 //! or a checkpoint — and the error is reported then.
@@ -55,7 +56,7 @@ extern "C" {
         len: usize,
         group: *const c_void,
         options: *const c_void,
-        status: *const c_void,
+        status: *mut c_void,
         partials: *mut c_void,
         stream: *mut c_void,
     ) -> c_int;
@@ -322,7 +323,8 @@ trait Kernels: Send {
     /// The algorithm's state in the CPU algorithm's checkpoint layout, so a checkpoint moves
     /// between devices.
     fn save(&self, ctx: &Context, stream: Stream, w: &mut Writer) -> Result<()>;
-    fn load(&mut self, ctx: &Context, stream: Stream, r: &mut Reader) -> Result<()>;
+    /// Reads the rest of the checkpoint (through `r.finish()`), then uploads it.
+    fn load(&mut self, ctx: &Context, stream: Stream, r: Reader) -> Result<()>;
 }
 
 /// Every tensor's state, downloaded in the CPU layout (`floats` per element, interleaved).
@@ -333,14 +335,20 @@ fn save_states(states: &[Buffer], lens: &[usize], floats: usize, stream: Stream,
     Ok(())
 }
 
-/// Reads every tensor's state (validated first: on error nothing was uploaded) and uploads it.
-fn load_states(states: &[Buffer], lens: &[usize], floats: usize, stream: Stream, r: &mut Reader) -> Result<()> {
+/// Reads every tensor's state (`floats` per element) and checks that the checkpoint ends there:
+/// a load uploads nothing before the whole checkpoint has parsed.
+fn read_states(lens: &[usize], floats: usize, mut r: Reader) -> Result<Vec<Vec<f32>>> {
     let host = lens
         .iter()
         .enumerate()
         .map(|(t, &len)| r.f32s_exact(len * floats, &format!("state of tensor {t}")))
         .collect::<Result<Vec<_>>>()?;
-    states.iter().zip(&host).try_for_each(|(buffer, floats)| buffer.upload(stream, floats))
+    r.finish()?;
+    Ok(host)
+}
+
+fn upload_states(states: &[Buffer], host: &[Vec<f32>], stream: Stream) -> Result<()> {
+    states.iter().zip(host).try_for_each(|(buffer, floats)| buffer.upload(stream, floats))
 }
 
 /// A fixed-rate rule: coefficients formed on the host per group and step (`R::coeffs`, as on
@@ -370,18 +378,27 @@ impl<R: Rule> Kernels for FixedRateKernels<R> {
             return Err(Error::unsupported(format!("algorithm '{}' does not use per-sample data; pass none", R::NAME)));
         }
         (0..ctx.layout.n_groups()).try_for_each(|group| R::check_options(ctx.options, group))?;
-        let checked = ctx.options.flag(0, "check_finite");
-        if checked {
+        // SAFETY: a query of the caller's stream.
+        let capture = driver(unsafe { result::stream::is_capturing(stream.cu()) }, "querying the stream's capture status")?;
+        if capture != sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE {
+            // A graph would replay the coefficients (learning rate, bias correction, step
+            // number) of the step it captured; AutoOpt's live on the device and replay correctly.
+            return Err(Error::unsupported(format!(
+                "'{}' forms its coefficients on the host each step, so its CUDA steps cannot be captured in a graph yet (auto-* steps can)",
+                R::NAME
+            )));
+        }
+        if ctx.options.flag(0, "check_finite") {
             // Every gradient is checked before any tensor moves (status.cuh).
             for (t, &len) in ctx.layout.lens.iter().enumerate() {
                 // SAFETY: grads[t] addresses len device floats (the caller's contract).
                 launched(unsafe { alr_cuda_check_finite(inputs.grads[t], len, step, status.ptr(), stream.raw()) }, "check_finite")?;
             }
         }
-        let status_ptr = if checked { status.ptr() as *const c_void } else { std::ptr::null() };
+        // Every launch reads the status, so an error pending from an earlier step stops this one
+        // too (also when this step checks nothing).
         for (group, members) in ctx.layout.members.iter().enumerate() {
-            self.steps[group] += 1;
-            let coeffs = R::coeffs(ctx.options, group, self.steps[group], ctx.options.get(group, "lr"));
+            let coeffs = R::coeffs(ctx.options, group, self.steps[group] + 1, ctx.options.get(group, "lr"));
             for &t in members {
                 // SAFETY: params/grads address len device floats; the state buffer was sized
                 // for the rule; the coefficients are the kernel's struct (checked at open).
@@ -392,13 +409,15 @@ impl<R: Rule> Kernels for FixedRateKernels<R> {
                         self.states[t].ptr(),
                         ctx.layout.lens[t],
                         (&coeffs as *const R::Coeffs).cast(),
-                        status_ptr,
+                        status.ptr(),
                         stream.raw(),
                     )
                 };
                 launched(rc, R::NAME)?;
             }
         }
+        // Counted once every launch is enqueued: a failed launch (a CUDA error) counts no step.
+        self.steps.iter_mut().for_each(|s| *s += 1);
         Ok(())
     }
 
@@ -423,9 +442,10 @@ impl<R: Rule> Kernels for FixedRateKernels<R> {
         save_states(&self.states, &ctx.layout.lens, <R::State as crate::backend::cpu::ElemState>::FLOATS, stream, w)
     }
 
-    fn load(&mut self, ctx: &Context, stream: Stream, r: &mut Reader) -> Result<()> {
+    fn load(&mut self, ctx: &Context, stream: Stream, mut r: Reader) -> Result<()> {
         let steps = r.f64s_exact(self.steps.len(), "step counts")?;
-        load_states(&self.states, &ctx.layout.lens, <R::State as crate::backend::cpu::ElemState>::FLOATS, stream, r)?;
+        let states = read_states(&ctx.layout.lens, <R::State as crate::backend::cpu::ElemState>::FLOATS, r)?;
+        upload_states(&self.states, &states, stream)?;
         self.steps = steps.into_iter().map(|s| s as u64).collect();
         Ok(())
     }
@@ -620,8 +640,8 @@ impl Kernels for AutoOptKernels {
         save_states(&self.states, &ctx.layout.lens, self.floats, stream, w)
     }
 
-    fn load(&mut self, ctx: &Context, stream: Stream, r: &mut Reader) -> Result<()> {
-        let groups = (0..ctx.layout.n_groups()).map(|_| GroupState::read(r)).collect::<Result<Vec<_>>>()?;
+    fn load(&mut self, ctx: &Context, stream: Stream, mut r: Reader) -> Result<()> {
+        let groups = (0..ctx.layout.n_groups()).map(|_| GroupState::read(&mut r)).collect::<Result<Vec<_>>>()?;
         let device: Vec<AutoOptGroup> = groups
             .iter()
             .map(|gs| {
@@ -645,16 +665,9 @@ impl Kernels for AutoOptKernels {
                 }
             })
             .collect();
-        // The tensors' states are read (and validated) before anything is uploaded.
-        let host = ctx
-            .layout
-            .lens
-            .iter()
-            .enumerate()
-            .map(|(t, &len)| r.f32s_exact(len * self.floats, &format!("state of tensor {t}")))
-            .collect::<Result<Vec<_>>>()?;
+        let states = read_states(&ctx.layout.lens, self.floats, r)?;
         self.groups.upload(stream, &device)?;
-        self.states.iter().zip(&host).try_for_each(|(buffer, floats)| buffer.upload(stream, floats))
+        upload_states(&self.states, &states, stream)
     }
 }
 
@@ -770,8 +783,14 @@ impl Engine {
         self.kernels.save(ctx, self.stream, w)
     }
 
-    pub fn load(&mut self, ctx: &Context, r: &mut Reader) -> Result<()> {
-        self.settle()?;
+    /// Replaces the state with a checkpoint's (the reader is finished here). A bad-input error
+    /// pending on the device is dropped: the loaded state replaces what it protected.
+    pub fn load(&mut self, ctx: &Context, r: Reader) -> Result<()> {
+        if let Err(e) = self.settle() {
+            if e.status == AlrStatus::AlrCudaError {
+                return Err(e);
+            }
+        }
         self.kernels.load(ctx, self.stream, r)?;
         self.kernels.options_changed(ctx, self.stream)
     }

@@ -311,8 +311,9 @@ pub extern "C" fn alr_get_option(opt: *mut AlrOptimizer, group: usize, name: *co
 /// one missing), ALR_CALLBACK_FAILED.
 ///
 /// On a CUDA optimizer every buffer is a device pointer; the step is enqueued on the
-/// optimizer's stream and returns without waiting (no device-to-host copy, so it can be
-/// captured in a CUDA graph). What only the device can see — a NaN or Inf in the inputs, a
+/// optimizer's stream and returns without waiting (no device-to-host copy: an auto-* step can
+/// be captured in a CUDA graph; a fixed-rate one, whose coefficients are formed on the host,
+/// refuses capture with ALR_UNSUPPORTED). What only the device can see — a NaN or Inf in the inputs, a
 /// negative sum_sq — is reported by the next alr_get_lr, alr_get_momentum, telemetry, save or
 /// load call (ALR_NON_FINITE / ALR_INVALID_ARGUMENT); the step that found it and every step
 /// after it until then changed nothing.

@@ -85,7 +85,7 @@ class DeviceAutoOpt:
         opts = np.array([[options["nu"][g], options["gamma_max"], options.get("eps", 0.0), options.get("beta2", 0.0)]
                          for g in range(self.n_groups)], np.float64)
         self.options = device_bytes(opts.tobytes())
-        self.status = torch.zeros(1, dtype=torch.int32, device="cuda")
+        self.status = torch.zeros(4, dtype=torch.int32, device="cuda")  # struct DeviceStatus (cuda/status.cuh)
         self.state_bufs = [padded(np.zeros(n * floats, np.float32)) for n in lens]
 
     def group_ptr(self, g):
@@ -167,7 +167,7 @@ def run_case(lib, name, form, scale, n, rng, stream, lens=LENS, groups=GROUPS):
         if not sentinels_intact(*[b for b, _ in g_dev + d_dev]):
             return False, "sentinels of an input buffer overwritten"
     torch.cuda.synchronize()
-    status = int(dev.status.item())
+    status = int(dev.status[0].item())
     gpu = [p[1].cpu().numpy() for p in params]
     rel = max(float(np.max(np.abs(a - b) / (np.abs(b) + 1e-6))) for a, b in zip(gpu, cpu_params))
     intact = sentinels_intact(*[b for b, _ in params], *[b for b, _ in dev.state_bufs])
@@ -196,7 +196,7 @@ def bad_input(lib, rng, stream, poison):
     expected = 1 if poison == "nan" else 2
     unchanged = all(torch.equal(a, b) for a, b in zip(snapshot[0], [p[1] for p in params] + [s[1] for s in dev.state_bufs]))
     same_groups = dev.group_host().tobytes() == snapshot[1].tobytes()
-    status = int(dev.status.item())
+    status = int(dev.status[0].item())
     return status == expected and unchanged and same_groups, f"status={status} (want {expected}) untouched={unchanged} groups-untouched={same_groups}"
 
 
@@ -240,7 +240,7 @@ def large(lib, rng, stream):
     g64, s64 = g.double(), s.double()
     a = float((g64 * g64).sum())
     v = max(float((s64.sum() - n * a) / (n * (n - 1))), 0.0)
-    ok = abs(gs["a"][0] - a) <= 1e-6 * a and abs(gs["noise"][0] - v) <= 1e-5 * v and int(dev.status.item()) == 0
+    ok = abs(gs["a"][0] - a) <= 1e-6 * a and abs(gs["noise"][0] - v) <= 1e-5 * v and int(dev.status[0].item()) == 0
     return ok, f"a rel diff={abs(gs['a'][0] - a) / a:.1e} V rel diff={abs(gs['noise'][0] - v) / v:.1e}"
 
 

@@ -16,7 +16,8 @@ same library's CPU optimizer on the same inputs. For a machine with an NVIDIA GP
 - A NaN gradient on step 3: the next read of lr raises ALR_NON_FINITE, the parameters are those
   of step 2, and later steps continue as a CPU optimizer that never saw step 3 (Adam's bias
   correction included).
-- A whole auto-adam step captured in a CUDA graph and replayed equals eager steps.
+- A whole auto-adam step captured in a CUDA graph and replayed equals eager steps; a fixed-rate
+  step refuses capture with ALR_UNSUPPORTED.
 - autolr.torch on CUDA parameters (AutoAdam fed by SumGradSquared, and Adam) trains a small
   model as on the CPU (forward/backward differ in rounding between devices: 1e-3 relative).
 Prints one line per check and a summary (date, GPU, driver).
@@ -100,14 +101,14 @@ def rel(a, b):
 
 def fixed_rate(name, rng, stream):
     pair = Pair(name, rng, stream, FIXED[name])
-    worst_lr = 0.0
+    same_steps = True
     for _ in range(STEPS):
         pair.step([rng.standard_normal(n).astype(np.float32) for n in LENS])
-        worst_lr = max(worst_lr, max(abs(a - b) for a, b in zip(pair.gpu.lr + pair.gpu.momentum, pair.cpu.lr + pair.cpu.momentum)))
+        same_steps &= pair.gpu.telemetry() == pair.cpu.telemetry()
     same_bits = all(np.array_equal(a.view(np.uint32), b.view(np.uint32)) for a, b in zip(pair.params(), pair.host))
     same_checkpoint = pair.gpu.state_dict() == pair.cpu.state_dict()
-    ok = same_bits and same_checkpoint and worst_lr == 0.0 and pair.intact()
-    return ok, f"same bits={same_bits} same checkpoint bytes={same_checkpoint} lr/momentum diff={worst_lr} sentinels={pair.intact()}"
+    ok = same_bits and same_checkpoint and same_steps and pair.intact()
+    return ok, f"same bits={same_bits} same checkpoint bytes={same_checkpoint} same step counts={same_steps} sentinels={pair.intact()}"
 
 
 def autoopt(name, form, scale, n, rng, stream):
@@ -122,12 +123,15 @@ def autoopt(name, form, scale, n, rng, stream):
     tele = max(abs(x - y) / max(abs(y), 1e-30) for key in ("V", "a") for x, y in zip(t_gpu[key], t_cpu[key]))
     counts = all(t_gpu[key] == t_cpu[key] for key in ("fallbacks", "clamps", "skips"))
     params = rel(pair.params(), pair.host)
-    # The CUDA checkpoint continues on the CPU, the CPU's on the GPU.
+    # The CUDA checkpoint carries the GPU's scalars to the CPU, the CPU's carries them back.
     moved = autolr.Optimizer(name, [p.copy() for p in pair.host], groups=GROUPS)
     moved.load_state_dict(pair.gpu.state_dict())
+    carried = moved.telemetry() == t_gpu and moved.lr == pair.gpu.lr
     pair.gpu.load_state_dict(pair.cpu.state_dict())
-    ok = params < 1e-4 and worst < 1e-4 and tele < 1e-5 and counts and pair.intact()
-    return ok, f"params rel={params:.1e} lr/momentum rel={worst:.1e} V/a rel={tele:.1e} counts equal={counts} sentinels={pair.intact()}"
+    carried &= pair.gpu.telemetry() == t_cpu and pair.gpu.lr == pair.cpu.lr
+    ok = params < 1e-4 and worst < 1e-4 and tele < 1e-5 and counts and carried and pair.intact()
+    return ok, (f"params rel={params:.1e} lr/momentum rel={worst:.1e} V/a rel={tele:.1e} counts equal={counts} "
+                f"checkpoints carry the scalars both ways={carried} sentinels={pair.intact()}")
 
 
 def bad_input(name, rng, stream):
@@ -167,6 +171,7 @@ def graph_replay(rng, stream):
     for captured in (False, True):
         param = torch.ones(n, device="cuda")
         g_static, s_static = torch.zeros(n, device="cuda"), torch.zeros(n, device="cuda")
+        stream.wait_stream(torch.cuda.current_stream())  # the buffers above were made on the default stream
         with torch.cuda.stream(stream):
             opt = autolr.CudaOptimizer("auto-adam", [n], device=0, stream=stream.cuda_stream)
             step = lambda: opt.step([param.data_ptr()], [g_static.data_ptr()], sum_sq=[s_static.data_ptr()], batch_size=16)
@@ -183,6 +188,23 @@ def graph_replay(rng, stream):
         results.append((param.cpu().numpy(), opt.lr))
     (eager, lr_eager), (replayed, lr_replayed) = results
     return np.array_equal(eager, replayed) and lr_eager == lr_replayed
+
+
+def fixed_rate_refuses_capture(stream):
+    """A fixed-rate step cannot be captured (its coefficients are host values): a clear error."""
+    n = 1 << 10
+    param, grad = torch.ones(n, device="cuda"), torch.ones(n, device="cuda")
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        opt = autolr.CudaOptimizer("adam", [n], device=0, stream=stream.cuda_stream)
+        graph = torch.cuda.CUDAGraph()
+        status = "nothing"
+        try:
+            with torch.cuda.graph(graph, stream=stream):
+                opt.step([param.data_ptr()], [grad.data_ptr()])
+        except autolr.Error as e:
+            status = e.status
+    return status == "ALR_UNSUPPORTED", f"raised={status}"
 
 
 def torch_adapter(rng):
@@ -226,6 +248,8 @@ def main():
         failures += report(f"{name:12s} NaN gradient: reported on read-back, step skipped", ok, detail)
     if not small:
         failures += report("CUDA graph capture + replay of an auto-adam step through the C ABI", graph_replay(rng, stream))
+    ok, detail = fixed_rate_refuses_capture(stream)
+    failures += report("a fixed-rate step refuses CUDA-graph capture", ok, detail)
     ok, detail = torch_adapter(rng)
     failures += report("autolr.torch on CUDA parameters (AutoAdam + SumGradSquared, Adam)", ok, detail)
     summary(failures)

@@ -349,10 +349,10 @@ impl<P: Precond> AutoOpt<P> {
         let k = samples.square_scale().sqrt();
         let len = grad.len();
         // Block scratch on the heap, not the stack: a host thread may have a small stack.
-        let block_scratch = || vec![0.0f32; COLUMN_BLOCK.min(len)];
+        let block_scratch = || (vec![0.0f32; COLUMN_BLOCK.min(len)], cpu::RowSums::new(COLUMN_BLOCK.min(len)));
         // D as the base state will be after absorbing g (the state itself changes in pass 2), and d.
         let weights = |st: &P::State, gj: f32| (precond.absorb(&mut st.clone(), gj), st.direction());
-        let reduce_block = |spread: &mut Vec<f32>, block: usize| {
+        let reduce_block = |(spread, sums): &mut (Vec<f32>, cpu::RowSums), block: usize| {
             let (start, end) = (block * COLUMN_BLOCK, ((block + 1) * COLUMN_BLOCK).min(len));
             let (g, st) = (&grad[start..end], &state[start..end]);
             match &samples.data {
@@ -366,7 +366,7 @@ impl<P: Precond> AutoOpt<P> {
                 }
                 SampleData::PerSample(rows) => {
                     let spread = &mut spread[..end - start];
-                    cpu::spread_from_rows(rows[tensor], n, len, start, k, g, spread);
+                    cpu::spread_from_rows(rows[tensor], n, len, start, k, g, sums, spread);
                     cpu::weighted_moments(st, g, spread, weights).0
                 }
             }
@@ -457,7 +457,7 @@ impl<P: Precond> AutoOpt<P> {
             };
             for &t in members {
                 match &mut mode {
-                    Pass2::Move(params) => cpu::update(params[t], grads[t], &mut self.states[t], displacement),
+                    Pass2::Move(params) => cpu::update_in_parts(params[t], grads[t], &mut self.states[t], displacement),
                     Pass2::Propose(params) => g_dot_s += cpu::advance_dot(params[t], grads[t], &mut self.states[t], displacement),
                 }
             }

@@ -260,7 +260,7 @@ impl TensorInputs<'_> {
         let (t, len) = (self.tensor, self.grad.len());
         // Block scratch on the heap, not the stack: a host thread may have a small stack.
         let block = COLUMN_BLOCK.min(len);
-        let (zero, mut x) = (vec![0.0f32; block], vec![0.0f64; block]);
+        let (zero, mut x, mut sums) = (vec![0.0f32; block], vec![0.0f64; block], cpu::RowSums::new(block));
         for start in (0..len).step_by(COLUMN_BLOCK) {
             let end = (start + COLUMN_BLOCK).min(len);
             let x = &mut x[..end - start];
@@ -272,7 +272,7 @@ impl TensorInputs<'_> {
                     let k = samples.square_scale().sqrt();
                     match &samples.data {
                         SampleData::SumSq(s) => cpu::spread_from_sum_sq(&s[t][start..end], n, k, &zero[..end - start], x),
-                        SampleData::PerSample(rows) => cpu::spread_from_rows(rows[t], n, len, start, k, &zero[..end - start], x),
+                        SampleData::PerSample(rows) => cpu::spread_from_rows(rows[t], n, len, start, k, &zero[..end - start], &mut sums, x),
                     }
                     x.iter_mut().for_each(|s| *s /= n as f64);
                 }

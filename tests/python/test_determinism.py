@@ -16,9 +16,10 @@ import numpy as np
 sys.path[:0] = [sys.argv[1], sys.argv[2]]
 import autolr
 rng = np.random.default_rng(3)
-# "large": one tensor whose 8 × len per-sample matrix is big enough to be split over workers.
+# "large": one tensor big enough for its 8 × len per-sample reduction and its update (3 or 4
+# floats an element) to be split over three workers.
 large = sys.argv[3] == "large"
-shapes = [(1 << 18,)] if large else [(37, 11), (11,), (5000,)]
+shapes = [(1 << 20,)] if large else [(37, 11), (11,), (5000,)]
 names = ["auto-sgd", "auto-adam", "auto-adagrad", "gi"] if large else autolr.ALGORITHMS
 steps = 4 if large else 25
 digest = hashlib.sha256()

@@ -348,8 +348,10 @@ impl<P: Precond> AutoOpt<P> {
         // Each entry of the caller's data is k·g_i: k = 1 ("sample") or N ("mean", g_i/N given).
         let k = samples.square_scale().sqrt();
         let len = grad.len();
-        // Block scratch on the heap, not the stack: a host thread may have a small stack.
-        let block_scratch = || (vec![0.0f32; COLUMN_BLOCK.min(len)], cpu::RowSums::new(COLUMN_BLOCK.min(len)));
+        // Block scratch (one per worker, reused by its blocks) for the per-sample matrix only; on
+        // the heap, not the stack: a host thread may have a small stack.
+        let scratch_len = if matches!(samples.data, SampleData::PerSample(_)) { COLUMN_BLOCK.min(len) } else { 0 };
+        let block_scratch = || (vec![0.0f32; scratch_len], cpu::RowSums::new(scratch_len));
         // D as the base state will be after absorbing g (the state itself changes in pass 2), and d.
         let weights = |st: &P::State, gj: f32| (precond.absorb(&mut st.clone(), gj), st.direction());
         let reduce_block = |(spread, sums): &mut (Vec<f32>, cpu::RowSums), block: usize| {

@@ -170,7 +170,7 @@ pub fn all_finite(x: &[f32]) -> bool {
 /// The loops themselves, written so the compiler vectorises them: elementwise work in f32, then
 /// f64 accumulation over `LANES` fixed lanes.
 mod kernels {
-    use super::{sum_lanes, CHUNKS_PER_WIDENING, COLUMNS_AT_ONCE, GROUP, LANES};
+    use super::{sum_lanes, SpreadValue, CHUNKS_PER_WIDENING, COLUMNS_AT_ONCE, GROUP, LANES};
 
     /// A `LANES`-long chunk as an array, so indexing it needs no bounds checks.
     #[inline(always)]
@@ -295,6 +295,7 @@ mod kernels {
             let dev: &mut [f32; COLUMNS_AT_ONCE] = (&mut sum_dev[columns.clone()]).try_into().expect("a whole chunk");
             let (mut sq_j, mut dev_j) = (*sq, *dev);
             for row in &rows {
+                prefetch(row, j + PREFETCH_AHEAD);
                 let x: &[f32; COLUMNS_AT_ONCE] = row[columns.clone()].try_into().expect("a whole chunk");
                 for l in 0..COLUMNS_AT_ONCE {
                     let d = k * x[l] - c[l];
@@ -313,6 +314,32 @@ mod kernels {
             }
             (sum_sq[j], sum_dev[j]) = (sq_j, dev_j);
         }
+    }
+
+    /// `out[j] = sum_sq[j] + 2·center[j]·sum_dev[j]`, formed in f64 (see `spread_from_rows`).
+    #[inline(always)]
+    pub fn finish_spread<T: SpreadValue>(sum_sq: &[f32], sum_dev: &[f32], center: &[f32], out: &mut [T]) {
+        for (((o, sq), dev), c) in out.iter_mut().zip(sum_sq).zip(sum_dev).zip(center) {
+            *o = T::from_f64(f64::from(*sq) + 2.0 * f64::from(*c) * f64::from(*dev));
+        }
+    }
+
+    /// Columns ahead of the current one at which `accumulate_deviations` asks for each row's
+    /// next line: four lines. The hardware prefetchers lose ground on eight interleaved row
+    /// streams that each advance only a line per iteration; with this hint the reduction ran
+    /// at 0.80–0.84 of a plain read of the matrix on two threads, against 0.68–0.70 without
+    /// (paired runs, 2e6 columns, N = 32).
+    const PREFETCH_AHEAD: usize = 4 * COLUMNS_AT_ONCE;
+
+    /// A hint to start loading the line holding `row[at]` into the caches.
+    #[inline(always)]
+    fn prefetch(row: &[f32], at: usize) {
+        // SAFETY: SSE is part of x86-64; `at` may lie past the end of the row (wrapping_add,
+        // no out-of-bounds offset), which is fine: a prefetch never faults and reads nothing.
+        #[cfg(target_arch = "x86_64")]
+        unsafe {
+            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(row.as_ptr().wrapping_add(at).cast())
+        };
     }
 
     #[inline(always)]
@@ -335,7 +362,7 @@ mod kernels {
 /// The same kernels compiled with AVX2 enabled.
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{kernels, CHUNKS_PER_WIDENING, GROUP, LANES};
+    use super::{kernels, SpreadValue, CHUNKS_PER_WIDENING, GROUP, LANES};
 
     #[target_feature(enable = "avx2")]
     pub unsafe fn update<S: Copy, F: Fn(f32, f32, &mut S) -> f32>(param: &mut [f32], grad: &[f32], state: &mut [S], step: F) {
@@ -398,6 +425,11 @@ mod avx2 {
     #[target_feature(enable = "avx2")]
     pub unsafe fn accumulate_deviations<const R: usize>(rows: [&[f32]; R], k: f32, center: &[f32], sum_sq: &mut [f32], sum_dev: &mut [f32]) {
         kernels::accumulate_deviations(rows, k, center, sum_sq, sum_dev)
+    }
+
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn finish_spread<T: SpreadValue>(sum_sq: &[f32], sum_dev: &[f32], center: &[f32], out: &mut [T]) {
+        kernels::finish_spread(sum_sq, sum_dev, center, out)
     }
 
     #[target_feature(enable = "avx2")]
@@ -561,9 +593,12 @@ pub fn spread_from_rows<T: SpreadValue>(rows: &[f32], n_rows: usize, len: usize,
     for row in row_groups.remainder().chunks_exact(len) {
         accumulate_deviations([&row[start..start + width]], k, center, sum_sq, sum_dev);
     }
-    for (((o, sq), dev), c) in out.iter_mut().zip(sum_sq.iter()).zip(sum_dev.iter()).zip(center) {
-        *o = T::from_f64(f64::from(*sq) + 2.0 * f64::from(*c) * f64::from(*dev));
-    }
+    finish_spread(sum_sq, sum_dev, center, out);
+}
+
+#[inline]
+fn finish_spread<T: SpreadValue>(sum_sq: &[f32], sum_dev: &[f32], center: &[f32], out: &mut [T]) {
+    dispatch!(finish_spread(sum_sq, sum_dev, center, out))
 }
 
 /// Rows of a per-sample block reduced together (their sums stay in registers across them).

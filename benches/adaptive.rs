@@ -5,9 +5,10 @@
 //! - GI's own overhead over its base (its loss callback returns a constant, so the caller's
 //!   extra forward pass is excluded; that pass is the model's cost, measured by the main job).
 //!
-//! The per-sample reduction runs on `autolr::backend::cpu::threads()` workers (every core, or
-//! `AUTOLR_NUM_THREADS`); the fixed-rate steps and pass 2 run on one. The memcpy floor uses the
-//! same number of threads as the reduction.
+//! The per-sample reduction, and AutoOpt's update pass on tensors of over 2^20 floats per worker,
+//! run on `autolr::backend::cpu::threads()` workers (every core, or `AUTOLR_NUM_THREADS`); the
+//! fixed-rate steps and GI's proposal pass run on one. The memcpy floor uses the same number of
+//! threads as the reduction.
 //!
 //! Run: `cargo bench --bench adaptive` (~1 minute); `AUTOLR_NUM_THREADS=1` for one core.
 

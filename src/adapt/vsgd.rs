@@ -260,7 +260,9 @@ impl TensorInputs<'_> {
         let (t, len) = (self.tensor, self.grad.len());
         // Block scratch on the heap, not the stack: a host thread may have a small stack.
         let block = COLUMN_BLOCK.min(len);
-        let (zero, mut x, mut sums) = (vec![0.0f32; block], vec![0.0f64; block], cpu::RowSums::new(block));
+        let per_sample_rows = matches!(self.samples, Some(Samples { data: SampleData::PerSample(_), .. }));
+        let (zero, mut x) = (vec![0.0f32; block], vec![0.0f64; block]);
+        let mut sums = cpu::RowSums::new(if per_sample_rows { block } else { 0 });
         for start in (0..len).step_by(COLUMN_BLOCK) {
             let end = (start + COLUMN_BLOCK).min(len);
             let x = &mut x[..end - start];

@@ -115,18 +115,8 @@ pub fn update_in_parts<S: Copy + Send, F: Fn(f32, f32, &mut S) -> f32 + Sync>(pa
     let floats = param.len() * (2 + std::mem::size_of::<S>() / 4);
     let workers = threads().min(floats / FLOATS_PER_THREAD).max(1);
     let part = param.len().div_ceil(workers).max(1);
-    let mut parts = param.chunks_mut(part).zip(grad.chunks(part)).zip(state.chunks_mut(part));
-    let first = parts.next();
-    let step = &step;
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = parts.map(|((p, g), st)| scope.spawn(move || update(p, g, st, step))).collect();
-        // The calling thread takes the first part itself.
-        if let Some(((p, g), st)) = first {
-            update(p, g, st, step);
-        }
-        // A worker's panic is re-raised here, on the caller's thread (the C ABI's guard catches it).
-        handles.into_iter().for_each(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)));
-    })
+    let parts = param.chunks_mut(part).zip(grad.chunks(part)).zip(state.chunks_mut(part));
+    on_workers(parts, |((p, g), st)| update(p, g, st, &step));
 }
 
 /// Advances the state as `update` would, leaves θ alone, and returns `Σ g·delta` (f64, lanes).
@@ -515,17 +505,21 @@ pub fn map_blocks<T: Send, W>(n_blocks: usize, floats: usize, scratch: impl Fn()
         let mut w = scratch();
         blocks.map(|b| f(&mut w, b)).collect::<Vec<T>>()
     };
-    if workers == 1 {
-        return run(0..n_blocks);
-    }
-    let per_worker = n_blocks.div_ceil(workers);
+    let per_worker = n_blocks.div_ceil(workers).max(1);
+    let runs = (0..n_blocks).step_by(per_worker).map(|first| first..(first + per_worker).min(n_blocks));
+    on_workers(runs, run).into_iter().flatten().collect()
+}
+
+/// `f(part)` for every part, in part order: the first part on the calling thread, each other on
+/// a scoped worker of its own (none is started for a single part). A worker's panic is re-raised
+/// here, on the caller's thread (the C ABI's guard catches it).
+fn on_workers<P: Send, T: Send>(mut parts: impl Iterator<Item = P>, f: impl Fn(P) -> T + Sync) -> Vec<T> {
+    let Some(first) = parts.next() else { return Vec::new() };
+    let f = &f;
     std::thread::scope(|scope| {
-        let run = &run;
-        let handles: Vec<_> = (1..workers).map(|w| scope.spawn(move || run(w * per_worker..((w + 1) * per_worker).min(n_blocks)))).collect();
-        // The calling thread takes the first run itself.
-        let mut out = run(0..per_worker.min(n_blocks));
-        // A worker's panic is re-raised here, on the caller's thread (the C ABI's guard catches it).
-        handles.into_iter().for_each(|h| out.extend(h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))));
+        let handles: Vec<_> = parts.map(|part| scope.spawn(move || f(part))).collect();
+        let mut out = vec![f(first)];
+        out.extend(handles.into_iter().map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))));
         out
     })
 }

@@ -76,8 +76,13 @@ pub trait Algorithm: Send {
         false
     }
 
+    /// Whether any step has changed the state (a checkpoint that says the optimizer has not
+    /// started, with such a state, is refused: a structural option change would then drop it).
+    fn started(&self) -> bool;
+
     fn save(&self, w: &mut Writer);
 
-    /// Reads the state written by `save` into a freshly built algorithm of the same configuration.
+    /// Reads the state written by `save` into a freshly built algorithm of the same
+    /// configuration, refusing any value the algorithm could not have produced.
     fn load(&mut self, ctx: &Context, r: &mut Reader) -> Result<()>;
 }

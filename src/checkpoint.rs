@@ -5,8 +5,13 @@
 use crate::error::{Error, Result};
 
 pub const MAGIC: &[u8; 8] = b"AUTOLR\0\x01";
-/// Bumped whenever the layout of a saved state changes.
-pub const FORMAT_VERSION: u32 = 1;
+/// Bumped whenever the layout of a saved state changes. Version 2: counts are u64 (they were
+/// f64), and every algorithm's state section starts with the algorithm's name.
+pub const FORMAT_VERSION: u32 = 2;
+
+/// The largest count (steps, fallbacks, …) a checkpoint may hold: 2^53, far beyond any training
+/// run, and where an f64 still counts by ones (rates read back as f64 stay exact).
+pub const MAX_COUNT: u64 = 1 << 53;
 
 /// FNV-1a, 64 bit: tiny, dependency-free, and enough to catch accidental corruption.
 pub fn fnv1a64(bytes: &[u8]) -> u64 {
@@ -47,6 +52,12 @@ impl Writer {
         self.u64(v.len() as u64);
         for x in v {
             self.f64(*x);
+        }
+    }
+    pub fn counts(&mut self, v: &[u64]) {
+        self.u64(v.len() as u64);
+        for x in v {
+            self.u64(*x);
         }
     }
     /// Appends the checksum; the buffer is complete after this.
@@ -136,10 +147,89 @@ impl<'a> Reader<'a> {
         }
         (0..n).map(|_| self.f64()).collect()
     }
+    /// A count that must lie in `0..=MAX_COUNT`.
+    pub fn count(&mut self, what: &str) -> Result<u64> {
+        let v = self.u64()?;
+        if v > MAX_COUNT {
+            return Err(Error::checkpoint(format!("checkpoint {what} is {v}, beyond any count a training run reaches (corrupted)")));
+        }
+        Ok(v)
+    }
+    /// Exactly `expected` counts, each in `0..=MAX_COUNT`.
+    pub fn counts_exact(&mut self, expected: usize, what: &str) -> Result<Vec<u64>> {
+        let n = self.len(8)?;
+        if n != expected {
+            return Err(Error::checkpoint(format!("checkpoint {what} has {n} values, this optimizer has {expected}")));
+        }
+        (0..n).map(|i| self.count(&format!("{what}[{i}]"))).collect()
+    }
+    /// The name an algorithm's state section starts with, which must be `algorithm`: the
+    /// section's meaning is the algorithm's, not only its layout (auto-adam's v and
+    /// auto-adagrad's s are laid out alike).
+    pub fn expect_name(&mut self, algorithm: &str) -> Result<()> {
+        let stored = self.str()?;
+        if stored != algorithm {
+            return Err(Error::checkpoint(format!("checkpoint holds the state of '{stored}' where this optimizer's '{algorithm}' belongs")));
+        }
+        Ok(())
+    }
     pub fn finish(self) -> Result<()> {
         if self.pos != self.bytes.len() {
             return Err(Error::checkpoint("checkpoint has trailing bytes after the state (corrupted)"));
         }
         Ok(())
     }
+}
+
+/// A learned state marked "not started" would let a structural option change rebuild the
+/// algorithm and silently drop what it learned: such a checkpoint is refused.
+pub fn check_started(flag: bool, trained: bool) -> Result<()> {
+    if trained && !flag {
+        return Err(Error::checkpoint("checkpoint says no step was taken, but its state has been trained (corrupted?)"));
+    }
+    Ok(())
+}
+
+/// Checks that every loaded value of a state is one the algorithm can produce; the error names
+/// the first that is not, and the rule it breaks.
+pub fn check_values<T: Copy + std::fmt::Debug>(values: &[T], what: &str, possible: impl Fn(T) -> bool, rule: &str) -> Result<()> {
+    match values.iter().position(|&v| !possible(v)) {
+        None => Ok(()),
+        Some(i) => Err(Error::checkpoint(format!("checkpoint {what}[{i}] = {:?} is impossible: {rule} (corrupted?)", values[i]))),
+    }
+}
+
+/// Every tensor's element states (`lens[t]` elements of `S::FLOATS` floats each), each checked
+/// by `possible`; the error names the tensor, the element, its values and `rule`.
+pub fn read_elem_states<S: crate::backend::cpu::ElemState>(
+    r: &mut Reader,
+    lens: &[usize],
+    algorithm: &str,
+    possible: impl Fn(&S) -> bool,
+    rule: &str,
+) -> Result<Vec<Vec<S>>> {
+    let mut states = Vec::with_capacity(lens.len());
+    for (t, &len) in lens.iter().enumerate() {
+        let floats = r.f32s_exact(len * S::FLOATS, &format!("state of tensor {t}"))?;
+        let elems: Vec<S> = crate::backend::cpu::states_from_floats(&floats, len);
+        if let Some(i) = elems.iter().position(|s| !possible(s)) {
+            let values = &floats[i * S::FLOATS..(i + 1) * S::FLOATS];
+            return Err(Error::checkpoint(format!(
+                "checkpoint state of tensor {t}, element {i} = {values:?} is impossible for '{algorithm}': {rule} (corrupted?)"
+            )));
+        }
+        states.push(elems);
+    }
+    Ok(states)
+}
+
+/// A per-element first moment or direction: any finite value.
+pub fn finite(x: f32) -> bool {
+    x.is_finite()
+}
+
+/// A per-element second moment (Σg², an average of g²): ≥ 0. +Inf is possible (a finite g
+/// whose square overflows); NaN is not.
+pub fn second_moment(x: f32) -> bool {
+    x >= 0.0
 }

@@ -452,6 +452,7 @@ impl Optimizer {
             w.f64s(row);
         }
         w.u32(u32::from(self.started));
+        w.str(&self.name);
         match &self.engine {
             Engine::Host(algorithm) => algorithm.save(&mut w),
             #[cfg(feature = "cuda")]
@@ -500,7 +501,12 @@ impl Optimizer {
         let rows = (0..self.layout.n_groups()).map(|_| r.f64s_exact(specs.len(), "option row")).collect::<Result<Vec<_>>>()?;
         let mut options = self.options.clone();
         options.replace_rows(rows)?;
-        let started = r.u32()? != 0;
+        let started = match r.u32()? {
+            0 => false,
+            1 => true,
+            other => return Err(Error::checkpoint(format!("checkpoint 'started' flag is {other}; it is 0 or 1 (corrupted?)"))),
+        };
+        r.expect_name(&self.name)?;
         // The checksum was verified when the reader opened, so a state that parses is whole.
         let ctx = Context { layout: &self.layout, options: &options };
         match &mut self.engine {
@@ -508,12 +514,15 @@ impl Optimizer {
                 let mut algorithm = registry::build(&self.name, &self.base, &self.layout, false)?;
                 algorithm.load(&ctx, &mut r)?;
                 r.finish()?;
+                // A learned state marked "not started" would let a structural option change
+                // rebuild the algorithm and silently drop what it learned.
+                checkpoint::check_started(started, algorithm.started())?;
                 *current = algorithm;
             }
             // The checkpoint is read to its end before any of it is uploaded (backend/cuda.rs).
             #[cfg(feature = "cuda")]
             Engine::Cuda(engine) => {
-                engine.get_mut().unwrap_or_else(|p| p.into_inner()).load(&ctx, r)?;
+                engine.get_mut().unwrap_or_else(|p| p.into_inner()).load(&ctx, r, started)?;
             }
         }
         self.options = options;

@@ -156,11 +156,21 @@ impl Options {
         &self.values
     }
 
-    /// Replaces every value (loading a checkpoint); each is validated first.
+    /// Replaces every value (loading a checkpoint); each is validated first, and an option that
+    /// is one value for the whole optimizer must have that one value in every row.
     pub fn replace_rows(&mut self, rows: Vec<Vec<f64>>) -> Result<()> {
         for row in &rows {
             for (spec, v) in self.specs.iter().zip(row) {
                 spec.validate(*v).map_err(|e| Error::checkpoint(format!("checkpoint option value rejected: {}", e.message)))?;
+            }
+        }
+        for (i, spec) in self.specs.iter().enumerate().filter(|(_, s)| !s.per_group) {
+            // Bitwise, so that an unset (NaN) value equals itself.
+            if let Some(g) = rows.iter().position(|row| row[i].to_bits() != rows[0][i].to_bits()) {
+                return Err(Error::checkpoint(format!(
+                    "checkpoint option '{}' is {} for group {g} but {} for group 0; it is one value for the whole optimizer (corrupted?)",
+                    spec.name, rows[g][i], rows[0][i]
+                )));
             }
         }
         self.values = rows;

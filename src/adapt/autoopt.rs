@@ -38,6 +38,9 @@ pub trait Precond: Copy + Send + Sync + 'static {
     fn absorb(&self, state: &mut Self::State, g: f32) -> f32;
     /// `D` from the (already advanced) state.
     fn diag(&self, state: &Self::State) -> f32;
+    /// Whether a loaded element state is one the algorithm can produce: `d` finite, the base's
+    /// `v` or `s` a second moment.
+    fn possible(state: &Self::State) -> bool;
 }
 
 /// Where an element's state keeps `d`, the last direction before preconditioning: alone (SGD)
@@ -91,6 +94,9 @@ impl Precond for Identity {
     fn diag(&self, _: &f32) -> f32 {
         1.0
     }
+    fn possible(d: &f32) -> bool {
+        d.is_finite()
+    }
 }
 
 /// AutoAdaGrad: `s ← s + g²`, `D = 1/(√s + ε)`.
@@ -117,6 +123,8 @@ impl Precond for AdagradDiag {
     #[inline(always)]
     fn diag(&self, state: &[f32; 2]) -> f32 {
         1.0 / (state[1].sqrt() + self.eps)
+    }    fn possible(state: &[f32; 2]) -> bool {
+        state[0].is_finite() && crate::checkpoint::second_moment(state[1])
     }
 }
 
@@ -144,7 +152,7 @@ impl Precond for AdamDiag {
         AdamDiag {
             beta2: beta2 as f32,
             one_minus_beta2: (1.0 - beta2) as f32,
-            inv_sqrt_bias2: (1.0 / (1.0 - beta2.powi(t.max(1) as i32)).sqrt()) as f32,
+            inv_sqrt_bias2: (1.0 / (1.0 - crate::base::bias_power(beta2, t.max(1))).sqrt()) as f32,
             eps: o.get(group, "eps") as f32,
         }
     }
@@ -156,6 +164,8 @@ impl Precond for AdamDiag {
     #[inline(always)]
     fn diag(&self, state: &[f32; 2]) -> f32 {
         1.0 / (state[1].sqrt() * self.inv_sqrt_bias2 + self.eps)
+    }    fn possible(state: &[f32; 2]) -> bool {
+        state[0].is_finite() && crate::checkpoint::second_moment(state[1])
     }
 }
 
@@ -236,7 +246,8 @@ impl GroupState {
     }
 
     /// The checkpoint record: γ_E, the counts, the last estimates and the direction
-    /// multipliers (NaN: none, the group did not move).
+    /// multipliers (NaN: none, the group did not move). The counts travel as integers
+    /// (`counts`); their slots here carry them as f64 for the CUDA mirror.
     pub(crate) fn record(&self) -> [f64; 15] {
         let e = &self.last;
         let (coef_g, coef_d) = self.direction.map_or((f64::NAN, f64::NAN), |(g, d)| (f64::from(g), f64::from(d)));
@@ -271,9 +282,55 @@ impl GroupState {
         }
     }
 
-    pub(crate) fn read(r: &mut Reader) -> Result<GroupState> {
-        let v = r.f64s_exact(15, "AutoOpt group state")?;
-        Ok(GroupState::from_record(v.as_slice().try_into().expect("15 values")))
+    /// Steps, fallbacks, clamps and skips.
+    fn counts(&self) -> [u64; 4] {
+        [self.steps, self.fallbacks, self.clamps, self.skips]
+    }
+
+    pub(crate) fn write(&self, w: &mut Writer) {
+        let v = self.record();
+        w.f64s(&[v[0], v[1]]);
+        w.counts(&self.counts());
+        w.f64s(&v[6..]);
+    }
+
+    /// A group record as `write` stored it, refused unless AutoOpt could have produced it.
+    pub(crate) fn read(r: &mut Reader, group: usize) -> Result<GroupState> {
+        let gamma = r.f64s_exact(2, "AutoOpt γ_E")?;
+        let counts = r.counts_exact(4, "AutoOpt step, fallback, clamp and skip counts")?;
+        let rest = r.f64s_exact(9, "AutoOpt estimates")?;
+        let mut v = [0.0f64; 15];
+        v[..2].copy_from_slice(&gamma);
+        v[2..6].iter_mut().zip(&counts).for_each(|(slot, &c)| *slot = c as f64);
+        v[6..].copy_from_slice(&rest);
+        let gs = GroupState::from_record(&v);
+        gs.check(group)?;
+        Ok(GroupState { steps: counts[0], fallbacks: counts[1], clamps: counts[2], skips: counts[3], ..gs })
+    }
+
+    /// What every step keeps true (ALGORITHMS.md §1): γ_E unset only before the first step,
+    /// else `0 ≤ γ ≤ γ_max < 1` per component with `γ1 + γ2 < 1` (the smoothing is a convex
+    /// combination of points of that region, then only lowered); fallbacks, clamps and skips
+    /// are counted at most once per step; a moving direction has finite multipliers.
+    fn check(&self, group: usize) -> Result<()> {
+        let bad = |why: &str| Err(Error::checkpoint(format!("checkpoint AutoOpt group {group}: {why} (corrupted?)")));
+        let [g1, g2] = self.gamma;
+        if self.steps == 0 {
+            if !g1.is_nan() || g2 != 0.0 || self.direction.is_some() {
+                return bad("a group that has not stepped holds a learned γ_E or direction");
+            }
+        } else if !((0.0..1.0).contains(&g1) && (0.0..1.0).contains(&g2) && g1 + g2 < 1.0) {
+            return bad(&format!("γ_E = [{g1}, {g2}] is outside 0 ≤ γ < 1, γ1 + γ2 < 1"));
+        }
+        if [self.fallbacks, self.clamps, self.skips].iter().any(|&c| c > self.steps) {
+            return bad("a fallback, clamp or skip count exceeds the step count");
+        }
+        if let Some((cg, cd)) = self.direction {
+            if !(cg.is_finite() && cd.is_finite()) {
+                return bad("the direction multipliers are not finite");
+            }
+        }
+        Ok(())
     }
 }
 
@@ -494,6 +551,11 @@ fn bad_inputs(inputs: &StepInputs, samples: &Samples, members: &[usize]) -> Erro
     Error::non_finite("the per-sample variance overflowed: per-sample gradients are too large for float32 products")
 }
 
+/// Every tensor's element states (checkpoints), each checked to be one AutoOpt can produce.
+pub(crate) fn read_states<P: Precond>(ctx: &Context, r: &mut Reader) -> Result<Vec<Vec<P::State>>> {
+    crate::checkpoint::read_elem_states(r, &ctx.layout.lens, P::NAME, P::possible, "the direction d must be finite, v or s ≥ 0")
+}
+
 /// One group's outcome of pass 1.
 struct Solve {
     est: Estimates,
@@ -553,23 +615,21 @@ impl<P: Precond> Algorithm for AutoOpt<P> {
         self.groups[group].telemetry(ctx.options.get(group, "gamma_max"))
     }
 
+    fn started(&self) -> bool {
+        self.groups.iter().any(|g| g.steps > 0)
+    }
+
     fn save(&self, w: &mut Writer) {
-        for gs in &self.groups {
-            w.f64s(&gs.record());
-        }
+        self.groups.iter().for_each(|gs| gs.write(w));
         for s in &self.states {
             w.f32s(&cpu::states_to_floats(s));
         }
     }
 
     fn load(&mut self, ctx: &Context, r: &mut Reader) -> Result<()> {
-        for gs in self.groups.iter_mut() {
-            *gs = GroupState::read(r)?;
-        }
-        for (t, &len) in ctx.layout.lens.iter().enumerate() {
-            let floats = r.f32s_exact(len * P::State::FLOATS, &format!("state of tensor {t}"))?;
-            self.states[t] = cpu::states_from_floats(&floats, len);
-        }
+        let groups = (0..self.groups.len()).map(|g| GroupState::read(r, g)).collect::<Result<Vec<_>>>()?;
+        let states = read_states::<P>(ctx, r)?;
+        (self.groups, self.states) = (groups, states);
         Ok(())
     }
 }

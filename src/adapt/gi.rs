@@ -266,17 +266,35 @@ impl Algorithm for Gi {
         entries
     }
 
+    fn started(&self) -> bool {
+        self.steps > 0 || self.base.started()
+    }
+
     fn save(&self, w: &mut Writer) {
-        w.f64s(&[self.eta.unwrap_or(f64::NAN), self.steps as f64, self.skipped as f64, self.phi, self.rho, self.applied_scale]);
+        w.f64s(&[self.eta.unwrap_or(f64::NAN), self.phi, self.rho, self.applied_scale]);
+        w.counts(&[self.steps, self.skipped]);
+        w.str(self.base.name());
         self.base.save(w);
     }
 
     fn load(&mut self, ctx: &Context, r: &mut Reader) -> Result<()> {
-        let v = r.f64s_exact(6, "GI state")?;
-        self.eta = if v[0].is_nan() { None } else { Some(v[0]) };
-        (self.steps, self.skipped) = (v[1] as u64, v[2] as u64);
-        (self.phi, self.rho, self.applied_scale) = (v[3], v[4], v[5]);
+        let v = r.f64s_exact(4, "GI state")?;
+        let counts = r.counts_exact(2, "GI step and skip counts")?;
+        let (steps, skipped) = (counts[0], counts[1]);
+        // η is set by the first step (from `lr`) and only ever multiplied by up or down after.
+        let eta = match v[0] {
+            eta if eta.is_nan() && steps == 0 => None,
+            eta if eta.is_finite() && eta >= 0.0 && steps > 0 => Some(eta),
+            eta => return Err(Error::checkpoint(format!("checkpoint GI η = {eta} after {steps} steps is impossible: η is unset before the first step, then finite and ≥ 0 (corrupted?)"))),
+        };
+        if skipped > steps {
+            return Err(Error::checkpoint(format!("checkpoint GI skipped {skipped} of {steps} steps (corrupted?)")));
+        }
+        r.expect_name(self.base.name())?;
         let options = base_options(&self.base_name, ctx.options)?;
-        self.base.load(&Context { layout: ctx.layout, options: &options }, r)
+        self.base.load(&Context { layout: ctx.layout, options: &options }, r)?;
+        (self.eta, self.steps, self.skipped) = (eta, steps, skipped);
+        (self.phi, self.rho, self.applied_scale) = (v[1], v[2], v[3]);
+        Ok(())
     }
 }

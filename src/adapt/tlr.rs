@@ -392,6 +392,10 @@ impl Algorithm for Tlr {
         vec![("alpha", rate.alpha), ("ip", rate.ip), ("den", rate.den), ("cap_hits", rate.cap_hits as f64)]
     }
 
+    fn started(&self) -> bool {
+        self.state.is_some()
+    }
+
     fn save(&self, w: &mut Writer) {
         let Some(s) = &self.state else {
             w.u64(0);
@@ -401,7 +405,7 @@ impl Algorithm for Tlr {
         w.f64s(&s.rates.iter().map(|r| r.alpha).collect::<Vec<_>>());
         w.f64s(&s.rates.iter().map(|r| r.ip).collect::<Vec<_>>());
         w.f64s(&s.rates.iter().map(|r| r.den).collect::<Vec<_>>());
-        w.f64s(&s.rates.iter().map(|r| r.cap_hits as f64).collect::<Vec<_>>());
+        w.counts(&s.rates.iter().map(|r| r.cap_hits).collect::<Vec<_>>());
         let buffers: Vec<&Vec<f32>> = match &s.memory {
             Memory::Step { previous } => previous.iter().collect(),
             Memory::Window { snapshot, previous } => snapshot.iter().chain(previous).collect(),
@@ -413,7 +417,7 @@ impl Algorithm for Tlr {
     }
 
     fn load(&mut self, ctx: &Context, r: &mut Reader) -> Result<()> {
-        let steps = r.u64()?;
+        let steps = r.count("TLR step count")?;
         if steps == 0 {
             self.state = None;
             return Ok(());
@@ -424,13 +428,20 @@ impl Algorithm for Tlr {
         let alpha = r.f64s_exact(n_units, "TLR α per unit")?;
         let ip = r.f64s_exact(n_units, "TLR ip per unit")?;
         let den = r.f64s_exact(n_units, "TLR den per unit")?;
-        let cap_hits = r.f64s_exact(n_units, "TLR cap hits per unit")?;
+        let cap_hits = r.counts_exact(n_units, "TLR cap hits per unit")?;
+        // α only ever takes values `α (1 + ip/den)` with a positive factor, floored at alpha_min.
+        crate::checkpoint::check_values(&alpha, "TLR α", |a| a.is_finite() && a > 0.0, "α is finite and > 0")?;
+        if let Some(u) = cap_hits.iter().position(|&c| c > steps) {
+            return Err(Error::checkpoint(format!("checkpoint TLR unit {u} hit its cap {} times in {steps} steps (corrupted?)", cap_hits[u])));
+        }
         for (u, rate) in s.rates.iter_mut().enumerate() {
-            *rate = Rate { alpha: alpha[u], ip: ip[u], den: den[u], cap_hits: cap_hits[u] as u64 };
+            *rate = Rate { alpha: alpha[u], ip: ip[u], den: den[u], cap_hits: cap_hits[u] };
         }
         let mut read = |buffers: &mut Vec<Vec<f32>>, what: &str| -> Result<()> {
             for (t, b) in buffers.iter_mut().enumerate() {
-                *b = r.f32s_exact(b.len(), &format!("TLR {what} of tensor {t}"))?;
+                let what = format!("TLR {what} of tensor {t}");
+                *b = r.f32s_exact(b.len(), &what)?;
+                crate::checkpoint::check_values(b, &what, f32::is_finite, "it is finite")?;
             }
             Ok(())
         };

@@ -84,6 +84,13 @@ impl ElemState for LocalElem {
     }
 }
 
+impl SharedElem {
+    /// A state the averages can reach (checkpoints).
+    fn possible(&self) -> bool {
+        self.gbar.is_finite() && self.hbar >= 0.0
+    }
+}
+
 impl ElemState for SharedElem {
     const FLOATS: usize = 2;
     fn write(&self, out: &mut Vec<f32>) {
@@ -210,6 +217,11 @@ enum Phase {
 
 impl LocalElem {
     const FRESH: LocalElem = LocalElem { gbar: 0.0, vbar: 0.0, hbar: 0.0, tau: 1.0 };
+
+    /// A state the averages can reach (checkpoints).
+    fn possible(&self) -> bool {
+        self.gbar.is_finite() && self.vbar >= 0.0 && self.hbar >= 0.0 && self.tau.is_finite() && self.tau >= 1.0
+    }
 
     /// The three averages of Algorithm 1 with weight `inv_tau` on this step's sample.
     #[inline(always)]
@@ -345,6 +357,11 @@ fn shared_pass(elems: &mut [SharedElem], inputs: TensorInputs, inv_tau: f32, eps
 
 impl Unit {
     const FRESH: Unit = Unit { l: 0.0, tau: 1.0, eta: 0.0 };
+
+    /// Scalars a unit can reach (checkpoints).
+    fn possible(&self) -> bool {
+        self.l.is_finite() && self.l >= 0.0 && self.tau.is_finite() && self.tau >= 1.0 && self.eta.is_finite() && self.eta >= 0.0
+    }
 
     /// vSGD-g on a unit's sums (eq. 8): l's average, then (after the slow start) ρ, `η = ρ/h⁺`, τ.
     fn advance(&mut self, sums: &UnitSums, phase: Phase, inv_tau: f64, rates: &Rates<f64>) {
@@ -656,6 +673,10 @@ impl Algorithm for Vsgd {
         ]
     }
 
+    fn started(&self) -> bool {
+        self.steps > 0
+    }
+
     fn save(&self, w: &mut Writer) {
         w.u64(self.steps);
         w.f64s(&[self.rates.inv_n, self.rates.frac, self.rates.eps]);
@@ -669,25 +690,30 @@ impl Algorithm for Vsgd {
     }
 
     fn load(&mut self, ctx: &Context, r: &mut Reader) -> Result<()> {
-        self.steps = r.u64()?;
-        let rates = r.f64s_exact(3, "vSGD rates")?;
-        self.rates = Rates { inv_n: rates[0], frac: rates[1], eps: rates[2] };
-        fn read_elems<E: ElemState>(r: &mut Reader, lens: &[usize], elems: &mut [Vec<E>]) -> Result<()> {
-            for (t, (&len, e)) in lens.iter().zip(elems).enumerate() {
-                *e = cpu::states_from_floats(&r.f32s_exact(len * E::FLOATS, &format!("vSGD state of tensor {t}"))?, len);
-            }
-            Ok(())
+        let steps = r.count("vSGD step count")?;
+        let v = r.f64s_exact(3, "vSGD rates")?;
+        let rates = Rates { inv_n: v[0], frac: v[1], eps: v[2] };
+        // 1/n and (n−1)/n of some n ≥ 1, and ε ≥ 0 (0 only before the first regular step).
+        let possible = (v[0] > 0.0 && v[0] <= 1.0) && (0.0..1.0).contains(&v[1]) && v[2].is_finite() && v[2] >= 0.0;
+        if !possible {
+            return Err(Error::checkpoint(format!("checkpoint vSGD rates [1/n, (n−1)/n, ε] = {v:?} are impossible (corrupted?)")));
         }
-        match &mut self.state {
-            State::Local(elems) => read_elems(r, &ctx.layout.lens, elems)?,
-            State::Shared { elems, units, .. } => {
-                read_elems(r, &ctx.layout.lens, elems)?;
+        let name = self.variant.name();
+        // Averages of finite g, of squares and of floored curvatures, and τ ≥ 1 (ALGORITHMS.md §2).
+        let rule = "gbar is finite, vbar and hbar ≥ 0, τ ≥ 1";
+        let state = match &self.state {
+            State::Local(_) => State::Local(crate::checkpoint::read_elem_states(r, &ctx.layout.lens, name, LocalElem::possible, rule)?),
+            State::Shared { units, unit_tensors, .. } => {
+                let elems = crate::checkpoint::read_elem_states(r, &ctx.layout.lens, name, SharedElem::possible, rule)?;
                 let v = r.f64s_exact(3 * units.len(), "vSGD unit scalars")?;
-                for (u, c) in units.iter_mut().zip(v.chunks_exact(3)) {
-                    *u = Unit { l: c[0], tau: c[1], eta: c[2] };
+                let units: Vec<Unit> = v.chunks_exact(3).map(|c| Unit { l: c[0], tau: c[1], eta: c[2] }).collect();
+                if let Some(u) = units.iter().position(|u| !u.possible()) {
+                    return Err(Error::checkpoint(format!("checkpoint vSGD unit {u} = {:?} is impossible: l and η ≥ 0 and finite, τ ≥ 1 (corrupted?)", units[u])));
                 }
+                State::Shared { elems, units, unit_tensors: unit_tensors.clone() }
             }
-        }
+        };
+        (self.steps, self.rates, self.state) = (steps, rates, state);
         Ok(())
     }
 }

@@ -323,8 +323,9 @@ trait Kernels: Send {
     /// The algorithm's state in the CPU algorithm's checkpoint layout, so a checkpoint moves
     /// between devices.
     fn save(&self, ctx: &Context, stream: Stream, w: &mut Writer) -> Result<()>;
-    /// Reads the rest of the checkpoint (through `r.finish()`), then uploads it.
-    fn load(&mut self, ctx: &Context, stream: Stream, r: Reader) -> Result<()>;
+    /// Reads the rest of the checkpoint (through `r.finish()`), checks it against the
+    /// checkpoint's `started` flag, then uploads it.
+    fn load(&mut self, ctx: &Context, stream: Stream, r: Reader, started: bool) -> Result<()>;
 }
 
 /// Every tensor's state, downloaded in the CPU layout (`floats` per element, interleaved).
@@ -335,16 +336,10 @@ fn save_states(states: &[Buffer], lens: &[usize], floats: usize, stream: Stream,
     Ok(())
 }
 
-/// Reads every tensor's state (`floats` per element) and checks that the checkpoint ends there:
-/// a load uploads nothing before the whole checkpoint has parsed.
-fn read_states(lens: &[usize], floats: usize, mut r: Reader) -> Result<Vec<Vec<f32>>> {
-    let host = lens
-        .iter()
-        .enumerate()
-        .map(|(t, &len)| r.f32s_exact(len * floats, &format!("state of tensor {t}")))
-        .collect::<Result<Vec<_>>>()?;
-    r.finish()?;
-    Ok(host)
+/// AutoOpt's element states read from a checkpoint and checked (`autoopt::read_states`), in
+/// the interleaved float layout the device holds.
+fn autoopt_floats<P: autoopt::Precond>(ctx: &Context, r: &mut Reader) -> Result<Vec<Vec<f32>>> {
+    Ok(autoopt::read_states::<P>(ctx, r)?.iter().map(|s| crate::backend::cpu::states_to_floats(s)).collect())
 }
 
 fn upload_states(states: &[Buffer], host: &[Vec<f32>], stream: Stream) -> Result<()> {
@@ -438,17 +433,19 @@ impl<R: Rule> Kernels for FixedRateKernels<R> {
     }
 
     fn save(&self, ctx: &Context, stream: Stream, w: &mut Writer) -> Result<()> {
-        w.f64s(&self.steps.iter().map(|&s| s as f64).collect::<Vec<_>>());
+        w.counts(&self.steps);
         save_states(&self.states, &ctx.layout.lens, <R::State as crate::backend::cpu::ElemState>::FLOATS, stream, w)
     }
 
-    fn load(&mut self, ctx: &Context, stream: Stream, mut r: Reader) -> Result<()> {
-        let steps = r.f64s_exact(self.steps.len(), "step counts")?;
-        let states = read_states(&ctx.layout.lens, <R::State as crate::backend::cpu::ElemState>::FLOATS, r)?;
-        upload_states(&self.states, &states, stream)?;
-        self.steps = steps.into_iter().map(|s| s as u64).collect();
+    fn load(&mut self, ctx: &Context, stream: Stream, mut r: Reader, started: bool) -> Result<()> {
+        let (steps, states) = crate::base::read_fixed_rate::<R>(ctx, &mut r)?;
+        r.finish()?;
+        crate::checkpoint::check_started(started, steps.iter().any(|&s| s > 0))?;
+        upload_states(&self.states, &states.iter().map(|s| crate::backend::cpu::states_to_floats(s)).collect::<Vec<_>>(), stream)?;
+        self.steps = steps;
         Ok(())
     }
+
 }
 
 /// AutoOpt (cuda/autoopt.cu): per step a moments launch per tensor, one solve for every group,
@@ -466,10 +463,13 @@ struct AutoOptKernels {
     partials: Buffer,
     ranges: Buffer,
     group_sums: Buffer,
+    /// Reads and checks the element states of a checkpoint (the precondition's own rule).
+    read_states: fn(&Context, &mut Reader) -> Result<Vec<Vec<f32>>>,
 }
 
 impl AutoOptKernels {
-    fn new(device: &Device, stream: Stream, layout: &Layout, name: &'static str, precond: c_int, floats: usize) -> Result<Self> {
+    fn new<P: autoopt::Precond>(device: &Device, stream: Stream, layout: &Layout, precond: c_int) -> Result<Self> {
+        let (name, floats) = (P::NAME, <P::State as crate::backend::cpu::ElemState>::FLOATS);
         // SAFETY: a pure function of the length.
         let counts: Vec<usize> = layout.lens.iter().map(|&len| unsafe { alr_cuda_autoopt_partials(len) }).collect();
         // A group's tensors' partials are contiguous: lay them out group by group.
@@ -496,6 +496,7 @@ impl AutoOptKernels {
             partials: Buffer::zeroed(device, at * sums_bytes)?,
             ranges: Buffer::zeroed(device, ranges.len() * std::mem::size_of::<PartialRange>())?,
             group_sums: Buffer::zeroed(device, layout.n_groups() * sums_bytes)?,
+            read_states: autoopt_floats::<P>,
         };
         kernels.ranges.upload(stream, &ranges)?;
         Ok(kernels)
@@ -634,14 +635,12 @@ impl Kernels for AutoOptKernels {
     }
 
     fn save(&self, ctx: &Context, stream: Stream, w: &mut Writer) -> Result<()> {
-        for gs in self.groups(ctx, stream)? {
-            w.f64s(&gs.record());
-        }
+        self.groups(ctx, stream)?.iter().for_each(|gs| gs.write(w));
         save_states(&self.states, &ctx.layout.lens, self.floats, stream, w)
     }
 
-    fn load(&mut self, ctx: &Context, stream: Stream, mut r: Reader) -> Result<()> {
-        let groups = (0..ctx.layout.n_groups()).map(|_| GroupState::read(&mut r)).collect::<Result<Vec<_>>>()?;
+    fn load(&mut self, ctx: &Context, stream: Stream, mut r: Reader, started: bool) -> Result<()> {
+        let groups = (0..ctx.layout.n_groups()).map(|g| GroupState::read(&mut r, g)).collect::<Result<Vec<_>>>()?;
         let device: Vec<AutoOptGroup> = groups
             .iter()
             .map(|gs| {
@@ -665,7 +664,9 @@ impl Kernels for AutoOptKernels {
                 }
             })
             .collect();
-        let states = read_states(&ctx.layout.lens, self.floats, r)?;
+        let states = (self.read_states)(ctx, &mut r)?;
+        r.finish()?;
+        crate::checkpoint::check_started(started, groups.iter().any(|g| g.record()[2] > 0.0))?;
         self.groups.upload(stream, &device)?;
         upload_states(&self.states, &states, stream)
     }
@@ -681,9 +682,9 @@ fn kernels_for(device: &Device, stream: Stream, name: &str, layout: &Layout) -> 
         // AdamW is Adam's kernel with the decoupled decay in its coefficients.
         "adam" => Box::new(FixedRateKernels::<Adam<false>>::new(device, layout, alr_cuda_adam_step)?),
         "adamw" => Box::new(FixedRateKernels::<Adam<true>>::new(device, layout, alr_cuda_adam_step)?),
-        "auto-sgd" => Box::new(AutoOptKernels::new(device, stream, layout, "auto-sgd", 0, 1)?),
-        "auto-adam" => Box::new(AutoOptKernels::new(device, stream, layout, "auto-adam", 1, 2)?),
-        "auto-adagrad" => Box::new(AutoOptKernels::new(device, stream, layout, "auto-adagrad", 2, 2)?),
+        "auto-sgd" => Box::new(AutoOptKernels::new::<autoopt::Identity>(device, stream, layout, 0)?),
+        "auto-adam" => Box::new(AutoOptKernels::new::<autoopt::AdamDiag>(device, stream, layout, 1)?),
+        "auto-adagrad" => Box::new(AutoOptKernels::new::<autoopt::AdagradDiag>(device, stream, layout, 2)?),
         _ => return Err(no_kernels(name)),
     })
 }
@@ -785,13 +786,13 @@ impl Engine {
 
     /// Replaces the state with a checkpoint's (the reader is finished here). A bad-input error
     /// pending on the device is dropped: the loaded state replaces what it protected.
-    pub fn load(&mut self, ctx: &Context, r: Reader) -> Result<()> {
+    pub fn load(&mut self, ctx: &Context, r: Reader, started: bool) -> Result<()> {
         if let Err(e) = self.settle() {
             if e.status == AlrStatus::AlrCudaError {
                 return Err(e);
             }
         }
-        self.kernels.load(ctx, self.stream, r)?;
+        self.kernels.load(ctx, self.stream, r, started)?;
         self.kernels.options_changed(ctx, self.stream)
     }
 }

@@ -50,7 +50,7 @@ impl<const DECOUPLED: bool> Rule for Adam<DECOUPLED> {
 
     fn coeffs(o: &Options, group: usize, t: u64, lr: f64) -> AdamCoeffs {
         let (beta1, beta2) = (o.get(group, "beta1"), o.get(group, "beta2"));
-        let t = t.max(1) as i32;
+        let t = t.max(1);
         let weight_decay = o.get(group, "weight_decay");
         AdamCoeffs {
             weight_decay: if DECOUPLED { 0.0 } else { weight_decay as f32 },
@@ -58,8 +58,8 @@ impl<const DECOUPLED: bool> Rule for Adam<DECOUPLED> {
             beta2: beta2 as f32,
             one_minus_beta1: (1.0 - beta1) as f32,
             one_minus_beta2: (1.0 - beta2) as f32,
-            step_size: (lr / (1.0 - beta1.powi(t))) as f32,
-            inv_sqrt_bias2: (1.0 / (1.0 - beta2.powi(t)).sqrt()) as f32,
+            step_size: (lr / (1.0 - super::bias_power(beta1, t))) as f32,
+            inv_sqrt_bias2: (1.0 / (1.0 - super::bias_power(beta2, t)).sqrt()) as f32,
             eps: o.get(group, "eps") as f32,
             decoupled_decay: if DECOUPLED { (lr * weight_decay) as f32 } else { 0.0 },
         }
@@ -71,6 +71,11 @@ impl<const DECOUPLED: bool> Rule for Adam<DECOUPLED> {
         mv[0] = c.beta1 * mv[0] + c.one_minus_beta1 * g;
         mv[1] = c.beta2 * mv[1] + c.one_minus_beta2 * g * g;
         Self::delta(c, g, theta, mv)
+    }
+
+    #[inline(always)]
+    fn possible(mv: &[f32; 2]) -> bool {
+        mv[0].is_finite() && crate::checkpoint::second_moment(mv[1])
     }
 
     #[inline(always)]

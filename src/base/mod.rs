@@ -34,6 +34,9 @@ pub trait Rule: Send + Sync + 'static {
     /// The displacement of the step just taken, from the advanced state (GI's second pass).
     fn delta(c: &Self::Coeffs, g: f32, theta: f32, state: &Self::State) -> f32;
 
+    /// Whether a loaded element state is one the rule can produce (checkpoints).
+    fn possible(state: &Self::State) -> bool;
+
     /// Combinations of options the ranges alone cannot reject (checked before every step).
     fn check_options(_options: &Options, _group: usize) -> Result<()> {
         Ok(())
@@ -127,20 +130,40 @@ impl<R: Rule> Algorithm for FixedRate<R> {
         vec![("steps", self.steps[group] as f64)]
     }
 
+    fn started(&self) -> bool {
+        self.steps.iter().any(|&s| s > 0)
+    }
+
     fn save(&self, w: &mut Writer) {
-        w.f64s(&self.steps.iter().map(|&s| s as f64).collect::<Vec<_>>());
+        w.counts(&self.steps);
         for s in &self.states {
             w.f32s(&cpu::states_to_floats(s));
         }
     }
 
     fn load(&mut self, ctx: &Context, r: &mut Reader) -> Result<()> {
-        self.steps = r.f64s_exact(self.steps.len(), "step counts")?.into_iter().map(|s| s as u64).collect();
-        for (t, &len) in ctx.layout.lens.iter().enumerate() {
-            let floats = r.f32s_exact(len * R::State::FLOATS, &format!("state of tensor {t}"))?;
-            self.states[t] = cpu::states_from_floats(&floats, len);
-        }
+        let (steps, states) = read_fixed_rate::<R>(ctx, r)?;
+        (self.steps, self.states) = (steps, states);
         Ok(())
+    }
+}
+
+/// A fixed-rate rule's checkpoint section (its per-group step counts, then every tensor's
+/// element states), each value checked to be one the rule can produce.
+pub fn read_fixed_rate<R: Rule>(ctx: &Context, r: &mut Reader) -> Result<(Vec<u64>, Vec<Vec<R::State>>)> {
+    let steps = r.counts_exact(ctx.layout.n_groups(), "step counts")?;
+    let rule = "a first moment must be finite, a second moment ≥ 0";
+    let states = crate::checkpoint::read_elem_states(r, &ctx.layout.lens, R::NAME, R::possible, rule)?;
+    Ok((steps, states))
+}
+
+/// `β^t` for a bias correction at step `t` (from 1): `powi` as torch's float arithmetic forms
+/// it, for every `t` an `i32` holds; beyond that (2^31 steps and more) `powf`, since `t as i32`
+/// would turn negative and the correction with it.
+pub fn bias_power(beta: f64, t: u64) -> f64 {
+    match i32::try_from(t) {
+        Ok(t) => beta.powi(t),
+        Err(_) => beta.powf(t as f64),
     }
 }
 

@@ -62,6 +62,11 @@ impl Rule for Momentum {
     }
 
     #[inline(always)]
+    fn possible(m: &f32) -> bool {
+        m.is_finite()
+    }
+
+    #[inline(always)]
     fn delta(c: &MomentumCoeffs, g: f32, theta: f32, m: &f32) -> f32 {
         let g = g + c.weight_decay * theta;
         if c.nesterov {

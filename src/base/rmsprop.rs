@@ -49,6 +49,11 @@ impl Rule for RmsProp {
     }
 
     #[inline(always)]
+    fn possible(s: &f32) -> bool {
+        crate::checkpoint::second_moment(*s)
+    }
+
+    #[inline(always)]
     fn delta(c: &RmsPropCoeffs, g: f32, theta: f32, s: &f32) -> f32 {
         let g = g + c.weight_decay * theta;
         c.lr * g / (s.sqrt() + c.eps)

@@ -32,6 +32,11 @@ impl Rule for Sgd {
     }
 
     #[inline(always)]
+    fn possible(_: &()) -> bool {
+        true
+    }
+
+    #[inline(always)]
     fn delta(c: &SgdCoeffs, g: f32, theta: f32, _: &()) -> f32 {
         c.lr * (g + c.weight_decay * theta)
     }

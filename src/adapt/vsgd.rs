@@ -404,8 +404,10 @@ fn finite_difference<E: Averages>(
     scratch: &mut Scratch,
 ) -> Result<()> {
     if scratch.shifted.is_empty() {
-        scratch.shifted = params.iter().map(|p| vec![0.0; p.len()]).collect();
-        scratch.curvature = scratch.shifted.clone();
+        // Sized by the caller's tensors: a failed allocation is an error, not an abort.
+        let lens: Vec<usize> = params.iter().map(|p| p.len()).collect();
+        scratch.curvature = cpu::filled_per_tensor(&lens, 0.0)?;
+        scratch.shifted = cpu::filled_per_tensor(&lens, 0.0)?;
     }
     for ((shifted, theta), st) in scratch.shifted.iter_mut().zip(params).zip(elems) {
         for ((s, &th), e) in shifted.iter_mut().zip(theta.iter()).zip(st) {

@@ -885,6 +885,18 @@ static void test_resealed_checkpoints(void) {
         }
     reseal(buf, s.len);
     FAILS(&fx, &s, alr_load(fx.opt, buf, s.len), ALR_BAD_CHECKPOINT, "alr_load algorithm 'adan' (resealed)");
+    /* states no Adam run can produce: the state section ends with the last element's [m, v],
+       just before the 8-byte checksum */
+    const float negative = -1.0f, nan = NAN;
+    memcpy(buf, s.state, s.len);
+    memcpy(buf + s.len - 8 - 4, &negative, 4);
+    reseal(buf, s.len);
+    FAILS(&fx, &s, alr_load(fx.opt, buf, s.len), ALR_BAD_CHECKPOINT, "alr_load Adam v = -1 (resealed)");
+    CHECK(strstr(last_msg, "impossible") != NULL, "the v < 0 message says the state is impossible: %s", last_msg);
+    memcpy(buf, s.state, s.len);
+    memcpy(buf + s.len - 8 - 8, &nan, 4);
+    reseal(buf, s.len);
+    FAILS(&fx, &s, alr_load(fx.opt, buf, s.len), ALR_BAD_CHECKPOINT, "alr_load Adam m = NaN (resealed)");
     free(buf);
     snap_free(&s);
     fix_close(&fx);

@@ -90,8 +90,8 @@ fn step_once(opt: &mut Optimizer, setup: &mut Setup, per_sample: Option<&[f32]>,
     let wants_samples = opt.algorithm().starts_with("auto") || opt.base().starts_with("auto");
     if wants_samples {
         let data = match per_sample {
-            Some(rows) => SampleData::PerSample(vec![rows]),
-            None => SampleData::SumSq(vec![&sum_sq[..]]),
+            Some(rows) => SampleData::PerSample(vec![rows.into()]),
+            None => SampleData::SumSq(vec![(&sum_sq[..]).into()]),
         };
         inputs.samples = Some(Samples { data, scale: SampleScale::Sample, batch_size: n });
     }

@@ -2,7 +2,13 @@
 //! state). Every algorithm can *propose* its step — advance its state and report `g·s` for the
 //! displacement `s` it would apply — separately from *applying* `θ ← θ − k·s`; GI wraps any
 //! algorithm through exactly this pair. `step` is the fused path used when nothing wraps it.
+//!
+//! Algorithms are written over a [`crate::backend::Device`]; what they read of the caller comes
+//! as [`TensorMut`] and [`crate::backend::Tensor`] views, host or device memory alike. Reading a
+//! rate, telemetry or a checkpoint may fail on a device (its memory has to be read), hence the
+//! `Result`s.
 
+use crate::backend::{Device, TensorMut};
 use crate::checkpoint::{Reader, Writer};
 use crate::error::Result;
 use crate::optimizer::{Callbacks, Layout, StepInputs};
@@ -40,28 +46,36 @@ pub trait Algorithm: Send {
 
     /// Advances the state for this step and returns `Σ g·s` over all tensors, where `s` is the
     /// displacement the algorithm would apply on its own. Parameters are only read.
-    fn propose(&mut self, ctx: &Context, params: &[&mut [f32]], inputs: &StepInputs, callbacks: &mut Callbacks) -> Result<f64>;
+    fn propose(&mut self, ctx: &Context, params: &[TensorMut], inputs: &StepInputs, callbacks: &mut Callbacks) -> Result<f64>;
 
     /// `θ ← θ − scale·s` for the step last proposed, recomputing `s` from the state.
-    fn apply(&self, ctx: &Context, params: &mut [&mut [f32]], inputs: &StepInputs, scale: f32);
+    fn apply(&self, ctx: &Context, params: &mut [TensorMut], inputs: &StepInputs, scale: f32) -> Result<()>;
 
     /// One whole step: propose then apply with scale 1. Algorithms override it with a fused pass.
-    fn step(&mut self, ctx: &Context, params: &mut [&mut [f32]], inputs: &StepInputs, callbacks: &mut Callbacks) -> Result<()> {
+    fn step(&mut self, ctx: &Context, params: &mut [TensorMut], inputs: &StepInputs, callbacks: &mut Callbacks) -> Result<()> {
         self.propose(ctx, params, inputs, callbacks)?;
-        self.apply(ctx, params, inputs, 1.0);
+        self.apply(ctx, params, inputs, 1.0)
+    }
+
+    /// Options changed (or were loaded): copy what the device's kernels read.
+    fn options_changed(&mut self, _ctx: &Context) -> Result<()> {
         Ok(())
     }
 
+    /// The last `n` steps found bad input on the device and changed nothing there: forget them
+    /// in what the host counts.
+    fn discard_steps(&mut self, _n: u64) {}
+
     /// Effective learning rate of a group after the last step.
-    fn lr(&self, ctx: &Context, group: usize) -> f64;
+    fn lr(&self, ctx: &Context, group: usize) -> Result<f64>;
 
     /// Momentum of a group (0 where the algorithm has none).
-    fn momentum(&self, _ctx: &Context, _group: usize) -> f64 {
-        0.0
+    fn momentum(&self, _ctx: &Context, _group: usize) -> Result<f64> {
+        Ok(0.0)
     }
 
-    /// Internal scalars of a group (ALGORITHMS.md §5), by name.
-    fn telemetry(&self, ctx: &Context, group: usize) -> Vec<(&'static str, f64)>;
+    /// Internal scalars of a group (docs/algorithms.md §5), by name.
+    fn telemetry(&self, ctx: &Context, group: usize) -> Result<Vec<(&'static str, f64)>>;
 
     /// The second phase of GI's two-phase protocol; other algorithms take no report.
     fn report_loss(&mut self, _ctx: &Context, _loss_after: f64) -> Result<()> {
@@ -78,11 +92,22 @@ pub trait Algorithm: Send {
 
     /// Whether any step has changed the state (a checkpoint that says the optimizer has not
     /// started, with such a state, is refused: a structural option change would then drop it).
-    fn started(&self) -> bool;
+    fn started(&self) -> Result<bool>;
 
-    fn save(&self, w: &mut Writer);
+    fn save(&self, w: &mut Writer) -> Result<()>;
 
     /// Reads the state written by `save` into a freshly built algorithm of the same
     /// configuration, refusing any value the algorithm could not have produced.
     fn load(&mut self, ctx: &Context, r: &mut Reader) -> Result<()>;
+}
+
+/// Refuses a step while the device is capturing a graph (CUDA graphs), for an algorithm whose
+/// launches carry values its host side forms per step (`what`): a replay would repeat them.
+pub fn refuse_capture<D: Device>(device: &D, name: &str, what: &str) -> Result<()> {
+    if device.capturing()? {
+        return Err(crate::error::Error::unsupported(format!(
+            "'{name}' forms {what} on the host each step, so its steps cannot be captured in a CUDA graph yet (auto-* steps can)"
+        )));
+    }
+    Ok(())
 }

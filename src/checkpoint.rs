@@ -77,10 +77,7 @@ impl<'a> Reader<'a> {
     /// Checks the magic, the format version and the checksum; the reader then starts after the header.
     pub fn open(bytes: &'a [u8]) -> Result<Self> {
         if bytes.len() < MAGIC.len() + 4 + 8 {
-            return Err(Error::checkpoint(format!(
-                "checkpoint is {} bytes, too short to be an autolr state (truncated?)",
-                bytes.len()
-            )));
+            return Err(Error::checkpoint(format!("checkpoint is {} bytes, too short to be an autolr state (truncated?)", bytes.len())));
         }
         if &bytes[..MAGIC.len()] != MAGIC {
             return Err(Error::checkpoint("buffer does not start with the autolr checkpoint magic: not a state saved by alr_save"));
@@ -93,9 +90,7 @@ impl<'a> Reader<'a> {
         let mut reader = Reader { bytes: body, pos: MAGIC.len() };
         let version = reader.u32()?;
         if version != FORMAT_VERSION {
-            return Err(Error::checkpoint(format!(
-                "checkpoint format version {version}, this library reads version {FORMAT_VERSION}"
-            )));
+            return Err(Error::checkpoint(format!("checkpoint format version {version}, this library reads version {FORMAT_VERSION}")));
         }
         Ok(reader)
     }

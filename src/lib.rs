@@ -14,6 +14,7 @@ pub mod optimizer;
 pub mod options;
 pub mod registry;
 
+pub use backend::{AnyDevice, Memory, Tensor, TensorMut};
 pub use error::{AlrStatus, Error, Result};
 pub use optimizer::{Callbacks, Layout, Optimizer, SampleData, SampleScale, Samples, StepInputs};
 

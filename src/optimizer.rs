@@ -2,7 +2,7 @@
 //! change anything), read-back of rates and telemetry, and checkpoints.
 
 use crate::algorithm::{Accepts, Algorithm, Context};
-use crate::backend::cpu;
+use crate::backend::{AnyDevice, DeviceSpec, Memory, Tensor, TensorMut};
 use crate::checkpoint::{self, Reader, Writer};
 use crate::error::{Error, Result};
 use crate::options::Options;
@@ -36,17 +36,11 @@ impl Layout {
         }
         let groups: Vec<usize> = match groups {
             None => (0..lens.len()).collect(),
-            Some(g) if g.len() != lens.len() => {
-                return Err(Error::shape(format!("{} group ids given for {} tensors", g.len(), lens.len())))
-            }
+            Some(g) if g.len() != lens.len() => return Err(Error::shape(format!("{} group ids given for {} tensors", g.len(), lens.len()))),
             Some(g) => {
                 // Checked before anything is sized by the ids: a wild id must not allocate.
                 if let Some(t) = g.iter().position(|&id| id >= lens.len()) {
-                    return Err(Error::invalid(format!(
-                        "tensor {t} has group id {}, but ids must be 0..G−1 with G ≤ {} tensors",
-                        g[t],
-                        lens.len()
-                    )));
+                    return Err(Error::invalid(format!("tensor {t} has group id {}, but ids must be 0..G−1 with G ≤ {} tensors", g[t], lens.len())));
                 }
                 g.to_vec()
             }
@@ -57,10 +51,7 @@ impl Layout {
             members[g].push(t);
         }
         if let Some(empty) = members.iter().position(|m| m.is_empty()) {
-            return Err(Error::invalid(format!(
-                "group ids must be 0..{} with every id used, but group {empty} has no tensor",
-                n_groups - 1
-            )));
+            return Err(Error::invalid(format!("group ids must be 0..{} with every id used, but group {empty} has no tensor", n_groups - 1)));
         }
         Ok(Layout { lens: lens.to_vec(), groups, members })
     }
@@ -74,7 +65,7 @@ impl Layout {
     }
 }
 
-/// How per-sample data is scaled (ALGORITHMS.md, "Scale convention").
+/// How per-sample data is scaled (docs/algorithms.md, "Scale convention").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SampleScale {
     /// Entries describe `g_i`, the gradient of sample i's own loss.
@@ -83,21 +74,21 @@ pub enum SampleScale {
     Mean,
 }
 
-/// Per-sample information, in one of two forms.
-pub enum SampleData<'a> {
+/// Per-sample information, in one of two forms, one buffer `B` per tensor.
+pub enum SampleData<B> {
     /// Per tensor, `S = Σ_i g_i ⊙ g_i` (len elements).
-    SumSq(Vec<&'a [f32]>),
+    SumSq(Vec<B>),
     /// Per tensor, the row-major `N × len` matrix of per-sample gradients.
-    PerSample(Vec<&'a [f32]>),
+    PerSample(Vec<B>),
 }
 
-pub struct Samples<'a> {
-    pub data: SampleData<'a>,
+pub struct Samples<B> {
+    pub data: SampleData<B>,
     pub scale: SampleScale,
     pub batch_size: usize,
 }
 
-impl Samples<'_> {
+impl<B> Samples<B> {
     /// Factor turning the given squares into squares of `g_i` (N² under the mean convention).
     pub fn square_scale(&self) -> f64 {
         match self.scale {
@@ -105,23 +96,60 @@ impl Samples<'_> {
             SampleScale::Mean => (self.batch_size as f64).powi(2),
         }
     }
+
+    /// The buffers, whichever form.
+    pub fn buffers(&self) -> &[B] {
+        match &self.data {
+            SampleData::SumSq(b) | SampleData::PerSample(b) => b,
+        }
+    }
 }
 
-/// Everything one step reads. Slices are borrowed for the call only.
+/// Everything one step reads. Buffers are borrowed for the call only, in the memory of the
+/// optimizer's device.
 pub struct StepInputs<'a> {
     /// Mean minibatch gradient per tensor.
-    pub grads: Vec<&'a [f32]>,
-    pub samples: Option<Samples<'a>>,
+    pub grads: Vec<Tensor<'a>>,
+    pub samples: Option<Samples<Tensor<'a>>>,
     /// A non-negative diagonal curvature estimate per tensor (vSGD).
-    pub curvature: Option<Vec<&'a [f32]>>,
+    pub curvature: Option<Vec<Tensor<'a>>>,
     /// Loss on this batch at the current parameters (GI).
     pub loss: Option<f64>,
 }
 
 impl<'a> StepInputs<'a> {
-    pub fn new(grads: Vec<&'a [f32]>) -> Self {
-        StepInputs { grads, samples: None, curvature: None, loss: None }
+    pub fn new<T: Into<Tensor<'a>>>(grads: Vec<T>) -> Self {
+        StepInputs { grads: grads.into_iter().map(Into::into).collect(), samples: None, curvature: None, loss: None }
     }
+
+    /// The inputs as host slices, for the algorithms that run on the CPU only.
+    pub fn host(&self) -> Result<HostInputs<'a>> {
+        let slices = |tensors: &[Tensor<'a>]| -> Result<Vec<&'a [f32]>> {
+            tensors
+                .iter()
+                .map(|t| t.as_host().ok_or_else(|| Error::unsupported(format!("this algorithm reads its inputs in host memory, not in {}", t.memory()))))
+                .collect()
+        };
+        let samples = match &self.samples {
+            None => None,
+            Some(s) => {
+                let data = match &s.data {
+                    SampleData::SumSq(b) => SampleData::SumSq(slices(b)?),
+                    SampleData::PerSample(b) => SampleData::PerSample(slices(b)?),
+                };
+                Some(Samples { data, scale: s.scale, batch_size: s.batch_size })
+            }
+        };
+        Ok(HostInputs { grads: slices(&self.grads)?, samples, curvature: self.curvature.as_deref().map(slices).transpose()?, loss: self.loss })
+    }
+}
+
+/// A step's inputs in host memory (see `StepInputs::host`).
+pub struct HostInputs<'a> {
+    pub grads: Vec<&'a [f32]>,
+    pub samples: Option<Samples<&'a [f32]>>,
+    pub curvature: Option<Vec<&'a [f32]>>,
+    pub loss: Option<f64>,
 }
 
 /// Evaluates the loss on the same batch at the given parameters.
@@ -135,72 +163,43 @@ pub struct Callbacks<'a> {
     pub grad_fn: Option<GradFn<'a>>,
 }
 
-/// Where an optimizer's state lives and its steps run.
-enum Engine {
-    /// Host memory: the algorithm of `registry::build`.
-    Host(Box<dyn Algorithm>),
-    /// A CUDA device (feature `cuda`). Behind a mutex because reading a rate back also settles
-    /// the device's status word (backend/cuda.rs), which `&self` readers must be able to do.
-    #[cfg(feature = "cuda")]
-    Cuda(std::sync::Mutex<crate::backend::cuda::Engine>),
-}
-
-/// An optimizer over a fixed set of tensors.
+/// An optimizer over a fixed set of tensors, on one device.
 pub struct Optimizer {
     name: String,
     /// The wrapped algorithm for `gi` (its string option `base`); empty otherwise.
     base: String,
     layout: Layout,
     options: Options,
-    engine: Engine,
+    device: AnyDevice,
+    algorithm: Box<dyn Algorithm>,
     /// Set once a step has begun: structural options and the state shape are then fixed.
     started: bool,
 }
 
 impl Optimizer {
-    /// Creates `algorithm` (see `registry::ALGORITHMS`) for tensors of `lens` elements in `groups`.
+    /// Creates `algorithm` (see `registry::ALGORITHMS`) for tensors of `lens` elements in
+    /// `groups`, in host memory.
     pub fn new(algorithm: &str, lens: &[usize], groups: Option<&[usize]>) -> Result<Self> {
+        Self::on(DeviceSpec::cpu(), algorithm, lens, groups)
+    }
+
+    /// Creates `algorithm` on `device`: its state lives in the device's memory and its steps
+    /// take buffers there. ALR_UNSUPPORTED for an algorithm the device cannot run — said before
+    /// the device is opened, so the answer does not depend on the machine.
+    pub fn on(device: DeviceSpec, algorithm: &str, lens: &[usize], groups: Option<&[usize]>) -> Result<Self> {
         let layout = Layout::new(lens, groups)?;
         let base = registry::default_base(algorithm).to_string();
         let options = Options::new(registry::specs(algorithm, &base)?, layout.n_groups());
-        let built = registry::build(algorithm, &base, &layout, false)?;
-        Ok(Optimizer { name: algorithm.to_string(), base, layout, options, engine: Engine::Host(built), started: false })
+        registry::check_runs_on(device.kind(), algorithm)?;
+        let device = device.open()?;
+        let mut built = registry::build(algorithm, &base, &layout, &device, false)?;
+        built.options_changed(&Context { layout: &layout, options: &options })?;
+        Ok(Optimizer { name: algorithm.to_string(), base, layout, options, device, algorithm: built, started: false })
     }
 
-    /// Creates `algorithm` on CUDA device `ordinal`, stepping on `stream`: its state lives in
-    /// device memory and `step_device` takes device pointers. ALR_UNSUPPORTED for an algorithm
-    /// without CUDA kernels, ALR_CUDA_ERROR without a driver or such a device.
-    #[cfg(feature = "cuda")]
-    pub fn new_on_cuda(algorithm: &str, lens: &[usize], groups: Option<&[usize]>, ordinal: i32, stream: crate::backend::cuda::Stream) -> Result<Self> {
-        let layout = Layout::new(lens, groups)?;
-        let options = Options::new(registry::specs(algorithm, registry::default_base(algorithm))?, layout.n_groups());
-        let engine = crate::backend::cuda::Engine::new(ordinal, stream, algorithm, &Context { layout: &layout, options: &options })?;
-        Ok(Optimizer {
-            name: algorithm.to_string(),
-            base: String::new(),
-            layout,
-            options,
-            engine: Engine::Cuda(std::sync::Mutex::new(engine)),
-            started: false,
-        })
-    }
-
-    /// The CUDA device this optimizer lives on (None: host memory).
-    pub fn cuda_ordinal(&self) -> Option<usize> {
-        match &self.engine {
-            Engine::Host(_) => None,
-            #[cfg(feature = "cuda")]
-            Engine::Cuda(engine) => Some(lock(engine).ordinal()),
-        }
-    }
-
-    /// The host algorithm, or why a host call cannot run on this optimizer.
-    fn host(&self) -> Result<&dyn Algorithm> {
-        match &self.engine {
-            Engine::Host(algorithm) => Ok(algorithm.as_ref()),
-            #[cfg(feature = "cuda")]
-            Engine::Cuda(engine) => Err(on_cuda(lock(engine).ordinal())),
-        }
+    /// Where this optimizer's state and buffers live.
+    pub fn memory(&self) -> Memory {
+        self.device.memory()
     }
 
     pub fn algorithm(&self) -> &str {
@@ -220,6 +219,13 @@ impl Optimizer {
         Context { layout: &self.layout, options: &self.options }
     }
 
+    /// A fresh algorithm of this configuration with `options` told to it.
+    fn build(&self, base: &str, options: &Options) -> Result<Box<dyn Algorithm>> {
+        let mut algorithm = registry::build(&self.name, base, &self.layout, &self.device, false)?;
+        algorithm.options_changed(&Context { layout: &self.layout, options })?;
+        Ok(algorithm)
+    }
+
     /// Sets an option for every group (`group = None`) or one group.
     pub fn set_option(&mut self, name: &str, group: Option<usize>, value: f64) -> Result<()> {
         let structural = self.options.spec(name, &self.name)?.structural;
@@ -228,13 +234,11 @@ impl Optimizer {
         }
         let mut options = self.options.clone();
         options.set(&self.name, name, group, value)?;
-        match &mut self.engine {
+        if structural {
             // Rebuild so the state matches the new shape; nothing has been learned yet.
-            Engine::Host(algorithm) if structural => *algorithm = registry::build(&self.name, &self.base, &self.layout, false)?,
-            Engine::Host(_) => {}
-            // The device keeps a copy of the options its kernels read.
-            #[cfg(feature = "cuda")]
-            Engine::Cuda(engine) => lock(engine).options_changed(&Context { layout: &self.layout, options: &options })?,
+            self.algorithm = self.build(&self.base, &options)?;
+        } else {
+            self.algorithm.options_changed(&Context { layout: &self.layout, options: &options })?;
         }
         self.options = options;
         Ok(())
@@ -249,17 +253,14 @@ impl Optimizer {
     /// Sets a string option (GI's `base`); must come before the first step and before the
     /// wrapped algorithm's own options, which it resets to their defaults.
     pub fn set_option_str(&mut self, name: &str, value: &str) -> Result<()> {
-        if name != "base" || self.name != "gi" || self.cuda_ordinal().is_some() {
-            return Err(Error::invalid(format!(
-                "algorithm '{}' has no string option '{name}' (only 'gi' takes one: 'base')",
-                self.name
-            )));
+        if name != "base" || self.name != "gi" {
+            return Err(Error::invalid(format!("algorithm '{}' has no string option '{name}' (only 'gi' takes one: 'base')", self.name)));
         }
         if self.started {
             return Err(Error::wrong_state(format!("option '{name}' shapes the optimizer: set it before the first step")));
         }
         let options = Options::new(registry::specs(&self.name, value)?, self.layout.n_groups());
-        *self.engine.host_mut()? = registry::build(&self.name, value, &self.layout, false)?;
+        self.algorithm = self.build(value, &options)?;
         self.options = options;
         self.base = value.to_string();
         Ok(())
@@ -273,8 +274,8 @@ impl Optimizer {
     }
 
     /// Validates everything a step reads; nothing is changed before this passes.
-    fn validate(&self, params: &[&mut [f32]], inputs: &StepInputs, callbacks: &Callbacks) -> Result<()> {
-        let algorithm = self.host()?;
+    fn validate(&self, params: &[TensorMut], inputs: &StepInputs, callbacks: &Callbacks) -> Result<()> {
+        let algorithm = &self.algorithm;
         if algorithm.awaiting_report() {
             return Err(Error::wrong_state("the last step is waiting for its loss: call alr_report_loss (Python: report_loss) before the next step"));
         }
@@ -287,32 +288,35 @@ impl Optimizer {
                 inputs.grads.len()
             )));
         }
+        let memory = self.device.memory();
         let check_finite = self.options.flag(0, "check_finite");
-        let check = |what: &str, bufs: &[&[f32]], per_elem: usize, finite: bool, non_negative: bool| -> Result<()> {
+        let check = |what: &str, bufs: &[Tensor], per_elem: usize, finite: bool, non_negative: bool| -> Result<()> {
             if bufs.len() != n {
                 return Err(Error::shape(format!("{} {what} tensors given, the optimizer has {n} tensors", bufs.len())));
             }
             for (t, (buf, &len)) in bufs.iter().zip(lens).enumerate() {
+                if buf.memory() != memory {
+                    return Err(Error::invalid(format!("tensor {t}: {what} is in {}, this optimizer works in {memory}", buf.memory())));
+                }
                 let want = len.checked_mul(per_elem).ok_or_else(|| Error::invalid(format!("tensor {t}: {what} size overflows")))?;
                 if buf.len() != want {
                     let registered = if per_elem == 1 { format!("registered {len}") } else { format!("expected {per_elem} × {len}") };
                     return Err(Error::shape(format!("tensor {t}: {what} has {} elements, {registered}", buf.len())));
                 }
-                if finite && !cpu::all_finite(buf) {
-                    let i = cpu::first_non_finite(buf).unwrap_or(0);
-                    return Err(Error::non_finite(format!("tensor {t}: {what}[{i}] is {}", buf[i])));
+                if finite {
+                    self.device.check(what, t, buf, false)?;
                 }
-                if non_negative && !cpu::all_non_negative(buf) {
-                    if let Some(i) = cpu::first_negative(buf) {
-                        return Err(Error::invalid(format!("tensor {t}: {what}[{i}] = {} is negative; it must be ≥ 0", buf[i])));
-                    }
+                if non_negative {
+                    self.device.check(what, t, buf, true)?;
                 }
             }
             Ok(())
         };
-        let param_views: Vec<&[f32]> = params.iter().map(|p| &**p).collect();
         // Parameters are checked for shape only: a non-finite parameter is the caller's state, not an input.
-        for (t, (p, &len)) in param_views.iter().zip(lens).enumerate() {
+        for (t, (p, &len)) in params.iter().zip(lens).enumerate() {
+            if p.memory() != memory {
+                return Err(Error::invalid(format!("tensor {t}: param is in {}, this optimizer works in {memory}", p.memory())));
+            }
             if p.len() != len {
                 return Err(Error::shape(format!("tensor {t}: param has {} elements, registered {len}", p.len())));
             }
@@ -321,9 +325,7 @@ impl Optimizer {
         // An algorithm that checks its own inputs still gets the shapes checked here.
         let own = accepts.checks_own_inputs;
         check("grad", &inputs.grads, 1, check_finite && !own, false)?;
-        let refuse = |what: &str| {
-            Err(Error::unsupported(format!("algorithm '{}' does not use {what}; pass none", self.name)))
-        };
+        let refuse = |what: &str| Err(Error::unsupported(format!("algorithm '{}' does not use {what}; pass none", self.name)));
         if let Some(samples) = &inputs.samples {
             if !accepts.per_sample {
                 return refuse("per-sample data");
@@ -359,83 +361,71 @@ impl Optimizer {
         algorithm.check(&self.ctx(), inputs, callbacks)
     }
 
+    /// One training step on host buffers: updates `params` in place (see `step_tensors`).
+    pub fn step(&mut self, params: &mut [&mut [f32]], inputs: &StepInputs, callbacks: &mut Callbacks) -> Result<()> {
+        let mut views: Vec<TensorMut> = params.iter_mut().map(|p| TensorMut::host(p)).collect();
+        self.step_tensors(&mut views, inputs, callbacks)
+    }
+
     /// One training step: updates `params` in place. On error nothing has changed, except
     /// where the error says otherwise (a failing GI loss callback: the move was made, η kept).
-    pub fn step(&mut self, params: &mut [&mut [f32]], inputs: &StepInputs, callbacks: &mut Callbacks) -> Result<()> {
+    /// On a device that does not synchronise (CUDA), bad input found there is reported by the
+    /// next read of a rate, telemetry or checkpoint instead, and that step changes nothing.
+    pub fn step_tensors(&mut self, params: &mut [TensorMut], inputs: &StepInputs, callbacks: &mut Callbacks) -> Result<()> {
         self.validate(params, inputs, callbacks)?;
-        let algorithm = self.engine.host_mut()?;
+        self.device.begin_step();
         let ctx = Context { layout: &self.layout, options: &self.options };
-        let result = algorithm.step(&ctx, params, inputs, callbacks);
+        let result = self.algorithm.step(&ctx, params, inputs, callbacks);
         if result.as_ref().map_or_else(|e| e.after_change, |_| true) {
             self.started = true;
         }
         result
     }
 
-    /// One step of an optimizer on a CUDA device: enqueues it on the optimizer's stream and
-    /// returns without waiting. Pointers are device pointers of the registered sizes. Bad values
-    /// found on the device are reported by the next read of a rate, telemetry or checkpoint.
-    #[cfg(feature = "cuda")]
-    pub fn step_device(&mut self, inputs: &crate::backend::cuda::DeviceStep) -> Result<()> {
-        let n = self.layout.n_tensors();
-        if inputs.params.len() != n || inputs.grads.len() != n {
-            return Err(Error::shape(format!(
-                "step got {} parameter and {} gradient tensors, the optimizer has {n} tensors",
-                inputs.params.len(),
-                inputs.grads.len()
-            )));
-        }
-        let Engine::Cuda(engine) = &mut self.engine else {
-            return Err(Error::wrong_state("this optimizer lives in host memory: pass host pointers"));
-        };
-        let engine = engine.get_mut().unwrap_or_else(|p| p.into_inner());
-        engine.step(&Context { layout: &self.layout, options: &self.options }, inputs)?;
-        self.started = true;
-        Ok(())
-    }
-
     /// GI's second phase: the loss on the same batch after the last step's move.
     pub fn report_loss(&mut self, loss_after: f64) -> Result<()> {
         let ctx = Context { layout: &self.layout, options: &self.options };
-        self.engine.host_mut()?.report_loss(&ctx, loss_after)
+        self.algorithm.report_loss(&ctx, loss_after)
+    }
+
+    /// Reads the device's status word: an error a step found there since the last read, once
+    /// (those steps changed nothing, and are forgotten by the algorithm's counts).
+    pub fn settle(&mut self) -> Result<()> {
+        self.device.settle().map_err(|deferred| {
+            self.algorithm.discard_steps(deferred.discarded_steps);
+            deferred.error
+        })
     }
 
     pub fn n_groups(&self) -> usize {
         self.layout.n_groups()
     }
 
-    pub fn lr(&self, group: usize) -> Result<f64> {
+    /// Reading anything learned first settles the device (see `settle`), hence `&mut`.
+    pub fn lr(&mut self, group: usize) -> Result<f64> {
         self.check_group(group)?;
-        match &self.engine {
-            Engine::Host(algorithm) => Ok(algorithm.lr(&self.ctx(), group)),
-            #[cfg(feature = "cuda")]
-            Engine::Cuda(engine) => lock(engine).lr(&self.ctx(), group),
-        }
+        self.settle()?;
+        self.algorithm.lr(&self.ctx(), group)
     }
 
-    pub fn momentum(&self, group: usize) -> Result<f64> {
+    pub fn momentum(&mut self, group: usize) -> Result<f64> {
         self.check_group(group)?;
-        match &self.engine {
-            Engine::Host(algorithm) => Ok(algorithm.momentum(&self.ctx(), group)),
-            #[cfg(feature = "cuda")]
-            Engine::Cuda(engine) => lock(engine).momentum(&self.ctx(), group),
-        }
+        self.settle()?;
+        self.algorithm.momentum(&self.ctx(), group)
     }
 
-    pub fn telemetry(&self, group: usize) -> Result<Vec<(&'static str, f64)>> {
+    pub fn telemetry(&mut self, group: usize) -> Result<Vec<(&'static str, f64)>> {
         self.check_group(group)?;
-        match &self.engine {
-            Engine::Host(algorithm) => Ok(algorithm.telemetry(&self.ctx(), group)),
-            #[cfg(feature = "cuda")]
-            Engine::Cuda(engine) => lock(engine).telemetry(&self.ctx(), group),
-        }
+        self.settle()?;
+        self.algorithm.telemetry(&self.ctx(), group)
     }
 
     /// The whole state (configuration, options, algorithm state) as a checksummed buffer.
-    pub fn save(&self) -> Result<Vec<u8>> {
-        if matches!(&self.engine, Engine::Host(algorithm) if algorithm.awaiting_report()) {
+    pub fn save(&mut self) -> Result<Vec<u8>> {
+        if self.algorithm.awaiting_report() {
             return Err(Error::wrong_state("the last step is waiting for its loss: call alr_report_loss before saving"));
         }
+        self.settle()?;
         let mut w = Writer::default();
         w.bytes.extend_from_slice(checkpoint::MAGIC);
         w.u32(checkpoint::FORMAT_VERSION);
@@ -453,17 +443,20 @@ impl Optimizer {
         }
         w.u32(u32::from(self.started));
         w.str(&self.name);
-        match &self.engine {
-            Engine::Host(algorithm) => algorithm.save(&mut w),
-            #[cfg(feature = "cuda")]
-            Engine::Cuda(engine) => lock(engine).save(&self.ctx(), &mut w)?,
-        }
+        self.algorithm.save(&mut w)?;
         Ok(w.finish())
     }
 
-    /// Restores a state saved by `save` from an optimizer of the same algorithm and tensors.
-    /// On any error the optimizer is unchanged.
+    /// Restores a state saved by `save` from an optimizer of the same algorithm and tensors
+    /// (on any device). On any error the optimizer is unchanged.
     pub fn load(&mut self, bytes: &[u8]) -> Result<()> {
+        // A bad-input error pending on the device is dropped: the loaded state replaces what it
+        // protected. A device failure is not.
+        if let Err(e) = self.settle() {
+            if e.status == crate::error::AlrStatus::AlrCudaError {
+                return Err(e);
+            }
+        }
         let mut r = Reader::open(bytes)?;
         let name = r.str()?;
         if name != self.name {
@@ -471,10 +464,7 @@ impl Optimizer {
         }
         let base = r.str()?;
         if base != self.base {
-            return Err(Error::checkpoint(format!(
-                "checkpoint wraps base '{base}', this optimizer wraps '{}'; set the same base before loading",
-                self.base
-            )));
+            return Err(Error::checkpoint(format!("checkpoint wraps base '{base}', this optimizer wraps '{}'; set the same base before loading", self.base)));
         }
         let n = self.layout.n_tensors();
         let lens = r.f64s_exact(n, "tensor list")?;
@@ -507,56 +497,21 @@ impl Optimizer {
             other => return Err(Error::checkpoint(format!("checkpoint 'started' flag is {other}; it is 0 or 1 (corrupted?)"))),
         };
         r.expect_name(&self.name)?;
-        // The checksum was verified when the reader opened, so a state that parses is whole.
-        let ctx = Context { layout: &self.layout, options: &options };
-        match &mut self.engine {
-            Engine::Host(current) => {
-                let mut algorithm = registry::build(&self.name, &self.base, &self.layout, false)?;
-                algorithm.load(&ctx, &mut r)?;
-                r.finish()?;
-                // A learned state marked "not started" would let a structural option change
-                // rebuild the algorithm and silently drop what it learned.
-                checkpoint::check_started(started, algorithm.started())?;
-                *current = algorithm;
-            }
-            // The checkpoint is read to its end before any of it is uploaded (backend/cuda.rs).
-            #[cfg(feature = "cuda")]
-            Engine::Cuda(engine) => {
-                engine.get_mut().unwrap_or_else(|p| p.into_inner()).load(&ctx, r, started)?;
-            }
-        }
+        // The checksum was verified when the reader opened, so a state that parses is whole;
+        // it goes into a fresh algorithm, which replaces this one only once all of it is read.
+        let mut algorithm = self.build(&self.base, &options)?;
+        algorithm.load(&Context { layout: &self.layout, options: &options }, &mut r)?;
+        r.finish()?;
+        checkpoint::check_started(started, algorithm.started()?)?;
+        self.algorithm = algorithm;
         self.options = options;
         self.started = started;
         Ok(())
     }
 }
 
-/// The device engine, also after a panic in another call (which poisons the handle anyway).
-#[cfg(feature = "cuda")]
-fn lock(engine: &std::sync::Mutex<crate::backend::cuda::Engine>) -> std::sync::MutexGuard<'_, crate::backend::cuda::Engine> {
-    engine.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-impl Engine {
-    fn host_mut(&mut self) -> Result<&mut Box<dyn Algorithm>> {
-        match self {
-            Engine::Host(algorithm) => Ok(algorithm),
-            #[cfg(feature = "cuda")]
-            Engine::Cuda(engine) => Err(on_cuda(lock(engine).ordinal())),
-        }
-    }
-}
-
-/// Why a host-pointer call cannot run on an optimizer on CUDA device `ordinal`.
-#[cfg(feature = "cuda")]
-fn on_cuda(ordinal: usize) -> Error {
-    Error::wrong_state(format!(
-        "this optimizer lives on CUDA device {ordinal}: its steps take device pointers, and it has no host-only calls (GI's loss report)"
-    ))
-}
-
 impl std::fmt::Debug for Optimizer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Optimizer({}, {} tensors, {} groups)", self.name, self.layout.n_tensors(), self.layout.n_groups())
+        write!(f, "Optimizer({}, {} tensors, {} groups, {})", self.name, self.layout.n_tensors(), self.layout.n_groups(), self.memory())
     }
 }

@@ -1,17 +1,19 @@
 //! Algorithm names → option specs and constructors. The one place that knows every algorithm.
 
 use crate::adapt::autoopt::{self, AdagradDiag, AdamDiag, AutoOpt, Identity};
-use crate::adapt::tlr::{self, Tlr};
 use crate::adapt::gi::{self, Gi};
+use crate::adapt::tlr::{self, Tlr};
 use crate::adapt::vsgd::{self, Variant, Vsgd};
 use crate::algorithm::Algorithm;
+use crate::backend::{AnyDevice, Device, DeviceKind};
 use crate::base::{adagrad::Adagrad, adam::Adam, momentum::Momentum, rmsprop::RmsProp, sgd::Sgd, FixedRate, Rule};
 use crate::error::{Error, Result};
 use crate::optimizer::Layout;
 use crate::options::OptionSpec;
 
 /// Every algorithm name `alr_create` accepts.
-pub const ALGORITHMS: &[&str] = &["sgd", "momentum", "adam", "adamw", "adagrad", "rmsprop", "auto-sgd", "auto-adam", "auto-adagrad", "gi", "tlr", "vsgd-l", "vsgd-g", "vsgd-b"];
+pub const ALGORITHMS: &[&str] =
+    &["sgd", "momentum", "adam", "adamw", "adagrad", "rmsprop", "auto-sgd", "auto-adam", "auto-adagrad", "gi", "tlr", "vsgd-l", "vsgd-g", "vsgd-b"];
 
 fn unknown(name: &str) -> Error {
     Error::invalid(format!("unknown algorithm '{name}'; accepted: {}", ALGORITHMS.join(", ")))
@@ -60,25 +62,161 @@ pub fn specs(name: &str, base: &str) -> Result<Vec<OptionSpec>> {
     Ok(specs)
 }
 
-/// A fresh algorithm (zero state) for `layout`. `unit_lr`: a fixed-rate rule runs at lr 1
-/// because a wrapper (GI) owns the scale.
-pub fn build(name: &str, base: &str, layout: &Layout, unit_lr: bool) -> Result<Box<dyn Algorithm>> {
+/// The algorithms with CUDA kernels (cuda/): those written over `Device` whose rules all have
+/// a kernel. Giving another such algorithm GPU support is its kernels plus its name here.
+pub const ON_CUDA: &[&str] = &["sgd", "momentum", "adam", "adamw", "adagrad", "rmsprop", "auto-sgd", "auto-adam", "auto-adagrad", "tlr"];
+
+/// The algorithms a kind of device runs.
+pub fn algorithms_on(kind: DeviceKind) -> &'static [&'static str] {
+    match kind {
+        DeviceKind::Cpu => ALGORITHMS,
+        DeviceKind::Cuda => ON_CUDA,
+    }
+}
+
+/// ALR_UNSUPPORTED for an algorithm a kind of device does not run.
+pub fn check_runs_on(kind: DeviceKind, name: &str) -> Result<()> {
+    if algorithms_on(kind).contains(&name) {
+        return Ok(());
+    }
+    Err(Error::unsupported(format!("algorithm '{name}' has no CUDA kernels yet (on CUDA: {}): create it on ALR_DEVICE_CPU", ON_CUDA.join(", "))))
+}
+
+/// A fresh algorithm (zero state) for `layout` on `device`. `unit_lr`: a fixed-rate rule runs at
+/// lr 1 because a wrapper (GI) owns the scale.
+pub fn build(name: &str, base: &str, layout: &Layout, device: &AnyDevice, unit_lr: bool) -> Result<Box<dyn Algorithm>> {
+    if !ALGORITHMS.contains(&name) {
+        return Err(unknown(name));
+    }
+    check_runs_on(device.kind(), name)?;
+    let built = match device {
+        AnyDevice::Cpu(cpu) => match name {
+            "gi" => Some(Box::new(Gi::new(base, build(base, "", layout, device, is_fixed_rate(base))?)) as Box<dyn Algorithm>),
+            "vsgd-l" => Some(Box::new(Vsgd::new(Variant::Local, layout)?) as Box<dyn Algorithm>),
+            "vsgd-g" => Some(Box::new(Vsgd::new(Variant::Global, layout)?) as Box<dyn Algorithm>),
+            "vsgd-b" => Some(Box::new(Vsgd::new(Variant::Block, layout)?) as Box<dyn Algorithm>),
+            _ => build_on(name, layout, cpu, unit_lr)?,
+        },
+        #[cfg(feature = "cuda")]
+        AnyDevice::Cuda(cuda) => build_on(name, layout, cuda, unit_lr)?,
+    };
+    built.ok_or_else(|| unknown(name))
+}
+
+/// The algorithms written over `Device`, on `device`.
+fn build_on<D: Device>(name: &str, layout: &Layout, device: &D, unit_lr: bool) -> Result<Option<Box<dyn Algorithm>>> {
     let (lens, n_groups) = (&layout.lens[..], layout.members.len());
-    Ok(match name {
-        "sgd" => Box::new(FixedRate::<Sgd>::new(lens, n_groups, unit_lr)?),
-        "momentum" => Box::new(FixedRate::<Momentum>::new(lens, n_groups, unit_lr)?),
-        "adam" => Box::new(FixedRate::<Adam<false>>::new(lens, n_groups, unit_lr)?),
-        "adamw" => Box::new(FixedRate::<Adam<true>>::new(lens, n_groups, unit_lr)?),
-        "adagrad" => Box::new(FixedRate::<Adagrad>::new(lens, n_groups, unit_lr)?),
-        "rmsprop" => Box::new(FixedRate::<RmsProp>::new(lens, n_groups, unit_lr)?),
-        "auto-sgd" => Box::new(AutoOpt::<Identity>::new(lens, n_groups)?),
-        "auto-adam" => Box::new(AutoOpt::<AdamDiag>::new(lens, n_groups)?),
-        "auto-adagrad" => Box::new(AutoOpt::<AdagradDiag>::new(lens, n_groups)?),
-        "tlr" => Box::new(Tlr::new()),
-        "gi" => Box::new(Gi::new(base, build(base, "", layout, is_fixed_rate(base))?)),
-        "vsgd-l" => Box::new(Vsgd::new(Variant::Local, layout)?),
-        "vsgd-g" => Box::new(Vsgd::new(Variant::Global, layout)?),
-        "vsgd-b" => Box::new(Vsgd::new(Variant::Block, layout)?),
-        _ => return Err(unknown(name)),
-    })
+    Ok(Some(match name {
+        "sgd" => Box::new(FixedRate::<Sgd, D>::new(device, lens, n_groups, unit_lr)?),
+        "momentum" => Box::new(FixedRate::<Momentum, D>::new(device, lens, n_groups, unit_lr)?),
+        "adam" => Box::new(FixedRate::<Adam<false>, D>::new(device, lens, n_groups, unit_lr)?),
+        "adamw" => Box::new(FixedRate::<Adam<true>, D>::new(device, lens, n_groups, unit_lr)?),
+        "adagrad" => Box::new(FixedRate::<Adagrad, D>::new(device, lens, n_groups, unit_lr)?),
+        "rmsprop" => Box::new(FixedRate::<RmsProp, D>::new(device, lens, n_groups, unit_lr)?),
+        "auto-sgd" => Box::new(AutoOpt::<Identity, D>::new(device, layout)?),
+        "auto-adam" => Box::new(AutoOpt::<AdamDiag, D>::new(device, layout)?),
+        "auto-adagrad" => Box::new(AutoOpt::<AdagradDiag, D>::new(device, layout)?),
+        "tlr" => Box::new(Tlr::<D>::new(device)?),
+        _ => return Ok(None),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::adapt::{autoopt, tlr};
+    use crate::base::{adagrad, adam, momentum, rmsprop, sgd};
+    use std::mem::{offset_of, size_of};
+
+    /// Every `ALR_SIZE`/`ALR_FIELD` line of the kernels (which nvcc checks against the C++
+    /// structs) holds the Rust struct's size or offset: the records and coefficients the
+    /// kernels share with base/ and adapt/ are laid out alike, field by field.
+    #[test]
+    fn kernel_structs_are_laid_out_as_in_rust() {
+        let rust: &[(&str, &str, usize)] = &[
+            ("SgdCoeffs", "", size_of::<sgd::SgdCoeffs>()),
+            ("SgdCoeffs", "weight_decay", offset_of!(sgd::SgdCoeffs, weight_decay)),
+            ("MomentumCoeffs", "", size_of::<momentum::MomentumCoeffs>()),
+            ("MomentumCoeffs", "keep", offset_of!(momentum::MomentumCoeffs, keep)),
+            ("MomentumCoeffs", "nesterov", offset_of!(momentum::MomentumCoeffs, nesterov)),
+            ("AdagradCoeffs", "", size_of::<adagrad::AdagradCoeffs>()),
+            ("AdagradCoeffs", "eps", offset_of!(adagrad::AdagradCoeffs, eps)),
+            ("RmsPropCoeffs", "", size_of::<rmsprop::RmsPropCoeffs>()),
+            ("RmsPropCoeffs", "eps", offset_of!(rmsprop::RmsPropCoeffs, eps)),
+            ("AdamCoeffs", "", size_of::<adam::AdamCoeffs>()),
+            ("AdamCoeffs", "step_size", offset_of!(adam::AdamCoeffs, step_size)),
+            ("AdamCoeffs", "decoupled_decay", offset_of!(adam::AdamCoeffs, decoupled_decay)),
+            ("AutoOptOptions", "", size_of::<autoopt::GroupOptions>()),
+            ("AutoOptOptions", "eps", offset_of!(autoopt::GroupOptions, eps)),
+            ("AutoOptOptions", "beta2", offset_of!(autoopt::GroupOptions, beta2)),
+            ("AutoOptGroup", "", size_of::<autoopt::GroupRecord>()),
+            ("AutoOptGroup", "noise", offset_of!(autoopt::GroupRecord, noise)),
+            ("AutoOptGroup", "gamma_oracle", offset_of!(autoopt::GroupRecord, gamma_oracle)),
+            ("AutoOptGroup", "coef_g", offset_of!(autoopt::GroupRecord, coef_g)),
+            ("AutoOptGroup", "moved", offset_of!(autoopt::GroupRecord, moved)),
+            ("AutoOptGroup", "steps", offset_of!(autoopt::GroupRecord, steps)),
+            ("AutoOptGroup", "skips", offset_of!(autoopt::GroupRecord, skips)),
+            ("SolveParams", "", size_of::<autoopt::SolveParams>()),
+            ("Rate", "", size_of::<tlr::Rate>()),
+            ("Rate", "den", offset_of!(tlr::Rate, den)),
+            ("Rate", "cap_hits", offset_of!(tlr::Rate, cap_hits)),
+            ("RateOptions", "", size_of::<tlr::RateOptions>()),
+            ("RateOptions", "alpha_min", offset_of!(tlr::RateOptions, alpha_min)),
+            ("StepCoeffs", "", size_of::<tlr::StepCoeffs>()),
+            ("StepCoeffs", "keep", offset_of!(tlr::StepCoeffs, keep)),
+        ];
+        let sources = [include_str!("../cuda/fixed_rate.cu"), include_str!("../cuda/autoopt.cu"), include_str!("../cuda/tlr.cu")];
+        let mut seen = 0;
+        for line in sources.iter().flat_map(|s| s.lines()) {
+            let (args, is_size) = if let Some(rest) = line.strip_prefix("ALR_SIZE(") {
+                (rest, true)
+            } else if let Some(rest) = line.strip_prefix("ALR_FIELD(") {
+                (rest, false)
+            } else {
+                continue;
+            };
+            let parts: Vec<&str> = args.trim_end_matches(");").split(',').map(str::trim).collect();
+            let (ty, field, value) = if is_size { (parts[0], "", parts[1]) } else { (parts[0], parts[1], parts[2]) };
+            let value: usize = value.parse().unwrap_or_else(|_| panic!("{line}: not a number"));
+            let known = rust.iter().find(|(t, f, _)| *t == ty && *f == field).unwrap_or_else(|| panic!("{line}: no Rust twin in this test"));
+            assert_eq!(known.2, value, "{line}: Rust has {}", known.2);
+            seen += 1;
+        }
+        assert_eq!(seen, rust.len(), "every Rust entry has its line in cuda/");
+    }
+
+    /// The kernel every rule of an algorithm on `ON_CUDA` names is in the cubins built from
+    /// cuda/ (checked at the optimizer's creation on a GPU too, through `Device::require`).
+    #[cfg(feature = "cuda")]
+    #[test]
+    fn every_kernel_named_is_built() {
+        use crate::backend::{DotRule, ElementRule, MomentRule, SolveRule};
+        use crate::base::Fixed;
+        let names = [
+            <Fixed<sgd::Sgd> as ElementRule>::KERNEL,
+            <Fixed<momentum::Momentum> as ElementRule>::KERNEL,
+            <Fixed<adagrad::Adagrad> as ElementRule>::KERNEL,
+            <Fixed<rmsprop::RmsProp> as ElementRule>::KERNEL,
+            <Fixed<adam::Adam<false>> as ElementRule>::KERNEL,
+            <Fixed<adam::Adam<true>> as ElementRule>::KERNEL,
+            <autoopt::Moments<autoopt::Identity> as MomentRule>::KERNEL,
+            <autoopt::Moments<autoopt::AdamDiag> as MomentRule>::KERNEL,
+            <autoopt::Moments<autoopt::AdagradDiag> as MomentRule>::KERNEL,
+            <autoopt::Update<autoopt::Identity> as ElementRule>::KERNEL,
+            <autoopt::Update<autoopt::AdamDiag> as ElementRule>::KERNEL,
+            <autoopt::Update<autoopt::AdagradDiag> as ElementRule>::KERNEL,
+            <autoopt::Solve as SolveRule>::KERNEL,
+            <tlr::SgdStep<()> as ElementRule>::KERNEL,
+            <tlr::SgdStep<f32> as ElementRule>::KERNEL,
+            <tlr::StepDots as DotRule>::KERNEL,
+            <tlr::WindowDots as DotRule>::KERNEL,
+            <tlr::OpenWindow as DotRule>::KERNEL,
+            <tlr::Train as SolveRule>::KERNEL,
+        ];
+        for cubin in crate::backend::cuda::CUBINS {
+            for name in names.iter().chain(crate::backend::cuda::DEVICE_KERNELS) {
+                let symbol = format!("{name}\0");
+                assert!(cubin.windows(symbol.len()).any(|w| w == symbol.as_bytes()), "kernel {name} is not in a cubin");
+            }
+        }
+    }
 }

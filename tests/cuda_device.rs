@@ -56,7 +56,7 @@ fn a_negative_ordinal_is_an_invalid_argument_where_a_driver_exists() {
 
 #[test]
 fn algorithms_without_kernels_are_unsupported_on_cuda_on_every_machine() {
-    for algorithm in [c"gi", c"tlr", c"vsgd-l", c"vsgd-g", c"vsgd-b"] {
+    for algorithm in [c"gi", c"vsgd-l", c"vsgd-g", c"vsgd-b"] {
         let (status, message, out) = create_algorithm_on_cuda(algorithm, 0);
         assert_eq!(status, AlrStatus::AlrUnsupported, "{algorithm:?}: {message}");
         assert!(out.is_null());

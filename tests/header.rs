@@ -7,12 +7,7 @@ fn generate() -> String {
     let root = env!("CARGO_MANIFEST_DIR");
     let config = cbindgen::Config::from_file(Path::new(root).join("cbindgen.toml")).expect("cbindgen.toml parses");
     let mut out = Vec::new();
-    cbindgen::Builder::new()
-        .with_crate(root)
-        .with_config(config)
-        .generate()
-        .expect("cbindgen generates the header")
-        .write(&mut out);
+    cbindgen::Builder::new().with_crate(root).with_config(config).generate().expect("cbindgen generates the header").write(&mut out);
     String::from_utf8(out).expect("header is UTF-8")
 }
 
@@ -24,10 +19,7 @@ fn header_is_fresh() {
         std::fs::write(&path, &generated).expect("write include/autolr.h");
     }
     let committed = std::fs::read_to_string(&path).unwrap_or_default();
-    assert!(
-        committed == generated,
-        "include/autolr.h is stale: regenerate it with `AUTOLR_BLESS=1 cargo test --test header` and commit it"
-    );
+    assert!(committed == generated, "include/autolr.h is stale: regenerate it with `AUTOLR_BLESS=1 cargo test --test header` and commit it");
 }
 
 #[test]

@@ -64,14 +64,10 @@ impl Dataset {
 /// (raw, uncompressed IDX files are accepted too, which costs nothing).
 fn read_maybe_gzip(path: &Path) -> Result<Vec<u8>, String> {
     let mut raw = Vec::new();
-    File::open(path)
-        .and_then(|mut f| f.read_to_end(&mut raw))
-        .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+    File::open(path).and_then(|mut f| f.read_to_end(&mut raw)).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
     if raw.starts_with(&[0x1f, 0x8b]) {
         let mut decoded = Vec::new();
-        GzDecoder::new(raw.as_slice())
-            .read_to_end(&mut decoded)
-            .map_err(|e| format!("{}: corrupt or truncated gzip stream: {e}", path.display()))?;
+        GzDecoder::new(raw.as_slice()).read_to_end(&mut decoded).map_err(|e| format!("{}: corrupt or truncated gzip stream: {e}", path.display()))?;
         Ok(decoded)
     } else {
         Ok(raw)
@@ -82,12 +78,7 @@ fn read_be_u32(bytes: &[u8], offset: usize, what: &str) -> Result<u32, String> {
     bytes
         .get(offset..offset + 4)
         .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
-        .ok_or_else(|| {
-            format!(
-                "truncated IDX header: missing {what} (file is {} bytes)",
-                bytes.len()
-            )
-        })
+        .ok_or_else(|| format!("truncated IDX header: missing {what} (file is {} bytes)", bytes.len()))
 }
 
 /// Checks the magic, reads the dimensions and verifies the payload length
@@ -107,22 +98,13 @@ fn parse_idx_header(bytes: &[u8], expected_magic: u32) -> Result<(Vec<usize>, &[
         dims.push(read_be_u32(bytes, 4 + 4 * d, &format!("dimension {d}"))? as usize);
     }
     let header_len = 4 + 4 * ndim;
-    let payload_len = dims
-        .iter()
-        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
-        .ok_or_else(|| format!("IDX dimensions {dims:?} overflow"))?;
+    let payload_len = dims.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)).ok_or_else(|| format!("IDX dimensions {dims:?} overflow"))?;
     let payload = &bytes[header_len..];
     if payload.len() < payload_len {
-        return Err(format!(
-            "truncated IDX data: dimensions {dims:?} need {payload_len} bytes, found {}",
-            payload.len()
-        ));
+        return Err(format!("truncated IDX data: dimensions {dims:?} need {payload_len} bytes, found {}", payload.len()));
     }
     if payload.len() > payload_len {
-        return Err(format!(
-            "IDX data longer than its dimensions {dims:?} say: {payload_len} bytes expected, found {}",
-            payload.len()
-        ));
+        return Err(format!("IDX data longer than its dimensions {dims:?} say: {payload_len} bytes expected, found {}", payload.len()));
     }
     Ok((dims, payload))
 }
@@ -158,26 +140,13 @@ fn read_split(dir: &Path, prefix: &str) -> Result<(Array2<f32>, Vec<u8>), String
     let images = read_idx_images(&images_path)?;
     let labels = read_idx_labels(&labels_path)?;
     if images.ncols() != FEATURES {
-        return Err(format!(
-            "{}: images have {} pixels, expected {FEATURES} (28x28)",
-            images_path.display(),
-            images.ncols()
-        ));
+        return Err(format!("{}: images have {} pixels, expected {FEATURES} (28x28)", images_path.display(), images.ncols()));
     }
     if images.nrows() != labels.len() {
-        return Err(format!(
-            "{} has {} images but {} has {} labels",
-            images_path.display(),
-            images.nrows(),
-            labels_path.display(),
-            labels.len()
-        ));
+        return Err(format!("{} has {} images but {} has {} labels", images_path.display(), images.nrows(), labels_path.display(), labels.len()));
     }
     if let Some(bad) = labels.iter().find(|&&l| usize::from(l) >= CLASSES) {
-        return Err(format!(
-            "{}: label {bad} is not below {CLASSES}",
-            labels_path.display()
-        ));
+        return Err(format!("{}: label {bad} is not below {CLASSES}", labels_path.display()));
     }
     Ok((images, labels))
 }
@@ -187,12 +156,7 @@ fn read_split(dir: &Path, prefix: &str) -> Result<(Array2<f32>, Vec<u8>), String
 pub fn load(dir: &Path) -> Result<Dataset, String> {
     let (train_x, train_y) = read_split(dir, "train")?;
     let (test_x, test_y) = read_split(dir, "t10k")?;
-    Ok(Dataset {
-        train_x,
-        train_y,
-        test_x,
-        test_y,
-    })
+    Ok(Dataset { train_x, train_y, test_x, test_y })
 }
 
 // ---------------------------------------------------------------------------
@@ -288,13 +252,7 @@ impl<'a> Minibatches<'a> {
         assert_eq!(x.nrows(), y.len(), "images and labels differ in number");
         let mut order: Vec<usize> = (0..y.len()).collect();
         SplitMix64::derived(seed, epoch).shuffle(&mut order);
-        Self {
-            x,
-            y,
-            order,
-            batch_size,
-            position: 0,
-        }
+        Self { x, y, order, batch_size, position: 0 }
     }
 }
 
@@ -308,10 +266,7 @@ impl Iterator for Minibatches<'_> {
         let end = (self.position + self.batch_size).min(self.order.len());
         let rows = &self.order[self.position..end];
         self.position = end;
-        Some(Minibatch {
-            x: self.x.select(Axis(0), rows),
-            y: rows.iter().map(|&r| self.y[r]).collect(),
-        })
+        Some(Minibatch { x: self.x.select(Axis(0), rows), y: rows.iter().map(|&r| self.y[r]).collect() })
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
@@ -360,11 +315,7 @@ fn fallback_prototypes(rng: &mut SplitMix64) -> Vec<[f64; FEATURES]> {
 /// other class (the blend weight sometimes approaches 1/2, which makes part
 /// of the data genuinely ambiguous), shifted by up to 3 pixels, rescaled in
 /// contrast and covered in pixel noise, then clipped to [0, 1].
-fn fallback_samples(
-    prototypes: &[[f64; FEATURES]],
-    count: usize,
-    rng: &mut SplitMix64,
-) -> (Array2<f32>, Vec<u8>) {
+fn fallback_samples(prototypes: &[[f64; FEATURES]], count: usize, rng: &mut SplitMix64) -> (Array2<f32>, Vec<u8>) {
     let mut labels: Vec<u8> = (0..count).map(|i| (i % CLASSES) as u8).collect();
     rng.shuffle(&mut labels);
     let mut x = Array2::<f32>::zeros((count, FEATURES));
@@ -378,9 +329,7 @@ fn fallback_samples(
         for r in 0..IMAGE_SIDE {
             for c in 0..IMAGE_SIDE {
                 let (sr, sc) = (r as isize - shift_row, c as isize - shift_col);
-                let clean = if (0..IMAGE_SIDE as isize).contains(&sr)
-                    && (0..IMAGE_SIDE as isize).contains(&sc)
-                {
+                let clean = if (0..IMAGE_SIDE as isize).contains(&sr) && (0..IMAGE_SIDE as isize).contains(&sc) {
                     let source = sr as usize * IMAGE_SIDE + sc as usize;
                     (1.0 - blend) * prototypes[class][source] + blend * prototypes[other][source]
                 } else {
@@ -403,12 +352,7 @@ pub fn fallback(seed: u64) -> Dataset {
     let prototypes = fallback_prototypes(&mut rng);
     let (train_x, train_y) = fallback_samples(&prototypes, FALLBACK_TRAIN, &mut rng);
     let (test_x, test_y) = fallback_samples(&prototypes, FALLBACK_TEST, &mut rng);
-    Dataset {
-        train_x,
-        train_y,
-        test_x,
-        test_y,
-    }
+    Dataset { train_x, train_y, test_x, test_y }
 }
 
 // ---------------------------------------------------------------------------
@@ -501,10 +445,7 @@ mod tests {
 
         // A header whose dimensions overflow must not allocate or panic.
         let err = parse_idx_images(&idx_images(u32::MAX, u32::MAX, u32::MAX, &[])).unwrap_err();
-        assert!(
-            err.contains("overflow") || err.contains("truncated"),
-            "{err}"
-        );
+        assert!(err.contains("overflow") || err.contains("truncated"), "{err}");
 
         // Trailing garbage and a missing file.
         assert!(parse_idx_labels(&[idx_labels(&[1]), vec![0]].concat()).is_err());
@@ -555,16 +496,9 @@ mod tests {
         assert_eq!(a.test_x.dim(), (FALLBACK_TEST, FEATURES));
         assert_eq!(a.train_y.len(), FALLBACK_TRAIN);
         assert_eq!(a.test_y.len(), FALLBACK_TEST);
-        assert!(a
-            .train_x
-            .iter()
-            .chain(a.test_x.iter())
-            .all(|&v| (0.0..=1.0).contains(&v)));
+        assert!(a.train_x.iter().chain(a.test_x.iter()).all(|&v| (0.0..=1.0).contains(&v)));
         for class in 0..CLASSES as u8 {
-            assert_eq!(
-                a.train_y.iter().filter(|&&l| l == class).count(),
-                FALLBACK_TRAIN / CLASSES
-            );
+            assert_eq!(a.train_y.iter().filter(|&&l| l == class).count(), FALLBACK_TRAIN / CLASSES);
         }
         let b = fallback(7);
         assert_eq!(a.train_x, b.train_x);
@@ -582,10 +516,7 @@ mod tests {
         let draws: Vec<f64> = (0..20_000).map(|_| rng.normal()).collect();
         let mean = draws.iter().sum::<f64>() / draws.len() as f64;
         let var = draws.iter().map(|d| (d - mean).powi(2)).sum::<f64>() / draws.len() as f64;
-        assert!(
-            mean.abs() < 0.03 && (var - 1.0).abs() < 0.05,
-            "mean {mean} var {var}"
-        );
+        assert!(mean.abs() < 0.03 && (var - 1.0).abs() < 0.05, "mean {mean} var {var}");
         assert!((0..1000).all(|_| rng.below(7) < 7));
     }
 

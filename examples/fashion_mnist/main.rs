@@ -209,7 +209,11 @@ fn main() {
     let window = ((steps_per_epoch as f64) / 3.0).round().max(1.0) as usize;
     let seeds: Vec<u64> = (0..args.seeds as u64).collect();
     let size = if args.full { "full" } else { "short (run with --full for the full protocol)" };
-    let train_set = if n_train < full_train { format!("SUBSET: first {n_train} of {full_train} training images") } else { format!("the whole training set ({n_train} images)") };
+    let train_set = if n_train < full_train {
+        format!("SUBSET: first {n_train} of {full_train} training images")
+    } else {
+        format!("the whole training set ({n_train} images)")
+    };
     let protocol_line = format!(
         "Protocol: {size}: {} seed(s), {} epoch(s), batch {}, {train_set}, {steps_per_epoch} steps/epoch; \
          one group per tensor; ALGORITHMS.md defaults, nothing tuned per method; TLR window w={window} = 1/3 epoch.",
@@ -261,7 +265,9 @@ fn main() {
     for r in results {
         match &r.outcome {
             runner::Outcome::Completed => {}
-            runner::Outcome::Diverged { epoch, step } => trouble.push(format!("{} seed {} {}: diverged in epoch {epoch} (step {step})", r.model.slug(), r.seed, r.spec.label)),
+            runner::Outcome::Diverged { epoch, step } => {
+                trouble.push(format!("{} seed {} {}: diverged in epoch {epoch} (step {step})", r.model.slug(), r.seed, r.spec.label))
+            }
             runner::Outcome::Failed(why) => trouble.push(format!("{} seed {} {}: FAILED: {why}", r.model.slug(), r.seed, r.spec.label)),
         }
         index.insert(r);

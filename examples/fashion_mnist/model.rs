@@ -28,18 +28,7 @@ use crate::data::{SplitMix64, CLASSES, FEATURES};
 
 /// The float types a network can compute in (`f32` and `f64`).
 pub trait Real:
-    LinalgScalar
-    + ScalarOperand
-    + Debug
-    + Display
-    + PartialOrd
-    + AddAssign
-    + SubAssign
-    + MulAssign
-    + DivAssign
-    + Neg<Output = Self>
-    + Send
-    + Sync
+    LinalgScalar + ScalarOperand + Debug + Display + PartialOrd + AddAssign + SubAssign + MulAssign + DivAssign + Neg<Output = Self> + Send + Sync
 {
     fn from_f64(value: f64) -> Self;
     fn to_f64(self) -> f64;
@@ -123,22 +112,10 @@ pub struct Want {
 }
 
 impl Want {
-    pub const GRAD: Want = Want {
-        sum_sq_grads: false,
-        ggn_diag: false,
-    };
-    pub const WITH_SUM_SQ_GRADS: Want = Want {
-        sum_sq_grads: true,
-        ggn_diag: false,
-    };
-    pub const WITH_GGN_DIAG: Want = Want {
-        sum_sq_grads: false,
-        ggn_diag: true,
-    };
-    pub const ALL: Want = Want {
-        sum_sq_grads: true,
-        ggn_diag: true,
-    };
+    pub const GRAD: Want = Want { sum_sq_grads: false, ggn_diag: false };
+    pub const WITH_SUM_SQ_GRADS: Want = Want { sum_sq_grads: true, ggn_diag: false };
+    pub const WITH_GGN_DIAG: Want = Want { sum_sq_grads: false, ggn_diag: true };
+    pub const ALL: Want = Want { sum_sq_grads: true, ggn_diag: true };
 }
 
 /// What one backward pass over a minibatch returns. Every per-tensor list
@@ -186,19 +163,10 @@ impl<T: Real> Network<T> {
     /// A network with the given widths, e.g. `[784, 120, 10]`: one dense
     /// layer per consecutive pair, tanh after every layer but the last.
     pub fn new(layer_sizes: &[usize], seed: u64) -> Self {
-        assert!(
-            layer_sizes.len() >= 2,
-            "need at least input and output widths"
-        );
-        assert!(
-            layer_sizes.iter().all(|&w| w > 0),
-            "layer widths must be positive"
-        );
+        assert!(layer_sizes.len() >= 2, "need at least input and output widths");
+        assert!(layer_sizes.iter().all(|&w| w > 0), "layer widths must be positive");
         let mut rng = SplitMix64::new(seed);
-        let layers = layer_sizes
-            .windows(2)
-            .map(|w| Dense::new(w[0], w[1], &mut rng))
-            .collect();
+        let layers = layer_sizes.windows(2).map(|w| Dense::new(w[0], w[1], &mut rng)).collect();
         Self { layers }
     }
 
@@ -224,45 +192,28 @@ impl<T: Real> Network<T> {
 
     /// Input width followed by every layer's output width.
     pub fn layer_sizes(&self) -> Vec<usize> {
-        std::iter::once(self.layers[0].fan_in())
-            .chain(self.layers.iter().map(Dense::fan_out))
-            .collect()
+        std::iter::once(self.layers[0].fan_in()).chain(self.layers.iter().map(Dense::fan_out)).collect()
     }
 
     /// Shapes in parameter order: `[out, in]` for weights, `[out]` for biases.
     pub fn param_shapes(&self) -> Vec<Vec<usize>> {
-        self.layers
-            .iter()
-            .flat_map(|l| [vec![l.fan_out(), l.fan_in()], vec![l.fan_out()]])
-            .collect()
+        self.layers.iter().flat_map(|l| [vec![l.fan_out(), l.fan_in()], vec![l.fan_out()]]).collect()
     }
 
     /// Names in parameter order, torch style: "0.weight", "0.bias", ...
     pub fn param_names(&self) -> Vec<String> {
-        (0..self.layers.len())
-            .flat_map(|i| [format!("{i}.weight"), format!("{i}.bias")])
-            .collect()
+        (0..self.layers.len()).flat_map(|i| [format!("{i}.weight"), format!("{i}.bias")]).collect()
     }
 
     pub fn num_params(&self) -> usize {
-        self.layers
-            .iter()
-            .map(|l| l.weight.len() + l.bias.len())
-            .sum()
+        self.layers.iter().map(|l| l.weight.len() + l.bias.len()).sum()
     }
 
     /// Flat parameter tensors `[W1, b1, W2, b2, ...]`, W row-major (out, in).
     pub fn params(&self) -> Vec<&[T]> {
         self.layers
             .iter()
-            .flat_map(|l| {
-                [
-                    l.weight
-                        .as_slice()
-                        .expect("weights are kept in standard layout"),
-                    l.bias.as_slice().expect("biases are contiguous"),
-                ]
-            })
+            .flat_map(|l| [l.weight.as_slice().expect("weights are kept in standard layout"), l.bias.as_slice().expect("biases are contiguous")])
             .collect()
     }
 
@@ -270,25 +221,14 @@ impl<T: Real> Network<T> {
     pub fn params_mut(&mut self) -> Vec<&mut [T]> {
         self.layers
             .iter_mut()
-            .flat_map(|l| {
-                [
-                    l.weight
-                        .as_slice_mut()
-                        .expect("weights are kept in standard layout"),
-                    l.bias.as_slice_mut().expect("biases are contiguous"),
-                ]
-            })
+            .flat_map(|l| [l.weight.as_slice_mut().expect("weights are kept in standard layout"), l.bias.as_slice_mut().expect("biases are contiguous")])
             .collect()
     }
 
     /// Forward pass keeping what backward needs: the tanh outputs of every
     /// hidden layer (in order) and the final logits.
     fn forward_with_hidden(&self, x: ArrayView2<'_, T>) -> (Vec<Array2<T>>, Array2<T>) {
-        assert_eq!(
-            x.ncols(),
-            self.layers[0].fan_in(),
-            "input width does not match the first layer"
-        );
+        assert_eq!(x.ncols(), self.layers[0].fan_in(), "input width does not match the first layer");
         let (last, hidden_layers) = self.layers.split_last().expect("at least one layer");
         let mut hidden: Vec<Array2<T>> = Vec::with_capacity(hidden_layers.len());
         for layer in hidden_layers {
@@ -310,10 +250,7 @@ impl<T: Real> Network<T> {
     pub fn evaluate(&self, x: ArrayView2<'_, T>, y: &[u8]) -> Evaluation {
         assert_eq!(x.nrows(), y.len(), "inputs and labels differ in number");
         if y.is_empty() {
-            return Evaluation {
-                loss: f64::NAN,
-                accuracy: f64::NAN,
-            };
+            return Evaluation { loss: f64::NAN, accuracy: f64::NAN };
         }
         let (mut loss_sum, mut correct) = (0.0, 0);
         for (start, chunk) in x.axis_chunks_iter(Axis(0), EVAL_CHUNK).enumerate() {
@@ -322,10 +259,7 @@ impl<T: Real> Network<T> {
             loss_sum += scored.loss_sum;
             correct += scored.correct;
         }
-        Evaluation {
-            loss: loss_sum / y.len() as f64,
-            accuracy: correct as f64 / y.len() as f64,
-        }
+        Evaluation { loss: loss_sum / y.len() as f64, accuracy: correct as f64 / y.len() as f64 }
     }
 
     /// Mean cross-entropy over the batch.
@@ -346,10 +280,7 @@ impl<T: Real> Network<T> {
     /// tensor lengths; tensors that do not fit together are an error.
     pub fn loss_at(params: &[&[T]], x: ArrayView2<'_, T>, y: &[u8]) -> Result<f64, String> {
         if params.is_empty() || params.len() % 2 != 0 {
-            return Err(format!(
-                "expected [W1, b1, W2, b2, ...], got {} tensors",
-                params.len()
-            ));
+            return Err(format!("expected [W1, b1, W2, b2, ...], got {} tensors", params.len()));
         }
         if x.nrows() != y.len() || y.is_empty() {
             return Err(format!("{} inputs for {} labels", x.nrows(), y.len()));
@@ -361,10 +292,7 @@ impl<T: Real> Network<T> {
             let input = activation.as_ref().map_or(x.view(), |a| a.view());
             let (fan_out, fan_in) = (bias.len(), input.ncols());
             if fan_out == 0 || weight.len() != fan_out * fan_in {
-                return Err(format!(
-                    "layer {index}: weight has {} elements, bias {fan_out}, input width {fan_in}",
-                    weight.len()
-                ));
+                return Err(format!("layer {index}: weight has {} elements, bias {fan_out}, input width {fan_in}", weight.len()));
             }
             let weight = ArrayView2::from_shape((fan_out, fan_in), weight).map_err(|e| e.to_string())?;
             let bias = ndarray::ArrayView1::from(bias);
@@ -422,11 +350,7 @@ impl<T: Real> Network<T> {
         let mut ggn_diag = want.ggn_diag.then(Vec::new);
 
         for (index, layer) in self.layers.iter().enumerate().rev() {
-            let input = if index == 0 {
-                x.view()
-            } else {
-                hidden[index - 1].view()
-            };
+            let input = if index == 0 { x.view() } else { hidden[index - 1].view() };
 
             grads.push(flat(delta.sum_axis(Axis(0)) * inv_n));
             grads.push(flat2(delta.t().dot(&input) * inv_n));
@@ -487,20 +411,12 @@ struct Scored<T> {
 /// overflowing, and the loss is taken as `logsumexp − z_y` rather than
 /// `−ln p_y`, which would lose everything when p_y underflows.
 fn softmax_cross_entropy<T: Real>(logits: &Array2<T>, y: &[u8]) -> Scored<T> {
-    assert_eq!(
-        logits.nrows(),
-        y.len(),
-        "logits and labels differ in number"
-    );
+    assert_eq!(logits.nrows(), y.len(), "logits and labels differ in number");
     let mut probs = logits.clone();
     let (mut loss_sum, mut correct) = (0.0, 0);
     for (mut row, &label) in probs.rows_mut().into_iter().zip(y) {
         let label = usize::from(label);
-        assert!(
-            label < row.len(),
-            "label {label} out of range for {} classes",
-            row.len()
-        );
+        assert!(label < row.len(), "label {label} out of range for {} classes", row.len());
         let (mut argmax, mut max) = (0, row[0]);
         for (k, &z) in row.iter().enumerate() {
             if z > max {
@@ -514,11 +430,7 @@ fn softmax_cross_entropy<T: Real>(logits: &Array2<T>, y: &[u8]) -> Scored<T> {
         loss_sum += (sum.ln() + max - label_logit).to_f64();
         row /= sum;
     }
-    Scored {
-        probs,
-        loss_sum,
-        correct,
-    }
+    Scored { probs, loss_sum, correct }
 }
 
 /// The columns `q_c = √p_c (e_c − p)` of the exact factor `Q` with
@@ -538,9 +450,7 @@ fn hessian_factor_columns<T: Real>(probs: &Array2<T>) -> Array2<T> {
 fn sum_squares_over_blocks<T: Real>(stacked: &Array2<T>, block_rows: usize) -> Array2<T> {
     let mut total = Array2::zeros((block_rows, stacked.ncols()));
     for block in stacked.axis_chunks_iter(Axis(0), block_rows) {
-        Zip::from(&mut total)
-            .and(&block)
-            .for_each(|t, &v| *t += v * v);
+        Zip::from(&mut total).and(&block).for_each(|t, &v| *t += v * v);
     }
     total
 }
@@ -596,10 +506,7 @@ mod tests {
     fn assert_close(what: &str, got: &[f64], want: &[f64], tolerance: f64) {
         assert_eq!(got.len(), want.len(), "{what}: lengths differ");
         for (k, (&g, &w)) in got.iter().zip(want).enumerate() {
-            assert!(
-                (g - w).abs() <= tolerance * (1.0 + w.abs()),
-                "{what}[{k}]: got {g:e}, want {w:e}"
-            );
+            assert!((g - w).abs() <= tolerance * (1.0 + w.abs()), "{what}[{k}]: got {g:e}, want {w:e}");
         }
     }
 
@@ -619,12 +526,7 @@ mod tests {
                         (up - down) / (2.0 * step)
                     })
                     .collect();
-                assert_close(
-                    &format!("{sizes:?} grad tensor {t}"),
-                    &batch.grads[t],
-                    &numeric,
-                    1e-7,
-                );
+                assert_close(&format!("{sizes:?} grad tensor {t}"), &batch.grads[t], &numeric, 1e-7);
             }
         }
     }
@@ -661,8 +563,7 @@ mod tests {
             let net = tiny_net(sizes, 30 + case as u64);
             let (x, y) = tiny_batch(sizes[0], *sizes.last().unwrap(), 40 + case as u64);
             let batch = net.backward(x.view(), &y, Want::WITH_SUM_SQ_GRADS);
-            let mut brute: Vec<Vec<f64>> =
-                net.params().iter().map(|p| vec![0.0; p.len()]).collect();
+            let mut brute: Vec<Vec<f64>> = net.params().iter().map(|p| vec![0.0; p.len()]).collect();
             for i in 0..N {
                 // The mean over a batch of one is that sample's own loss.
                 let single = net.backward(x.slice(s![i..i + 1, ..]), &y[i..i + 1], Want::GRAD);
@@ -672,12 +573,7 @@ mod tests {
             }
             let got = batch.sum_sq_grads.as_ref().unwrap();
             for t in 0..brute.len() {
-                assert_close(
-                    &format!("{sizes:?} S tensor {t}"),
-                    &got[t],
-                    &brute[t],
-                    1e-12,
-                );
+                assert_close(&format!("{sizes:?} S tensor {t}"), &got[t], &brute[t], 1e-12);
             }
         }
     }
@@ -690,8 +586,7 @@ mod tests {
             let (x, y) = tiny_batch(sizes[0], classes, 60 + case as u64);
             let batch = net.backward(x.view(), &y, Want::WITH_GGN_DIAG);
             let step = 1e-5;
-            let mut brute: Vec<Vec<f64>> =
-                net.params().iter().map(|p| vec![0.0; p.len()]).collect();
+            let mut brute: Vec<Vec<f64>> = net.params().iter().map(|p| vec![0.0; p.len()]).collect();
             for i in 0..N {
                 let xi = x.slice(s![i..i + 1, ..]);
                 let logits = net.logits(xi);
@@ -711,9 +606,7 @@ mod tests {
                         // Column k of the logits' Jacobian, by central differences.
                         let up = with_param(&net, t, k, step).logits(xi);
                         let down = with_param(&net, t, k, -step).logits(xi);
-                        let jacobian: Vec<f64> = (0..classes)
-                            .map(|c| (up[[0, c]] - down[[0, c]]) / (2.0 * step))
-                            .collect();
+                        let jacobian: Vec<f64> = (0..classes).map(|c| (up[[0, c]] - down[[0, c]]) / (2.0 * step)).collect();
                         let mut quadratic = 0.0;
                         for a in 0..classes {
                             for b in 0..classes {
@@ -726,12 +619,7 @@ mod tests {
             }
             let got = batch.ggn_diag.as_ref().unwrap();
             for t in 0..brute.len() {
-                assert_close(
-                    &format!("{sizes:?} GGN tensor {t}"),
-                    &got[t],
-                    &brute[t],
-                    1e-7,
-                );
+                assert_close(&format!("{sizes:?} GGN tensor {t}"), &got[t], &brute[t], 1e-7);
             }
         }
     }
@@ -753,12 +641,7 @@ mod tests {
                     (up - 2.0 * centre + down) / (step * step)
                 })
                 .collect();
-            assert_close(
-                &format!("Hessian tensor {t}"),
-                &batch.ggn_diag.as_ref().unwrap()[t],
-                &second,
-                1e-5,
-            );
+            assert_close(&format!("Hessian tensor {t}"), &batch.ggn_diag.as_ref().unwrap()[t], &second, 1e-5);
         }
     }
 
@@ -778,11 +661,7 @@ mod tests {
         assert_eq!(all.ggn_diag, with_ggn.ggn_diag);
         assert_eq!(all.batch_size, N);
         let shapes = net.param_shapes();
-        for list in [
-            &all.grads,
-            all.sum_sq_grads.as_ref().unwrap(),
-            all.ggn_diag.as_ref().unwrap(),
-        ] {
+        for list in [&all.grads, all.sum_sq_grads.as_ref().unwrap(), all.ggn_diag.as_ref().unwrap()] {
             let lengths: Vec<usize> = list.iter().map(Vec::len).collect();
             let expected: Vec<usize> = shapes.iter().map(|s| s.iter().product()).collect();
             assert_eq!(lengths, expected);
@@ -807,22 +686,11 @@ mod tests {
         let want = wide.backward(x.view(), &y, Want::ALL);
         let got = narrow.backward(x.mapv(|v| v as f32).view(), &y, Want::ALL);
         assert!((got.loss - want.loss).abs() < 1e-5);
-        let widen = |lists: &[Vec<f32>]| -> Vec<Vec<f64>> {
-            lists
-                .iter()
-                .map(|l| l.iter().map(|&v| f64::from(v)).collect())
-                .collect()
-        };
+        let widen = |lists: &[Vec<f32>]| -> Vec<Vec<f64>> { lists.iter().map(|l| l.iter().map(|&v| f64::from(v)).collect()).collect() };
         let pairs = [
             (widen(&got.grads), want.grads.clone()),
-            (
-                widen(got.sum_sq_grads.as_ref().unwrap()),
-                want.sum_sq_grads.clone().unwrap(),
-            ),
-            (
-                widen(got.ggn_diag.as_ref().unwrap()),
-                want.ggn_diag.clone().unwrap(),
-            ),
+            (widen(got.sum_sq_grads.as_ref().unwrap()), want.sum_sq_grads.clone().unwrap()),
+            (widen(got.ggn_diag.as_ref().unwrap()), want.ggn_diag.clone().unwrap()),
         ];
         for (g, w) in &pairs {
             for (gt, wt) in g.iter().zip(w) {
@@ -837,14 +705,8 @@ mod tests {
         let b = Model::mlp(3);
         assert_eq!(a.params(), b.params());
         assert_ne!(a.params(), Model::mlp(4).params());
-        assert_eq!(
-            a.param_shapes(),
-            vec![vec![120, 784], vec![120], vec![10, 120], vec![10]]
-        );
-        assert_eq!(
-            a.param_names(),
-            vec!["0.weight", "0.bias", "1.weight", "1.bias"]
-        );
+        assert_eq!(a.param_shapes(), vec![vec![120, 784], vec![120], vec![10, 120], vec![10]]);
+        assert_eq!(a.param_names(), vec!["0.weight", "0.bias", "1.weight", "1.bias"]);
         assert_eq!(a.num_params(), 784 * 120 + 120 + 120 * 10 + 10);
         assert_eq!(Model::logistic_regression(0).layer_sizes(), vec![784, 10]);
         let bound = 1.0 / 784f32.sqrt();
@@ -858,11 +720,7 @@ mod tests {
         let (row, column, inputs) = (1, 2, 3);
         net.params_mut()[0][row * inputs + column] = 5.0; // W[1][2]
         net.params_mut()[1][0] = -1.0; // b[0]
-        let logits = net.logits(
-            Array2::from_shape_vec((1, 3), vec![0.0, 0.0, 2.0])
-                .unwrap()
-                .view(),
-        );
+        let logits = net.logits(Array2::from_shape_vec((1, 3), vec![0.0, 0.0, 2.0]).unwrap().view());
         assert_eq!(logits.row(0).to_vec(), vec![-1.0, 10.0]);
     }
 
@@ -878,14 +736,8 @@ mod tests {
         // Sample 0 is certain and right (loss 0), sample 1 certain and wrong
         // (loss 2e4): mean 1e4, finite everywhere.
         assert!((batch.loss - 1e4).abs() < 1.0, "loss {}", batch.loss);
-        let all = [
-            &batch.grads,
-            batch.sum_sq_grads.as_ref().unwrap(),
-            batch.ggn_diag.as_ref().unwrap(),
-        ];
-        assert!(all
-            .iter()
-            .all(|list| list.iter().flatten().all(|v| v.is_finite())));
+        let all = [&batch.grads, batch.sum_sq_grads.as_ref().unwrap(), batch.ggn_diag.as_ref().unwrap()];
+        assert!(all.iter().all(|list| list.iter().flatten().all(|v| v.is_finite())));
     }
 
     /// The built-in stand-in data: a linear model must learn it far above
@@ -899,20 +751,13 @@ mod tests {
             for batch in Minibatches::new(&data.train_x, &data.train_y, 64, 1, epoch) {
                 let grads = net.backward(batch.x.view(), &batch.y, Want::GRAD).grads;
                 for (param, grad) in net.params_mut().into_iter().zip(&grads) {
-                    param
-                        .iter_mut()
-                        .zip(grad)
-                        .for_each(|(p, g)| *p -= learning_rate * g);
+                    param.iter_mut().zip(grad).for_each(|(p, g)| *p -= learning_rate * g);
                 }
             }
         }
         let train = net.evaluate(data.train_x.view(), &data.train_y);
         let test = net.evaluate(data.test_x.view(), &data.test_y);
         eprintln!("fallback, logistic regression: train {train:?}, test {test:?}");
-        assert!(
-            (0.5..0.95).contains(&test.accuracy),
-            "test accuracy {}",
-            test.accuracy
-        );
+        assert!((0.5..0.95).contains(&test.accuracy), "test accuracy {}", test.accuracy);
     }
 }

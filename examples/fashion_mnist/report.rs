@@ -84,9 +84,7 @@ pub fn tune<'a>(index: &'a Index, model: ModelKind, seeds: &[u64], family: &str,
         .map(|&seed| {
             let runs: Vec<&RunResult> = points.iter().filter_map(|p| index.get(model, seed, p)).collect();
             all.extend(runs.iter().copied());
-            runs.into_iter()
-                .filter(|r| r.final_train_loss().is_finite())
-                .min_by(|a, b| a.final_train_loss().total_cmp(&b.final_train_loss()))
+            runs.into_iter().filter(|r| r.final_train_loss().is_finite()).min_by(|a, b| a.final_train_loss().total_cmp(&b.final_train_loss()))
         })
         .collect();
     Tuned { family: family.to_string(), chosen, grid: all, grid_size: points.len() }
@@ -107,11 +105,8 @@ impl Tuned<'_> {
 
     /// "3.16e-1 (all seeds)" or "1e-1, 3.16e-1, 1e-1".
     pub fn chosen_lrs(&self) -> String {
-        let lrs: Vec<String> = self
-            .chosen
-            .iter()
-            .map(|c| c.and_then(|r| r.spec.grid.as_ref()).map_or("none (all diverged)".to_string(), |(_, lr)| format_lr(*lr)))
-            .collect();
+        let lrs: Vec<String> =
+            self.chosen.iter().map(|c| c.and_then(|r| r.spec.grid.as_ref()).map_or("none (all diverged)".to_string(), |(_, lr)| format_lr(*lr))).collect();
         if lrs.len() > 1 && lrs.iter().all(|l| l == &lrs[0]) {
             format!("{} (every seed)", lrs[0])
         } else {
@@ -382,7 +377,8 @@ pub fn loss_csv(index: &Index, model: ModelKind, seeds: &[u64], methods: &[Metho
     let mut emit = |label: &str, kind: &str, r: &RunResult| {
         let lr = r.spec.grid.as_ref().map_or(String::new(), |(_, lr)| lr.to_string());
         for p in &r.curve {
-            let _ = writeln!(csv, "{},{kind},{},{},{},{},{:.3},{},{lr}", csv_field(label), r.seed, p.epoch, p.train_loss, p.test_accuracy, p.elapsed, status(r));
+            let _ =
+                writeln!(csv, "{},{kind},{},{},{},{},{:.3},{},{lr}", csv_field(label), r.seed, p.epoch, p.train_loss, p.test_accuracy, p.elapsed, status(r));
         }
     };
     for spec in methods {

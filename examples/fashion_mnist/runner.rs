@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
-use autolr::{AlrStatus, Callbacks, Optimizer, SampleData, SampleScale, Samples, StepInputs};
+use autolr::{AlrStatus, Callbacks, Optimizer, SampleData, SampleScale, Samples, StepInputs, Tensor};
 
 use crate::data::Dataset;
 use crate::model::{Model, Want};
@@ -133,11 +133,7 @@ impl MethodSpec {
     /// The algorithm names this method uses that `available` lacks (e.g. ones still being
     /// written); such a method is skipped with a note.
     pub fn missing(&self, available: &[&str]) -> Vec<String> {
-        std::iter::once(&self.algorithm)
-            .chain(self.base.as_ref())
-            .filter(|name| !available.contains(&name.as_str()))
-            .cloned()
-            .collect()
+        std::iter::once(&self.algorithm).chain(self.base.as_ref()).filter(|name| !available.contains(&name.as_str())).cloned().collect()
     }
 
     /// Builds the optimizer through the public API, one tensor per group (the default).
@@ -204,7 +200,10 @@ pub struct SchedulePoint {
 pub enum Outcome {
     Completed,
     /// A non-finite loss (or an optimizer refusing a non-finite input): the run was stopped.
-    Diverged { epoch: usize, step: usize },
+    Diverged {
+        epoch: usize,
+        step: usize,
+    },
     /// The optimizer (or the run) failed for another reason; the message says why.
     Failed(String),
 }
@@ -244,8 +243,8 @@ impl RunResult {
 }
 
 /// One unit of work.
-fn views(tensors: &Option<Vec<Vec<f32>>>) -> Vec<&[f32]> {
-    tensors.as_ref().expect("asked for in Want").iter().map(Vec::as_slice).collect()
+fn views(tensors: &Option<Vec<Vec<f32>>>) -> Vec<Tensor<'_>> {
+    tensors.as_ref().expect("asked for in Want").iter().map(Tensor::from).collect()
 }
 
 #[derive(Clone, Debug)]
@@ -261,7 +260,7 @@ fn evaluate(net: &Model, data: &Dataset, epoch: usize, started: &Instant) -> Epo
     EpochPoint { epoch, train_loss: train.loss, test_accuracy: test.accuracy, elapsed: started.elapsed().as_secs_f64() }
 }
 
-fn schedule_point(opt: &Optimizer, step: usize, epoch: f64) -> SchedulePoint {
+fn schedule_point(opt: &mut Optimizer, step: usize, epoch: f64) -> SchedulePoint {
     let groups = opt.n_groups();
     let lr: Vec<f64> = (0..groups).map(|g| opt.lr(g).unwrap_or(f64::NAN)).collect();
     let momentum: Vec<f64> = (0..groups).map(|g| opt.momentum(g).unwrap_or(f64::NAN)).collect();
@@ -336,11 +335,8 @@ fn train(data: &Dataset, job: &Job, protocol: &Protocol, progress: &(dyn Fn(&str
             }
             let mut inputs = StepInputs::new(computed.grads.iter().map(Vec::as_slice).collect());
             if needs.sum_sq {
-                inputs.samples = Some(Samples {
-                    data: SampleData::SumSq(views(&computed.sum_sq_grads)),
-                    scale: SampleScale::Sample,
-                    batch_size: computed.batch_size,
-                });
+                inputs.samples =
+                    Some(Samples { data: SampleData::SumSq(views(&computed.sum_sq_grads)), scale: SampleScale::Sample, batch_size: computed.batch_size });
             }
             if needs.curvature {
                 inputs.curvature = Some(views(&computed.ggn_diag));
@@ -366,7 +362,7 @@ fn train(data: &Dataset, job: &Job, protocol: &Protocol, progress: &(dyn Fn(&str
                 }
             }
             if log_schedule && (step == 1 || step % protocol.log_every == 0) {
-                result.schedule.push(schedule_point(&opt, step, step as f64 / steps_per_epoch));
+                result.schedule.push(schedule_point(&mut opt, step, step as f64 / steps_per_epoch));
             }
         }
         let point = evaluate(&net, data, epoch, started);
@@ -385,7 +381,7 @@ fn train(data: &Dataset, job: &Job, protocol: &Protocol, progress: &(dyn Fn(&str
         }
     }
     if log_schedule && result.schedule.last().map(|p| p.step) != Some(step) {
-        result.schedule.push(schedule_point(&opt, step, step as f64 / steps_per_epoch));
+        result.schedule.push(schedule_point(&mut opt, step, step as f64 / steps_per_epoch));
     }
 }
 
@@ -469,12 +465,7 @@ mod tests {
             for spec in &specs {
                 let job = Job { model, seed: 0, spec: spec.clone() };
                 let result = run(&data, &job, &protocol, &|_| {});
-                assert!(
-                    matches!(result.outcome, Outcome::Completed | Outcome::Diverged { .. }),
-                    "{model:?} {}: {:?}",
-                    spec.label,
-                    result.outcome
-                );
+                assert!(matches!(result.outcome, Outcome::Completed | Outcome::Diverged { .. }), "{model:?} {}: {:?}", spec.label, result.outcome);
                 assert_eq!(result.steps, 8, "{}", spec.label);
                 assert_eq!(result.curve.len(), 2);
                 if !spec.is_baseline() && result.completed() {
@@ -509,10 +500,7 @@ mod tests {
     fn runs_are_deterministic_and_independent_of_threads() {
         let data = tiny_data(128);
         let protocol = Protocol { epochs: 1, batch_size: 32, log_every: 1 };
-        let jobs: Vec<Job> = ["auto-sgd", "sgd", "adam"]
-            .iter()
-            .map(|a| Job { model: ModelKind::LogReg, seed: 3, spec: MethodSpec::new(a) })
-            .collect();
+        let jobs: Vec<Job> = ["auto-sgd", "sgd", "adam"].iter().map(|a| Job { model: ModelKind::LogReg, seed: 3, spec: MethodSpec::new(a) }).collect();
         let one = run_all(&data, &jobs, &protocol, 1);
         let two = run_all(&data, &jobs, &protocol, 2);
         for (a, b) in one.iter().zip(&two) {

@@ -13,12 +13,14 @@
 //!
 //! Two passes over memory: a reduction pass (base state, `V`, `a`, `c`, `e`) and the update pass.
 
+use std::marker::PhantomData;
+
 use crate::algorithm::{Accepts, Algorithm, Context};
-use crate::backend::cpu::{self, ElemState, COLUMN_BLOCK};
+use crate::backend::{Device, ElemState, ElementRule, MomentRule, Record, SampleTensor, SampleView, SolveRule, TensorMut};
 use crate::base::adam::adam_specs;
 use crate::checkpoint::{Reader, Writer};
 use crate::error::{Error, Result};
-use crate::optimizer::{Callbacks, SampleData, Samples, StepInputs};
+use crate::optimizer::{Callbacks, SampleData, StepInputs};
 use crate::options::{OptionSpec, Options};
 
 /// The 2-D solution is rejected as ill-conditioned when `det ≤ DET_RTOL · a e` (the authors' code).
@@ -29,11 +31,14 @@ pub trait Precond: Copy + Send + Sync + 'static {
     const NAME: &'static str;
     /// Default smoothing ν (eq. 26), chosen by the Fashion-MNIST benchmark (README, "Sensitivity").
     const NU: f64;
+    /// The kernels of pass 1 and pass 2 with this preconditioner (cuda/autoopt.cu).
+    const MOMENTS_KERNEL: &'static str;
+    const UPDATE_KERNEL: &'static str;
     /// `d` alone (SGD), or `[d, v or s]`.
     type State: DirectionSlot;
     fn specs() -> Vec<OptionSpec>;
     /// The group's coefficients at its step `t` (counting from 1).
-    fn new(options: &Options, group: usize, t: u64) -> Self;
+    fn new(options: &GroupOptions, t: u64) -> Self;
     /// Takes this step's gradient into the base state and returns `D` (eqs. 11–12).
     fn absorb(&self, state: &mut Self::State, g: f32) -> f32;
     /// `D` from the (already advanced) state.
@@ -79,11 +84,13 @@ pub struct Identity;
 impl Precond for Identity {
     const NAME: &'static str = "auto-sgd";
     const NU: f64 = 0.9;
+    const MOMENTS_KERNEL: &'static str = "alr_autoopt_moments_sgd";
+    const UPDATE_KERNEL: &'static str = "alr_autoopt_update_sgd";
     type State = f32;
     fn specs() -> Vec<OptionSpec> {
         Vec::new()
     }
-    fn new(_: &Options, _: usize, _: u64) -> Self {
+    fn new(_: &GroupOptions, _: u64) -> Self {
         Identity
     }
     #[inline(always)]
@@ -108,12 +115,14 @@ pub struct AdagradDiag {
 impl Precond for AdagradDiag {
     const NAME: &'static str = "auto-adagrad";
     const NU: f64 = 0.9;
+    const MOMENTS_KERNEL: &'static str = "alr_autoopt_moments_adagrad";
+    const UPDATE_KERNEL: &'static str = "alr_autoopt_update_adagrad";
     type State = [f32; 2];
     fn specs() -> Vec<OptionSpec> {
         vec![OptionSpec::positive("eps", 1e-10)]
     }
-    fn new(o: &Options, group: usize, _: u64) -> Self {
-        AdagradDiag { eps: o.get(group, "eps") as f32 }
+    fn new(o: &GroupOptions, _: u64) -> Self {
+        AdagradDiag { eps: o.eps as f32 }
     }
     #[inline(always)]
     fn absorb(&self, state: &mut [f32; 2], g: f32) -> f32 {
@@ -123,13 +132,14 @@ impl Precond for AdagradDiag {
     #[inline(always)]
     fn diag(&self, state: &[f32; 2]) -> f32 {
         1.0 / (state[1].sqrt() + self.eps)
-    }    fn possible(state: &[f32; 2]) -> bool {
+    }
+    fn possible(state: &[f32; 2]) -> bool {
         state[0].is_finite() && crate::checkpoint::second_moment(state[1])
     }
 }
 
 /// AutoAdam: `v ← β2 v + (1−β2) g²`, `D = 1/(√(v/(1−β2^t)) + ε)`. The first-moment bias
-/// factor of eq. 11 is dropped (ALGORITHMS.md §1 decision: β is adapted instead).
+/// factor of eq. 11 is dropped (docs/algorithms.md §1 decision: β is adapted instead).
 #[derive(Clone, Copy)]
 pub struct AdamDiag {
     beta2: f32,
@@ -143,17 +153,18 @@ impl Precond for AdamDiag {
     // ν = 0.9 let AutoAdam's loss blow up on both Fashion-MNIST models; the authors' 0.99999 did not.
     const NAME: &'static str = "auto-adam";
     const NU: f64 = 0.99999;
+    const MOMENTS_KERNEL: &'static str = "alr_autoopt_moments_adam";
+    const UPDATE_KERNEL: &'static str = "alr_autoopt_update_adam";
     type State = [f32; 2];
     fn specs() -> Vec<OptionSpec> {
         adam_specs().into_iter().filter(|s| s.name == "beta2" || s.name == "eps").collect()
     }
-    fn new(o: &Options, group: usize, t: u64) -> Self {
-        let beta2 = o.get(group, "beta2");
+    fn new(o: &GroupOptions, t: u64) -> Self {
         AdamDiag {
-            beta2: beta2 as f32,
-            one_minus_beta2: (1.0 - beta2) as f32,
-            inv_sqrt_bias2: (1.0 / (1.0 - crate::base::bias_power(beta2, t.max(1))).sqrt()) as f32,
-            eps: o.get(group, "eps") as f32,
+            beta2: o.beta2 as f32,
+            one_minus_beta2: (1.0 - o.beta2) as f32,
+            inv_sqrt_bias2: (1.0 / (1.0 - crate::base::bias_power(o.beta2, t.max(1))).sqrt()) as f32,
+            eps: o.eps as f32,
         }
     }
     #[inline(always)]
@@ -164,50 +175,88 @@ impl Precond for AdamDiag {
     #[inline(always)]
     fn diag(&self, state: &[f32; 2]) -> f32 {
         1.0 / (state[1].sqrt() * self.inv_sqrt_bias2 + self.eps)
-    }    fn possible(state: &[f32; 2]) -> bool {
+    }
+    fn possible(state: &[f32; 2]) -> bool {
         state[0].is_finite() && crate::checkpoint::second_moment(state[1])
     }
 }
 
-/// What one group's last step computed (telemetry).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Estimates {
+/// One group's options as the kernels read them (`#[repr(C)]`: cuda/autoopt.cu's
+/// AutoOptOptions); `eps` and `beta2` are 0 where the base has none.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct GroupOptions {
+    pub nu: f64,
+    pub gamma_max: f64,
+    pub eps: f64,
+    pub beta2: f64,
+}
+
+impl Record for GroupOptions {}
+
+impl GroupOptions {
+    fn of(options: &Options, group: usize) -> Self {
+        let has = |name: &str| options.specs().iter().any(|s| s.name == name);
+        let get = |name: &str| {
+            if has(name) {
+                options.get(group, name)
+            } else {
+                0.0
+            }
+        };
+        GroupOptions { nu: options.get(group, "nu"), gamma_max: options.get(group, "gamma_max"), eps: get("eps"), beta2: get("beta2") }
+    }
+}
+
+/// One group's scalars: `γ_E`, the last step's estimates and direction, and the counts
+/// (`#[repr(C)]`: cuda/autoopt.cu's AutoOptGroup, which the solve kernel writes on a GPU).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct GroupRecord {
+    /// `γ_E` (eq. 26); `γ1` is NaN before the first step, which starts from `[γ_max, 0]`.
+    pub gamma: [f64; 2],
     pub noise: f64,
     pub a: f64,
     pub c: f64,
     pub e: f64,
     pub det: f64,
     pub gamma_oracle: [f64; 2],
+    /// This step's direction multipliers of `g` and `d` (eq. 14), when `moved`.
+    pub coef_g: f32,
+    pub coef_d: f32,
+    /// 1: the last step moved θ; 0: it was skipped (zero gradient) or none was taken.
+    pub moved: i32,
+    pub pad: i32,
+    pub steps: u64,
+    pub fallbacks: u64,
+    pub clamps: u64,
+    pub skips: u64,
 }
 
-/// One group's scalars; the same 15-value record in a checkpoint whichever device ran the steps.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct GroupState {
-    /// `γ_E` (eq. 26).
-    gamma: [f64; 2],
-    steps: u64,
-    fallbacks: u64,
-    clamps: u64,
-    skips: u64,
-    last: Estimates,
-    /// The multipliers of `g` and `d` in this step's direction (eq. 14); None: skipped.
-    direction: Option<(f32, f32)>,
-}
+impl Record for GroupRecord {}
 
-impl GroupState {
-    /// Before the first step: γ_E is set to [γ_max, 0] then, from the option's value at that time.
-    pub(crate) const FRESH: GroupState = GroupState {
+impl GroupRecord {
+    /// Before the first step.
+    pub const FRESH: GroupRecord = GroupRecord {
         gamma: [f64::NAN, 0.0],
+        noise: 0.0,
+        a: 0.0,
+        c: 0.0,
+        e: 0.0,
+        det: 0.0,
+        gamma_oracle: [0.0, 0.0],
+        coef_g: 0.0,
+        coef_d: 0.0,
+        moved: 0,
+        pad: 0,
         steps: 0,
         fallbacks: 0,
         clamps: 0,
         skips: 0,
-        last: Estimates { noise: 0.0, a: 0.0, c: 0.0, e: 0.0, det: 0.0, gamma_oracle: [0.0, 0.0] },
-        direction: None,
     };
 
     /// `γ_E`, or the `[γ_max, 0]` it will start from before the first step.
-    pub(crate) fn gamma(&self, gamma_max: f64) -> [f64; 2] {
+    pub fn gamma(&self, gamma_max: f64) -> [f64; 2] {
         if self.steps == 0 {
             [gamma_max, 0.0]
         } else {
@@ -216,27 +265,26 @@ impl GroupState {
     }
 
     /// α = 1 − γ1 (step 5).
-    pub(crate) fn lr(&self, gamma_max: f64) -> f64 {
+    pub fn lr(&self, gamma_max: f64) -> f64 {
         1.0 - self.gamma(gamma_max)[0]
     }
 
     /// β = γ2 / α (step 5).
-    pub(crate) fn momentum(&self, gamma_max: f64) -> f64 {
+    pub fn momentum(&self, gamma_max: f64) -> f64 {
         let gamma = self.gamma(gamma_max);
         gamma[1] / (1.0 - gamma[0])
     }
 
-    pub(crate) fn telemetry(&self, gamma_max: f64) -> Vec<(&'static str, f64)> {
-        let est = &self.last;
+    pub fn telemetry(&self, gamma_max: f64) -> Vec<(&'static str, f64)> {
         let gamma = self.gamma(gamma_max);
         vec![
-            ("V", est.noise),
-            ("a", est.a),
-            ("c", est.c),
-            ("e", est.e),
-            ("det", est.det),
-            ("gamma1_oracle", est.gamma_oracle[0]),
-            ("gamma2_oracle", est.gamma_oracle[1]),
+            ("V", self.noise),
+            ("a", self.a),
+            ("c", self.c),
+            ("e", self.e),
+            ("det", self.det),
+            ("gamma1_oracle", self.gamma_oracle[0]),
+            ("gamma2_oracle", self.gamma_oracle[1]),
             ("gamma1", gamma[0]),
             ("gamma2", gamma[1]),
             ("fallbacks", self.fallbacks as f64),
@@ -245,78 +293,60 @@ impl GroupState {
         ]
     }
 
-    /// The checkpoint record: γ_E, the counts, the last estimates and the direction
-    /// multipliers (NaN: none, the group did not move). The counts travel as integers
-    /// (`counts`); their slots here carry them as f64 for the CUDA mirror.
-    pub(crate) fn record(&self) -> [f64; 15] {
-        let e = &self.last;
-        let (coef_g, coef_d) = self.direction.map_or((f64::NAN, f64::NAN), |(g, d)| (f64::from(g), f64::from(d)));
-        [
-            self.gamma[0],
-            self.gamma[1],
-            self.steps as f64,
-            self.fallbacks as f64,
-            self.clamps as f64,
-            self.skips as f64,
-            e.noise,
-            e.a,
-            e.c,
-            e.e,
-            e.det,
-            e.gamma_oracle[0],
-            e.gamma_oracle[1],
-            coef_g,
-            coef_d,
-        ]
-    }
-
-    pub(crate) fn from_record(v: &[f64; 15]) -> GroupState {
-        GroupState {
-            gamma: [v[0], v[1]],
-            steps: v[2] as u64,
-            fallbacks: v[3] as u64,
-            clamps: v[4] as u64,
-            skips: v[5] as u64,
-            last: Estimates { noise: v[6], a: v[7], c: v[8], e: v[9], det: v[10], gamma_oracle: [v[11], v[12]] },
-            direction: if v[13].is_nan() { None } else { Some((v[13] as f32, v[14] as f32)) },
+    /// The direction multipliers of the last step, NaN when it did not move.
+    fn direction(&self) -> [f64; 2] {
+        if self.moved != 0 {
+            [f64::from(self.coef_g), f64::from(self.coef_d)]
+        } else {
+            [f64::NAN, f64::NAN]
         }
     }
 
-    /// Steps, fallbacks, clamps and skips.
-    fn counts(&self) -> [u64; 4] {
-        [self.steps, self.fallbacks, self.clamps, self.skips]
-    }
-
-    pub(crate) fn write(&self, w: &mut Writer) {
-        let v = self.record();
-        w.f64s(&[v[0], v[1]]);
-        w.counts(&self.counts());
-        w.f64s(&v[6..]);
+    /// The checkpoint record: γ_E, the counts, the last estimates and the direction
+    /// multipliers (NaN: the group did not move).
+    fn write(&self, w: &mut Writer) {
+        w.f64s(&self.gamma);
+        w.counts(&[self.steps, self.fallbacks, self.clamps, self.skips]);
+        let [coef_g, coef_d] = self.direction();
+        w.f64s(&[self.noise, self.a, self.c, self.e, self.det, self.gamma_oracle[0], self.gamma_oracle[1], coef_g, coef_d]);
     }
 
     /// A group record as `write` stored it, refused unless AutoOpt could have produced it.
-    pub(crate) fn read(r: &mut Reader, group: usize) -> Result<GroupState> {
+    fn read(r: &mut Reader, group: usize) -> Result<GroupRecord> {
         let gamma = r.f64s_exact(2, "AutoOpt γ_E")?;
         let counts = r.counts_exact(4, "AutoOpt step, fallback, clamp and skip counts")?;
-        let rest = r.f64s_exact(9, "AutoOpt estimates")?;
-        let mut v = [0.0f64; 15];
-        v[..2].copy_from_slice(&gamma);
-        v[2..6].iter_mut().zip(&counts).for_each(|(slot, &c)| *slot = c as f64);
-        v[6..].copy_from_slice(&rest);
-        let gs = GroupState::from_record(&v);
-        gs.check(group)?;
-        Ok(GroupState { steps: counts[0], fallbacks: counts[1], clamps: counts[2], skips: counts[3], ..gs })
+        let v = r.f64s_exact(9, "AutoOpt estimates")?;
+        let moved = !v[7].is_nan();
+        let record = GroupRecord {
+            gamma: [gamma[0], gamma[1]],
+            noise: v[0],
+            a: v[1],
+            c: v[2],
+            e: v[3],
+            det: v[4],
+            gamma_oracle: [v[5], v[6]],
+            coef_g: if moved { v[7] as f32 } else { 0.0 },
+            coef_d: if moved { v[8] as f32 } else { 0.0 },
+            moved: i32::from(moved),
+            pad: 0,
+            steps: counts[0],
+            fallbacks: counts[1],
+            clamps: counts[2],
+            skips: counts[3],
+        };
+        record.check(group, moved && v[8].is_nan())?;
+        Ok(record)
     }
 
-    /// What every step keeps true (ALGORITHMS.md §1): γ_E unset only before the first step,
-    /// else `0 ≤ γ ≤ γ_max < 1` per component with `γ1 + γ2 < 1` (the smoothing is a convex
+    /// What every step keeps true (docs/algorithms.md §1): γ_E unset only before the first
+    /// step, else `0 ≤ γ < 1` per component with `γ1 + γ2 < 1` (the smoothing is a convex
     /// combination of points of that region, then only lowered); fallbacks, clamps and skips
     /// are counted at most once per step; a moving direction has finite multipliers.
-    fn check(&self, group: usize) -> Result<()> {
+    fn check(&self, group: usize, half_direction: bool) -> Result<()> {
         let bad = |why: &str| Err(Error::checkpoint(format!("checkpoint AutoOpt group {group}: {why} (corrupted?)")));
         let [g1, g2] = self.gamma;
         if self.steps == 0 {
-            if !g1.is_nan() || g2 != 0.0 || self.direction.is_some() {
+            if !g1.is_nan() || g2 != 0.0 || self.moved != 0 {
                 return bad("a group that has not stepped holds a learned γ_E or direction");
             }
         } else if !((0.0..1.0).contains(&g1) && (0.0..1.0).contains(&g2) && g1 + g2 < 1.0) {
@@ -325,34 +355,22 @@ impl GroupState {
         if [self.fallbacks, self.clamps, self.skips].iter().any(|&c| c > self.steps) {
             return bad("a fallback, clamp or skip count exceeds the step count");
         }
-        if let Some((cg, cd)) = self.direction {
-            if !(cg.is_finite() && cd.is_finite()) {
-                return bad("the direction multipliers are not finite");
-            }
+        if half_direction || (self.moved != 0 && !(self.coef_g.is_finite() && self.coef_d.is_finite())) {
+            return bad("the direction multipliers are not finite");
         }
         Ok(())
     }
 }
 
-/// AutoOpt's input requirements (also the CUDA engine's): per-sample data with N ≥ 2.
-pub(crate) fn check_samples(name: &str, batch_size: Option<usize>) -> Result<()> {
+/// AutoOpt's input requirements: per-sample data with N ≥ 2.
+fn check_samples(name: &str, batch_size: Option<usize>) -> Result<()> {
     let n = batch_size.ok_or_else(|| {
-        Error::invalid(format!(
-            "{name} needs per-sample data: pass sum_sq (Σ_i g_i² per tensor) with batch_size, or the N × len per_sample matrices"
-        ))
+        Error::invalid(format!("{name} needs per-sample data: pass sum_sq (Σ_i g_i² per tensor) with batch_size, or the N × len per_sample matrices"))
     })?;
     if n < 2 {
-        return Err(Error::invalid(format!(
-            "{name} needs batch_size N ≥ 2 (got {n}): the per-sample variance is undefined for one sample"
-        )));
+        return Err(Error::invalid(format!("{name} needs batch_size N ≥ 2 (got {n}): the per-sample variance is undefined for one sample")));
     }
     Ok(())
-}
-
-pub struct AutoOpt<P: Precond> {
-    /// Per tensor, per element.
-    states: Vec<Vec<P::State>>,
-    groups: Vec<GroupState>,
 }
 
 pub fn specs<P: Precond>() -> Vec<OptionSpec> {
@@ -361,18 +379,24 @@ pub fn specs<P: Precond>() -> Vec<OptionSpec> {
     specs
 }
 
-/// The oracle `γ_O` (eq. 25) with the fallbacks of ALGORITHMS.md §1 step 3; `true` when the
-/// 1-D fallback was taken.
+/// What one group's last step computed, for the oracle.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Estimates {
+    pub noise: f64,
+    pub a: f64,
+    pub c: f64,
+    pub e: f64,
+    pub det: f64,
+}
+
+/// The oracle `γ_O` (eq. 25) with the fallbacks of docs/algorithms.md §1 step 3; `true` when
+/// the 1-D fallback was taken.
 pub fn oracle(est: &Estimates, gamma_max: f64) -> ([f64; 2], bool) {
-    let Estimates { noise, a, c, e, det, .. } = *est;
+    let Estimates { noise, a, c, e, det } = *est;
     if [noise, a, c, e, det].iter().all(|x| x.is_finite()) && det > DET_RTOL * a * e {
         let gamma1 = noise * (e - c) / det;
         let gamma2 = noise * c / det;
-        let valid = gamma1.is_finite()
-            && gamma2.is_finite()
-            && (0.0..=gamma_max).contains(&gamma1)
-            && gamma2 >= 0.0
-            && gamma1 + gamma2 < 1.0;
+        let valid = gamma1.is_finite() && gamma2.is_finite() && (0.0..=gamma_max).contains(&gamma1) && gamma2 >= 0.0 && gamma1 + gamma2 < 1.0;
         if valid {
             return ([gamma1, gamma2], false);
         }
@@ -387,185 +411,184 @@ pub fn smooth(gamma_oracle: [f64; 2], gamma: [f64; 2], nu: f64, gamma_max: f64) 
     ([raw[0].min(gamma_max), raw[1].min(gamma_max)], clamped)
 }
 
-impl<P: Precond> AutoOpt<P> {
-    pub fn new(lens: &[usize], n_groups: usize) -> Result<Self> {
-        Ok(AutoOpt { states: cpu::filled_per_tensor(lens, P::State::default())?, groups: vec![GroupState::FRESH; n_groups] })
+/// Pass 1's weights (eqs. 22–24): `w = D` as the base state will be after absorbing g (the
+/// state itself changes in pass 2), `y = d`.
+pub struct Moments<P>(PhantomData<P>);
+
+impl<P: Precond> MomentRule for Moments<P> {
+    type State = P::State;
+    type Coeffs = GroupOptions;
+    type Record = GroupRecord;
+    type Prepared = P;
+    const KERNEL: &'static str = P::MOMENTS_KERNEL;
+    fn prepare(c: &GroupOptions, r: &GroupRecord) -> P {
+        P::new(c, r.steps + 1)
     }
-
-    /// `γ_E`, or the `[γ_max, 0]` it will start from before the first step.
-    fn gamma(&self, ctx: &Context, group: usize) -> [f64; 2] {
-        self.groups[group].gamma(ctx.options.get(group, "gamma_max"))
-    }
-
-    /// Pass 1 over one tensor (reads only): returns
-    /// `[Σ D (S − N g²), Σ D g g, Σ D g d, Σ D d d]`, summed over column blocks in block order
-    /// (the blocks may run on several threads: `cpu::map_blocks`).
-    fn reduce_tensor(precond: P, grad: &[f32], state: &[P::State], samples: &Samples, tensor: usize) -> [f64; 4] {
-        let n = samples.batch_size;
-        // Each entry of the caller's data is k·g_i: k = 1 ("sample") or N ("mean", g_i/N given).
-        let k = samples.square_scale().sqrt();
-        let len = grad.len();
-        // Block scratch (one per worker, reused by its blocks) for the per-sample matrix only; on
-        // the heap, not the stack: a host thread may have a small stack.
-        let scratch_len = if matches!(samples.data, SampleData::PerSample(_)) { COLUMN_BLOCK.min(len) } else { 0 };
-        let block_scratch = || (vec![0.0f32; scratch_len], cpu::RowSums::new(scratch_len));
-        // D as the base state will be after absorbing g (the state itself changes in pass 2), and d.
-        let weights = |st: &P::State, gj: f32| (precond.absorb(&mut st.clone(), gj), st.direction());
-        let reduce_block = |(spread, sums): &mut (Vec<f32>, cpu::RowSums), block: usize| {
-            let (start, end) = (block * COLUMN_BLOCK, ((block + 1) * COLUMN_BLOCK).min(len));
-            let (g, st) = (&grad[start..end], &state[start..end]);
-            match &samples.data {
-                SampleData::SumSq(s) => {
-                    // Σ D (k² S − N g²) = k² Σ D S − N a: both sums are f64, so nothing cancels
-                    // that a per-element difference would have kept.
-                    let ([d_s, a, c, e], negative) = cpu::weighted_moments(st, g, &s[tensor][start..end], weights);
-                    // A negative S poisons the sum (reported by `bad_inputs`).
-                    let d_s = if negative { f64::NAN } else { d_s };
-                    [k * k * d_s - n as f64 * a, a, c, e]
-                }
-                SampleData::PerSample(rows) => {
-                    let spread = &mut spread[..end - start];
-                    cpu::spread_from_rows(rows[tensor], n, len, start, k, g, sums, spread);
-                    cpu::weighted_moments(st, g, spread, weights).0
-                }
-            }
-        };
-        let floats_read = len * match &samples.data {
-            SampleData::SumSq(_) => 2 + P::State::FLOATS,
-            SampleData::PerSample(_) => n + 1 + P::State::FLOATS,
-        };
-        let blocks = cpu::map_blocks(len.div_ceil(COLUMN_BLOCK), floats_read, block_scratch, reduce_block);
-        blocks.into_iter().fold([0.0f64; 4], |total, block| std::array::from_fn(|i| total[i] + block[i]))
-    }
-
-    /// Pass 1 and the per-group solve (steps 1–5), changing nothing. A non-finite sum here can
-    /// only come from a non-finite gradient or per-sample value (D > 0 and d are finite), which
-    /// is then reported with the tensor and index before any state moved; so the optimizer does
-    /// not read those inputs an extra time for AutoOpt (`Accepts::checks_own_inputs`).
-    fn estimate(&self, ctx: &Context, inputs: &StepInputs) -> Result<Vec<Solve>> {
-        let samples = inputs.samples.as_ref().expect("checked: AutoOpt has per-sample data");
-        let n = samples.batch_size as f64;
-        let mut solves = Vec::with_capacity(self.groups.len());
-        for (group, members) in ctx.layout.members.iter().enumerate() {
-            let gs = &self.groups[group];
-            let precond = P::new(ctx.options, group, gs.steps + 1);
-            let mut sums = [0.0f64; 4];
-            for &t in members {
-                let part = Self::reduce_tensor(precond, inputs.grads[t], &self.states[t], samples, t);
-                sums.iter_mut().zip(part).for_each(|(s, p)| *s += p);
-            }
-            // A negative S makes the first sum NaN (see reduce_tensor), so this covers it too.
-            if !sums.iter().all(|s| s.is_finite()) {
-                return Err(bad_inputs(inputs, samples, members));
-            }
-
-            let [spread, a, c, e] = sums;
-            let mut est = Estimates { noise: (spread / (n * (n - 1.0))).max(0.0), a, c, e, det: a * e - c * c, gamma_oracle: [0.0, 0.0] };
-            if a == 0.0 {
-                // Zero gradient: nothing to scale; the base state still absorbs g in pass 2
-                // (D is formed before the solve), γ_E, d and θ stay as they are.
-                solves.push(Solve { est, gamma: gs.gamma, fell_back: false, clamped: false, direction: None });
-                continue;
-            }
-            let gamma_max = ctx.options.get(group, "gamma_max");
-            let (gamma_oracle, fell_back) = oracle(&est, gamma_max);
-            est.gamma_oracle = gamma_oracle;
-            let (gamma, clamped) = smooth(gamma_oracle, self.gamma(ctx, group), ctx.options.get(group, "nu"), gamma_max);
-            let direction = Some(((1.0 - gamma[0] - gamma[1]) as f32, gamma[1] as f32));
-            solves.push(Solve { est, gamma, fell_back, clamped, direction });
-        }
-        Ok(solves)
-    }
-
-    /// Records the solves; from here on the step cannot fail.
-    fn commit(&mut self, ctx: &Context, solves: Vec<Solve>) {
-        for (group, solve) in solves.into_iter().enumerate() {
-            let gamma = if solve.direction.is_none() { self.gamma(ctx, group) } else { solve.gamma };
-            let gs = &mut self.groups[group];
-            gs.steps += 1;
-            gs.gamma = gamma;
-            gs.fallbacks += u64::from(solve.fell_back);
-            gs.clamps += u64::from(solve.clamped);
-            gs.skips += u64::from(solve.direction.is_none());
-            gs.last = solve.est;
-            gs.direction = solve.direction;
-        }
-    }
-
-    /// Pass 2: absorbs g into the base state, and where the group was not skipped sets
-    /// `d ← ĝ = coef_g g + coef_d d` (eq. 14) and either moves `θ ← θ − D ĝ` (eq. 9) or only
-    /// sums `g·D ĝ` (GI's proposal). Returns that sum (0 when moving).
-    fn pass2(&mut self, ctx: &Context, grads: &[&[f32]], mut mode: Pass2) -> f64 {
-        let mut g_dot_s = 0.0;
-        for (group, members) in ctx.layout.members.iter().enumerate() {
-            let gs = &self.groups[group];
-            let precond = P::new(ctx.options, group, gs.steps);
-            let Some((coef_g, coef_d)) = gs.direction else {
-                for &t in members {
-                    self.states[t].iter_mut().zip(grads[t]).for_each(|(st, &g)| {
-                        precond.absorb(st, g);
-                    });
-                }
-                continue;
-            };
-            let displacement = |g: f32, _: f32, st: &mut P::State| {
-                let diag = precond.absorb(st, g);
-                let direction = coef_g * g + coef_d * st.direction();
-                st.set_direction(direction);
-                diag * direction
-            };
-            for &t in members {
-                match &mut mode {
-                    Pass2::Move(params) => cpu::update_in_parts(params[t], grads[t], &mut self.states[t], displacement),
-                    Pass2::Propose(params) => g_dot_s += cpu::advance_dot(params[t], grads[t], &mut self.states[t], displacement),
-                }
-            }
-        }
-        g_dot_s
+    #[inline(always)]
+    fn weights(precond: &P, st: &P::State, g: f32) -> (f32, f32) {
+        (precond.absorb(&mut st.clone(), g), st.direction())
     }
 }
 
-/// What pass 2 does with the displacement.
-enum Pass2<'a, 'b> {
-    Move(&'a mut [&'b mut [f32]]),
-    Propose(&'a [&'b mut [f32]]),
+/// The solve (steps 1–5 of docs/algorithms.md §1) from a group's four sums.
+pub struct Solve;
+
+/// The solve's by-value scalar: the batch size N.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct SolveParams {
+    pub n: f64,
 }
 
-/// Which input made pass 1's sums non-finite or negative (called only then): the same checks
-/// and messages as the optimizer's own validation, which AutoOpt skips (`checks_own_inputs`).
-fn bad_inputs(inputs: &StepInputs, samples: &Samples, members: &[usize]) -> Error {
-    for &t in members {
-        let (what, data) = match &samples.data {
-            SampleData::SumSq(s) => ("sum_sq", s[t]),
-            SampleData::PerSample(rows) => ("per_sample", rows[t]),
-        };
-        for (what, data) in [("grad", inputs.grads[t]), (what, data)] {
-            if let Some(i) = cpu::first_non_finite(data) {
-                return Error::non_finite(format!("tensor {t}: {what}[{i}] is {}", data[i]));
-            }
+impl SolveRule for Solve {
+    type Record = GroupRecord;
+    type Coeffs = GroupOptions;
+    type Params = SolveParams;
+    const KERNEL: &'static str = "alr_autoopt_solve";
+    // A non-finite sum can only come from a non-finite gradient or per-sample value (D > 0 and
+    // d are finite), reported before any state moved.
+    const REQUIRE_FINITE: bool = true;
+
+    fn solve(p: &SolveParams, o: &GroupOptions, sums: &[f64; 4], gs: &mut GroupRecord) {
+        let n = p.n;
+        let [spread, a, c, e] = *sums;
+        // Step 1: V = Σ D (S − N g²) / (N (N−1)) (eq. 22), clamped at 0.
+        let est = Estimates { noise: (spread / (n * (n - 1.0))).max(0.0), a, c, e, det: a * e - c * c };
+        let start = gs.gamma(o.gamma_max);
+        (gs.noise, gs.a, gs.c, gs.e, gs.det) = (est.noise, a, c, e, est.det);
+        gs.steps += 1;
+        if a == 0.0 {
+            // Zero gradient: nothing to scale; the base state still absorbs g in pass 2
+            // (D is formed before the solve), γ_E, d and θ stay as they are.
+            (gs.gamma, gs.gamma_oracle, gs.moved) = (start, [0.0, 0.0], 0);
+            gs.skips += 1;
+            return;
         }
-        if let (SampleData::SumSq(_), Some(i)) = (&samples.data, cpu::first_negative(data)) {
-            return Error::invalid(format!("tensor {t}: sum_sq[{i}] = {} is negative; it must be ≥ 0", data[i]));
-        }
+        let (gamma_oracle, fell_back) = oracle(&est, o.gamma_max);
+        let (gamma, clamped) = smooth(gamma_oracle, start, o.nu, o.gamma_max);
+        (gs.gamma, gs.gamma_oracle) = (gamma, gamma_oracle);
+        // Steps 5–6: ĝ = (1 − γ1 − γ2) g + γ2 d (eq. 14).
+        (gs.coef_g, gs.coef_d, gs.moved) = ((1.0 - gamma[0] - gamma[1]) as f32, gamma[1] as f32, 1);
+        gs.fallbacks += u64::from(fell_back);
+        gs.clamps += u64::from(clamped);
     }
-    Error::non_finite("the per-sample variance overflowed: per-sample gradients are too large for float32 products")
 }
 
-/// Every tensor's element states (checkpoints), each checked to be one AutoOpt can produce.
-pub(crate) fn read_states<P: Precond>(ctx: &Context, r: &mut Reader) -> Result<Vec<Vec<P::State>>> {
-    crate::checkpoint::read_elem_states(r, &ctx.layout.lens, P::NAME, P::possible, "the direction d must be finite, v or s ≥ 0")
-}
+/// Pass 2: absorbs g into the base state and, where the group moved, sets
+/// `d ← ĝ = coef_g g + coef_d d` (eq. 14) with displacement `D ĝ` (eq. 9).
+pub struct Update<P>(PhantomData<P>);
 
-/// One group's outcome of pass 1.
-struct Solve {
-    est: Estimates,
-    gamma: [f64; 2],
-    fell_back: bool,
-    clamped: bool,
+/// Pass 2's scalars: the preconditioner at this step, and the direction when the group moved.
+#[derive(Clone, Copy)]
+pub struct Pass2<P> {
+    precond: P,
     direction: Option<(f32, f32)>,
 }
 
-impl<P: Precond> Algorithm for AutoOpt<P> {
+impl<P: Precond> ElementRule for Update<P> {
+    type State = P::State;
+    type Coeffs = GroupOptions;
+    type Record = GroupRecord;
+    type Prepared = Pass2<P>;
+    const KERNEL: &'static str = P::UPDATE_KERNEL;
+    fn prepare(c: &GroupOptions, r: &GroupRecord) -> Pass2<P> {
+        // The solve has counted this step already.
+        Pass2 { precond: P::new(c, r.steps), direction: (r.moved != 0).then_some((r.coef_g, r.coef_d)) }
+    }
+    #[inline(always)]
+    fn advance(p: &Pass2<P>, g: f32, _theta: f32, st: &mut P::State) -> f32 {
+        let diag = p.precond.absorb(st, g);
+        match p.direction {
+            Some((coef_g, coef_d)) => {
+                let direction = coef_g * g + coef_d * st.direction();
+                st.set_direction(direction);
+                diag * direction
+            }
+            None => 0.0,
+        }
+    }
+    #[inline(always)]
+    fn delta(p: &Pass2<P>, _g: f32, _theta: f32, st: &P::State) -> f32 {
+        match p.direction {
+            Some(_) => p.precond.diag(st) * st.direction(),
+            None => 0.0,
+        }
+    }
+}
+
+pub struct AutoOpt<P: Precond, D: Device> {
+    device: D,
+    /// Per tensor, per element.
+    states: Vec<D::State<P::State>>,
+    groups: D::Records<GroupRecord>,
+    /// Per group, as the kernels read them (`options_changed`).
+    options: D::Records<GroupOptions>,
+    /// Pass 1's sums, per tensor; group g adds its members.
+    sums: D::Sums,
+}
+
+impl<P: Precond, D: Device> AutoOpt<P, D> {
+    pub fn new(device: &D, layout: &crate::optimizer::Layout) -> Result<Self> {
+        device.require(&[P::MOMENTS_KERNEL, P::UPDATE_KERNEL, Solve::KERNEL])?;
+        Ok(AutoOpt {
+            states: layout.lens.iter().map(|&len| device.alloc(len)).collect::<Result<_>>()?,
+            groups: device.records(&vec![GroupRecord::FRESH; layout.n_groups()])?,
+            options: device.records(&vec![GroupOptions::default(); layout.n_groups()])?,
+            sums: device.sums(&layout.lens, &layout.members)?,
+            device: device.clone(),
+        })
+    }
+
+    fn record(&self, group: usize) -> Result<GroupRecord> {
+        Ok(self.device.read_records(&self.groups)?[group])
+    }
+
+    /// Pass 1 and the per-group solve (steps 1–5). Nothing changes when a sum is not finite;
+    /// the error then names the input that made it so.
+    fn estimate(&mut self, ctx: &Context, inputs: &StepInputs) -> Result<()> {
+        let samples = inputs.samples.as_ref().expect("checked: AutoOpt has per-sample data");
+        // Each entry of the caller's data is k·g_i: k = 1 ("sample") or N ("mean", g_i/N given).
+        let k = samples.square_scale().sqrt();
+        for (t, state) in self.states.iter().enumerate() {
+            let group = ctx.layout.groups[t];
+            let data = match &samples.data {
+                SampleData::SumSq(s) => SampleTensor::SumSq(s[t]),
+                SampleData::PerSample(rows) => SampleTensor::Rows(rows[t]),
+            };
+            let view = SampleView { data, n: samples.batch_size, k };
+            let options = GroupOptions::of(ctx.options, group);
+            self.device.moments::<Moments<P>>(&options, &self.groups, group, &inputs.grads[t], state, &view, &mut self.sums, t)?;
+        }
+        let params = SolveParams { n: samples.batch_size as f64 };
+        match self.device.solve::<Solve>(&params, &self.options, &mut self.groups, &self.sums)? {
+            None => Ok(()),
+            Some(group) => Err(self.bad_inputs(inputs, &ctx.layout.members[group])),
+        }
+    }
+
+    /// Which input made a group's sums non-finite (called only then): the same checks and
+    /// messages as the optimizer's own validation, which AutoOpt skips (`checks_own_inputs`).
+    fn bad_inputs(&self, inputs: &StepInputs, members: &[usize]) -> Error {
+        let samples = inputs.samples.as_ref().expect("checked: AutoOpt has per-sample data");
+        for &t in members {
+            let (what, data) = match &samples.data {
+                SampleData::SumSq(s) => ("sum_sq", s[t]),
+                SampleData::PerSample(rows) => ("per_sample", rows[t]),
+            };
+            for (what, x) in [("grad", inputs.grads[t]), (what, data)] {
+                if let Err(e) = self.device.check(what, t, &x, false) {
+                    return e;
+                }
+            }
+            if let (SampleData::SumSq(_), Err(e)) = (&samples.data, self.device.check("sum_sq", t, &data, true)) {
+                return e;
+            }
+        }
+        Error::non_finite("the per-sample variance overflowed: per-sample gradients are too large for float32 products")
+    }
+}
+
+impl<P: Precond, D: Device> Algorithm for AutoOpt<P, D> {
     fn name(&self) -> &'static str {
         P::NAME
     }
@@ -578,59 +601,76 @@ impl<P: Precond> Algorithm for AutoOpt<P> {
         check_samples(P::NAME, inputs.samples.as_ref().map(|s| s.batch_size))
     }
 
-    fn propose(&mut self, ctx: &Context, params: &[&mut [f32]], inputs: &StepInputs, _cb: &mut Callbacks) -> Result<f64> {
-        let solves = self.estimate(ctx, inputs)?;
-        self.commit(ctx, solves);
-        Ok(self.pass2(ctx, &inputs.grads, Pass2::Propose(params)))
+    fn options_changed(&mut self, ctx: &Context) -> Result<()> {
+        let options: Vec<GroupOptions> = (0..ctx.layout.n_groups()).map(|g| GroupOptions::of(ctx.options, g)).collect();
+        self.device.write_records(&mut self.options, &options)
     }
 
-    fn apply(&self, ctx: &Context, params: &mut [&mut [f32]], inputs: &StepInputs, scale: f32) {
+    fn propose(&mut self, ctx: &Context, params: &[TensorMut], inputs: &StepInputs, _cb: &mut Callbacks) -> Result<f64> {
+        self.estimate(ctx, inputs)?;
+        let mut g_dot_s = 0.0;
         for (group, members) in ctx.layout.members.iter().enumerate() {
-            if self.groups[group].direction.is_none() {
-                continue;
-            }
-            let precond = P::new(ctx.options, group, self.groups[group].steps);
+            let options = GroupOptions::of(ctx.options, group);
             for &t in members {
-                cpu::apply_scaled(params[t], inputs.grads[t], &self.states[t], scale, |_, _, st| precond.diag(st) * st.direction());
+                g_dot_s += self.device.advance_dot::<Update<P>>(&options, &self.groups, group, &params[t], &inputs.grads[t], &mut self.states[t])?;
             }
         }
+        Ok(g_dot_s)
     }
 
-    fn step(&mut self, ctx: &Context, params: &mut [&mut [f32]], inputs: &StepInputs, _cb: &mut Callbacks) -> Result<()> {
-        let solves = self.estimate(ctx, inputs)?;
-        self.commit(ctx, solves);
-        self.pass2(ctx, &inputs.grads, Pass2::Move(params));
+    fn apply(&self, ctx: &Context, params: &mut [TensorMut], inputs: &StepInputs, scale: f32) -> Result<()> {
+        for (group, members) in ctx.layout.members.iter().enumerate() {
+            let options = GroupOptions::of(ctx.options, group);
+            for &t in members {
+                self.device.apply_scaled::<Update<P>>(&options, &self.groups, group, &mut params[t], &inputs.grads[t], &self.states[t], scale)?;
+            }
+        }
         Ok(())
     }
 
-    fn lr(&self, ctx: &Context, group: usize) -> f64 {
-        self.groups[group].lr(ctx.options.get(group, "gamma_max"))
-    }
-
-    fn momentum(&self, ctx: &Context, group: usize) -> f64 {
-        self.groups[group].momentum(ctx.options.get(group, "gamma_max"))
-    }
-
-    fn telemetry(&self, ctx: &Context, group: usize) -> Vec<(&'static str, f64)> {
-        self.groups[group].telemetry(ctx.options.get(group, "gamma_max"))
-    }
-
-    fn started(&self) -> bool {
-        self.groups.iter().any(|g| g.steps > 0)
-    }
-
-    fn save(&self, w: &mut Writer) {
-        self.groups.iter().for_each(|gs| gs.write(w));
-        for s in &self.states {
-            w.f32s(&cpu::states_to_floats(s));
+    fn step(&mut self, ctx: &Context, params: &mut [TensorMut], inputs: &StepInputs, _cb: &mut Callbacks) -> Result<()> {
+        self.estimate(ctx, inputs)?;
+        for (group, members) in ctx.layout.members.iter().enumerate() {
+            let options = GroupOptions::of(ctx.options, group);
+            for &t in members {
+                self.device.update::<Update<P>>(&options, &self.groups, group, &mut params[t], &inputs.grads[t], &mut self.states[t])?;
+            }
         }
+        Ok(())
+    }
+
+    fn lr(&self, ctx: &Context, group: usize) -> Result<f64> {
+        Ok(self.record(group)?.lr(ctx.options.get(group, "gamma_max")))
+    }
+
+    fn momentum(&self, ctx: &Context, group: usize) -> Result<f64> {
+        Ok(self.record(group)?.momentum(ctx.options.get(group, "gamma_max")))
+    }
+
+    fn telemetry(&self, ctx: &Context, group: usize) -> Result<Vec<(&'static str, f64)>> {
+        Ok(self.record(group)?.telemetry(ctx.options.get(group, "gamma_max")))
+    }
+
+    fn started(&self) -> Result<bool> {
+        Ok(self.device.read_records(&self.groups)?.iter().any(|g| g.steps > 0))
+    }
+
+    fn save(&self, w: &mut Writer) -> Result<()> {
+        self.device.read_records(&self.groups)?.iter().for_each(|gs| gs.write(w));
+        for s in &self.states {
+            w.f32s(&crate::backend::cpu::states_to_floats(&self.device.read_state(s)?));
+        }
+        Ok(())
     }
 
     fn load(&mut self, ctx: &Context, r: &mut Reader) -> Result<()> {
-        let groups = (0..self.groups.len()).map(|g| GroupState::read(r, g)).collect::<Result<Vec<_>>>()?;
-        let states = read_states::<P>(ctx, r)?;
-        (self.groups, self.states) = (groups, states);
-        Ok(())
+        let groups = (0..ctx.layout.n_groups()).map(|g| GroupRecord::read(r, g)).collect::<Result<Vec<_>>>()?;
+        let rule = "the direction d must be finite, v or s ≥ 0";
+        let states = crate::checkpoint::read_elem_states(r, &ctx.layout.lens, P::NAME, P::possible, rule)?;
+        for (buffer, values) in self.states.iter_mut().zip(&states) {
+            self.device.write_state(buffer, values)?;
+        }
+        self.device.write_records(&mut self.groups, &groups)
     }
 }
 
@@ -639,7 +679,7 @@ mod tests {
     use super::*;
 
     fn est(noise: f64, a: f64, c: f64, e: f64) -> Estimates {
-        Estimates { noise, a, c, e, det: a * e - c * c, gamma_oracle: [0.0; 2] }
+        Estimates { noise, a, c, e, det: a * e - c * c }
     }
 
     #[test]

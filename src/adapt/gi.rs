@@ -12,6 +12,7 @@
 //! recomputes `s` from its state in the second pass.
 
 use crate::algorithm::{Accepts, Algorithm, Context};
+use crate::backend::TensorMut;
 use crate::checkpoint::{Reader, Writer};
 use crate::error::{Error, Result};
 use crate::optimizer::{Callbacks, StepInputs};
@@ -99,17 +100,7 @@ pub struct Gi {
 
 impl Gi {
     pub fn new(base_name: &str, base: Box<dyn Algorithm>) -> Self {
-        Gi {
-            base_name: base_name.to_string(),
-            base,
-            eta: None,
-            steps: 0,
-            skipped: 0,
-            phi: 0.0,
-            rho: 0.0,
-            applied_scale: f64::NAN,
-            pending: None,
-        }
+        Gi { base_name: base_name.to_string(), base, eta: None, steps: 0, skipped: 0, phi: 0.0, rho: 0.0, applied_scale: f64::NAN, pending: None }
     }
 
     fn eta(&self, options: &Options) -> f64 {
@@ -166,18 +157,26 @@ impl Algorithm for Gi {
         self.base.check(&Context { layout: ctx.layout, options: &options }, inputs, callbacks)
     }
 
-    fn propose(&mut self, _ctx: &Context, _params: &[&mut [f32]], _inputs: &StepInputs, _cb: &mut Callbacks) -> Result<f64> {
+    fn propose(&mut self, _ctx: &Context, _params: &[TensorMut], _inputs: &StepInputs, _cb: &mut Callbacks) -> Result<f64> {
         // Wrapping GI in GI is refused when the optimizer is built (specs); nothing calls this.
         Err(Error::unsupported("gi cannot be wrapped by another algorithm"))
     }
 
-    fn apply(&self, ctx: &Context, params: &mut [&mut [f32]], inputs: &StepInputs, scale: f32) {
-        if let Ok(options) = base_options(&self.base_name, ctx.options) {
-            self.base.apply(&Context { layout: ctx.layout, options: &options }, params, inputs, scale);
-        }
+    fn apply(&self, ctx: &Context, params: &mut [TensorMut], inputs: &StepInputs, scale: f32) -> Result<()> {
+        let options = base_options(&self.base_name, ctx.options)?;
+        self.base.apply(&Context { layout: ctx.layout, options: &options }, params, inputs, scale)
     }
 
-    fn step(&mut self, ctx: &Context, params: &mut [&mut [f32]], inputs: &StepInputs, callbacks: &mut Callbacks) -> Result<()> {
+    fn options_changed(&mut self, ctx: &Context) -> Result<()> {
+        let options = base_options(&self.base_name, ctx.options)?;
+        self.base.options_changed(&Context { layout: ctx.layout, options: &options })
+    }
+
+    fn discard_steps(&mut self, n: u64) {
+        self.base.discard_steps(n);
+    }
+
+    fn step(&mut self, ctx: &Context, params: &mut [TensorMut], inputs: &StepInputs, callbacks: &mut Callbacks) -> Result<()> {
         let options = ctx.options;
         let base_opts = base_options(&self.base_name, options)?;
         let base_ctx = Context { layout: ctx.layout, options: &base_opts };
@@ -204,7 +203,7 @@ impl Algorithm for Gi {
             // No usable prediction: the plain base step at lr η, no adaptation (counted).
             self.applied_scale = eta;
         }
-        self.base.apply(&base_ctx, params, inputs, self.applied_scale as f32);
+        self.base.apply(&base_ctx, params, inputs, self.applied_scale as f32)?;
         // A reversed step has φ < 0: ρ, which divides by the predicted decrease φ/2, means
         // nothing there, so η is kept.
         let usable = usable && !reversed;
@@ -217,7 +216,10 @@ impl Algorithm for Gi {
             None => self.pending = Some(pending),
             Some(_) if !usable => {}
             Some(loss_fn) => {
-                let views: Vec<&[f32]> = params.iter().map(|p| &**p).collect();
+                let views = params
+                    .iter()
+                    .map(|p| p.as_host().ok_or_else(|| Error::unsupported("gi's loss callback reads the parameters in host memory")))
+                    .collect::<Result<Vec<&[f32]>>>()?;
                 let loss_after = loss_fn(&views).map_err(|why| Error {
                     after_change: true,
                     ..Error::callback(format!("the loss callback failed ({why}); the parameters were moved, η was not adapted"))
@@ -240,41 +242,36 @@ impl Algorithm for Gi {
         self.pending.is_some()
     }
 
-    fn lr(&self, ctx: &Context, group: usize) -> f64 {
+    fn lr(&self, ctx: &Context, group: usize) -> Result<f64> {
         let scale = if self.applied_scale.is_nan() { self.eta(ctx.options) } else { self.applied_scale };
         if registry::is_fixed_rate(&self.base_name) {
-            return scale;
+            return Ok(scale);
         }
-        match base_options(&self.base_name, ctx.options) {
-            Ok(options) => scale * self.base.lr(&Context { layout: ctx.layout, options: &options }, group),
-            Err(_) => f64::NAN,
-        }
+        let options = base_options(&self.base_name, ctx.options)?;
+        Ok(scale * self.base.lr(&Context { layout: ctx.layout, options: &options }, group)?)
     }
 
-    fn momentum(&self, ctx: &Context, group: usize) -> f64 {
-        match base_options(&self.base_name, ctx.options) {
-            Ok(options) => self.base.momentum(&Context { layout: ctx.layout, options: &options }, group),
-            Err(_) => f64::NAN,
-        }
+    fn momentum(&self, ctx: &Context, group: usize) -> Result<f64> {
+        let options = base_options(&self.base_name, ctx.options)?;
+        self.base.momentum(&Context { layout: ctx.layout, options: &options }, group)
     }
 
-    fn telemetry(&self, ctx: &Context, group: usize) -> Vec<(&'static str, f64)> {
+    fn telemetry(&self, ctx: &Context, group: usize) -> Result<Vec<(&'static str, f64)>> {
         let mut entries = vec![("phi", self.phi), ("rho", self.rho), ("eta", self.eta(ctx.options)), ("skipped", self.skipped as f64)];
-        if let Ok(options) = base_options(&self.base_name, ctx.options) {
-            entries.extend(self.base.telemetry(&Context { layout: ctx.layout, options: &options }, group));
-        }
-        entries
+        let options = base_options(&self.base_name, ctx.options)?;
+        entries.extend(self.base.telemetry(&Context { layout: ctx.layout, options: &options }, group)?);
+        Ok(entries)
     }
 
-    fn started(&self) -> bool {
-        self.steps > 0 || self.base.started()
+    fn started(&self) -> Result<bool> {
+        Ok(self.steps > 0 || self.base.started()?)
     }
 
-    fn save(&self, w: &mut Writer) {
+    fn save(&self, w: &mut Writer) -> Result<()> {
         w.f64s(&[self.eta.unwrap_or(f64::NAN), self.phi, self.rho, self.applied_scale]);
         w.counts(&[self.steps, self.skipped]);
         w.str(self.base.name());
-        self.base.save(w);
+        self.base.save(w)
     }
 
     fn load(&mut self, ctx: &Context, r: &mut Reader) -> Result<()> {
@@ -285,7 +282,11 @@ impl Algorithm for Gi {
         let eta = match v[0] {
             eta if eta.is_nan() && steps == 0 => None,
             eta if eta.is_finite() && eta >= 0.0 && steps > 0 => Some(eta),
-            eta => return Err(Error::checkpoint(format!("checkpoint GI η = {eta} after {steps} steps is impossible: η is unset before the first step, then finite and ≥ 0 (corrupted?)"))),
+            eta => {
+                return Err(Error::checkpoint(format!(
+                    "checkpoint GI η = {eta} after {steps} steps is impossible: η is unset before the first step, then finite and ≥ 0 (corrupted?)"
+                )))
+            }
         };
         if skipped > steps {
             return Err(Error::checkpoint(format!("checkpoint GI skipped {skipped} of {steps} steps (corrupted?)")));

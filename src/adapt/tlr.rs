@@ -23,8 +23,10 @@
 //! The parameter step itself is torch's SGD: `m ← μ m + G` (`m ← G` on the first step),
 //! `θ ← θ − α m` (decision 23 of the reference: m holds gradient units, so a new α rescales it).
 
+use std::marker::PhantomData;
+
 use crate::algorithm::{Accepts, Algorithm, Context};
-use crate::backend::cpu;
+use crate::backend::{Device, DotRule, ElemState, ElementRule, Record, TensorMut};
 use crate::base::WEIGHT_DECAY;
 use crate::checkpoint::{Reader, Writer};
 use crate::error::{Error, Result};
@@ -81,44 +83,8 @@ pub fn update_alpha(alpha: f64, ip: f64, nn: f64, c: f64, alpha_min: f64) -> Alp
     AlphaUpdate { alpha: next.max(alpha_min), den, capped: cap >= newton }
 }
 
-/// One trained α and what its latest update saw.
-#[derive(Debug, Clone, Copy)]
-struct Rate {
-    alpha: f64,
-    /// `ip` and `den` of the latest update attempt (0 before the first).
-    ip: f64,
-    den: f64,
-    /// Applied updates where the (1 + c) bound was binding.
-    cap_hits: u64,
-}
-
-impl Rate {
-    fn train(&mut self, ip: f64, nn: f64, c: f64, alpha_min: f64) {
-        let update = update_alpha(self.alpha, ip, nn, c, alpha_min);
-        self.alpha = update.alpha;
-        self.ip = ip;
-        self.den = update.den;
-        self.cap_hits += u64::from(update.capped);
-    }
-}
-
-/// What α is trained from, per tensor and element.
-enum Memory {
-    /// `window = 1`: `G_{t−1}` (Algorithm 2, line 7).
-    Step { previous: Vec<Vec<f32>> },
-    /// `window = K > 1` (eq. 10): θ at the start of the open window, and `G` of the last closed
-    /// window (meaningful once a window has closed).
-    Window { snapshot: Vec<Vec<f32>>, previous: Vec<Vec<f32>> },
-}
-
-/// The base's momentum buffer `m`, per tensor and element, allocated only when μ > 0.
-enum Buffers {
-    Plain(Vec<Vec<()>>),
-    Momentum(Vec<Vec<f32>>),
-}
-
 /// One element's part in the parameter step: nothing, or the momentum buffer.
-trait Direction: Copy {
+pub trait Direction: Copy {
     /// Takes `G = g + λθ` (and `keep`: μ, or 0 on the first step) and returns the direction
     /// the step moves along (`m`, or `G` itself).
     fn advance(&mut self, keep: f32, big_g: f32) -> f32;
@@ -149,67 +115,241 @@ impl Direction for f32 {
     }
 }
 
-/// One tensor's scalars for the parameter step.
+/// One trained α and what its latest update saw (`#[repr(C)]`: cuda/tlr.cu's RateRecord, which
+/// the training kernel updates on a GPU).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Rate {
+    pub alpha: f64,
+    /// `ip` and `den` of the latest update attempt (0 before the first).
+    pub ip: f64,
+    pub den: f64,
+    /// Applied updates where the (1 + c) bound was binding.
+    pub cap_hits: u64,
+}
+
+impl Record for Rate {}
+
+impl Rate {
+    fn fresh(alpha: f64) -> Rate {
+        Rate { alpha, ip: 0.0, den: 0.0, cap_hits: 0 }
+    }
+
+    fn train(&mut self, ip: f64, nn: f64, c: f64, alpha_min: f64) {
+        let update = update_alpha(self.alpha, ip, nn, c, alpha_min);
+        self.alpha = update.alpha;
+        self.ip = ip;
+        self.den = update.den;
+        self.cap_hits += u64::from(update.capped);
+    }
+}
+
+/// A unit's options of the α update (`#[repr(C)]`: the training kernel's coefficients).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct RateOptions {
+    pub c: f64,
+    pub alpha_min: f64,
+}
+
+impl Record for RateOptions {}
+
+/// One α update per unit from its sums `[ip, nn]` (eq. 9).
+pub struct Train;
+
+impl crate::backend::SolveRule for Train {
+    type Record = Rate;
+    type Coeffs = RateOptions;
+    type Params = ();
+    const KERNEL: &'static str = "alr_tlr_train";
+    // A non-finite ip or nn leaves α unchanged (update_alpha), as a zero G does.
+    const REQUIRE_FINITE: bool = false;
+    fn solve(_: &(), o: &RateOptions, sums: &[f64; 4], rate: &mut Rate) {
+        rate.train(sums[0], sums[1], o.c, o.alpha_min);
+    }
+}
+
+/// The parameter step's by-value scalars (`#[repr(C)]`, the kernel's argument).
+#[repr(C)]
 #[derive(Clone, Copy)]
-struct Coeffs {
+pub struct StepCoeffs {
+    pub(crate) weight_decay: f32,
+    /// μ, or 0 on the first step (torch clones G into the buffer).
+    pub(crate) keep: f32,
+}
+
+/// The parameter step with the unit's current α.
+#[derive(Clone, Copy)]
+pub struct Prepared {
     alpha: f32,
     weight_decay: f32,
     keep: f32,
 }
 
-fn step_pass<D: Direction>(coeffs: &[Coeffs], params: &mut [&mut [f32]], grads: &[&[f32]], buffers: &mut [Vec<D>]) {
-    for (t, c) in coeffs.iter().enumerate() {
-        cpu::update(params[t], grads[t], &mut buffers[t], |g, theta, d| c.alpha * d.advance(c.keep, g + c.weight_decay * theta));
+/// SGD(+momentum) with the unit's α: `m ← keep·m + G`, `θ ← θ − α m` (or `α G` without a buffer).
+pub struct SgdStep<M>(PhantomData<M>);
+
+/// The momentum buffer's element type and the kernel of the step with it.
+pub trait Buffer: Direction + ElemState {
+    const KERNEL: &'static str;
+}
+
+impl Buffer for () {
+    const KERNEL: &'static str = "alr_tlr_step_plain";
+}
+
+impl Buffer for f32 {
+    const KERNEL: &'static str = "alr_tlr_step_momentum";
+}
+
+impl<M: Buffer> ElementRule for SgdStep<M> {
+    type State = M;
+    type Coeffs = StepCoeffs;
+    type Record = Rate;
+    type Prepared = Prepared;
+    const KERNEL: &'static str = M::KERNEL;
+    fn prepare(c: &StepCoeffs, rate: &Rate) -> Prepared {
+        Prepared { alpha: rate.alpha as f32, weight_decay: c.weight_decay, keep: c.keep }
+    }
+    #[inline(always)]
+    fn advance(p: &Prepared, g: f32, theta: f32, m: &mut M) -> f32 {
+        p.alpha * m.advance(p.keep, g + p.weight_decay * theta)
+    }
+    #[inline(always)]
+    fn delta(p: &Prepared, g: f32, theta: f32, m: &M) -> f32 {
+        p.alpha * m.direction(g + p.weight_decay * theta)
     }
 }
 
-fn propose_pass<D: Direction>(coeffs: &[Coeffs], params: &[&mut [f32]], grads: &[&[f32]], buffers: &mut [Vec<D>]) -> f64 {
-    let mut g_dot_s = 0.0;
-    for (t, c) in coeffs.iter().enumerate() {
-        g_dot_s +=
-            cpu::advance_dot(params[t], grads[t], &mut buffers[t], |g, theta, d| c.alpha * d.advance(c.keep, g + c.weight_decay * theta));
+/// Algorithm 2, lines 5 and 7: `[G_t·G_{t−1}, G_t·G_t]` with `G_t = g + λθ` (the same f32
+/// expression as the parameter step's), keeping `G_t`.
+pub struct StepDots;
+
+impl DotRule for StepDots {
+    type State = f32;
+    /// λ
+    type Coeffs = f32;
+    type Record = ();
+    type Prepared = f32;
+    const KERNEL: &'static str = "alr_tlr_step_dots";
+    fn prepare(lambda: &f32, _: &()) -> f32 {
+        *lambda
     }
-    g_dot_s
+    #[inline(always)]
+    fn dot(lambda: &f32, g: f32, theta: f32, previous: &mut f32) -> [f64; 2] {
+        let now = g + lambda * theta;
+        let before = std::mem::replace(previous, now);
+        [f64::from(now) * f64::from(before), f64::from(now) * f64::from(now)]
+    }
 }
 
-fn apply_pass<D: Direction>(coeffs: &[Coeffs], params: &mut [&mut [f32]], grads: &[&[f32]], buffers: &[Vec<D>], scale: f32) {
-    for (t, c) in coeffs.iter().enumerate() {
-        cpu::apply_scaled(params[t], grads[t], &buffers[t], scale, |g, theta, d| c.alpha * d.direction(g + c.weight_decay * theta));
+/// A window's element state: θ at the start of the open window, and `G` of the last closed one.
+pub type WindowElem = [f32; 2];
+
+/// Eq. 10 when a window closes: `G = (θ_snapshot − θ)/α` (α was constant over the window),
+/// `[G·G_prev, G·G]`, then `G_prev ← G` and `θ_snapshot ← θ`.
+pub struct WindowDots;
+
+impl DotRule for WindowDots {
+    type State = WindowElem;
+    type Coeffs = ();
+    type Record = Rate;
+    type Prepared = f64;
+    const KERNEL: &'static str = "alr_tlr_window_dots";
+    fn prepare(_: &(), rate: &Rate) -> f64 {
+        rate.alpha
     }
+    #[inline(always)]
+    fn dot(alpha: &f64, _g: f32, theta: f32, st: &mut WindowElem) -> [f64; 2] {
+        let now = (f64::from(st[0]) - f64::from(theta)) / alpha;
+        let before = f64::from(st[1]);
+        st[1] = now as f32;
+        st[0] = theta;
+        [now * before, now * now]
+    }
+}
+
+/// The first window opens: `θ_snapshot ← θ`.
+pub struct OpenWindow;
+
+impl DotRule for OpenWindow {
+    type State = WindowElem;
+    type Coeffs = ();
+    type Record = ();
+    type Prepared = ();
+    const KERNEL: &'static str = "alr_tlr_open_window";
+    fn prepare(_: &(), _: &()) {}
+    #[inline(always)]
+    fn dot(_: &(), _g: f32, theta: f32, st: &mut WindowElem) -> [f64; 2] {
+        st[0] = theta;
+        [0.0, 0.0]
+    }
+}
+
+/// What α is trained from, per tensor and element.
+enum Memory<D: Device> {
+    /// `window = 1`: `G_{t−1}` (Algorithm 2, line 7).
+    Step(Vec<D::State<f32>>),
+    /// `window = K > 1` (eq. 10): `[θ_snapshot, G_prev]`.
+    Window(Vec<D::State<WindowElem>>),
+}
+
+/// The base's momentum buffer `m`, per tensor and element, allocated only when μ > 0.
+enum Buffers<D: Device> {
+    Plain(Vec<D::State<()>>),
+    Momentum(Vec<D::State<f32>>),
 }
 
 /// Everything TLR learns; built at the first step, once the structural options are fixed.
-struct State {
+struct State<D: Device> {
     /// One α per group, or one for all. Unit u's options are those of group u (group 0 when
     /// global, where `check` keeps them equal across groups).
     per_group: bool,
     window: u64,
     /// Steps begun (t of Algorithm 2, counting from 1).
     steps: u64,
-    rates: Vec<Rate>,
-    memory: Memory,
-    buffers: Buffers,
+    rates: D::Records<Rate>,
+    rate_options: D::Records<RateOptions>,
+    memory: Memory<D>,
+    buffers: Buffers<D>,
+    sums: D::Sums,
+    no_record: D::Records<()>,
 }
 
-impl State {
-    fn new(ctx: &Context) -> Result<Self> {
+fn units(ctx: &Context) -> usize {
+    if ctx.options.flag(0, "per_group") {
+        ctx.layout.n_groups()
+    } else {
+        1
+    }
+}
+
+impl<D: Device> State<D> {
+    fn new(device: &D, ctx: &Context) -> Result<Self> {
         let o = ctx.options;
         let lens = &ctx.layout.lens;
-        let zeros = || cpu::filled_per_tensor(lens, 0.0f32);
         let per_group = o.flag(0, "per_group");
-        let n_units = if per_group { ctx.layout.n_groups() } else { 1 };
+        let n_units = units(ctx);
         let window = o.get(0, "window") as u64;
+        let owners = if per_group { ctx.layout.members.clone() } else { vec![(0..lens.len()).collect()] };
         Ok(State {
             per_group,
             window,
             steps: 0,
-            rates: (0..n_units).map(|u| Rate { alpha: o.get(u, "lr"), ip: 0.0, den: 0.0, cap_hits: 0 }).collect(),
-            memory: if window == 1 { Memory::Step { previous: zeros()? } } else { Memory::Window { snapshot: zeros()?, previous: zeros()? } },
-            buffers: if o.get(0, "momentum") > 0.0 {
-                Buffers::Momentum(zeros()?)
+            rates: device.records(&(0..n_units).map(|u| Rate::fresh(o.get(u, "lr"))).collect::<Vec<_>>())?,
+            rate_options: device.records(&rate_options(ctx))?,
+            memory: if window == 1 {
+                Memory::Step(lens.iter().map(|&n| device.alloc(n)).collect::<Result<_>>()?)
             } else {
-                Buffers::Plain(cpu::filled_per_tensor(lens, ())?)
+                Memory::Window(lens.iter().map(|&n| device.alloc(n)).collect::<Result<_>>()?)
             },
+            buffers: if o.get(0, "momentum") > 0.0 {
+                Buffers::Momentum(lens.iter().map(|&n| device.alloc(n)).collect::<Result<_>>()?)
+            } else {
+                Buffers::Plain(lens.iter().map(|&n| device.alloc(n)).collect::<Result<_>>()?)
+            },
+            sums: device.sums(lens, &owners)?,
+            no_record: device.records(&[()])?,
         })
     }
 
@@ -221,105 +361,140 @@ impl State {
         }
     }
 
-    /// The parameter step's scalars per tensor, with the current α.
-    fn coeffs(&self, ctx: &Context) -> Vec<Coeffs> {
+    /// The parameter step's scalars of every tensor, and the unit whose α it uses.
+    fn coeffs(&self, ctx: &Context) -> Vec<(StepCoeffs, usize)> {
         let o = ctx.options;
         let keep = if self.steps == 1 { 0.0 } else { o.get(0, "momentum") as f32 };
-        ctx.layout
-            .groups
-            .iter()
-            .map(|&g| Coeffs { alpha: self.rates[self.unit_of_group(g)].alpha as f32, weight_decay: o.get(g, "weight_decay") as f32, keep })
-            .collect()
+        let step = |&g: &usize| (StepCoeffs { weight_decay: o.get(g, "weight_decay") as f32, keep }, self.unit_of_group(g));
+        ctx.layout.groups.iter().map(step).collect()
     }
 
-    /// Everything of a step before the parameter step: counts it, trains α where this step
-    /// does, and returns the step's scalars.
-    fn begin_step(&mut self, ctx: &Context, params: &[&mut [f32]], grads: &[&[f32]]) -> Vec<Coeffs> {
-        self.steps += 1;
-        let t = self.steps;
+    /// Everything of a step before the parameter step: counts it, and trains α where this
+    /// step does.
+    fn begin_step(&mut self, device: &D, ctx: &Context, params: &[TensorMut], inputs: &StepInputs) -> Result<()> {
+        let t = self.steps + 1;
         let layout = ctx.layout;
-        let per_group = self.per_group;
-        let unit_of_tensor = |tensor: usize| if per_group { layout.groups[tensor] } else { 0 };
-        // Per unit: [ip, nn].
-        let mut sums = vec![[0.0f64; 2]; self.rates.len()];
+        let grads = &inputs.grads;
         let train = match &mut self.memory {
-            Memory::Step { previous } => {
+            Memory::Step(previous) => {
                 // Algorithm 2: G_t·G_{t−1} trains α before the step (line 5); G_t is kept (line 7).
                 for (tensor, prev) in previous.iter_mut().enumerate() {
-                    let (theta, grad) = (&*params[tensor], grads[tensor]);
                     let lambda = ctx.options.get(layout.groups[tensor], "weight_decay") as f32;
-                    let [ip, nn] = cpu::reduce::<2, _>(prev.len(), |i| {
-                        // The same f32 expression as the parameter step's G.
-                        let now = grad[i] + lambda * theta[i];
-                        let before = std::mem::replace(&mut prev[i], now);
-                        [f64::from(now) * f64::from(before), f64::from(now) * f64::from(now)]
-                    });
-                    let sum = &mut sums[unit_of_tensor(tensor)];
-                    sum[0] += ip;
-                    sum[1] += nn;
+                    device.dots::<StepDots>(&lambda, &self.no_record, 0, &params[tensor].view(), &grads[tensor], prev, &mut self.sums, tensor)?;
                 }
                 t > 1
             }
-            Memory::Window { snapshot, .. } if t == 1 => {
-                for (snap, theta) in snapshot.iter_mut().zip(params) {
-                    snap.copy_from_slice(theta);
+            Memory::Window(elems) if t == 1 => {
+                for (tensor, st) in elems.iter_mut().enumerate() {
+                    device.dots::<OpenWindow>(&(), &self.no_record, 0, &params[tensor].view(), &grads[tensor], st, &mut self.sums, tensor)?;
                 }
                 false
             }
-            Memory::Window { snapshot, previous } if (t - 1) % self.window == 0 => {
+            Memory::Window(elems) if (t - 1) % self.window == 0 => {
                 // The window that ended with the last step closes now, when θ after its last
                 // displacement is first seen: eq. 10's G = (θ_snapshot − θ)/α is then the
                 // displacement that really happened, also when a wrapper (GI) scaled it.
-                for (tensor, (snap, prev)) in snapshot.iter_mut().zip(previous.iter_mut()).enumerate() {
-                    let theta = &*params[tensor];
-                    let unit = unit_of_tensor(tensor);
-                    // α was constant over the window: it changes only when a window closes.
-                    let alpha = self.rates[unit].alpha;
-                    let [ip, nn] = cpu::reduce::<2, _>(snap.len(), |i| {
-                        let now = (f64::from(snap[i]) - f64::from(theta[i])) / alpha;
-                        let before = f64::from(prev[i]);
-                        prev[i] = now as f32;
-                        snap[i] = theta[i];
-                        [now * before, now * now]
-                    });
-                    sums[unit][0] += ip;
-                    sums[unit][1] += nn;
+                for (tensor, st) in elems.iter_mut().enumerate() {
+                    let unit = if self.per_group { layout.groups[tensor] } else { 0 };
+                    device.dots::<WindowDots>(&(), &self.rates, unit, &params[tensor].view(), &grads[tensor], st, &mut self.sums, tensor)?;
                 }
                 // From the second closed window on (window j closes at step jK + 1).
                 t > 2 * self.window
             }
-            Memory::Window { .. } => false,
+            Memory::Window(_) => false,
         };
         if train {
-            for (unit, (rate, [ip, nn])) in self.rates.iter_mut().zip(sums).enumerate() {
-                rate.train(ip, nn, ctx.options.get(unit, "c"), ctx.options.get(unit, "alpha_min"));
-            }
+            device.solve::<Train>(&(), &self.rate_options, &mut self.rates, &self.sums)?;
         }
-        self.coeffs(ctx)
+        self.steps = t;
+        Ok(())
     }
+}
+
+/// Every unit's α-update options (unit u's are group u's).
+fn rate_options(ctx: &Context) -> Vec<RateOptions> {
+    (0..units(ctx)).map(|u| RateOptions { c: ctx.options.get(u, "c"), alpha_min: ctx.options.get(u, "alpha_min") }).collect()
 }
 
 /// Built without options (see `registry::build`): the state takes its shape at the first step.
-#[derive(Default)]
-pub struct Tlr {
-    state: Option<State>,
+pub struct Tlr<D: Device> {
+    device: D,
+    state: Option<State<D>>,
 }
 
-impl Tlr {
-    pub fn new() -> Self {
-        Self::default()
+impl<D: Device> Tlr<D> {
+    pub fn new(device: &D) -> Result<Self> {
+        let mut kernels = vec![<SgdStep<()> as ElementRule>::KERNEL, <SgdStep<f32> as ElementRule>::KERNEL, <Train as crate::backend::SolveRule>::KERNEL];
+        kernels.extend([StepDots::KERNEL, WindowDots::KERNEL, OpenWindow::KERNEL]);
+        device.require(&kernels)?;
+        Ok(Tlr { device: device.clone(), state: None })
     }
 
     /// The group's rate, or what it will start from before the first step.
-    fn rate(&self, ctx: &Context, group: usize) -> Rate {
-        match &self.state {
-            Some(s) => s.rates[s.unit_of_group(group)],
-            None => Rate { alpha: ctx.options.get(group, "lr"), ip: 0.0, den: 0.0, cap_hits: 0 },
+    fn rate(&self, ctx: &Context, group: usize) -> Result<Rate> {
+        Ok(match &self.state {
+            Some(s) => self.device.read_records(&s.rates)?[s.unit_of_group(group)],
+            None => Rate::fresh(ctx.options.get(group, "lr")),
+        })
+    }
+
+    /// The state, built at the first step.
+    fn state(&mut self, ctx: &Context) -> Result<&mut State<D>> {
+        if self.state.is_none() {
+            self.state = Some(State::new(&self.device, ctx)?);
         }
+        Ok(self.state.as_mut().expect("just built"))
     }
 }
 
-impl Algorithm for Tlr {
+/// The fused parameter step of every tensor.
+fn step_pass<D: Device, M: Buffer>(
+    device: &D,
+    rates: &D::Records<Rate>,
+    coeffs: &[(StepCoeffs, usize)],
+    buffers: &mut [D::State<M>],
+    params: &mut [TensorMut],
+    inputs: &StepInputs,
+) -> Result<()> {
+    for (t, (buffer, (c, unit))) in buffers.iter_mut().zip(coeffs).enumerate() {
+        device.update::<SgdStep<M>>(c, rates, *unit, &mut params[t], &inputs.grads[t], buffer)?;
+    }
+    Ok(())
+}
+
+/// GI's proposal: the buffers advanced, θ left alone, `Σ g·s` returned.
+fn propose_pass<D: Device, M: Buffer>(
+    device: &D,
+    rates: &D::Records<Rate>,
+    coeffs: &[(StepCoeffs, usize)],
+    buffers: &mut [D::State<M>],
+    params: &[TensorMut],
+    inputs: &StepInputs,
+) -> Result<f64> {
+    let mut g_dot_s = 0.0;
+    for (t, (buffer, (c, unit))) in buffers.iter_mut().zip(coeffs).enumerate() {
+        g_dot_s += device.advance_dot::<SgdStep<M>>(c, rates, *unit, &params[t], &inputs.grads[t], buffer)?;
+    }
+    Ok(g_dot_s)
+}
+
+/// `θ ← θ − scale·α·direction` from the advanced buffers (GI's second pass).
+fn apply_pass<D: Device, M: Buffer>(
+    device: &D,
+    rates: &D::Records<Rate>,
+    coeffs: &[(StepCoeffs, usize)],
+    buffers: &[D::State<M>],
+    params: &mut [TensorMut],
+    inputs: &StepInputs,
+    scale: f32,
+) -> Result<()> {
+    for (t, (buffer, (c, unit))) in buffers.iter().zip(coeffs).enumerate() {
+        device.apply_scaled::<SgdStep<M>>(c, rates, *unit, &mut params[t], &inputs.grads[t], buffer, scale)?;
+    }
+    Ok(())
+}
+
+impl<D: Device> Algorithm for Tlr<D> {
     fn name(&self) -> &'static str {
         "tlr"
     }
@@ -329,6 +504,8 @@ impl Algorithm for Tlr {
     }
 
     fn check(&self, ctx: &Context, _inputs: &StepInputs, _cb: &Callbacks) -> Result<()> {
+        // Which steps train α, and the first step's momentum, are decided on the host.
+        crate::algorithm::refuse_capture(&self.device, "tlr", "its schedule (which steps train α)")?;
         let o = ctx.options;
         if o.flag(0, "per_group") {
             return Ok(());
@@ -345,75 +522,99 @@ impl Algorithm for Tlr {
         Ok(())
     }
 
-    fn propose(&mut self, ctx: &Context, params: &[&mut [f32]], inputs: &StepInputs, _cb: &mut Callbacks) -> Result<f64> {
-        let state = match &mut self.state {
-            Some(state) => state,
-            empty => empty.insert(State::new(ctx)?),
-        };
-        let coeffs = state.begin_step(ctx, params, &inputs.grads);
-        Ok(match &mut state.buffers {
-            Buffers::Plain(b) => propose_pass(&coeffs, params, &inputs.grads, b),
-            Buffers::Momentum(b) => propose_pass(&coeffs, params, &inputs.grads, b),
-        })
-    }
-
-    fn apply(&self, ctx: &Context, params: &mut [&mut [f32]], inputs: &StepInputs, scale: f32) {
-        let state = self.state.as_ref().expect("apply follows propose, which builds the state");
-        let coeffs = state.coeffs(ctx);
-        match &state.buffers {
-            Buffers::Plain(b) => apply_pass(&coeffs, params, &inputs.grads, b, scale),
-            Buffers::Momentum(b) => apply_pass(&coeffs, params, &inputs.grads, b, scale),
-        }
-    }
-
-    fn step(&mut self, ctx: &Context, params: &mut [&mut [f32]], inputs: &StepInputs, _cb: &mut Callbacks) -> Result<()> {
-        let state = match &mut self.state {
-            Some(state) => state,
-            empty => empty.insert(State::new(ctx)?),
-        };
-        let coeffs = state.begin_step(ctx, params, &inputs.grads);
-        match &mut state.buffers {
-            Buffers::Plain(b) => step_pass(&coeffs, params, &inputs.grads, b),
-            Buffers::Momentum(b) => step_pass(&coeffs, params, &inputs.grads, b),
+    fn options_changed(&mut self, ctx: &Context) -> Result<()> {
+        if let Some(s) = &mut self.state {
+            self.device.write_records(&mut s.rate_options, &rate_options(ctx))?;
         }
         Ok(())
     }
 
-    fn lr(&self, ctx: &Context, group: usize) -> f64 {
-        self.rate(ctx, group).alpha
+    fn propose(&mut self, ctx: &Context, params: &[TensorMut], inputs: &StepInputs, _cb: &mut Callbacks) -> Result<f64> {
+        let device = self.device.clone();
+        let s = self.state(ctx)?;
+        s.begin_step(&device, ctx, params, inputs)?;
+        let coeffs = s.coeffs(ctx);
+        match &mut s.buffers {
+            Buffers::Plain(b) => propose_pass(&device, &s.rates, &coeffs, b, params, inputs),
+            Buffers::Momentum(b) => propose_pass(&device, &s.rates, &coeffs, b, params, inputs),
+        }
     }
 
-    fn momentum(&self, ctx: &Context, group: usize) -> f64 {
-        ctx.options.get(group, "momentum")
+    fn apply(&self, ctx: &Context, params: &mut [TensorMut], inputs: &StepInputs, scale: f32) -> Result<()> {
+        let s = self.state.as_ref().expect("apply follows propose, which builds the state");
+        let coeffs = s.coeffs(ctx);
+        match &s.buffers {
+            Buffers::Plain(b) => apply_pass(&self.device, &s.rates, &coeffs, b, params, inputs, scale),
+            Buffers::Momentum(b) => apply_pass(&self.device, &s.rates, &coeffs, b, params, inputs, scale),
+        }
     }
 
-    fn telemetry(&self, ctx: &Context, group: usize) -> Vec<(&'static str, f64)> {
-        let rate = self.rate(ctx, group);
-        vec![("alpha", rate.alpha), ("ip", rate.ip), ("den", rate.den), ("cap_hits", rate.cap_hits as f64)]
+    fn step(&mut self, ctx: &Context, params: &mut [TensorMut], inputs: &StepInputs, _cb: &mut Callbacks) -> Result<()> {
+        let device = self.device.clone();
+        let s = self.state(ctx)?;
+        s.begin_step(&device, ctx, params, inputs)?;
+        let coeffs = s.coeffs(ctx);
+        match &mut s.buffers {
+            Buffers::Plain(b) => step_pass(&device, &s.rates, &coeffs, b, params, inputs),
+            Buffers::Momentum(b) => step_pass(&device, &s.rates, &coeffs, b, params, inputs),
+        }
     }
 
-    fn started(&self) -> bool {
-        self.state.is_some()
+    fn discard_steps(&mut self, n: u64) {
+        if let Some(s) = &mut self.state {
+            s.steps = s.steps.saturating_sub(n);
+        }
     }
 
-    fn save(&self, w: &mut Writer) {
+    fn lr(&self, ctx: &Context, group: usize) -> Result<f64> {
+        Ok(self.rate(ctx, group)?.alpha)
+    }
+
+    fn momentum(&self, ctx: &Context, group: usize) -> Result<f64> {
+        Ok(ctx.options.get(group, "momentum"))
+    }
+
+    fn telemetry(&self, ctx: &Context, group: usize) -> Result<Vec<(&'static str, f64)>> {
+        let rate = self.rate(ctx, group)?;
+        Ok(vec![("alpha", rate.alpha), ("ip", rate.ip), ("den", rate.den), ("cap_hits", rate.cap_hits as f64)])
+    }
+
+    fn started(&self) -> Result<bool> {
+        Ok(self.state.is_some())
+    }
+
+    fn save(&self, w: &mut Writer) -> Result<()> {
         let Some(s) = &self.state else {
             w.u64(0);
-            return;
+            return Ok(());
         };
+        let d = &self.device;
         w.u64(s.steps);
-        w.f64s(&s.rates.iter().map(|r| r.alpha).collect::<Vec<_>>());
-        w.f64s(&s.rates.iter().map(|r| r.ip).collect::<Vec<_>>());
-        w.f64s(&s.rates.iter().map(|r| r.den).collect::<Vec<_>>());
-        w.counts(&s.rates.iter().map(|r| r.cap_hits).collect::<Vec<_>>());
-        let buffers: Vec<&Vec<f32>> = match &s.memory {
-            Memory::Step { previous } => previous.iter().collect(),
-            Memory::Window { snapshot, previous } => snapshot.iter().chain(previous).collect(),
-        };
-        buffers.into_iter().for_each(|b| w.f32s(b));
-        if let Buffers::Momentum(m) = &s.buffers {
-            m.iter().for_each(|b| w.f32s(b));
+        let rates = d.read_records(&s.rates)?;
+        w.f64s(&rates.iter().map(|r| r.alpha).collect::<Vec<_>>());
+        w.f64s(&rates.iter().map(|r| r.ip).collect::<Vec<_>>());
+        w.f64s(&rates.iter().map(|r| r.den).collect::<Vec<_>>());
+        w.counts(&rates.iter().map(|r| r.cap_hits).collect::<Vec<_>>());
+        match &s.memory {
+            Memory::Step(previous) => {
+                for b in previous {
+                    w.f32s(&d.read_state(b)?);
+                }
+            }
+            Memory::Window(elems) => {
+                // Snapshots of every tensor, then every tensor's previous G.
+                let elems = elems.iter().map(|b| d.read_state(b)).collect::<Result<Vec<_>>>()?;
+                for slot in 0..2 {
+                    elems.iter().for_each(|e| w.f32s(&e.iter().map(|x| x[slot]).collect::<Vec<_>>()));
+                }
+            }
         }
+        if let Buffers::Momentum(m) = &s.buffers {
+            for b in m {
+                w.f32s(&d.read_state(b)?);
+            }
+        }
+        Ok(())
     }
 
     fn load(&mut self, ctx: &Context, r: &mut Reader) -> Result<()> {
@@ -422,9 +623,9 @@ impl Algorithm for Tlr {
             self.state = None;
             return Ok(());
         }
-        let mut s = State::new(ctx)?;
+        let mut s = State::new(&self.device, ctx)?;
         s.steps = steps;
-        let n_units = s.rates.len();
+        let n_units = units(ctx);
         let alpha = r.f64s_exact(n_units, "TLR α per unit")?;
         let ip = r.f64s_exact(n_units, "TLR ip per unit")?;
         let den = r.f64s_exact(n_units, "TLR den per unit")?;
@@ -434,27 +635,40 @@ impl Algorithm for Tlr {
         if let Some(u) = cap_hits.iter().position(|&c| c > steps) {
             return Err(Error::checkpoint(format!("checkpoint TLR unit {u} hit its cap {} times in {steps} steps (corrupted?)", cap_hits[u])));
         }
-        for (u, rate) in s.rates.iter_mut().enumerate() {
-            *rate = Rate { alpha: alpha[u], ip: ip[u], den: den[u], cap_hits: cap_hits[u] };
-        }
-        let mut read = |buffers: &mut Vec<Vec<f32>>, what: &str| -> Result<()> {
-            for (t, b) in buffers.iter_mut().enumerate() {
-                let what = format!("TLR {what} of tensor {t}");
-                *b = r.f32s_exact(b.len(), &what)?;
-                crate::checkpoint::check_values(b, &what, f32::is_finite, "it is finite")?;
-            }
-            Ok(())
+        let rates: Vec<Rate> = (0..n_units).map(|u| Rate { alpha: alpha[u], ip: ip[u], den: den[u], cap_hits: cap_hits[u] }).collect();
+        let lens = &ctx.layout.lens;
+        let mut read = |what: &str| -> Result<Vec<Vec<f32>>> {
+            lens.iter()
+                .enumerate()
+                .map(|(t, &len)| {
+                    let what = format!("TLR {what} of tensor {t}");
+                    let b = r.f32s_exact(len, &what)?;
+                    crate::checkpoint::check_values(&b, &what, f32::is_finite, "it is finite")?;
+                    Ok(b)
+                })
+                .collect()
         };
+        let d = &self.device;
         match &mut s.memory {
-            Memory::Step { previous } => read(previous, "previous G")?,
-            Memory::Window { snapshot, previous } => {
-                read(snapshot, "window snapshot")?;
-                read(previous, "previous window G")?;
+            Memory::Step(previous) => {
+                for (b, v) in previous.iter_mut().zip(read("previous G")?) {
+                    d.write_state(b, &v)?;
+                }
+            }
+            Memory::Window(elems) => {
+                let (snapshot, previous) = (read("window snapshot")?, read("previous window G")?);
+                for ((b, snap), prev) in elems.iter_mut().zip(snapshot).zip(previous) {
+                    let joined: Vec<WindowElem> = snap.into_iter().zip(prev).map(|(a, b)| [a, b]).collect();
+                    d.write_state(b, &joined)?;
+                }
             }
         }
         if let Buffers::Momentum(m) = &mut s.buffers {
-            read(m, "momentum buffer")?;
+            for (b, v) in m.iter_mut().zip(read("momentum buffer")?) {
+                d.write_state(b, &v)?;
+            }
         }
+        d.write_records(&mut s.rates, &rates)?;
         self.state = Some(s);
         Ok(())
     }
@@ -463,8 +677,13 @@ impl Algorithm for Tlr {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::cpu::Cpu;
     use crate::optimizer::Layout;
     use crate::options::Options;
+
+    fn views(params: &mut [Vec<f32>]) -> Vec<TensorMut<'_>> {
+        params.iter_mut().map(|p| TensorMut::host(p)).collect()
+    }
 
     const C: f64 = 0.25;
 
@@ -536,21 +755,20 @@ mod tests {
         for (window, momentum) in [(1.0, 0.0), (1.0, 0.8), (3.0, 0.0), (3.0, 0.8)] {
             let (layout, options) = options(window, momentum);
             let ctx = Context { layout: &layout, options: &options };
-            let (mut fused, mut split) = (Tlr::new(), Tlr::new());
+            let (mut fused, mut split) = (Tlr::new(&Cpu).unwrap(), Tlr::new(&Cpu).unwrap());
             let mut p_fused: Vec<Vec<f32>> = vec![vec![0.5; 5], vec![-0.25; 11]];
             let mut p_split = p_fused.clone();
             for step in 0..20 {
                 let g = grads(step);
                 let inputs = StepInputs::new(g.iter().map(|x| &x[..]).collect());
-                let mut views: Vec<&mut [f32]> = p_fused.iter_mut().map(|p| &mut p[..]).collect();
-                fused.step(&ctx, &mut views, &inputs, &mut Callbacks::default()).unwrap();
-                let mut views: Vec<&mut [f32]> = p_split.iter_mut().map(|p| &mut p[..]).collect();
-                split.propose(&ctx, &views, &inputs, &mut Callbacks::default()).unwrap();
-                split.apply(&ctx, &mut views, &inputs, 1.0);
+                fused.step(&ctx, &mut views(&mut p_fused), &inputs, &mut Callbacks::default()).unwrap();
+                let mut split_views = views(&mut p_split);
+                split.propose(&ctx, &split_views, &inputs, &mut Callbacks::default()).unwrap();
+                split.apply(&ctx, &mut split_views, &inputs, 1.0).unwrap();
             }
             assert_eq!(p_fused, p_split, "window {window} momentum {momentum}");
-            assert_eq!(fused.lr(&ctx, 0), split.lr(&ctx, 0));
-            assert!(fused.lr(&ctx, 0) != 0.01, "α never trained");
+            assert_eq!(fused.lr(&ctx, 0).unwrap(), split.lr(&ctx, 0).unwrap());
+            assert!(fused.lr(&ctx, 0).unwrap() != 0.01, "α never trained");
         }
     }
 
@@ -559,25 +777,25 @@ mod tests {
         // A wrapper applying half of every proposed step: the window's G must be what moved.
         let (layout, options) = options(3.0, 0.0);
         let ctx = Context { layout: &layout, options: &options };
-        let mut tlr = Tlr::new();
+        let mut tlr = Tlr::new(&Cpu).unwrap();
         let mut params: Vec<Vec<f32>> = vec![vec![0.5; 5], vec![-0.25; 11]];
         let start = params.clone();
         for step in 0..4 {
             let g = grads(step);
             let inputs = StepInputs::new(g.iter().map(|x| &x[..]).collect());
-            let mut views: Vec<&mut [f32]> = params.iter_mut().map(|p| &mut p[..]).collect();
-            tlr.propose(&ctx, &views, &inputs, &mut Callbacks::default()).unwrap();
+            let mut step_views = views(&mut params);
+            tlr.propose(&ctx, &step_views, &inputs, &mut Callbacks::default()).unwrap();
             if step < 3 {
-                tlr.apply(&ctx, &mut views, &inputs, 0.5);
+                tlr.apply(&ctx, &mut step_views, &inputs, 0.5).unwrap();
             }
         }
         // Step 4 closed the first window (steps 1–3) from the parameters it saw.
-        let Some(State { memory: Memory::Window { previous, snapshot }, rates, .. }) = &tlr.state else { panic!("window state") };
-        assert_eq!(snapshot, &params);
+        let Some(State { memory: Memory::Window(elems), rates, .. }) = &tlr.state else { panic!("window state") };
         for t in 0..2 {
             for i in 0..params[t].len() {
+                assert_eq!(elems[t][i][0], params[t][i], "the snapshot is θ after the window");
                 let moved = ((f64::from(start[t][i]) - f64::from(params[t][i])) / rates[0].alpha) as f32;
-                assert_eq!(previous[t][i], moved);
+                assert_eq!(elems[t][i][1], moved);
             }
         }
     }

@@ -17,9 +17,10 @@
 
 use crate::algorithm::{Accepts, Algorithm, Context};
 use crate::backend::cpu::{self, ElemState, COLUMN_BLOCK};
+use crate::backend::{host_params, host_params_mut, TensorMut};
 use crate::checkpoint::{Reader, Writer};
 use crate::error::{Error, Result};
-use crate::optimizer::{Callbacks, GradFn, Layout, SampleData, Samples, StepInputs};
+use crate::optimizer::{Callbacks, GradFn, HostInputs, Layout, SampleData, Samples, StepInputs};
 use crate::options::OptionSpec;
 use std::ops::{Add, Div, Mul, Range, Sub};
 
@@ -211,7 +212,10 @@ fn next_tau<T: Real>(tau: T, rho: T) -> T {
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Phase {
     /// Step `t` of 1 … n0 (§4.4): averages with 1/t, no move; `finish` is C at step n0.
-    SlowStart { t: u64, finish: Option<f64> },
+    SlowStart {
+        t: u64,
+        finish: Option<f64>,
+    },
     Regular,
 }
 
@@ -260,7 +264,7 @@ struct TensorInputs<'a> {
     grad: &'a [f32],
     /// The caller's curvature, or the finite-difference estimate.
     curvature: &'a [f32],
-    samples: Option<&'a Samples<'a>>,
+    samples: Option<&'a Samples<&'a [f32]>>,
 }
 
 impl TensorInputs<'_> {
@@ -396,7 +400,7 @@ struct Scratch {
 /// difference quotient of the two points evaluated — 0/ε where θ + δ rounds to θ.
 fn finite_difference<E: Averages>(
     elems: &[Vec<E>],
-    params: &[&mut [f32]],
+    params: &[&[f32]],
     grads: &[&[f32]],
     grad_fn: &mut GradFn,
     eps: f32,
@@ -420,10 +424,7 @@ fn finite_difference<E: Averages>(
     for (t, out) in outs.iter_mut().enumerate() {
         if check_finite && !cpu::all_finite(out) {
             let i = cpu::first_non_finite(out).unwrap_or(0);
-            return Err(Error::non_finite(format!(
-                "tensor {t}: the gradient callback returned grad[{i}] = {} at θ + δ (vSGD finite differences)",
-                out[i]
-            )));
+            return Err(Error::non_finite(format!("tensor {t}: the gradient callback returned grad[{i}] = {} at θ + δ (vSGD finite differences)", out[i])));
         }
         for ((h, &g), (&s, &th)) in out.iter_mut().zip(grads[t]).zip(points[t].iter().zip(params[t].iter())) {
             *h = (*h - g).abs() / (s - th).abs().max(eps);
@@ -502,7 +503,7 @@ impl Vsgd {
 
     /// Everything that may fail comes first — the finite-difference curvature when the caller
     /// gives none — so that an error leaves the state as it was; then the step is counted.
-    fn begin(&mut self, ctx: &Context, params: &[&mut [f32]], inputs: &StepInputs, callbacks: &mut Callbacks) -> Result<Phase> {
+    fn begin(&mut self, ctx: &Context, params: &[&[f32]], inputs: &HostInputs, callbacks: &mut Callbacks) -> Result<Phase> {
         let eps = ctx.options.get(0, "eps");
         if inputs.curvature.is_none() {
             let grad_fn = callbacks.grad_fn.as_mut().ok_or_else(|| missing_curvature(self.variant))?;
@@ -528,7 +529,7 @@ impl Vsgd {
 
     /// Advances the state by one step of `phase` and returns `Σ g·s`; vsgd-l also moves θ in
     /// the same pass when `theta` is given.
-    fn advance(&mut self, phase: Phase, inputs: &StepInputs, mut theta: Option<&mut [&mut [f32]]>) -> f64 {
+    fn advance(&mut self, phase: Phase, inputs: &HostInputs, mut theta: Option<&mut [&mut [f32]]>) -> f64 {
         let curvature: Vec<&[f32]> = match &inputs.curvature {
             Some(h) => h.clone(),
             None => self.scratch.curvature.iter().map(Vec::as_slice).collect(),
@@ -536,7 +537,9 @@ impl Vsgd {
         let tensor = |t: usize| TensorInputs { tensor: t, grad: inputs.grads[t], curvature: curvature[t], samples: inputs.samples.as_ref() };
         let (rates, element_rates) = (self.rates, self.rates.to_f32());
         match &mut self.state {
-            State::Local(elems) => (0..elems.len()).map(|t| local_pass(&mut elems[t], tensor(t), phase, &element_rates, theta.as_mut().map(|p| &mut *p[t]))).sum(),
+            State::Local(elems) => {
+                (0..elems.len()).map(|t| local_pass(&mut elems[t], tensor(t), phase, &element_rates, theta.as_mut().map(|p| &mut *p[t]))).sum()
+            }
             State::Shared { elems, units, unit_tensors } => {
                 let mut g_dot_s = 0.0;
                 for (unit, tensors) in units.iter_mut().zip(unit_tensors.iter()) {
@@ -579,6 +582,31 @@ impl Vsgd {
     }
 }
 
+impl Vsgd {
+    /// `θ ← θ − scale·η g` from the advanced state (the slow start moves nothing).
+    fn apply_host(&self, ctx: &Context, params: &mut [&mut [f32]], inputs: &HostInputs, scale: f32) {
+        if self.steps <= Self::n0(ctx) {
+            return;
+        }
+        match &self.state {
+            State::Local(elems) => {
+                let rates = self.rates.to_f32();
+                for (t, p) in params.iter_mut().enumerate() {
+                    cpu::apply_scaled(p, inputs.grads[t], &elems[t], scale, |g, _, e| e.eta(&rates) * g);
+                }
+            }
+            State::Shared { elems, units, unit_tensors } => {
+                for (unit, tensors) in units.iter().zip(unit_tensors) {
+                    let eta = unit.eta as f32;
+                    for &t in tensors {
+                        cpu::apply_scaled(params[t], inputs.grads[t], &elems[t], scale, |g, _, _| eta * g);
+                    }
+                }
+            }
+        }
+    }
+}
+
 fn missing_curvature(variant: Variant) -> Error {
     Error::invalid(format!(
         "{} needs a curvature estimate: pass curvature (a non-negative diagonal per tensor, e.g. BackPACK's DiagGGN) \
@@ -603,54 +631,44 @@ impl Algorithm for Vsgd {
         Ok(())
     }
 
-    fn propose(&mut self, ctx: &Context, params: &[&mut [f32]], inputs: &StepInputs, callbacks: &mut Callbacks) -> Result<f64> {
-        let phase = self.begin(ctx, params, inputs, callbacks)?;
-        Ok(self.advance(phase, inputs, None))
+    fn propose(&mut self, ctx: &Context, params: &[TensorMut], inputs: &StepInputs, callbacks: &mut Callbacks) -> Result<f64> {
+        let inputs = inputs.host()?;
+        let phase = self.begin(ctx, &host_params(params)?, &inputs, callbacks)?;
+        Ok(self.advance(phase, &inputs, None))
     }
 
-    fn apply(&self, ctx: &Context, params: &mut [&mut [f32]], inputs: &StepInputs, scale: f32) {
-        if self.steps <= Self::n0(ctx) {
-            return; // the slow start moves nothing
-        }
-        match &self.state {
-            State::Local(elems) => {
-                let rates = self.rates.to_f32();
-                for (t, p) in params.iter_mut().enumerate() {
-                    cpu::apply_scaled(p, inputs.grads[t], &elems[t], scale, |g, _, e| e.eta(&rates) * g);
-                }
-            }
-            State::Shared { elems, units, unit_tensors } => {
-                for (unit, tensors) in units.iter().zip(unit_tensors) {
-                    let eta = unit.eta as f32;
-                    for &t in tensors {
-                        cpu::apply_scaled(params[t], inputs.grads[t], &elems[t], scale, |g, _, _| eta * g);
-                    }
-                }
-            }
-        }
+    fn apply(&self, ctx: &Context, params: &mut [TensorMut], inputs: &StepInputs, scale: f32) -> Result<()> {
+        let inputs = inputs.host()?;
+        self.apply_host(ctx, &mut host_params_mut(params)?, &inputs, scale);
+        Ok(())
     }
 
-    fn step(&mut self, ctx: &Context, params: &mut [&mut [f32]], inputs: &StepInputs, callbacks: &mut Callbacks) -> Result<()> {
-        let phase = self.begin(ctx, params, inputs, callbacks)?;
+    fn step(&mut self, ctx: &Context, params: &mut [TensorMut], inputs: &StepInputs, callbacks: &mut Callbacks) -> Result<()> {
+        let inputs = inputs.host()?;
+        let mut params = host_params_mut(params)?;
+        let phase = {
+            let views: Vec<&[f32]> = params.iter().map(|p| &**p).collect();
+            self.begin(ctx, &views, &inputs, callbacks)?
+        };
         if self.variant == Variant::Local {
-            self.advance(phase, inputs, Some(params));
+            self.advance(phase, &inputs, Some(&mut params));
         } else {
             // η of a unit needs the whole unit's sums: a second pass is unavoidable.
-            self.advance(phase, inputs, None);
-            self.apply(ctx, params, inputs, 1.0);
+            self.advance(phase, &inputs, None);
+            self.apply_host(ctx, &mut params, &inputs, 1.0);
         }
         Ok(())
     }
 
     /// vsgd-l: the median η of the group's elements; vsgd-g/-b: the unit's η; 0 in the slow start.
-    fn lr(&self, ctx: &Context, group: usize) -> f64 {
+    fn lr(&self, ctx: &Context, group: usize) -> Result<f64> {
         if self.steps <= Self::n0(ctx) {
-            return 0.0;
+            return Ok(0.0);
         }
-        min_median_max(self.etas(ctx, group))[1]
+        Ok(min_median_max(self.etas(ctx, group))[1])
     }
 
-    fn telemetry(&self, ctx: &Context, group: usize) -> Vec<(&'static str, f64)> {
+    fn telemetry(&self, ctx: &Context, group: usize) -> Result<Vec<(&'static str, f64)>> {
         let n0 = Self::n0(ctx);
         let slow = self.steps <= n0;
         // τ is set at the end of step n0 (2) or starts at 1 without slow start; 0 until then.
@@ -663,7 +681,7 @@ impl Algorithm for Vsgd {
             }
         };
         let eta = if slow { [0.0; 3] } else { min_median_max(self.etas(ctx, group)) };
-        vec![
+        Ok(vec![
             ("tau_min", tau[0]),
             ("tau_median", tau[1]),
             ("tau_max", tau[2]),
@@ -672,14 +690,14 @@ impl Algorithm for Vsgd {
             ("eta_max", eta[2]),
             ("h_plus", self.h_plus(ctx, group)),
             ("slow_start", if self.steps > 0 && slow { 1.0 } else { 0.0 }),
-        ]
+        ])
     }
 
-    fn started(&self) -> bool {
-        self.steps > 0
+    fn started(&self) -> Result<bool> {
+        Ok(self.steps > 0)
     }
 
-    fn save(&self, w: &mut Writer) {
+    fn save(&self, w: &mut Writer) -> Result<()> {
         w.u64(self.steps);
         w.f64s(&[self.rates.inv_n, self.rates.frac, self.rates.eps]);
         match &self.state {
@@ -689,6 +707,7 @@ impl Algorithm for Vsgd {
                 w.f64s(&units.iter().flat_map(|u| [u.l, u.tau, u.eta]).collect::<Vec<_>>());
             }
         }
+        Ok(())
     }
 
     fn load(&mut self, ctx: &Context, r: &mut Reader) -> Result<()> {
@@ -710,7 +729,10 @@ impl Algorithm for Vsgd {
                 let v = r.f64s_exact(3 * units.len(), "vSGD unit scalars")?;
                 let units: Vec<Unit> = v.chunks_exact(3).map(|c| Unit { l: c[0], tau: c[1], eta: c[2] }).collect();
                 if let Some(u) = units.iter().position(|u| !u.possible()) {
-                    return Err(Error::checkpoint(format!("checkpoint vSGD unit {u} = {:?} is impossible: l and η ≥ 0 and finite, τ ≥ 1 (corrupted?)", units[u])));
+                    return Err(Error::checkpoint(format!(
+                        "checkpoint vSGD unit {u} = {:?} is impossible: l and η ≥ 0 and finite, τ ≥ 1 (corrupted?)",
+                        units[u]
+                    )));
                 }
                 State::Shared { elems, units, unit_tensors: unit_tensors.clone() }
             }
@@ -723,6 +745,7 @@ impl Algorithm for Vsgd {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::Tensor;
     use crate::optimizer::SampleScale;
     use crate::options::Options;
     use crate::registry;
@@ -755,14 +778,14 @@ mod tests {
         let mut elems = vec![vec![LocalElem::FRESH; 3]];
         elems[0][2].gbar = 1e-7;
         let optimum = [1.0f32, 0.0, 1.0];
-        let (mut theta, hessian) = (vec![1.5f32, 0.0, 1.0], [2.0f32, 4.0, 8.0]);
+        let (theta, hessian) = (vec![1.5f32, 0.0, 1.0], [2.0f32, 4.0, 8.0]);
         let grad: Vec<f32> = (0..3).map(|i| hessian[i] * (theta[i] - optimum[i])).collect();
         let mut quadratic: GradFn = Box::new(|at: &[&[f32]], out: &mut [&mut [f32]]| {
             (0..3).for_each(|i| out[0][i] = hessian[i] * (at[0][i] - optimum[i]));
             Ok(())
         });
         let mut scratch = Scratch::default();
-        let params: Vec<&mut [f32]> = vec![&mut theta];
+        let params: Vec<&[f32]> = vec![&theta];
         finite_difference(&elems, &params, &[&grad], &mut quadratic, 1e-9, true, &mut scratch).unwrap();
         let h = &scratch.curvature[0];
         // δ = ε: 1.5 + 1e-9 rounds to 1.5, so the two gradients agree and h = 0/ε = 0.
@@ -797,20 +820,28 @@ mod tests {
             let mut theta_fused: Vec<Vec<f32>> = lens.iter().map(|&n| noise(1, n)).collect();
             let mut theta_split = theta_fused.clone();
             for step in 0..12u32 {
-                let grads: Vec<Vec<f32>> = theta_fused.iter().zip(&lens).map(|(th, &n)| th.iter().zip(noise(step + 2, n)).map(|(t, e)| 2.0 * t + 0.3 * e).collect()).collect();
+                let grads: Vec<Vec<f32>> =
+                    theta_fused.iter().zip(&lens).map(|(th, &n)| th.iter().zip(noise(step + 2, n)).map(|(t, e)| 2.0 * t + 0.3 * e).collect()).collect();
                 let curvature: Vec<Vec<f32>> = lens.iter().map(|&n| vec![2.0; n]).collect();
                 let sum_sq: Vec<Vec<f32>> = grads.iter().map(|g| g.iter().map(|v| 4.0 * v * v + 0.1).collect()).collect();
                 let mut inputs = StepInputs::new(grads.iter().map(Vec::as_slice).collect());
-                inputs.curvature = Some(curvature.iter().map(Vec::as_slice).collect());
-                inputs.samples = Some(Samples { data: SampleData::SumSq(sum_sq.iter().map(Vec::as_slice).collect()), scale: SampleScale::Sample, batch_size: 4 });
-                let mut p: Vec<&mut [f32]> = theta_fused.iter_mut().map(Vec::as_mut_slice).collect();
+                inputs.curvature = Some(curvature.iter().map(Tensor::from).collect());
+                inputs.samples =
+                    Some(Samples { data: SampleData::SumSq(sum_sq.iter().map(Tensor::from).collect()), scale: SampleScale::Sample, batch_size: 4 });
+                let mut p: Vec<TensorMut> = theta_fused.iter_mut().map(|t| TensorMut::host(t)).collect();
                 fused.step(&ctx, &mut p, &inputs, &mut Callbacks::default()).unwrap();
                 let before = theta_split.clone();
-                let mut p: Vec<&mut [f32]> = theta_split.iter_mut().map(Vec::as_mut_slice).collect();
+                let mut p: Vec<TensorMut> = theta_split.iter_mut().map(|t| TensorMut::host(t)).collect();
                 let g_dot_s = split.propose(&ctx, &p, &inputs, &mut Callbacks::default()).unwrap();
-                split.apply(&ctx, &mut p, &inputs, 1.0);
+                split.apply(&ctx, &mut p, &inputs, 1.0).unwrap();
                 assert_eq!(theta_fused, theta_split, "{variant:?} step {step}");
-                let moved: f64 = before.iter().flatten().zip(theta_split.iter().flatten()).zip(grads.iter().flatten()).map(|((b, a), g)| f64::from(*g) * f64::from(b - a)).sum();
+                let moved: f64 = before
+                    .iter()
+                    .flatten()
+                    .zip(theta_split.iter().flatten())
+                    .zip(grads.iter().flatten())
+                    .map(|((b, a), g)| f64::from(*g) * f64::from(b - a))
+                    .sum();
                 assert!((g_dot_s - moved).abs() <= 1e-5 * moved.abs().max(1e-30), "{variant:?} step {step}: {g_dot_s} vs {moved}");
                 assert_eq!(step < 3, moved == 0.0, "{variant:?}: the slow start moves nothing, the first regular step moves");
             }

@@ -33,47 +33,15 @@ macro_rules! dispatch {
     }};
 }
 
-/// Element-wise state of an algorithm: how many f32 values each parameter element carries.
-pub trait ElemState: Copy + Default + Send + Sync + 'static {
-    const FLOATS: usize;
-    fn write(&self, out: &mut Vec<f32>);
-    fn read(values: &[f32]) -> Self;
-}
-
-impl ElemState for () {
-    const FLOATS: usize = 0;
-    fn write(&self, _: &mut Vec<f32>) {}
-    fn read(_: &[f32]) -> Self {}
-}
-
-impl ElemState for f32 {
-    const FLOATS: usize = 1;
-    fn write(&self, out: &mut Vec<f32>) {
-        out.push(*self);
-    }
-    fn read(values: &[f32]) -> Self {
-        values[0]
-    }
-}
-
-impl ElemState for [f32; 2] {
-    const FLOATS: usize = 2;
-    fn write(&self, out: &mut Vec<f32>) {
-        out.extend_from_slice(self);
-    }
-    fn read(values: &[f32]) -> Self {
-        [values[0], values[1]]
-    }
-}
+pub use super::ElemState;
+use super::{Deferred, Device, DotRule, ElementRule, Memory, MomentRule, Record, SampleTensor, SampleView, SolveRule, Tensor, TensorMut};
+use crate::error::{Error, Result};
 
 /// `n` copies of `value`, or an error — not a process abort — when the memory cannot be had.
 pub fn filled<T: Clone>(n: usize, value: T) -> crate::error::Result<Vec<T>> {
     let mut v = Vec::new();
     v.try_reserve_exact(n).map_err(|_| {
-        crate::error::Error::invalid(format!(
-            "cannot allocate the optimizer's state for a tensor of {n} elements ({} bytes each)",
-            std::mem::size_of::<T>()
-        ))
+        crate::error::Error::invalid(format!("cannot allocate the optimizer's state for a tensor of {n} elements ({} bytes each)", std::mem::size_of::<T>()))
     })?;
     v.resize(n, value);
     Ok(v)
@@ -514,7 +482,9 @@ pub fn map_blocks<T: Send, W>(n_blocks: usize, floats: usize, scratch: impl Fn()
 /// a scoped worker of its own (none is started for a single part). A worker's panic is re-raised
 /// here, on the caller's thread (the C ABI's guard catches it).
 fn on_workers<P: Send, T: Send>(mut parts: impl Iterator<Item = P>, f: impl Fn(P) -> T + Sync) -> Vec<T> {
-    let Some(first) = parts.next() else { return Vec::new() };
+    let Some(first) = parts.next() else {
+        return Vec::new();
+    };
     let f = &f;
     std::thread::scope(|scope| {
         let handles: Vec<_> = parts.map(|part| scope.spawn(move || f(part))).collect();
@@ -620,6 +590,244 @@ pub fn spread_from_sum_sq(sum_sq: &[f32], n_rows: usize, k: f64, center: &[f32],
     let (k2, n) = (k * k, n_rows as f64);
     for ((o, s), c) in out.iter_mut().zip(sum_sq).zip(center) {
         *o = k2 * f64::from(*s) - n * f64::from(*c) * f64::from(*c);
+    }
+}
+
+/// The CPU: state in host memory, every primitive run on the calling thread (and, for passes
+/// over large tensors, on `threads()` scoped workers), every check answered at once.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Cpu;
+
+/// Per-tensor sums of a reduction pass, and which tensors each record adds.
+pub struct Sums {
+    per_tensor: Vec<[f64; 4]>,
+    owners: Vec<Vec<usize>>,
+}
+
+/// The floats of a buffer in host memory (the optimizer checks where every buffer lives, so
+/// another memory here is a bug, reported rather than dereferenced).
+fn host<'t>(x: &Tensor<'t>) -> Result<&'t [f32]> {
+    x.as_host().ok_or_else(|| Error::invalid(format!("a buffer in {} was given to a CPU optimizer", x.memory())))
+}
+
+fn host_mut<'t>(x: &'t mut TensorMut) -> Result<&'t mut [f32]> {
+    let memory = x.memory();
+    x.as_host_mut().ok_or_else(|| Error::invalid(format!("a buffer in {memory} was given to a CPU optimizer")))
+}
+
+fn same_len(what: &str, a: usize, b: usize) -> Result<()> {
+    if a != b {
+        return Err(Error::shape(format!("{what}: buffers of {a} and {b} elements")));
+    }
+    Ok(())
+}
+
+/// Σ_j w (k² S_j − N g_j²), Σ w g g, Σ w g y, Σ w y y over one tensor, in column blocks added in
+/// block order (the blocks may run on several threads: `map_blocks`), so the bits do not depend
+/// on the thread count.
+fn spread_moments<S: ElemState, F: Fn(&S, f32) -> (f32, f32) + Sync>(grad: &[f32], state: &[S], samples: &SampleView, weights: F) -> Result<[f64; 4]> {
+    let (n, k, len) = (samples.n, samples.k, grad.len());
+    let data = match samples.data {
+        SampleTensor::SumSq(s) | SampleTensor::Rows(s) => host(&s)?,
+    };
+    let rows = matches!(samples.data, SampleTensor::Rows(_));
+    // Block scratch (one per worker, reused by its blocks) for the per-sample matrix only; on
+    // the heap, not the stack: a host thread may have a small stack.
+    let scratch_len = if rows { COLUMN_BLOCK.min(len) } else { 0 };
+    let block_scratch = || (vec![0.0f32; scratch_len], RowSums::new(scratch_len));
+    let reduce_block = |(spread, sums): &mut (Vec<f32>, RowSums), block: usize| {
+        let (start, end) = (block * COLUMN_BLOCK, ((block + 1) * COLUMN_BLOCK).min(len));
+        let (g, st) = (&grad[start..end], &state[start..end]);
+        if rows {
+            let spread = &mut spread[..end - start];
+            spread_from_rows(data, n, len, start, k, g, sums, spread);
+            weighted_moments(st, g, spread, &weights).0
+        } else {
+            // Σ w (k² S − N g²) = k² Σ w S − N a: both sums are f64, so nothing cancels that a
+            // per-element difference would have kept.
+            let ([w_s, a, c, e], negative) = weighted_moments(st, g, &data[start..end], &weights);
+            // A negative S poisons the sum (the caller then reports which input).
+            let w_s = if negative { f64::NAN } else { w_s };
+            [k * k * w_s - n as f64 * a, a, c, e]
+        }
+    };
+    let floats_read = len * if rows { n + 1 + S::FLOATS } else { 2 + S::FLOATS };
+    let blocks = map_blocks(len.div_ceil(COLUMN_BLOCK), floats_read, block_scratch, reduce_block);
+    Ok(blocks.into_iter().fold([0.0f64; 4], |total, block| std::array::from_fn(|i| total[i] + block[i])))
+}
+
+impl Device for Cpu {
+    type State<S: ElemState> = Vec<S>;
+    type Records<R: Record> = Vec<R>;
+    type Sums = Sums;
+
+    fn memory(&self) -> Memory {
+        Memory::Host
+    }
+
+    fn require(&self, _kernels: &[&'static str]) -> Result<()> {
+        Ok(())
+    }
+
+    fn alloc<S: ElemState>(&self, len: usize) -> Result<Vec<S>> {
+        filled(len, S::default())
+    }
+
+    fn read_state<S: ElemState>(&self, state: &Vec<S>) -> Result<Vec<S>> {
+        let mut out = filled(state.len(), S::default())?;
+        out.copy_from_slice(state);
+        Ok(out)
+    }
+
+    fn write_state<S: ElemState>(&self, state: &mut Vec<S>, values: &[S]) -> Result<()> {
+        same_len("state", state.len(), values.len())?;
+        state.copy_from_slice(values);
+        Ok(())
+    }
+
+    fn records<R: Record>(&self, values: &[R]) -> Result<Vec<R>> {
+        Ok(values.to_vec())
+    }
+
+    fn read_records<R: Record>(&self, records: &Vec<R>) -> Result<Vec<R>> {
+        Ok(records.clone())
+    }
+
+    fn write_records<R: Record>(&self, records: &mut Vec<R>, values: &[R]) -> Result<()> {
+        same_len("records", records.len(), values.len())?;
+        records.copy_from_slice(values);
+        Ok(())
+    }
+
+    fn sums(&self, lens: &[usize], owners: &[Vec<usize>]) -> Result<Sums> {
+        Ok(Sums { per_tensor: filled(lens.len(), [0.0; 4])?, owners: owners.to_vec() })
+    }
+
+    fn update<R: ElementRule>(
+        &self,
+        c: &R::Coeffs,
+        records: &Vec<R::Record>,
+        at: usize,
+        param: &mut TensorMut,
+        grad: &Tensor,
+        state: &mut Vec<R::State>,
+    ) -> Result<()> {
+        let p = R::prepare(c, &records[at]);
+        update_in_parts(host_mut(param)?, host(grad)?, state, |g, theta, st| R::advance(&p, g, theta, st));
+        Ok(())
+    }
+
+    fn advance_dot<R: ElementRule>(
+        &self,
+        c: &R::Coeffs,
+        records: &Vec<R::Record>,
+        at: usize,
+        param: &TensorMut,
+        grad: &Tensor,
+        state: &mut Vec<R::State>,
+    ) -> Result<f64> {
+        let p = R::prepare(c, &records[at]);
+        let param = param.as_host().ok_or_else(|| Error::invalid("a device buffer was given to a CPU optimizer"))?;
+        Ok(advance_dot(param, host(grad)?, state, |g, theta, st| R::advance(&p, g, theta, st)))
+    }
+
+    fn apply_scaled<R: ElementRule>(
+        &self,
+        c: &R::Coeffs,
+        records: &Vec<R::Record>,
+        at: usize,
+        param: &mut TensorMut,
+        grad: &Tensor,
+        state: &Vec<R::State>,
+        scale: f32,
+    ) -> Result<()> {
+        let p = R::prepare(c, &records[at]);
+        apply_scaled(host_mut(param)?, host(grad)?, state, scale, |g, theta, st| R::delta(&p, g, theta, st));
+        Ok(())
+    }
+
+    fn dots<R: DotRule>(
+        &self,
+        c: &R::Coeffs,
+        records: &Vec<R::Record>,
+        at: usize,
+        param: &Tensor,
+        grad: &Tensor,
+        state: &mut Vec<R::State>,
+        sums: &mut Sums,
+        tensor: usize,
+    ) -> Result<()> {
+        let p = R::prepare(c, &records[at]);
+        let (param, grad) = (host(param)?, host(grad)?);
+        same_len("dots", param.len(), state.len())?;
+        same_len("dots", grad.len(), state.len())?;
+        let [x, y] = reduce::<2, _>(state.len(), |i| R::dot(&p, grad[i], param[i], &mut state[i]));
+        sums.per_tensor[tensor] = [x, y, 0.0, 0.0];
+        Ok(())
+    }
+
+    fn moments<M: MomentRule>(
+        &self,
+        c: &M::Coeffs,
+        records: &Vec<M::Record>,
+        at: usize,
+        grad: &Tensor,
+        state: &Vec<M::State>,
+        samples: &SampleView,
+        sums: &mut Sums,
+        tensor: usize,
+    ) -> Result<()> {
+        let p = M::prepare(c, &records[at]);
+        sums.per_tensor[tensor] = spread_moments(host(grad)?, state, samples, |st, g| M::weights(&p, st, g))?;
+        Ok(())
+    }
+
+    fn solve<S: SolveRule>(&self, p: &S::Params, coeffs: &Vec<S::Coeffs>, records: &mut Vec<S::Record>, sums: &Sums) -> Result<Option<usize>> {
+        let totals: Vec<[f64; 4]> = sums
+            .owners
+            .iter()
+            .map(|tensors| {
+                let mut total = [0.0f64; 4];
+                for &t in tensors {
+                    total.iter_mut().zip(sums.per_tensor[t]).for_each(|(s, v)| *s += v);
+                }
+                total
+            })
+            .collect();
+        if S::REQUIRE_FINITE {
+            if let Some(r) = totals.iter().position(|s| !s.iter().all(|v| v.is_finite())) {
+                return Ok(Some(r));
+            }
+        }
+        for ((record, c), s) in records.iter_mut().zip(coeffs).zip(&totals) {
+            S::solve(p, c, s, record);
+        }
+        Ok(None)
+    }
+
+    fn check(&self, what: &str, tensor: usize, x: &Tensor, non_negative: bool) -> Result<()> {
+        let x = host(x)?;
+        if non_negative {
+            if !all_non_negative(x) {
+                if let Some(i) = first_negative(x) {
+                    return Err(Error::invalid(format!("tensor {tensor}: {what}[{i}] = {} is negative; it must be ≥ 0", x[i])));
+                }
+            }
+        } else if !all_finite(x) {
+            let i = first_non_finite(x).unwrap_or(0);
+            return Err(Error::non_finite(format!("tensor {tensor}: {what}[{i}] is {}", x[i])));
+        }
+        Ok(())
+    }
+
+    fn begin_step(&self) {}
+
+    fn capturing(&self) -> Result<bool> {
+        Ok(false)
+    }
+
+    fn settle(&self) -> std::result::Result<(), Deferred> {
+        Ok(())
     }
 }
 

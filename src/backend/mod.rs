@@ -1,8 +1,571 @@
-//! Where the arithmetic runs. Algorithms describe per-element math and per-group reductions;
-//! a backend decides how to iterate, fuse and accumulate. `cpu` runs every algorithm; `cuda`
-//! (feature `cuda`) runs the fixed-rate rules and AutoOpt on a CUDA device through the kernels in
-//! cuda/ (never yet run on a GPU: issue 6).
+//! Devices: where state lives and arithmetic runs (candle's `BackendStorage`, seen from an
+//! optimizer). A device offers primitives, never papers: per-tensor state buffers, per-group
+//! records, a fused elementwise update, weighted dots, the per-sample spread moments, a
+//! per-record scalar solve, input checks and a status word. Every algorithm in `base/` and
+//! `adapt/` is written once over [`Device`]; a rule type carries both its Rust function (which
+//! the CPU runs) and the name of its kernel (which a GPU launches), as candle's `UnaryOpT`
+//! carries its `KERNEL`.
+//!
+//! `cpu` runs every algorithm; `cuda` (feature `cuda`) runs those whose rules have kernels in
+//! cuda/ (never yet run on a GPU: see the README's GPU status).
 
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+
+use std::marker::PhantomData;
+
+use crate::error::{Error, Result};
+
+/// Element-wise state of an algorithm: how many f32 values each parameter element carries, laid
+/// out interleaved (Adam: `[m, v]` per element) in memory and in checkpoints, on every device.
+pub trait ElemState: Copy + Default + Send + Sync + 'static {
+    const FLOATS: usize;
+    fn write(&self, out: &mut Vec<f32>);
+    fn read(values: &[f32]) -> Self;
+}
+
+impl ElemState for () {
+    const FLOATS: usize = 0;
+    fn write(&self, _: &mut Vec<f32>) {}
+    fn read(_: &[f32]) -> Self {}
+}
+
+impl ElemState for f32 {
+    const FLOATS: usize = 1;
+    fn write(&self, out: &mut Vec<f32>) {
+        out.push(*self);
+    }
+    fn read(values: &[f32]) -> Self {
+        values[0]
+    }
+}
+
+impl ElemState for [f32; 2] {
+    const FLOATS: usize = 2;
+    fn write(&self, out: &mut Vec<f32>) {
+        out.extend_from_slice(self);
+    }
+    fn read(values: &[f32]) -> Self {
+        [values[0], values[1]]
+    }
+}
+
+/// A record of scalars (one per group, or per unit of an algorithm), `#[repr(C)]`: the same
+/// struct, field for field, is what its kernels read and write on a GPU.
+pub trait Record: Copy + Default + Send + Sync + 'static {}
+
+/// The record of a rule that reads none.
+impl Record for () {}
+
+/// What a fused pass does to one element, and its kernel.
+pub trait ElementRule: 'static {
+    type State: ElemState;
+    /// Scalars passed by value to every launch (`#[repr(C)]`: the kernel's argument).
+    type Coeffs: Copy + Send + Sync + 'static;
+    /// The per-group record the rule reads at run time (`()`: none). On a GPU it lives in
+    /// device memory, written by a solve kernel, so no step has to read it back to the host.
+    type Record: Record;
+    /// What the per-element function needs, formed once per launch from both.
+    type Prepared: Copy + Send + Sync;
+    /// The kernel (cuda/*.cu) that runs `prepare` then `advance` on every element.
+    const KERNEL: &'static str;
+    fn prepare(c: &Self::Coeffs, r: &Self::Record) -> Self::Prepared;
+    /// Advances one element's state and returns its displacement (`θ ← θ − displacement`).
+    fn advance(p: &Self::Prepared, g: f32, theta: f32, state: &mut Self::State) -> f32;
+    /// The displacement of the step just taken, from the advanced state (GI's second pass).
+    fn delta(p: &Self::Prepared, g: f32, theta: f32, state: &Self::State) -> f32;
+}
+
+/// Two products per element summed over a tensor (in f64 lanes), advancing the element's
+/// state on the way: `Σ_i dot(g_i, θ_i, state_i)`.
+pub trait DotRule: 'static {
+    type State: ElemState;
+    type Coeffs: Copy + Send + Sync + 'static;
+    type Record: Record;
+    type Prepared: Copy + Send + Sync;
+    const KERNEL: &'static str;
+    fn prepare(c: &Self::Coeffs, r: &Self::Record) -> Self::Prepared;
+    fn dot(p: &Self::Prepared, g: f32, theta: f32, state: &mut Self::State) -> [f64; 2];
+}
+
+/// The weights of the spread moments: per element `(w, y) = weights(state, g)` for the sums
+/// `[Σ w·spread, Σ w g g, Σ w g y, Σ w y y]`, `spread_j = Σ_i (k x_ij)² − N g_j²` the per-sample
+/// spread of column j (from Σg², or from the N × len rows). The state is only read.
+pub trait MomentRule: 'static {
+    type State: ElemState;
+    type Coeffs: Copy + Send + Sync + 'static;
+    type Record: Record;
+    type Prepared: Copy + Send + Sync;
+    const KERNEL: &'static str;
+    fn prepare(c: &Self::Coeffs, r: &Self::Record) -> Self::Prepared;
+    fn weights(p: &Self::Prepared, state: &Self::State, g: f32) -> (f32, f32);
+}
+
+/// A per-record scalar solve from the record's sums (its tensors' sums added in tensor order):
+/// a host loop on the CPU, one kernel launch on a GPU.
+pub trait SolveRule: 'static {
+    type Record: Record;
+    /// Per-record coefficients (options), kept in device memory beside the records.
+    type Coeffs: Record;
+    /// By-value scalars of one solve (the batch size, …).
+    type Params: Copy + Send + Sync + 'static;
+    const KERNEL: &'static str;
+    /// When any record's sums are not finite, refuse the step and change no record.
+    const REQUIRE_FINITE: bool;
+    fn solve(p: &Self::Params, c: &Self::Coeffs, sums: &[f64; 4], record: &mut Self::Record);
+}
+
+/// Where a caller's buffer lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Memory {
+    Host,
+    Cuda { ordinal: usize },
+}
+
+impl std::fmt::Display for Memory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Memory::Host => write!(f, "host memory"),
+            Memory::Cuda { ordinal } => write!(f, "the memory of CUDA device {ordinal}"),
+        }
+    }
+}
+
+/// A caller's read-only float32 buffer, borrowed for one call: a host slice (safe to make) or
+/// device memory (made only through the `unsafe` constructor, by the C boundary).
+#[derive(Clone, Copy)]
+pub struct Tensor<'a> {
+    ptr: *const f32,
+    len: usize,
+    memory: Memory,
+    _borrow: PhantomData<&'a [f32]>,
+}
+
+// SAFETY: a Tensor is a shared borrow of floats (host or device); sharing one across threads is
+// what sharing a `&[f32]` is.
+unsafe impl Send for Tensor<'_> {}
+unsafe impl Sync for Tensor<'_> {}
+
+impl<'a> Tensor<'a> {
+    pub fn host(slice: &'a [f32]) -> Self {
+        Tensor { ptr: slice.as_ptr(), len: slice.len(), memory: Memory::Host, _borrow: PhantomData }
+    }
+
+    /// # Safety
+    /// `ptr` addresses `len` floats in the memory of CUDA device `ordinal`, valid and not
+    /// written by anything else for `'a`.
+    pub unsafe fn cuda(ptr: *const f32, len: usize, ordinal: usize) -> Self {
+        Tensor { ptr, len, memory: Memory::Cuda { ordinal }, _borrow: PhantomData }
+    }
+
+    /// A caller's raw pointer in `memory` (the C boundary's one conversion).
+    ///
+    /// # Safety
+    /// `ptr` is non-null, aligned, and addresses `len` floats in `memory`, valid and not
+    /// written by anything else for `'a`.
+    pub unsafe fn from_raw(ptr: *const f32, len: usize, memory: Memory) -> Result<Self> {
+        check_buffer_len(len)?;
+        Ok(match memory {
+            // SAFETY: the caller's contract; the length fits a slice (checked).
+            Memory::Host => Tensor::host(unsafe { std::slice::from_raw_parts(ptr, len) }),
+            // SAFETY: the caller's contract.
+            Memory::Cuda { ordinal } => unsafe { Tensor::cuda(ptr, len, ordinal) },
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn memory(&self) -> Memory {
+        self.memory
+    }
+
+    /// The floats, when they are in host memory.
+    pub fn as_host(&self) -> Option<&'a [f32]> {
+        // SAFETY: a host Tensor was made from a slice of this length living for 'a.
+        (self.memory == Memory::Host).then(|| unsafe { std::slice::from_raw_parts(self.ptr, self.len) })
+    }
+
+    /// The device address (for a backend's launches).
+    #[cfg(feature = "cuda")]
+    pub(crate) fn address(&self) -> *const f32 {
+        self.ptr
+    }
+}
+
+impl<'a> From<&'a [f32]> for Tensor<'a> {
+    fn from(slice: &'a [f32]) -> Self {
+        Tensor::host(slice)
+    }
+}
+
+impl<'a> From<&'a Vec<f32>> for Tensor<'a> {
+    fn from(v: &'a Vec<f32>) -> Self {
+        Tensor::host(v)
+    }
+}
+
+/// A caller's float32 buffer updated in place, borrowed for one call (see [`Tensor`]).
+pub struct TensorMut<'a> {
+    ptr: *mut f32,
+    len: usize,
+    memory: Memory,
+    _borrow: PhantomData<&'a mut [f32]>,
+}
+
+// SAFETY: a TensorMut is an exclusive borrow, as `&mut [f32]` is.
+unsafe impl Send for TensorMut<'_> {}
+unsafe impl Sync for TensorMut<'_> {}
+
+impl<'a> TensorMut<'a> {
+    pub fn host(slice: &'a mut [f32]) -> Self {
+        TensorMut { ptr: slice.as_mut_ptr(), len: slice.len(), memory: Memory::Host, _borrow: PhantomData }
+    }
+
+    /// # Safety
+    /// `ptr` addresses `len` floats in the memory of CUDA device `ordinal`, valid and used by
+    /// nothing else for `'a`.
+    pub unsafe fn cuda(ptr: *mut f32, len: usize, ordinal: usize) -> Self {
+        TensorMut { ptr, len, memory: Memory::Cuda { ordinal }, _borrow: PhantomData }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn memory(&self) -> Memory {
+        self.memory
+    }
+
+    /// A caller's raw pointer in `memory` (the C boundary's one conversion).
+    ///
+    /// # Safety
+    /// `ptr` is non-null, aligned, and addresses `len` floats in `memory`, valid and used by
+    /// nothing else for `'a`.
+    pub unsafe fn from_raw(ptr: *mut f32, len: usize, memory: Memory) -> Result<Self> {
+        check_buffer_len(len)?;
+        Ok(match memory {
+            // SAFETY: the caller's contract; the length fits a slice (checked).
+            Memory::Host => TensorMut::host(unsafe { std::slice::from_raw_parts_mut(ptr, len) }),
+            // SAFETY: the caller's contract.
+            Memory::Cuda { ordinal } => unsafe { TensorMut::cuda(ptr, len, ordinal) },
+        })
+    }
+
+    /// A read-only view for this borrow.
+    pub fn view(&self) -> Tensor<'_> {
+        Tensor { ptr: self.ptr, len: self.len, memory: self.memory, _borrow: PhantomData }
+    }
+
+    pub fn as_host(&self) -> Option<&[f32]> {
+        // SAFETY: a host TensorMut was made from a slice of this length living for 'a.
+        (self.memory == Memory::Host).then(|| unsafe { std::slice::from_raw_parts(self.ptr, self.len) })
+    }
+
+    pub fn as_host_mut(&mut self) -> Option<&mut [f32]> {
+        // SAFETY: as in as_host; `&mut self` makes this the only borrow.
+        (self.memory == Memory::Host).then(|| unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) })
+    }
+
+    #[cfg(feature = "cuda")]
+    pub(crate) fn address(&self) -> *mut f32 {
+        self.ptr
+    }
+}
+
+impl<'a> From<&'a mut [f32]> for TensorMut<'a> {
+    fn from(slice: &'a mut [f32]) -> Self {
+        TensorMut::host(slice)
+    }
+}
+
+/// No buffer can hold more than `isize::MAX` bytes: a longer length is a caller's bug (a wrong
+/// batch size, say), refused before any slice is formed from it.
+fn check_buffer_len(len: usize) -> Result<()> {
+    if len > isize::MAX as usize / std::mem::size_of::<f32>() {
+        return Err(Error::invalid(format!("a buffer of {len} floats is larger than any memory can hold; check the sizes (batch_size?)")));
+    }
+    Ok(())
+}
+
+/// Per-sample data of one tensor as a moments pass reads it.
+#[derive(Clone, Copy)]
+pub enum SampleTensor<'a> {
+    /// `Σ_i (k g_i)²`, len floats.
+    SumSq(Tensor<'a>),
+    /// The row-major `N × len` matrix of `k g_i`.
+    Rows(Tensor<'a>),
+}
+
+/// One tensor's per-sample data with its batch size `n` and scale `k` (each entry is `k·g_i`).
+#[derive(Clone, Copy)]
+pub struct SampleView<'a> {
+    pub data: SampleTensor<'a>,
+    pub n: usize,
+    pub k: f64,
+}
+
+/// An error a device found after the step that caused it had returned (GPU steps never
+/// synchronise): that step and every later one up to the read changed nothing.
+#[derive(Debug)]
+pub struct Deferred {
+    pub error: Error,
+    /// Steps enqueued since (and including) the one that found it, none of which ran.
+    pub discarded_steps: u64,
+}
+
+/// The primitives every algorithm is written over.
+pub trait Device: Clone + Send + Sync + 'static {
+    /// A tensor's per-element state.
+    type State<S: ElemState>: Send + Sync;
+    /// Records of scalars (per group or per unit).
+    type Records<R: Record>: Send + Sync;
+    /// Per-tensor sums of a reduction pass, read by a solve.
+    type Sums: Send + Sync;
+
+    fn memory(&self) -> Memory;
+
+    /// Checks that the device has the named kernels (at creation, so a missing one is an error
+    /// then, not at the first step).
+    fn require(&self, kernels: &[&'static str]) -> Result<()>;
+
+    /// A zeroed state of `len` elements.
+    fn alloc<S: ElemState>(&self, len: usize) -> Result<Self::State<S>>;
+    fn read_state<S: ElemState>(&self, state: &Self::State<S>) -> Result<Vec<S>>;
+    fn write_state<S: ElemState>(&self, state: &mut Self::State<S>, values: &[S]) -> Result<()>;
+
+    fn records<R: Record>(&self, values: &[R]) -> Result<Self::Records<R>>;
+    fn read_records<R: Record>(&self, records: &Self::Records<R>) -> Result<Vec<R>>;
+    fn write_records<R: Record>(&self, records: &mut Self::Records<R>, values: &[R]) -> Result<()>;
+
+    /// Sums for tensors of `lens`, where record `r` adds the tensors `owners[r]` in that order.
+    fn sums(&self, lens: &[usize], owners: &[Vec<usize>]) -> Result<Self::Sums>;
+
+    /// `θ ← θ − advance(…)` over one tensor, advancing its state (record `at` of `records`).
+    fn update<R: ElementRule>(
+        &self,
+        c: &R::Coeffs,
+        records: &Self::Records<R::Record>,
+        at: usize,
+        param: &mut TensorMut,
+        grad: &Tensor,
+        state: &mut Self::State<R::State>,
+    ) -> Result<()>;
+
+    /// Advances the state as `update` would, leaves θ alone, and returns `Σ g·displacement`
+    /// (GI's proposal: it needs the sum on the host).
+    fn advance_dot<R: ElementRule>(
+        &self,
+        c: &R::Coeffs,
+        records: &Self::Records<R::Record>,
+        at: usize,
+        param: &TensorMut,
+        grad: &Tensor,
+        state: &mut Self::State<R::State>,
+    ) -> Result<f64>;
+
+    /// `θ ← θ − scale·delta(…)` from the already advanced state (GI's second pass).
+    #[allow(clippy::too_many_arguments)] // one tensor's buffers and the rule's scalars, as `update`
+    fn apply_scaled<R: ElementRule>(
+        &self,
+        c: &R::Coeffs,
+        records: &Self::Records<R::Record>,
+        at: usize,
+        param: &mut TensorMut,
+        grad: &Tensor,
+        state: &Self::State<R::State>,
+        scale: f32,
+    ) -> Result<()>;
+
+    /// The two dots of `R` over one tensor into `sums` (slots 0 and 1 of tensor `tensor`).
+    #[allow(clippy::too_many_arguments)] // one tensor's buffers, the rule's scalars, the output
+    fn dots<R: DotRule>(
+        &self,
+        c: &R::Coeffs,
+        records: &Self::Records<R::Record>,
+        at: usize,
+        param: &Tensor,
+        grad: &Tensor,
+        state: &mut Self::State<R::State>,
+        sums: &mut Self::Sums,
+        tensor: usize,
+    ) -> Result<()>;
+
+    /// The spread moments of `M` over one tensor into `sums` (all four slots of `tensor`). A
+    /// negative Σg² entry makes the first sum NaN.
+    #[allow(clippy::too_many_arguments)] // one tensor's buffers, the rule's scalars, the output
+    fn moments<M: MomentRule>(
+        &self,
+        c: &M::Coeffs,
+        records: &Self::Records<M::Record>,
+        at: usize,
+        grad: &Tensor,
+        state: &Self::State<M::State>,
+        samples: &SampleView,
+        sums: &mut Self::Sums,
+        tensor: usize,
+    ) -> Result<()>;
+
+    /// `S::solve` for every record from its sums. With `S::REQUIRE_FINITE`, a record whose
+    /// sums are not finite stops the step before any record changes: `Ok(Some(r))` names it
+    /// where the device can tell at once (CPU); a GPU sets its status word instead.
+    fn solve<S: SolveRule>(
+        &self,
+        p: &S::Params,
+        coeffs: &Self::Records<S::Coeffs>,
+        records: &mut Self::Records<S::Record>,
+        sums: &Self::Sums,
+    ) -> Result<Option<usize>>;
+
+    /// Checks an input: every value finite, or (with `non_negative`) none negative. The CPU
+    /// answers at once, naming the element; a GPU enqueues the check and reports through its
+    /// status word.
+    fn check(&self, what: &str, tensor: usize, x: &Tensor, non_negative: bool) -> Result<()>;
+
+    /// Marks the start of a step (the status word records which step found bad input).
+    fn begin_step(&self);
+
+    /// Whether the work enqueued now is being captured into a graph (CUDA graphs), where by-value
+    /// scalars would be replayed as captured.
+    fn capturing(&self) -> Result<bool>;
+
+    /// Reads the status word: an error found since the last read, once.
+    fn settle(&self) -> std::result::Result<(), Deferred>;
+}
+
+/// The device an optimizer was created on.
+#[derive(Clone)]
+pub enum AnyDevice {
+    Cpu(cpu::Cpu),
+    #[cfg(feature = "cuda")]
+    Cuda(cuda::Cuda),
+}
+
+/// The kinds of device an algorithm may run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceKind {
+    Cpu,
+    Cuda,
+}
+
+/// A device to open for an optimizer: the CPU, or a CUDA device with the caller's stream.
+pub struct DeviceSpec(Spec);
+
+enum Spec {
+    Cpu,
+    #[cfg(feature = "cuda")]
+    Cuda {
+        ordinal: i32,
+        stream: *mut std::ffi::c_void,
+    },
+}
+
+impl DeviceSpec {
+    pub fn cpu() -> Self {
+        DeviceSpec(Spec::Cpu)
+    }
+
+    /// CUDA device `ordinal`, stepping on the caller's `stream` (a `CUstream`; null: the
+    /// legacy default stream). ALR_UNSUPPORTED on a build without the `cuda` feature.
+    ///
+    /// # Safety
+    /// `stream` is null or a stream of that device's primary context, alive while the
+    /// optimizer opened from this is.
+    #[allow(unused_variables)] // without the `cuda` feature nothing reads them
+    pub unsafe fn cuda(ordinal: i32, stream: *mut std::ffi::c_void) -> Result<Self> {
+        #[cfg(feature = "cuda")]
+        return Ok(DeviceSpec(Spec::Cuda { ordinal, stream }));
+        #[cfg(not(feature = "cuda"))]
+        Err(Error::unsupported("this build of autolr has no CUDA backend (built without the `cuda` feature): create the optimizer on ALR_DEVICE_CPU"))
+    }
+
+    pub fn kind(&self) -> DeviceKind {
+        match self.0 {
+            Spec::Cpu => DeviceKind::Cpu,
+            #[cfg(feature = "cuda")]
+            Spec::Cuda { .. } => DeviceKind::Cuda,
+        }
+    }
+
+    /// Opens the device: ALR_CUDA_ERROR without a driver or such a device.
+    pub fn open(self) -> Result<AnyDevice> {
+        match self.0 {
+            Spec::Cpu => Ok(AnyDevice::Cpu(cpu::Cpu)),
+            // SAFETY: the contract of `DeviceSpec::cuda`.
+            #[cfg(feature = "cuda")]
+            Spec::Cuda { ordinal, stream } => Ok(AnyDevice::Cuda(unsafe { cuda::Cuda::open(ordinal, stream)? })),
+        }
+    }
+}
+
+impl AnyDevice {
+    pub fn kind(&self) -> DeviceKind {
+        match self {
+            AnyDevice::Cpu(_) => DeviceKind::Cpu,
+            #[cfg(feature = "cuda")]
+            AnyDevice::Cuda(_) => DeviceKind::Cuda,
+        }
+    }
+
+    pub fn memory(&self) -> Memory {
+        match self {
+            AnyDevice::Cpu(d) => d.memory(),
+            #[cfg(feature = "cuda")]
+            AnyDevice::Cuda(d) => d.memory(),
+        }
+    }
+
+    pub fn check(&self, what: &str, tensor: usize, x: &Tensor, non_negative: bool) -> Result<()> {
+        match self {
+            AnyDevice::Cpu(d) => d.check(what, tensor, x, non_negative),
+            #[cfg(feature = "cuda")]
+            AnyDevice::Cuda(d) => d.check(what, tensor, x, non_negative),
+        }
+    }
+
+    pub fn begin_step(&self) {
+        match self {
+            AnyDevice::Cpu(d) => d.begin_step(),
+            #[cfg(feature = "cuda")]
+            AnyDevice::Cuda(d) => d.begin_step(),
+        }
+    }
+
+    pub fn settle(&self) -> std::result::Result<(), Deferred> {
+        match self {
+            AnyDevice::Cpu(d) => d.settle(),
+            #[cfg(feature = "cuda")]
+            AnyDevice::Cuda(d) => d.settle(),
+        }
+    }
+}
+
+/// The parameters as host slices, for the algorithms that run on the CPU only (their callbacks
+/// and passes read host memory).
+pub fn host_params<'t>(params: &'t [TensorMut]) -> Result<Vec<&'t [f32]>> {
+    params.iter().map(|p| p.as_host().ok_or_else(|| not_host(p.memory()))).collect()
+}
+
+pub fn host_params_mut<'t>(params: &'t mut [TensorMut]) -> Result<Vec<&'t mut [f32]>> {
+    params
+        .iter_mut()
+        .map(|p| {
+            let memory = p.memory();
+            p.as_host_mut().ok_or_else(|| not_host(memory))
+        })
+        .collect()
+}
+
+fn not_host(memory: Memory) -> Error {
+    Error::unsupported(format!("this algorithm runs on the CPU only: its buffers must be in host memory, not in {memory}"))
+}

@@ -5,17 +5,19 @@ use crate::options::{OptionSpec, Options};
 
 pub struct Adagrad;
 
-/// `#[repr(C)]`: the same struct, field for field, is the kernel argument in cuda/fixed_rate.cu.
+/// `#[repr(C)]`: the same struct, field for field, is the kernel argument in cuda/fixed_rate.cu
+/// (layout checked against it by `registry`'s tests).
 #[derive(Clone, Copy)]
 #[repr(C)]
 pub struct AdagradCoeffs {
-    lr: f32,
-    weight_decay: f32,
-    eps: f32,
+    pub(crate) lr: f32,
+    pub(crate) weight_decay: f32,
+    pub(crate) eps: f32,
 }
 
 impl Rule for Adagrad {
     const NAME: &'static str = "adagrad";
+    const KERNEL: &'static str = "alr_adagrad_step";
     type State = f32;
     type Coeffs = AdagradCoeffs;
 

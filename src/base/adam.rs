@@ -9,23 +9,24 @@ use crate::options::{OptionSpec, Options};
 /// `DECOUPLED = false`: Adam; `true`: AdamW.
 pub struct Adam<const DECOUPLED: bool>;
 
-/// `#[repr(C)]`: the same struct, field for field, is the kernel argument in cuda/fixed_rate.cu.
+/// `#[repr(C)]`: the same struct, field for field, is the kernel argument in cuda/fixed_rate.cu
+/// (layout checked against it by `registry`'s tests).
 #[derive(Clone, Copy)]
 #[repr(C)]
 pub struct AdamCoeffs {
-    weight_decay: f32,
-    beta1: f32,
-    beta2: f32,
+    pub(crate) weight_decay: f32,
+    pub(crate) beta1: f32,
+    pub(crate) beta2: f32,
     /// 1 − β1 and 1 − β2, formed in f64: 1 − (β as f32) would be off by ~1e-5 relative (as torch does it).
-    one_minus_beta1: f32,
-    one_minus_beta2: f32,
+    pub(crate) one_minus_beta1: f32,
+    pub(crate) one_minus_beta2: f32,
     /// η / (1 − β1^t)
-    step_size: f32,
+    pub(crate) step_size: f32,
     /// 1 / √(1 − β2^t)
-    inv_sqrt_bias2: f32,
-    eps: f32,
+    pub(crate) inv_sqrt_bias2: f32,
+    pub(crate) eps: f32,
     /// η λ (AdamW only; 0 for Adam)
-    decoupled_decay: f32,
+    pub(crate) decoupled_decay: f32,
 }
 
 /// The Adam specs; also AutoAdam's `beta2`/`eps`, hence public.
@@ -41,6 +42,8 @@ pub fn adam_specs() -> Vec<OptionSpec> {
 
 impl<const DECOUPLED: bool> Rule for Adam<DECOUPLED> {
     const NAME: &'static str = if DECOUPLED { "adamw" } else { "adam" };
+    // AdamW is Adam's kernel with the decoupled decay in its coefficients.
+    const KERNEL: &'static str = "alr_adam_step";
     type State = [f32; 2];
     type Coeffs = AdamCoeffs;
 

@@ -8,8 +8,10 @@ pub mod momentum;
 pub mod rmsprop;
 pub mod sgd;
 
+use std::marker::PhantomData;
+
 use crate::algorithm::{Accepts, Algorithm, Context};
-use crate::backend::cpu::{self, ElemState};
+use crate::backend::{cpu, Device, ElemState, ElementRule, TensorMut};
 use crate::checkpoint::{Reader, Writer};
 use crate::error::Result;
 use crate::optimizer::{Callbacks, StepInputs};
@@ -18,10 +20,13 @@ use crate::options::{OptionSpec, Options};
 /// One fixed-rate rule: `θ ← θ − delta(g, θ, state)` with the learning rate folded into `Coeffs`.
 pub trait Rule: Send + Sync + 'static {
     const NAME: &'static str;
+    /// The kernel of `advance` in cuda/fixed_rate.cu.
+    const KERNEL: &'static str;
     /// Per-element state (ALGORITHMS.md §0's "state" column, nothing more).
     type State: ElemState;
-    /// Per-group scalars of one step (learning rate, bias corrections, …).
-    type Coeffs: Copy;
+    /// Per-group scalars of one step (learning rate, bias corrections, …); `#[repr(C)]`, the
+    /// kernel's argument.
+    type Coeffs: Copy + Send + Sync + 'static;
 
     fn specs() -> Vec<OptionSpec>;
 
@@ -31,11 +36,11 @@ pub trait Rule: Send + Sync + 'static {
     /// Advances one element's state and returns its displacement `delta` (`θ ← θ − delta`).
     fn advance(c: &Self::Coeffs, g: f32, theta: f32, state: &mut Self::State) -> f32;
 
-    /// The displacement of the step just taken, from the advanced state (GI's second pass).
-    fn delta(c: &Self::Coeffs, g: f32, theta: f32, state: &Self::State) -> f32;
-
     /// Whether a loaded element state is one the rule can produce (checkpoints).
     fn possible(state: &Self::State) -> bool;
+
+    /// The displacement of the step just taken, from the advanced state (GI's second pass).
+    fn delta(c: &Self::Coeffs, g: f32, theta: f32, state: &Self::State) -> f32;
 
     /// Combinations of options the ranges alone cannot reject (checked before every step).
     fn check_options(_options: &Options, _group: usize) -> Result<()> {
@@ -48,27 +53,60 @@ pub trait Rule: Send + Sync + 'static {
     }
 }
 
+/// A rule as the device's elementwise pass runs it: all its scalars come by value.
+pub struct Fixed<R>(PhantomData<R>);
+
+impl<R: Rule> ElementRule for Fixed<R> {
+    type State = R::State;
+    type Coeffs = R::Coeffs;
+    type Record = ();
+    type Prepared = R::Coeffs;
+    const KERNEL: &'static str = R::KERNEL;
+    #[inline(always)]
+    fn prepare(c: &R::Coeffs, _: &()) -> R::Coeffs {
+        *c
+    }
+    #[inline(always)]
+    fn advance(c: &R::Coeffs, g: f32, theta: f32, state: &mut R::State) -> f32 {
+        R::advance(c, g, theta, state)
+    }
+    #[inline(always)]
+    fn delta(c: &R::Coeffs, g: f32, theta: f32, state: &R::State) -> f32 {
+        R::delta(c, g, theta, state)
+    }
+}
+
 /// A rule run with its `lr` option — or with a unit learning rate when GI wraps it and owns η.
-pub struct FixedRate<R: Rule> {
+pub struct FixedRate<R: Rule, D: Device> {
+    device: D,
     /// Per tensor, per element.
-    states: Vec<Vec<R::State>>,
+    states: Vec<D::State<R::State>>,
+    /// The rule reads no record; the device's passes take one all the same.
+    no_record: D::Records<()>,
     /// Per group: steps taken (Adam's bias correction, momentum's first step).
     steps: Vec<u64>,
     unit_lr: bool,
 }
 
-impl<R: Rule> FixedRate<R> {
-    pub fn new(lens: &[usize], n_groups: usize, unit_lr: bool) -> Result<Self> {
-        Ok(FixedRate { states: cpu::filled_per_tensor(lens, R::State::default())?, steps: vec![0; n_groups], unit_lr })
+impl<R: Rule, D: Device> FixedRate<R, D> {
+    pub fn new(device: &D, lens: &[usize], n_groups: usize, unit_lr: bool) -> Result<Self> {
+        device.require(&[R::KERNEL])?;
+        Ok(FixedRate {
+            states: lens.iter().map(|&len| device.alloc(len)).collect::<Result<_>>()?,
+            no_record: device.records(&[()])?,
+            device: device.clone(),
+            steps: vec![0; n_groups],
+            unit_lr,
+        })
     }
 
-    fn coeffs(&self, ctx: &Context, group: usize) -> R::Coeffs {
+    fn coeffs(&self, ctx: &Context, group: usize, t: u64) -> R::Coeffs {
         let lr = if self.unit_lr { 1.0 } else { ctx.options.get(group, "lr") };
-        R::coeffs(ctx.options, group, self.steps[group], lr)
+        R::coeffs(ctx.options, group, t, lr)
     }
 }
 
-impl<R: Rule> Algorithm for FixedRate<R> {
+impl<R: Rule, D: Device> Algorithm for FixedRate<R, D> {
     fn name(&self) -> &'static str {
         R::NAME
     }
@@ -78,72 +116,82 @@ impl<R: Rule> Algorithm for FixedRate<R> {
     }
 
     fn check(&self, ctx: &Context, _inputs: &StepInputs, _cb: &Callbacks) -> Result<()> {
+        // A graph would replay the coefficients (learning rate, bias correction, step number)
+        // of the step it captured; AutoOpt's live on the device and replay correctly.
+        crate::algorithm::refuse_capture(&self.device, R::NAME, "its coefficients")?;
         (0..ctx.layout.n_groups()).try_for_each(|group| R::check_options(ctx.options, group))
     }
 
-    fn propose(&mut self, ctx: &Context, params: &[&mut [f32]], inputs: &StepInputs, _cb: &mut Callbacks) -> Result<f64> {
+    fn propose(&mut self, ctx: &Context, params: &[TensorMut], inputs: &StepInputs, _cb: &mut Callbacks) -> Result<f64> {
         let mut g_dot_s = 0.0;
         for (group, members) in ctx.layout.members.iter().enumerate() {
             self.steps[group] += 1;
-            let c = self.coeffs(ctx, group);
+            let c = self.coeffs(ctx, group, self.steps[group]);
             for &t in members {
-                g_dot_s += cpu::advance_dot(params[t], inputs.grads[t], &mut self.states[t], |g, theta, st| R::advance(&c, g, theta, st));
+                g_dot_s += self.device.advance_dot::<Fixed<R>>(&c, &self.no_record, 0, &params[t], &inputs.grads[t], &mut self.states[t])?;
             }
         }
         Ok(g_dot_s)
     }
 
-    fn apply(&self, ctx: &Context, params: &mut [&mut [f32]], inputs: &StepInputs, scale: f32) {
+    fn apply(&self, ctx: &Context, params: &mut [TensorMut], inputs: &StepInputs, scale: f32) -> Result<()> {
         for (group, members) in ctx.layout.members.iter().enumerate() {
-            let c = self.coeffs(ctx, group);
+            let c = self.coeffs(ctx, group, self.steps[group]);
             for &t in members {
-                cpu::apply_scaled(params[t], inputs.grads[t], &self.states[t], scale, |g, theta, st| R::delta(&c, g, theta, st));
-            }
-        }
-    }
-
-    fn step(&mut self, ctx: &Context, params: &mut [&mut [f32]], inputs: &StepInputs, _cb: &mut Callbacks) -> Result<()> {
-        for (group, members) in ctx.layout.members.iter().enumerate() {
-            self.steps[group] += 1;
-            let c = self.coeffs(ctx, group);
-            for &t in members {
-                cpu::update(params[t], inputs.grads[t], &mut self.states[t], |g, theta, st| R::advance(&c, g, theta, st));
+                self.device.apply_scaled::<Fixed<R>>(&c, &self.no_record, 0, &mut params[t], &inputs.grads[t], &self.states[t], scale)?;
             }
         }
         Ok(())
     }
 
-    fn lr(&self, ctx: &Context, group: usize) -> f64 {
-        if self.unit_lr {
-            1.0
-        } else {
-            ctx.options.get(group, "lr")
+    fn step(&mut self, ctx: &Context, params: &mut [TensorMut], inputs: &StepInputs, _cb: &mut Callbacks) -> Result<()> {
+        for (group, members) in ctx.layout.members.iter().enumerate() {
+            let t = self.steps[group] + 1;
+            let c = self.coeffs(ctx, group, t);
+            for &tensor in members {
+                self.device.update::<Fixed<R>>(&c, &self.no_record, 0, &mut params[tensor], &inputs.grads[tensor], &mut self.states[tensor])?;
+            }
+            // Counted once its launches are enqueued: a failed launch counts no step.
+            self.steps[group] = t;
         }
+        Ok(())
     }
 
-    fn momentum(&self, ctx: &Context, group: usize) -> f64 {
-        R::momentum(ctx.options, group)
+    fn discard_steps(&mut self, n: u64) {
+        self.steps.iter_mut().for_each(|s| *s = s.saturating_sub(n));
     }
 
-    fn telemetry(&self, _ctx: &Context, group: usize) -> Vec<(&'static str, f64)> {
+    fn lr(&self, ctx: &Context, group: usize) -> Result<f64> {
+        Ok(if self.unit_lr { 1.0 } else { ctx.options.get(group, "lr") })
+    }
+
+    fn momentum(&self, ctx: &Context, group: usize) -> Result<f64> {
+        Ok(R::momentum(ctx.options, group))
+    }
+
+    fn telemetry(&self, _ctx: &Context, group: usize) -> Result<Vec<(&'static str, f64)>> {
         // The learning rate is alr_get_lr's; under GI it would read 1 here and confuse.
-        vec![("steps", self.steps[group] as f64)]
+        Ok(vec![("steps", self.steps[group] as f64)])
     }
 
-    fn started(&self) -> bool {
-        self.steps.iter().any(|&s| s > 0)
+    fn started(&self) -> Result<bool> {
+        Ok(self.steps.iter().any(|&s| s > 0))
     }
 
-    fn save(&self, w: &mut Writer) {
+    fn save(&self, w: &mut Writer) -> Result<()> {
         w.counts(&self.steps);
         for s in &self.states {
-            w.f32s(&cpu::states_to_floats(s));
+            w.f32s(&cpu::states_to_floats(&self.device.read_state(s)?));
         }
+        Ok(())
     }
 
     fn load(&mut self, ctx: &Context, r: &mut Reader) -> Result<()> {
         let (steps, states) = read_fixed_rate::<R>(ctx, r)?;
-        (self.steps, self.states) = (steps, states);
+        for (buffer, values) in self.states.iter_mut().zip(&states) {
+            self.device.write_state(buffer, values)?;
+        }
+        self.steps = steps;
         Ok(())
     }
 }

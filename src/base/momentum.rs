@@ -8,22 +8,24 @@ use crate::options::{OptionSpec, Options};
 
 pub struct Momentum;
 
-/// `#[repr(C)]`: the same struct, field for field, is the kernel argument in cuda/fixed_rate.cu.
+/// `#[repr(C)]`: the same struct, field for field, is the kernel argument in cuda/fixed_rate.cu
+/// (layout checked against it by `registry`'s tests).
 #[derive(Clone, Copy)]
 #[repr(C)]
 pub struct MomentumCoeffs {
-    lr: f32,
-    weight_decay: f32,
-    mu: f32,
+    pub(crate) lr: f32,
+    pub(crate) weight_decay: f32,
+    pub(crate) mu: f32,
     /// Multiplier of the old buffer: μ, or 0 on the first step (torch clones g into the buffer).
-    keep: f32,
+    pub(crate) keep: f32,
     /// Multiplier of g in the buffer: 1 − dampening, or 1 on the first step.
-    gain: f32,
-    nesterov: bool,
+    pub(crate) gain: f32,
+    pub(crate) nesterov: bool,
 }
 
 impl Rule for Momentum {
     const NAME: &'static str = "momentum";
+    const KERNEL: &'static str = "alr_momentum_step";
     type State = f32;
     type Coeffs = MomentumCoeffs;
 

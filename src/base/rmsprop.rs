@@ -5,30 +5,27 @@ use crate::options::{OptionSpec, Options};
 
 pub struct RmsProp;
 
-/// `#[repr(C)]`: the same struct, field for field, is the kernel argument in cuda/fixed_rate.cu.
+/// `#[repr(C)]`: the same struct, field for field, is the kernel argument in cuda/fixed_rate.cu
+/// (layout checked against it by `registry`'s tests).
 #[derive(Clone, Copy)]
 #[repr(C)]
 pub struct RmsPropCoeffs {
-    lr: f32,
-    weight_decay: f32,
-    alpha: f32,
+    pub(crate) lr: f32,
+    pub(crate) weight_decay: f32,
+    pub(crate) alpha: f32,
     /// 1 − α formed in f64 (see adam.rs).
-    one_minus_alpha: f32,
-    eps: f32,
+    pub(crate) one_minus_alpha: f32,
+    pub(crate) eps: f32,
 }
 
 impl Rule for RmsProp {
     const NAME: &'static str = "rmsprop";
+    const KERNEL: &'static str = "alr_rmsprop_step";
     type State = f32;
     type Coeffs = RmsPropCoeffs;
 
     fn specs() -> Vec<OptionSpec> {
-        vec![
-            OptionSpec::non_negative("lr", 1e-2),
-            OptionSpec::fraction("alpha", 0.99),
-            OptionSpec::positive("eps", 1e-8),
-            WEIGHT_DECAY,
-        ]
+        vec![OptionSpec::non_negative("lr", 1e-2), OptionSpec::fraction("alpha", 0.99), OptionSpec::positive("eps", 1e-8), WEIGHT_DECAY]
     }
 
     fn coeffs(o: &Options, group: usize, _t: u64, lr: f64) -> RmsPropCoeffs {

@@ -5,16 +5,18 @@ use crate::options::{OptionSpec, Options};
 
 pub struct Sgd;
 
-/// `#[repr(C)]`: the same struct, field for field, is the kernel argument in cuda/fixed_rate.cu.
+/// `#[repr(C)]`: the same struct, field for field, is the kernel argument in cuda/fixed_rate.cu
+/// (layout checked against it by `registry`'s tests).
 #[derive(Clone, Copy)]
 #[repr(C)]
 pub struct SgdCoeffs {
-    lr: f32,
-    weight_decay: f32,
+    pub(crate) lr: f32,
+    pub(crate) weight_decay: f32,
 }
 
 impl Rule for Sgd {
     const NAME: &'static str = "sgd";
+    const KERNEL: &'static str = "alr_sgd_step";
     type State = ();
     type Coeffs = SgdCoeffs;
 

@@ -7,6 +7,7 @@
 
 use super::handle::{self, AlrOptimizer};
 use super::{c_str, guard, non_null};
+use crate::backend::{DeviceSpec, Tensor, TensorMut};
 use crate::error::{AlrStatus, Error};
 use crate::optimizer::{Callbacks, GradFn, LossFn, Optimizer, SampleData, SampleScale, Samples, StepInputs};
 use std::collections::HashMap;
@@ -64,8 +65,7 @@ pub type AlrLossFn = Option<unsafe extern "C" fn(user_data: *mut c_void, params:
 /// Writes the gradient of the loss on the current batch at `params` (library-owned shifted
 /// copies of the parameters) into `grads_out` (`n_tensors` buffers of the registered sizes,
 /// provided by the library); returns 0 on success. The same rules as for `AlrLossFn` apply.
-pub type AlrGradFn =
-    Option<unsafe extern "C" fn(user_data: *mut c_void, params: *const *const f32, grads_out: *const *mut f32, n_tensors: usize) -> i32>;
+pub type AlrGradFn = Option<unsafe extern "C" fn(user_data: *mut c_void, params: *const *const f32, grads_out: *const *mut f32, n_tensors: usize) -> i32>;
 
 /// Arguments of `alr_step`. Set `struct_size = sizeof(AlrStepArgs)`; zero-initialise the
 /// struct and fill what the algorithm uses. Every array holds `n_tensors` pointers in
@@ -101,9 +101,7 @@ pub struct AlrStepArgs {
 
 pub(crate) fn check_struct_size(given: usize, needed: usize, what: &str) -> Result<(), Error> {
     if given < needed {
-        return Err(Error::invalid(format!(
-            "{what}.struct_size is {given}, this library needs at least {needed}: set it to sizeof({what})"
-        )));
+        return Err(Error::invalid(format!("{what}.struct_size is {given}, this library needs at least {needed}: set it to sizeof({what})")));
     }
     Ok(())
 }
@@ -142,9 +140,9 @@ pub(crate) fn sample_scale(value: i32) -> Result<SampleScale, Error> {
     match value {
         v if v == AlrSampleScale::AlrScaleSample as i32 => Ok(SampleScale::Sample),
         v if v == AlrSampleScale::AlrScaleMean as i32 => Ok(SampleScale::Mean),
-        v => Err(Error::invalid(format!(
-            "per_sample_scale is {v}; accepted: ALR_SCALE_SAMPLE (0, g_i of each sample's own loss) or ALR_SCALE_MEAN (1, g_i/N)"
-        ))),
+        v => {
+            Err(Error::invalid(format!("per_sample_scale is {v}; accepted: ALR_SCALE_SAMPLE (0, g_i of each sample's own loss) or ALR_SCALE_MEAN (1, g_i/N)")))
+        }
     }
 }
 
@@ -226,26 +224,19 @@ pub extern "C" fn alr_create(args: *const AlrCreateArgs, out: *mut *mut AlrOptim
     })
 }
 
-/// This build has no CUDA backend.
-#[cfg(not(feature = "cuda"))]
-fn on_cuda(_name: &str, _lens: &[usize], _groups: Option<&[usize]>, _args: &AlrCreateArgs) -> Result<Optimizer, Error> {
-    Err(Error::unsupported("this build of autolr has no CUDA backend (built without the `cuda` feature): create the optimizer on ALR_DEVICE_CPU"))
-}
-
 /// An optimizer on CUDA device `args.device_ordinal`, stepping on `args.stream`.
-#[cfg(feature = "cuda")]
 fn on_cuda(name: &str, lens: &[usize], groups: Option<&[usize]>, args: &AlrCreateArgs) -> Result<Optimizer, Error> {
-    let stream = crate::backend::cuda::Stream::new(args.stream);
-    Optimizer::new_on_cuda(name, lens, groups, args.device_ordinal, stream)
+    // SAFETY: the header documents that `stream` is NULL or a stream of that device, alive
+    // while the optimizer is.
+    let device = unsafe { DeviceSpec::cuda(args.device_ordinal, args.stream) }?;
+    Optimizer::on(device, name, lens, groups)
 }
 
 /// Frees an optimizer. NULL is a no-op. Returns ALR_OK, or ALR_INVALID_ARGUMENT for a handle
 /// that is not live (already destroyed or never created) — nothing is freed then.
 #[no_mangle]
 pub extern "C" fn alr_destroy(opt: *mut AlrOptimizer) -> AlrStatus {
-    guard("alr_destroy", || {
-        handle::destroy(opt)
-    })
+    guard("alr_destroy", || handle::destroy(opt))
 }
 
 /// Sets option `name` to `value` for every group. Flags take 0 or 1. Returns ALR_OK,
@@ -377,21 +368,25 @@ pub(crate) struct RawStep {
 /// Every pointer must address that many floats, valid for the call (device floats on a CUDA
 /// optimizer).
 pub(crate) unsafe fn run_step(opt: &mut Optimizer, raw: RawStep) -> Result<(), Error> {
-    #[cfg(feature = "cuda")]
-    if opt.cuda_ordinal().is_some() {
-        return run_device_step(opt, raw);
-    }
     let lens = opt.layout().lens.clone();
-    let borrow = |ptrs: &[*const f32], per_elem: usize| -> Result<Vec<&[f32]>, Error> {
+    let memory = opt.memory();
+    let borrow = |ptrs: &[*const f32], per_elem: usize| -> Result<Vec<Tensor>, Error> {
         ptrs.iter()
             .zip(&lens)
             .map(|(&p, &n)| {
-                let len = n.checked_mul(per_elem).ok_or_else(|| Error::invalid("per-sample size overflows"))?;
-                Ok(std::slice::from_raw_parts(p, len))
+                let len = n.checked_mul(per_elem).ok_or_else(|| Error::invalid("per-sample size overflows: check batch_size"))?;
+                // SAFETY: the caller's contract (above).
+                unsafe { Tensor::from_raw(p, len, memory) }
             })
             .collect()
     };
-    let mut params: Vec<&mut [f32]> = raw.params.iter().zip(&lens).map(|(&p, &len)| std::slice::from_raw_parts_mut(p, len)).collect();
+    let mut params = raw
+        .params
+        .iter()
+        .zip(&lens)
+        // SAFETY: the caller's contract (above).
+        .map(|(&p, &len)| unsafe { TensorMut::from_raw(p, len, memory) })
+        .collect::<Result<Vec<_>, Error>>()?;
     let mut inputs = StepInputs::new(borrow(&raw.grads, 1)?);
     let scale = sample_scale(raw.per_sample_scale)?;
     inputs.samples = match (&raw.sum_sq, &raw.per_sample) {
@@ -435,34 +430,7 @@ pub(crate) unsafe fn run_step(opt: &mut Optimizer, raw: RawStep) -> Result<(), E
         });
         callbacks.grad_fn = Some(f);
     }
-    opt.step(&mut params, &inputs, &mut callbacks)
-}
-
-/// The step of an optimizer on a CUDA device: the pointers are device pointers, passed on as they are.
-#[cfg(feature = "cuda")]
-fn run_device_step(opt: &mut Optimizer, raw: RawStep) -> Result<(), Error> {
-    use crate::backend::cuda::{DeviceSamples, DeviceStep};
-    let unused = [
-        (raw.curvature.is_some(), "curvature"),
-        (raw.loss.is_some(), "a loss"),
-        (raw.loss_fn.is_some(), "a loss callback"),
-        (raw.grad_fn.is_some(), "a gradient callback"),
-    ];
-    if let Some((_, what)) = unused.iter().find(|(given, _)| *given) {
-        return Err(Error::unsupported(format!("algorithm '{}' does not use {what}; pass none", opt.algorithm())));
-    }
-    let scale = sample_scale(raw.per_sample_scale)?;
-    let samples = match (raw.sum_sq, raw.per_sample) {
-        (None, None) => None,
-        (Some(_), Some(_)) => return Err(Error::invalid("give either sum_sq or per_sample, not both")),
-        (Some(s), None) => Some(DeviceSamples::SumSq(s)),
-        (None, Some(m)) => Some(DeviceSamples::PerSample(m)),
-    };
-    if samples.is_some() && raw.batch_size == 0 {
-        return Err(Error::invalid("batch_size is 0; give the number of samples N in the minibatch"));
-    }
-    let samples = samples.map(|data| (data, scale, raw.batch_size));
-    opt.step_device(&DeviceStep { params: raw.params, grads: raw.grads, samples })
+    opt.step_tensors(&mut params, &inputs, &mut callbacks)
 }
 
 /// GI's second phase: `loss_after` is the loss on the same batch at the parameters the last
@@ -497,7 +465,7 @@ pub extern "C" fn alr_get_lr(opt: *mut AlrOptimizer, group: usize, out: *mut f64
     guard("alr_get_lr", || {
         non_null!(out, "out");
         // The handle is checked against the live set and held busy for the call; out is non-null.
-        let opt = handle::get(opt)?;
+        let mut opt = handle::get(opt)?;
         let v = opt.lr(group)?;
         unsafe { *out = v };
         Ok(())
@@ -511,7 +479,7 @@ pub extern "C" fn alr_get_momentum(opt: *mut AlrOptimizer, group: usize, out: *m
     guard("alr_get_momentum", || {
         non_null!(out, "out");
         // The handle is checked against the live set and held busy for the call; out is non-null.
-        let opt = handle::get(opt)?;
+        let mut opt = handle::get(opt)?;
         let v = opt.momentum(group)?;
         unsafe { *out = v };
         Ok(())
@@ -525,7 +493,7 @@ pub extern "C" fn alr_telemetry_count(opt: *mut AlrOptimizer, group: usize, coun
     guard("alr_telemetry_count", || {
         non_null!(count, "count");
         // The handle is checked against the live set and held busy for the call; count is non-null.
-        let opt = handle::get(opt)?;
+        let mut opt = handle::get(opt)?;
         let n = opt.telemetry(group)?.len();
         unsafe { *count = n };
         Ok(())
@@ -540,11 +508,10 @@ pub extern "C" fn alr_telemetry_entry(opt: *mut AlrOptimizer, group: usize, inde
         non_null!(name, "name");
         non_null!(value, "value");
         // The handle is checked against the live set and held busy for the call; outputs are non-null.
-        let opt = handle::get(opt)?;
+        let mut opt = handle::get(opt)?;
         let entries = opt.telemetry(group)?;
-        let (n, v) = *entries.get(index).ok_or_else(|| {
-            Error::invalid(format!("telemetry index {index} out of range: group {group} has {} entries", entries.len()))
-        })?;
+        let (n, v) =
+            *entries.get(index).ok_or_else(|| Error::invalid(format!("telemetry index {index} out of range: group {group} has {} entries", entries.len())))?;
         unsafe {
             *name = interned(n);
             *value = v;
@@ -560,7 +527,7 @@ pub extern "C" fn alr_save_size(opt: *mut AlrOptimizer, size: *mut usize) -> Alr
     guard("alr_save_size", || {
         non_null!(size, "size");
         // The handle is checked against the live set and held busy for the call; size is non-null.
-        let opt = handle::get(opt)?;
+        let mut opt = handle::get(opt)?;
         let n = opt.save()?.len();
         unsafe { *size = n };
         Ok(())
@@ -577,7 +544,7 @@ pub extern "C" fn alr_save(opt: *mut AlrOptimizer, buf: *mut u8, capacity: usize
         non_null!(buf, "buf");
         non_null!(written, "written");
         // The handle is checked against the live set and held busy for the call.
-        let opt = handle::get(opt)?;
+        let mut opt = handle::get(opt)?;
         let bytes = opt.save()?;
         if bytes.len() > capacity {
             return Err(Error::invalid(format!("buffer holds {capacity} bytes, the state needs {}: ask alr_save_size first", bytes.len())));
@@ -610,7 +577,5 @@ pub extern "C" fn alr_load(opt: *mut AlrOptimizer, buf: *const u8, len: usize) -
 /// library bug surfaces as an error, not a crash. Changes nothing.
 #[no_mangle]
 pub extern "C" fn alr_selftest_panic() -> AlrStatus {
-    guard("alr_selftest_panic", || {
-        panic!("alr_selftest_panic was called")
-    })
+    guard("alr_selftest_panic", || panic!("alr_selftest_panic was called"))
 }

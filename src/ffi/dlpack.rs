@@ -6,6 +6,7 @@
 use super::api::{check_struct_size, pointers, run_step, AlrGradFn, AlrLossFn, RawStep};
 use super::handle::{self, AlrOptimizer};
 use super::{guard, non_null};
+use crate::backend::Memory;
 use crate::error::{AlrStatus, Error};
 use std::ffi::c_void;
 
@@ -67,11 +68,11 @@ const KDL_CPU: i32 = 1;
 const KDL_CUDA: i32 = 2;
 const KDL_FLOAT: u8 = 2;
 
-/// The DLPack device of an optimizer: the CPU, or CUDA device `ordinal`.
-fn optimizer_device(cuda_ordinal: Option<usize>) -> AlrDLDevice {
-    match cuda_ordinal {
-        None => AlrDLDevice { device_type: KDL_CPU, device_id: 0 },
-        Some(ordinal) => AlrDLDevice { device_type: KDL_CUDA, device_id: ordinal as i32 },
+/// The DLPack device of an optimizer's memory.
+fn optimizer_device(memory: Memory) -> AlrDLDevice {
+    match memory {
+        Memory::Host => AlrDLDevice { device_type: KDL_CPU, device_id: 0 },
+        Memory::Cuda { ordinal } => AlrDLDevice { device_type: KDL_CUDA, device_id: ordinal as i32 },
     }
 }
 
@@ -90,7 +91,8 @@ unsafe fn buffer(tensor: *const AlrDLTensor, device: AlrDLDevice, want: usize, l
     }
     // A CPU tensor's device_id is not meaningful (DLPack), a CUDA tensor's is the ordinal.
     if t.device.device_type != device.device_type || (device.device_type == KDL_CUDA && t.device.device_id != device.device_id) {
-        let runs_on = if device.device_type == KDL_CPU { "the CPU (kDLCPU = 1)".to_string() } else { format!("CUDA device {} (kDLCUDA = 2)", device.device_id) };
+        let runs_on =
+            if device.device_type == KDL_CPU { "the CPU (kDLCPU = 1)".to_string() } else { format!("CUDA device {} (kDLCUDA = 2)", device.device_id) };
         return Err(Error::unsupported(format!(
             "{what}: device type {} id {} is not the device this optimizer runs on: {runs_on}",
             t.device.device_type, t.device.device_id
@@ -108,9 +110,7 @@ unsafe fn buffer(tensor: *const AlrDLTensor, device: AlrDLDevice, want: usize, l
         let mut expected = 1i64;
         for (d, (&size, &stride)) in shape.iter().zip(strides).enumerate().rev() {
             if size > 1 && stride != expected {
-                return Err(Error::invalid(format!(
-                    "{what}: not contiguous (stride {stride} in dimension {d}, expected {expected}); pass a contiguous copy"
-                )));
+                return Err(Error::invalid(format!("{what}: not contiguous (stride {stride} in dimension {d}, expected {expected}); pass a contiguous copy")));
             }
             expected *= size;
         }
@@ -144,7 +144,7 @@ pub extern "C" fn alr_step_dlpack(opt: *mut AlrOptimizer, args: *const AlrDLStep
         // The handle is checked against the live set and held busy for the call.
         let mut opt = handle::get(opt)?;
         let lens = opt.layout().lens.clone();
-        let device = optimizer_device(opt.cuda_ordinal());
+        let device = optimizer_device(opt.memory());
         let n = lens.len();
         if args.n_tensors != n {
             return Err(Error::shape(format!("args.n_tensors is {}, the optimizer has {n} tensors", args.n_tensors)));

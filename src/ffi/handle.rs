@@ -46,15 +46,11 @@ pub(crate) fn register(opt: Optimizer) -> *mut AlrOptimizer {
 fn unusable(handle: *const AlrOptimizer, entry: Option<Entry>) -> Option<Error> {
     match entry {
         None if handle.is_null() => Some(Error::new(AlrStatus::AlrNullPointer, "argument 'opt' is null")),
-        None => Some(Error::invalid(format!(
-            "argument 'opt' ({handle:p}) is not a live optimizer: it was destroyed, or never came from alr_create"
-        ))),
-        Some(e) if e.busy => Some(Error::wrong_state(
-            "the optimizer is in use by another call: do not call it from inside its own callbacks, nor from two threads at once",
-        )),
-        Some(e) if e.poisoned => {
-            Some(Error::wrong_state("an earlier call on this optimizer panicked and may have left it mid-step: destroy it"))
+        None => Some(Error::invalid(format!("argument 'opt' ({handle:p}) is not a live optimizer: it was destroyed, or never came from alr_create"))),
+        Some(e) if e.busy => {
+            Some(Error::wrong_state("the optimizer is in use by another call: do not call it from inside its own callbacks, nor from two threads at once"))
         }
+        Some(e) if e.poisoned => Some(Error::wrong_state("an earlier call on this optimizer panicked and may have left it mid-step: destroy it")),
         Some(_) => None,
     }
 }

@@ -1,12 +1,8 @@
-"""What the GPU harnesses share: compiling cuda/*.cu with build.rs's flags into a shared library
-loaded through ctypes, device buffers between NaN sentinels, and the summary line recorded in
-docs/gpu-validation.md."""
-import ctypes
+"""What the GPU harnesses share: the library (the CPU optimizers every harness compares with),
+device buffers between NaN sentinels, and the summary line recorded in docs/gpu-validation.md."""
 import datetime
-import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -17,17 +13,6 @@ sys.path.insert(0, str(ROOT / "bindings" / "python"))
 import autolr  # noqa: E402,F401  (re-exported: the CPU library every harness compares with)
 
 PAD = 64  # sentinel floats on each side of every device buffer
-
-
-def build_kernels(*sources):
-    """cuda/<source> files compiled into one shared library (the flags build.rs uses)."""
-    nvcc = os.environ.get("NVCC", "nvcc")
-    out = Path(tempfile.mkdtemp()) / "libalr_kernels.so"
-    cmd = [nvcc, "-shared", "-Xcompiler", "-fPIC", "--fmad=false", "-prec-div=true", "-prec-sqrt=true",
-           "-gencode", "arch=compute_80,code=sm_80", "-gencode", "arch=compute_90,code=sm_90",
-           "-o", str(out)] + [str(ROOT / "cuda" / s) for s in sources]
-    subprocess.run(cmd, check=True)
-    return ctypes.CDLL(str(out))
 
 
 def padded(host):

@@ -18,8 +18,17 @@ same library's CPU optimizer on the same inputs. For a machine with an NVIDIA GP
   correction included).
 - A whole auto-adam step captured in a CUDA graph and replayed equals eager steps; a fixed-rate
   step refuses capture with ALR_UNSUPPORTED.
+- 20 steps of TLR (window 1 and 3, with and without momentum, global and per group) against
+  the CPU: α per step and the parameters to float32 tolerance (its dots are reduced in another
+  order on the GPU).
+- A negative sum_sq entry: reported as ALR_INVALID_ARGUMENT on read-back, parameters untouched.
+- One 2^28-element auto-sgd tensor (Σg² form): the grid-stride loops and the partial cap, `a`
+  and `V` against float64 sums on the host.
 - autolr.torch on CUDA parameters (AutoAdam fed by SumGradSquared, and Adam) trains a small
   model as on the CPU (forward/backward differ in rounding between devices: 1e-3 relative).
+
+These drive every kernel in cuda/ through the library's CUDA device (src/backend/cuda.rs), which
+loads them by name; there is no other way in.
 Prints one line per check and a summary (date, GPU, driver).
 """
 import copy
@@ -47,6 +56,7 @@ FIXED = {
     "rmsprop": dict(lr=0.01),
 }
 AUTO = ("auto-sgd", "auto-adam", "auto-adagrad")
+TLR = [dict(), dict(momentum=0.8, weight_decay=5e-4), dict(window=3), dict(window=3, momentum=0.8, per_group=1)]
 
 
 class Pair:
@@ -134,13 +144,63 @@ def autoopt(name, form, scale, n, rng, stream):
                 f"checkpoints carry the scalars both ways={carried} sentinels={pair.intact()}")
 
 
+def tlr(options, rng, stream):
+    pair = Pair("tlr", rng, stream, options)
+    worst = 0.0
+    for _ in range(STEPS):
+        pair.step([rng.standard_normal(n).astype(np.float32) for n in LENS])
+        worst = max(worst, max(abs(a - b) / abs(b) for a, b in zip(pair.gpu.lr, pair.cpu.lr)))
+    params = rel(pair.params(), pair.host)
+    trained = pair.cpu.lr != [0.01] * len(pair.cpu.lr)
+    moved = autolr.Optimizer("tlr", [p.copy() for p in pair.host], groups=GROUPS, **options)
+    moved.load_state_dict(pair.gpu.state_dict())
+    carried = moved.lr == pair.gpu.lr
+    ok = params < 1e-4 and worst < 1e-5 and trained and carried and pair.intact()
+    return ok, f"params rel={params:.1e} α rel={worst:.1e} α trained={trained} checkpoint to the CPU={carried} sentinels={pair.intact()}"
+
+
+def negative_sum_sq(rng, stream):
+    pair = Pair("auto-adam", rng, stream, {})
+    grads, per_sample = batch(rng, 8, "sum_sq", "sample")
+    pair.step(grads, **per_sample)
+    before = pair.params()
+    grads, per_sample = batch(rng, 8, "sum_sq", "sample")
+    per_sample["sum_sq"][2][5] = -1.0
+    pair.gpu_step(grads, **per_sample)
+    try:
+        pair.gpu.lr
+        raised = "nothing"
+    except autolr.Error as e:
+        raised = e.status
+    untouched = all(np.array_equal(a, b) for a, b in zip(pair.params(), before))
+    return raised == "ALR_INVALID_ARGUMENT" and untouched, f"raised={raised} untouched={untouched}"
+
+
+def large(stream):
+    """One 2^28-element tensor, Σg² form: the grid-stride loops and the 1024-partial cap."""
+    length, n = 1 << 28, 4
+    g = torch.randn(length, device="cuda")
+    s = g * g * n + torch.rand(length, device="cuda")
+    p = torch.zeros(length, device="cuda")
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        opt = autolr.CudaOptimizer("auto-sgd", [length], device=0, stream=stream.cuda_stream)
+        opt.step([p.data_ptr()], [g.data_ptr()], sum_sq=[s.data_ptr()], batch_size=n)
+    tele = opt.telemetry()
+    g64, s64 = g.double(), s.double()
+    a = float((g64 * g64).sum())
+    v = max(float((s64.sum() - n * a) / (n * (n - 1))), 0.0)
+    ok = abs(tele["a"][0] - a) <= 1e-6 * a and abs(tele["V"][0] - v) <= 1e-5 * v
+    return ok, f"a rel diff={abs(tele['a'][0] - a) / a:.1e} V rel diff={abs(tele['V'][0] - v) / v:.1e}"
+
+
 def bad_input(name, rng, stream):
     options = FIXED.get(name, {})
     pair = Pair(name, rng, stream, options)
     skipped_host = [p.copy() for p in pair.host]
     skipped = autolr.Optimizer(name, skipped_host, groups=GROUPS, **options)
     batches = [batch(rng, 8, "sum_sq", "sample") for _ in range(5)]
-    per_sample = lambda i: batches[i][1] if name in AUTO else {}
+    per_sample = lambda i: batches[i][1] if name in AUTO else {}  # noqa: E731
     for i in (0, 1):
         pair.step(batches[i][0], **per_sample(i))
         skipped.step(batches[i][0], **per_sample(i))
@@ -190,13 +250,14 @@ def graph_replay(rng, stream):
     return np.array_equal(eager, replayed) and lr_eager == lr_replayed
 
 
-def fixed_rate_refuses_capture(stream):
-    """A fixed-rate step cannot be captured (its coefficients are host values): a clear error."""
+def refuses_capture(name, stream):
+    """A step whose scalars are host values (fixed-rate coefficients, TLR's schedule) cannot be
+    captured: a clear error."""
     n = 1 << 10
     param, grad = torch.ones(n, device="cuda"), torch.ones(n, device="cuda")
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
-        opt = autolr.CudaOptimizer("adam", [n], device=0, stream=stream.cuda_stream)
+        opt = autolr.CudaOptimizer(name, [n], device=0, stream=stream.cuda_stream)
         graph = torch.cuda.CUDAGraph()
         status = "nothing"
         try:
@@ -243,13 +304,21 @@ def main():
                 for n in ((2, 33) if small else (2, 33, 256)):
                     ok, detail = autoopt(name, form, scale, n, rng, stream)
                     failures += report(f"{name:12s} {form:10s} scale={scale:6s} N={n:3d}", ok, detail)
-    for name in ("adam", "auto-adam"):
+    for options in TLR:
+        ok, detail = tlr(options, rng, stream)
+        failures += report(f"tlr {options}", ok, detail)
+    for name in ("adam", "auto-adam", "tlr"):
         ok, detail = bad_input(name, rng, stream)
         failures += report(f"{name:12s} NaN gradient: reported on read-back, step skipped", ok, detail)
+    ok, detail = negative_sum_sq(rng, stream)
+    failures += report("auto-adam negative sum_sq: reported on read-back, step skipped", ok, detail)
     if not small:
         failures += report("CUDA graph capture + replay of an auto-adam step through the C ABI", graph_replay(rng, stream))
-    ok, detail = fixed_rate_refuses_capture(stream)
-    failures += report("a fixed-rate step refuses CUDA-graph capture", ok, detail)
+        ok, detail = large(stream)
+        failures += report("2^28-element tensor", ok, detail)
+    for name in ("adam", "tlr"):
+        ok, detail = refuses_capture(name, stream)
+        failures += report(f"a {name} step refuses CUDA-graph capture", ok, detail)
     ok, detail = torch_adapter(rng)
     failures += report("autolr.torch on CUDA parameters (AutoAdam + SumGradSquared, Adam)", ok, detail)
     summary(failures)

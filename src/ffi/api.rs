@@ -393,12 +393,8 @@ pub(crate) unsafe fn run_step(opt: &mut Optimizer, raw: RawStep) -> Result<(), E
         (None, None) => None,
         (Some(_), Some(_)) => return Err(Error::invalid("give either sum_sq or per_sample, not both")),
         (Some(s), None) => Some(Samples { data: SampleData::SumSq(borrow(s, 1)?), scale, batch_size: raw.batch_size }),
-        (None, Some(m)) => {
-            if raw.batch_size == 0 {
-                return Err(Error::invalid("per_sample given with batch_size 0: set batch_size to N"));
-            }
-            Some(Samples { data: SampleData::PerSample(borrow(m, raw.batch_size)?), scale, batch_size: raw.batch_size })
-        }
+        // The optimizer refuses N = 0 (with the message either form gets).
+        (None, Some(m)) => Some(Samples { data: SampleData::PerSample(borrow(m, raw.batch_size)?), scale, batch_size: raw.batch_size }),
     };
     inputs.curvature = raw.curvature.as_deref().map(|h| borrow(h, 1)).transpose()?;
     inputs.loss = raw.loss;

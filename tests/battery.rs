@@ -30,7 +30,7 @@ struct Quadratic {
 
 /// Deterministic numbers in [-1, 1).
 fn noise(seed: u64, n: usize) -> Vec<f32> {
-    (0..n).map(|i| ((((i as u64 + 1) * 2_654_435_761 ^ seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)) % 2001) as f32 / 1000.0) - 1.0).collect()
+    (0..n).map(|i| (((((i as u64 + 1) * 2_654_435_761) ^ seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)) % 2001) as f32 / 1000.0) - 1.0).collect()
 }
 
 impl Quadratic {
@@ -246,7 +246,7 @@ fn bad_inputs_are_refused_with_nothing_changed() {
         } else {
             inputs.loss = Some(1.0);
         }
-        if !(name == "gi" && !unused_curvature) {
+        if name != "gi" || unused_curvature {
             let mut views: Vec<&mut [f32]> = params.iter_mut().map(Vec::as_mut_slice).collect();
             assert!(opt.step(&mut views, &inputs, &mut Callbacks::default()).is_err(), "{name}/{base}: an unused input was accepted");
             assert_eq!(bits(&params), before);

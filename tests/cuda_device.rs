@@ -25,7 +25,7 @@ fn create_algorithm_on_cuda(algorithm: &CStr, ordinal: i32) -> (AlrStatus, Strin
         device_ordinal: ordinal,
         stream: std::ptr::null_mut(),
     };
-    let mut out: *mut AlrOptimizer = std::ptr::dangling_mut();
+    let mut out: *mut AlrOptimizer = std::ptr::NonNull::dangling().as_ptr();
     let status = alr_create(&args, &mut out);
     // SAFETY: alr_last_error returns a NUL-terminated thread-local string (never NULL).
     let message = unsafe { CStr::from_ptr(alr_last_error()) }.to_string_lossy().into_owned();

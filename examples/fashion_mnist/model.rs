@@ -296,7 +296,7 @@ impl<T: Real> Network<T> {
             }
             let weight = ArrayView2::from_shape((fan_out, fan_in), weight).map_err(|e| e.to_string())?;
             let bias = ndarray::ArrayView1::from(bias);
-            let mut z = input.dot(&weight.t()) + &bias;
+            let mut z = input.dot(&weight.t()) + bias;
             if index + 1 < layers {
                 z.mapv_inplace(T::tanh);
             }

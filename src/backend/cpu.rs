@@ -127,6 +127,9 @@ pub fn all_finite(x: &[f32]) -> bool {
 
 /// The loops themselves, written so the compiler vectorises them: elementwise work in f32, then
 /// f64 accumulation over `LANES` fixed lanes.
+// Indexed loops over fixed-size lanes are what vectorise here (iterator chains over several
+// arrays did not).
+#[allow(clippy::needless_range_loop)]
 mod kernels {
     use super::{sum_lanes, SpreadValue, CHUNKS_PER_WIDENING, COLUMNS_AT_ONCE, GROUP, LANES};
 
@@ -305,6 +308,8 @@ mod kernels {
     }
 
     #[inline(always)]
+    // `v − v` is the test itself (0 for finite v, NaN otherwise), not a slip.
+    #[allow(clippy::eq_op)]
     pub fn all_finite(x: &[f32]) -> bool {
         // v − v is 0 for a finite v and NaN for NaN or ±Inf; NaN then survives every addition.
         let mut acc = [0.0f32; 16];
@@ -409,6 +414,8 @@ pub fn sum_lanes(lanes: &[f64; LANES]) -> f64 {
 
 /// `K` reductions at once over `0..len`: `Σ_i f(i)[k]`, each in f64 lanes.
 #[inline]
+// Indexed by lane on purpose: element i + lane goes to lane `lane` (the fixed summation order).
+#[allow(clippy::needless_range_loop)]
 pub fn reduce<const K: usize, F: FnMut(usize) -> [f64; K]>(len: usize, mut f: F) -> [f64; K] {
     let mut lanes = [[0.0f64; LANES]; K];
     let full = len - len % LANES;
@@ -442,6 +449,8 @@ pub fn first_non_finite(x: &[f32]) -> Option<usize> {
 
 /// True when no element is negative (NaN passes: finiteness is checked separately).
 pub fn all_non_negative(x: &[f32]) -> bool {
+    // `!(v < 0)` and not `v >= 0`: NaN must pass here.
+    #[allow(clippy::neg_cmp_op_on_partial_ord)]
     x.chunks(4096).all(|c| c.iter().fold(true, |ok, v| ok & !(*v < 0.0)))
 }
 
@@ -544,6 +553,8 @@ impl RowSums {
 /// computed as `Σ_i dev² + 2·center·Σ_i dev` with `dev = k·x_ij − center_j`, so that a mean
 /// gradient much larger than the spread does not cancel the spread away. With `center = 0` it
 /// is the plain sum of squares `S`.
+// One block of one tensor: the matrix, its shape, the block, the scale and centre, scratch, out.
+#[allow(clippy::too_many_arguments)]
 pub fn spread_from_rows<T: SpreadValue>(rows: &[f32], n_rows: usize, len: usize, start: usize, k: f64, center: &[f32], sums: &mut RowSums, out: &mut [T]) {
     let width = out.len();
     assert!(rows.len() == n_rows * len && start + width <= len && center.len() == width && sums.sum_sq.len() >= width, "spread_from_rows: bad block");
@@ -853,7 +864,7 @@ mod tests {
             *s = 0.9 * *s + g;
             0.1 * *s
         });
-        let d = advance_dot(&vec![1.0f32; 37], &grad, &mut s2, |g, _, s| {
+        let d = advance_dot(&[1.0f32; 37], &grad, &mut s2, |g, _, s| {
             *s = 0.9 * *s + g;
             0.1 * *s
         });
@@ -885,7 +896,7 @@ mod tests {
     fn weighted_moments_same_bits_on_every_path() {
         // Lengths below, at and past whole groups, so the tail path is covered too.
         for n in [7, GROUP, 1003] {
-            let v = |k: u32| (0..n).map(|i| ((i as u32 * 2654435761u32 ^ k) >> 9) as f32 / 8_388_608.0 - 0.7).collect::<Vec<f32>>();
+            let v = |k: u32| (0..n).map(|i| (((i as u32 * 2654435761u32) ^ k) >> 9) as f32 / 8_388_608.0 - 0.7).collect::<Vec<f32>>();
             let (state, x, mut s) = (v(1), v(2), v(4));
             let pair = |st: &f32, xi: f32| (*st * 1.5, xi - *st);
             let portable = kernels::weighted_moments(&state, &x, &s, pair);

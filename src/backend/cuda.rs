@@ -29,6 +29,7 @@ use crate::error::{AlrStatus, Error, Result};
 static CUBIN_SM80: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/autolr_sm80.cubin"));
 static CUBIN_SM90: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/autolr_sm90.cubin"));
 /// Both images (tests look kernels up in them).
+#[cfg(test)]
 pub(crate) static CUBINS: [&[u8]; 2] = [CUBIN_SM80, CUBIN_SM90];
 /// The device's own kernels (cuda/device.cu).
 pub(crate) const DEVICE_KERNELS: &[&str] = &["alr_check_values", "alr_group_sums", "alr_check_sums"];

@@ -196,9 +196,12 @@ impl<R: Rule, D: Device> Algorithm for FixedRate<R, D> {
     }
 }
 
+/// Every tensor's element states of rule `R`.
+pub type ElemStates<R> = Vec<Vec<<R as Rule>::State>>;
+
 /// A fixed-rate rule's checkpoint section (its per-group step counts, then every tensor's
 /// element states), each value checked to be one the rule can produce.
-pub fn read_fixed_rate<R: Rule>(ctx: &Context, r: &mut Reader) -> Result<(Vec<u64>, Vec<Vec<R::State>>)> {
+pub fn read_fixed_rate<R: Rule>(ctx: &Context, r: &mut Reader) -> Result<(Vec<u64>, ElemStates<R>)> {
     let steps = r.counts_exact(ctx.layout.n_groups(), "step counts")?;
     let rule = "a first moment must be finite, a second moment ≥ 0";
     let states = crate::checkpoint::read_elem_states(r, &ctx.layout.lens, R::NAME, R::possible, rule)?;

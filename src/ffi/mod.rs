@@ -2,7 +2,12 @@
 //! null/length checks, and `catch_unwind` on every entry point (`guard`, which every entry point's body runs in), so that no
 //! panic crosses into the caller and no bad input aborts the host process.
 
+// The entry points take the C caller's raw pointers: their safety contract is the header's
+// (checked for null first, lengths as documented), as for every C API; marking them `unsafe fn`
+// would change nothing for a C caller.
+#[allow(clippy::not_unsafe_ptr_arg_deref)]
 mod api;
+#[allow(clippy::not_unsafe_ptr_arg_deref)]
 mod dlpack;
 mod handle;
 

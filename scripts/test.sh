@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of autolr, doing all set-up itself on a fresh Debian machine:
 # system packages (valgrind, g++, the Fashion-MNIST data, Debian's CPU build of PyTorch), a Python
-# venv (.venv) with numpy, pytest, scikit-learn and setuptools, the release build, then: Rust unit
+# venv (.venv) with numpy, pytest, scikit-learn, setuptools and setuptools-rust (the package build), the release build, then: Rust unit
 # and integration tests (the header freshness check among them), the CUDA kernels compiled with
 # nvcc (the system's, or NVIDIA's pip wheel) and the no-driver error checked, the check that the generated
 # bindings match include/autolr.h, the C ABI test under valgrind, the C++ binding's tests, and
@@ -26,7 +26,7 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
 fi
 
 [ -x .venv/bin/python ] || python3 -m venv .venv
-.venv/bin/pip install -q --disable-pip-version-check numpy pytest scikit-learn "setuptools>=70.1" wheel
+.venv/bin/pip install -q --disable-pip-version-check numpy pytest scikit-learn "setuptools>=70.1" wheel "setuptools-rust>=1.9"
 
 echo "== cargo build"
 cargo build --release --all-targets

@@ -55,7 +55,7 @@ echo "== torch adapter tests (PyPI's torch in .venv-torch)"
 .venv-torch/bin/pip install -q --disable-pip-version-check "torch>=2" numpy pytest
 echo "torch $(.venv-torch/bin/python -c 'import torch; print(torch.__version__)')"
 # AUTOLR_NO_SKIPS=1: a test that would skip here (torch missing, a feature unavailable) fails.
-(cd tests/python && AUTOLR_NO_SKIPS=1 ../../.venv-torch/bin/python -m pytest -q -p no:cacheprovider test_torch_adapter.py)
+(cd tests/python && AUTOLR_NO_SKIPS=1 ../../.venv-torch/bin/python -m pytest -q -p no:cacheprovider test_torch_*.py)
 echo "== Python tests"
 cd tests/python
 ../../.venv/bin/python -m pytest -q -rs

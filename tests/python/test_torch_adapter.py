@@ -29,6 +29,7 @@ def params_of(model):
     return [p.detach().clone() for p in model.parameters()]
 
 
+@torch.no_grad()
 def assert_params_close(a, b, rtol=1e-5, what=""):
     for i, (x, y) in enumerate(zip(a.parameters(), b.parameters())):
         scale = max(1.0, float(y.abs().max()))
@@ -257,7 +258,7 @@ def test_state_dict_round_trip(make):
     torch.save({"model": a.state_dict(), "opt": opt_a.state_dict()}, buf)
     buf.seek(0)
     saved = torch.load(buf)
-    assert isinstance(saved["opt"]["autolr"], bytes)
+    assert saved["opt"]["autolr"].dtype == torch.uint8  # a tensor: torch.load's weights_only accepts it
 
     b = mlp(99)
     b.load_state_dict(saved["model"])

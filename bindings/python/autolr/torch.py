@@ -38,8 +38,9 @@ works as in torch. A changed ``param_groups[g][name]`` (an LR scheduler's ``lr``
 library at the next ``step``. ``param_groups[g]["lr"]`` stays the setting; the learning rate the
 algorithm actually used is ``opt.lr[g]`` (and ``opt.momentum[g]``, ``opt.telemetry()``).
 
-``state_dict()`` is torch's dict plus ``"autolr"``: the library's checkpoint bytes (versioned,
-checksummed; ``torch.save`` stores them as they are). ``load_state_dict`` restores both.
+``state_dict()`` is torch's dict plus ``"autolr"``: the library's checkpoint (versioned,
+checksummed) as a 1-D uint8 tensor, so ``torch.load(weights_only=True)`` reads it back.
+``load_state_dict`` restores both (and still takes the bytes older versions saved).
 """
 import inspect
 import warnings
@@ -385,7 +386,8 @@ class AutoLR(torch.optim.Optimizer):
     # checkpoints ----------------------------------------------------------------------------------
     def state_dict(self):
         state = super().state_dict()
-        state["autolr"] = self._core.state_dict()
+        # A uint8 tensor, not bytes: torch.load(weights_only=True) (torch >= 2.6's default) accepts it.
+        state["autolr"] = torch.frombuffer(bytearray(self._core.state_dict()), dtype=torch.uint8)
         state["autolr_algorithm"] = self.algorithm
         return state
 
@@ -397,6 +399,11 @@ class AutoLR(torch.optim.Optimizer):
             raise Error("this state_dict has no 'autolr' entry: it was not saved by an autolr.torch optimizer", "ALR_BAD_CHECKPOINT")
         if algorithm != self.algorithm:
             raise Error(f"this state_dict is of '{algorithm}', the optimizer is '{self.algorithm}'", "ALR_BAD_CHECKPOINT")
+        if isinstance(blob, torch.Tensor):
+            if blob.dtype != torch.uint8 or blob.dim() != 1:
+                raise Error(f"the state_dict's 'autolr' entry is a {blob.dtype} tensor of shape {tuple(blob.shape)}, "
+                            "not the 1-D uint8 checkpoint autolr.torch saves", "ALR_BAD_CHECKPOINT")
+            blob = blob.cpu().numpy().tobytes()
         self._core.load_state_dict(bytes(blob))  # checked first: on failure nothing changes
         super().load_state_dict(state)
         # The library's checkpoint holds its options; param_groups now hold the same values.

@@ -42,6 +42,7 @@ algorithm actually used is ``opt.lr[g]`` (and ``opt.momentum[g]``, ``opt.telemet
 checksummed) as a 1-D uint8 tensor, so ``torch.load(weights_only=True)`` reads it back.
 ``load_state_dict`` restores both (and still takes the bytes older versions saved).
 """
+import ctypes
 import inspect
 import warnings
 
@@ -93,6 +94,25 @@ def _to_array(x, what, copy=False):
     return x.copy() if copy else x
 
 
+_F32 = torch.float32
+_STRIDED = torch.strided
+_PtrArray = ctypes.POINTER(ctypes.POINTER(ctypes.c_float))
+
+
+def _to_cpu_tensor(x, what, copy=False):
+    """A float32 contiguous CPU tensor for a tensor (as it is when possible) or an array."""
+    if not isinstance(x, torch.Tensor):
+        return torch.from_numpy(np.array(x, dtype=np.float32, order="C", copy=True))
+    x = x.detach()
+    if x.device.type != "cpu":
+        raise Error(f"{what} is on {x.device}; this optimizer's tensors are on the CPU")
+    if x.layout is not _STRIDED:
+        raise Error(f"{what} is sparse; autolr needs dense tensors")
+    converted = x.dtype != _F32 or not x.is_contiguous()
+    x = x.float().contiguous()
+    return x.clone() if copy and not converted else x
+
+
 def _to_device(x, what, device):
     """A float32 contiguous tensor on the optimizer's CUDA device (converted, never moved)."""
     if not isinstance(x, torch.Tensor):
@@ -103,6 +123,10 @@ def _to_device(x, what, device):
     if x.is_sparse:
         raise Error(f"{what} is sparse; autolr needs dense tensors")
     return x.float().contiguous()
+
+
+def _as_float(value):
+    return float(value.detach()) if isinstance(value, torch.Tensor) else float(value)
 
 
 def _accepts_backward_kwarg(fn):
@@ -142,6 +166,8 @@ class AutoLR(torch.optim.Optimizer):
                 raise Error(f"{_describe(i, p)} is on {p.device}, parameter 0 on {self._device}: put every parameter on one device")
         self._tensors = tensors
         self._pointers = [p.data_ptr() for p in tensors]
+        self._pointer_key = tuple(self._pointers)
+        self._arrays = {}  # cache slot -> (pointers, C array)
         self._zeros = {}
         self._helpers = {}
         if self._device.type == "cuda":
@@ -151,6 +177,7 @@ class AutoLR(torch.optim.Optimizer):
                                    device=self._device.index, stream=self._stream, **strings)
         else:
             self._views = [p.detach().numpy() for p in tensors]  # share the tensors' storage
+            self._views_as_tensors = [p.detach() for p in tensors]
             self._core = _Core(algorithm, self._views, groups=groups, **strings)
         for name, value in numbers.items():
             self._core.set_option(name, value)
@@ -217,6 +244,8 @@ class AutoLR(torch.optim.Optimizer):
 
     # the step -------------------------------------------------------------------------------------
     def _check_storage(self):
+        if tuple(p.data_ptr() for p in self._tensors) == self._pointer_key:
+            return  # the storage the library updates is still the parameters' (dtype and device with it)
         for i, (p, ptr) in enumerate(zip(self._tensors, self._pointers)):
             if p.data_ptr() != ptr or p.device != self._device or p.dtype != torch.float32:
                 raise Error(f"{_describe(i, p)} was re-allocated after the optimizer was created "
@@ -224,22 +253,42 @@ class AutoLR(torch.optim.Optimizer):
                             "original storage: create the optimizer after moving the model", "ALR_WRONG_STATE")
 
     def _input(self, x, what, copy=False):
-        """One input buffer as the library's binding takes it on this optimizer's device."""
+        """One input buffer as a float32 contiguous tensor on this optimizer's device."""
         if self._views is None:
             return _to_device(x, what, self._device)
-        return _to_array(x, what, copy=copy)
+        return _to_cpu_tensor(x, what, copy=copy)
 
     def _grads(self, copy):
         out = []
         for i, p in enumerate(self._tensors):
-            if p.grad is None:
+            g = p.grad
+            if g is None:
                 z = self._zeros.get(i)
                 if z is None:
                     z = self._zeros[i] = self._input(torch.zeros_like(p), "zeros")
                 out.append(z)
+            elif not copy and g.dtype is _F32 and g.layout is _STRIDED and g.device == self._device and g.is_contiguous():
+                out.append(g)  # the common case, taken as it is
             else:
-                out.append(self._input(p.grad, f"grad of {_describe(i, p)}", copy=copy))
+                out.append(self._input(g, f"grad of {_describe(i, p)}", copy=copy))
         return out
+
+    def _pointer_array(self, tensors, what, leading=1, cache=None):
+        """A C array of float pointers to `tensors` (CPU float32 contiguous, one per parameter of
+        `leading` × its size). `cache` names a slot that keeps the array while the pointers stay
+        the same (gradients usually live in the same storage from step to step)."""
+        ptrs = tuple(t.data_ptr() for t in tensors)
+        if cache is not None:
+            key, array = self._arrays.get(cache, (None, None))
+            if key == ptrs:
+                return array
+        for i, (t, p) in enumerate(zip(tensors, self._tensors)):
+            if t.numel() != leading * p.numel():
+                raise Error(f"{what}[{i}] has {t.numel()} elements, {_describe(i, p)} needs {leading * p.numel()}", "ALR_SHAPE_MISMATCH")
+        array = ctypes.cast((ctypes.c_void_p * len(ptrs))(*ptrs), _PtrArray)
+        if cache is not None:
+            self._arrays[cache] = (ptrs, array)
+        return array
 
     def _per_tensor(self, values, what):
         if values is None:
@@ -322,23 +371,23 @@ class AutoLR(torch.optim.Optimizer):
         if loss is not None:
             kwargs["loss"] = float(loss)
         elif gi and result is not None:
-            kwargs["loss"] = float(result)
+            kwargs["loss"] = _as_float(result)
         if closure is not None and gi:
             if _accepts_backward_kwarg(closure):
                 def after():
                     with torch.no_grad():
-                        return float(closure(backward=False))
+                        return _as_float(closure(backward=False))
             else:
                 def after():
                     with torch.enable_grad():
-                        return float(closure())
+                        return _as_float(closure())
             kwargs["closure"] = after
         if closure is not None and vsgd and curvature is None:
             kwargs["grad_closure"] = lambda points: self._grad_at(closure, points)
         if self._views is None:
             self._step_cuda(grads, kwargs)
         else:
-            self._core.step(grads, **kwargs)
+            self._step_cpu(grads, kwargs, reruns)
         if isinstance(sum_sq, SumGradSquared):
             self._helpers[id(sum_sq)] = sum_sq
             sum_sq.zero_()  # consumed, as the next zero_grad() would: a new batch starts
@@ -350,6 +399,29 @@ class AutoLR(torch.optim.Optimizer):
         super().zero_grad(set_to_none=set_to_none)
         for helper in self._helpers.values():
             helper.zero_()
+
+    def _step_cpu(self, grads, kwargs, reruns):
+        """The library's step on pointers to the tensors' own storage (no numpy conversion); the
+        tensors in `grads` and `kwargs` stay referenced here until it returns."""
+        if kwargs["sum_sq"] is not None and kwargs["per_sample"] is not None:
+            raise Error("give either sum_sq or per_sample, not both")
+        batch_size = kwargs.get("batch_size")
+        per_sample = kwargs["per_sample"]
+        if per_sample is not None and batch_size is None:
+            batch_size = per_sample[0].shape[0] if per_sample and per_sample[0].dim() else 0
+        if kwargs["sum_sq"] is not None and batch_size is None:
+            raise Error("sum_sq needs batch_size (the number of samples N)")
+        if per_sample is not None:
+            for i, (t, p) in enumerate(zip(per_sample, self._tensors)):
+                if tuple(t.shape) != (int(batch_size), *p.shape):
+                    raise Error(f"per_sample[{i}] has shape {tuple(t.shape)}, expected {(int(batch_size), *p.shape)}", "ALR_SHAPE_MISMATCH")
+        arrays = {name: None if kwargs[name] is None else self._pointer_array(kwargs[name], name, leading)
+                  for name, leading in (("sum_sq", 1), ("curvature", 1), ("per_sample", int(batch_size or 0)))}
+        self._core._step_raw(
+            self._pointer_array(self._views_as_tensors, "params", cache="params"),
+            self._pointer_array(grads, "grads", cache=None if reruns else "grads"),
+            per_sample_scale=kwargs["per_sample_scale"], batch_size=batch_size,
+            loss=kwargs.get("loss"), closure=kwargs.get("closure"), grad_closure=kwargs.get("grad_closure"), **arrays)
 
     def _grad_at(self, closure, points):
         """The gradient at `points` (the library's shifted copies) through the closure."""

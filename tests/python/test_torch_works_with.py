@@ -2,6 +2,9 @@
 clipping, AMP's GradScaler, a torch.compile'd model, and torch.save/torch.load(weights_only=True)
 of the optimizer's state_dict — each against torch.optim.Adam doing the same."""
 import io
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -131,3 +134,13 @@ def test_state_dict_survives_torch_load_weights_only(make):
     train(b, opt_b, alt.SumGradSquared(b), range(4, 8))
     for p, q in zip(a.parameters(), b.parameters()):
         assert torch.equal(p, q), "resumed training differs"
+
+
+def test_transformer_example_trains():
+    """examples/torch/transformer.py, tiny: GI over auto-adam with Σg² of every parameter."""
+    script = Path(__file__).resolve().parents[2] / "examples" / "torch" / "transformer.py"
+    out = subprocess.run([sys.executable, str(script), "--steps", "40", "--batch", "8", "--context", "16"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    final, initial = (float(v) for v in out.stdout.strip().splitlines()[-1].split()[3::2])
+    assert final < initial - 0.5, out.stdout

@@ -611,9 +611,10 @@ class SumGradSquared:
     * ``Linear``, input (N, …, in): g_i = Σ_t δ_{i,t} a_{i,t}ᵀ is a sum over positions, so its
       square is no product of squares: per-sample gradients are formed in chunks of samples,
       memory ``chunk·out·in`` floats with ``chunk·out·in ≤ max_chunk_elements``.
-    * ``Conv1d/2d/3d``: the input's windows (``Tensor.unfold``, padding as the layer pads) and
-      per-sample weight gradients for a chunk of samples: ``chunk·(C·K·L + O·(C/groups)·K)``
-      floats (K = kernel elements, L = output positions).
+    * ``Conv1d/2d/3d``: the padded input's windows (``F.unfold``; ``Tensor.unfold`` for 3-D)
+      times δ in one batched matmul per chunk of samples, giving their per-sample weight
+      gradients: memory ``chunk·(C·K·L + O·(C/groups)·K)`` floats (K = kernel elements, L =
+      output positions).
     * ``Embedding``: per sample, the rows of the indices it uses get the sum of their δ
       (index_add over (sample, index) pairs): memory of one δ-sized tensor; never a (V, D) per
       sample. ``padding_idx`` rows get no gradient; ``scale_grad_by_freq`` couples the samples
@@ -783,21 +784,33 @@ class SumGradSquared:
         mode = "constant" if module.padding_mode == "zeros" else module.padding_mode
         if any(module._reversed_padding_repeated_twice):
             a = F.pad(a, module._reversed_padding_repeated_twice, mode=mode)
-        windows = a
-        for j, (k, s, dil) in enumerate(zip(module.kernel_size, module.stride, module.dilation)):
-            windows = windows.unfold(2 + j, dil * (k - 1) + 1, s)[..., ::dil]  # a view: N, C, L…, K…
         positions = d[0, 0].numel()
         kernel = int(np.prod(module.kernel_size))
         cg = a.shape[1] // groups
         d = d.reshape(n, groups, out_ch // groups, positions)
         sw = torch.zeros((groups, out_ch // groups, cg * kernel), dtype=d.dtype, device=d.device)
         for s, e in self._chunks(n, a.shape[1] * kernel * positions + module.weight.numel()):
-            u = windows[s:e].reshape(e - s, groups, cg, positions, kernel)
-            g = torch.einsum("ngol,ngclk->ngock", d[s:e], u).reshape(e - s, groups, out_ch // groups, cg * kernel)
-            sw += (g * g).sum(0)  # per-sample weight gradients, squared and summed
+            u = self._windows(module, a[s:e]).reshape(e - s, groups, cg * kernel, positions)
+            g = d[s:e] @ u.transpose(-1, -2)  # per-sample weight gradients: chunk, G, O/G, (C/G)·K
+            sw += (g * g).sum(0)
         gb = d.sum(-1).reshape(n, out_ch)
         self._add(module.weight, sw.reshape(module.weight.shape), n)
         self._add(module.bias, (gb * gb).sum(0), n)
+
+    @staticmethod
+    def _windows(module, a):
+        """The padded input's windows as (n, C·K, L), channel-major like the weight (C, k…)."""
+        if a.dim() <= 4:  # 1-D and 2-D: im2col (F.unfold), a 1-D input as a height-1 image
+            lift = (lambda v: (1, *v)) if a.dim() == 3 else tuple
+            x = a.unsqueeze(2) if a.dim() == 3 else a
+            return F.unfold(x, lift(module.kernel_size), dilation=lift(module.dilation), stride=lift(module.stride))
+        windows = a
+        for j, (k, s, dil) in enumerate(zip(module.kernel_size, module.stride, module.dilation)):
+            windows = windows.unfold(2 + j, dil * (k - 1) + 1, s)[..., ::dil]  # a view: n, C, L…, K…
+        n, c = a.shape[:2]
+        nd = len(module.kernel_size)
+        windows = windows.reshape(n, c, int(np.prod(windows.shape[2:2 + nd])), -1)  # n, C, L, K
+        return windows.transpose(2, 3).reshape(n, -1, windows.shape[2])
 
     def _embedding(self, module, idx, d):
         if idx.dim() == 0:

@@ -65,6 +65,26 @@ class SideBySide:
         np.testing.assert_allclose(self.lib.momentum, self.ref.momentum, rtol=rtol, atol=1e-12, err_msg=f"{what} momentum")
 
 
+def import_torch():
+    """torch, or a skip of the calling test module; under AUTOLR_NO_SKIPS=1 (the torch stage of
+    scripts/test.sh) a missing torch is an error."""
+    if os.environ.get("AUTOLR_NO_SKIPS") == "1":
+        import torch
+        return torch
+    return pytest.importorskip("torch", reason="torch is not in this venv; scripts/test.sh runs the torch tests in .venv-torch (PyPI's torch)")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Under AUTOLR_NO_SKIPS=1 (scripts/test.sh's torch stage) a skipped test is a failure, so a
+    stage meant to run everything cannot pass by skipping."""
+    outcome = yield
+    report = outcome.get_result()
+    if os.environ.get("AUTOLR_NO_SKIPS") == "1" and report.skipped and not hasattr(report, "wasxfail"):
+        report.outcome = "failed"
+        report.longrepr = f"skipped under AUTOLR_NO_SKIPS=1: {report.longrepr}"
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)

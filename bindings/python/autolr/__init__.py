@@ -185,9 +185,7 @@ class Optimizer(_Handle):
         if len(grads) != n:
             raise Error(f"step got {len(grads)} gradients, the optimizer has {n} tensors", "ALR_SHAPE_MISMATCH")
         keep = []  # keeps every array and ctypes object alive for the call
-        args = _ffi.AlrStepArgs()
-        args.struct_size = ctypes.sizeof(_ffi.AlrStepArgs)
-        args.n_tensors = n
+
         def pointers(what, arrays, leading=()):
             """A C array of pointers to validated float32 arrays, kept alive for the call."""
             if len(arrays) != n:
@@ -197,31 +195,48 @@ class Optimizer(_Handle):
             keep.extend([checked, ptrs])
             return ctypes.cast(ptrs, _PtrArray)
 
-        args.params = pointers("params", self._params)
-        args.grads = pointers("grads", grads)
+        if sum_sq is not None and per_sample is not None:
+            raise Error("give either sum_sq or per_sample, not both")
+        if sum_sq is not None and batch_size is None:
+            raise Error("sum_sq needs batch_size (the number of samples N)")
+        if per_sample is not None and batch_size is None and len(per_sample):
+            batch_size = per_sample[0].shape[0] if np.ndim(per_sample[0]) else 0
+        self._step_raw(
+            pointers("params", self._params), pointers("grads", grads),
+            sum_sq=None if sum_sq is None else pointers("sum_sq", sum_sq),
+            per_sample=None if per_sample is None else pointers("per_sample", per_sample, (batch_size,)),
+            per_sample_scale=per_sample_scale, batch_size=batch_size,
+            curvature=None if curvature is None else pointers("curvature", curvature),
+            loss=loss, closure=closure, grad_closure=grad_closure)
+
+    def _step_raw(self, params, grads, sum_sq=None, per_sample=None, per_sample_scale="sample", batch_size=None,
+                  curvature=None, loss=None, closure=None, grad_closure=None):
+        """The step from C arrays of float pointers (validated by the caller: one per tensor, each
+        to as many floats as the tensor has, N times that for per_sample), which the caller keeps
+        alive for the call; the scalars and callbacks as in step()."""
+        args = _ffi.AlrStepArgs()
+        args.struct_size = ctypes.sizeof(_ffi.AlrStepArgs)
+        args.n_tensors = len(self._params)
+        args.params = params
+        args.grads = grads
         if per_sample_scale not in ("sample", "mean"):
             raise Error(f"per_sample_scale is {per_sample_scale!r}; accepted: 'sample' (g_i of each sample's own loss) or 'mean' (g_i/N, BackPACK under a mean loss)")
         args.per_sample_scale = _ffi.ALR_SCALE_SAMPLE if per_sample_scale == "sample" else _ffi.ALR_SCALE_MEAN
-        if sum_sq is not None and per_sample is not None:
-            raise Error("give either sum_sq or per_sample, not both")
         if sum_sq is not None:
-            if batch_size is None:
-                raise Error("sum_sq needs batch_size (the number of samples N)")
-            args.sum_sq = pointers("sum_sq", sum_sq)
+            args.sum_sq = sum_sq
         if per_sample is not None:
-            if batch_size is None and len(per_sample):
-                batch_size = per_sample[0].shape[0] if np.ndim(per_sample[0]) else 0
-            args.per_sample = pointers("per_sample", per_sample, (batch_size,))
+            args.per_sample = per_sample
         if batch_size is not None:
             if int(batch_size) < 0:
                 raise Error(f"batch_size is {batch_size}; it must be the number of samples N >= 1")
             args.batch_size = int(batch_size)
         if curvature is not None:
-            args.curvature = pointers("curvature", curvature)
+            args.curvature = curvature
         if loss is not None:
             args.has_loss = 1
             args.loss = float(loss)
         raised = []
+        keep = []
         if closure is not None:
             def loss_fn(_user, _params, _n, out):
                 try:

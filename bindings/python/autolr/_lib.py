@@ -33,7 +33,8 @@ def load():
             return _ffi.declare(ctypes.CDLL(str(path)))
     raise ImportError(
         "autolr: shared library not found (tried: " + ", ".join(tried) + "). "
-        "Build it with `cargo build --release` or set AUTOLR_LIB to the path of libautolr.so."
+        "Install the package with `pip install ./bindings/python` (it builds and bundles the library), "
+        "or build it with `cargo build --release`, or set AUTOLR_LIB to the path of libautolr.so."
     )
 
 

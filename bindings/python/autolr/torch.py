@@ -5,7 +5,7 @@
     opt = alt.Adam(model.parameters(), lr=1e-3)            # or alt.AutoLR(params, "adam", lr=1e-3)
     loss = F.cross_entropy(model(x), y); opt.zero_grad(); loss.backward(); opt.step()
 
-    sgs = alt.SumGradSquared(model)                        # Σ_i g_i² for Linear / Conv2d layers
+    sgs = alt.SumGradSquared(model)                        # Σ_i g_i² of every parameter (hooks)
     opt = alt.AutoSGD(model.parameters())
     loss = F.cross_entropy(model(x), y); opt.zero_grad(); loss.backward()
     opt.step(sum_sq=sgs)                                   # scale and N come from the helper
@@ -38,10 +38,13 @@ works as in torch. A changed ``param_groups[g][name]`` (an LR scheduler's ``lr``
 library at the next ``step``. ``param_groups[g]["lr"]`` stays the setting; the learning rate the
 algorithm actually used is ``opt.lr[g]`` (and ``opt.momentum[g]``, ``opt.telemetry()``).
 
-``state_dict()`` is torch's dict plus ``"autolr"``: the library's checkpoint bytes (versioned,
-checksummed; ``torch.save`` stores them as they are). ``load_state_dict`` restores both.
+``state_dict()`` is torch's dict plus ``"autolr"``: the library's checkpoint (versioned,
+checksummed) as a 1-D uint8 tensor, so ``torch.load(weights_only=True)`` reads it back.
+``load_state_dict`` restores both (and still takes the bytes older versions saved).
 """
+import ctypes
 import inspect
+import warnings
 
 import numpy as np
 import torch
@@ -91,6 +94,25 @@ def _to_array(x, what, copy=False):
     return x.copy() if copy else x
 
 
+_F32 = torch.float32
+_STRIDED = torch.strided
+_PtrArray = ctypes.POINTER(ctypes.POINTER(ctypes.c_float))
+
+
+def _to_cpu_tensor(x, what, copy=False):
+    """A float32 contiguous CPU tensor for a tensor (as it is when possible) or an array."""
+    if not isinstance(x, torch.Tensor):
+        return torch.from_numpy(np.array(x, dtype=np.float32, order="C", copy=True))
+    x = x.detach()
+    if x.device.type != "cpu":
+        raise Error(f"{what} is on {x.device}; this optimizer's tensors are on the CPU")
+    if x.layout is not _STRIDED:
+        raise Error(f"{what} is sparse; autolr needs dense tensors")
+    converted = x.dtype != _F32 or not x.is_contiguous()
+    x = x.float().contiguous()
+    return x.clone() if copy and not converted else x
+
+
 def _to_device(x, what, device):
     """A float32 contiguous tensor on the optimizer's CUDA device (converted, never moved)."""
     if not isinstance(x, torch.Tensor):
@@ -101,6 +123,10 @@ def _to_device(x, what, device):
     if x.is_sparse:
         raise Error(f"{what} is sparse; autolr needs dense tensors")
     return x.float().contiguous()
+
+
+def _as_float(value):
+    return float(value.detach()) if isinstance(value, torch.Tensor) else float(value)
 
 
 def _accepts_backward_kwarg(fn):
@@ -140,7 +166,10 @@ class AutoLR(torch.optim.Optimizer):
                 raise Error(f"{_describe(i, p)} is on {p.device}, parameter 0 on {self._device}: put every parameter on one device")
         self._tensors = tensors
         self._pointers = [p.data_ptr() for p in tensors]
+        self._pointer_key = tuple(self._pointers)
+        self._arrays = {}  # cache slot -> (pointers, C array)
         self._zeros = {}
+        self._helpers = {}
         if self._device.type == "cuda":
             self._views = None
             self._stream = torch.cuda.current_stream(self._device).cuda_stream
@@ -148,6 +177,7 @@ class AutoLR(torch.optim.Optimizer):
                                    device=self._device.index, stream=self._stream, **strings)
         else:
             self._views = [p.detach().numpy() for p in tensors]  # share the tensors' storage
+            self._views_as_tensors = [p.detach() for p in tensors]
             self._core = _Core(algorithm, self._views, groups=groups, **strings)
         for name, value in numbers.items():
             self._core.set_option(name, value)
@@ -214,6 +244,8 @@ class AutoLR(torch.optim.Optimizer):
 
     # the step -------------------------------------------------------------------------------------
     def _check_storage(self):
+        if tuple(p.data_ptr() for p in self._tensors) == self._pointer_key:
+            return  # the storage the library updates is still the parameters' (dtype and device with it)
         for i, (p, ptr) in enumerate(zip(self._tensors, self._pointers)):
             if p.data_ptr() != ptr or p.device != self._device or p.dtype != torch.float32:
                 raise Error(f"{_describe(i, p)} was re-allocated after the optimizer was created "
@@ -221,22 +253,42 @@ class AutoLR(torch.optim.Optimizer):
                             "original storage: create the optimizer after moving the model", "ALR_WRONG_STATE")
 
     def _input(self, x, what, copy=False):
-        """One input buffer as the library's binding takes it on this optimizer's device."""
+        """One input buffer as a float32 contiguous tensor on this optimizer's device."""
         if self._views is None:
             return _to_device(x, what, self._device)
-        return _to_array(x, what, copy=copy)
+        return _to_cpu_tensor(x, what, copy=copy)
 
     def _grads(self, copy):
         out = []
         for i, p in enumerate(self._tensors):
-            if p.grad is None:
+            g = p.grad
+            if g is None:
                 z = self._zeros.get(i)
                 if z is None:
                     z = self._zeros[i] = self._input(torch.zeros_like(p), "zeros")
                 out.append(z)
+            elif not copy and g.dtype is _F32 and g.layout is _STRIDED and g.device == self._device and g.is_contiguous():
+                out.append(g)  # the common case, taken as it is
             else:
-                out.append(self._input(p.grad, f"grad of {_describe(i, p)}", copy=copy))
+                out.append(self._input(g, f"grad of {_describe(i, p)}", copy=copy))
         return out
+
+    def _pointer_array(self, tensors, what, leading=1, cache=None):
+        """A C array of float pointers to `tensors` (CPU float32 contiguous, one per parameter of
+        `leading` × its size). `cache` names a slot that keeps the array while the pointers stay
+        the same (gradients usually live in the same storage from step to step)."""
+        ptrs = tuple(t.data_ptr() for t in tensors)
+        if cache is not None:
+            key, array = self._arrays.get(cache, (None, None))
+            if key == ptrs:
+                return array
+        for i, (t, p) in enumerate(zip(tensors, self._tensors)):
+            if t.numel() != leading * p.numel():
+                raise Error(f"{what}[{i}] has {t.numel()} elements, {_describe(i, p)} needs {leading * p.numel()}", "ALR_SHAPE_MISMATCH")
+        array = ctypes.cast((ctypes.c_void_p * len(ptrs))(*ptrs), _PtrArray)
+        if cache is not None:
+            self._arrays[cache] = (ptrs, array)
+        return array
 
     def _per_tensor(self, values, what):
         if values is None:
@@ -319,24 +371,57 @@ class AutoLR(torch.optim.Optimizer):
         if loss is not None:
             kwargs["loss"] = float(loss)
         elif gi and result is not None:
-            kwargs["loss"] = float(result)
+            kwargs["loss"] = _as_float(result)
         if closure is not None and gi:
             if _accepts_backward_kwarg(closure):
                 def after():
                     with torch.no_grad():
-                        return float(closure(backward=False))
+                        return _as_float(closure(backward=False))
             else:
                 def after():
                     with torch.enable_grad():
-                        return float(closure())
+                        return _as_float(closure())
             kwargs["closure"] = after
         if closure is not None and vsgd and curvature is None:
             kwargs["grad_closure"] = lambda points: self._grad_at(closure, points)
         if self._views is None:
             self._step_cuda(grads, kwargs)
         else:
-            self._core.step(grads, **kwargs)
+            self._step_cpu(grads, kwargs, reruns)
+        if isinstance(sum_sq, SumGradSquared):
+            self._helpers[id(sum_sq)] = sum_sq
+            sum_sq.zero_()  # consumed, as the next zero_grad() would: a new batch starts
         return result
+
+    def zero_grad(self, set_to_none=True):
+        """torch's zero_grad, and ``zero_()`` of every SumGradSquared this optimizer stepped with
+        (S and N accumulate over backward passes like ``.grad``)."""
+        super().zero_grad(set_to_none=set_to_none)
+        for helper in self._helpers.values():
+            helper.zero_()
+
+    def _step_cpu(self, grads, kwargs, reruns):
+        """The library's step on pointers to the tensors' own storage (no numpy conversion); the
+        tensors in `grads` and `kwargs` stay referenced here until it returns."""
+        if kwargs["sum_sq"] is not None and kwargs["per_sample"] is not None:
+            raise Error("give either sum_sq or per_sample, not both")
+        batch_size = kwargs.get("batch_size")
+        per_sample = kwargs["per_sample"]
+        if per_sample is not None and batch_size is None:
+            batch_size = per_sample[0].shape[0] if per_sample and per_sample[0].dim() else 0
+        if kwargs["sum_sq"] is not None and batch_size is None:
+            raise Error("sum_sq needs batch_size (the number of samples N)")
+        if per_sample is not None:
+            for i, (t, p) in enumerate(zip(per_sample, self._tensors)):
+                if tuple(t.shape) != (int(batch_size), *p.shape):
+                    raise Error(f"per_sample[{i}] has shape {tuple(t.shape)}, expected {(int(batch_size), *p.shape)}", "ALR_SHAPE_MISMATCH")
+        arrays = {name: None if kwargs[name] is None else self._pointer_array(kwargs[name], name, leading)
+                  for name, leading in (("sum_sq", 1), ("curvature", 1), ("per_sample", int(batch_size or 0)))}
+        self._core._step_raw(
+            self._pointer_array(self._views_as_tensors, "params", cache="params"),
+            self._pointer_array(grads, "grads", cache=None if reruns else "grads"),
+            per_sample_scale=kwargs["per_sample_scale"], batch_size=batch_size,
+            loss=kwargs.get("loss"), closure=kwargs.get("closure"), grad_closure=kwargs.get("grad_closure"), **arrays)
 
     def _grad_at(self, closure, points):
         """The gradient at `points` (the library's shifted copies) through the closure."""
@@ -373,7 +458,8 @@ class AutoLR(torch.optim.Optimizer):
     # checkpoints ----------------------------------------------------------------------------------
     def state_dict(self):
         state = super().state_dict()
-        state["autolr"] = self._core.state_dict()
+        # A uint8 tensor, not bytes: torch.load(weights_only=True) (torch >= 2.6's default) accepts it.
+        state["autolr"] = torch.frombuffer(bytearray(self._core.state_dict()), dtype=torch.uint8)
         state["autolr_algorithm"] = self.algorithm
         return state
 
@@ -385,6 +471,11 @@ class AutoLR(torch.optim.Optimizer):
             raise Error("this state_dict has no 'autolr' entry: it was not saved by an autolr.torch optimizer", "ALR_BAD_CHECKPOINT")
         if algorithm != self.algorithm:
             raise Error(f"this state_dict is of '{algorithm}', the optimizer is '{self.algorithm}'", "ALR_BAD_CHECKPOINT")
+        if isinstance(blob, torch.Tensor):
+            if blob.dtype != torch.uint8 or blob.dim() != 1:
+                raise Error(f"the state_dict's 'autolr' entry is a {blob.dtype} tensor of shape {tuple(blob.shape)}, "
+                            "not the 1-D uint8 checkpoint autolr.torch saves", "ALR_BAD_CHECKPOINT")
+            blob = blob.cpu().numpy().tobytes()
         self._core.load_state_dict(bytes(blob))  # checked first: on failure nothing changes
         super().load_state_dict(state)
         # The library's checkpoint holds its options; param_groups now hold the same values.
@@ -482,104 +573,198 @@ class VSGD(AutoLR):
         super().__init__(params, f"vsgd-{variant}", **options)
 
 
-# Σ_i g_i² without per-sample gradients ---------------------------------------------------------
+# Σ_i g_i² without per-sample gradients where the layer allows it ------------------------------
+
+_CONVS = (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)
+_BATCHNORMS = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d)
+_CLOSED_FORM = (torch.nn.Linear, torch.nn.Embedding, torch.nn.LayerNorm, torch.nn.GroupNorm) + _CONVS + _BATCHNORMS
+
 
 class SumGradSquared:
-    """Collects S = Σ_i g_i² for the weights and biases of every ``nn.Linear`` and ``nn.Conv2d``
-    in ``model`` during the backward pass, without forming per-sample gradients for dense inputs.
+    """Collects S = Σ_i g_i² (i over the samples) for every trainable parameter of ``model``
+    during the backward pass.
 
-    A forward hook saves each layer's input activations ``a`` (only while gradients are enabled)
-    and registers a gradient hook on the layer's output, which receives ``δ = ∂L/∂output``.
-    Let ℓ_i be sample i's own loss and L the loss that is backpropagated:
+    A forward hook saves each layer's inputs (only while gradients are enabled) and puts a
+    gradient hook on its output, which receives ``δ = ∂L/∂output``. Let ℓ_i be sample i's own
+    loss and L the loss that is backpropagated:
 
-    * ``reduction="mean"`` (L = (1/N) Σ ℓ_i, e.g. ``F.cross_entropy`` by default): the output
-      gradient of sample i is ∂ℓ_i/∂out / N, and the helper's S holds Σ_i (g_i/N)² — BackPACK's
-      SumGradSquared convention, ``per_sample_scale="mean"``.
+    * ``reduction="mean"`` (L = (1/N) Σ ℓ_i, e.g. ``F.cross_entropy`` by default): S holds
+      Σ_i (g_i/N)² — BackPACK's SumGradSquared convention, ``per_sample_scale="mean"``.
     * ``reduction="sum"`` (L = Σ ℓ_i): S holds Σ_i g_i², ``per_sample_scale="sample"``. (Then
       ``.grad`` is the sum, not the mean gradient autolr expects: prefer mean-reduced losses.)
 
-    The values are kept as computed (no N² rescaling); ``per_sample_scale`` says which they are
-    and ``AutoLR.step(sum_sq=helper)`` passes it along with ``batch_size``. ``sum_sq(params,
-    scale="sample")`` converts.
+    The values are kept as computed (no N² rescaling); ``AutoLR.step(sum_sq=helper)`` passes
+    ``per_sample_scale`` and ``batch_size`` along. ``sum_sq(params, scale="sample")`` converts.
 
-    Cost per layer and step:
+    **Accumulation**: like ``.grad``, S and N add up over backward passes (micro-batches: N is
+    the sum of their sizes; divide each micro-batch's mean loss by their number, as usual, so
+    that ``.grad`` is the mean and S is Σ (g_i/N)² in the "mean" convention), until
+    ``zero_()``, or ``zero_grad()`` / ``step(sum_sq=helper)`` of an autolr.torch optimizer
+    (which zero the helper they were given). ``torch.nn.utils.clip_grad_norm_`` scales
+    ``.grad`` only: S stays that of the unclipped per-sample gradients. With an AMP
+    ``GradScaler`` pass ``scaler=``: S is then divided by ``scaler.get_scale()²`` when read.
 
-    * Linear with 2-D input (N, in): S_W = (δ⊙δ)ᵀ (a⊙a), S_b = Σ_n δ⊙δ — one extra matmul,
-      memory of one extra activation-sized and one output-gradient-sized tensor.
-    * Linear with more dims (N, …, in): per-sample gradients are sums over positions, so they
-      are formed, in chunks of samples: memory ``chunk·out·in`` (see ``max_chunk_elements``).
-    * Conv2d: via ``torch.nn.functional.unfold``: the unfolded input costs memory
-      N·C·k_h·k_w·L floats (L = output positions), plus the per-sample weight gradients of a chunk
-      of samples, ``chunk·out·(C/groups)·k_h·k_w`` floats, and one batched matmul.
+    Sample i is index i of dim 0 of each layer's input (dim 1 for modules with
+    ``batch_first=False``, such as ``nn.MultiheadAttention`` by default). Forms and cost per step:
 
-    Limitations: a module called more than once per forward pass (shared weights) gets S of its
-    last call only; each backward pass overwrites S (no accumulation across micro-batches);
-    parameters outside Linear/Conv2d layers have no S (``sum_sq`` raises for them).
-    ``remove()`` takes the hooks off.
+    * ``Linear``, 2-D input (N, in): S_W = (δ⊙δ)ᵀ(a⊙a), S_b = Σ_n δ⊙δ — one extra matmul.
+    * ``Linear``, input (N, …, in): g_i = Σ_t δ_{i,t} a_{i,t}ᵀ is a sum over positions, so its
+      square is no product of squares: per-sample gradients are formed in chunks of samples,
+      memory ``chunk·out·in`` floats with ``chunk·out·in ≤ max_chunk_elements``.
+    * ``Conv1d/2d/3d``: the padded input's windows (``F.unfold``; ``Tensor.unfold`` for 3-D)
+      times δ in one batched matmul per chunk of samples, giving their per-sample weight
+      gradients: memory ``chunk·(C·K·L + O·(C/groups)·K)`` floats (K = kernel elements, L =
+      output positions).
+    * ``Embedding``: per sample, the rows of the indices it uses get the sum of their δ
+      (index_add over (sample, index) pairs): memory of one δ-sized tensor; never a (V, D) per
+      sample. ``padding_idx`` rows get no gradient; ``scale_grad_by_freq`` couples the samples
+      and is refused.
+    * ``LayerNorm``, ``GroupNorm``, ``BatchNorm*`` in eval mode: g_i(weight) = Σ_positions δ⊙x̂,
+      g_i(bias) = Σ_positions δ, with x̂ the normalised input recomputed from the saved input:
+      memory of one input-sized tensor and N × the parameters. ``BatchNorm`` in training mode
+      (or without running statistics) normalises with the batch's statistics, which couples
+      the samples: its forward raises ``autolr.Error``.
+    * ``MultiheadAttention`` (in_proj_weight/bias or q/k/v_proj_weight, bias_k/v, out_proj):
+      the projections act on sequences, so per-sample gradients must be formed (as for a
+      Linear over positions); they come from ``torch.func`` (vmap over samples of the gradient
+      of ⟨attention(x_i), δ_i⟩) in chunks: memory ``chunk·(parameters + the layer's
+      activations of one sample)``. Attention dropout in training mode is refused (the mask of
+      the forward pass cannot be reproduced per sample); the attention weights output must not
+      enter the loss.
+    * Any other module with trainable parameters of its own: the same ``torch.func`` fallback
+      over that module and its first tensor output (same memory bound; the module must treat
+      samples independently and work under ``torch.func.vmap``, else its error is raised with
+      the module named).
+
+    Limitations: a module called more than once per forward pass (shared weights) gets the sum
+    of each call's S, not the S of the summed gradient. ``remove()`` takes the hooks off.
     """
 
-    def __init__(self, model, reduction="mean", max_chunk_elements=1 << 24):
+    def __init__(self, model, reduction="mean", max_chunk_elements=1 << 24, scaler=None):
         if reduction not in ("mean", "sum"):
             raise Error(f"reduction is {reduction!r}; accepted: 'mean' (L = (1/N) Σ ℓ_i) or 'sum' (L = Σ ℓ_i)")
+        if int(max_chunk_elements) < 1:
+            raise Error(f"max_chunk_elements is {max_chunk_elements}; it must be >= 1")
         self.reduction = reduction
         self.max_chunk_elements = int(max_chunk_elements)
-        self.batch_size = None
-        self._sums = {}  # id(param) -> tensor
+        self.scaler = scaler
+        self._sums = {}    # id(param) -> tensor
+        self._counts = {}  # id(param) -> samples seen since the last zero_()
         self._covered = set()
         self._handles = []
+        self._replaying = False
         for module in model.modules():
-            if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
-                self._handles.append(module.register_forward_hook(self._forward_hook))
-                for p in (module.weight, module.bias):
-                    if p is not None:
-                        self._covered.add(id(p))
-        if not self._handles:
-            raise Error("SumGradSquared found no nn.Linear or nn.Conv2d in the model")
+            own = [p for p in module.parameters(recurse=False) if p.requires_grad]
+            if isinstance(module, torch.nn.MultiheadAttention):
+                own += [p for p in module.out_proj.parameters() if p.requires_grad]
+                hook = self._functional_hook
+            elif isinstance(module, _CLOSED_FORM):
+                hook = self._forward_hook
+            elif any(isinstance(m, torch.nn.MultiheadAttention) and module is m.out_proj for m in model.modules()):
+                continue  # MultiheadAttention's out_proj: never called as a module, covered above
+            elif own:
+                hook = self._functional_hook
+            else:
+                continue
+            if isinstance(module, _BATCHNORMS) and not own:
+                continue
+            self._handles.append(module.register_forward_hook(hook, with_kwargs=True))
+            self._covered.update(id(p) for p in own)
+        if not self._covered:
+            raise Error("SumGradSquared found no trainable parameters in the model")
 
     @property
     def per_sample_scale(self):
         """"mean" for a mean-reduced loss (S = Σ (g_i/N)²), "sample" for a sum (S = Σ g_i²)."""
         return "mean" if self.reduction == "mean" else "sample"
 
+    @property
+    def batch_size(self):
+        """N: the samples seen since the last ``zero_()`` (None before the first backward)."""
+        counts = set(self._counts.values())
+        if not counts:
+            return None
+        if len(counts) > 1:
+            raise Error(f"the parameters saw different numbers of samples since the last zero_() ({sorted(counts)}): "
+                        "a layer was not used in every forward pass, or a backward pass was cut short", "ALR_WRONG_STATE")
+        return counts.pop()
+
+    def zero_(self):
+        """Forgets S and N (the next backward pass starts a new batch)."""
+        self._sums = {}
+        self._counts = {}
+
     def remove(self):
         for handle in self._handles:
             handle.remove()
         self._handles = []
 
-    def _forward_hook(self, module, inputs, output):
-        if not torch.is_grad_enabled() or not isinstance(output, torch.Tensor) or not output.requires_grad:
+    # hooks ---------------------------------------------------------------------------------------
+    def _forward_hook(self, module, args, kwargs, output):
+        if self._replaying or not torch.is_grad_enabled() or not isinstance(output, torch.Tensor) or not output.requires_grad:
             return
-        activations = inputs[0].detach()
-        output.register_hook(lambda grad: self._collect(module, activations, grad.detach()))
+        if isinstance(module, _BATCHNORMS) and (module.training or not module.track_running_stats):
+            raise Error(f"SumGradSquared: {type(module).__name__} normalises with the batch's statistics in training mode, "
+                        "which couples the samples, so per-sample gradients do not exist: use GroupNorm/LayerNorm, or "
+                        "put the BatchNorm in eval() mode (running statistics)")
+        if isinstance(module, torch.nn.Embedding) and module.scale_grad_by_freq:
+            raise Error("SumGradSquared: Embedding(scale_grad_by_freq=True) scales by the batch's index counts, "
+                        "which couples the samples: per-sample gradients do not exist")
+        inputs = args[0] if args else next(iter(kwargs.values()))
+        inputs = inputs.detach()
+        output.register_hook(lambda grad: self._collect(module, inputs, grad.detach()))
 
-    def _set(self, param, value):
-        if param is not None and param.requires_grad:
-            self._sums[id(param)] = value
+    def _functional_hook(self, module, args, kwargs, output):
+        if self._replaying or not torch.is_grad_enabled():
+            return
+        outputs = [output] if isinstance(output, torch.Tensor) else [o for o in output if isinstance(o, torch.Tensor)] \
+            if isinstance(output, (tuple, list)) else []
+        outputs = [o for o in outputs if o.requires_grad]
+        if not outputs:
+            return
+        if isinstance(module, torch.nn.MultiheadAttention) and module.training and module.dropout > 0:
+            raise Error("SumGradSquared: MultiheadAttention with dropout > 0 in training mode: the dropout mask "
+                        "of the forward pass cannot be reproduced per sample; use dropout=0 (or eval())")
+        call = _FunctionalCall(module, args, kwargs)
+        # The output that gets the gradient (for attention: the first; its weights must not enter the loss).
+        outputs[0].register_hook(lambda grad: self._with_no_grad(self._functional, module, call, grad.detach()))
 
-    def _record_batch(self, n):
-        self.batch_size = int(n)
+    def _with_no_grad(self, fn, *args):
+        with torch.no_grad():
+            fn(*args)
+
+    def _add(self, param, value, n):
+        if param is None or not param.requires_grad:
+            return
+        key = id(param)
+        s = self._sums.get(key)
+        self._sums[key] = value if s is None else s + value
+        self._counts[key] = self._counts.get(key, 0) + int(n)
 
     def _chunks(self, n, per_sample_elements):
         step = max(1, self.max_chunk_elements // max(1, per_sample_elements))
         return [(s, min(n, s + step)) for s in range(0, n, step)]
 
     def _collect(self, module, a, d):
-        unbatched = a.dim() == (1 if isinstance(module, torch.nn.Linear) else 3)
-        if unbatched:  # torch accepts one sample without the batch dimension
-            a, d = a.unsqueeze(0), d.unsqueeze(0)
         with torch.no_grad():
-            self._record_batch(a.shape[0])
             if isinstance(module, torch.nn.Linear):
                 self._linear(module, a, d)
+            elif isinstance(module, _CONVS):
+                self._conv(module, a, d)
+            elif isinstance(module, torch.nn.Embedding):
+                self._embedding(module, a, d)
             else:
-                self._conv2d(module, a, d)
+                self._norm(module, a, d)
 
+    # closed forms ----------------------------------------------------------------------------------
     def _linear(self, module, a, d):
+        if a.dim() == 1:  # torch accepts one sample without the batch dimension
+            a, d = a.unsqueeze(0), d.unsqueeze(0)
         n = a.shape[0]
         if a.dim() == 2:
             d2 = d * d
-            self._set(module.weight, d2.t() @ (a * a))
-            self._set(module.bias, d2.sum(0))
+            self._add(module.weight, d2.t() @ (a * a), n)
+            self._add(module.bias, d2.sum(0), n)
             return
         a3 = a.reshape(n, -1, a.shape[-1])
         d3 = d.reshape(n, -1, d.shape[-1])
@@ -588,30 +773,122 @@ class SumGradSquared:
             g = torch.einsum("nto,nti->noi", d3[s:e], a3[s:e])  # per-sample weight gradients
             sw += (g * g).sum(0)
         gb = d3.sum(1)
-        self._set(module.weight, sw)
-        self._set(module.bias, (gb * gb).sum(0))
+        self._add(module.weight, sw, n)
+        self._add(module.bias, (gb * gb).sum(0), n)
 
-    def _conv2d(self, module, a, d):
-        n = a.shape[0]
-        if isinstance(module.padding, str) or module.padding_mode != "zeros":
-            mode = "constant" if module.padding_mode == "zeros" else module.padding_mode
+    def _conv(self, module, a, d):
+        nd = len(module.kernel_size)
+        if a.dim() == nd + 1:  # unbatched
+            a, d = a.unsqueeze(0), d.unsqueeze(0)
+        n, groups, out_ch = a.shape[0], module.groups, module.out_channels
+        mode = "constant" if module.padding_mode == "zeros" else module.padding_mode
+        if any(module._reversed_padding_repeated_twice):
             a = F.pad(a, module._reversed_padding_repeated_twice, mode=mode)
-            padding = 0
-        else:
-            padding = module.padding
-        unfolded = F.unfold(a, module.kernel_size, dilation=module.dilation, padding=padding, stride=module.stride)
-        groups, out_ch = module.groups, module.out_channels
-        positions = unfolded.shape[-1]
-        unfolded = unfolded.reshape(n, groups, -1, positions)        # N, G, (C/G)·kh·kw, L
-        d = d.reshape(n, groups, out_ch // groups, positions)        # N, G, O/G, L
-        sw = torch.zeros((groups, out_ch // groups, unfolded.shape[2]), dtype=d.dtype, device=d.device)
-        for s, e in self._chunks(n, module.weight.numel()):
-            g = torch.einsum("ngol,ngkl->ngok", d[s:e], unfolded[s:e])  # per-sample weight gradients
+        positions = d[0, 0].numel()
+        kernel = int(np.prod(module.kernel_size))
+        cg = a.shape[1] // groups
+        d = d.reshape(n, groups, out_ch // groups, positions)
+        sw = torch.zeros((groups, out_ch // groups, cg * kernel), dtype=d.dtype, device=d.device)
+        for s, e in self._chunks(n, a.shape[1] * kernel * positions + module.weight.numel()):
+            u = self._windows(module, a[s:e]).reshape(e - s, groups, cg * kernel, positions)
+            g = d[s:e] @ u.transpose(-1, -2)  # per-sample weight gradients: chunk, G, O/G, (C/G)·K
             sw += (g * g).sum(0)
         gb = d.sum(-1).reshape(n, out_ch)
-        self._set(module.weight, sw.reshape(module.weight.shape))
-        self._set(module.bias, (gb * gb).sum(0))
+        self._add(module.weight, sw.reshape(module.weight.shape), n)
+        self._add(module.bias, (gb * gb).sum(0), n)
 
+    @staticmethod
+    def _windows(module, a):
+        """The padded input's windows as (n, C·K, L), channel-major like the weight (C, k…)."""
+        if a.dim() <= 4:  # 1-D and 2-D: im2col (F.unfold), a 1-D input as a height-1 image
+            lift = (lambda v: (1, *v)) if a.dim() == 3 else tuple
+            x = a.unsqueeze(2) if a.dim() == 3 else a
+            return F.unfold(x, lift(module.kernel_size), dilation=lift(module.dilation), stride=lift(module.stride))
+        windows = a
+        for j, (k, s, dil) in enumerate(zip(module.kernel_size, module.stride, module.dilation)):
+            windows = windows.unfold(2 + j, dil * (k - 1) + 1, s)[..., ::dil]  # a view: n, C, L…, K…
+        n, c = a.shape[:2]
+        nd = len(module.kernel_size)
+        windows = windows.reshape(n, c, int(np.prod(windows.shape[2:2 + nd])), -1)  # n, C, L, K
+        return windows.transpose(2, 3).reshape(n, -1, windows.shape[2])
+
+    def _embedding(self, module, idx, d):
+        if idx.dim() == 0:
+            idx, d = idx.reshape(1), d.reshape(1, -1)
+        n, vocab = idx.shape[0], module.num_embeddings
+        rows = idx.reshape(n, -1).long()
+        keys = (torch.arange(n, device=idx.device).unsqueeze(1) * vocab + rows).reshape(-1)
+        d = d.reshape(keys.shape[0], -1)
+        if module.padding_idx is not None:
+            keep = rows.reshape(-1) != module.padding_idx
+            keys, d = keys[keep], d[keep]
+        unique, inverse = torch.unique(keys, return_inverse=True)
+        per_sample_rows = torch.zeros((unique.shape[0], d.shape[1]), dtype=d.dtype, device=d.device).index_add_(0, inverse, d)
+        s = torch.zeros_like(module.weight).index_add_(0, unique % vocab, per_sample_rows * per_sample_rows)
+        self._add(module.weight, s, n)
+
+    def _norm(self, module, x, d):
+        """LayerNorm / GroupNorm / BatchNorm (eval): per-sample Σ_positions δ⊙x̂ and Σ_positions δ."""
+        if isinstance(module, torch.nn.LayerNorm):
+            dims = tuple(range(x.dim() - len(module.normalized_shape), x.dim()))
+            if x.dim() == len(module.normalized_shape):  # unbatched
+                x, d, dims = x.unsqueeze(0), d.unsqueeze(0), tuple(i + 1 for i in dims)
+            mean = x.mean(dims, keepdim=True)
+            xhat = (x - mean) * torch.rsqrt(x.var(dims, unbiased=False, keepdim=True) + module.eps)
+            n = x.shape[0]
+            per_sample = lambda t: t.reshape(n, -1, *module.normalized_shape).sum(1)  # noqa: E731
+        else:
+            n, c = x.shape[0], x.shape[1]
+            if isinstance(module, torch.nn.GroupNorm):
+                xg = x.reshape(n, module.num_groups, -1)
+                xhat = ((xg - xg.mean(-1, keepdim=True)) * torch.rsqrt(xg.var(-1, unbiased=False, keepdim=True) + module.eps)).reshape(x.shape)
+            else:
+                shape = (1, c) + (1,) * (x.dim() - 2)
+                xhat = (x - module.running_mean.reshape(shape)) * torch.rsqrt(module.running_var.reshape(shape) + module.eps)
+            per_sample = lambda t: t.reshape(n, c, -1).sum(-1)  # noqa: E731
+        if module.weight is not None:
+            gw = per_sample(d * xhat)
+            self._add(module.weight, (gw * gw).sum(0), n)
+        if module.bias is not None:
+            gb = per_sample(d)
+            self._add(module.bias, (gb * gb).sum(0), n)
+
+    # torch.func: attention and the fallback --------------------------------------------------------
+    def _functional(self, module, call, delta):
+        try:
+            from torch.func import grad, vmap
+        except ImportError as e:  # torch < 2.0
+            raise Error(f"SumGradSquared: {type(module).__name__} needs torch.func (torch >= 2.0)") from e
+        names, tensors = call.parameters(self._covered)
+        if not names:
+            return
+        n = call.n
+        per_sample_elements = sum(t.numel() for t in tensors) + call.sample_elements()
+
+        def inner(params, batched, delta_i):
+            out = call.run(dict(zip(names, params)), batched)
+            return (out * delta_i.unsqueeze(call.batch_dim)).sum()
+        per_sample_grad = vmap(grad(inner), in_dims=(None, call.in_dims(), call.batch_dim), randomness="error")
+        sums = [torch.zeros_like(t) for t in tensors]
+        for s, e in self._chunks(n, per_sample_elements):
+            self._replaying = True  # the replay runs the module's (and its children's) hooks: they stay out
+            try:
+                with torch.enable_grad(), warnings.catch_warnings():
+                    # vmap has no batching rule for CPU flash attention and says so on every call
+                    warnings.filterwarnings("ignore", message=".*have not yet implemented the batching rule")
+                    grads = per_sample_grad(tensors, call.batched(s, e), delta.narrow(call.batch_dim, s, e - s))
+            except Exception as err:
+                raise Error(f"SumGradSquared: per-sample gradients of {type(module).__name__} through torch.func failed "
+                            f"({type(err).__name__}: {err}); the module must treat samples independently") from err
+            finally:
+                self._replaying = False
+            for acc, g in zip(sums, grads):
+                acc += (g * g).sum(0)
+        params = call.parameter_objects(names)
+        for p, s in zip(params, sums):
+            self._add(p, s, n)
+
+    # read-back ---------------------------------------------------------------------------------------
     def sum_sq(self, params, scale=None):
         """S per parameter as float32 numpy arrays, in the order of ``params``; ``scale`` converts
         to "sample" (× N² from "mean") or "mean"; default: as collected (``per_sample_scale``)."""
@@ -626,12 +903,76 @@ class SumGradSquared:
                 raise Error(f"scale is {scale!r}; accepted: 'sample', 'mean'")
             n2 = float(self.batch_size or 0) ** 2
             factor = n2 if scale == "sample" else 1.0 / n2
+        if self.scaler is not None:
+            factor /= float(self.scaler.get_scale()) ** 2
         for i, p in enumerate(params):
             if id(p) not in self._covered:
-                raise Error(f"{_describe(i, p)} is not the weight or bias of an nn.Linear or nn.Conv2d: "
-                            "SumGradSquared has no Σg² for it")
+                raise Error(f"{_describe(i, p)} is not a trainable parameter of the model given to SumGradSquared: "
+                            "it has no Σg²")
             s = self._sums.get(id(p))
             if s is None:
                 raise Error(f"no Σg² for {_describe(i, p)} yet: run forward and backward (with gradients enabled) first", "ALR_WRONG_STATE")
             out.append(s * factor if factor != 1.0 else s)
         return out
+
+
+class _FunctionalCall:
+    """One forward call of a module, replayable per sample under torch.func: which tensor
+    arguments are batched (and along which dim), and how to give one sample back its batch dim."""
+
+    def __init__(self, module, args, kwargs):
+        self.module = module
+        self.args = [a.detach() if isinstance(a, torch.Tensor) else a for a in args]
+        self.kwargs = {k: (v.detach() if isinstance(v, torch.Tensor) else v) for k, v in kwargs.items()}
+        attention = isinstance(module, torch.nn.MultiheadAttention)
+        self.batch_dim = 1 if getattr(module, "batch_first", True) is False else 0
+        first = next(a for a in self.args + list(self.kwargs.values()) if isinstance(a, torch.Tensor))
+        if attention and first.dim() == 2:
+            raise Error("SumGradSquared: unbatched MultiheadAttention input: add the batch dimension")
+        self.n = first.shape[self.batch_dim]
+        self.slots = []  # (container, key, dim the sample axis is at, restore)
+        for key, value in list(enumerate(self.args)) + list(self.kwargs.items()):
+            if not isinstance(value, torch.Tensor):
+                continue
+            dim, restore = self.batch_dim, lambda t, dim=self.batch_dim: t.unsqueeze(dim)
+            if attention and key == "key_padding_mask":
+                dim, restore = 0, lambda t: t.unsqueeze(0)
+            elif attention and key == "attn_mask":
+                if value.dim() == 2:
+                    continue  # one mask for every sample
+                value = value.reshape(self.n, -1, *value.shape[1:])  # (N·heads, L, S) -> N, heads, L, S
+                dim, restore = 0, lambda t: t
+            elif value.dim() <= dim or value.shape[dim] != self.n:
+                continue
+            self.slots.append((key, value, dim, restore))
+        if attention:
+            self.kwargs["need_weights"] = False
+
+    def parameters(self, covered):
+        own = list(self.module.named_parameters(recurse=False))
+        if isinstance(self.module, torch.nn.MultiheadAttention):
+            own += [(f"out_proj.{k}", v) for k, v in self.module.out_proj.named_parameters()]
+        own = [(k, v) for k, v in own if v.requires_grad and id(v) in covered]
+        return [k for k, _ in own], [v.detach() for _, v in own]
+
+    def parameter_objects(self, names):
+        return [self.module.get_parameter(name) for name in names]
+
+    def sample_elements(self):
+        return sum(v[0].numel() if d == 0 else v.select(d, 0).numel() for _, v, d, _ in self.slots)
+
+    def in_dims(self):
+        return [d for _, _, d, _ in self.slots]
+
+    def batched(self, s, e):
+        return [v.narrow(d, s, e - s) for _, v, d, _ in self.slots]
+
+    def run(self, params, batched):
+        args, kwargs = list(self.args), dict(self.kwargs)
+        for (key, _, _, restore), value in zip(self.slots, batched):
+            if isinstance(key, int):
+                args[key] = restore(value)
+            else:
+                kwargs[key] = restore(value)
+        out = torch.func.functional_call(self.module, params, tuple(args), kwargs)
+        return out[0] if isinstance(out, (tuple, list)) else out

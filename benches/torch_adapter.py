@@ -1,0 +1,200 @@
+"""autolr.torch against torch's own optimizers, in one run, on one thread, on the same tensors.
+
+    .venv-torch/bin/python benches/torch_adapter.py [--quick]
+
+Prints Markdown tables (README "torch adapter speed"):
+1. fixed-rate steps at p = 1e7 in 1 and in 100 tensors: autolr.torch Adam/SGD against
+   torch.optim.Adam(fused=True) / (foreach=True) and SGD(foreach=True) / (fused=True);
+2. per-step overhead: the same steps on tensors so small that the arithmetic is negligible
+   (a 4-tensor MLP 8-8-8 and 100 tensors of 16 floats), so the time is the Python/C-call cost;
+3. full training steps on the Fashion-MNIST MLP 784-120-10 and a small CNN (batch 128):
+   Adam (zero_grad, forward, backward, step) against GI over auto-adam (closure + the GI
+   re-evaluation forward + Σg² hooks + step), with the parts of the GI step timed separately.
+
+Each number is the median of `--reps` timed calls after warm-up. The library's own worker
+threads are limited to one (AUTOLR_NUM_THREADS=1) like torch's (torch.set_num_threads(1)).
+"""
+import argparse
+import gzip
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("AUTOLR_NUM_THREADS", "1")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bindings" / "python"))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+import autolr.torch as alt  # noqa: E402
+
+nn = torch.nn
+DATA = Path("/usr/share/datasets/fashion-mnist")
+
+
+def median_time(fn, reps, warmup=3):
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def tensors(total, count, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    size = total // count
+    params = [nn.Parameter(torch.randn(size, generator=g)) for _ in range(count)]
+    for p in params:
+        p.grad = torch.randn(size, generator=g) * 1e-3
+    return params
+
+
+def step_time(make, total, count, reps):
+    params = tensors(total, count)
+    opt = make(params)
+    return median_time(opt.step, reps)
+
+
+FIXED = [
+    ("adam", "autolr.torch Adam", lambda p: alt.Adam(p, lr=1e-3), [
+        ("torch Adam fused", lambda p: torch.optim.Adam(p, lr=1e-3, fused=True)),
+        ("torch Adam foreach", lambda p: torch.optim.Adam(p, lr=1e-3, foreach=True))]),
+    ("sgd", "autolr.torch SGD", lambda p: alt.SGD(p, lr=1e-3), [
+        ("torch SGD fused", lambda p: torch.optim.SGD(p, lr=1e-3, fused=True)),
+        ("torch SGD foreach", lambda p: torch.optim.SGD(p, lr=1e-3, foreach=True))]),
+]
+
+
+def fixed_rate_table(reps):
+    print("| step | tensors | autolr (ms) | torch fastest (ms) | which | autolr / fastest |")
+    print("|---|---|---|---|---|---|")
+    for _, name, ours, theirs in FIXED:
+        for count in (1, 100):
+            t_ours = step_time(ours, 10_000_000, count, reps)
+            best = min(((step_time(make, 10_000_000, count, reps), label) for label, make in theirs))
+            print(f"| {name} | {count} | {t_ours * 1e3:.2f} | {best[0] * 1e3:.2f} | {best[1]} | {t_ours / best[0]:.2f} |")
+
+
+def overhead_table(reps):
+    print("| model | step | autolr (µs) | torch fastest (µs) | which | autolr / fastest |")
+    print("|---|---|---|---|---|---|")
+    shapes = {"MLP 8-8-8 (4 tensors)": [(8, 8), (8,), (8, 8), (8,)], "100 tensors of 16": [(16,)] * 100}
+    for model, shape_list in shapes.items():
+        for _, name, ours, theirs in FIXED:
+            def make_params():
+                g = torch.Generator().manual_seed(1)
+                ps = [nn.Parameter(torch.randn(s, generator=g)) for s in shape_list]
+                for p in ps:
+                    p.grad = torch.randn(p.shape, generator=g) * 1e-3
+                return ps
+            t_ours = median_time(ours(make_params()).step, reps * 20)
+            best = min((median_time(make(make_params()).step, reps * 20), label) for label, make in theirs)
+            print(f"| {model} | {name} | {t_ours * 1e6:.1f} | {best[0] * 1e6:.1f} | {best[1]} | {t_ours / best[0]:.2f} |")
+
+
+def load_fashion_mnist(n):
+    if not (DATA / "train-images-idx3-ubyte.gz").is_file():
+        print(f"(no {DATA}: `apt-get install dataset-fashion-mnist`; using random images)")
+        g = torch.Generator().manual_seed(0)
+        return torch.rand(n, 1, 28, 28, generator=g), torch.randint(0, 10, (n,), generator=g)
+    with gzip.open(DATA / "train-images-idx3-ubyte.gz") as f:
+        x = np.frombuffer(f.read(), np.uint8, offset=16)[: n * 784].reshape(n, 1, 28, 28)
+    with gzip.open(DATA / "train-labels-idx1-ubyte.gz") as f:
+        y = np.frombuffer(f.read(), np.uint8, offset=8)[:n]
+    return torch.from_numpy(x.astype(np.float32) / 255.0), torch.from_numpy(y.astype(np.int64))
+
+
+def models():
+    torch.manual_seed(0)
+    mlp = lambda: nn.Sequential(nn.Flatten(), nn.Linear(784, 120), nn.Tanh(), nn.Linear(120, 10))  # noqa: E731
+    cnn = lambda: nn.Sequential(nn.Conv2d(1, 8, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(8, 16, 5), nn.ReLU(),  # noqa: E731
+                                nn.MaxPool2d(2), nn.Flatten(), nn.Linear(256, 10))
+    return {"MLP 784-120-10": mlp, "CNN (conv5x5 8, conv5x5 16, linear)": cnn}
+
+
+def training_table(reps):
+    x_all, y_all = load_fashion_mnist(128 * 16)
+    batches = [(x_all[i:i + 128], y_all[i:i + 128]) for i in range(0, len(x_all), 128)]
+    print("| model | Adam step (ms) | GI(auto-adam) step (ms) | ratio | of which: fwd+bwd | Σg² hooks | GI's re-evaluation | library step |")
+    print("|---|---|---|---|---|---|---|---|")
+    for label, make in models().items():
+        counter = iter(range(1 << 30))
+
+        def next_batch():
+            return batches[next(counter) % len(batches)]
+
+        model = make()
+        adam = torch.optim.Adam(model.parameters(), lr=1e-3)
+
+        def adam_step():
+            x, y = next_batch()
+            adam.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            adam.step()
+        t_adam = median_time(adam_step, reps)
+
+        def fwd_bwd(m):
+            x, y = next_batch()
+            m.zero_grad()
+            F.cross_entropy(m(x), y).backward()
+        plain = make()
+        t_fb = median_time(lambda: fwd_bwd(plain), reps)
+        hooked = make()
+        sgs_only = alt.SumGradSquared(hooked)
+
+        def fwd_bwd_hooks():
+            fwd_bwd(hooked)
+            sgs_only.zero_()
+        t_hooks = median_time(fwd_bwd_hooks, reps) - t_fb
+
+        def forward_only():
+            x, y = next_batch()
+            with torch.no_grad():
+                F.cross_entropy(plain(x), y)
+        t_eval = median_time(forward_only, reps)
+
+        gi_model = make()
+        sgs = alt.SumGradSquared(gi_model)
+        gi = alt.GI(gi_model.parameters(), base="auto-adam")
+
+        def gi_step():
+            x, y = next_batch()
+
+            def closure(backward=True):
+                gi.zero_grad()
+                loss = F.cross_entropy(gi_model(x), y)
+                if backward:
+                    loss.backward()
+                return loss
+            gi.step(closure, sum_sq=sgs)
+        t_gi = median_time(gi_step, reps)
+        rest = t_gi - t_fb - t_hooks - t_eval
+        print(f"| {label} | {t_adam * 1e3:.2f} | {t_gi * 1e3:.2f} | {t_gi / t_adam:.2f} | {t_fb * 1e3:.2f} | "
+              f"{t_hooks * 1e3:.2f} | {t_eval * 1e3:.2f} | {rest * 1e3:.2f} |")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--reps", type=int, default=15)
+    parser.add_argument("--quick", action="store_true", help="few repetitions (a smoke run)")
+    args = parser.parse_args()
+    reps = 3 if args.quick else args.reps
+    torch.set_num_threads(1)
+    print(f"torch {torch.__version__}, torch threads {torch.get_num_threads()}, AUTOLR_NUM_THREADS={os.environ['AUTOLR_NUM_THREADS']}, median of {reps}\n")
+    print("Fixed-rate step, p = 1e7 (float32):\n")
+    fixed_rate_table(reps)
+    print("\nPer-step overhead (tiny tensors):\n")
+    overhead_table(reps)
+    print("\nFull training step, batch 128:\n")
+    training_table(reps)
+
+
+if __name__ == "__main__":
+    main()

@@ -6,7 +6,7 @@
 # to run on a CPU), the release build, then: Rust unit and integration tests (the header
 # freshness check among them), the CUDA kernels compiled with nvcc (the system's, or NVIDIA's pip
 # wheel) and the no-driver error checked, the check that the generated bindings match
-# include/autolr.h, the C ABI test under valgrind, the C++ binding's tests, the torch adapter's
+# include/autolr.h, rustfmt and clippy (both builds, warnings as errors), the C ABI test under valgrind, the C++ binding's tests, the torch adapter's
 # tests (in .venv-torch, where a skipped test counts as a failure) and the Python tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,7 +28,10 @@ fi
 
 echo "== cargo build"
 cargo build --release --all-targets
-echo "== cargo test"
+echo "== lint: rustfmt (rustfmt.toml), clippy with warnings as errors"
+cargo fmt --check
+cargo clippy --release --all-targets -- -D warnings
+echo "== cargo test (the layering scan and the per-algorithm battery among them)"
 # Benches are built above but not run here: they measure, they do not test.
 cargo test --release --lib --tests --examples
 echo "== CUDA kernels (feature cuda; own target dir, so the CPU build the tests below load is untouched)"
@@ -43,6 +46,7 @@ if [ -z "${NVCC:-}" ]; then
   fi
 fi
 export NVCC
+CARGO_TARGET_DIR=target/cuda cargo clippy --release --all-targets --features cuda -- -D warnings
 CARGO_TARGET_DIR=target/cuda cargo test --release --features cuda --lib --test cuda_device
 echo "== generated bindings"
 python3 scripts/gen_bindings.py --check

@@ -1,4 +1,4 @@
-//! Fixed-rate optimizers against the memory-bandwidth floor (ALGORITHMS.md §0).
+//! Fixed-rate optimizers against the memory-bandwidth floor (docs/algorithms.md §0).
 //!
 //! For p = 1e6 and 1e7 float32 parameters, in 1 and in 100 tensors, this measures the step time
 //! (median of several repetitions after warm-up) of every fixed-rate optimizer through the Rust

@@ -199,12 +199,18 @@ const char *alr_last_error(void);
 // value that is no AlrStatus); static storage. Takes an int so that any value is safe.
 const char *alr_status_name(int32_t status);
 
+// The algorithms `alr_create` accepts on `device`, comma-separated ("sgd,momentum,…"): every
+// one for ALR_DEVICE_CPU; for ALR_DEVICE_CUDA those with CUDA kernels (creating one still needs
+// a build with the `cuda` feature and a GPU). Static storage; NULL for a value that is no
+// AlrDevice. Takes an int so that any value is safe.
+const char *alr_algorithms(int32_t device);
+
 // Creates an optimizer and writes its handle to `*out` (set to NULL on failure).
 // Free it with `alr_destroy`. Options start at their defaults (ALGORITHMS.md).
 // Returns ALR_OK, ALR_NULL_POINTER, ALR_INVALID_ARGUMENT (unknown algorithm — the message
 // lists the accepted names —, bad group ids, zero-length tensor, struct_size too small),
 // ALR_UNSUPPORTED (a CUDA device on a build without the `cuda` feature, or an algorithm
-// without CUDA kernels: vSGD, TLR and GI run on the CPU only), ALR_CUDA_ERROR (no CUDA driver,
+// without CUDA kernels: `alr_algorithms(ALR_DEVICE_CUDA)` lists those with them), ALR_CUDA_ERROR (no CUDA driver,
 // no such device, or a CUDA call failed).
 enum AlrStatus alr_create(const struct AlrCreateArgs *args, struct AlrOptimizer **out);
 

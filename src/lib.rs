@@ -1,6 +1,6 @@
 //! autolr: learning rates (and momentum) that set themselves.
 //!
-//! The Rust API below is what the C ABI (`ffi`) wraps one to one. See `ALGORITHMS.md` for the
+//! The Rust API below is what the C ABI (`ffi`) wraps one to one. See `docs/algorithms.md` for the
 //! update rules and `include/autolr.h` for the C view.
 
 pub mod adapt;

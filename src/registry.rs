@@ -26,7 +26,7 @@ fn common_specs() -> Vec<OptionSpec> {
     vec![OptionSpec::flag("check_finite", true).global()]
 }
 
-/// The rules of ALGORITHMS.md §0, whose learning rate is a fixed option.
+/// The rules of docs/algorithms.md §0, whose learning rate is a fixed option.
 pub fn is_fixed_rate(name: &str) -> bool {
     matches!(name, "sgd" | "momentum" | "adam" | "adamw" | "adagrad" | "rmsprop")
 }

@@ -466,7 +466,7 @@ public:
     /// The momentum of every group.
     std::vector<double> momentum() const { return per_group(&Optimizer::momentum); }
 
-    /// The algorithm's internal scalars for `group` (ALGORITHMS.md §5), in the library's order.
+    /// The algorithm's internal scalars for `group` (docs/algorithms.md §5), in the library's order.
     std::vector<std::pair<std::string, double>> telemetry(std::size_t group = 0) const {
         std::size_t count = 0;
         detail::check(alr_telemetry_count(handle(), group, &count));

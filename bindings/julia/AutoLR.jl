@@ -95,7 +95,7 @@ end
 
 An optimizer over `params`, a vector of `Array{Float32}` updated in place by [`step!`](@ref).
 `groups` gives a group number (1…G, each used) per tensor; by default every tensor is its own
-group. Options by name (ALGORITHMS.md), e.g. `lr=1e-3`, `nu=0.9`, `nesterov=true`; for `"gi"`
+group. Options by name (docs/algorithms.md), e.g. `lr=1e-3`, `nu=0.9`, `nesterov=true`; for `"gi"`
 pass `base="adam"` (set before the other options). Free it early with `close(opt)`; otherwise
 a finalizer does.
 """
@@ -381,7 +381,7 @@ lr(opt::Optimizer) = _per_group(alr_get_lr, opt)
 """Momentum per group (AutoOpt's adapted value; the fixed value for momentum bases; 0 if none)."""
 momentum(opt::Optimizer) = _per_group(alr_get_momentum, opt)
 
-"""`Dict(name => [value per group])` of the algorithm's internal scalars (ALGORITHMS.md §5)."""
+"""`Dict(name => [value per group])` of the algorithm's internal scalars (docs/algorithms.md §5)."""
 function telemetry(opt::Optimizer)
     h = _handle(opt)
     result = Dict{String,Vector{Float64}}()

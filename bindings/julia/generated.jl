@@ -90,6 +90,7 @@ alr_version() = @ccall libautolr.alr_version()::Ptr{Cchar}
 alr_abi_version() = @ccall libautolr.alr_abi_version()::UInt32
 alr_last_error() = @ccall libautolr.alr_last_error()::Ptr{Cchar}
 alr_status_name(status) = @ccall libautolr.alr_status_name(status::Int32)::Ptr{Cchar}
+alr_algorithms(device) = @ccall libautolr.alr_algorithms(device::Int32)::Ptr{Cchar}
 alr_create(args, out) = @ccall libautolr.alr_create(args::Ptr{AlrCreateArgs}, out::Ptr{Ptr{Cvoid}})::Cint
 alr_destroy(opt) = @ccall libautolr.alr_destroy(opt::Ptr{Cvoid})::Cint
 alr_set_option(opt, name, value) = @ccall libautolr.alr_set_option(opt::Ptr{Cvoid}, name::Ptr{Cchar}, value::Cdouble)::Cint

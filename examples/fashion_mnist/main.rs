@@ -1,7 +1,7 @@
 //! The main job: does an automatic optimizer beat a tuned baseline on real data?
 //!
 //! Trains logistic regression (784→10) and an MLP (784-120-10, tanh) on Fashion-MNIST with
-//! every automatic algorithm of the library at its documented defaults (ALGORITHMS.md; nothing
+//! every automatic algorithm of the library at its documented defaults (docs/algorithms.md; nothing
 //! tuned per method), and with SGD and Adam over a learning-rate grid 1e-4 … 1 in half decades,
 //! "tuned" meaning the grid point with the lowest final training loss, per seed. Writes
 //! results/<model>.md (the table), results/<model>_loss.csv (per-epoch curves),
@@ -216,7 +216,7 @@ fn main() {
     };
     let protocol_line = format!(
         "Protocol: {size}: {} seed(s), {} epoch(s), batch {}, {train_set}, {steps_per_epoch} steps/epoch; \
-         one group per tensor; ALGORITHMS.md defaults, nothing tuned per method; TLR window w={window} = 1/3 epoch.",
+         one group per tensor; docs/algorithms.md defaults, nothing tuned per method; TLR window w={window} = 1/3 epoch.",
         seeds.len(),
         protocol.epochs,
         protocol.batch_size

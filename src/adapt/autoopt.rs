@@ -1,5 +1,5 @@
 //! AutoOpt (paper 001, Lancewicki & Kopru): a learning rate **and** a momentum per group, from
-//! the per-sample gradient variance (ALGORITHMS.md §1).
+//! the per-sample gradient variance (docs/algorithms.md §1).
 //!
 //! Per group and step, with `D = Ĥ⁻¹` the base's diagonal preconditioner and `d` the previous
 //! update direction before preconditioning:
@@ -491,6 +491,7 @@ impl<P: Precond> ElementRule for Update<P> {
     type Record = GroupRecord;
     type Prepared = Pass2<P>;
     const KERNEL: &'static str = P::UPDATE_KERNEL;
+    const AFTER_THREADED_REDUCTION: bool = true;
     fn prepare(c: &GroupOptions, r: &GroupRecord) -> Pass2<P> {
         // The solve has counted this step already.
         Pass2 { precond: P::new(c, r.steps), direction: (r.moved != 0).then_some((r.coef_g, r.coef_d)) }

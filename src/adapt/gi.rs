@@ -1,4 +1,4 @@
-//! GI — learning-rate adaptation by Gaussian inference (paper 003, Algorithm 1; ALGORITHMS.md §3).
+//! GI — learning-rate adaptation by Gaussian inference (paper 003, Algorithm 1; docs/algorithms.md §3).
 //!
 //! A wrapper with one global scale η over any other algorithm of the library (the *base*):
 //! `v = η s` where `s` is the step the base would take on its own (a fixed-rate base runs at
@@ -194,7 +194,7 @@ impl Algorithm for Gi {
         let factor = 2.0 * delta_f / (phi + options.get(0, "R"));
         // With f* set, a negative φ (the base's step points uphill on this batch) still has the
         // paper's move, which reverses it and keeps the iterates independent of η (paper 003,
-        // Fig. 4); ALGORITHMS.md §3 would take the plain base step — see the README's note.
+        // Fig. 4); docs/algorithms.md §3 would take the plain base step — see the README's note.
         let reversed = !f_star.is_nan() && phi < 0.0;
         let usable = (phi > 0.0 || reversed) && phi.is_finite() && factor.is_finite();
         if usable {

@@ -1,4 +1,4 @@
-//! The automatic algorithms, one file per paper (ALGORITHMS.md §1–§4).
+//! The automatic algorithms, one file per paper (docs/algorithms.md §1–§4).
 
 pub mod autoopt;
 pub mod gi;

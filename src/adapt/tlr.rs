@@ -1,6 +1,6 @@
 //! TLR, the trainable learning rate (paper 004): SGD with momentum μ and coupled weight decay λ
 //! whose learning rate α — one for all tensors, or one per group with `per_group` (the paper's
-//! per-layer rates, §3) — is itself trained (ALGORITHMS.md §4).
+//! per-layer rates, §3) — is itself trained (docs/algorithms.md §4).
 //!
 //! α minimises the augmented loss `L_α(α) = L(θ − α G)` (eq. 2) by a bounded Newton step: its
 //! slope is `−⟨G_t, G_{t−1}⟩` (eq. 7), its curvature `(‖G_t‖² − ⟨G_t, G_{t−1}⟩)/α` (eq. 8), and

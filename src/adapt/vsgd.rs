@@ -1,6 +1,6 @@
 //! vSGD (paper 002: Schaul, Zhang & LeCun, *No More Pesky Learning Rates*, ICML 2013): learning
 //! rates from running averages of the gradient, its second moment and the curvature
-//! (ALGORITHMS.md §2).
+//! (docs/algorithms.md §2).
 //!
 //! vSGD-l, per element (Algorithm 1, §4.1–4.2), with `x = S/N` (per-sample data) or `g²`:
 //! `gbar, vbar, hbar ← (1 − 1/τ)·avg + (1/τ)·(g, x, max(h, ε))`,
@@ -172,7 +172,7 @@ impl Rates<f64> {
 
 impl<T: Real> Rates<T> {
     /// `ρ = gbar² / max(v/n + (n−1)/n·gbar², ε)`: eq. 7 (element) or eq. 8 (unit) with the
-    /// minibatch form of ALGORITHMS.md §2 — the share of the squared mean in the second moment.
+    /// minibatch form of docs/algorithms.md §2 — the share of the squared mean in the second moment.
     #[inline(always)]
     fn rho(&self, gbar_sq: T, second_moment: T) -> T {
         gbar_sq / at_least(second_moment * self.inv_n + self.frac * gbar_sq, self.eps)
@@ -270,7 +270,7 @@ struct TensorInputs<'a> {
 impl TensorInputs<'_> {
     /// Runs `pass(columns, x)` in blocks of `COLUMN_BLOCK` columns, with `x` per element of the
     /// block in f64: `S/N` from the per-sample data (either form, either scale convention), or
-    /// `g²` without per-sample data (ALGORITHMS.md §2) — exactly the square a gbar = g has, so
+    /// `g²` without per-sample data (docs/algorithms.md §2) — exactly the square a gbar = g has, so
     /// that ρ = 1 holds exactly at τ = 1.
     fn for_each_block(&self, mut pass: impl FnMut(Range<usize>, &[f64])) {
         let (t, len) = (self.tensor, self.grad.len());
@@ -395,7 +395,7 @@ struct Scratch {
 }
 
 /// `h = |∇f(θ + δ) − g| / max(|δ|, ε)` with `δ = gbar + ε`, gbar the average before this step,
-/// on the same batch (ALGORITHMS.md §2 decision: vSGD-fd of Schaul & LeCun 2013). In float32,
+/// on the same batch (docs/algorithms.md §2 decision: vSGD-fd of Schaul & LeCun 2013). In float32,
 /// θ + δ is rounded; δ is taken as the step actually represented, `(θ + δ) − θ`, so h is the
 /// difference quotient of the two points evaluated — 0/ε where θ + δ rounds to θ.
 fn finite_difference<E: Averages>(
@@ -459,7 +459,7 @@ enum State {
     Shared { elems: Vec<Vec<SharedElem>>, units: Vec<Unit>, unit_tensors: Vec<Vec<usize>> },
 }
 
-/// vSGD-l, -g or -b (ALGORITHMS.md §2).
+/// vSGD-l, -g or -b (docs/algorithms.md §2).
 pub struct Vsgd {
     variant: Variant,
     /// Steps taken, the slow-start steps included.
@@ -720,7 +720,7 @@ impl Algorithm for Vsgd {
             return Err(Error::checkpoint(format!("checkpoint vSGD rates [1/n, (n−1)/n, ε] = {v:?} are impossible (corrupted?)")));
         }
         let name = self.variant.name();
-        // Averages of finite g, of squares and of floored curvatures, and τ ≥ 1 (ALGORITHMS.md §2).
+        // Averages of finite g, of squares and of floored curvatures, and τ ≥ 1 (docs/algorithms.md §2).
         let rule = "gbar is finite, vbar and hbar ≥ 0, τ ≥ 1";
         let state = match &self.state {
             State::Local(_) => State::Local(crate::checkpoint::read_elem_states(r, &ctx.layout.lens, name, LocalElem::possible, rule)?),

@@ -724,7 +724,13 @@ impl Device for Cpu {
         state: &mut Vec<R::State>,
     ) -> Result<()> {
         let p = R::prepare(c, &records[at]);
-        update_in_parts(host_mut(param)?, host(grad)?, state, |g, theta, st| R::advance(&p, g, theta, st));
+        let (param, grad) = (host_mut(param)?, host(grad)?);
+        let advance = |g, theta, st: &mut R::State| R::advance(&p, g, theta, st);
+        if R::AFTER_THREADED_REDUCTION {
+            update_in_parts(param, grad, state, advance);
+        } else {
+            update(param, grad, state, advance);
+        }
         Ok(())
     }
 

@@ -70,6 +70,10 @@ pub trait ElementRule: 'static {
     type Prepared: Copy + Send + Sync;
     /// The kernel (cuda/*.cu) that runs `prepare` then `advance` on every element.
     const KERNEL: &'static str;
+    /// The pass follows a reduction of the same step that ran on the CPU's worker threads over
+    /// data too large for the caches (AutoOpt's pass 2): one core does not reach the memory
+    /// bandwidth there that several do, so the CPU may split the pass over its workers too.
+    const AFTER_THREADED_REDUCTION: bool = false;
     fn prepare(c: &Self::Coeffs, r: &Self::Record) -> Self::Prepared;
     /// Advances one element's state and returns its displacement (`θ ← θ − displacement`).
     fn advance(p: &Self::Prepared, g: f32, theta: f32, state: &mut Self::State) -> f32;

@@ -1,4 +1,4 @@
-//! AdaGrad (ALGORITHMS.md §0): `s ← s + g²`, `θ ← θ − η g / (√s + ε)`, `g` with coupled decay.
+//! AdaGrad (docs/algorithms.md §0): `s ← s + g²`, `θ ← θ − η g / (√s + ε)`, `g` with coupled decay.
 
 use super::{Rule, WEIGHT_DECAY};
 use crate::options::{OptionSpec, Options};

@@ -1,4 +1,4 @@
-//! Adam and AdamW (ALGORITHMS.md §0): `m ← β1 m + (1−β1) g`, `v ← β2 v + (1−β2) g²`,
+//! Adam and AdamW (docs/algorithms.md §0): `m ← β1 m + (1−β1) g`, `v ← β2 v + (1−β2) g²`,
 //! `θ ← θ − η m̂ / (√v̂ + ε)` with `m̂ = m/(1−β1^t)`, `v̂ = v/(1−β2^t)`. Adam adds `λθ` to `g`;
 //! AdamW decays the parameter instead (`θ ← θ(1 − ηλ)` first, written here as `+ ηλθ` in the
 //! displacement so that GI can scale the whole step).

@@ -1,4 +1,4 @@
-//! Fixed-rate update rules (ALGORITHMS.md §0). Each rule is a small file: its options, the
+//! Fixed-rate update rules (docs/algorithms.md §0). Each rule is a small file: its options, the
 //! per-group scalars of a step, and the per-element update. `FixedRate<R>` turns any rule into
 //! an algorithm: state allocation, the fused pass, propose/apply for GI, checkpoints.
 
@@ -22,7 +22,7 @@ pub trait Rule: Send + Sync + 'static {
     const NAME: &'static str;
     /// The kernel of `advance` in cuda/fixed_rate.cu.
     const KERNEL: &'static str;
-    /// Per-element state (ALGORITHMS.md §0's "state" column, nothing more).
+    /// Per-element state (docs/algorithms.md §0's "state" column, nothing more).
     type State: ElemState;
     /// Per-group scalars of one step (learning rate, bias corrections, …); `#[repr(C)]`, the
     /// kernel's argument.

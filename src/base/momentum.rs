@@ -1,4 +1,4 @@
-//! SGD with momentum, PyTorch's convention (ALGORITHMS.md §0):
+//! SGD with momentum, PyTorch's convention (docs/algorithms.md §0):
 //! `m ← μ m + (1 − dampening) g` (the first step sets `m ← g`), `θ ← θ − η m`,
 //! or with Nesterov `θ ← θ − η (g + μ m)`; `g` includes coupled weight decay `λθ`.
 

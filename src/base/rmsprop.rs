@@ -1,4 +1,4 @@
-//! RMSprop (ALGORITHMS.md §0): `s ← α s + (1−α) g²`, `θ ← θ − η g / (√s + ε)`, `g` with coupled decay.
+//! RMSprop (docs/algorithms.md §0): `s ← α s + (1−α) g²`, `θ ← θ − η g / (√s + ε)`, `g` with coupled decay.
 
 use super::{Rule, WEIGHT_DECAY};
 use crate::options::{OptionSpec, Options};

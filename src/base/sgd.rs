@@ -1,4 +1,4 @@
-//! SGD: `θ ← θ − η (g + λθ)` (ALGORITHMS.md §0).
+//! SGD: `θ ← θ − η (g + λθ)` (docs/algorithms.md §0).
 
 use super::{Rule, WEIGHT_DECAY};
 use crate::options::{OptionSpec, Options};

@@ -7,7 +7,8 @@
 
 use super::handle::{self, AlrOptimizer};
 use super::{c_str, guard, non_null};
-use crate::backend::{DeviceSpec, Tensor, TensorMut};
+use crate::backend::{DeviceKind, DeviceSpec, Tensor, TensorMut};
+use crate::registry;
 use crate::error::{AlrStatus, Error};
 use crate::optimizer::{Callbacks, GradFn, LossFn, Optimizer, SampleData, SampleScale, Samples, StepInputs};
 use std::collections::HashMap;
@@ -181,12 +182,27 @@ pub extern "C" fn alr_status_name(status: i32) -> *const c_char {
     interned(STATUS_NAMES.iter().find(|(s, _)| *s as i32 == status).map_or("ALR_UNKNOWN_STATUS", |(_, name)| name))
 }
 
+/// The algorithms `alr_create` accepts on `device`, comma-separated ("sgd,momentum,…"): every
+/// one for ALR_DEVICE_CPU; for ALR_DEVICE_CUDA those with CUDA kernels (creating one still needs
+/// a build with the `cuda` feature and a GPU). Static storage; NULL for a value that is no
+/// AlrDevice. Takes an int so that any value is safe.
+#[no_mangle]
+pub extern "C" fn alr_algorithms(device: i32) -> *const c_char {
+    static LISTS: OnceLock<[CString; 2]> = OnceLock::new();
+    let lists = LISTS.get_or_init(|| [DeviceKind::Cpu, DeviceKind::Cuda].map(|kind| CString::new(registry::algorithms_on(kind).join(",")).unwrap_or_default()));
+    match device {
+        d if d == AlrDevice::AlrDeviceCpu as i32 => lists[0].as_ptr(),
+        d if d == AlrDevice::AlrDeviceCuda as i32 => lists[1].as_ptr(),
+        _ => std::ptr::null(),
+    }
+}
+
 /// Creates an optimizer and writes its handle to `*out` (set to NULL on failure).
-/// Free it with `alr_destroy`. Options start at their defaults (ALGORITHMS.md).
+/// Free it with `alr_destroy`. Options start at their defaults (docs/algorithms.md).
 /// Returns ALR_OK, ALR_NULL_POINTER, ALR_INVALID_ARGUMENT (unknown algorithm — the message
 /// lists the accepted names —, bad group ids, zero-length tensor, struct_size too small),
 /// ALR_UNSUPPORTED (a CUDA device on a build without the `cuda` feature, or an algorithm
-/// without CUDA kernels: vSGD, TLR and GI run on the CPU only), ALR_CUDA_ERROR (no CUDA driver,
+/// without CUDA kernels: `alr_algorithms(ALR_DEVICE_CUDA)` lists those with them), ALR_CUDA_ERROR (no CUDA driver,
 /// no such device, or a CUDA call failed).
 #[no_mangle]
 pub extern "C" fn alr_create(args: *const AlrCreateArgs, out: *mut *mut AlrOptimizer) -> AlrStatus {
@@ -432,7 +448,7 @@ pub(crate) unsafe fn run_step(opt: &mut Optimizer, raw: RawStep) -> Result<(), E
 /// GI's second phase: `loss_after` is the loss on the same batch at the parameters the last
 /// `alr_step` produced (when that step had no `loss_fn`). Returns ALR_OK, ALR_WRONG_STATE
 /// (no step is waiting for a loss, or the algorithm is not GI), ALR_NULL_POINTER,
-/// ALR_INVALID_ARGUMENT. A non-finite `loss_after` is accepted and halves η (ALGORITHMS.md §3).
+/// ALR_INVALID_ARGUMENT. A non-finite `loss_after` is accepted and halves η (docs/algorithms.md §3).
 #[no_mangle]
 pub extern "C" fn alr_report_loss(opt: *mut AlrOptimizer, loss_after: f64) -> AlrStatus {
     guard("alr_report_loss", || {
@@ -482,7 +498,7 @@ pub extern "C" fn alr_get_momentum(opt: *mut AlrOptimizer, group: usize, out: *m
     })
 }
 
-/// Writes the number of telemetry entries of `group` to `*count` (ALGORITHMS.md §5).
+/// Writes the number of telemetry entries of `group` to `*count` (docs/algorithms.md §5).
 /// Returns ALR_OK, ALR_NULL_POINTER, ALR_INVALID_ARGUMENT.
 #[no_mangle]
 pub extern "C" fn alr_telemetry_count(opt: *mut AlrOptimizer, group: usize, count: *mut usize) -> AlrStatus {

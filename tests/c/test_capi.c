@@ -9,7 +9,7 @@
  *   - create / options by name, per group, get_option / step / lr / momentum / telemetry /
  *     save_size / save / load / destroy on 'adam' and 'momentum', 3 tensors in 2 groups;
  *   - a few steps of each against a tiny float64 re-implementation written here
- *     (ALGORITHMS.md §0, PyTorch conventions);
+ *     (docs/algorithms.md §0, PyTorch conventions);
  *   - save at step k, load into a fresh optimizer, continue: bit-identical to an
  *     uninterrupted run, options restored;
  *   - every status code a CPU build can produce, each at least once, with its message printed
@@ -207,7 +207,7 @@ static void unchanged_at(const Fix *fx, const Snap *s, const char *what, int lin
     } while (0)
 
 /* ---------------------------------------------------------------------------------------- */
-/* float64 reference of ALGORITHMS.md §0 (momentum: PyTorch convention, first step m = g)     */
+/* float64 reference of docs/algorithms.md §0 (momentum: PyTorch convention, first step m = g)     */
 
 typedef struct {
     double p[NT][MAXLEN], m[NT][MAXLEN], v[NT][MAXLEN];

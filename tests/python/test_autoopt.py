@@ -1,4 +1,4 @@
-"""AutoOpt (ALGORITHMS.md §1): auto-sgd, auto-adam, auto-adagrad against the float64 reference,
+"""AutoOpt (docs/algorithms.md §1): auto-sgd, auto-adam, auto-adagrad against the float64 reference,
 plus statistical, behavioural and precision checks of the noise estimate V."""
 import numpy as np
 import pytest

@@ -1,4 +1,4 @@
-"""Fixed-rate optimizers (ALGORITHMS.md §0) against the independent float64 reference:
+"""Fixed-rate optimizers (docs/algorithms.md §0) against the independent float64 reference:
 several tensors and groups, per-group options, >= 50 steps, relative error <= 1e-5."""
 import numpy as np
 import pytest

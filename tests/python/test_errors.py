@@ -345,6 +345,17 @@ def test_cuda_optimizer_on_cpu_build_says_how_to_get_one():
     assert set(autolr.CUDA_ALGORITHMS) < set(autolr.ALGORITHMS)
 
 
+def test_the_library_lists_the_algorithms_of_each_device():
+    lib = autolr._lib.lib
+    assert lib.alr_algorithms(7) is None, "a value that is no AlrDevice gives NULL"
+    cpu = lib.alr_algorithms(autolr._ffi.ALR_DEVICE_CPU).decode().split(",")
+    assert tuple(cpu) == autolr.ALGORITHMS and len(cpu) == len(set(cpu)) >= 14
+    for name in cpu:  # every listed name is accepted (GI needs no base to be created)
+        autolr.Optimizer(name, [np.zeros(3, np.float32)])
+    cuda = autolr.CUDA_ALGORITHMS
+    assert "tlr" in cuda and "auto-adam" in cuda and "gi" not in cuda and set(cuda) < set(cpu)
+
+
 # --- ALR_NULL_POINTER and stale handles -----------------------------------------------------------
 
 def test_null_pointers_from_raw_calls():

@@ -1,4 +1,4 @@
-"""GI (ALGORITHMS.md §3) over every base, against the float64 reference; the paper's
+"""GI (docs/algorithms.md §3) over every base, against the float64 reference; the paper's
 Rosenbrock and logistic-regression claims; the callback and two-phase protocols."""
 import numpy as np
 import pytest

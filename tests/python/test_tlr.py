@@ -1,4 +1,4 @@
-"""TLR (ALGORITHMS.md §4, paper 004): agreement with the float64 reference, the bounded α update,
+"""TLR (docs/algorithms.md §4, paper 004): agreement with the float64 reference, the bounded α update,
 degenerate inputs, checkpoints, and the paper's robustness to the initial α on real data.
 
 Timing convention. With window = K > 1 the library closes a window at the start of the step

@@ -1,4 +1,4 @@
-"""vSGD (ALGORITHMS.md §2, paper 002) against the independent float64 reference, on the paper's
+"""vSGD (docs/algorithms.md §2, paper 002) against the independent float64 reference, on the paper's
 noisy-quadratic experiments (Figures 1 and 2), its finite-difference curvature, its errors and
 its checkpoints."""
 import numpy as np

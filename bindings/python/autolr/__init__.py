@@ -15,9 +15,10 @@ __all__ = ["Optimizer", "CudaOptimizer", "Error", "__version__", "ABI_VERSION", 
 __version__ = lib.alr_version().decode()
 ABI_VERSION = lib.alr_abi_version()
 
-ALGORITHMS = ("sgd", "momentum", "adam", "adamw", "adagrad", "rmsprop", "auto-sgd", "auto-adam", "auto-adagrad", "gi", "tlr", "vsgd-l", "vsgd-g", "vsgd-b")
-# Those with CUDA kernels (a library built with the `cuda` feature); the others run on the CPU only.
-CUDA_ALGORITHMS = ALGORITHMS[:9]
+# The names the library accepts (alr_algorithms), and those with CUDA kernels (creating one on a
+# GPU needs a library built with the `cuda` feature); the others run on the CPU only.
+ALGORITHMS = tuple(lib.alr_algorithms(_ffi.ALR_DEVICE_CPU).decode().split(","))
+CUDA_ALGORITHMS = tuple(lib.alr_algorithms(_ffi.ALR_DEVICE_CUDA).decode().split(","))
 
 
 class Error(ValueError):
@@ -137,7 +138,7 @@ class _Handle:
         return self._per_group(lib.alr_get_momentum)
 
     def telemetry(self):
-        """{name: [value per group]} of the algorithm's internal scalars (ALGORITHMS.md §5)."""
+        """{name: [value per group]} of the algorithm's internal scalars (docs/algorithms.md §5)."""
         result = {}
         count = ctypes.c_size_t()
         name = ctypes.c_char_p()
@@ -169,7 +170,7 @@ class _Handle:
 class Optimizer(_Handle):
     """An optimizer over a list of float32 numpy arrays (updated in place by step()).
 
-    Options are given by name (ALGORITHMS.md); `groups` gives a group id per tensor (default:
+    Options are given by name (docs/algorithms.md); `groups` gives a group id per tensor (default:
     every tensor its own group). For `gi`, pass `base="adam"` etc."""
 
     def __init__(self, algorithm, params, groups=None, **options):

@@ -111,6 +111,8 @@ def declare(lib):
     lib.alr_last_error.restype = ctypes.c_char_p
     lib.alr_status_name.argtypes = [ctypes.c_int32]
     lib.alr_status_name.restype = ctypes.c_char_p
+    lib.alr_algorithms.argtypes = [ctypes.c_int32]
+    lib.alr_algorithms.restype = ctypes.c_char_p
     lib.alr_create.argtypes = [ctypes.POINTER(AlrCreateArgs), ctypes.POINTER(ctypes.c_void_p)]
     lib.alr_create.restype = ctypes.c_int
     lib.alr_destroy.argtypes = [ctypes.c_void_p]
@@ -149,4 +151,4 @@ def declare(lib):
     lib.alr_step_dlpack.restype = ctypes.c_int
     return lib
 
-FUNCTIONS = ['alr_version', 'alr_abi_version', 'alr_last_error', 'alr_status_name', 'alr_create', 'alr_destroy', 'alr_set_option', 'alr_set_group_option', 'alr_set_option_str', 'alr_get_option', 'alr_step', 'alr_report_loss', 'alr_n_groups', 'alr_get_lr', 'alr_get_momentum', 'alr_telemetry_count', 'alr_telemetry_entry', 'alr_save_size', 'alr_save', 'alr_load', 'alr_selftest_panic', 'alr_step_dlpack']
+FUNCTIONS = ['alr_version', 'alr_abi_version', 'alr_last_error', 'alr_status_name', 'alr_algorithms', 'alr_create', 'alr_destroy', 'alr_set_option', 'alr_set_group_option', 'alr_set_option_str', 'alr_get_option', 'alr_step', 'alr_report_loss', 'alr_n_groups', 'alr_get_lr', 'alr_get_momentum', 'alr_telemetry_count', 'alr_telemetry_entry', 'alr_save_size', 'alr_save', 'alr_load', 'alr_selftest_panic', 'alr_step_dlpack']

@@ -141,7 +141,7 @@ class AutoLR(torch.optim.Optimizer):
     """Any autolr algorithm as a ``torch.optim.Optimizer``.
 
     ``params``: ``model.parameters()`` or a list of param-group dicts. ``algorithm``: one of
-    ``autolr.ALGORITHMS``. ``options``: by name (ALGORITHMS.md), e.g. ``lr=1e-3``, ``nu=0.9``,
+    ``autolr.ALGORITHMS``. ``options``: by name (docs/algorithms.md), e.g. ``lr=1e-3``, ``nu=0.9``,
     ``base="adam"`` for GI. Unused parameters (``.grad is None``) step with a zero gradient.
     """
 
@@ -452,7 +452,7 @@ class AutoLR(torch.optim.Optimizer):
         return self._core.momentum
 
     def telemetry(self):
-        """{name: [value per group]} of the algorithm's internal scalars (ALGORITHMS.md §5)."""
+        """{name: [value per group]} of the algorithm's internal scalars (docs/algorithms.md §5)."""
         return self._core.telemetry()
 
     # checkpoints ----------------------------------------------------------------------------------

@@ -206,7 +206,7 @@ const char *alr_status_name(int32_t status);
 const char *alr_algorithms(int32_t device);
 
 // Creates an optimizer and writes its handle to `*out` (set to NULL on failure).
-// Free it with `alr_destroy`. Options start at their defaults (ALGORITHMS.md).
+// Free it with `alr_destroy`. Options start at their defaults (docs/algorithms.md).
 // Returns ALR_OK, ALR_NULL_POINTER, ALR_INVALID_ARGUMENT (unknown algorithm — the message
 // lists the accepted names —, bad group ids, zero-length tensor, struct_size too small),
 // ALR_UNSUPPORTED (a CUDA device on a build without the `cuda` feature, or an algorithm
@@ -260,7 +260,7 @@ enum AlrStatus alr_step(struct AlrOptimizer *opt, const struct AlrStepArgs *args
 // GI's second phase: `loss_after` is the loss on the same batch at the parameters the last
 // `alr_step` produced (when that step had no `loss_fn`). Returns ALR_OK, ALR_WRONG_STATE
 // (no step is waiting for a loss, or the algorithm is not GI), ALR_NULL_POINTER,
-// ALR_INVALID_ARGUMENT. A non-finite `loss_after` is accepted and halves η (ALGORITHMS.md §3).
+// ALR_INVALID_ARGUMENT. A non-finite `loss_after` is accepted and halves η (docs/algorithms.md §3).
 enum AlrStatus alr_report_loss(struct AlrOptimizer *opt, double loss_after);
 
 // Writes the number of groups to `*out`. Returns ALR_OK, ALR_NULL_POINTER, ALR_INVALID_ARGUMENT.
@@ -274,7 +274,7 @@ enum AlrStatus alr_get_lr(struct AlrOptimizer *opt, size_t group, double *out);
 // momentum bases; 0 where there is none). Returns as `alr_get_lr`.
 enum AlrStatus alr_get_momentum(struct AlrOptimizer *opt, size_t group, double *out);
 
-// Writes the number of telemetry entries of `group` to `*count` (ALGORITHMS.md §5).
+// Writes the number of telemetry entries of `group` to `*count` (docs/algorithms.md §5).
 // Returns ALR_OK, ALR_NULL_POINTER, ALR_INVALID_ARGUMENT.
 enum AlrStatus alr_telemetry_count(struct AlrOptimizer *opt, size_t group, size_t *count);
 

@@ -189,27 +189,27 @@ mod tests {
     #[cfg(feature = "cuda")]
     #[test]
     fn every_kernel_named_is_built() {
-        use crate::backend::{DotRule, ElementRule, MomentRule, SolveRule};
+        use crate::backend::{KernelRule, SolveRule};
         use crate::base::Fixed;
         let names = [
-            <Fixed<sgd::Sgd> as ElementRule>::KERNEL,
-            <Fixed<momentum::Momentum> as ElementRule>::KERNEL,
-            <Fixed<adagrad::Adagrad> as ElementRule>::KERNEL,
-            <Fixed<rmsprop::RmsProp> as ElementRule>::KERNEL,
-            <Fixed<adam::Adam<false>> as ElementRule>::KERNEL,
-            <Fixed<adam::Adam<true>> as ElementRule>::KERNEL,
-            <autoopt::Moments<autoopt::Identity> as MomentRule>::KERNEL,
-            <autoopt::Moments<autoopt::AdamDiag> as MomentRule>::KERNEL,
-            <autoopt::Moments<autoopt::AdagradDiag> as MomentRule>::KERNEL,
-            <autoopt::Update<autoopt::Identity> as ElementRule>::KERNEL,
-            <autoopt::Update<autoopt::AdamDiag> as ElementRule>::KERNEL,
-            <autoopt::Update<autoopt::AdagradDiag> as ElementRule>::KERNEL,
+            <Fixed<sgd::Sgd> as KernelRule>::KERNEL,
+            <Fixed<momentum::Momentum> as KernelRule>::KERNEL,
+            <Fixed<adagrad::Adagrad> as KernelRule>::KERNEL,
+            <Fixed<rmsprop::RmsProp> as KernelRule>::KERNEL,
+            <Fixed<adam::Adam<false>> as KernelRule>::KERNEL,
+            <Fixed<adam::Adam<true>> as KernelRule>::KERNEL,
+            <autoopt::Moments<autoopt::Identity> as KernelRule>::KERNEL,
+            <autoopt::Moments<autoopt::AdamDiag> as KernelRule>::KERNEL,
+            <autoopt::Moments<autoopt::AdagradDiag> as KernelRule>::KERNEL,
+            <autoopt::Update<autoopt::Identity> as KernelRule>::KERNEL,
+            <autoopt::Update<autoopt::AdamDiag> as KernelRule>::KERNEL,
+            <autoopt::Update<autoopt::AdagradDiag> as KernelRule>::KERNEL,
             <autoopt::Solve as SolveRule>::KERNEL,
-            <tlr::SgdStep<()> as ElementRule>::KERNEL,
-            <tlr::SgdStep<f32> as ElementRule>::KERNEL,
-            <tlr::StepDots as DotRule>::KERNEL,
-            <tlr::WindowDots as DotRule>::KERNEL,
-            <tlr::OpenWindow as DotRule>::KERNEL,
+            <tlr::SgdStep<()> as KernelRule>::KERNEL,
+            <tlr::SgdStep<f32> as KernelRule>::KERNEL,
+            <tlr::StepDots as KernelRule>::KERNEL,
+            <tlr::WindowDots as KernelRule>::KERNEL,
+            <tlr::OpenWindow as KernelRule>::KERNEL,
             <tlr::Train as SolveRule>::KERNEL,
         ];
         for cubin in crate::backend::cuda::CUBINS {

@@ -16,7 +16,7 @@
 use std::marker::PhantomData;
 
 use crate::algorithm::{Accepts, Algorithm, Context};
-use crate::backend::{Device, ElemState, ElementRule, MomentRule, Record, SampleTensor, SampleView, SolveRule, TensorMut};
+use crate::backend::{Device, ElemState, ElementRule, KernelRule, MomentRule, Record, SampleTensor, SampleView, SolveRule, TensorMut};
 use crate::base::adam::adam_specs;
 use crate::checkpoint::{Reader, Writer};
 use crate::error::{Error, Result};
@@ -415,7 +415,7 @@ pub fn smooth(gamma_oracle: [f64; 2], gamma: [f64; 2], nu: f64, gamma_max: f64) 
 /// state itself changes in pass 2), `y = d`.
 pub struct Moments<P>(PhantomData<P>);
 
-impl<P: Precond> MomentRule for Moments<P> {
+impl<P: Precond> KernelRule for Moments<P> {
     type State = P::State;
     type Coeffs = GroupOptions;
     type Record = GroupRecord;
@@ -424,6 +424,9 @@ impl<P: Precond> MomentRule for Moments<P> {
     fn prepare(c: &GroupOptions, r: &GroupRecord) -> P {
         P::new(c, r.steps + 1)
     }
+}
+
+impl<P: Precond> MomentRule for Moments<P> {
     #[inline(always)]
     fn weights(precond: &P, st: &P::State, g: f32) -> (f32, f32) {
         (precond.absorb(&mut st.clone(), g), st.direction())
@@ -485,17 +488,20 @@ pub struct Pass2<P> {
     direction: Option<(f32, f32)>,
 }
 
-impl<P: Precond> ElementRule for Update<P> {
+impl<P: Precond> KernelRule for Update<P> {
     type State = P::State;
     type Coeffs = GroupOptions;
     type Record = GroupRecord;
     type Prepared = Pass2<P>;
     const KERNEL: &'static str = P::UPDATE_KERNEL;
-    const AFTER_THREADED_REDUCTION: bool = true;
     fn prepare(c: &GroupOptions, r: &GroupRecord) -> Pass2<P> {
         // The solve has counted this step already.
         Pass2 { precond: P::new(c, r.steps), direction: (r.moved != 0).then_some((r.coef_g, r.coef_d)) }
     }
+}
+
+impl<P: Precond> ElementRule for Update<P> {
+    const AFTER_THREADED_REDUCTION: bool = true;
     #[inline(always)]
     fn advance(p: &Pass2<P>, g: f32, _theta: f32, st: &mut P::State) -> f32 {
         let diag = p.precond.absorb(st, g);

@@ -26,7 +26,7 @@
 use std::marker::PhantomData;
 
 use crate::algorithm::{Accepts, Algorithm, Context};
-use crate::backend::{Device, DotRule, ElemState, ElementRule, Record, TensorMut};
+use crate::backend::{Device, DotRule, ElemState, ElementRule, KernelRule, Record, TensorMut};
 use crate::base::WEIGHT_DECAY;
 use crate::checkpoint::{Reader, Writer};
 use crate::error::{Error, Result};
@@ -202,7 +202,7 @@ impl Buffer for f32 {
     const KERNEL: &'static str = "alr_tlr_step_momentum";
 }
 
-impl<M: Buffer> ElementRule for SgdStep<M> {
+impl<M: Buffer> KernelRule for SgdStep<M> {
     type State = M;
     type Coeffs = StepCoeffs;
     type Record = Rate;
@@ -211,6 +211,9 @@ impl<M: Buffer> ElementRule for SgdStep<M> {
     fn prepare(c: &StepCoeffs, rate: &Rate) -> Prepared {
         Prepared { alpha: rate.alpha as f32, weight_decay: c.weight_decay, keep: c.keep }
     }
+}
+
+impl<M: Buffer> ElementRule for SgdStep<M> {
     #[inline(always)]
     fn advance(p: &Prepared, g: f32, theta: f32, m: &mut M) -> f32 {
         p.alpha * m.advance(p.keep, g + p.weight_decay * theta)
@@ -225,7 +228,7 @@ impl<M: Buffer> ElementRule for SgdStep<M> {
 /// expression as the parameter step's), keeping `G_t`.
 pub struct StepDots;
 
-impl DotRule for StepDots {
+impl KernelRule for StepDots {
     type State = f32;
     /// λ
     type Coeffs = f32;
@@ -235,6 +238,9 @@ impl DotRule for StepDots {
     fn prepare(lambda: &f32, _: &()) -> f32 {
         *lambda
     }
+}
+
+impl DotRule for StepDots {
     #[inline(always)]
     fn dot(lambda: &f32, g: f32, theta: f32, previous: &mut f32) -> [f64; 2] {
         let now = g + lambda * theta;
@@ -250,7 +256,7 @@ pub type WindowElem = [f32; 2];
 /// `[G·G_prev, G·G]`, then `G_prev ← G` and `θ_snapshot ← θ`.
 pub struct WindowDots;
 
-impl DotRule for WindowDots {
+impl KernelRule for WindowDots {
     type State = WindowElem;
     type Coeffs = ();
     type Record = Rate;
@@ -259,6 +265,9 @@ impl DotRule for WindowDots {
     fn prepare(_: &(), rate: &Rate) -> f64 {
         rate.alpha
     }
+}
+
+impl DotRule for WindowDots {
     #[inline(always)]
     fn dot(alpha: &f64, _g: f32, theta: f32, st: &mut WindowElem) -> [f64; 2] {
         let now = (f64::from(st[0]) - f64::from(theta)) / alpha;
@@ -272,13 +281,16 @@ impl DotRule for WindowDots {
 /// The first window opens: `θ_snapshot ← θ`.
 pub struct OpenWindow;
 
-impl DotRule for OpenWindow {
+impl KernelRule for OpenWindow {
     type State = WindowElem;
     type Coeffs = ();
     type Record = ();
     type Prepared = ();
     const KERNEL: &'static str = "alr_tlr_open_window";
     fn prepare(_: &(), _: &()) {}
+}
+
+impl DotRule for OpenWindow {
     #[inline(always)]
     fn dot(_: &(), _g: f32, theta: f32, st: &mut WindowElem) -> [f64; 2] {
         st[0] = theta;
@@ -424,7 +436,7 @@ pub struct Tlr<D: Device> {
 
 impl<D: Device> Tlr<D> {
     pub fn new(device: &D) -> Result<Self> {
-        let mut kernels = vec![<SgdStep<()> as ElementRule>::KERNEL, <SgdStep<f32> as ElementRule>::KERNEL, <Train as crate::backend::SolveRule>::KERNEL];
+        let mut kernels = vec![<SgdStep<()> as KernelRule>::KERNEL, <SgdStep<f32> as KernelRule>::KERNEL, <Train as crate::backend::SolveRule>::KERNEL];
         kernels.extend([StepDots::KERNEL, WindowDots::KERNEL, OpenWindow::KERNEL]);
         device.require(&kernels)?;
         Ok(Tlr { device: device.clone(), state: None })

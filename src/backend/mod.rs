@@ -58,8 +58,9 @@ pub trait Record: Copy + Default + Send + Sync + 'static {}
 /// The record of a rule that reads none.
 impl Record for () {}
 
-/// What a fused pass does to one element, and its kernel.
-pub trait ElementRule: 'static {
+/// What every per-element rule has: its types, its kernel's name, and the scalars it forms once
+/// per launch.
+pub trait KernelRule: 'static {
     type State: ElemState;
     /// Scalars passed by value to every launch (`#[repr(C)]`: the kernel's argument).
     type Coeffs: Copy + Send + Sync + 'static;
@@ -68,13 +69,17 @@ pub trait ElementRule: 'static {
     type Record: Record;
     /// What the per-element function needs, formed once per launch from both.
     type Prepared: Copy + Send + Sync;
-    /// The kernel (cuda/*.cu) that runs `prepare` then `advance` on every element.
+    /// The kernel (cuda/*.cu) that runs `prepare`, then the rule's per-element function.
     const KERNEL: &'static str;
+    fn prepare(c: &Self::Coeffs, r: &Self::Record) -> Self::Prepared;
+}
+
+/// What a fused pass does to one element.
+pub trait ElementRule: KernelRule {
     /// The pass follows a reduction of the same step that ran on the CPU's worker threads over
     /// data too large for the caches (AutoOpt's pass 2): one core does not reach the memory
     /// bandwidth there that several do, so the CPU may split the pass over its workers too.
     const AFTER_THREADED_REDUCTION: bool = false;
-    fn prepare(c: &Self::Coeffs, r: &Self::Record) -> Self::Prepared;
     /// Advances one element's state and returns its displacement (`θ ← θ − displacement`).
     fn advance(p: &Self::Prepared, g: f32, theta: f32, state: &mut Self::State) -> f32;
     /// The displacement of the step just taken, from the advanced state (GI's second pass).
@@ -83,26 +88,14 @@ pub trait ElementRule: 'static {
 
 /// Two products per element summed over a tensor (in f64 lanes), advancing the element's
 /// state on the way: `Σ_i dot(g_i, θ_i, state_i)`.
-pub trait DotRule: 'static {
-    type State: ElemState;
-    type Coeffs: Copy + Send + Sync + 'static;
-    type Record: Record;
-    type Prepared: Copy + Send + Sync;
-    const KERNEL: &'static str;
-    fn prepare(c: &Self::Coeffs, r: &Self::Record) -> Self::Prepared;
+pub trait DotRule: KernelRule {
     fn dot(p: &Self::Prepared, g: f32, theta: f32, state: &mut Self::State) -> [f64; 2];
 }
 
 /// The weights of the spread moments: per element `(w, y) = weights(state, g)` for the sums
 /// `[Σ w·spread, Σ w g g, Σ w g y, Σ w y y]`, `spread_j = Σ_i (k x_ij)² − N g_j²` the per-sample
 /// spread of column j (from Σg², or from the N × len rows). The state is only read.
-pub trait MomentRule: 'static {
-    type State: ElemState;
-    type Coeffs: Copy + Send + Sync + 'static;
-    type Record: Record;
-    type Prepared: Copy + Send + Sync;
-    const KERNEL: &'static str;
-    fn prepare(c: &Self::Coeffs, r: &Self::Record) -> Self::Prepared;
+pub trait MomentRule: KernelRule {
     fn weights(p: &Self::Prepared, state: &Self::State, g: f32) -> (f32, f32);
 }
 

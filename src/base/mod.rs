@@ -11,7 +11,7 @@ pub mod sgd;
 use std::marker::PhantomData;
 
 use crate::algorithm::{Accepts, Algorithm, Context};
-use crate::backend::{cpu, Device, ElemState, ElementRule, TensorMut};
+use crate::backend::{cpu, Device, ElemState, ElementRule, KernelRule, TensorMut};
 use crate::checkpoint::{Reader, Writer};
 use crate::error::Result;
 use crate::optimizer::{Callbacks, StepInputs};
@@ -56,7 +56,7 @@ pub trait Rule: Send + Sync + 'static {
 /// A rule as the device's elementwise pass runs it: all its scalars come by value.
 pub struct Fixed<R>(PhantomData<R>);
 
-impl<R: Rule> ElementRule for Fixed<R> {
+impl<R: Rule> KernelRule for Fixed<R> {
     type State = R::State;
     type Coeffs = R::Coeffs;
     type Record = ();
@@ -66,6 +66,9 @@ impl<R: Rule> ElementRule for Fixed<R> {
     fn prepare(c: &R::Coeffs, _: &()) -> R::Coeffs {
         *c
     }
+}
+
+impl<R: Rule> ElementRule for Fixed<R> {
     #[inline(always)]
     fn advance(c: &R::Coeffs, g: f32, theta: f32, state: &mut R::State) -> f32 {
         R::advance(c, g, theta, state)

@@ -8,9 +8,9 @@
 use super::handle::{self, AlrOptimizer};
 use super::{c_str, guard, non_null};
 use crate::backend::{DeviceKind, DeviceSpec, Tensor, TensorMut};
-use crate::registry;
 use crate::error::{AlrStatus, Error};
 use crate::optimizer::{Callbacks, GradFn, LossFn, Optimizer, SampleData, SampleScale, Samples, StepInputs};
+use crate::registry;
 use std::collections::HashMap;
 use std::ffi::{c_void, CString};
 use std::os::raw::c_char;

@@ -30,9 +30,17 @@ impl Layout {
             return Err(Error::invalid(format!("tensor {t} has 0 elements; register only non-empty tensors")));
         }
         // A buffer of more than isize::MAX bytes cannot exist; such a length is a caller's bug.
-        let limit = isize::MAX as usize / std::mem::size_of::<f32>();
-        if let Some(t) = lens.iter().position(|&n| n > limit) {
+        if let Some(t) = lens.iter().position(|&n| n > crate::limits::MAX_FLOATS) {
             return Err(Error::invalid(format!("tensor {t} has {} elements, more than any float32 buffer can hold", lens[t])));
+        }
+        // Nor can all tensors together (their state is one allocation per tensor, but their sum
+        // sizes vSGD's d and every total): refused before any of it is summed or allocated.
+        if lens.iter().try_fold(0usize, |sum, &n| crate::limits::floats(1, sum.checked_add(n)?)).is_none() {
+            return Err(Error::invalid(format!(
+                "the {} tensors hold more elements together than any float32 buffer can ({} at most)",
+                lens.len(),
+                crate::limits::MAX_FLOATS
+            )));
         }
         let groups: Vec<usize> = match groups {
             None => (0..lens.len()).collect(),
@@ -293,7 +301,9 @@ impl Optimizer {
                 return Err(Error::shape(format!("{} {what} tensors given, the optimizer has {n} tensors", bufs.len())));
             }
             for (t, (buf, &len)) in bufs.iter().zip(lens).enumerate() {
-                let want = len.checked_mul(per_elem).ok_or_else(|| Error::invalid(format!("tensor {t}: {what} size overflows")))?;
+                let want = crate::limits::floats(per_elem, len).ok_or_else(|| {
+                    Error::invalid(format!("tensor {t}: {what} of {per_elem} × {len} floats is larger than any buffer can be"))
+                })?;
                 if buf.len() != want {
                     let registered = if per_elem == 1 { format!("registered {len}") } else { format!("expected {per_elem} × {len}") };
                     return Err(Error::shape(format!("tensor {t}: {what} has {} elements, {registered}", buf.len())));

@@ -382,30 +382,38 @@ pub(crate) unsafe fn run_step(opt: &mut Optimizer, raw: RawStep) -> Result<(), E
         return run_device_step(opt, raw);
     }
     let lens = opt.layout().lens.clone();
-    let borrow = |ptrs: &[*const f32], per_elem: usize| -> Result<Vec<&[f32]>, Error> {
+    // Every length is bounded (crate::limits) before a slice of it is formed: a slice of more
+    // than isize::MAX bytes is undefined behaviour even if it is never read.
+    let borrow = |ptrs: &[*const f32], per_elem: usize, what: &str| -> Result<Vec<&[f32]>, Error> {
         ptrs.iter()
             .zip(&lens)
-            .map(|(&p, &n)| {
-                let len = n.checked_mul(per_elem).ok_or_else(|| Error::invalid("per-sample size overflows"))?;
+            .enumerate()
+            .map(|(t, (&p, &n))| {
+                let len = crate::limits::floats(per_elem, n).ok_or_else(|| {
+                    Error::invalid(format!(
+                        "tensor {t}: {what} of batch_size {per_elem} × {n} floats is larger than any buffer can be (at most {} floats): give the real N",
+                        crate::limits::MAX_FLOATS
+                    ))
+                })?;
                 Ok(std::slice::from_raw_parts(p, len))
             })
             .collect()
     };
     let mut params: Vec<&mut [f32]> = raw.params.iter().zip(&lens).map(|(&p, &len)| std::slice::from_raw_parts_mut(p, len)).collect();
-    let mut inputs = StepInputs::new(borrow(&raw.grads, 1)?);
+    let mut inputs = StepInputs::new(borrow(&raw.grads, 1, "grad")?);
     let scale = sample_scale(raw.per_sample_scale)?;
     inputs.samples = match (&raw.sum_sq, &raw.per_sample) {
         (None, None) => None,
         (Some(_), Some(_)) => return Err(Error::invalid("give either sum_sq or per_sample, not both")),
-        (Some(s), None) => Some(Samples { data: SampleData::SumSq(borrow(s, 1)?), scale, batch_size: raw.batch_size }),
+        (Some(s), None) => Some(Samples { data: SampleData::SumSq(borrow(s, 1, "sum_sq")?), scale, batch_size: raw.batch_size }),
         (None, Some(m)) => {
             if raw.batch_size == 0 {
                 return Err(Error::invalid("per_sample given with batch_size 0: set batch_size to N"));
             }
-            Some(Samples { data: SampleData::PerSample(borrow(m, raw.batch_size)?), scale, batch_size: raw.batch_size })
+            Some(Samples { data: SampleData::PerSample(borrow(m, raw.batch_size, "per_sample")?), scale, batch_size: raw.batch_size })
         }
     };
-    inputs.curvature = raw.curvature.as_deref().map(|h| borrow(h, 1)).transpose()?;
+    inputs.curvature = raw.curvature.as_deref().map(|h| borrow(h, 1, "curvature")).transpose()?;
     inputs.loss = raw.loss;
     let user_data = raw.user_data;
     let mut callbacks = Callbacks::default();

@@ -31,6 +31,7 @@
 #include "autolr.h"
 
 #include <math.h>
+#include <stdint.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -890,6 +891,145 @@ static void test_resealed_checkpoints(void) {
     fix_close(&fx);
 }
 
+/* ---------------------------------------------------------------------------------------- */
+/* 4. sizes no buffer can have (issue 17, item 1): refused before any slice of them is formed */
+
+/* Bytes of the saved state of a live optimizer (NULL on failure); the caller frees it. */
+static uint8_t *state_of(AlrOptimizer *opt, size_t *len) {
+    uint8_t *st = save_state(opt, len);
+    CHECK(st != NULL, "alr_save failed: %s", alr_last_error());
+    return st;
+}
+
+/* One-tensor optimizer of `len` floats, a step with per-sample data of batch size `n` whose
+ * N·len fits in size_t but whose N·len·4 bytes do not fit in isize: ALR_INVALID_ARGUMENT, and
+ * parameters and state bit-identical. The per-sample buffer is 8 floats: a library that formed a
+ * slice of N·len floats and read it would crash (SIGSEGV) or trip valgrind/ASan here. */
+static void impossible_batch(const char *alg, size_t len, size_t n, int with_curvature) {
+    char what[128];
+    snprintf(what, sizeof what, "%s: len %zu, per_sample batch_size %zu", alg, len, n);
+    AlrOptimizer *opt = NULL;
+    size_t lens[1] = {len};
+    if (!EXPECT(create(alg, lens, NULL, 1, &opt), ALR_OK, "alr_create for the size checks")) return;
+    float *p = malloc(len * sizeof *p), *g = malloc(len * sizeof *g), *h = malloc(len * sizeof *h), *before = malloc(len * sizeof *before);
+    float rows[8] = {1, 2, 3, 4, 5, 6, 7, 8};
+    for (size_t i = 0; i < len; i++) {
+        p[i] = (float)i * 0.5f;
+        g[i] = 0.25f;
+        h[i] = 1.0f;
+    }
+    memcpy(before, p, len * sizeof *p);
+    size_t slen = 0;
+    uint8_t *s0 = state_of(opt, &slen);
+    float *pp[1] = {p};
+    const float *gp[1] = {g}, *hp[1] = {h}, *mp[1] = {rows};
+    AlrStepArgs a;
+    memset(&a, 0, sizeof a);
+    a.struct_size = sizeof a;
+    a.n_tensors = 1;
+    a.params = pp;
+    a.grads = gp;
+    a.per_sample = mp;
+    a.batch_size = n;
+    if (with_curvature) a.curvature = hp;
+    EXPECT(alr_step(opt, &a), ALR_INVALID_ARGUMENT, what);
+    MSG_HAS("larger than any buffer");
+    CHECK(memcmp(p, before, len * sizeof *p) == 0, "%s: parameters changed by a failed call", what);
+    size_t nlen = 0;
+    uint8_t *s1 = state_of(opt, &nlen);
+    CHECK(s0 && s1 && slen == nlen && memcmp(s0, s1, slen) == 0, "%s: state changed by a failed call", what);
+    free(s0);
+    free(s1);
+    free(p);
+    free(g);
+    free(h);
+    free(before);
+    EXPECT(alr_destroy(opt), ALR_OK, "alr_destroy");
+}
+
+static AlrDLTensor dl_tensor(float *data, int32_t ndim, const int64_t *shape) {
+    AlrDLTensor t;
+    memset(&t, 0, sizeof t);
+    t.data = data;
+    t.device.device_type = 1; /* kDLCPU */
+    t.ndim = ndim;
+    t.dtype.code = 2; /* kDLFloat */
+    t.dtype.bits = 32;
+    t.dtype.lanes = 1;
+    t.shape = shape;
+    return t;
+}
+
+static void test_impossible_sizes(void) {
+    printf("sizes no buffer can have: per-sample batch sizes and DLPack shapes\n");
+    impossible_batch("auto-sgd", 5, (size_t)1 << 61, 0);
+    impossible_batch("vsgd-l", 5, (size_t)1 << 61, 1);
+    impossible_batch("auto-adam", ((size_t)1 << 21) + 1, (size_t)1 << 40, 0);
+    impossible_batch("auto-adam", 5, SIZE_MAX / 5, 0);
+
+    /* DLPack: a per_sample shape [2^61, 5], and shapes whose element product wraps around 2^64
+     * to the registered 5 (3 x 6148914691236517207 = 2^64 + 5) */
+    AlrOptimizer *opt = NULL;
+    size_t lens[1] = {5};
+    if (!EXPECT(create("auto-sgd", lens, NULL, 1, &opt), ALR_OK, "alr_create auto-sgd 5")) return;
+    float p[5] = {1, 2, 3, 4, 5}, g[5] = {1, 1, 1, 1, 1}, rows[10] = {0};
+    float before[5];
+    memcpy(before, p, sizeof p);
+    size_t slen = 0;
+    uint8_t *s0 = state_of(opt, &slen);
+    static const int64_t shape5[1] = {5}, shape_rows[2] = {(int64_t)1 << 61, 5}, wraps[2] = {3, 6148914691236517207LL};
+    static const int64_t wraps_rows[3] = {2, 3, 6148914691236517207LL}, huge3[3] = {(int64_t)1 << 32, (int64_t)1 << 32, 5};
+    struct {
+        const char *what;
+        int32_t pndim, mndim;
+        const int64_t *pshape, *mshape;
+    } cases[] = {
+        {"alr_step_dlpack per_sample shape [2^61, 5]", 1, 2, shape5, shape_rows},
+        {"alr_step_dlpack param shape [3, 6148914691236517207] (wraps to 5)", 2, 0, wraps, NULL},
+        {"alr_step_dlpack per_sample shape [2, 3, 6148914691236517207]", 1, 3, shape5, wraps_rows},
+        {"alr_step_dlpack param shape [2^32, 2^32, 5]", 3, 0, huge3, NULL},
+    };
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        AlrDLTensor tp = dl_tensor(p, cases[k].pndim, cases[k].pshape), tg = dl_tensor(g, 1, shape5);
+        AlrDLTensor tm = dl_tensor(rows, cases[k].mndim, cases[k].mshape);
+        const AlrDLTensor *lp[1] = {&tp}, *lg[1] = {&tg}, *lm[1] = {&tm};
+        AlrDLStepArgs a;
+        memset(&a, 0, sizeof a);
+        a.struct_size = sizeof a;
+        a.n_tensors = 1;
+        a.params = lp;
+        a.grads = lg;
+        if (cases[k].mshape) a.per_sample = lm;
+        else {
+            a.sum_sq = lg;
+            a.batch_size = 4;
+        }
+        EXPECT(alr_step_dlpack(opt, &a), ALR_INVALID_ARGUMENT, cases[k].what);
+        MSG_HAS("more elements than any float32 buffer");
+        CHECK(memcmp(p, before, sizeof p) == 0, "%s: parameters changed by a failed call", cases[k].what);
+        size_t nlen = 0;
+        uint8_t *s1 = state_of(opt, &nlen);
+        CHECK(s0 && s1 && slen == nlen && memcmp(s0, s1, slen) == 0, "%s: state changed by a failed call", cases[k].what);
+        free(s1);
+    }
+    /* the good shape still steps (so the refusals above are not of everything) */
+    {
+        AlrDLTensor tp = dl_tensor(p, 1, shape5), tg = dl_tensor(g, 1, shape5);
+        const AlrDLTensor *lp[1] = {&tp}, *lg[1] = {&tg};
+        AlrDLStepArgs a;
+        memset(&a, 0, sizeof a);
+        a.struct_size = sizeof a;
+        a.n_tensors = 1;
+        a.params = lp;
+        a.grads = lg;
+        a.sum_sq = lg;
+        a.batch_size = 4;
+        EXPECT(alr_step_dlpack(opt, &a), ALR_OK, "alr_step_dlpack shape [5]");
+    }
+    free(s0);
+    EXPECT(alr_destroy(opt), ALR_OK, "alr_destroy");
+}
+
 static void test_callback_failed(void) {
     printf("ALR_CALLBACK_FAILED\n");
     int produced = 0;
@@ -990,6 +1130,7 @@ int main(void) {
     test_errors_on_live_optimizer();
     test_resealed_checkpoints();
     test_callback_failed();
+    test_impossible_sizes();
     /* ALR_CUDA_ERROR: not producible on a CPU build (see the comment at the top). */
     printf("%d passed, %d failed\n", n_pass, n_fail);
     return n_fail == 0 ? 0 : 1;

@@ -598,3 +598,93 @@ def test_gi_over_tlr_keeps_tlr_momentum_default():
     opt = autolr.Optimizer("gi", [np.ones(3, np.float32)], base="tlr")
     assert opt.get_option("momentum") == 0.0
     assert autolr.Optimizer("gi", [np.ones(3, np.float32)], base="momentum").get_option("momentum") == 0.5
+
+
+# --- sizes no buffer can have (issue 17, item 1) --------------------------------------------------
+
+def _raw_step(opt, params, grads, per_sample=None, curvature=None, batch_size=0):
+    P = ctypes.POINTER(ctypes.c_float)
+    keep = []
+
+    def plist(arrays):
+        arr = (P * len(arrays))(*[a.ctypes.data_as(P) for a in arrays])
+        keep.append(arr)
+        return ctypes.cast(arr, ctypes.POINTER(P))
+
+    args = _ffi.AlrStepArgs()
+    args.struct_size = ctypes.sizeof(args)
+    args.n_tensors = len(params)
+    args.params = plist(params)
+    args.grads = plist(grads)
+    if per_sample is not None:
+        args.per_sample = plist(per_sample)
+    if curvature is not None:
+        args.curvature = plist(curvature)
+    args.batch_size = batch_size
+    rc = lib.alr_step(opt._handle, ctypes.byref(args))
+    return _ffi.AlrStatus_NAMES[rc], lib.alr_last_error().decode()
+
+
+@pytest.mark.parametrize("algorithm,length,batch_size", [
+    ("auto-sgd", 5, 1 << 61),          # N·len fits in size_t, N·len·4 bytes does not fit in isize
+    ("vsgd-l", 5, 1 << 61),
+    ("auto-adam", (1 << 21) + 1, 1 << 40),
+    ("auto-adagrad", 5, (2**64 - 1) // 5),
+])
+def test_per_sample_batch_no_buffer_can_hold_is_refused(algorithm, length, batch_size):
+    """The per-sample buffer given is 8 floats: a library that made a slice of N·len floats and read
+    it would crash this process. It must refuse the size instead, changing nothing."""
+    params = [np.linspace(-1, 1, length).astype(np.float32)]
+    opt = autolr.Optimizer(algorithm, params)
+    before = snapshot(opt, params)
+    rows = np.ones(8, np.float32)
+    curvature = [np.ones(length, np.float32)] if algorithm.startswith("vsgd") else None
+    status, msg = _raw_step(opt, params, [np.full(length, 0.25, np.float32)], per_sample=[rows],
+                            curvature=curvature, batch_size=batch_size)
+    assert status == "ALR_INVALID_ARGUMENT", msg
+    assert "larger than any buffer" in msg and str(batch_size) in msg, msg
+    assert snapshot(opt, params) == before
+
+
+def _dl(array_or_ptr, shape, keep):
+    c_shape = (ctypes.c_int64 * len(shape))(*shape)
+    t = _ffi.AlrDLTensor()
+    t.data = array_or_ptr.ctypes.data
+    t.device = _ffi.AlrDLDevice(1, 0)
+    t.ndim = len(shape)
+    t.dtype = _ffi.AlrDLDataType(2, 32, 1)
+    t.shape = c_shape
+    keep += [c_shape, t]
+    arr = (ctypes.POINTER(_ffi.AlrDLTensor) * 1)(ctypes.pointer(t))
+    keep.append(arr)
+    return ctypes.cast(arr, ctypes.POINTER(ctypes.POINTER(_ffi.AlrDLTensor)))
+
+
+@pytest.mark.parametrize("param_shape,per_sample_shape", [
+    ((5,), (1 << 61, 5)),                          # per_sample shape [2^61, len]
+    ((3, 6148914691236517207), None),              # 3 × that = 2^64 + 5: wraps to the registered 5
+    ((5,), (2, 3, 6148914691236517207)),
+    ((1 << 32, 1 << 32, 5), None),                 # wraps to 0
+])
+def test_dlpack_shapes_no_buffer_can_hold_are_refused(param_shape, per_sample_shape):
+    params = [np.arange(5, dtype=np.float32)]
+    opt = autolr.Optimizer("auto-sgd", params)
+    before = snapshot(opt, params)
+    keep = []
+    g = np.ones(5, np.float32)
+    rows = np.ones(10, np.float32)
+    args = _ffi.AlrDLStepArgs()
+    args.struct_size = ctypes.sizeof(args)
+    args.n_tensors = 1
+    args.params = _dl(params[0], param_shape, keep)
+    args.grads = _dl(g, (5,), keep)
+    if per_sample_shape is None:
+        args.sum_sq = _dl(g, (5,), keep)
+        args.batch_size = 4
+    else:
+        args.per_sample = _dl(rows, per_sample_shape, keep)
+    rc = lib.alr_step_dlpack(opt._handle, ctypes.byref(args))
+    msg = lib.alr_last_error().decode()
+    assert _ffi.AlrStatus_NAMES[rc] == "ALR_INVALID_ARGUMENT", msg
+    assert "more elements than any float32 buffer" in msg, msg
+    assert snapshot(opt, params) == before

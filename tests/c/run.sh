@@ -14,7 +14,6 @@ fi
 mkdir -p tests/c/build
 BIN=tests/c/build/test_capi
 gcc -std=c11 -Wall -Wextra -Werror -Iinclude tests/c/test_capi.c -L"$LIB" -lautolr -lm -Wl,-rpath,"$LIB" -o "$BIN"
-export RUST_BACKTRACE=0  # the deliberate panic (alr_selftest_panic) prints one line, not a trace
 if [[ "${VALGRIND:-1}" == "0" ]]; then
     exec "$BIN"
 fi

@@ -459,6 +459,28 @@ def test_panic_is_an_error_and_the_library_survives(adam):
     opt.step(make_grads(params, 3))  # still works
 
 
+def test_panic_prints_nothing_to_stderr():
+    """A caught panic's message goes to the last-error text only: nothing on the host's stderr,
+    also with RUST_BACKTRACE=1 (Rust's default hook would print the message and a backtrace)."""
+    code = textwrap.dedent(
+        """
+        from autolr._lib import lib
+        from autolr import _ffi
+        rc = lib.alr_selftest_panic()
+        print(_ffi.AlrStatus_NAMES[rc], lib.alr_last_error().decode())
+        """
+    )
+    env_path = [p for p in sys.path if p]
+    proc = subprocess.run(
+        [sys.executable, "-c", f"import sys; sys.path[:0] = {env_path!r}\n" + code],
+        capture_output=True, text=True, timeout=120, env={**os.environ, "RUST_BACKTRACE": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("ALR_PANIC"), proc.stdout
+    assert "alr_selftest_panic was called" in proc.stdout and "api.rs" in proc.stdout, proc.stdout
+    assert proc.stderr == "", f"the library printed to stderr: {proc.stderr!r}"
+
+
 # --- ALR_CALLBACK_FAILED (only once an algorithm takes callbacks) ---------------------------------
 
 class Boom(RuntimeError):

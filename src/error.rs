@@ -3,7 +3,11 @@
 use std::fmt;
 
 /// Outcome of every C entry point. `Ok` is zero; every failure has its own code so a caller can
-/// branch on the kind of failure and show `alr_last_error()` to a person.
+/// branch on the kind of failure and show `alr_last_error()` to a person. Besides the codes its
+/// comment lists, any function that takes an optimizer returns ALR_NULL_POINTER for a null
+/// handle, ALR_INVALID_ARGUMENT for one that is not live (destroyed, or never created),
+/// ALR_WRONG_STATE while it is in use by another call or after a call on it panicked, and any
+/// function may return ALR_PANIC (a library bug, caught: nothing is printed).
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AlrStatus {

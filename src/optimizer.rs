@@ -42,35 +42,41 @@ impl Layout {
                 crate::limits::MAX_FLOATS
             )));
         }
-        let groups: Vec<usize> = match groups {
-            None => (0..lens.len()).collect(),
-            Some(g) if g.len() != lens.len() => {
-                return Err(Error::shape(format!("{} group ids given for {} tensors", g.len(), lens.len())))
-            }
+        // Every vector below is sized by the caller's tensor count: allocated fallibly, so that
+        // millions of tensors the memory cannot hold give an error, not a process abort.
+        fn with_capacity<T>(n: usize, what: &str) -> Result<Vec<T>> {
+            let mut v = Vec::new();
+            v.try_reserve_exact(n).map_err(|_| Error::invalid(format!("cannot allocate {what} of {n} entries: too many tensors for this memory")))?;
+            Ok(v)
+        }
+        let n = lens.len();
+        let mut ids: Vec<usize> = with_capacity(n, "the group list")?;
+        match groups {
+            None => ids.extend(0..n),
+            Some(g) if g.len() != n => return Err(Error::shape(format!("{} group ids given for {n} tensors", g.len()))),
             Some(g) => {
                 // Checked before anything is sized by the ids: a wild id must not allocate.
-                if let Some(t) = g.iter().position(|&id| id >= lens.len()) {
-                    return Err(Error::invalid(format!(
-                        "tensor {t} has group id {}, but ids must be 0..G−1 with G ≤ {} tensors",
-                        g[t],
-                        lens.len()
-                    )));
+                if let Some(t) = g.iter().position(|&id| id >= n) {
+                    return Err(Error::invalid(format!("tensor {t} has group id {}, but ids must be 0..G−1 with G ≤ {n} tensors", g[t])));
                 }
-                g.to_vec()
+                ids.extend_from_slice(g);
             }
-        };
-        let n_groups = groups.iter().max().map_or(0, |m| m + 1);
-        let mut members = vec![Vec::new(); n_groups];
-        for (t, &g) in groups.iter().enumerate() {
-            members[g].push(t);
         }
-        if let Some(empty) = members.iter().position(|m| m.is_empty()) {
-            return Err(Error::invalid(format!(
-                "group ids must be 0..{} with every id used, but group {empty} has no tensor",
-                n_groups - 1
-            )));
+        let n_groups = ids.iter().max().map_or(0, |m| m + 1);
+        let mut sizes: Vec<usize> = with_capacity(n_groups, "the group sizes")?;
+        sizes.resize(n_groups, 0);
+        ids.iter().for_each(|&g| sizes[g] += 1);
+        if let Some(empty) = sizes.iter().position(|&k| k == 0) {
+            return Err(Error::invalid(format!("group ids must be 0..{} with every id used, but group {empty} has no tensor", n_groups - 1)));
         }
-        Ok(Layout { lens: lens.to_vec(), groups, members })
+        let mut members: Vec<Vec<usize>> = with_capacity(n_groups, "the group table")?;
+        for &k in &sizes {
+            members.push(with_capacity(k, "a group's tensor list")?);
+        }
+        ids.iter().enumerate().for_each(|(t, &g)| members[g].push(t));
+        let mut own_lens = with_capacity(n, "the tensor list")?;
+        own_lens.extend_from_slice(lens);
+        Ok(Layout { lens: own_lens, groups: ids, members })
     }
 
     pub fn n_tensors(&self) -> usize {

@@ -36,6 +36,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/types.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -581,6 +582,31 @@ static void test_stale_handle(void) {
     EXPECT(alr_set_option(opt, "lr", 0.1), ALR_INVALID_ARGUMENT, "alr_set_option on a destroyed handle");
     EXPECT(alr_get_lr(opt, 0, &v), ALR_INVALID_ARGUMENT, "alr_get_lr on a destroyed handle");
     EXPECT(alr_save_size(opt, &n), ALR_INVALID_ARGUMENT, "alr_save_size on a destroyed handle");
+    {
+        /* issue 17, item 5: alr_load returns ALR_INVALID_ARGUMENT here, and its header comment says so */
+        uint8_t bytes[32] = {0};
+        EXPECT(alr_load(opt, bytes, sizeof bytes), ALR_INVALID_ARGUMENT, "alr_load on a destroyed handle");
+        FILE *h = fopen("include/autolr.h", "r");
+        CHECK(h != NULL, "include/autolr.h not found (run from the repository root, as run.sh does)");
+        if (h) {
+            static char text[1 << 17];
+            size_t got = fread(text, 1, sizeof text - 1, h);
+            text[got] = 0;
+            fclose(h);
+            char *decl = strstr(text, "AlrStatus alr_load(");
+            char *doc = decl;
+            /* the comment block right above the declaration: back to the end of the previous declaration */
+            while (doc && doc - text >= 3 && !(doc[-1] == '\n' && doc[-2] == ';' && doc[-3] == ')')) doc--;
+            CHECK(decl != NULL, "alr_load is not declared in include/autolr.h");
+            if (decl) {
+                char saved = *decl;
+                *decl = 0;
+                CHECK(strstr(doc, "ALR_INVALID_ARGUMENT") != NULL, "alr_load's header comment does not list ALR_INVALID_ARGUMENT, which it returns");
+                CHECK(strstr(doc, "ALR_WRONG_STATE") != NULL, "alr_load's header comment does not list ALR_WRONG_STATE, which it returns");
+                *decl = saved;
+            }
+        }
+    }
     EXPECT(alr_destroy(opt), ALR_INVALID_ARGUMENT, "alr_destroy twice");
     int not_a_handle = 0;
     EXPECT(alr_destroy((AlrOptimizer *)&not_a_handle), ALR_INVALID_ARGUMENT, "alr_destroy on a foreign pointer");
@@ -1060,6 +1086,111 @@ static void test_impossible_sizes(void) {
     EXPECT(alr_destroy(opt), ALR_OK, "alr_destroy");
 }
 
+/* ---------------------------------------------------------------------------------------- */
+/* 5. allocation failure is an error, not an abort (issue 17, item 2)                        */
+/* Each case runs in a child process whose address space is limited (RLIMIT_AS) to what it   */
+/* uses plus a small headroom; a library that aborts there ("memory allocation failed",      */
+/* SIGABRT) fails the check. Skipped under valgrind and ASan (ALR_TEST_NO_RLIMIT=1: both      */
+/* reserve address space of their own), so run.sh runs the binary once without them too.     */
+
+static size_t vm_size_bytes(void) {
+    FILE *f = fopen("/proc/self/status", "r");
+    char line[256];
+    size_t kb = 0;
+    while (f && fgets(line, sizeof line, f))
+        if (sscanf(line, "VmSize: %zu kB", &kb) == 1) break;
+    if (f) fclose(f);
+    return kb * 1024;
+}
+
+/* Lowers the soft limit to the current size plus `headroom` (the hard limit stays, so it can be raised back). */
+static int limit_to_headroom(size_t headroom) {
+    struct rlimit r;
+    if (getrlimit(RLIMIT_AS, &r) != 0) return 0;
+    r.rlim_cur = vm_size_bytes() + headroom;
+    return setrlimit(RLIMIT_AS, &r) == 0;
+}
+
+static void unlimit(void) {
+    struct rlimit r;
+    if (getrlimit(RLIMIT_AS, &r) == 0) {
+        r.rlim_cur = r.rlim_max;
+        setrlimit(RLIMIT_AS, &r);
+    }
+}
+
+/* alr_save_size and alr_save of a 128 MiB state with 48 MiB of headroom: the old code built the
+ * whole serialised state in a growing vector (twice the state) and aborted. */
+static int child_save_under_limit(void) {
+    enum { NTEN = 16 };
+    size_t lens[NTEN];
+    for (int t = 0; t < NTEN; t++) lens[t] = (size_t)1 << 20;
+    AlrOptimizer *opt = NULL;
+    if (create("adam", lens, NULL, NTEN, &opt) != ALR_OK) return 10;
+    size_t size = 0, again = 0, written = 0;
+    if (alr_save_size(opt, &size) != ALR_OK) return 11;
+    uint8_t *buf = malloc(size), *ref = malloc(size);
+    if (!buf || !ref) return 12;
+    if (!limit_to_headroom((size_t)48 << 20)) return 13;
+    AlrStatus rc1 = alr_save_size(opt, &again);
+    AlrStatus rc2 = alr_save(opt, buf, size, &written);
+    unlimit();
+    printf("  [%-20s] %-58s -> %s\n", alr_status_name(rc2), "alr_save_size + alr_save, 128 MiB state, 48 MiB headroom", alr_last_error());
+    if (rc1 != ALR_OK || again != size) return 14;
+    if (rc2 != ALR_OK || written != size) return 15;
+    if (alr_save(opt, ref, size, &written) != ALR_OK || memcmp(buf, ref, size) != 0) return 16;
+    free(buf);
+    free(ref);
+    alr_destroy(opt);
+    return 0;
+}
+
+/* alr_create with 8 million tensors and 32 MiB of headroom: an error, not an abort. */
+static int child_create_under_limit(void) {
+    size_t n = (size_t)8 << 20;
+    size_t *lens = malloc(n * sizeof *lens);
+    if (!lens) return 10;
+    for (size_t t = 0; t < n; t++) lens[t] = 1;
+    AlrOptimizer *opt = (AlrOptimizer *)&opt;
+    if (!limit_to_headroom((size_t)32 << 20)) return 13;
+    AlrStatus rc = create("adam", lens, NULL, n, &opt);
+    unlimit();
+    printf("  [%-20s] %-58s -> %s\n", alr_status_name(rc), "alr_create 8M tensors, 32 MiB headroom", alr_last_error());
+    if (rc == ALR_OK) {
+        alr_destroy(opt);
+        return 20; /* it fit after all: the test did not test what it means to */
+    }
+    if (rc != ALR_INVALID_ARGUMENT || opt != NULL || strstr(alr_last_error(), "allocate") == NULL) return 14;
+    free(lens);
+    return 0;
+}
+
+static void in_child(int (*body)(void), const char *what) {
+    fflush(stdout);
+    fflush(stderr);
+    pid_t pid = fork();
+    if (pid == 0) {
+        int code = body();
+        fflush(stdout);
+        _exit(code);
+    }
+    int status = 0;
+    CHECK(pid > 0 && waitpid(pid, &status, 0) == pid, "fork/waitpid failed");
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0, "%s: the child %s %d", what,
+          WIFSIGNALED(status) ? "was killed by signal" : "exited with", WIFSIGNALED(status) ? WTERMSIG(status) : WEXITSTATUS(status));
+}
+
+static void test_allocation_failure(void) {
+    printf("allocation failure under a limited address space\n");
+    const char *skip = getenv("ALR_TEST_NO_RLIMIT");
+    if (skip && skip[0] == '1') {
+        printf("  note: skipped (ALR_TEST_NO_RLIMIT=1: valgrind or ASan reserve address space of their own)\n");
+        return;
+    }
+    in_child(child_save_under_limit, "alr_save_size/alr_save of a 128 MiB state with 48 MiB headroom");
+    in_child(child_create_under_limit, "alr_create with 8M tensors and 32 MiB headroom");
+}
+
 static void test_callback_failed(void) {
     printf("ALR_CALLBACK_FAILED\n");
     int produced = 0;
@@ -1161,6 +1292,7 @@ int main(void) {
     test_resealed_checkpoints();
     test_callback_failed();
     test_impossible_sizes();
+    test_allocation_failure();
     /* ALR_CUDA_ERROR: not producible on a CPU build (see the comment at the top). */
     printf("%d passed, %d failed\n", n_pass, n_fail);
     return n_fail == 0 ? 0 : 1;

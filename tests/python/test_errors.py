@@ -710,3 +710,122 @@ def test_dlpack_shapes_no_buffer_can_hold_are_refused(param_shape, per_sample_sh
     assert _ffi.AlrStatus_NAMES[rc] == "ALR_INVALID_ARGUMENT", msg
     assert "more elements than any float32 buffer" in msg, msg
     assert snapshot(opt, params) == before
+
+
+# --- allocation failure is an error, not an abort (issue 17, item 2) ----------------------------
+
+_LIMITED_PREAMBLE = textwrap.dedent(
+    """
+    import ctypes, resource, numpy as np, autolr
+    from autolr import _ffi
+    from autolr._lib import lib
+
+    def vm_size():
+        for line in open("/proc/self/status"):
+            if line.startswith("VmSize:"):
+                return int(line.split()[1]) * 1024
+
+    def limit(headroom):
+        soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+        resource.setrlimit(resource.RLIMIT_AS, (vm_size() + headroom, hard))
+
+    def unlimit():
+        soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+        resource.setrlimit(resource.RLIMIT_AS, (hard, hard))
+    """
+)
+
+
+def _run_limited(code):
+    """Runs `code` in a fresh interpreter whose address space it limits itself; a library that
+    aborts on a failed allocation kills that interpreter (SIGABRT) instead of raising."""
+    env_path = [p for p in sys.path if p]
+    proc = subprocess.run(
+        [sys.executable, "-c", f"import sys; sys.path[:0] = {env_path!r}\n" + _LIMITED_PREAMBLE + textwrap.dedent(code)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, f"process died (rc {proc.returncode}): {proc.stderr.strip()[-400:]}"
+    return proc.stdout
+
+
+def test_save_needs_no_copy_of_the_state():
+    """alr_save_size and alr_save of a 128 MiB state with 48 MiB of address space to spare: the
+    size is counted and the state written straight into the caller's buffer (the old code built
+    the serialised state in a growing vector first and aborted here)."""
+    out = _run_limited(
+        """
+        params = [np.zeros(1 << 20, np.float32) for _ in range(16)]
+        opt = autolr.Optimizer("adam", params)
+        size, again, written = ctypes.c_size_t(), ctypes.c_size_t(), ctypes.c_size_t()
+        assert lib.alr_save_size(opt._handle, ctypes.byref(size)) == 0
+        buf, ref = (ctypes.c_uint8 * size.value)(), (ctypes.c_uint8 * size.value)()
+        limit(48 << 20)
+        rc1 = lib.alr_save_size(opt._handle, ctypes.byref(again))
+        rc2 = lib.alr_save(opt._handle, buf, size.value, ctypes.byref(written))
+        unlimit()
+        print(_ffi.AlrStatus_NAMES[rc1], _ffi.AlrStatus_NAMES[rc2], again.value == size.value, written.value == size.value)
+        assert lib.alr_save(opt._handle, ref, size.value, ctypes.byref(written)) == 0
+        print(ctypes.string_at(buf, size.value) == ctypes.string_at(ref, size.value))
+        """
+    )
+    assert out.split() == ["ALR_OK", "ALR_OK", "True", "True", "True"], out
+
+
+def test_create_with_millions_of_tensors_is_an_error_not_an_abort():
+    out = _run_limited(
+        """
+        n = 8 << 20
+        lens = np.ones(n, np.uint64)
+        args = _ffi.AlrCreateArgs()
+        args.struct_size = ctypes.sizeof(args)
+        args.algorithm = b"adam"
+        args.n_tensors = n
+        args.lens = lens.ctypes.data_as(ctypes.POINTER(ctypes.c_size_t))
+        handle = ctypes.c_void_p(12345)
+        limit(32 << 20)
+        rc = lib.alr_create(ctypes.byref(args), ctypes.byref(handle))
+        unlimit()
+        print(_ffi.AlrStatus_NAMES[rc], handle.value is None, lib.alr_last_error().decode())
+        """
+    )
+    assert out.startswith("ALR_INVALID_ARGUMENT True") and "allocate" in out, out
+
+
+# --- every status alr_load returns is one its header comment lists (issue 17, item 5) ----------
+
+def _documented_statuses(function):
+    import re
+    header = open(os.path.join(os.path.dirname(__file__), "..", "..", "include", "autolr.h")).read()
+    decl = header.index(f"AlrStatus {function}(")
+    doc = header[header.rindex(");\n", 0, decl) + 3:decl]  # from the end of the previous declaration
+    return set(re.findall(r"ALR_[A-Z_]+", doc)) - {"ALR_OK"}
+
+
+def test_alr_load_returns_only_documented_statuses(adam):
+    opt, params = adam
+    documented = _documented_statuses("alr_load")
+    good = opt.state_dict()
+    seen = {}
+    buf = (ctypes.c_uint8 * len(good)).from_buffer_copy(good)
+    seen["null buf"] = lib.alr_load(opt._handle, None, 10)
+    seen["bad bytes"] = lib.alr_load(opt._handle, buf, len(good) - 1)
+    ghost = autolr.Optimizer("adam", make_params(), groups=GROUPS)
+    stale = ghost._handle
+    ghost.__del__()  # destroys it; `stale` keeps the old value, as C code would
+    seen["destroyed handle"] = lib.alr_load(stale, buf, len(good))
+    gi_params = [np.ones(3, np.float32)]
+    gi = autolr.Optimizer("gi", gi_params, base="adam")
+    state = gi.state_dict()
+    inner = {}
+
+    def closure():
+        b = (ctypes.c_uint8 * len(state)).from_buffer_copy(state)
+        inner["rc"] = lib.alr_load(gi._handle, b, len(state))
+        return 0.5
+
+    gi.step([np.ones(3, np.float32)], loss=1.0, closure=closure)
+    seen["from its own callback"] = inner["rc"]
+    names = {what: _ffi.AlrStatus_NAMES[rc] for what, rc in seen.items()}
+    assert names["destroyed handle"] == "ALR_INVALID_ARGUMENT" and names["from its own callback"] == "ALR_WRONG_STATE", names
+    undocumented = {what: name for what, name in names.items() if name not in documented}
+    assert not undocumented, f"alr_load returned statuses its header comment does not list: {undocumented} (lists {sorted(documented)})"

@@ -106,8 +106,9 @@ pub(crate) fn guard<F: FnOnce() -> Result<(), Error>>(entry: &str, body: F) -> A
             // The hook's text has the location; a payload re-raised with resume_unwind (a
             // worker thread's panic) reaches here without passing the hook on this thread.
             let what = PANIC_TEXT.with(|t| t.borrow_mut().take()).unwrap_or_else(|| payload_text(&*payload));
-            // Dropping the payload could itself panic (a payload with a panicking Drop): don't.
-            std::mem::forget(payload);
+            // Dropping the payload could itself panic (a payload with a panicking Drop): that
+            // panic is caught too, so it never crosses into the caller.
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(payload)));
             fail(Error::new(AlrStatus::AlrPanic, format!("{entry}: internal error (a bug in autolr, please report it): {what}")))
         }
     }

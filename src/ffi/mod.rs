@@ -11,7 +11,7 @@ pub use dlpack::*;
 pub use handle::AlrOptimizer;
 
 use crate::error::{AlrStatus, Error};
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::ffi::{CStr, CString};
 use std::os::raw::c_char;
 
@@ -34,68 +34,11 @@ pub(crate) fn fail(err: Error) -> AlrStatus {
     err.status
 }
 
-thread_local! {
-    /// How many entry points this thread is inside (a callback may call another optimizer).
-    static ENTRY_DEPTH: Cell<usize> = const { Cell::new(0) };
-    /// What the panic hook captured for the entry point that is unwinding.
-    static PANIC_TEXT: RefCell<Option<String>> = const { RefCell::new(None) };
-}
-
-/// The text of a panic payload (`panic!` gives a `&str` or a `String`).
-fn payload_text(payload: &(dyn std::any::Any + Send)) -> String {
-    payload
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "unknown panic".to_string())
-}
-
-/// Installs, once per process, a panic hook that keeps the library silent: a panic on a thread
-/// that is inside an `alr_*` entry point is recorded for that entry point's last-error text and
-/// printed nowhere; every other panic goes to the hook that was installed before (the host's,
-/// or Rust's default), unchanged. A host that installs its own hook later replaces this one.
-fn install_panic_hook() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        let previous = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            if ENTRY_DEPTH.try_with(|d| d.get() > 0).unwrap_or(false) {
-                let at = info.location().map(|l| format!(" (at {}:{})", l.file(), l.line())).unwrap_or_default();
-                let text = format!("{}{at}", payload_text(info.payload()));
-                let _ = PANIC_TEXT.try_with(|t| t.try_borrow_mut().map(|mut t| *t = Some(text)));
-            } else {
-                previous(info);
-            }
-        }));
-    });
-}
-
-/// Marks this thread as inside an entry point while alive (also when the body unwinds).
-struct InEntry;
-
-impl InEntry {
-    fn enter() -> Self {
-        ENTRY_DEPTH.with(|d| d.set(d.get() + 1));
-        InEntry
-    }
-}
-
-impl Drop for InEntry {
-    fn drop(&mut self) {
-        ENTRY_DEPTH.with(|d| d.set(d.get().saturating_sub(1)));
-    }
-}
-
 /// Runs an entry point's body: an `Err` becomes its status plus last-error text, a panic becomes
 /// `ALR_PANIC` with the panic's message (and where it happened) as last-error text — nothing is
-/// printed to stderr (see `install_panic_hook`). Success clears the last error.
+/// printed to stderr (see `error::quiet_panics`). Success clears the last error.
 pub(crate) fn guard<F: FnOnce() -> Result<(), Error>>(entry: &str, body: F) -> AlrStatus {
-    install_panic_hook();
-    PANIC_TEXT.with(|t| t.borrow_mut().take());
-    let result = {
-        let _inside = InEntry::enter();
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(body))
-    };
+    let result = crate::error::quiet_panics(|| std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)));
     match result {
         Ok(Ok(())) => {
             set_last_error("");
@@ -105,7 +48,7 @@ pub(crate) fn guard<F: FnOnce() -> Result<(), Error>>(entry: &str, body: F) -> A
         Err(payload) => {
             // The hook's text has the location; a payload re-raised with resume_unwind (a
             // worker thread's panic) reaches here without passing the hook on this thread.
-            let what = PANIC_TEXT.with(|t| t.borrow_mut().take()).unwrap_or_else(|| payload_text(&*payload));
+            let what = crate::error::take_panic_text().unwrap_or_else(|| crate::error::payload_text(&*payload));
             // Dropping the payload could itself panic (a payload with a panicking Drop): that
             // panic is caught too, so it never crosses into the caller.
             let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(payload)));

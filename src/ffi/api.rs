@@ -630,6 +630,11 @@ pub extern "C" fn alr_load(opt: *mut AlrOptimizer, buf: *const u8, len: usize) -
         non_null!(buf, "buf");
         // The handle is checked against the live set and held busy; buf addresses len bytes.
         let mut opt = handle::get(opt)?;
+        // No buffer spans more than isize::MAX bytes: such a length is not a checkpoint.
+        if len > isize::MAX as usize {
+            return Err(Error::checkpoint(format!("checkpoint length {len} is larger than any buffer can be")));
+        }
+        // SAFETY: buf addresses len readable bytes (documented), len bounded above.
         let bytes = unsafe { std::slice::from_raw_parts(buf, len) };
         opt.load(bytes)
     })

@@ -151,6 +151,8 @@ mod tests {
         assert_eq!(alr_load(opt, state.as_ptr(), state.len()), AlrStatus::AlrOk, "{}", last());
         assert_eq!(save(opt), state);
         assert_eq!(alr_load(opt, state.as_ptr(), state.len() - 1), AlrStatus::AlrBadCheckpoint);
+        // A length no buffer can have: refused before a slice of it is formed (Miri would report that).
+        assert_eq!(alr_load(opt, state.as_ptr(), usize::MAX), AlrStatus::AlrBadCheckpoint);
         assert_eq!(alr_destroy(opt), AlrStatus::AlrOk);
         // Stale, foreign and null handles are errors, never dereferenced.
         assert_eq!(alr_step(opt, &step_args(&params, &grads)), AlrStatus::AlrInvalidArgument);

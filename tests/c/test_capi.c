@@ -14,7 +14,11 @@
  *     uninterrupted run, options restored;
  *   - every status code a CPU build can produce, each at least once, with its message printed
  *     and checked non-empty; after every failed call on a live optimizer the parameters and the
- *     saved state bytes are bit-identical to before (memcmp).
+ *     saved state bytes are bit-identical to before (memcmp);
+ *   - issue 17: sizes no buffer can have (per-sample N·len·4 > isize::MAX, DLPack shapes whose
+ *     element product overflows or wraps around 2^64), alr_save_size / alr_save / alr_create
+ *     under a limited address space (child processes), a caught panic printing nothing, and
+ *     alr_load's header comment listing what it returns.
  *
  * ALR_CUDA_ERROR cannot be produced here: it is reserved for the CUDA backend, which this
  * version does not have yet (a CUDA device is refused with ALR_UNSUPPORTED before any driver
@@ -787,6 +791,7 @@ static void test_errors_on_live_optimizer(void) {
         FAILS(&fx, &s, alr_load(fx.opt, buf, s.len - 8), ALR_BAD_CHECKPOINT, "alr_load without its checksum");
         FAILS(&fx, &s, alr_load(fx.opt, buf, 11), ALR_BAD_CHECKPOINT, "alr_load 11 bytes");
         FAILS(&fx, &s, alr_load(fx.opt, buf, 0), ALR_BAD_CHECKPOINT, "alr_load 0 bytes");
+        FAILS(&fx, &s, alr_load(fx.opt, buf, SIZE_MAX), ALR_BAD_CHECKPOINT, "alr_load SIZE_MAX bytes");
         buf[s.len] = 0;
         FAILS(&fx, &s, alr_load(fx.opt, buf, s.len + 1), ALR_BAD_CHECKPOINT, "alr_load with a trailing byte");
         size_t positions[] = {0, 8, 20, s.len / 2, s.len - 20, s.len - 9, s.len - 1};

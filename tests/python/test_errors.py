@@ -829,3 +829,16 @@ def test_alr_load_returns_only_documented_statuses(adam):
     assert names["destroyed handle"] == "ALR_INVALID_ARGUMENT" and names["from its own callback"] == "ALR_WRONG_STATE", names
     undocumented = {what: name for what, name in names.items() if name not in documented}
     assert not undocumented, f"alr_load returned statuses its header comment does not list: {undocumented} (lists {sorted(documented)})"
+
+
+def test_alr_load_with_a_length_no_buffer_can_have(adam):
+    """A length above isize::MAX is refused before a slice of it is formed (the old code read past
+    the buffer looking for the checksum, and crashed)."""
+    opt, params = adam
+    good = opt.state_dict()
+    buf = (ctypes.c_uint8 * len(good)).from_buffer_copy(good)
+    before = snapshot(opt, params)
+    rc = lib.alr_load(opt._handle, buf, 2**64 - 1)
+    assert _ffi.AlrStatus_NAMES[rc] == "ALR_BAD_CHECKPOINT", lib.alr_last_error()
+    assert "larger than any buffer" in lib.alr_last_error().decode()
+    assert snapshot(opt, params) == before

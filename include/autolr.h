@@ -24,7 +24,11 @@
 #define ALR_ABI_VERSION 1
 
 // Outcome of every C entry point. `Ok` is zero; every failure has its own code so a caller can
-// branch on the kind of failure and show `alr_last_error()` to a person.
+// branch on the kind of failure and show `alr_last_error()` to a person. Besides the codes its
+// comment lists, any function that takes an optimizer returns ALR_NULL_POINTER for a null
+// handle, ALR_INVALID_ARGUMENT for one that is not live (destroyed, or never created),
+// ALR_WRONG_STATE while it is in use by another call or after a call on it panicked, and any
+// function may return ALR_PANIC (a library bug, caught: nothing is printed).
 typedef enum AlrStatus {
   // Success.
   ALR_OK = 0,
@@ -283,19 +287,28 @@ enum AlrStatus alr_telemetry_count(struct AlrOptimizer *opt, size_t group, size_
 enum AlrStatus alr_telemetry_entry(struct AlrOptimizer *opt, size_t group, size_t index, const char **name, double *value);
 
 // Writes the size in bytes of the current saved state to `*size` (call before `alr_save`).
-// Returns ALR_OK, ALR_NULL_POINTER, ALR_INVALID_ARGUMENT, ALR_WRONG_STATE (GI waits for its loss report).
+// The size is counted, not serialised: no memory is allocated in proportion to the state.
+// Returns ALR_OK, ALR_NULL_POINTER, ALR_INVALID_ARGUMENT (opt is not a live optimizer),
+// ALR_WRONG_STATE (GI waits for its loss report; opt in use or poisoned).
 enum AlrStatus alr_save_size(struct AlrOptimizer *opt, size_t *size);
 
 // Saves the whole state (options, per-tensor buffers, counters) into the caller's buffer
 // `buf` of `capacity` bytes; writes the bytes used to `*written`. The format is versioned
-// and checksummed. Returns ALR_OK, ALR_NULL_POINTER, ALR_INVALID_ARGUMENT (buffer too small;
-// nothing written), ALR_WRONG_STATE.
+// and checksummed. The state is written straight into `buf`: no copy of it is made. Returns
+// ALR_OK, ALR_NULL_POINTER, ALR_INVALID_ARGUMENT (buffer too small — nothing written —, or
+// opt is not a live optimizer), ALR_WRONG_STATE (as alr_save_size).
 enum AlrStatus alr_save(struct AlrOptimizer *opt, uint8_t *buf, size_t capacity, size_t *written);
 
 // Restores a state saved by `alr_save` into an optimizer of the same algorithm (and GI
-// base) over the same tensors and groups. Returns ALR_OK, ALR_NULL_POINTER,
-// ALR_BAD_CHECKPOINT (truncated, corrupted, other format version, other algorithm or
-// tensors); on failure the optimizer is unchanged.
+// base) over the same tensors and groups. Validated before anything changes: magic, format
+// version, checksum, algorithm, base, tensor sizes and groups, option names, every option
+// value against its range, every field's length, no trailing bytes. Returns ALR_OK,
+// ALR_NULL_POINTER (opt or buf is null), ALR_INVALID_ARGUMENT (opt is not a live optimizer:
+// destroyed, or never from alr_create; or the memory for the restored state cannot be
+// allocated), ALR_WRONG_STATE (opt is in use by another call, e.g. from inside its own
+// callback, or an earlier call on it panicked), ALR_BAD_CHECKPOINT (truncated, corrupted,
+// other format version, other algorithm or tensors, an option out of range), ALR_CUDA_ERROR
+// (CUDA optimizers: the upload failed), ALR_PANIC; on failure the optimizer is unchanged.
 enum AlrStatus alr_load(struct AlrOptimizer *opt, const uint8_t *buf, size_t len);
 
 // Panics inside the library on purpose and returns ALR_PANIC: lets a binding test that a

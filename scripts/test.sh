@@ -3,11 +3,14 @@
 # system packages (valgrind, g++, python3-venv, the Fashion-MNIST data), a Python venv (.venv)
 # with numpy, pytest, scikit-learn, setuptools and setuptools-rust (the package build), a second
 # venv (.venv-torch) with PyPI's default torch wheel (torch 2.x; its CUDA libraries are not needed
-# to run on a CPU), the release build, then: Rust unit and integration tests (the header
-# freshness check among them), the CUDA kernels compiled with nvcc (the system's, or NVIDIA's pip
-# wheel) and the no-driver error checked, the check that the generated bindings match
-# include/autolr.h, rustfmt and clippy (both builds, warnings as errors), the C ABI test under valgrind, the C++ binding's tests, the torch adapter's
-# tests (in .venv-torch, where a skipped test counts as a failure) and the Python tests.
+# to run on a CPU), the release build, then: rustfmt and clippy (both builds, warnings as errors),
+# Rust unit and integration tests (the header freshness check, the layering scan and the
+# per-algorithm battery among them), the CUDA kernels compiled with nvcc (the system's, or
+# NVIDIA's pip wheel) and the no-driver error checked, the check that the generated bindings
+# match include/autolr.h, the C ABI test (natively, under valgrind, and under ASan + UBSan), Miri
+# over the unit tests of the unsafe C boundary, each fuzz target for 20 s (cargo-fuzz, nightly
+# toolchain; installed when missing), the C++ binding's tests, the torch adapter's tests (in
+# .venv-torch, where a skipped test counts as a failure) and the Python tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -50,8 +53,34 @@ CARGO_TARGET_DIR=target/cuda cargo clippy --release --all-targets --features cud
 CARGO_TARGET_DIR=target/cuda cargo test --release --features cuda --lib --test cuda_device
 echo "== generated bindings"
 python3 scripts/gen_bindings.py --check
-echo "== C ABI test (valgrind)"
+echo "== C ABI test (native, valgrind, ASan + UBSan)"
 bash tests/c/run.sh
+echo "== nightly toolchain for Miri and cargo-fuzz (installed when missing)"
+if ! rustup toolchain list | grep -q '^nightly'; then
+  rustup toolchain install nightly --profile minimal
+fi
+rustup +nightly component add miri rust-src
+cargo +nightly fuzz --version >/dev/null 2>&1 || cargo install cargo-fuzz --locked
+echo "== Miri: unit tests of the C boundary (handles, raw buffers, the size bound), the checkpoint writer"
+# Handles are ids mapped to addresses kept as integers (src/ffi/handle.rs), hence permissive
+# provenance. The algorithm and backend tests are not run under Miri: see README "Guarantees".
+MIRIFLAGS=-Zmiri-permissive-provenance cargo +nightly miri test --lib -- ffi:: checkpoint:: limits::
+echo "== fuzz: each target for 20 s from the committed corpus (fuzz/corpus, run on a copy)"
+(
+  cd fuzz
+  env -u CARGO_TARGET_DIR cargo +nightly fuzz build
+  for target in checkpoint options step; do
+    work="$(mktemp -d)"
+    cp corpus/"$target"/* "$work"/
+    if ! env -u CARGO_TARGET_DIR cargo +nightly fuzz run "$target" "$work" -- -max_total_time=20 -print_final_stats=1 >"$work.log" 2>&1; then
+      tail -n 60 "$work.log"
+      echo "fuzz target $target failed: the input is in fuzz/artifacts/$target/"
+      exit 1
+    fi
+    echo "$target: $(grep -E '^Done' "$work.log")"
+    rm -rf "$work" "$work.log"
+  done
+)
 echo "== C++ binding tests"
 bash tests/cpp/run.sh
 echo "== torch adapter tests (PyPI's torch in .venv-torch)"

@@ -15,37 +15,105 @@ pub const MAX_COUNT: u64 = 1 << 53;
 
 /// FNV-1a, 64 bit: tiny, dependency-free, and enough to catch accidental corruption.
 pub fn fnv1a64(bytes: &[u8]) -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut hash: u64 = FNV_OFFSET;
     for &b in bytes {
         hash ^= u64::from(b);
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+        hash = hash.wrapping_mul(FNV_PRIME);
     }
     hash
 }
 
-#[derive(Default)]
-pub struct Writer {
-    pub bytes: Vec<u8>,
+/// Where a `Writer`'s bytes go.
+enum Sink<'a> {
+    /// Into a growing vector (`Optimizer::save`).
+    Vec(Vec<u8>),
+    /// Nowhere: only counted (`Optimizer::save_size`, behind `alr_save_size`: no memory is sized
+    /// by the state).
+    Count,
+    /// Straight into a caller's buffer (`Optimizer::save_into`, behind `alr_save`: no copy of the
+    /// state is made).
+    Slice(&'a mut [u8]),
 }
 
-impl Writer {
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+
+/// Appends the fields of a checkpoint, with their count and running checksum.
+pub struct Writer<'a> {
+    sink: Sink<'a>,
+    len: usize,
+    hash: u64,
+    /// A slice write that would have passed the buffer's end (and was not made).
+    overflowed: bool,
+}
+
+impl<'a> Writer<'a> {
+    fn with(sink: Sink<'a>) -> Self {
+        Writer { sink, len: 0, hash: FNV_OFFSET, overflowed: false }
+    }
+
+    /// A writer that collects the bytes in a vector.
+    pub fn to_vec() -> Self {
+        Self::with(Sink::Vec(Vec::new()))
+    }
+
+    /// A writer that only counts the bytes.
+    pub fn counting() -> Self {
+        Self::with(Sink::Count)
+    }
+
+    /// A writer into `buf`; `finish_in_place` fails if the checkpoint does not fit.
+    pub fn into_slice(buf: &'a mut [u8]) -> Self {
+        Self::with(Sink::Slice(buf))
+    }
+
+    pub fn extend_from_slice(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.hash ^= u64::from(b);
+            self.hash = self.hash.wrapping_mul(FNV_PRIME);
+        }
+        match &mut self.sink {
+            Sink::Vec(v) => v.extend_from_slice(bytes),
+            Sink::Count => {}
+            Sink::Slice(buf) => match self.len.checked_add(bytes.len()).filter(|&end| !self.overflowed && end <= buf.len()) {
+                Some(end) => buf[self.len..end].copy_from_slice(bytes),
+                None => self.overflowed = true,
+            },
+        }
+        self.len = self.len.saturating_add(bytes.len());
+    }
+
+    /// Appends the checksum; the checkpoint is complete after this. Returns the vector (empty for
+    /// a counting or in-place writer) and the checkpoint's length, or an error when an in-place
+    /// checkpoint did not fit its buffer.
+    pub fn finish(mut self) -> Result<(Vec<u8>, usize)> {
+        let sum = self.hash;
+        self.u64(sum);
+        if self.overflowed {
+            let capacity = if let Sink::Slice(buf) = &self.sink { buf.len() } else { 0 };
+            return Err(Error::invalid(format!("buffer holds {capacity} bytes, the state needs {}: ask alr_save_size first", self.len)));
+        }
+        let len = self.len;
+        Ok((if let Sink::Vec(v) = self.sink { v } else { Vec::new() }, len))
+    }
+
     pub fn u32(&mut self, v: u32) {
-        self.bytes.extend_from_slice(&v.to_le_bytes());
+        self.extend_from_slice(&v.to_le_bytes());
     }
     pub fn u64(&mut self, v: u64) {
-        self.bytes.extend_from_slice(&v.to_le_bytes());
+        self.extend_from_slice(&v.to_le_bytes());
     }
     pub fn f64(&mut self, v: f64) {
-        self.bytes.extend_from_slice(&v.to_le_bytes());
+        self.extend_from_slice(&v.to_le_bytes());
     }
     pub fn str(&mut self, s: &str) {
         self.u64(s.len() as u64);
-        self.bytes.extend_from_slice(s.as_bytes());
+        self.extend_from_slice(s.as_bytes());
     }
     pub fn f32s(&mut self, v: &[f32]) {
         self.u64(v.len() as u64);
         for x in v {
-            self.bytes.extend_from_slice(&x.to_le_bytes());
+            self.extend_from_slice(&x.to_le_bytes());
         }
     }
     pub fn f64s(&mut self, v: &[f64]) {
@@ -59,12 +127,6 @@ impl Writer {
         for x in v {
             self.u64(*x);
         }
-    }
-    /// Appends the checksum; the buffer is complete after this.
-    pub fn finish(mut self) -> Vec<u8> {
-        let sum = fnv1a64(&self.bytes);
-        self.u64(sum);
-        self.bytes
     }
 }
 
@@ -227,4 +289,51 @@ pub fn finite(x: f32) -> bool {
 /// whose square overflows); NaN is not.
 pub fn second_moment(x: f32) -> bool {
     x >= 0.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A small checkpoint-shaped save, as `Optimizer::save` writes one.
+    fn fields(w: &mut Writer) {
+        w.extend_from_slice(MAGIC);
+        w.u32(FORMAT_VERSION);
+        w.str("adam");
+        w.f32s(&[1.0, -2.5, f32::MIN_POSITIVE]);
+        w.f64s(&[0.125, 3.0]);
+    }
+
+    #[test]
+    fn counting_and_in_place_writers_agree_with_the_vector() {
+        let mut w = Writer::to_vec();
+        fields(&mut w);
+        let (bytes, len) = w.finish().unwrap();
+        assert_eq!(len, bytes.len());
+        assert_eq!(fnv1a64(&bytes[..bytes.len() - 8]).to_le_bytes(), bytes[bytes.len() - 8..]);
+        let mut w = Writer::counting();
+        fields(&mut w);
+        assert_eq!(w.finish().unwrap(), (Vec::new(), bytes.len()));
+        let mut buf = vec![0xABu8; bytes.len() + 3];
+        let mut w = Writer::into_slice(&mut buf);
+        fields(&mut w);
+        assert_eq!(w.finish().unwrap().1, bytes.len());
+        assert_eq!(&buf[..bytes.len()], &bytes[..]);
+        assert_eq!(&buf[bytes.len()..], &[0xAB; 3]);
+        Reader::open(&buf[..bytes.len()]).unwrap();
+    }
+
+    #[test]
+    fn in_place_writes_never_pass_the_buffer() {
+        let mut w = Writer::counting();
+        fields(&mut w);
+        let len = w.finish().unwrap().1;
+        let mut buf = vec![0u8; len];
+        let mut w = Writer::into_slice(&mut buf[..len - 1]);
+        fields(&mut w);
+        let err = w.finish().unwrap_err();
+        assert!(err.message.contains("needs"), "{}", err.message);
+        // Nothing was written at or after the end of the buffer.
+        assert_eq!(buf[len - 1], 0);
+    }
 }

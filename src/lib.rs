@@ -10,6 +10,7 @@ pub mod base;
 pub mod checkpoint;
 pub mod error;
 pub mod ffi;
+pub mod limits;
 pub mod optimizer;
 pub mod options;
 pub mod registry;

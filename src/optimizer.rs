@@ -30,30 +30,53 @@ impl Layout {
             return Err(Error::invalid(format!("tensor {t} has 0 elements; register only non-empty tensors")));
         }
         // A buffer of more than isize::MAX bytes cannot exist; such a length is a caller's bug.
-        let limit = isize::MAX as usize / std::mem::size_of::<f32>();
-        if let Some(t) = lens.iter().position(|&n| n > limit) {
+        if let Some(t) = lens.iter().position(|&n| n > crate::limits::MAX_FLOATS) {
             return Err(Error::invalid(format!("tensor {t} has {} elements, more than any float32 buffer can hold", lens[t])));
         }
-        let groups: Vec<usize> = match groups {
-            None => (0..lens.len()).collect(),
-            Some(g) if g.len() != lens.len() => return Err(Error::shape(format!("{} group ids given for {} tensors", g.len(), lens.len()))),
+        // Nor can all tensors together (their state is one allocation per tensor, but their sum
+        // sizes vSGD's d and every total): refused before any of it is summed or allocated.
+        if lens.iter().try_fold(0usize, |sum, &n| crate::limits::floats(1, sum.checked_add(n)?)).is_none() {
+            return Err(Error::invalid(format!(
+                "the {} tensors hold more elements together than any float32 buffer can ({} at most)",
+                lens.len(),
+                crate::limits::MAX_FLOATS
+            )));
+        }
+        // Every vector below is sized by the caller's tensor count: allocated fallibly, so that
+        // millions of tensors the memory cannot hold give an error, not a process abort.
+        fn with_capacity<T>(n: usize, what: &str) -> Result<Vec<T>> {
+            let mut v = Vec::new();
+            v.try_reserve_exact(n).map_err(|_| Error::invalid(format!("cannot allocate {what} of {n} entries: too many tensors for this memory")))?;
+            Ok(v)
+        }
+        let n = lens.len();
+        let mut ids: Vec<usize> = with_capacity(n, "the group list")?;
+        match groups {
+            None => ids.extend(0..n),
+            Some(g) if g.len() != n => return Err(Error::shape(format!("{} group ids given for {n} tensors", g.len()))),
             Some(g) => {
                 // Checked before anything is sized by the ids: a wild id must not allocate.
-                if let Some(t) = g.iter().position(|&id| id >= lens.len()) {
-                    return Err(Error::invalid(format!("tensor {t} has group id {}, but ids must be 0..G−1 with G ≤ {} tensors", g[t], lens.len())));
+                if let Some(t) = g.iter().position(|&id| id >= n) {
+                    return Err(Error::invalid(format!("tensor {t} has group id {}, but ids must be 0..G−1 with G ≤ {n} tensors", g[t])));
                 }
-                g.to_vec()
+                ids.extend_from_slice(g);
             }
-        };
-        let n_groups = groups.iter().max().map_or(0, |m| m + 1);
-        let mut members = vec![Vec::new(); n_groups];
-        for (t, &g) in groups.iter().enumerate() {
-            members[g].push(t);
         }
-        if let Some(empty) = members.iter().position(|m| m.is_empty()) {
+        let n_groups = ids.iter().max().map_or(0, |m| m + 1);
+        let mut sizes: Vec<usize> = with_capacity(n_groups, "the group sizes")?;
+        sizes.resize(n_groups, 0);
+        ids.iter().for_each(|&g| sizes[g] += 1);
+        if let Some(empty) = sizes.iter().position(|&k| k == 0) {
             return Err(Error::invalid(format!("group ids must be 0..{} with every id used, but group {empty} has no tensor", n_groups - 1)));
         }
-        Ok(Layout { lens: lens.to_vec(), groups, members })
+        let mut members: Vec<Vec<usize>> = with_capacity(n_groups, "the group table")?;
+        for &k in &sizes {
+            members.push(with_capacity(k, "a group's tensor list")?);
+        }
+        ids.iter().enumerate().for_each(|(t, &g)| members[g].push(t));
+        let mut own_lens = with_capacity(n, "the tensor list")?;
+        own_lens.extend_from_slice(lens);
+        Ok(Layout { lens: own_lens, groups: ids, members })
     }
 
     pub fn n_tensors(&self) -> usize {
@@ -298,7 +321,8 @@ impl Optimizer {
                 if buf.memory() != memory {
                     return Err(Error::invalid(format!("tensor {t}: {what} is in {}, this optimizer works in {memory}", buf.memory())));
                 }
-                let want = len.checked_mul(per_elem).ok_or_else(|| Error::invalid(format!("tensor {t}: {what} size overflows")))?;
+                let want = crate::limits::floats(per_elem, len)
+                    .ok_or_else(|| Error::invalid(format!("tensor {t}: {what} of {per_elem} × {len} floats is larger than any buffer can be")))?;
                 if buf.len() != want {
                     let registered = if per_elem == 1 { format!("registered {len}") } else { format!("expected {per_elem} × {len}") };
                     return Err(Error::shape(format!("tensor {t}: {what} has {} elements, {registered}", buf.len())));
@@ -422,12 +446,37 @@ impl Optimizer {
 
     /// The whole state (configuration, options, algorithm state) as a checksummed buffer.
     pub fn save(&mut self) -> Result<Vec<u8>> {
+        let mut w = Writer::to_vec();
+        self.write(&mut w)?;
+        Ok(w.finish()?.0)
+    }
+
+    /// The length of what `save` returns, counted without storing it.
+    pub fn save_size(&mut self) -> Result<usize> {
+        let mut w = Writer::counting();
+        self.write(&mut w)?;
+        Ok(w.finish()?.1)
+    }
+
+    /// `save` written straight into `buf`; returns its length, or an error when it does not fit
+    /// (ask `save_size` first: then nothing is written).
+    pub fn save_into(&mut self, buf: &mut [u8]) -> Result<usize> {
+        let needed = self.save_size()?;
+        let capacity = buf.len();
+        let buf =
+            buf.get_mut(..needed).ok_or_else(|| Error::invalid(format!("buffer holds {capacity} bytes, the state needs {needed}: ask alr_save_size first")))?;
+        let mut w = Writer::into_slice(buf);
+        self.write(&mut w)?;
+        Ok(w.finish()?.1)
+    }
+
+    /// Every field of the checkpoint but its checksum.
+    fn write(&mut self, w: &mut Writer) -> Result<()> {
         if self.algorithm.awaiting_report() {
             return Err(Error::wrong_state("the last step is waiting for its loss: call alr_report_loss before saving"));
         }
         self.settle()?;
-        let mut w = Writer::default();
-        w.bytes.extend_from_slice(checkpoint::MAGIC);
+        w.extend_from_slice(checkpoint::MAGIC);
         w.u32(checkpoint::FORMAT_VERSION);
         w.str(&self.name);
         w.str(&self.base);
@@ -443,8 +492,7 @@ impl Optimizer {
         }
         w.u32(u32::from(self.started));
         w.str(&self.name);
-        self.algorithm.save(&mut w)?;
-        Ok(w.finish())
+        self.algorithm.save(w)
     }
 
     /// Restores a state saved by `save` from an optimizer of the same algorithm and tensors

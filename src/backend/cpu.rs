@@ -496,7 +496,8 @@ fn on_workers<P: Send, T: Send>(mut parts: impl Iterator<Item = P>, f: impl Fn(P
     };
     let f = &f;
     std::thread::scope(|scope| {
-        let handles: Vec<_> = parts.map(|part| scope.spawn(move || f(part))).collect();
+        // A worker's panic is recorded for alr_last_error like the caller's own, not printed.
+        let handles: Vec<_> = parts.map(|part| scope.spawn(move || crate::error::quiet_panics(|| f(part)))).collect();
         let mut out = vec![f(first)];
         out.extend(handles.into_iter().map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))));
         out

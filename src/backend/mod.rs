@@ -289,7 +289,7 @@ impl<'a> From<&'a mut [f32]> for TensorMut<'a> {
 /// No buffer can hold more than `isize::MAX` bytes: a longer length is a caller's bug (a wrong
 /// batch size, say), refused before any slice is formed from it.
 fn check_buffer_len(len: usize) -> Result<()> {
-    if len > isize::MAX as usize / std::mem::size_of::<f32>() {
+    if crate::limits::floats(1, len).is_none() {
         return Err(Error::invalid(format!("a buffer of {len} floats is larger than any memory can hold; check the sizes (batch_size?)")));
     }
     Ok(())

@@ -220,6 +220,10 @@ pub extern "C" fn alr_create(args: *const AlrCreateArgs, out: *mut *mut AlrOptim
         if args.n_tensors == 0 {
             return Err(Error::invalid("n_tensors is 0: an optimizer needs at least one tensor"));
         }
+        // No array of more than isize::MAX bytes exists: such a count is refused before a slice of it is made.
+        if args.n_tensors > isize::MAX as usize / std::mem::size_of::<usize>() {
+            return Err(Error::invalid(format!("n_tensors is {}: no array of that many sizes can exist", args.n_tensors)));
+        }
         non_null!(args.lens, "lens");
         // SAFETY: lens addresses n_tensors sizes (documented).
         let lens = unsafe { std::slice::from_raw_parts(args.lens, args.n_tensors) };
@@ -227,7 +231,13 @@ pub extern "C" fn alr_create(args: *const AlrCreateArgs, out: *mut *mut AlrOptim
             None
         } else {
             // SAFETY: groups addresses n_tensors ids (documented).
-            Some(unsafe { std::slice::from_raw_parts(args.groups, args.n_tensors) }.iter().map(|&g| g as usize).collect())
+            let ids = unsafe { std::slice::from_raw_parts(args.groups, args.n_tensors) };
+            // Sized by the caller's count: allocated fallibly (an error, not an abort).
+            let mut wide = Vec::new();
+            wide.try_reserve_exact(ids.len())
+                .map_err(|_| Error::invalid(format!("cannot allocate the group list of {} tensors: too many tensors for this memory", ids.len())))?;
+            wide.extend(ids.iter().map(|&g| g as usize));
+            Some(wide)
         };
         let opt = match args.device {
             d if d == AlrDevice::AlrDeviceCpu as i32 => Optimizer::new(name, lens, groups.as_deref())?,
@@ -386,11 +396,19 @@ pub(crate) struct RawStep {
 pub(crate) unsafe fn run_step(opt: &mut Optimizer, raw: RawStep) -> Result<(), Error> {
     let lens = opt.layout().lens.clone();
     let memory = opt.memory();
-    let borrow = |ptrs: &[*const f32], per_elem: usize| -> Result<Vec<Tensor>, Error> {
+    // Every length is bounded (crate::limits) before a tensor of it is formed: a slice of more
+    // than isize::MAX bytes is undefined behaviour even if it is never read.
+    let borrow = |ptrs: &[*const f32], per_elem: usize, what: &str| -> Result<Vec<Tensor>, Error> {
         ptrs.iter()
             .zip(&lens)
-            .map(|(&p, &n)| {
-                let len = n.checked_mul(per_elem).ok_or_else(|| Error::invalid("per-sample size overflows: check batch_size"))?;
+            .enumerate()
+            .map(|(t, (&p, &n))| {
+                let len = crate::limits::floats(per_elem, n).ok_or_else(|| {
+                    Error::invalid(format!(
+                        "tensor {t}: {what} of batch_size {per_elem} × {n} floats is larger than any buffer can be (at most {} floats): give the real N",
+                        crate::limits::MAX_FLOATS
+                    ))
+                })?;
                 // SAFETY: the caller's contract (above).
                 unsafe { Tensor::from_raw(p, len, memory) }
             })
@@ -403,16 +421,16 @@ pub(crate) unsafe fn run_step(opt: &mut Optimizer, raw: RawStep) -> Result<(), E
         // SAFETY: the caller's contract (above).
         .map(|(&p, &len)| unsafe { TensorMut::from_raw(p, len, memory) })
         .collect::<Result<Vec<_>, Error>>()?;
-    let mut inputs = StepInputs::new(borrow(&raw.grads, 1)?);
+    let mut inputs = StepInputs::new(borrow(&raw.grads, 1, "grad")?);
     let scale = sample_scale(raw.per_sample_scale)?;
     inputs.samples = match (&raw.sum_sq, &raw.per_sample) {
         (None, None) => None,
         (Some(_), Some(_)) => return Err(Error::invalid("give either sum_sq or per_sample, not both")),
-        (Some(s), None) => Some(Samples { data: SampleData::SumSq(borrow(s, 1)?), scale, batch_size: raw.batch_size }),
+        (Some(s), None) => Some(Samples { data: SampleData::SumSq(borrow(s, 1, "sum_sq")?), scale, batch_size: raw.batch_size }),
         // The optimizer refuses N = 0 (with the message either form gets).
-        (None, Some(m)) => Some(Samples { data: SampleData::PerSample(borrow(m, raw.batch_size)?), scale, batch_size: raw.batch_size }),
+        (None, Some(m)) => Some(Samples { data: SampleData::PerSample(borrow(m, raw.batch_size, "per_sample")?), scale, batch_size: raw.batch_size }),
     };
-    inputs.curvature = raw.curvature.as_deref().map(|h| borrow(h, 1)).transpose()?;
+    inputs.curvature = raw.curvature.as_deref().map(|h| borrow(h, 1, "curvature")).transpose()?;
     inputs.loss = raw.loss;
     let user_data = raw.user_data;
     let mut callbacks = Callbacks::default();
@@ -533,14 +551,17 @@ pub extern "C" fn alr_telemetry_entry(opt: *mut AlrOptimizer, group: usize, inde
 }
 
 /// Writes the size in bytes of the current saved state to `*size` (call before `alr_save`).
-/// Returns ALR_OK, ALR_NULL_POINTER, ALR_INVALID_ARGUMENT, ALR_WRONG_STATE (GI waits for its loss report).
+/// The size is counted, not serialised: no memory is allocated in proportion to the state.
+/// Returns ALR_OK, ALR_NULL_POINTER, ALR_INVALID_ARGUMENT (opt is not a live optimizer),
+/// ALR_WRONG_STATE (GI waits for its loss report; opt in use or poisoned).
 #[no_mangle]
 pub extern "C" fn alr_save_size(opt: *mut AlrOptimizer, size: *mut usize) -> AlrStatus {
     guard("alr_save_size", || {
         non_null!(size, "size");
         // The handle is checked against the live set and held busy for the call; size is non-null.
         let mut opt = handle::get(opt)?;
-        let n = opt.save()?.len();
+        // Counted, not serialised: no memory is sized by the state.
+        let n = opt.save_size()?;
         unsafe { *size = n };
         Ok(())
     })
@@ -548,8 +569,9 @@ pub extern "C" fn alr_save_size(opt: *mut AlrOptimizer, size: *mut usize) -> Alr
 
 /// Saves the whole state (options, per-tensor buffers, counters) into the caller's buffer
 /// `buf` of `capacity` bytes; writes the bytes used to `*written`. The format is versioned
-/// and checksummed. Returns ALR_OK, ALR_NULL_POINTER, ALR_INVALID_ARGUMENT (buffer too small;
-/// nothing written), ALR_WRONG_STATE.
+/// and checksummed. The state is written straight into `buf`: no copy of it is made. Returns
+/// ALR_OK, ALR_NULL_POINTER, ALR_INVALID_ARGUMENT (buffer too small — nothing written —, or
+/// opt is not a live optimizer), ALR_WRONG_STATE (as alr_save_size).
 #[no_mangle]
 pub extern "C" fn alr_save(opt: *mut AlrOptimizer, buf: *mut u8, capacity: usize, written: *mut usize) -> AlrStatus {
     guard("alr_save", || {
@@ -557,29 +579,43 @@ pub extern "C" fn alr_save(opt: *mut AlrOptimizer, buf: *mut u8, capacity: usize
         non_null!(written, "written");
         // The handle is checked against the live set and held busy for the call.
         let mut opt = handle::get(opt)?;
-        let bytes = opt.save()?;
-        if bytes.len() > capacity {
-            return Err(Error::invalid(format!("buffer holds {capacity} bytes, the state needs {}: ask alr_save_size first", bytes.len())));
+        // Measured first, so that a buffer too small gets nothing written; then serialised
+        // straight into the caller's buffer: no copy of the state is made.
+        let needed = opt.save_size()?;
+        if needed > capacity {
+            return Err(Error::invalid(format!("buffer holds {capacity} bytes, the state needs {needed}: ask alr_save_size first")));
         }
-        // SAFETY: buf addresses `capacity` writable bytes (documented) and bytes.len() <= capacity.
-        unsafe {
-            std::ptr::copy_nonoverlapping(bytes.as_ptr(), buf, bytes.len());
-            *written = bytes.len();
-        }
+        // SAFETY: buf addresses `capacity` ≥ `needed` writable bytes (documented), and `needed`
+        // is the length of a vector the library could build, so a slice of it is sound.
+        let out = unsafe { std::slice::from_raw_parts_mut(buf, needed) };
+        let n = opt.save_into(out)?;
+        // SAFETY: written is non-null (checked above).
+        unsafe { *written = n };
         Ok(())
     })
 }
 
 /// Restores a state saved by `alr_save` into an optimizer of the same algorithm (and GI
-/// base) over the same tensors and groups. Returns ALR_OK, ALR_NULL_POINTER,
-/// ALR_BAD_CHECKPOINT (truncated, corrupted, other format version, other algorithm or
-/// tensors); on failure the optimizer is unchanged.
+/// base) over the same tensors and groups. Validated before anything changes: magic, format
+/// version, checksum, algorithm, base, tensor sizes and groups, option names, every option
+/// value against its range, every field's length, no trailing bytes. Returns ALR_OK,
+/// ALR_NULL_POINTER (opt or buf is null), ALR_INVALID_ARGUMENT (opt is not a live optimizer:
+/// destroyed, or never from alr_create; or the memory for the restored state cannot be
+/// allocated), ALR_WRONG_STATE (opt is in use by another call, e.g. from inside its own
+/// callback, or an earlier call on it panicked), ALR_BAD_CHECKPOINT (truncated, corrupted,
+/// other format version, other algorithm or tensors, an option out of range), ALR_CUDA_ERROR
+/// (CUDA optimizers: the upload failed), ALR_PANIC; on failure the optimizer is unchanged.
 #[no_mangle]
 pub extern "C" fn alr_load(opt: *mut AlrOptimizer, buf: *const u8, len: usize) -> AlrStatus {
     guard("alr_load", || {
         non_null!(buf, "buf");
         // The handle is checked against the live set and held busy; buf addresses len bytes.
         let mut opt = handle::get(opt)?;
+        // No buffer spans more than isize::MAX bytes: such a length is not a checkpoint.
+        if len > isize::MAX as usize {
+            return Err(Error::checkpoint(format!("checkpoint length {len} is larger than any buffer can be")));
+        }
+        // SAFETY: buf addresses len readable bytes (documented), len bounded above.
         let bytes = unsafe { std::slice::from_raw_parts(buf, len) };
         opt.load(bytes)
     })

@@ -105,23 +105,31 @@ unsafe fn buffer(tensor: *const AlrDLTensor, device: AlrDLDevice, want: usize, l
     if shape.iter().any(|&d| d < 0) {
         return Err(Error::invalid(format!("{what}: negative dimension in shape {shape:?}")));
     }
+    // The element count, bounded where it is formed (crate::limits): a product that overflows or
+    // wraps around 2^64 is refused, never taken for a small tensor.
+    let numel = crate::limits::shape_floats(shape)
+        .ok_or_else(|| Error::invalid(format!("{what}: shape {shape:?} has more elements than any float32 buffer can hold")))?;
     if !t.strides.is_null() {
         let strides = std::slice::from_raw_parts(t.strides, t.ndim as usize);
+        // Every partial product is at most numel, which fits: no overflow below.
         let mut expected = 1i64;
         for (d, (&size, &stride)) in shape.iter().zip(strides).enumerate().rev() {
             if size > 1 && stride != expected {
                 return Err(Error::invalid(format!("{what}: not contiguous (stride {stride} in dimension {d}, expected {expected}); pass a contiguous copy")));
             }
-            expected *= size;
+            expected = expected.saturating_mul(size);
         }
     }
-    let numel: u64 = shape.iter().map(|&d| d as u64).product();
-    let rows = if leading { shape.first().copied().unwrap_or(0) as usize } else { 1 };
-    if numel != (want as u64) * (rows as u64) || (leading && t.ndim == 0) {
+    if leading && t.ndim == 0 {
+        return Err(Error::shape(format!("{what}: a per-sample tensor needs a leading dimension N, the shape is []")));
+    }
+    let rows = if leading { shape[0] as usize } else { 1 };
+    if crate::limits::floats(rows, want) != Some(numel) {
         return Err(Error::shape(format!("{what}: shape {shape:?} has {numel} elements, registered {want}{}", if leading { " per sample" } else { "" })));
     }
     non_null!(t.data, format!("{what}.data"));
-    let data = (t.data as *mut u8).add(t.byte_offset as usize);
+    // wrapping_add: an offset past the allocation is the caller's error, not undefined behaviour here.
+    let data = (t.data as *mut u8).wrapping_add(usize::try_from(t.byte_offset).unwrap_or(usize::MAX));
     if data as usize % std::mem::align_of::<f32>() != 0 {
         return Err(Error::invalid(format!("{what}: data + byte_offset is not 4-byte aligned")));
     }

@@ -14,7 +14,11 @@
  *     uninterrupted run, options restored;
  *   - every status code a CPU build can produce, each at least once, with its message printed
  *     and checked non-empty; after every failed call on a live optimizer the parameters and the
- *     saved state bytes are bit-identical to before (memcmp).
+ *     saved state bytes are bit-identical to before (memcmp);
+ *   - issue 17: sizes no buffer can have (per-sample N·len·4 > isize::MAX, DLPack shapes whose
+ *     element product overflows or wraps around 2^64), alr_save_size / alr_save / alr_create
+ *     under a limited address space (child processes), a caught panic printing nothing, and
+ *     alr_load's header comment listing what it returns.
  *
  * ALR_CUDA_ERROR cannot be produced here: it is reserved for the CUDA backend, which this
  * version does not have yet (a CUDA device is refused with ALR_UNSUPPORTED before any driver
@@ -31,10 +35,12 @@
 #include "autolr.h"
 
 #include <math.h>
+#include <stdint.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/types.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -580,6 +586,31 @@ static void test_stale_handle(void) {
     EXPECT(alr_set_option(opt, "lr", 0.1), ALR_INVALID_ARGUMENT, "alr_set_option on a destroyed handle");
     EXPECT(alr_get_lr(opt, 0, &v), ALR_INVALID_ARGUMENT, "alr_get_lr on a destroyed handle");
     EXPECT(alr_save_size(opt, &n), ALR_INVALID_ARGUMENT, "alr_save_size on a destroyed handle");
+    {
+        /* issue 17, item 5: alr_load returns ALR_INVALID_ARGUMENT here, and its header comment says so */
+        uint8_t bytes[32] = {0};
+        EXPECT(alr_load(opt, bytes, sizeof bytes), ALR_INVALID_ARGUMENT, "alr_load on a destroyed handle");
+        FILE *h = fopen("include/autolr.h", "r");
+        CHECK(h != NULL, "include/autolr.h not found (run from the repository root, as run.sh does)");
+        if (h) {
+            static char text[1 << 17];
+            size_t got = fread(text, 1, sizeof text - 1, h);
+            text[got] = 0;
+            fclose(h);
+            char *decl = strstr(text, "AlrStatus alr_load(");
+            char *doc = decl;
+            /* the comment block right above the declaration: back to the end of the previous declaration */
+            while (doc && doc - text >= 3 && !(doc[-1] == '\n' && doc[-2] == ';' && doc[-3] == ')')) doc--;
+            CHECK(decl != NULL, "alr_load is not declared in include/autolr.h");
+            if (decl) {
+                char saved = *decl;
+                *decl = 0;
+                CHECK(strstr(doc, "ALR_INVALID_ARGUMENT") != NULL, "alr_load's header comment does not list ALR_INVALID_ARGUMENT, which it returns");
+                CHECK(strstr(doc, "ALR_WRONG_STATE") != NULL, "alr_load's header comment does not list ALR_WRONG_STATE, which it returns");
+                *decl = saved;
+            }
+        }
+    }
     EXPECT(alr_destroy(opt), ALR_INVALID_ARGUMENT, "alr_destroy twice");
     int not_a_handle = 0;
     EXPECT(alr_destroy((AlrOptimizer *)&not_a_handle), ALR_INVALID_ARGUMENT, "alr_destroy on a foreign pointer");
@@ -760,6 +791,7 @@ static void test_errors_on_live_optimizer(void) {
         FAILS(&fx, &s, alr_load(fx.opt, buf, s.len - 8), ALR_BAD_CHECKPOINT, "alr_load without its checksum");
         FAILS(&fx, &s, alr_load(fx.opt, buf, 11), ALR_BAD_CHECKPOINT, "alr_load 11 bytes");
         FAILS(&fx, &s, alr_load(fx.opt, buf, 0), ALR_BAD_CHECKPOINT, "alr_load 0 bytes");
+        FAILS(&fx, &s, alr_load(fx.opt, buf, SIZE_MAX), ALR_BAD_CHECKPOINT, "alr_load SIZE_MAX bytes");
         buf[s.len] = 0;
         FAILS(&fx, &s, alr_load(fx.opt, buf, s.len + 1), ALR_BAD_CHECKPOINT, "alr_load with a trailing byte");
         size_t positions[] = {0, 8, 20, s.len / 2, s.len - 20, s.len - 9, s.len - 1};
@@ -813,8 +845,38 @@ static void test_errors_on_live_optimizer(void) {
     }
 
     /* ALR_PANIC: the library survives it and the optimizer still works */
-    FAILS(&fx, &s, alr_selftest_panic(), ALR_PANIC, "alr_selftest_panic");
-    MSG_HAS("alr_selftest_panic");
+    {
+        /* ... and prints nothing: the message goes to alr_last_error only (issue 17, item 4).
+         * stderr is pointed at a temporary file for the call; RUST_BACKTRACE=1 would make
+         * Rust's default hook print a backtrace too. */
+        setenv("RUST_BACKTRACE", "1", 1);
+        fflush(stderr);
+        FILE *tmp = tmpfile();
+        int saved = dup(2);
+        CHECK(tmp != NULL && saved >= 0, "tmpfile/dup failed");
+        if (tmp && saved >= 0) {
+            dup2(fileno(tmp), 2);
+            AlrStatus rc = alr_selftest_panic();
+            const char *msg = alr_last_error();
+            snprintf(last_msg, sizeof last_msg, "%s", msg);
+            fflush(stderr);
+            dup2(saved, 2);
+            close(saved);
+            long printed = ftell(tmp) >= 0 ? (fseek(tmp, 0, SEEK_END), ftell(tmp)) : -1;
+            char head[256] = {0};
+            rewind(tmp);
+            size_t got = fread(head, 1, sizeof head - 1, tmp);
+            head[got] = 0;
+            fclose(tmp);
+            CHECK(rc == ALR_PANIC, "alr_selftest_panic returned %s", alr_status_name(rc));
+            CHECK(printed == 0, "a caught panic printed %ld bytes to stderr: '%s'", printed, head);
+            printf("  [%-20s] %-58s -> %s\n", alr_status_name(rc), "alr_selftest_panic (stderr captured: 0 bytes)", last_msg);
+            MSG_HAS("alr_selftest_panic was called");
+            MSG_HAS("api.rs"); /* the location, which the default hook would have printed */
+            UNCHANGED(&fx, &s, "alr_selftest_panic");
+        }
+        unsetenv("RUST_BACKTRACE");
+    }
 
     /* after all that, the optimizer still works and still matches an untouched twin */
     EXPECT(alr_step(fx.opt, &fx.args), ALR_OK, "alr_step after the failures");
@@ -900,6 +962,250 @@ static void test_resealed_checkpoints(void) {
     free(buf);
     snap_free(&s);
     fix_close(&fx);
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* 4. sizes no buffer can have (issue 17, item 1): refused before any slice of them is formed */
+
+/* Bytes of the saved state of a live optimizer (NULL on failure); the caller frees it. */
+static uint8_t *state_of(AlrOptimizer *opt, size_t *len) {
+    uint8_t *st = save_state(opt, len);
+    CHECK(st != NULL, "alr_save failed: %s", alr_last_error());
+    return st;
+}
+
+/* One-tensor optimizer of `len` floats, a step with per-sample data of batch size `n` whose
+ * N·len fits in size_t but whose N·len·4 bytes do not fit in isize: ALR_INVALID_ARGUMENT, and
+ * parameters and state bit-identical. The per-sample buffer is 8 floats: a library that formed a
+ * slice of N·len floats and read it would crash (SIGSEGV) or trip valgrind/ASan here. */
+static void impossible_batch(const char *alg, size_t len, size_t n, int with_curvature) {
+    char what[128];
+    snprintf(what, sizeof what, "%s: len %zu, per_sample batch_size %zu", alg, len, n);
+    AlrOptimizer *opt = NULL;
+    size_t lens[1] = {len};
+    if (!EXPECT(create(alg, lens, NULL, 1, &opt), ALR_OK, "alr_create for the size checks")) return;
+    float *p = malloc(len * sizeof *p), *g = malloc(len * sizeof *g), *h = malloc(len * sizeof *h), *before = malloc(len * sizeof *before);
+    float rows[8] = {1, 2, 3, 4, 5, 6, 7, 8};
+    for (size_t i = 0; i < len; i++) {
+        p[i] = (float)i * 0.5f;
+        g[i] = 0.25f;
+        h[i] = 1.0f;
+    }
+    memcpy(before, p, len * sizeof *p);
+    size_t slen = 0;
+    uint8_t *s0 = state_of(opt, &slen);
+    float *pp[1] = {p};
+    const float *gp[1] = {g}, *hp[1] = {h}, *mp[1] = {rows};
+    AlrStepArgs a;
+    memset(&a, 0, sizeof a);
+    a.struct_size = sizeof a;
+    a.n_tensors = 1;
+    a.params = pp;
+    a.grads = gp;
+    a.per_sample = mp;
+    a.batch_size = n;
+    if (with_curvature) a.curvature = hp;
+    EXPECT(alr_step(opt, &a), ALR_INVALID_ARGUMENT, what);
+    MSG_HAS("larger than any buffer");
+    CHECK(memcmp(p, before, len * sizeof *p) == 0, "%s: parameters changed by a failed call", what);
+    size_t nlen = 0;
+    uint8_t *s1 = state_of(opt, &nlen);
+    CHECK(s0 && s1 && slen == nlen && memcmp(s0, s1, slen) == 0, "%s: state changed by a failed call", what);
+    free(s0);
+    free(s1);
+    free(p);
+    free(g);
+    free(h);
+    free(before);
+    EXPECT(alr_destroy(opt), ALR_OK, "alr_destroy");
+}
+
+static AlrDLTensor dl_tensor(float *data, int32_t ndim, const int64_t *shape) {
+    AlrDLTensor t;
+    memset(&t, 0, sizeof t);
+    t.data = data;
+    t.device.device_type = 1; /* kDLCPU */
+    t.ndim = ndim;
+    t.dtype.code = 2; /* kDLFloat */
+    t.dtype.bits = 32;
+    t.dtype.lanes = 1;
+    t.shape = shape;
+    return t;
+}
+
+static void test_impossible_sizes(void) {
+    printf("sizes no buffer can have: per-sample batch sizes and DLPack shapes\n");
+    impossible_batch("auto-sgd", 5, (size_t)1 << 61, 0);
+    impossible_batch("vsgd-l", 5, (size_t)1 << 61, 1);
+    impossible_batch("auto-adam", ((size_t)1 << 21) + 1, (size_t)1 << 40, 0);
+    impossible_batch("auto-adam", 5, SIZE_MAX / 5, 0);
+
+    /* DLPack: a per_sample shape [2^61, 5], and shapes whose element product wraps around 2^64
+     * to the registered 5 (3 x 6148914691236517207 = 2^64 + 5) */
+    AlrOptimizer *opt = NULL;
+    size_t lens[1] = {5};
+    if (!EXPECT(create("auto-sgd", lens, NULL, 1, &opt), ALR_OK, "alr_create auto-sgd 5")) return;
+    float p[5] = {1, 2, 3, 4, 5}, g[5] = {1, 1, 1, 1, 1}, rows[10] = {0};
+    float before[5];
+    memcpy(before, p, sizeof p);
+    size_t slen = 0;
+    uint8_t *s0 = state_of(opt, &slen);
+    static const int64_t shape5[1] = {5}, shape_rows[2] = {(int64_t)1 << 61, 5}, wraps[2] = {3, 6148914691236517207LL};
+    static const int64_t wraps_rows[3] = {2, 3, 6148914691236517207LL}, huge3[3] = {(int64_t)1 << 32, (int64_t)1 << 32, 5};
+    struct {
+        const char *what;
+        int32_t pndim, mndim;
+        const int64_t *pshape, *mshape;
+    } cases[] = {
+        {"alr_step_dlpack per_sample shape [2^61, 5]", 1, 2, shape5, shape_rows},
+        {"alr_step_dlpack param shape [3, 6148914691236517207] (wraps to 5)", 2, 0, wraps, NULL},
+        {"alr_step_dlpack per_sample shape [2, 3, 6148914691236517207]", 1, 3, shape5, wraps_rows},
+        {"alr_step_dlpack param shape [2^32, 2^32, 5]", 3, 0, huge3, NULL},
+    };
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        AlrDLTensor tp = dl_tensor(p, cases[k].pndim, cases[k].pshape), tg = dl_tensor(g, 1, shape5);
+        AlrDLTensor tm = dl_tensor(rows, cases[k].mndim, cases[k].mshape);
+        const AlrDLTensor *lp[1] = {&tp}, *lg[1] = {&tg}, *lm[1] = {&tm};
+        AlrDLStepArgs a;
+        memset(&a, 0, sizeof a);
+        a.struct_size = sizeof a;
+        a.n_tensors = 1;
+        a.params = lp;
+        a.grads = lg;
+        if (cases[k].mshape) a.per_sample = lm;
+        else {
+            a.sum_sq = lg;
+            a.batch_size = 4;
+        }
+        EXPECT(alr_step_dlpack(opt, &a), ALR_INVALID_ARGUMENT, cases[k].what);
+        MSG_HAS("more elements than any float32 buffer");
+        CHECK(memcmp(p, before, sizeof p) == 0, "%s: parameters changed by a failed call", cases[k].what);
+        size_t nlen = 0;
+        uint8_t *s1 = state_of(opt, &nlen);
+        CHECK(s0 && s1 && slen == nlen && memcmp(s0, s1, slen) == 0, "%s: state changed by a failed call", cases[k].what);
+        free(s1);
+    }
+    /* the good shape still steps (so the refusals above are not of everything) */
+    {
+        AlrDLTensor tp = dl_tensor(p, 1, shape5), tg = dl_tensor(g, 1, shape5);
+        const AlrDLTensor *lp[1] = {&tp}, *lg[1] = {&tg};
+        AlrDLStepArgs a;
+        memset(&a, 0, sizeof a);
+        a.struct_size = sizeof a;
+        a.n_tensors = 1;
+        a.params = lp;
+        a.grads = lg;
+        a.sum_sq = lg;
+        a.batch_size = 4;
+        EXPECT(alr_step_dlpack(opt, &a), ALR_OK, "alr_step_dlpack shape [5]");
+    }
+    free(s0);
+    EXPECT(alr_destroy(opt), ALR_OK, "alr_destroy");
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* 5. allocation failure is an error, not an abort (issue 17, item 2)                        */
+/* Each case runs in a child process whose address space is limited (RLIMIT_AS) to what it   */
+/* uses plus a small headroom; a library that aborts there ("memory allocation failed",      */
+/* SIGABRT) fails the check. Skipped under valgrind and ASan (ALR_TEST_NO_RLIMIT=1: both      */
+/* reserve address space of their own), so run.sh runs the binary once without them too.     */
+
+static size_t vm_size_bytes(void) {
+    FILE *f = fopen("/proc/self/status", "r");
+    char line[256];
+    size_t kb = 0;
+    while (f && fgets(line, sizeof line, f))
+        if (sscanf(line, "VmSize: %zu kB", &kb) == 1) break;
+    if (f) fclose(f);
+    return kb * 1024;
+}
+
+/* Lowers the soft limit to the current size plus `headroom` (the hard limit stays, so it can be raised back). */
+static int limit_to_headroom(size_t headroom) {
+    struct rlimit r;
+    if (getrlimit(RLIMIT_AS, &r) != 0) return 0;
+    r.rlim_cur = vm_size_bytes() + headroom;
+    return setrlimit(RLIMIT_AS, &r) == 0;
+}
+
+static void unlimit(void) {
+    struct rlimit r;
+    if (getrlimit(RLIMIT_AS, &r) == 0) {
+        r.rlim_cur = r.rlim_max;
+        setrlimit(RLIMIT_AS, &r);
+    }
+}
+
+/* alr_save_size and alr_save of a 128 MiB state with 48 MiB of headroom: the old code built the
+ * whole serialised state in a growing vector (twice the state) and aborted. */
+static int child_save_under_limit(void) {
+    enum { NTEN = 16 };
+    size_t lens[NTEN];
+    for (int t = 0; t < NTEN; t++) lens[t] = (size_t)1 << 20;
+    AlrOptimizer *opt = NULL;
+    if (create("adam", lens, NULL, NTEN, &opt) != ALR_OK) return 10;
+    size_t size = 0, again = 0, written = 0;
+    if (alr_save_size(opt, &size) != ALR_OK) return 11;
+    uint8_t *buf = malloc(size), *ref = malloc(size);
+    if (!buf || !ref) return 12;
+    if (!limit_to_headroom((size_t)48 << 20)) return 13;
+    AlrStatus rc1 = alr_save_size(opt, &again);
+    AlrStatus rc2 = alr_save(opt, buf, size, &written);
+    unlimit();
+    printf("  [%-20s] %-58s -> %s\n", alr_status_name(rc2), "alr_save_size + alr_save, 128 MiB state, 48 MiB headroom", alr_last_error());
+    if (rc1 != ALR_OK || again != size) return 14;
+    if (rc2 != ALR_OK || written != size) return 15;
+    if (alr_save(opt, ref, size, &written) != ALR_OK || memcmp(buf, ref, size) != 0) return 16;
+    free(buf);
+    free(ref);
+    alr_destroy(opt);
+    return 0;
+}
+
+/* alr_create with 8 million tensors and 32 MiB of headroom: an error, not an abort. */
+static int child_create_under_limit(void) {
+    size_t n = (size_t)8 << 20;
+    size_t *lens = malloc(n * sizeof *lens);
+    if (!lens) return 10;
+    for (size_t t = 0; t < n; t++) lens[t] = 1;
+    AlrOptimizer *opt = (AlrOptimizer *)&opt;
+    if (!limit_to_headroom((size_t)32 << 20)) return 13;
+    AlrStatus rc = create("adam", lens, NULL, n, &opt);
+    unlimit();
+    printf("  [%-20s] %-58s -> %s\n", alr_status_name(rc), "alr_create 8M tensors, 32 MiB headroom", alr_last_error());
+    if (rc == ALR_OK) {
+        alr_destroy(opt);
+        return 20; /* it fit after all: the test did not test what it means to */
+    }
+    if (rc != ALR_INVALID_ARGUMENT || opt != NULL || strstr(alr_last_error(), "allocate") == NULL) return 14;
+    free(lens);
+    return 0;
+}
+
+static void in_child(int (*body)(void), const char *what) {
+    fflush(stdout);
+    fflush(stderr);
+    pid_t pid = fork();
+    if (pid == 0) {
+        int code = body();
+        fflush(stdout);
+        _exit(code);
+    }
+    int status = 0;
+    CHECK(pid > 0 && waitpid(pid, &status, 0) == pid, "fork/waitpid failed");
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0, "%s: the child %s %d", what,
+          WIFSIGNALED(status) ? "was killed by signal" : "exited with", WIFSIGNALED(status) ? WTERMSIG(status) : WEXITSTATUS(status));
+}
+
+static void test_allocation_failure(void) {
+    printf("allocation failure under a limited address space\n");
+    const char *skip = getenv("ALR_TEST_NO_RLIMIT");
+    if (skip && skip[0] == '1') {
+        printf("  note: skipped (ALR_TEST_NO_RLIMIT=1: valgrind or ASan reserve address space of their own)\n");
+        return;
+    }
+    in_child(child_save_under_limit, "alr_save_size/alr_save of a 128 MiB state with 48 MiB headroom");
+    in_child(child_create_under_limit, "alr_create with 8M tensors and 32 MiB headroom");
 }
 
 static void test_callback_failed(void) {
@@ -1002,6 +1308,8 @@ int main(void) {
     test_errors_on_live_optimizer();
     test_resealed_checkpoints();
     test_callback_failed();
+    test_impossible_sizes();
+    test_allocation_failure();
     /* ALR_CUDA_ERROR: not producible on a CPU build (see the comment at the top). */
     printf("%d passed, %d failed\n", n_pass, n_fail);
     return n_fail == 0 ? 0 : 1;

@@ -470,6 +470,28 @@ def test_panic_is_an_error_and_the_library_survives(adam):
     opt.step(make_grads(params, 3))  # still works
 
 
+def test_panic_prints_nothing_to_stderr():
+    """A caught panic's message goes to the last-error text only: nothing on the host's stderr,
+    also with RUST_BACKTRACE=1 (Rust's default hook would print the message and a backtrace)."""
+    code = textwrap.dedent(
+        """
+        from autolr._lib import lib
+        from autolr import _ffi
+        rc = lib.alr_selftest_panic()
+        print(_ffi.AlrStatus_NAMES[rc], lib.alr_last_error().decode())
+        """
+    )
+    env_path = [p for p in sys.path if p]
+    proc = subprocess.run(
+        [sys.executable, "-c", f"import sys; sys.path[:0] = {env_path!r}\n" + code],
+        capture_output=True, text=True, timeout=120, env={**os.environ, "RUST_BACKTRACE": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("ALR_PANIC"), proc.stdout
+    assert "alr_selftest_panic was called" in proc.stdout and "api.rs" in proc.stdout, proc.stdout
+    assert proc.stderr == "", f"the library printed to stderr: {proc.stderr!r}"
+
+
 # --- ALR_CALLBACK_FAILED (only once an algorithm takes callbacks) ---------------------------------
 
 class Boom(RuntimeError):
@@ -609,3 +631,225 @@ def test_gi_over_tlr_keeps_tlr_momentum_default():
     opt = autolr.Optimizer("gi", [np.ones(3, np.float32)], base="tlr")
     assert opt.get_option("momentum") == 0.0
     assert autolr.Optimizer("gi", [np.ones(3, np.float32)], base="momentum").get_option("momentum") == 0.5
+
+
+# --- sizes no buffer can have (issue 17, item 1) --------------------------------------------------
+
+def _raw_step(opt, params, grads, per_sample=None, curvature=None, batch_size=0):
+    P = ctypes.POINTER(ctypes.c_float)
+    keep = []
+
+    def plist(arrays):
+        arr = (P * len(arrays))(*[a.ctypes.data_as(P) for a in arrays])
+        keep.append(arr)
+        return ctypes.cast(arr, ctypes.POINTER(P))
+
+    args = _ffi.AlrStepArgs()
+    args.struct_size = ctypes.sizeof(args)
+    args.n_tensors = len(params)
+    args.params = plist(params)
+    args.grads = plist(grads)
+    if per_sample is not None:
+        args.per_sample = plist(per_sample)
+    if curvature is not None:
+        args.curvature = plist(curvature)
+    args.batch_size = batch_size
+    rc = lib.alr_step(opt._handle, ctypes.byref(args))
+    return _ffi.AlrStatus_NAMES[rc], lib.alr_last_error().decode()
+
+
+@pytest.mark.parametrize("algorithm,length,batch_size", [
+    ("auto-sgd", 5, 1 << 61),          # N·len fits in size_t, N·len·4 bytes does not fit in isize
+    ("vsgd-l", 5, 1 << 61),
+    ("auto-adam", (1 << 21) + 1, 1 << 40),
+    ("auto-adagrad", 5, (2**64 - 1) // 5),
+])
+def test_per_sample_batch_no_buffer_can_hold_is_refused(algorithm, length, batch_size):
+    """The per-sample buffer given is 8 floats: a library that made a slice of N·len floats and read
+    it would crash this process. It must refuse the size instead, changing nothing."""
+    params = [np.linspace(-1, 1, length).astype(np.float32)]
+    opt = autolr.Optimizer(algorithm, params)
+    before = snapshot(opt, params)
+    rows = np.ones(8, np.float32)
+    curvature = [np.ones(length, np.float32)] if algorithm.startswith("vsgd") else None
+    status, msg = _raw_step(opt, params, [np.full(length, 0.25, np.float32)], per_sample=[rows],
+                            curvature=curvature, batch_size=batch_size)
+    assert status == "ALR_INVALID_ARGUMENT", msg
+    assert "larger than any buffer" in msg and str(batch_size) in msg, msg
+    assert snapshot(opt, params) == before
+
+
+def _dl(array_or_ptr, shape, keep):
+    c_shape = (ctypes.c_int64 * len(shape))(*shape)
+    t = _ffi.AlrDLTensor()
+    t.data = array_or_ptr.ctypes.data
+    t.device = _ffi.AlrDLDevice(1, 0)
+    t.ndim = len(shape)
+    t.dtype = _ffi.AlrDLDataType(2, 32, 1)
+    t.shape = c_shape
+    keep += [c_shape, t]
+    arr = (ctypes.POINTER(_ffi.AlrDLTensor) * 1)(ctypes.pointer(t))
+    keep.append(arr)
+    return ctypes.cast(arr, ctypes.POINTER(ctypes.POINTER(_ffi.AlrDLTensor)))
+
+
+@pytest.mark.parametrize("param_shape,per_sample_shape", [
+    ((5,), (1 << 61, 5)),                          # per_sample shape [2^61, len]
+    ((3, 6148914691236517207), None),              # 3 × that = 2^64 + 5: wraps to the registered 5
+    ((5,), (2, 3, 6148914691236517207)),
+    ((1 << 32, 1 << 32, 5), None),                 # wraps to 0
+])
+def test_dlpack_shapes_no_buffer_can_hold_are_refused(param_shape, per_sample_shape):
+    params = [np.arange(5, dtype=np.float32)]
+    opt = autolr.Optimizer("auto-sgd", params)
+    before = snapshot(opt, params)
+    keep = []
+    g = np.ones(5, np.float32)
+    rows = np.ones(10, np.float32)
+    args = _ffi.AlrDLStepArgs()
+    args.struct_size = ctypes.sizeof(args)
+    args.n_tensors = 1
+    args.params = _dl(params[0], param_shape, keep)
+    args.grads = _dl(g, (5,), keep)
+    if per_sample_shape is None:
+        args.sum_sq = _dl(g, (5,), keep)
+        args.batch_size = 4
+    else:
+        args.per_sample = _dl(rows, per_sample_shape, keep)
+    rc = lib.alr_step_dlpack(opt._handle, ctypes.byref(args))
+    msg = lib.alr_last_error().decode()
+    assert _ffi.AlrStatus_NAMES[rc] == "ALR_INVALID_ARGUMENT", msg
+    assert "more elements than any float32 buffer" in msg, msg
+    assert snapshot(opt, params) == before
+
+
+# --- allocation failure is an error, not an abort (issue 17, item 2) ----------------------------
+
+_LIMITED_PREAMBLE = textwrap.dedent(
+    """
+    import ctypes, resource, numpy as np, autolr
+    from autolr import _ffi
+    from autolr._lib import lib
+
+    def vm_size():
+        for line in open("/proc/self/status"):
+            if line.startswith("VmSize:"):
+                return int(line.split()[1]) * 1024
+
+    def limit(headroom):
+        soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+        resource.setrlimit(resource.RLIMIT_AS, (vm_size() + headroom, hard))
+
+    def unlimit():
+        soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+        resource.setrlimit(resource.RLIMIT_AS, (hard, hard))
+    """
+)
+
+
+def _run_limited(code):
+    """Runs `code` in a fresh interpreter whose address space it limits itself; a library that
+    aborts on a failed allocation kills that interpreter (SIGABRT) instead of raising."""
+    env_path = [p for p in sys.path if p]
+    proc = subprocess.run(
+        [sys.executable, "-c", f"import sys; sys.path[:0] = {env_path!r}\n" + _LIMITED_PREAMBLE + textwrap.dedent(code)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, f"process died (rc {proc.returncode}): {proc.stderr.strip()[-400:]}"
+    return proc.stdout
+
+
+def test_save_needs_no_copy_of_the_state():
+    """alr_save_size and alr_save of a 128 MiB state with 48 MiB of address space to spare: the
+    size is counted and the state written straight into the caller's buffer (the old code built
+    the serialised state in a growing vector first and aborted here)."""
+    out = _run_limited(
+        """
+        params = [np.zeros(1 << 20, np.float32) for _ in range(16)]
+        opt = autolr.Optimizer("adam", params)
+        size, again, written = ctypes.c_size_t(), ctypes.c_size_t(), ctypes.c_size_t()
+        assert lib.alr_save_size(opt._handle, ctypes.byref(size)) == 0
+        buf, ref = (ctypes.c_uint8 * size.value)(), (ctypes.c_uint8 * size.value)()
+        limit(48 << 20)
+        rc1 = lib.alr_save_size(opt._handle, ctypes.byref(again))
+        rc2 = lib.alr_save(opt._handle, buf, size.value, ctypes.byref(written))
+        unlimit()
+        print(_ffi.AlrStatus_NAMES[rc1], _ffi.AlrStatus_NAMES[rc2], again.value == size.value, written.value == size.value)
+        assert lib.alr_save(opt._handle, ref, size.value, ctypes.byref(written)) == 0
+        print(ctypes.string_at(buf, size.value) == ctypes.string_at(ref, size.value))
+        """
+    )
+    assert out.split() == ["ALR_OK", "ALR_OK", "True", "True", "True"], out
+
+
+def test_create_with_millions_of_tensors_is_an_error_not_an_abort():
+    out = _run_limited(
+        """
+        n = 8 << 20
+        lens = np.ones(n, np.uint64)
+        args = _ffi.AlrCreateArgs()
+        args.struct_size = ctypes.sizeof(args)
+        args.algorithm = b"adam"
+        args.n_tensors = n
+        args.lens = lens.ctypes.data_as(ctypes.POINTER(ctypes.c_size_t))
+        handle = ctypes.c_void_p(12345)
+        limit(32 << 20)
+        rc = lib.alr_create(ctypes.byref(args), ctypes.byref(handle))
+        unlimit()
+        print(_ffi.AlrStatus_NAMES[rc], handle.value is None, lib.alr_last_error().decode())
+        """
+    )
+    assert out.startswith("ALR_INVALID_ARGUMENT True") and "allocate" in out, out
+
+
+# --- every status alr_load returns is one its header comment lists (issue 17, item 5) ----------
+
+def _documented_statuses(function):
+    import re
+    header = open(os.path.join(os.path.dirname(__file__), "..", "..", "include", "autolr.h")).read()
+    decl = header.index(f"AlrStatus {function}(")
+    doc = header[header.rindex(");\n", 0, decl) + 3:decl]  # from the end of the previous declaration
+    return set(re.findall(r"ALR_[A-Z_]+", doc)) - {"ALR_OK"}
+
+
+def test_alr_load_returns_only_documented_statuses(adam):
+    opt, params = adam
+    documented = _documented_statuses("alr_load")
+    good = opt.state_dict()
+    seen = {}
+    buf = (ctypes.c_uint8 * len(good)).from_buffer_copy(good)
+    seen["null buf"] = lib.alr_load(opt._handle, None, 10)
+    seen["bad bytes"] = lib.alr_load(opt._handle, buf, len(good) - 1)
+    ghost = autolr.Optimizer("adam", make_params(), groups=GROUPS)
+    stale = ghost._handle
+    ghost.__del__()  # destroys it; `stale` keeps the old value, as C code would
+    seen["destroyed handle"] = lib.alr_load(stale, buf, len(good))
+    gi_params = [np.ones(3, np.float32)]
+    gi = autolr.Optimizer("gi", gi_params, base="adam")
+    state = gi.state_dict()
+    inner = {}
+
+    def closure():
+        b = (ctypes.c_uint8 * len(state)).from_buffer_copy(state)
+        inner["rc"] = lib.alr_load(gi._handle, b, len(state))
+        return 0.5
+
+    gi.step([np.ones(3, np.float32)], loss=1.0, closure=closure)
+    seen["from its own callback"] = inner["rc"]
+    names = {what: _ffi.AlrStatus_NAMES[rc] for what, rc in seen.items()}
+    assert names["destroyed handle"] == "ALR_INVALID_ARGUMENT" and names["from its own callback"] == "ALR_WRONG_STATE", names
+    undocumented = {what: name for what, name in names.items() if name not in documented}
+    assert not undocumented, f"alr_load returned statuses its header comment does not list: {undocumented} (lists {sorted(documented)})"
+
+
+def test_alr_load_with_a_length_no_buffer_can_have(adam):
+    """A length above isize::MAX is refused before a slice of it is formed (the old code read past
+    the buffer looking for the checksum, and crashed)."""
+    opt, params = adam
+    good = opt.state_dict()
+    buf = (ctypes.c_uint8 * len(good)).from_buffer_copy(good)
+    before = snapshot(opt, params)
+    rc = lib.alr_load(opt._handle, buf, 2**64 - 1)
+    assert _ffi.AlrStatus_NAMES[rc] == "ALR_BAD_CHECKPOINT", lib.alr_last_error()
+    assert "larger than any buffer" in lib.alr_last_error().decode()
+    assert snapshot(opt, params) == before

@@ -6,8 +6,9 @@
 //! Checked: no call returns ALR_PANIC or crashes; a refused load leaves the state bit-identical;
 //! a state that loads saves again and loads again to the same bytes; a step after it returns a
 //! status (no panic, no crash). With AUTOLR_FUZZ_STRICT=1 it also requires the parameters to stay
-//! finite after a successful step — not yet true (issue 17 items 3 and 4: counters stored as f64,
-//! loaded values not checked against what the algorithm could produce), so it is off by default.
+//! finite after a successful step: a stricter property than the loader promises (a state of
+//! extreme but finite values is one training could produce, and its step may overflow), so it
+//! is off by default and a finding there is a question, not necessarily a bug.
 #![no_main]
 
 use autolr::ffi::*;
@@ -26,22 +27,6 @@ fuzz_mutator!(|data: &mut [u8], size: usize, max_size: usize, seed: u32| {
     }
     size
 });
-
-/// The step after a load, tolerating ALR_PANIC for now: a loaded step count of 2^64 − 1 (a
-/// counter stored as f64 and cast back with saturation) overflows when the step adds one —
-/// issue 17 item 3, in src/base and src/adapt, not fixed yet. The load itself must never panic.
-/// AUTOLR_FUZZ_STRICT=1 turns this back into a finding.
-fn step_after_load(opt: *mut AlrOptimizer, algorithm: &str, params: &mut [Vec<f32>], grads: &[Vec<f32>]) -> AlrStatus {
-    let rc = plain_step_status(opt, algorithm, params, grads);
-    if rc == AlrStatus::AlrPanic {
-        let msg = last_error();
-        assert!(
-            msg.contains("overflow") && msg.contains("src/"),
-            "{algorithm}: the step after a load returned ALR_PANIC for another reason than the known counter overflow: {msg}"
-        );
-    }
-    rc
-}
 
 fuzz_target!(|data: &[u8]| {
     let Some((&config, checkpoint)) = data.split_first() else { return };
@@ -68,7 +53,7 @@ fuzz_target!(|data: &[u8]| {
     let mut params: Vec<Vec<f32>> = lens.iter().map(|&n| (0..n).map(|i| 0.25 * i as f32 - 0.5).collect()).collect();
     let grads: Vec<Vec<f32>> = lens.iter().map(|&n| (0..n).map(|i| 0.1 * i as f32 + 0.05).collect()).collect();
     let strict = std::env::var_os("AUTOLR_FUZZ_STRICT").is_some();
-    let rc = if strict { plain_step(opt, algorithm, &mut params, &grads) } else { step_after_load(opt, algorithm, &mut params, &grads) };
+    let rc = plain_step(opt, algorithm, &mut params, &grads);
     if rc == AlrStatus::AlrOk && strict {
         assert!(params.iter().flatten().all(|x| x.is_finite()), "{algorithm}: a step after a successful load made a parameter non-finite");
     }

@@ -158,13 +158,14 @@ class _Handle:
         buf = (ctypes.c_uint8 * size.value)()
         written = ctypes.c_size_t()
         _check(lib.alr_save(self._handle, buf, size.value, ctypes.byref(written)))
-        return bytes(buf[: written.value])
+        # string_at copies the bytes once (slicing a ctypes array builds a list of ints first).
+        return ctypes.string_at(buf, written.value)
 
     def load_state_dict(self, state):
         """Restores bytes from state_dict(); on error the optimizer is unchanged."""
         data = bytes(state)
-        buf = (ctypes.c_uint8 * len(data)).from_buffer_copy(data) if data else (ctypes.c_uint8 * 1)()
-        _check(lib.alr_load(self._handle, buf, len(data)))
+        # A bytes object's buffer is passed as it is (the library only reads it).
+        _check(lib.alr_load(self._handle, ctypes.cast(ctypes.c_char_p(data), ctypes.POINTER(ctypes.c_uint8)), len(data)))
 
 
 class Optimizer(_Handle):

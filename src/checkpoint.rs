@@ -122,6 +122,27 @@ impl<'a> Writer<'a> {
             self.f64(*x);
         }
     }
+    /// Element states as their floats, interleaved (the layout `read_elem_states` reads), without
+    /// an intermediate copy.
+    pub fn elem_states<S: crate::backend::ElemState>(&mut self, states: &[S]) {
+        self.u64((states.len() * S::FLOATS) as u64);
+        let mut floats = Vec::with_capacity(S::FLOATS);
+        for st in states {
+            floats.clear();
+            st.write(&mut floats);
+            floats.iter().for_each(|x| self.extend_from_slice(&x.to_le_bytes()));
+        }
+    }
+    /// One float of each element state (`slot` of its `FLOATS`): a de-interleaved column.
+    pub fn elem_column<S: crate::backend::ElemState>(&mut self, states: &[S], slot: usize) {
+        self.u64(states.len() as u64);
+        let mut floats = Vec::with_capacity(S::FLOATS);
+        for st in states {
+            floats.clear();
+            st.write(&mut floats);
+            self.extend_from_slice(&floats[slot].to_le_bytes());
+        }
+    }
     pub fn counts(&mut self, v: &[u64]) {
         self.u64(v.len() as u64);
         for x in v {

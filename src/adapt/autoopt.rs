@@ -538,7 +538,7 @@ impl<P: Precond, D: Device> AutoOpt<P, D> {
     pub fn new(device: &D, layout: &crate::optimizer::Layout) -> Result<Self> {
         device.require(&[P::MOMENTS_KERNEL, P::UPDATE_KERNEL, Solve::KERNEL])?;
         Ok(AutoOpt {
-            states: layout.lens.iter().map(|&len| device.alloc(len)).collect::<Result<_>>()?,
+            states: device.alloc_per_tensor(&layout.lens)?,
             groups: device.records(&vec![GroupRecord::FRESH; layout.n_groups()])?,
             options: device.records(&vec![GroupOptions::default(); layout.n_groups()])?,
             sums: device.sums(&layout.lens, &layout.members)?,
@@ -665,7 +665,7 @@ impl<P: Precond, D: Device> Algorithm for AutoOpt<P, D> {
     fn save(&self, w: &mut Writer) -> Result<()> {
         self.device.read_records(&self.groups)?.iter().for_each(|gs| gs.write(w));
         for s in &self.states {
-            w.f32s(&crate::backend::cpu::states_to_floats(&self.device.read_state(s)?));
+            self.device.with_state(s, |s| w.elem_states(s))?;
         }
         Ok(())
     }

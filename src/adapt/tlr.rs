@@ -350,15 +350,11 @@ impl<D: Device> State<D> {
             steps: 0,
             rates: device.records(&(0..n_units).map(|u| Rate::fresh(o.get(u, "lr"))).collect::<Vec<_>>())?,
             rate_options: device.records(&rate_options(ctx))?,
-            memory: if window == 1 {
-                Memory::Step(lens.iter().map(|&n| device.alloc(n)).collect::<Result<_>>()?)
-            } else {
-                Memory::Window(lens.iter().map(|&n| device.alloc(n)).collect::<Result<_>>()?)
-            },
+            memory: if window == 1 { Memory::Step(device.alloc_per_tensor(lens)?) } else { Memory::Window(device.alloc_per_tensor(lens)?) },
             buffers: if o.get(0, "momentum") > 0.0 {
-                Buffers::Momentum(lens.iter().map(|&n| device.alloc(n)).collect::<Result<_>>()?)
+                Buffers::Momentum(device.alloc_per_tensor(lens)?)
             } else {
-                Buffers::Plain(lens.iter().map(|&n| device.alloc(n)).collect::<Result<_>>()?)
+                Buffers::Plain(device.alloc_per_tensor(lens)?)
             },
             sums: device.sums(lens, &owners)?,
             no_record: device.records(&[()])?,
@@ -610,20 +606,21 @@ impl<D: Device> Algorithm for Tlr<D> {
         match &s.memory {
             Memory::Step(previous) => {
                 for b in previous {
-                    w.f32s(&d.read_state(b)?);
+                    d.with_state(b, |b| w.elem_states(b))?;
                 }
             }
             Memory::Window(elems) => {
                 // Snapshots of every tensor, then every tensor's previous G.
-                let elems = elems.iter().map(|b| d.read_state(b)).collect::<Result<Vec<_>>>()?;
                 for slot in 0..2 {
-                    elems.iter().for_each(|e| w.f32s(&e.iter().map(|x| x[slot]).collect::<Vec<_>>()));
+                    for b in elems {
+                        d.with_state(b, |b| w.elem_column(b, slot))?;
+                    }
                 }
             }
         }
         if let Buffers::Momentum(m) = &s.buffers {
             for b in m {
-                w.f32s(&d.read_state(b)?);
+                d.with_state(b, |b| w.elem_states(b))?;
             }
         }
         Ok(())

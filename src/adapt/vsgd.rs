@@ -701,9 +701,9 @@ impl Algorithm for Vsgd {
         w.u64(self.steps);
         w.f64s(&[self.rates.inv_n, self.rates.frac, self.rates.eps]);
         match &self.state {
-            State::Local(elems) => elems.iter().for_each(|e| w.f32s(&cpu::states_to_floats(e))),
+            State::Local(elems) => elems.iter().for_each(|e| w.elem_states(e)),
             State::Shared { elems, units, .. } => {
-                elems.iter().for_each(|e| w.f32s(&cpu::states_to_floats(e)));
+                elems.iter().for_each(|e| w.elem_states(e));
                 w.f64s(&units.iter().flat_map(|u| [u.l, u.tau, u.eta]).collect::<Vec<_>>());
             }
         }

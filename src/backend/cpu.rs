@@ -52,13 +52,6 @@ pub fn filled_per_tensor<T: Clone>(lens: &[usize], value: T) -> crate::error::Re
     lens.iter().map(|&n| filled(n, value.clone())).collect()
 }
 
-/// Flattens element states to floats (checkpoints).
-pub fn states_to_floats<S: ElemState>(states: &[S]) -> Vec<f32> {
-    let mut out = Vec::with_capacity(states.len() * S::FLOATS);
-    states.iter().for_each(|s| s.write(&mut out));
-    out
-}
-
 pub fn states_from_floats<S: ElemState>(floats: &[f32], len: usize) -> Vec<S> {
     if S::FLOATS == 0 {
         return vec![S::default(); len];
@@ -685,10 +678,8 @@ impl Device for Cpu {
         filled(len, S::default())
     }
 
-    fn read_state<S: ElemState>(&self, state: &Vec<S>) -> Result<Vec<S>> {
-        let mut out = filled(state.len(), S::default())?;
-        out.copy_from_slice(state);
-        Ok(out)
+    fn with_state<S: ElemState, T>(&self, state: &Vec<S>, f: impl FnOnce(&[S]) -> T) -> Result<T> {
+        Ok(f(state))
     }
 
     fn write_state<S: ElemState>(&self, state: &mut Vec<S>, values: &[S]) -> Result<()> {

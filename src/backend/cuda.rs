@@ -325,9 +325,9 @@ impl Device for Cuda {
         Ok(Typed { buffer: Buffer::zeroed(&self.0.context, bytes)?, len, _values: PhantomData })
     }
 
-    fn read_state<S: ElemState>(&self, state: &Typed<S>) -> Result<Vec<S>> {
+    fn with_state<S: ElemState, T>(&self, state: &Typed<S>, f: impl FnOnce(&[S]) -> T) -> Result<T> {
         self.bind()?;
-        state.buffer.download(self.stream(), state.len)
+        Ok(f(&state.buffer.download::<S>(self.stream(), state.len)?))
     }
 
     fn write_state<S: ElemState>(&self, state: &mut Typed<S>, values: &[S]) -> Result<()> {

@@ -338,7 +338,19 @@ pub trait Device: Clone + Send + Sync + 'static {
 
     /// A zeroed state of `len` elements.
     fn alloc<S: ElemState>(&self, len: usize) -> Result<Self::State<S>>;
-    fn read_state<S: ElemState>(&self, state: &Self::State<S>) -> Result<Vec<S>>;
+    /// One zeroed state per tensor of `lens`; the list itself is allocated fallibly too (its
+    /// length is the caller's tensor count).
+    fn alloc_per_tensor<S: ElemState>(&self, lens: &[usize]) -> Result<Vec<Self::State<S>>> {
+        let mut states = Vec::new();
+        states.try_reserve_exact(lens.len()).map_err(|_| Error::invalid(format!("cannot allocate the state list of {} tensors", lens.len())))?;
+        for &len in lens {
+            states.push(self.alloc(len)?);
+        }
+        Ok(states)
+    }
+    /// `f` of the state's values in host memory (a checkpoint): the CPU lends its own, a GPU
+    /// downloads them first.
+    fn with_state<S: ElemState, T>(&self, state: &Self::State<S>, f: impl FnOnce(&[S]) -> T) -> Result<T>;
     fn write_state<S: ElemState>(&self, state: &mut Self::State<S>, values: &[S]) -> Result<()>;
 
     fn records<R: Record>(&self, values: &[R]) -> Result<Self::Records<R>>;

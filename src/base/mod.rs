@@ -11,7 +11,7 @@ pub mod sgd;
 use std::marker::PhantomData;
 
 use crate::algorithm::{Accepts, Algorithm, Context};
-use crate::backend::{cpu, Device, ElemState, ElementRule, KernelRule, TensorMut};
+use crate::backend::{Device, ElemState, ElementRule, KernelRule, TensorMut};
 use crate::checkpoint::{Reader, Writer};
 use crate::error::Result;
 use crate::optimizer::{Callbacks, StepInputs};
@@ -94,13 +94,7 @@ pub struct FixedRate<R: Rule, D: Device> {
 impl<R: Rule, D: Device> FixedRate<R, D> {
     pub fn new(device: &D, lens: &[usize], n_groups: usize, unit_lr: bool) -> Result<Self> {
         device.require(&[R::KERNEL])?;
-        Ok(FixedRate {
-            states: lens.iter().map(|&len| device.alloc(len)).collect::<Result<_>>()?,
-            no_record: device.records(&[()])?,
-            device: device.clone(),
-            steps: vec![0; n_groups],
-            unit_lr,
-        })
+        Ok(FixedRate { states: device.alloc_per_tensor(lens)?, no_record: device.records(&[()])?, device: device.clone(), steps: vec![0; n_groups], unit_lr })
     }
 
     fn coeffs(&self, ctx: &Context, group: usize, t: u64) -> R::Coeffs {
@@ -184,7 +178,7 @@ impl<R: Rule, D: Device> Algorithm for FixedRate<R, D> {
     fn save(&self, w: &mut Writer) -> Result<()> {
         w.counts(&self.steps);
         for s in &self.states {
-            w.f32s(&cpu::states_to_floats(&self.device.read_state(s)?));
+            self.device.with_state(s, |s| w.elem_states(s))?;
         }
         Ok(())
     }

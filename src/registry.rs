@@ -3,8 +3,8 @@
 use crate::adapt::autoopt::{self, AdagradDiag, AdamDiag, AutoOpt, Identity};
 use crate::adapt::dadapt::{self, DAdaptAdam};
 use crate::adapt::dog::{self, Dog};
-use crate::adapt::prodigy::{self, Prodigy};
 use crate::adapt::gi::{self, Gi};
+use crate::adapt::prodigy::{self, Prodigy};
 use crate::adapt::tlr::{self, Tlr};
 use crate::adapt::vsgd::{self, Variant, Vsgd};
 use crate::algorithm::Algorithm;

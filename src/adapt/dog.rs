@@ -288,7 +288,13 @@ impl<D: Device> Algorithm for Dog<D> {
                 if record != GroupRecord::default() {
                     return bad("a group that has not stepped holds r̄, G or η");
                 }
-            } else if !(record.rbar.is_finite() && record.rbar >= 0.0 && record.g_sum.is_finite() && record.g_sum > 0.0 && record.eta.is_finite() && record.eta >= 0.0) {
+            } else if !(record.rbar.is_finite()
+                && record.rbar >= 0.0
+                && record.g_sum.is_finite()
+                && record.g_sum > 0.0
+                && record.eta.is_finite()
+                && record.eta >= 0.0)
+            {
                 return bad(&format!("r̄ = {}, G = {}, η = {} break r̄ ≥ 0, G > 0, η ≥ 0 (all finite)", record.rbar, record.g_sum, record.eta));
             }
             records.push(record);
@@ -304,5 +310,34 @@ impl<D: Device> Algorithm for Dog<D> {
             self.device.write_state(b, v)?;
         }
         self.device.write_records(&mut self.groups, &records)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_solve_is_the_references_eta() {
+        let o = GroupOptions { lr: 0.5, reps_rel: 1e-6, eps: 1e-8, init_eta: f64::NAN };
+        let mut r = GroupRecord::default();
+        Solve::solve(&(), &o, &[4.0, 9.0, 0.0, 0.0], &mut r);
+        let (rbar, g): (f64, f64) = (1e-6 * (1.0 + 2.0), 9.0 + 1e-8);
+        assert_eq!((r.rbar, r.g_sum, r.eta, r.steps), (rbar, g, 0.5 * rbar / g.sqrt(), 1));
+        // Later: r̄ only grows, G accumulates.
+        Solve::solve(&(), &o, &[1e-14, 7.0, 0.0, 0.0], &mut r);
+        assert_eq!((r.rbar, r.g_sum), (rbar, g + 7.0));
+        Solve::solve(&(), &o, &[0.25, 1.0, 0.0, 0.0], &mut r);
+        assert_eq!((r.rbar, r.g_sum, r.steps), (0.5, g + 8.0, 3));
+    }
+
+    #[test]
+    fn init_eta_sets_the_first_step_and_drops_reps_rel() {
+        let o = GroupOptions { lr: 1.0, reps_rel: 1e-6, eps: 1e-8, init_eta: 1e-3 };
+        let mut r = GroupRecord::default();
+        Solve::solve(&(), &o, &[4.0, 9.0, 0.0, 0.0], &mut r);
+        assert_eq!((r.rbar, r.eta), (0.0, 1e-3));
+        Solve::solve(&(), &o, &[0.01, 0.0, 0.0, 0.0], &mut r);
+        assert_eq!(r.eta, 0.1 / (9.0f64 + 1e-8).sqrt());
     }
 }

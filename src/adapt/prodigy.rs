@@ -439,11 +439,7 @@ pub struct StepCoeffs {
 impl StepCoeffs {
     fn of(o: &Options, group: usize) -> Self {
         let (decouple, lambda) = (o.flag(0, "decouple"), o.get(group, "weight_decay"));
-        StepCoeffs {
-            eps: o.get(group, "eps"),
-            coupled_decay: if decouple { 0.0 } else { lambda },
-            decoupled_decay: if decouple { lambda } else { 0.0 },
-        }
+        StepCoeffs { eps: o.get(group, "eps"), coupled_decay: if decouple { 0.0 } else { lambda }, decoupled_decay: if decouple { lambda } else { 0.0 } }
     }
 }
 
@@ -666,10 +662,11 @@ impl<D: Device> Algorithm for Prodigy<D> {
         w.u64(e.begun);
         w.counts(&[e.k, e.skips]);
         w.f64s(&[e.d, e.d_max, e.d_numerator, e.d_denom, e.d_hat, e.dlr]);
-        match &s.elems {
-            Elems::WithM(b) => b.iter().try_for_each(|b| Ok::<_, Error>(w.f32s(&crate::backend::cpu::states_to_floats(&d.read_state(b)?))))?,
-            Elems::NoM(b) => b.iter().try_for_each(|b| Ok::<_, Error>(w.f32s(&crate::backend::cpu::states_to_floats(&d.read_state(b)?))))?,
-        }
+        let floats = match &s.elems {
+            Elems::WithM(b) => b.iter().map(|b| Ok(crate::backend::cpu::states_to_floats(&d.read_state(b)?))).collect::<Result<Vec<_>>>()?,
+            Elems::NoM(b) => b.iter().map(|b| Ok(crate::backend::cpu::states_to_floats(&d.read_state(b)?))).collect::<Result<Vec<_>>>()?,
+        };
+        floats.iter().for_each(|f| w.f32s(f));
         Ok(())
     }
 
@@ -681,7 +678,19 @@ impl<D: Device> Algorithm for Prodigy<D> {
         }
         let counts = r.counts_exact(2, "Prodigy step and skip counts")?;
         let v = r.f64s_exact(6, "Prodigy estimates")?;
-        let e = Estimate { d: v[0], d_max: v[1], d_numerator: v[2], d_denom: v[3], d_hat: v[4], dlr: v[5], begun, k: counts[0], skips: counts[1], moved: 0, pad: 0 };
+        let e = Estimate {
+            d: v[0],
+            d_max: v[1],
+            d_numerator: v[2],
+            d_denom: v[3],
+            d_hat: v[4],
+            dlr: v[5],
+            begun,
+            k: counts[0],
+            skips: counts[1],
+            moved: 0,
+            pad: 0,
+        };
         check_estimate(&e, ctx.options.get(0, "d0"))?;
         let mut s = State::new(&self.device, ctx)?;
         let lens = &ctx.layout.lens;
@@ -719,4 +728,99 @@ fn check_estimate(e: &Estimate, d0: f64) -> Result<()> {
         return bad(&format!("{} steps taken and {} skipped of {} begun", e.k, e.skips, e.begun));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Optimizer;
+
+    fn global() -> Global {
+        Global { lr: 1.0, beta1: 0.9, beta2: 0.999, beta3: 0.999f64.sqrt(), d0: 1e-6, d_coef: 1.0, growth_rate: f64::INFINITY, bias_correction: 0, pad: 0 }
+    }
+
+    #[test]
+    fn the_solve_is_the_references_d_update() {
+        let g = global();
+        let mut r = Estimate::fresh(1e-6);
+        r.d_numerator = 2e-12;
+        r.begun = 1;
+        r.k = 1;
+        Solve::solve(&g, &(), &[3.0, 1e-5, 0.0, 0.0], &mut r);
+        let numerator = g.beta3 * 2e-12 + 1.0 * 1e-6 * 3.0;
+        let d_hat = numerator / 1e-5;
+        assert_eq!((r.d_numerator, r.d_hat, r.d_max, r.d), (numerator, d_hat, d_hat, d_hat), "d = d0: d ← max(d, d_hat)");
+        assert_eq!((r.dlr, r.k, r.begun, r.moved), (1e-6, 2, 2, 1), "the step uses the old d");
+        // Once d has left d0 it moves only through d_max, bounded by the growth rate.
+        let bounded = Global { growth_rate: 1.5, ..g };
+        let before = r;
+        Solve::solve(&bounded, &(), &[1e3, 1e-5, 0.0, 0.0], &mut r);
+        assert!(r.d_max > before.d_max && r.d == before.d * 1.5, "{r:?}");
+        // A smaller d_hat keeps d_max; without a bound d catches up with it.
+        let before = r;
+        assert!(before.d < before.d_max);
+        Solve::solve(&g, &(), &[-1.0, 1.0, 0.0, 0.0], &mut r);
+        assert_eq!((r.d, r.d_max), (before.d_max, before.d_max));
+        assert!(r.d_hat < before.d_max, "{r:?}");
+    }
+
+    #[test]
+    fn a_zero_denominator_skips_the_step() {
+        let mut r = Estimate::fresh(1e-6);
+        Solve::solve(&global(), &(), &[0.0, 0.0, 0.0, 0.0], &mut r);
+        assert_eq!((r.begun, r.k, r.skips, r.moved, r.d, r.d_numerator), (1, 0, 1, 0, 1e-6, 0.0));
+        let p = <Step<WithM> as KernelRule>::prepare(&StepCoeffs { eps: 1e-8, coupled_decay: 0.0, decoupled_decay: 0.1 }, &r);
+        assert_eq!(Step::<WithM>::delta(&p, 1.0, 2.0, &WithM { m: 1.0, v: 1.0, s: 0.0, p0: 0.0 }), 0.0, "no move, not even decay");
+    }
+
+    #[test]
+    fn a_zero_gradient_moves_nothing_and_counts_no_step() {
+        let mut opt = Optimizer::new("prodigy", &[3, 2], None).unwrap();
+        opt.set_option("weight_decay", None, 0.1).unwrap();
+        let (mut a, mut b) = (vec![1.0f32, -2.0, 0.5], vec![0.25f32, 4.0]);
+        let zeros = (vec![0.0f32; 3], vec![0.0f32; 2]);
+        opt.step(&mut [&mut a, &mut b], &StepInputs::new(vec![&zeros.0[..], &zeros.1[..]]), &mut Callbacks::default()).unwrap();
+        assert_eq!((a.clone(), b.clone()), (vec![1.0, -2.0, 0.5], vec![0.25, 4.0]));
+        let t = opt.telemetry(0).unwrap();
+        let get = |k: &str| t.iter().find(|(n, _)| *n == k).unwrap().1;
+        assert_eq!((get("steps"), get("skips"), get("d")), (0.0, 1.0, 1e-6));
+        // p0 was taken at that first step: a real gradient now moves θ and starts the count.
+        let g = (vec![1.0f32, -1.0, 0.5], vec![0.3f32, 0.2]);
+        opt.step(&mut [&mut a, &mut b], &StepInputs::new(vec![&g.0[..], &g.1[..]]), &mut Callbacks::default()).unwrap();
+        assert_ne!(a, vec![1.0, -2.0, 0.5]);
+        assert_eq!(opt.lr(0).unwrap(), 1e-6, "dlr = d0 · lr at the first step that moves");
+    }
+
+    #[test]
+    fn group_lrs_are_the_largest_or_zero() {
+        let mut opt = Optimizer::new("prodigy", &[3, 2], None).unwrap();
+        let (mut a, mut b) = (vec![1.0f32; 3], vec![1.0f32; 2]);
+        let g = (vec![1.0f32; 3], vec![1.0f32; 2]);
+        opt.set_option("lr", Some(1), 0.5).unwrap();
+        let e = opt.step(&mut [&mut a, &mut b], &StepInputs::new(vec![&g.0[..], &g.1[..]]), &mut Callbacks::default()).unwrap_err();
+        assert!(e.message.contains("largest"), "{}", e.message);
+        opt.set_option("lr", Some(1), 0.0).unwrap();
+        opt.step(&mut [&mut a, &mut b], &StepInputs::new(vec![&g.0[..], &g.1[..]]), &mut Callbacks::default()).unwrap();
+        assert_eq!(opt.lr(1).unwrap(), 0.0);
+        assert!(opt.lr(0).unwrap() > 0.0);
+    }
+
+    #[test]
+    fn a_loaded_estimate_must_be_possible() {
+        let good = Estimate { d: 2e-6, d_max: 3e-6, d_numerator: 1.0, d_denom: 2.0, d_hat: 3e-6, dlr: 1e-6, begun: 5, k: 4, skips: 1, moved: 0, pad: 0 };
+        check_estimate(&good, 1e-6).unwrap();
+        let bad = [
+            Estimate { d: 4e-6, ..good },
+            Estimate { d: f64::NAN, ..good },
+            Estimate { d: -1.0, ..good },
+            Estimate { d_max: 5e-7, d: 4e-7, ..good },
+            Estimate { d_numerator: f64::INFINITY, ..good },
+            Estimate { d_denom: -1.0, ..good },
+            Estimate { dlr: f64::NAN, ..good },
+            Estimate { skips: 2, ..good },
+        ];
+        for e in bad {
+            assert!(check_estimate(&e, 1e-6).is_err(), "{e:?} accepted");
+        }
+    }
 }

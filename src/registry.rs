@@ -1,7 +1,10 @@
 //! Algorithm names → option specs and constructors. The one place that knows every algorithm.
 
 use crate::adapt::autoopt::{self, AdagradDiag, AdamDiag, AutoOpt, Identity};
+use crate::adapt::dadapt::{self, DAdaptAdam};
+use crate::adapt::dog::{self, Dog};
 use crate::adapt::gi::{self, Gi};
+use crate::adapt::prodigy::{self, Prodigy};
 use crate::adapt::tlr::{self, Tlr};
 use crate::adapt::vsgd::{self, Variant, Vsgd};
 use crate::algorithm::Algorithm;
@@ -12,8 +15,12 @@ use crate::optimizer::Layout;
 use crate::options::OptionSpec;
 
 /// Every algorithm name `alr_create` accepts.
-pub const ALGORITHMS: &[&str] =
-    &["sgd", "momentum", "adam", "adamw", "adagrad", "rmsprop", "auto-sgd", "auto-adam", "auto-adagrad", "gi", "tlr", "vsgd-l", "vsgd-g", "vsgd-b"];
+#[rustfmt::skip]
+pub const ALGORITHMS: &[&str] = &[
+    "sgd", "momentum", "adam", "adamw", "adagrad", "rmsprop", "auto-sgd", "auto-adam", "auto-adagrad", "gi", "tlr", "vsgd-l", "vsgd-g", "vsgd-b",
+    // The tuning-free peers (docs/algorithms.md §6).
+    "prodigy", "dadapt-adam", "dog",
+];
 
 fn unknown(name: &str) -> Error {
     Error::invalid(format!("unknown algorithm '{name}'; accepted: {}", ALGORITHMS.join(", ")))
@@ -54,6 +61,9 @@ pub fn specs(name: &str, base: &str) -> Result<Vec<OptionSpec>> {
         "auto-adagrad" => autoopt::specs::<AdagradDiag>(),
         "tlr" => tlr::specs(),
         "vsgd-l" | "vsgd-g" | "vsgd-b" => vsgd::specs(),
+        "prodigy" => prodigy::specs(),
+        "dadapt-adam" => dadapt::specs(),
+        "dog" => dog::specs(),
         // GI's table already holds its base's options, check_finite included.
         "gi" => return gi::specs(base),
         _ => return Err(unknown(name)),
@@ -117,6 +127,9 @@ fn build_on<D: Device>(name: &str, layout: &Layout, device: &D, unit_lr: bool) -
         "auto-adam" => Box::new(AutoOpt::<AdamDiag, D>::new(device, layout)?),
         "auto-adagrad" => Box::new(AutoOpt::<AdagradDiag, D>::new(device, layout)?),
         "tlr" => Box::new(Tlr::<D>::new(device)?),
+        "prodigy" => Box::new(Prodigy::<D>::new(device)?),
+        "dadapt-adam" => Box::new(DAdaptAdam::<D>::new(device)?),
+        "dog" => Box::new(Dog::<D>::new(device, layout)?),
         _ => return Ok(None),
     }))
 }

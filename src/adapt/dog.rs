@@ -1,0 +1,343 @@
+//! DoG, distance over gradients (Ivgi, Hinder & Carmon 2023), as dog-optimizer 1.0.3's `DoG`
+//! implements it (docs/algorithms.md §6: the reference *is* the specification). Per group
+//! (the reference treats a group's tensors as one vector), with `g ← g + λθ` first:
+//!
+//! ```text
+//! first step:  x0 ← θ;  r̄ = reps_rel · (1 + ‖θ‖);  G = ‖g‖² + ε
+//! later:       r̄ ← max(r̄, ‖θ − x0‖);  G ← G + ‖g‖²
+//! η = lr · r̄ / √G   (first step with init_eta set: η = init_eta, and reps_rel counts as 0)
+//! θ ← θ − η g
+//! ```
+//!
+//! Pass 1 (a dot pass) reduces `[‖θ − x0‖², ‖g‖²]` per tensor (storing x0 at the first step),
+//! the solve updates each group's `#[repr(C)]` record, pass 2 reads η from it: two passes, since
+//! η needs this step's ‖g‖² over the whole group before any element moves.
+
+use crate::adapt::prodigy::{displacement, fma32};
+use crate::algorithm::{Accepts, Algorithm, Context};
+use crate::backend::{Device, DotRule, ElementRule, KernelRule, Record, SolveRule, TensorMut};
+use crate::base::WEIGHT_DECAY;
+use crate::checkpoint::{Reader, Writer};
+use crate::error::{Error, Result};
+use crate::optimizer::{Callbacks, StepInputs};
+use crate::options::{OptionSpec, Options};
+
+pub fn specs() -> Vec<OptionSpec> {
+    vec![
+        OptionSpec::positive("lr", 1.0),
+        OptionSpec::positive("reps_rel", 1e-6),
+        WEIGHT_DECAY,
+        // The reference accepts ε = 0 and then asserts G > 0 at run time; here ε > 0.
+        OptionSpec::positive("eps", 1e-8),
+        // Unset (NaN): None.
+        OptionSpec::positive("init_eta", f64::NAN).unset_by_default(),
+    ]
+}
+
+/// One group's scalars (`#[repr(C)]`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct GroupRecord {
+    /// r̄, the largest distance from x0 seen (its floor reps_rel · (1 + ‖x0‖) at the start).
+    pub rbar: f64,
+    /// G = ε + Σ_t ‖g_t‖².
+    pub g_sum: f64,
+    /// η of the last step.
+    pub eta: f64,
+    pub steps: u64,
+}
+
+impl Record for GroupRecord {}
+
+/// One group's options as the solve reads them (`#[repr(C)]`, kept beside the records).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct GroupOptions {
+    pub lr: f64,
+    pub reps_rel: f64,
+    pub eps: f64,
+    /// NaN: unset.
+    pub init_eta: f64,
+}
+
+impl Record for GroupOptions {}
+
+impl GroupOptions {
+    fn of(o: &Options, group: usize) -> Self {
+        GroupOptions { lr: o.get(group, "lr"), reps_rel: o.get(group, "reps_rel"), eps: o.get(group, "eps"), init_eta: o.get(group, "init_eta") }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct DistancePrepared {
+    lambda: f32,
+    first: bool,
+}
+
+/// Pass 1: `[‖θ − x0‖², ‖g + λθ‖²]` (at the first step `x0 ← θ` and `[‖θ‖², …]`).
+pub struct Distance;
+
+impl KernelRule for Distance {
+    type State = f32;
+    /// λ
+    type Coeffs = f32;
+    type Record = GroupRecord;
+    type Prepared = DistancePrepared;
+    const KERNEL: &'static str = "alr_dog_distance";
+    fn prepare(lambda: &f32, r: &GroupRecord) -> DistancePrepared {
+        DistancePrepared { lambda: *lambda, first: r.steps == 0 }
+    }
+}
+
+impl DotRule for Distance {
+    #[inline(always)]
+    fn dot(p: &DistancePrepared, g: f32, theta: f32, x0: &mut f32) -> [f64; 2] {
+        // `p.grad.add_(p, alpha=weight_decay)`: fused, as torch forms it (see prodigy::fma32).
+        let g = f64::from(if p.lambda != 0.0 { fma32(theta, p.lambda, g) } else { g });
+        let r = if p.first {
+            *x0 = theta;
+            f64::from(theta)
+        } else {
+            f64::from(theta - *x0)
+        };
+        [r * r, g * g]
+    }
+}
+
+pub struct Solve;
+
+impl SolveRule for Solve {
+    type Record = GroupRecord;
+    type Coeffs = GroupOptions;
+    type Params = ();
+    const KERNEL: &'static str = "alr_dog_solve";
+    // Non-finite sums (overflow) propagate as in the reference.
+    const REQUIRE_FINITE: bool = false;
+    fn solve(_: &(), o: &GroupOptions, sums: &[f64; 4], r: &mut GroupRecord) {
+        let init_eta = !o.init_eta.is_nan();
+        if r.steps == 0 {
+            // The reference's constructor sets reps_rel = 0 when init_eta is given.
+            let reps_rel = if init_eta { 0.0 } else { o.reps_rel };
+            r.rbar = reps_rel * (1.0 + sums[0].sqrt());
+            r.g_sum = sums[1] + o.eps;
+        } else {
+            let d = sums[0].sqrt();
+            // torch.maximum: NaN wins.
+            r.rbar = if d.is_nan() || d > r.rbar { d } else { r.rbar };
+            r.g_sum += sums[1];
+        }
+        r.eta = if init_eta && r.steps == 0 { o.init_eta } else { o.lr * r.rbar / r.g_sum.sqrt() };
+        r.steps += 1;
+    }
+}
+
+/// Pass 2: `θ ← θ − η (g + λθ)`.
+pub struct Step;
+
+impl KernelRule for Step {
+    type State = f32;
+    type Coeffs = f32;
+    type Record = GroupRecord;
+    /// `(η, λ)`
+    type Prepared = (f32, f32);
+    const KERNEL: &'static str = "alr_dog_step";
+    fn prepare(lambda: &f32, r: &GroupRecord) -> (f32, f32) {
+        (r.eta as f32, *lambda)
+    }
+}
+
+impl ElementRule for Step {
+    #[inline(always)]
+    fn advance(p: &(f32, f32), g: f32, theta: f32, x0: &mut f32) -> f32 {
+        Self::delta(p, g, theta, x0)
+    }
+    #[inline(always)]
+    fn delta(&(eta, lambda): &(f32, f32), g: f32, theta: f32, _x0: &f32) -> f32 {
+        let g = if lambda != 0.0 { fma32(theta, lambda, g) } else { g };
+        // `p.add_(grad, alpha=-η)`: one rounding.
+        displacement(theta, fma32(g, -eta, theta))
+    }
+}
+
+pub struct Dog<D: Device> {
+    device: D,
+    /// x0 per tensor and element.
+    x0: Vec<D::State<f32>>,
+    groups: D::Records<GroupRecord>,
+    options: D::Records<GroupOptions>,
+    sums: D::Sums,
+}
+
+impl<D: Device> Dog<D> {
+    pub fn new(device: &D, layout: &crate::optimizer::Layout) -> Result<Self> {
+        device.require(&[Distance::KERNEL, Step::KERNEL, Solve::KERNEL])?;
+        Ok(Dog {
+            x0: layout.lens.iter().map(|&n| device.alloc(n)).collect::<Result<_>>()?,
+            groups: device.records(&vec![GroupRecord::default(); layout.n_groups()])?,
+            options: device.records(&vec![GroupOptions::default(); layout.n_groups()])?,
+            sums: device.sums(&layout.lens, &layout.members)?,
+            device: device.clone(),
+        })
+    }
+
+    fn record(&self, group: usize) -> Result<GroupRecord> {
+        Ok(self.device.read_records(&self.groups)?[group])
+    }
+
+    fn lambda(ctx: &Context, group: usize) -> f32 {
+        ctx.options.get(group, "weight_decay") as f32
+    }
+
+    fn distances(&mut self, ctx: &Context, params: &[TensorMut], inputs: &StepInputs) -> Result<()> {
+        for (t, x0) in self.x0.iter_mut().enumerate() {
+            let group = ctx.layout.groups[t];
+            let lambda = Self::lambda(ctx, group);
+            self.device.dots::<Distance>(&lambda, &self.groups, group, &params[t].view(), &inputs.grads[t], x0, &mut self.sums, t)?;
+        }
+        self.device.solve::<Solve>(&(), &self.options, &mut self.groups, &self.sums)?;
+        Ok(())
+    }
+}
+
+impl<D: Device> Algorithm for Dog<D> {
+    fn name(&self) -> &'static str {
+        "dog"
+    }
+
+    fn accepts(&self, _ctx: &Context) -> Accepts {
+        Accepts::default()
+    }
+
+    fn check(&self, _ctx: &Context, _inputs: &StepInputs, _cb: &Callbacks) -> Result<()> {
+        crate::algorithm::refuse_capture(&self.device, "dog", "its weight decay as a launch argument")
+    }
+
+    fn options_changed(&mut self, ctx: &Context) -> Result<()> {
+        let options: Vec<GroupOptions> = (0..ctx.layout.n_groups()).map(|g| GroupOptions::of(ctx.options, g)).collect();
+        self.device.write_records(&mut self.options, &options)
+    }
+
+    fn propose(&mut self, ctx: &Context, params: &[TensorMut], inputs: &StepInputs, _cb: &mut Callbacks) -> Result<f64> {
+        self.distances(ctx, params, inputs)?;
+        let mut g_dot_s = 0.0;
+        for (t, x0) in self.x0.iter_mut().enumerate() {
+            let group = ctx.layout.groups[t];
+            g_dot_s += self.device.advance_dot::<Step>(&Self::lambda(ctx, group), &self.groups, group, &params[t], &inputs.grads[t], x0)?;
+        }
+        Ok(g_dot_s)
+    }
+
+    fn apply(&self, ctx: &Context, params: &mut [TensorMut], inputs: &StepInputs, scale: f32) -> Result<()> {
+        for (t, x0) in self.x0.iter().enumerate() {
+            let group = ctx.layout.groups[t];
+            self.device.apply_scaled::<Step>(&Self::lambda(ctx, group), &self.groups, group, &mut params[t], &inputs.grads[t], x0, scale)?;
+        }
+        Ok(())
+    }
+
+    fn step(&mut self, ctx: &Context, params: &mut [TensorMut], inputs: &StepInputs, _cb: &mut Callbacks) -> Result<()> {
+        self.distances(ctx, params, inputs)?;
+        for (t, x0) in self.x0.iter_mut().enumerate() {
+            let group = ctx.layout.groups[t];
+            self.device.update::<Step>(&Self::lambda(ctx, group), &self.groups, group, &mut params[t], &inputs.grads[t], x0)?;
+        }
+        Ok(())
+    }
+
+    /// η of the group's last step (0 before the first).
+    fn lr(&self, _ctx: &Context, group: usize) -> Result<f64> {
+        Ok(self.record(group)?.eta)
+    }
+
+    fn telemetry(&self, _ctx: &Context, group: usize) -> Result<Vec<(&'static str, f64)>> {
+        let r = self.record(group)?;
+        Ok(vec![("eta", r.eta), ("rbar", r.rbar), ("G", r.g_sum), ("steps", r.steps as f64)])
+    }
+
+    fn started(&self) -> Result<bool> {
+        Ok(self.device.read_records(&self.groups)?.iter().any(|r| r.steps > 0))
+    }
+
+    fn save(&self, w: &mut Writer) -> Result<()> {
+        let records = self.device.read_records(&self.groups)?;
+        w.counts(&records.iter().map(|r| r.steps).collect::<Vec<_>>());
+        w.f64s(&records.iter().map(|r| r.rbar).collect::<Vec<_>>());
+        w.f64s(&records.iter().map(|r| r.g_sum).collect::<Vec<_>>());
+        w.f64s(&records.iter().map(|r| r.eta).collect::<Vec<_>>());
+        for b in &self.x0 {
+            w.f32s(&self.device.read_state(b)?);
+        }
+        Ok(())
+    }
+
+    fn load(&mut self, ctx: &Context, r: &mut Reader) -> Result<()> {
+        let n = ctx.layout.n_groups();
+        let steps = r.counts_exact(n, "DoG step counts")?;
+        let rbar = r.f64s_exact(n, "DoG r̄")?;
+        let g_sum = r.f64s_exact(n, "DoG G")?;
+        let eta = r.f64s_exact(n, "DoG η")?;
+        let mut records = Vec::with_capacity(n);
+        for g in 0..n {
+            let bad = |why: &str| Err(Error::checkpoint(format!("checkpoint DoG group {g}: {why} (corrupted?)")));
+            // Every step steps every group.
+            if steps[g] != steps[0] {
+                return bad(&format!("{} steps where group 0 took {}", steps[g], steps[0]));
+            }
+            let record = GroupRecord { rbar: rbar[g], g_sum: g_sum[g], eta: eta[g], steps: steps[g] };
+            if steps[g] == 0 {
+                if record != GroupRecord::default() {
+                    return bad("a group that has not stepped holds r̄, G or η");
+                }
+            } else if !(record.rbar.is_finite()
+                && record.rbar >= 0.0
+                && record.g_sum.is_finite()
+                && record.g_sum > 0.0
+                && record.eta.is_finite()
+                && record.eta >= 0.0)
+            {
+                return bad(&format!("r̄ = {}, G = {}, η = {} break r̄ ≥ 0, G > 0, η ≥ 0 (all finite)", record.rbar, record.g_sum, record.eta));
+            }
+            records.push(record);
+        }
+        let mut x0 = Vec::with_capacity(self.x0.len());
+        for (t, &len) in ctx.layout.lens.iter().enumerate() {
+            let what = format!("DoG x0 of tensor {t}");
+            let v = r.f32s_exact(len, &what)?;
+            crate::checkpoint::check_values(&v, &what, f32::is_finite, "it is finite")?;
+            x0.push(v);
+        }
+        for (b, v) in self.x0.iter_mut().zip(&x0) {
+            self.device.write_state(b, v)?;
+        }
+        self.device.write_records(&mut self.groups, &records)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_solve_is_the_references_eta() {
+        let o = GroupOptions { lr: 0.5, reps_rel: 1e-6, eps: 1e-8, init_eta: f64::NAN };
+        let mut r = GroupRecord::default();
+        Solve::solve(&(), &o, &[4.0, 9.0, 0.0, 0.0], &mut r);
+        let (rbar, g): (f64, f64) = (1e-6 * (1.0 + 2.0), 9.0 + 1e-8);
+        assert_eq!((r.rbar, r.g_sum, r.eta, r.steps), (rbar, g, 0.5 * rbar / g.sqrt(), 1));
+        // Later: r̄ only grows, G accumulates.
+        Solve::solve(&(), &o, &[1e-14, 7.0, 0.0, 0.0], &mut r);
+        assert_eq!((r.rbar, r.g_sum), (rbar, g + 7.0));
+        Solve::solve(&(), &o, &[0.25, 1.0, 0.0, 0.0], &mut r);
+        assert_eq!((r.rbar, r.g_sum, r.steps), (0.5, g + 8.0, 3));
+    }
+
+    #[test]
+    fn init_eta_sets_the_first_step_and_drops_reps_rel() {
+        let o = GroupOptions { lr: 1.0, reps_rel: 1e-6, eps: 1e-8, init_eta: 1e-3 };
+        let mut r = GroupRecord::default();
+        Solve::solve(&(), &o, &[4.0, 9.0, 0.0, 0.0], &mut r);
+        assert_eq!((r.rbar, r.eta), (0.0, 1e-3));
+        Solve::solve(&(), &o, &[0.01, 0.0, 0.0, 0.0], &mut r);
+        assert_eq!(r.eta, 0.1 / (9.0f64 + 1e-8).sqrt());
+    }
+}

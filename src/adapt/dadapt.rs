@@ -294,7 +294,7 @@ impl<D: Device> DAdaptAdam<D> {
             estimate: d.records(&[fresh(ctx.options)])?,
             no_coeffs: d.records(&[()])?,
             sums: d.sums(&ctx.layout.lens, &[order])?,
-            elems: ctx.layout.lens.iter().map(|&n| d.alloc(n)).collect::<Result<_>>()?,
+            elems: d.alloc_per_tensor(&ctx.layout.lens)?,
         })
     }
 
@@ -423,7 +423,7 @@ impl<D: Device> Algorithm for DAdaptAdam<D> {
         w.counts(&[e.k, e.skips]);
         w.f64s(&[e.d, e.numerator, e.sk_l1, e.d_hat, e.dlr]);
         for b in &s.elems {
-            w.f32s(&crate::backend::cpu::states_to_floats(&d.read_state(b)?));
+            d.with_state(b, |b| w.elem_states(b))?;
         }
         Ok(())
     }

@@ -172,7 +172,7 @@ impl<D: Device> Dog<D> {
     pub fn new(device: &D, layout: &crate::optimizer::Layout) -> Result<Self> {
         device.require(&[Distance::KERNEL, Step::KERNEL, Solve::KERNEL])?;
         Ok(Dog {
-            x0: layout.lens.iter().map(|&n| device.alloc(n)).collect::<Result<_>>()?,
+            x0: device.alloc_per_tensor(&layout.lens)?,
             groups: device.records(&vec![GroupRecord::default(); layout.n_groups()])?,
             options: device.records(&vec![GroupOptions::default(); layout.n_groups()])?,
             sums: device.sums(&layout.lens, &layout.members)?,
@@ -265,7 +265,7 @@ impl<D: Device> Algorithm for Dog<D> {
         w.f64s(&records.iter().map(|r| r.g_sum).collect::<Vec<_>>());
         w.f64s(&records.iter().map(|r| r.eta).collect::<Vec<_>>());
         for b in &self.x0 {
-            w.f32s(&self.device.read_state(b)?);
+            self.device.with_state(b, |b| w.elem_states(b))?;
         }
         Ok(())
     }

@@ -514,11 +514,7 @@ impl<D: Device> State<D> {
             estimate: device.records(&[Estimate::fresh(ctx.options.get(0, "d0"))])?,
             no_coeffs: device.records(&[()])?,
             sums: device.sums(lens, &[order])?,
-            elems: if ctx.options.get(0, "beta1") > 0.0 {
-                Elems::WithM(lens.iter().map(|&n| device.alloc(n)).collect::<Result<_>>()?)
-            } else {
-                Elems::NoM(lens.iter().map(|&n| device.alloc(n)).collect::<Result<_>>()?)
-            },
+            elems: if ctx.options.get(0, "beta1") > 0.0 { Elems::WithM(device.alloc_per_tensor(lens)?) } else { Elems::NoM(device.alloc_per_tensor(lens)?) },
         })
     }
 }
@@ -662,11 +658,10 @@ impl<D: Device> Algorithm for Prodigy<D> {
         w.u64(e.begun);
         w.counts(&[e.k, e.skips]);
         w.f64s(&[e.d, e.d_max, e.d_numerator, e.d_denom, e.d_hat, e.dlr]);
-        let floats = match &s.elems {
-            Elems::WithM(b) => b.iter().map(|b| Ok(crate::backend::cpu::states_to_floats(&d.read_state(b)?))).collect::<Result<Vec<_>>>()?,
-            Elems::NoM(b) => b.iter().map(|b| Ok(crate::backend::cpu::states_to_floats(&d.read_state(b)?))).collect::<Result<Vec<_>>>()?,
-        };
-        floats.iter().for_each(|f| w.f32s(f));
+        match &s.elems {
+            Elems::WithM(b) => b.iter().try_for_each(|b| d.with_state(b, |b| w.elem_states(b)))?,
+            Elems::NoM(b) => b.iter().try_for_each(|b| d.with_state(b, |b| w.elem_states(b)))?,
+        }
         Ok(())
     }
 

@@ -1,6 +1,8 @@
-//! The automatic algorithms, one file per paper (docs/algorithms.md §1–§4).
+//! The automatic algorithms, one file per paper (docs/algorithms.md §1–§4), and the tuning-free
+//! peers of §6.
 
 pub mod autoopt;
 pub mod gi;
+pub mod schedule_free;
 pub mod tlr;
 pub mod vsgd;

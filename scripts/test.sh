@@ -56,10 +56,10 @@ echo "== C++ binding tests"
 bash tests/cpp/run.sh
 echo "== torch adapter tests (PyPI's torch in .venv-torch)"
 [ -x .venv-torch/bin/python ] || python3 -m venv .venv-torch
-.venv-torch/bin/pip install -q --disable-pip-version-check "torch>=2" numpy pytest
+.venv-torch/bin/pip install -q --disable-pip-version-check "torch>=2" numpy pytest schedulefree==1.4.1
 echo "torch $(.venv-torch/bin/python -c 'import torch; print(torch.__version__)')"
 # AUTOLR_NO_SKIPS=1: a test that would skip here (torch missing, a feature unavailable) fails.
-(cd tests/python && AUTOLR_NO_SKIPS=1 ../../.venv-torch/bin/python -m pytest -q -p no:cacheprovider test_torch_*.py)
+(cd tests/python && AUTOLR_NO_SKIPS=1 ../../.venv-torch/bin/python -m pytest -q -p no:cacheprovider test_torch_*.py test_schedule_free.py)
 echo "== Python tests"
 cd tests/python
 ../../.venv/bin/python -m pytest -q -rs

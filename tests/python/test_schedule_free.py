@@ -168,7 +168,7 @@ def test_modes_and_checkpoints():
             o.step(grads[t])
     assert all(np.array_equal(a, b) for a, b in zip(params, params2))
     assert opt.state_dict() == opt2.state_dict()
-    # A corrupted mode is refused.
+    # Train/eval are no-ops for the other algorithms, repeated or not.
     for other in ("sgd", "gi"):
         plain = [p.copy() for p in start]
         o = autolr.Optimizer(other, plain)
@@ -207,3 +207,35 @@ def test_torch_adapter_follows_the_reference():
     with pytest.raises(autolr.Error):
         ours.step()
     assert set(ours.telemetry()["train_mode"]) == {0.0}
+
+
+@pytest.mark.parametrize("field,fmt,value,why", [
+    ("mode", "<I", 2, "mode 2"),
+    ("k", "<Q", 7, "group 1 took other steps than group 0"),
+    ("k", "<Q", 1 << 60, "a count beyond any run"),
+    ("lr", "<d", float("nan"), "lr NaN"),
+    ("lr", "<d", -0.5, "lr < 0"),
+    ("weight_sum", "<d", float("inf"), "weight_sum Inf"),
+    ("ckp1", "<d", 1.5, "ckp1 > 1"),
+    ("z", "<f", float("nan"), "z NaN"),
+])
+def test_every_loaded_value_is_checked(field, fmt, value, why):
+    """A resealed checkpoint with one impossible value is refused, nothing changed (the layout of
+    ScheduleFree::save: mode, per-group k, lr, lr_max, weight, weight_sum, ckp1, z per tensor)."""
+    from test_checkpoint_values import SHAPES, GROUPS, Fields, refused
+    rng = np.random.default_rng(2)
+    params = [rng.standard_normal(s).astype(np.float32) for s in SHAPES]
+    opt = autolr.Optimizer("sf-sgd", params, groups=GROUPS, weight_decay=0.01)
+    for _ in range(3):
+        opt.step([rng.standard_normal(s).astype(np.float32) for s in SHAPES])
+    good = opt.state_dict()
+    f = Fields(good)
+    f.header(2)
+    at = {"mode": f.u32()}
+    at["k"] = f.vec("u64")[0] + 8  # group 1's count
+    for name in ("lr", "lr_max", "weight", "weight_sum", "ckp1"):
+        at[name] = f.vec("f64")[0]
+    at["z"] = f.vec("f32")[0] + 4
+    assert f.put("<I", at["mode"], 1) == good, "the parse of the layout is off"
+    message = refused(opt, params, f.put(fmt, at[field], value), why)
+    assert "schedule-free" in message or "count" in message, message

@@ -71,6 +71,15 @@ typedef enum AlrSampleScale {
   ALR_SCALE_MEAN = 1,
 } AlrSampleScale;
 
+// The view of the parameters `alr_set_mode` switches to.
+typedef enum AlrMode {
+  // Training: the point where gradients are taken (schedule-free's y). Every optimizer
+  // starts in this mode.
+  ALR_MODE_TRAIN = 0,
+  // Evaluation: the point to evaluate and ship (schedule-free's average x).
+  ALR_MODE_EVAL = 1,
+} AlrMode;
+
 // An optimizer created by `alr_create` and freed by `alr_destroy`. Opaque to C.
 typedef struct AlrOptimizer AlrOptimizer;
 
@@ -135,6 +144,16 @@ typedef struct AlrStepArgs {
   // Passed unchanged to the callbacks.
   void *user_data;
 } AlrStepArgs;
+
+// Arguments of `alr_set_mode`. Set `struct_size = sizeof(AlrModeArgs)`.
+typedef struct AlrModeArgs {
+  size_t struct_size;
+  // An `AlrMode` value.
+  int32_t mode;
+  size_t n_tensors;
+  // The parameters (the same buffers `alr_step` updates), rewritten in place to the new view.
+  float *const *params;
+} AlrModeArgs;
 
 // DLPack's `DLDevice`.
 typedef struct AlrDLDevice {
@@ -260,6 +279,16 @@ enum AlrStatus alr_get_option(struct AlrOptimizer *opt, size_t group, const char
 // load call (ALR_NON_FINITE / ALR_INVALID_ARGUMENT); the step that found it and every step
 // after it until then changed nothing.
 enum AlrStatus alr_step(struct AlrOptimizer *opt, const struct AlrStepArgs *args);
+
+// Switches the caller's parameters between the training and the evaluation view, in place:
+// schedule-free (`schedule-free`, `sf-adamw`, `sf-sgd`) rewrites them from y (where gradients
+// are taken) to x (the average to evaluate) for ALR_MODE_EVAL and back for ALR_MODE_TRAIN, as
+// the reference's `optimizer.eval()` / `optimizer.train()`; for every other algorithm it is a
+// no-op. A step in eval mode is refused (ALR_WRONG_STATE). Returns ALR_OK, ALR_NULL_POINTER,
+// ALR_INVALID_ARGUMENT (a mode that is no AlrMode, struct_size too small), ALR_SHAPE_MISMATCH,
+// ALR_WRONG_STATE (schedule-free: already in that mode, except ALR_MODE_TRAIN before the first
+// step); on failure the parameters are unchanged.
+enum AlrStatus alr_set_mode(struct AlrOptimizer *opt, const struct AlrModeArgs *args);
 
 // GI's second phase: `loss_after` is the loss on the same batch at the parameters the last
 // `alr_step` produced (when that step had no `loss_fn`). Returns ALR_OK, ALR_WRONG_STATE

@@ -86,10 +86,10 @@ bash tests/cpp/run.sh
 echo "== torch adapter tests and the peers against their reference code (PyPI's torch in .venv-torch)"
 [ -x .venv-torch/bin/python ] || python3 -m venv .venv-torch
 # The peers' reference implementations (docs/algorithms.md §6), at the versions that specify them.
-.venv-torch/bin/pip install -q --disable-pip-version-check "torch>=2" numpy pytest prodigyopt==1.1.2 dadaptation==3.2 dog-optimizer==1.0.3
+.venv-torch/bin/pip install -q --disable-pip-version-check "torch>=2" numpy pytest prodigyopt==1.1.2 dadaptation==3.2 dog-optimizer==1.0.3 schedulefree==1.4.1
 echo "torch $(.venv-torch/bin/python -c 'import torch; print(torch.__version__)')"
 # AUTOLR_NO_SKIPS=1: a test that would skip here (torch missing, a feature unavailable) fails.
-(cd tests/python && AUTOLR_NO_SKIPS=1 ../../.venv-torch/bin/python -m pytest -q -p no:cacheprovider test_torch_*.py test_peers*.py)
+(cd tests/python && AUTOLR_NO_SKIPS=1 ../../.venv-torch/bin/python -m pytest -q -p no:cacheprovider test_torch_*.py test_peers*.py test_schedule_free.py)
 echo "== Python tests"
 cd tests/python
 ../../.venv/bin/python -m pytest -q -rs

@@ -57,6 +57,13 @@ pub trait Algorithm: Send {
         self.apply(ctx, params, inputs, 1.0)
     }
 
+    /// Switches the caller's parameters between the training view (`train`) and the evaluation
+    /// view. Schedule-free swaps them between y and x; every other algorithm has one view, so
+    /// this is a no-op for it.
+    fn set_mode(&mut self, _ctx: &Context, _params: &mut [TensorMut], _train: bool) -> Result<()> {
+        Ok(())
+    }
+
     /// Options changed (or were loaded): copy what the device's kernels read.
     fn options_changed(&mut self, _ctx: &Context) -> Result<()> {
         Ok(())

@@ -276,8 +276,8 @@ impl Optimizer {
     /// Sets a string option (GI's `base`); must come before the first step and before the
     /// wrapped algorithm's own options, which it resets to their defaults.
     pub fn set_option_str(&mut self, name: &str, value: &str) -> Result<()> {
-        if name != "base" || self.name != "gi" {
-            return Err(Error::invalid(format!("algorithm '{}' has no string option '{name}' (only 'gi' takes one: 'base')", self.name)));
+        if name != "base" || !registry::takes_base(&self.name) {
+            return Err(Error::invalid(format!("algorithm '{}' has no string option '{name}' (only 'gi' and 'schedule-free' take one: 'base')", self.name)));
         }
         if self.started {
             return Err(Error::wrong_state(format!("option '{name}' shapes the optimizer: set it before the first step")));
@@ -404,6 +404,30 @@ impl Optimizer {
             self.started = true;
         }
         result
+    }
+
+    /// Switches the caller's parameters between the training view (`train`: schedule-free's y)
+    /// and the evaluation view (x); a no-op for every other algorithm. ALR_WRONG_STATE for the
+    /// mode it is already in (except train before the first step), nothing changed then.
+    pub fn set_mode(&mut self, params: &mut [TensorMut], train: bool) -> Result<()> {
+        let lens = &self.layout.lens;
+        if params.len() != lens.len() {
+            return Err(Error::shape(format!("got {} parameter tensors, the optimizer has {} tensors", params.len(), lens.len())));
+        }
+        let memory = self.device.memory();
+        for (t, (p, &len)) in params.iter().zip(lens).enumerate() {
+            if p.memory() != memory {
+                return Err(Error::invalid(format!("tensor {t}: param is in {}, this optimizer works in {memory}", p.memory())));
+            }
+            if p.len() != len {
+                return Err(Error::shape(format!("tensor {t}: param has {} elements, registered {len}", p.len())));
+            }
+        }
+        if self.algorithm.awaiting_report() {
+            return Err(Error::wrong_state("the last step is waiting for its loss: call alr_report_loss first"));
+        }
+        let ctx = Context { layout: &self.layout, options: &self.options };
+        self.algorithm.set_mode(&ctx, params, train)
     }
 
     /// GI's second phase: the loss on the same batch after the last step's move.

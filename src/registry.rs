@@ -5,6 +5,7 @@ use crate::adapt::dadapt::{self, DAdaptAdam};
 use crate::adapt::dog::{self, Dog};
 use crate::adapt::gi::{self, Gi};
 use crate::adapt::prodigy::{self, Prodigy};
+use crate::adapt::schedule_free::{self, ScheduleFree};
 use crate::adapt::tlr::{self, Tlr};
 use crate::adapt::vsgd::{self, Variant, Vsgd};
 use crate::algorithm::Algorithm;
@@ -19,7 +20,7 @@ use crate::options::OptionSpec;
 pub const ALGORITHMS: &[&str] = &[
     "sgd", "momentum", "adam", "adamw", "adagrad", "rmsprop", "auto-sgd", "auto-adam", "auto-adagrad", "gi", "tlr", "vsgd-l", "vsgd-g", "vsgd-b",
     // The tuning-free peers (docs/algorithms.md §6).
-    "prodigy", "dadapt-adam", "dog",
+    "prodigy", "dadapt-adam", "dog", "schedule-free", "sf-adamw", "sf-sgd",
 ];
 
 fn unknown(name: &str) -> Error {
@@ -38,13 +39,19 @@ pub fn is_fixed_rate(name: &str) -> bool {
     matches!(name, "sgd" | "momentum" | "adam" | "adamw" | "adagrad" | "rmsprop")
 }
 
-/// GI's wrapped algorithm when none is set; "" for algorithms that wrap nothing.
+/// The wrapped algorithm when none is set (GI, schedule-free and its aliases); "" for
+/// algorithms that wrap nothing.
 pub fn default_base(name: &str) -> &'static str {
-    if name == "gi" {
-        "sgd"
-    } else {
-        ""
+    match name {
+        "gi" => "sgd",
+        "schedule-free" => schedule_free::DEFAULT_BASE,
+        _ => schedule_free::fixed_base(name).unwrap_or(""),
     }
+}
+
+/// The algorithms whose base is a string option (`base`).
+pub fn takes_base(name: &str) -> bool {
+    matches!(name, "gi" | "schedule-free")
 }
 
 /// The options of algorithm `name` (wrapping `base`, for GI).
@@ -66,6 +73,8 @@ pub fn specs(name: &str, base: &str) -> Result<Vec<OptionSpec>> {
         "dog" => dog::specs(),
         // GI's table already holds its base's options, check_finite included.
         "gi" => return gi::specs(base),
+        // So does schedule-free's.
+        name if schedule_free::is_schedule_free(name) => return schedule_free::specs(name, base),
         _ => return Err(unknown(name)),
     };
     specs.extend(common_specs());
@@ -102,6 +111,10 @@ pub fn build(name: &str, base: &str, layout: &Layout, device: &AnyDevice, unit_l
     let built = match device {
         AnyDevice::Cpu(cpu) => match name {
             "gi" => Some(Box::new(Gi::new(base, build(base, "", layout, device, is_fixed_rate(base))?)) as Box<dyn Algorithm>),
+            name if schedule_free::is_schedule_free(name) => {
+                let base = schedule_free::fixed_base(name).unwrap_or(base);
+                Some(Box::new(ScheduleFree::new(name, base, build(base, "", layout, device, false)?, cpu, layout)?) as Box<dyn Algorithm>)
+            }
             "vsgd-l" => Some(Box::new(Vsgd::new(Variant::Local, layout)?) as Box<dyn Algorithm>),
             "vsgd-g" => Some(Box::new(Vsgd::new(Variant::Global, layout)?) as Box<dyn Algorithm>),
             "vsgd-b" => Some(Box::new(Vsgd::new(Variant::Block, layout)?) as Box<dyn Algorithm>),

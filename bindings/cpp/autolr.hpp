@@ -433,6 +433,24 @@ public:
         detail::check(status);
     }
 
+    /// Switches `params` (the buffers `step` updates) in place to the training view (`train`:
+    /// schedule-free's y, where gradients are taken) or the evaluation view (its average x);
+    /// a no-op for every other algorithm. Schedule-free throws ALR_WRONG_STATE for the mode it
+    /// is already in (except train before the first step), and its `step` in eval mode.
+    void set_mode(const MutViews& params, bool train) {
+        check_views(params, "params", 1);
+        std::vector<float*> ptrs(params.size());
+        for (std::size_t i = 0; i < params.size(); ++i) ptrs[i] = params[i].data();
+        AlrModeArgs args{};
+        args.struct_size = sizeof(AlrModeArgs);
+        args.mode = train ? ALR_MODE_TRAIN : ALR_MODE_EVAL;
+        args.n_tensors = ptrs.size();
+        args.params = ptrs.data();
+        detail::check(alr_set_mode(handle(), &args));
+    }
+    void train(const MutViews& params) { set_mode(params, true); }
+    void eval(const MutViews& params) { set_mode(params, false); }
+
     /// GI's second phase: the loss on the same batch at the parameters the last `step`
     /// produced (when that step had no loss callback).
     void report_loss(double loss_after) { detail::check(alr_report_loss(handle(), loss_after)); }

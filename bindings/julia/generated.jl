@@ -20,6 +20,9 @@ const ALR_DEVICE_CUDA = Cint(1)
 const ALR_SCALE_SAMPLE = Cint(0)
 const ALR_SCALE_MEAN = Cint(1)
 
+const ALR_MODE_TRAIN = Cint(0)
+const ALR_MODE_EVAL = Cint(1)
+
 struct AlrCreateArgs
     struct_size::Csize_t
     algorithm::Ptr{Cchar}
@@ -46,6 +49,13 @@ struct AlrStepArgs
     loss_fn::Ptr{Cvoid}
     grad_fn::Ptr{Cvoid}
     user_data::Ptr{Cvoid}
+end
+
+struct AlrModeArgs
+    struct_size::Csize_t
+    mode::Int32
+    n_tensors::Csize_t
+    params::Ptr{Ptr{Cfloat}}
 end
 
 struct AlrDLDevice
@@ -98,6 +108,7 @@ alr_set_group_option(opt, group, name, value) = @ccall libautolr.alr_set_group_o
 alr_set_option_str(opt, name, value) = @ccall libautolr.alr_set_option_str(opt::Ptr{Cvoid}, name::Ptr{Cchar}, value::Ptr{Cchar})::Cint
 alr_get_option(opt, group, name, value) = @ccall libautolr.alr_get_option(opt::Ptr{Cvoid}, group::Csize_t, name::Ptr{Cchar}, value::Ptr{Cdouble})::Cint
 alr_step(opt, args) = @ccall libautolr.alr_step(opt::Ptr{Cvoid}, args::Ptr{AlrStepArgs})::Cint
+alr_set_mode(opt, args) = @ccall libautolr.alr_set_mode(opt::Ptr{Cvoid}, args::Ptr{AlrModeArgs})::Cint
 alr_report_loss(opt, loss_after) = @ccall libautolr.alr_report_loss(opt::Ptr{Cvoid}, loss_after::Cdouble)::Cint
 alr_n_groups(opt, out) = @ccall libautolr.alr_n_groups(opt::Ptr{Cvoid}, out::Ptr{Csize_t})::Cint
 alr_get_lr(opt, group, out) = @ccall libautolr.alr_get_lr(opt::Ptr{Cvoid}, group::Csize_t, out::Ptr{Cdouble})::Cint

@@ -458,7 +458,9 @@ mod tests {
         let protocol = Protocol { epochs: 1, batch_size: 32, log_every: 2 };
         let available = autolr::registry::ALGORITHMS;
         let mut specs: Vec<MethodSpec> = available.iter().filter(|&&a| a != "gi").map(|a| MethodSpec::new(a)).collect();
-        specs.extend(available.iter().filter(|&&a| a != "gi").map(|a| MethodSpec::gi(a)));
+        // GI wraps neither itself nor schedule-free (whose step is no one displacement to scale).
+        let wrappable = |a: &&&str| **a != "gi" && !autolr::adapt::schedule_free::is_schedule_free(a);
+        specs.extend(available.iter().filter(wrappable).map(|a| MethodSpec::gi(a)));
         specs.push(MethodSpec::new("tlr").with_option("per_group", 1.0).with_option("window", 3.0));
         specs.retain(|s| s.missing(available).is_empty());
         for model in ModelKind::ALL {

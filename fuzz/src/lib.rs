@@ -7,10 +7,12 @@ use autolr::ffi::*;
 use autolr::AlrStatus;
 use std::ffi::{c_void, CStr, CString};
 
-/// Every algorithm of this version (src/registry.rs).
-pub const ALGORITHMS: &[&str] = &[
-    "sgd", "momentum", "adam", "adamw", "adagrad", "rmsprop", "auto-sgd", "auto-adam", "auto-adagrad", "gi", "tlr", "vsgd-l", "vsgd-g", "vsgd-b",
-];
+/// Every algorithm of this version, as the library lists them (`alr_algorithms`).
+pub static ALGORITHMS: std::sync::LazyLock<Vec<&'static str>> = std::sync::LazyLock::new(|| {
+    // SAFETY: alr_algorithms returns a static NUL-terminated string for ALR_DEVICE_CPU.
+    let listed = unsafe { CStr::from_ptr(alr_algorithms(AlrDevice::AlrDeviceCpu as i32)) };
+    listed.to_str().expect("algorithm names are ASCII").split(',').collect()
+});
 
 /// The fuzzer's bytes, read front to back; past the end everything reads as zero.
 pub struct Bytes<'a> {

@@ -25,6 +25,9 @@ pub fn specs(base: &str) -> Result<Vec<OptionSpec>> {
     if base == "gi" {
         return Err(Error::invalid("gi cannot wrap gi; choose another base"));
     }
+    if crate::adapt::schedule_free::is_schedule_free(base) {
+        return Err(Error::invalid(format!("gi cannot wrap '{base}': a schedule-free step moves y, z and x, not one displacement GI could scale")));
+    }
     let fixed_rate = registry::is_fixed_rate(base);
     // The paper's advice: a small η for a fixed-rate base, which the adaptation accelerates;
     // an automatic base already chose its scale, so GI starts from 1.

@@ -66,6 +66,13 @@ pub fn update<S: Copy, F: Fn(f32, f32, &mut S) -> f32>(param: &mut [f32], grad: 
     dispatch!(update(param, grad, state, step))
 }
 
+/// One fused pass that sets each element: `θ ← next(g, θ, &mut state)`.
+#[inline]
+pub fn assign<S: Copy, F: Fn(f32, f32, &mut S) -> f32>(param: &mut [f32], grad: &[f32], state: &mut [S], next: F) {
+    assert!(param.len() == grad.len() && state.len() == param.len(), "assign: buffer lengths differ");
+    dispatch!(assign(param, grad, state, next))
+}
+
 /// `update` over contiguous parts of the elements on up to `threads()` workers, when the pass
 /// touches at least `FLOATS_PER_THREAD` floats per worker (else on the calling thread alone).
 /// Each element is computed exactly as `update` computes it, so the bits do not depend on the
@@ -136,6 +143,13 @@ mod kernels {
     pub fn update<S: Copy, F: Fn(f32, f32, &mut S) -> f32>(param: &mut [f32], grad: &[f32], state: &mut [S], step: F) {
         for ((theta, &g), st) in param.iter_mut().zip(grad).zip(state.iter_mut()) {
             *theta -= step(g, *theta, st);
+        }
+    }
+
+    #[inline(always)]
+    pub fn assign<S: Copy, F: Fn(f32, f32, &mut S) -> f32>(param: &mut [f32], grad: &[f32], state: &mut [S], next: F) {
+        for ((theta, &g), st) in param.iter_mut().zip(grad).zip(state.iter_mut()) {
+            *theta = next(g, *theta, st);
         }
     }
 
@@ -327,6 +341,11 @@ mod avx2 {
     #[target_feature(enable = "avx2")]
     pub unsafe fn update<S: Copy, F: Fn(f32, f32, &mut S) -> f32>(param: &mut [f32], grad: &[f32], state: &mut [S], step: F) {
         kernels::update(param, grad, state, step)
+    }
+
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn assign<S: Copy, F: Fn(f32, f32, &mut S) -> f32>(param: &mut [f32], grad: &[f32], state: &mut [S], next: F) {
+        kernels::assign(param, grad, state, next)
     }
 
     #[target_feature(enable = "avx2")]
@@ -702,6 +721,10 @@ impl Device for Cpu {
         Ok(())
     }
 
+    fn state_view<'s>(&self, state: &'s mut Vec<f32>) -> TensorMut<'s> {
+        TensorMut::host(state)
+    }
+
     fn sums(&self, lens: &[usize], owners: &[Vec<usize>]) -> Result<Sums> {
         Ok(Sums { per_tensor: filled(lens.len(), [0.0; 4])?, owners: owners.to_vec() })
     }
@@ -717,6 +740,10 @@ impl Device for Cpu {
     ) -> Result<()> {
         let p = R::prepare(c, &records[at]);
         let (param, grad) = (host_mut(param)?, host(grad)?);
+        if R::ASSIGNS {
+            assign(param, grad, state, |g, theta, st: &mut R::State| R::next(&p, g, theta, st));
+            return Ok(());
+        }
         let advance = |g, theta, st: &mut R::State| R::advance(&p, g, theta, st);
         if R::AFTER_THREADED_REDUCTION {
             update_in_parts(param, grad, state, advance);

@@ -357,6 +357,11 @@ impl Device for Cuda {
         records.buffer.upload(self.stream(), values)
     }
 
+    fn state_view<'s>(&self, state: &'s mut Typed<f32>) -> TensorMut<'s> {
+        // SAFETY: the buffer holds `len` floats of this device, borrowed mutably for 's.
+        unsafe { TensorMut::cuda(state.buffer.ptr as *mut f32, state.len, self.ordinal()) }
+    }
+
     fn sums(&self, lens: &[usize], owners: &[Vec<usize>]) -> Result<Sums> {
         // A record's tensors' partials are contiguous: lay them out record by record.
         let mut offsets = vec![usize::MAX; lens.len()];
@@ -399,6 +404,10 @@ impl Device for Cuda {
         grad: &Tensor,
         state: &mut Typed<R::State>,
     ) -> Result<()> {
+        if R::ASSIGNS {
+            // No kernel template sets θ yet (only schedule-free's rules do, and it is CPU-only).
+            return Err(Error::unsupported(format!("kernel {} sets θ, which the CUDA backend does not launch yet", R::KERNEL)));
+        }
         let (mut p, mut g, mut s) = (param.address() as u64, device_ptr(grad), state.buffer.at(0));
         let (mut len, mut c, mut r, mut st) = (param.len() as u64, by_value(c)?, records.at(at), self.status_ptr());
         self.launch(

@@ -80,8 +80,18 @@ pub trait ElementRule: KernelRule {
     /// data too large for the caches (AutoOpt's pass 2): one core does not reach the memory
     /// bandwidth there that several do, so the CPU may split the pass over its workers too.
     const AFTER_THREADED_REDUCTION: bool = false;
+    /// The rule sets θ to `next` (which then forms the new value itself) instead of
+    /// subtracting a displacement: for a rule whose new θ is not a small step from the old one
+    /// (schedule-free's interpolations), where `θ − (θ − new)` would not give `new` back.
+    /// `advance_dot` and `apply_scaled` (GI's passes) take no such rule.
+    const ASSIGNS: bool = false;
     /// Advances one element's state and returns its displacement (`θ ← θ − displacement`).
     fn advance(p: &Self::Prepared, g: f32, theta: f32, state: &mut Self::State) -> f32;
+    /// The new θ: `θ − advance(…)` unless the rule `ASSIGNS`.
+    #[inline(always)]
+    fn next(p: &Self::Prepared, g: f32, theta: f32, state: &mut Self::State) -> f32 {
+        theta - Self::advance(p, g, theta, state)
+    }
     /// The displacement of the step just taken, from the advanced state (GI's second pass).
     fn delta(p: &Self::Prepared, g: f32, theta: f32, state: &Self::State) -> f32;
 }
@@ -360,7 +370,12 @@ pub trait Device: Clone + Send + Sync + 'static {
     /// Sums for tensors of `lens`, where record `r` adds the tensors `owners[r]` in that order.
     fn sums(&self, lens: &[usize], owners: &[Vec<usize>]) -> Result<Self::Sums>;
 
-    /// `θ ← θ − advance(…)` over one tensor, advancing its state (record `at` of `records`).
+    /// A state buffer of one float per element seen as a tensor (schedule-free steps its base
+    /// on its `z` buffer, as it would step the caller's parameters).
+    fn state_view<'s>(&self, state: &'s mut Self::State<f32>) -> TensorMut<'s>;
+
+    /// `θ ← θ − advance(…)` (`θ ← next(…)` for a rule that `ASSIGNS`) over one tensor,
+    /// advancing its state (record `at` of `records`).
     fn update<R: ElementRule>(
         &self,
         c: &R::Coeffs,

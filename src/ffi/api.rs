@@ -36,6 +36,28 @@ pub enum AlrSampleScale {
     AlrScaleMean = 1,
 }
 
+/// The view of the parameters `alr_set_mode` switches to.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AlrMode {
+    /// Training: the point where gradients are taken (schedule-free's y). Every optimizer
+    /// starts in this mode.
+    AlrModeTrain = 0,
+    /// Evaluation: the point to evaluate and ship (schedule-free's average x).
+    AlrModeEval = 1,
+}
+
+/// Arguments of `alr_set_mode`. Set `struct_size = sizeof(AlrModeArgs)`.
+#[repr(C)]
+pub struct AlrModeArgs {
+    pub struct_size: usize,
+    /// An `AlrMode` value.
+    pub mode: i32,
+    pub n_tensors: usize,
+    /// The parameters (the same buffers `alr_step` updates), rewritten in place to the new view.
+    pub params: *const *mut f32,
+}
+
 /// Arguments of `alr_create`. Set `struct_size = sizeof(AlrCreateArgs)`: fields may be
 /// appended in later versions, and the library reads only the first `struct_size` bytes.
 #[repr(C)]
@@ -461,6 +483,48 @@ pub(crate) unsafe fn run_step(opt: &mut Optimizer, raw: RawStep) -> Result<(), E
         callbacks.grad_fn = Some(f);
     }
     opt.step_tensors(&mut params, &inputs, &mut callbacks)
+}
+
+/// Switches the caller's parameters between the training and the evaluation view, in place:
+/// schedule-free (`schedule-free`, `sf-adamw`, `sf-sgd`) rewrites them from y (where gradients
+/// are taken) to x (the average to evaluate) for ALR_MODE_EVAL and back for ALR_MODE_TRAIN, as
+/// the reference's `optimizer.eval()` / `optimizer.train()`; for every other algorithm it is a
+/// no-op. A step in eval mode is refused (ALR_WRONG_STATE). Returns ALR_OK, ALR_NULL_POINTER,
+/// ALR_INVALID_ARGUMENT (a mode that is no AlrMode, struct_size too small), ALR_SHAPE_MISMATCH,
+/// ALR_WRONG_STATE (schedule-free: already in that mode, except ALR_MODE_TRAIN before the first
+/// step); on failure the parameters are unchanged.
+#[no_mangle]
+pub extern "C" fn alr_set_mode(opt: *mut AlrOptimizer, args: *const AlrModeArgs) -> AlrStatus {
+    guard("alr_set_mode", || {
+        non_null!(args, "args");
+        // SAFETY: args is non-null; struct_size is its first field.
+        let size = unsafe { (*args).struct_size };
+        check_struct_size(size, std::mem::size_of::<AlrModeArgs>(), "AlrModeArgs")?;
+        // SAFETY: the caller's struct is at least this version's size.
+        let args = unsafe { &*args };
+        let train = match args.mode {
+            m if m == AlrMode::AlrModeTrain as i32 => true,
+            m if m == AlrMode::AlrModeEval as i32 => false,
+            m => return Err(Error::invalid(format!("mode is {m}; accepted: ALR_MODE_TRAIN (0), ALR_MODE_EVAL (1)"))),
+        };
+        // The handle is checked against the live set and held busy for the call.
+        let mut opt = handle::get(opt)?;
+        let n = opt.layout().n_tensors();
+        if args.n_tensors != n {
+            return Err(Error::shape(format!("args.n_tensors is {}, the optimizer has {n} tensors", args.n_tensors)));
+        }
+        // SAFETY: params holds n pointers (documented).
+        let ptrs = unsafe { pointers(args.params as *const *const f32, n, "params") }?;
+        let memory = opt.memory();
+        let lens = opt.layout().lens.clone();
+        let mut params = ptrs
+            .iter()
+            .zip(&lens)
+            // SAFETY: each pointer addresses lens[t] floats of the optimizer's memory, valid for the call (documented).
+            .map(|(&p, &len)| unsafe { TensorMut::from_raw(p as *mut f32, len, memory) })
+            .collect::<Result<Vec<_>, Error>>()?;
+        opt.set_mode(&mut params, train)
+    })
 }
 
 /// GI's second phase: `loss_after` is the loss on the same batch at the parameters the last

@@ -1297,6 +1297,60 @@ static void test_callback_failed(void) {
         printf("  note: ALR_CALLBACK_FAILED skipped: no algorithm of this build takes callbacks yet\n");
 }
 
+/* alr_set_mode: schedule-free swaps the caller's parameters to x and back; the same mode twice and
+ * a step in eval mode are ALR_WRONG_STATE with nothing changed; a bad mode or struct_size is
+ * ALR_INVALID_ARGUMENT; for another algorithm both modes are no-ops. */
+static void test_modes(void) {
+    Fix fx;
+    if (!fix_open(&fx, "sf-sgd")) return;
+    AlrModeArgs m;
+    memset(&m, 0, sizeof m);
+    m.struct_size = sizeof m;
+    m.n_tensors = NT;
+    m.params = fx.pp;
+    m.mode = ALR_MODE_TRAIN;
+    EXPECT(alr_set_mode(fx.opt, &m), ALR_OK, "sf-sgd: ALR_MODE_TRAIN before the first step");
+    for (int k = 0; k < 4; k++) EXPECT(fix_step(&fx, k), ALR_OK, "sf-sgd: alr_step");
+    float y[NT][MAXLEN];
+    memcpy(y, fx.p, sizeof y);
+    m.mode = ALR_MODE_EVAL;
+    EXPECT(alr_set_mode(fx.opt, &m), ALR_OK, "sf-sgd: ALR_MODE_EVAL");
+    CHECK(memcmp(y, fx.p, sizeof y) != 0, "sf-sgd: eval left the parameters at y");
+    Snap s;
+    snap_take(&fx, &s);
+    FAILS(&fx, &s, alr_set_mode(fx.opt, &m), ALR_WRONG_STATE, "sf-sgd: ALR_MODE_EVAL twice");
+    FAILS(&fx, &s, fix_step(&fx, 4), ALR_WRONG_STATE, "sf-sgd: alr_step in eval mode");
+    m.mode = 7;
+    FAILS(&fx, &s, alr_set_mode(fx.opt, &m), ALR_INVALID_ARGUMENT, "alr_set_mode with mode 7");
+    m.mode = ALR_MODE_TRAIN;
+    m.struct_size = 8;
+    FAILS(&fx, &s, alr_set_mode(fx.opt, &m), ALR_INVALID_ARGUMENT, "alr_set_mode with struct_size 8");
+    m.struct_size = sizeof m;
+    m.n_tensors = NT - 1;
+    FAILS(&fx, &s, alr_set_mode(fx.opt, &m), ALR_SHAPE_MISMATCH, "alr_set_mode with n_tensors - 1");
+    m.n_tensors = NT;
+    FAILS(&fx, &s, alr_set_mode(fx.opt, NULL), ALR_NULL_POINTER, "alr_set_mode with args NULL");
+    snap_free(&s);
+    EXPECT(alr_set_mode(fx.opt, &m), ALR_OK, "sf-sgd: back to ALR_MODE_TRAIN");
+    double err = 0.0;
+    for (size_t t = 0; t < NT; t++)
+        for (size_t i = 0; i < LENS[t]; i++) err = fmax(err, fabs((double)fx.p[t][i] - (double)y[t][i]));
+    CHECK(err < 1e-6, "sf-sgd: x -> y round trip off by %g", err);
+    EXPECT(fix_step(&fx, 4), ALR_OK, "sf-sgd: alr_step after train");
+    fix_close(&fx);
+    if (!fix_open(&fx, "adam")) return;
+    memcpy(y, fx.p, sizeof y);
+    m.params = fx.pp;
+    for (int k = 0; k < 2; k++) {
+        m.mode = ALR_MODE_EVAL;
+        EXPECT(alr_set_mode(fx.opt, &m), ALR_OK, "adam: ALR_MODE_EVAL (a no-op)");
+        m.mode = ALR_MODE_TRAIN;
+        EXPECT(alr_set_mode(fx.opt, &m), ALR_OK, "adam: ALR_MODE_TRAIN (a no-op)");
+    }
+    CHECK(memcmp(y, fx.p, sizeof y) == 0, "adam: a mode change moved the parameters");
+    fix_close(&fx);
+}
+
 int main(void) {
     setvbuf(stdout, NULL, _IOLBF, 0); /* keep stdout and the library's stderr lines in order */
     printf("autolr %s (ABI %u)\n", alr_version(), alr_abi_version());
@@ -1310,6 +1364,7 @@ int main(void) {
     test_callback_failed();
     test_impossible_sizes();
     test_allocation_failure();
+    test_modes();
     /* ALR_CUDA_ERROR: not producible on a CPU build (see the comment at the top). */
     printf("%d passed, %d failed\n", n_pass, n_fail);
     return n_fail == 0 ? 0 : 1;

@@ -350,6 +350,30 @@ void test_groups_and_readback() {
     CHECK(w[0] < 1.0f, "C-array step did not move the parameter");
 }
 
+void test_modes() {
+    Problem pr;
+    autolr::Optimizer sf("sf-adamw", pr.lens(), {0, 1});
+    sf.train({pr.p0, pr.p1});  // the reference's protocol: train() first
+    for (int k = 0; k < 3; ++k) {
+        pr.grads();
+        sf.step({pr.p0, pr.p1}, {pr.g0, pr.g1});
+    }
+    const std::vector<float> y0 = pr.p0;
+    sf.eval({pr.p0, pr.p1});
+    CHECK(pr.p0 != y0, "eval left the parameters at y");
+    const std::vector<float> x0 = pr.p0;
+    expect_error("eval twice", ALR_WRONG_STATE, "eval mode", [&] { sf.eval({pr.p0, pr.p1}); });
+    expect_error("step in eval mode", ALR_WRONG_STATE, "eval mode", [&] { sf.step({pr.p0, pr.p1}, {pr.g0, pr.g1}); });
+    CHECK(pr.p0 == x0, "a refused call moved the parameters");
+    sf.train({pr.p0, pr.p1});
+    CHECK(std::fabs(pr.p0[0] - y0[0]) < 1e-6f, "y -> x -> y moved y");
+    autolr::Optimizer sgd("sgd", pr.lens());
+    const std::vector<float> before = pr.p0;
+    sgd.eval({pr.p0, pr.p1});
+    sgd.eval({pr.p0, pr.p1});
+    CHECK(pr.p0 == before, "sgd: eval is a no-op");
+}
+
 }  // namespace
 
 int main() {
@@ -360,6 +384,7 @@ int main() {
     test_save_load();
     test_callbacks();
     test_groups_and_readback();
+    test_modes();
     std::printf("%d passed, %d failed\n", checks - failures, failures);
     return failures == 0 ? 0 : 1;
 }

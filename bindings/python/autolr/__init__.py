@@ -150,6 +150,21 @@ class _Handle:
                 result.setdefault(name.value.decode(), []).append(value.value)
         return result
 
+    # the two parameter views ---------------------------------------------------------------------
+    def _set_mode(self, params, n_tensors, mode):
+        """alr_set_mode on a C array of `n_tensors` parameter pointers (kept alive by the caller)."""
+        args = _ffi.AlrModeArgs()
+        args.struct_size = ctypes.sizeof(_ffi.AlrModeArgs)
+        args.mode = mode
+        args.n_tensors = n_tensors
+        args.params = params
+        _check(lib.alr_set_mode(self._handle, ctypes.byref(args)))
+
+    @property
+    def training(self):
+        """False while the parameters hold the evaluation view (schedule-free's x, after eval())."""
+        return self.telemetry().get("train_mode", [1.0])[0] != 0.0
+
     # checkpoints ------------------------------------------------------------------------------
     def state_dict(self):
         """The whole optimizer state as bytes (versioned, checksummed)."""
@@ -276,6 +291,17 @@ class Optimizer(_Handle):
     def report_loss(self, loss_after):
         """GI's second phase: the loss on the same batch after the last step moved the parameters."""
         _check(lib.alr_report_loss(self._handle, float(loss_after)))
+
+    def eval(self):
+        """Rewrites the parameters (the arrays this optimizer was created with) in place to the
+        evaluation view: schedule-free's average x. A no-op for the other algorithms. Raises
+        (ALR_WRONG_STATE) when already in eval mode; step() is refused until train()."""
+        self._set_mode(ctypes.cast(_ptr_array(self._params), _PtrArray), len(self._params), _ffi.ALR_MODE_EVAL)
+
+    def train(self):
+        """Rewrites the parameters back to the training view (schedule-free's y, where gradients
+        are taken). A no-op for the other algorithms; before the first step, always accepted."""
+        self._set_mode(ctypes.cast(_ptr_array(self._params), _PtrArray), len(self._params), _ffi.ALR_MODE_TRAIN)
 
 
 class CudaOptimizer(_Handle):

@@ -25,6 +25,10 @@ ALR_SCALE_SAMPLE = 0
 ALR_SCALE_MEAN = 1
 AlrSampleScale_NAMES = {0: 'ALR_SCALE_SAMPLE', 1: 'ALR_SCALE_MEAN'}
 
+ALR_MODE_TRAIN = 0
+ALR_MODE_EVAL = 1
+AlrMode_NAMES = {0: 'ALR_MODE_TRAIN', 1: 'ALR_MODE_EVAL'}
+
 AlrLossFn = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_void_p, ctypes.POINTER(ctypes.POINTER(ctypes.c_float)), ctypes.c_size_t, ctypes.POINTER(ctypes.c_double))
 AlrGradFn = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_void_p, ctypes.POINTER(ctypes.POINTER(ctypes.c_float)), ctypes.POINTER(ctypes.POINTER(ctypes.c_float)), ctypes.c_size_t)
 
@@ -56,6 +60,14 @@ class AlrStepArgs(ctypes.Structure):
         ('loss_fn', AlrLossFn),
         ('grad_fn', AlrGradFn),
         ('user_data', ctypes.c_void_p),
+    ]
+
+class AlrModeArgs(ctypes.Structure):
+    _fields_ = [
+        ('struct_size', ctypes.c_size_t),
+        ('mode', ctypes.c_int32),
+        ('n_tensors', ctypes.c_size_t),
+        ('params', ctypes.POINTER(ctypes.POINTER(ctypes.c_float))),
     ]
 
 class AlrDLDevice(ctypes.Structure):
@@ -127,6 +139,8 @@ def declare(lib):
     lib.alr_get_option.restype = ctypes.c_int
     lib.alr_step.argtypes = [ctypes.c_void_p, ctypes.POINTER(AlrStepArgs)]
     lib.alr_step.restype = ctypes.c_int
+    lib.alr_set_mode.argtypes = [ctypes.c_void_p, ctypes.POINTER(AlrModeArgs)]
+    lib.alr_set_mode.restype = ctypes.c_int
     lib.alr_report_loss.argtypes = [ctypes.c_void_p, ctypes.c_double]
     lib.alr_report_loss.restype = ctypes.c_int
     lib.alr_n_groups.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_size_t)]
@@ -151,4 +165,4 @@ def declare(lib):
     lib.alr_step_dlpack.restype = ctypes.c_int
     return lib
 
-FUNCTIONS = ['alr_version', 'alr_abi_version', 'alr_last_error', 'alr_status_name', 'alr_algorithms', 'alr_create', 'alr_destroy', 'alr_set_option', 'alr_set_group_option', 'alr_set_option_str', 'alr_get_option', 'alr_step', 'alr_report_loss', 'alr_n_groups', 'alr_get_lr', 'alr_get_momentum', 'alr_telemetry_count', 'alr_telemetry_entry', 'alr_save_size', 'alr_save', 'alr_load', 'alr_selftest_panic', 'alr_step_dlpack']
+FUNCTIONS = ['alr_version', 'alr_abi_version', 'alr_last_error', 'alr_status_name', 'alr_algorithms', 'alr_create', 'alr_destroy', 'alr_set_option', 'alr_set_group_option', 'alr_set_option_str', 'alr_get_option', 'alr_step', 'alr_set_mode', 'alr_report_loss', 'alr_n_groups', 'alr_get_lr', 'alr_get_momentum', 'alr_telemetry_count', 'alr_telemetry_entry', 'alr_save_size', 'alr_save', 'alr_load', 'alr_selftest_panic', 'alr_step_dlpack']

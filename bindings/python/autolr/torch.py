@@ -56,8 +56,11 @@ from . import Optimizer as _Core
 
 __all__ = [
     "AutoLR", "SGD", "Momentum", "Adam", "AdamW", "Adagrad", "RMSprop", "AutoSGD", "AutoAdam",
-    "AutoAdagrad", "GI", "TLR", "VSGD", "SumGradSquared",
+    "AutoAdagrad", "GI", "TLR", "VSGD", "ScheduleFree", "SGDScheduleFree", "AdamWScheduleFree", "SumGradSquared",
 ]
+
+# The algorithms with two parameter views (train: y, eval: x).
+_SCHEDULE_FREE = ("schedule-free", "sf-adamw", "sf-sgd")
 
 
 def _describe(i, p):
@@ -440,6 +443,25 @@ class AutoLR(torch.optim.Optimizer):
         """GI's second phase when step() had no closure: the loss on the same batch after the move."""
         self._core.report_loss(float(loss_after))
 
+    # the two parameter views (schedule-free) ------------------------------------------------------
+    def eval(self):
+        """As schedulefree's ``optimizer.eval()``: the parameters become x, the average to
+        evaluate (and to save); step() is refused until train(). A repeated call does nothing (as
+        the reference's), and so does the call for every algorithm but schedule-free's."""
+        self._set_mode(False)
+
+    def train(self):
+        """As schedulefree's ``optimizer.train()``: the parameters become y again, where the
+        gradients are taken. A repeated call does nothing."""
+        self._set_mode(True)
+
+    def _set_mode(self, train):
+        if self.algorithm not in _SCHEDULE_FREE or self._core.training == train:
+            return
+        self._check_storage()
+        mode = 0 if train else 1  # ALR_MODE_TRAIN, ALR_MODE_EVAL
+        self._core._set_mode(self._pointer_array(self._views_as_tensors, "params", cache="params"), len(self._tensors), mode)
+
     # read-back ------------------------------------------------------------------------------------
     @property
     def lr(self):
@@ -578,6 +600,30 @@ class VSGD(AutoLR):
 _CONVS = (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)
 _BATCHNORMS = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d)
 _CLOSED_FORM = (torch.nn.Linear, torch.nn.Embedding, torch.nn.LayerNorm, torch.nn.GroupNorm) + _CONVS + _BATCHNORMS
+
+
+class ScheduleFree(AutoLR):
+    """Schedule-free over any other algorithm (``base``, default ``"adamw"``): call ``train()``
+    before training and ``eval()`` before evaluating or saving, as with ``schedulefree``."""
+
+    def __init__(self, params, base="adamw", **options):
+        super().__init__(params, "schedule-free", base=base, **options)
+
+
+class AdamWScheduleFree(AutoLR):
+    """``schedulefree.AdamWScheduleFree``: ``lr`` 0.0025, ``beta1`` 0.9 (the interpolation),
+    ``beta2`` 0.999, ``eps``, ``weight_decay`` (at y), ``warmup_steps``, ``r``, ``weight_lr_power``."""
+
+    def __init__(self, params, lr=0.0025, **options):
+        super().__init__(params, "sf-adamw", lr=lr, **options)
+
+
+class SGDScheduleFree(AutoLR):
+    """``schedulefree.SGDScheduleFree``: ``lr`` 1.0, ``momentum`` 0.9 (the interpolation),
+    ``weight_decay`` (at y), ``warmup_steps``, ``r``, ``weight_lr_power``."""
+
+    def __init__(self, params, lr=1.0, **options):
+        super().__init__(params, "sf-sgd", lr=lr, **options)
 
 
 class SumGradSquared:

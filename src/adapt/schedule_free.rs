@@ -1,0 +1,678 @@
+//! Schedule-free (Defazio et al. 2024; docs/algorithms.md §6), as the authors' `schedulefree`
+//! 1.4.1 (`AdamWScheduleFree`, `SGDScheduleFree`) defines it, over any other algorithm of the
+//! library (the *base*).
+//!
+//! Three sequences: the gradient is taken at `y = (1−β) z + β x` (the caller's parameters while
+//! training), `z` is stepped by the base, and `x` (the caller's parameters for evaluation) is
+//! the average of the `z`s with weights `c_{t+1} = w_t / Σ w`, `w_t = (t+1)^r · lr_max^p`. Per
+//! step and group, in the reference's order:
+//!
+//! ```text
+//! lr = lr · min((k+1)/warmup_steps, 1),  lr_max = max(lr, lr_max),  w = (k+1)^r lr_max^p,
+//! Σw += w,  c = w / Σw (0 when Σw = 0)
+//! z' = z − lr·λ·y − s                  s: the base's displacement, at the gradient g(y), on z
+//! y' = lerp(y, z, c) + (β(1−c) − 1)·(z − z')
+//! ```
+//!
+//! which is the reference's `y.lerp_(z, c); y.add_(g', α = lr(β(1−c)−1)); z.sub_(g', α = lr)`
+//! with `lr·g' = lr·λ·y + s`. Over `adamw`/`adam` the base runs without its first moment
+//! (β1 = 0: `AdamWScheduleFree` is Adam without momentum, β is its `betas[0]`), so
+//! `s = lr·g/(√v̂ + ε)`; over `sgd`, `s = lr·g`. A fixed-rate base takes schedule-free's
+//! (scheduled) `lr` as its own; an automatic base keeps its own rate, scaled by `lr` (a factor,
+//! 1 by default) times the warmup. The base's own weight decay (`base_weight_decay`) acts at z,
+//! schedule-free's (`weight_decay`) at y, as the reference's wrapper documents.
+//!
+//! The per-step scalars live in one f64 record per group advanced by a solve (on a GPU, in
+//! device memory); `z` and a scratch copy of the previous `z` (so that `z − z'` is exactly the
+//! displacement applied) are one float each per element, besides the base's state.
+//!
+//! The two parameter views: `set_mode` swaps the caller's buffers between y (training) and
+//! x (evaluation) in place, `x = lerp(y, z, 1 − 1/β)` and `y = lerp(x, z, 1 − β)`, as the
+//! reference's `eval()`/`train()`.
+
+use crate::algorithm::{Accepts, Algorithm, Context};
+use crate::backend::{Device, DotRule, ElementRule, KernelRule, Record, SolveRule, TensorMut};
+use crate::base::WEIGHT_DECAY;
+use crate::checkpoint::{Reader, Writer};
+use crate::error::{Error, Result};
+use crate::optimizer::{Callbacks, Layout, StepInputs};
+use crate::options::{OptionSpec, Options};
+use crate::registry;
+
+/// The names: the wrapper and its two aliases.
+pub fn is_schedule_free(name: &str) -> bool {
+    matches!(name, "schedule-free" | "sf-adamw" | "sf-sgd")
+}
+
+/// The base an alias fixes.
+pub fn fixed_base(name: &str) -> Option<&'static str> {
+    match name {
+        "sf-adamw" => Some("adamw"),
+        "sf-sgd" => Some("sgd"),
+        _ => None,
+    }
+}
+
+/// `schedule-free`'s base when none is set: adamw, so that it is `AdamWScheduleFree` (the
+/// reference's flagship and the AlgoPerf entry).
+pub const DEFAULT_BASE: &str = "adamw";
+
+/// The interpolation β's option name: `AdamWScheduleFree`'s `betas[0]` over adam/adamw (whose
+/// own β1 it replaces), else `SGDScheduleFree`'s `momentum`.
+pub fn beta_name(base: &str) -> &'static str {
+    if matches!(base, "adam" | "adamw") {
+        "beta1"
+    } else {
+        "momentum"
+    }
+}
+
+/// How a base option appears in schedule-free's table (`None`: schedule-free sets it).
+fn renamed(base: &str, name: &'static str) -> Option<&'static str> {
+    match name {
+        "lr" if registry::is_fixed_rate(base) => None,
+        "lr" => Some("base_lr"),
+        "beta1" if matches!(base, "adam" | "adamw") => None,
+        "momentum" => Some("base_momentum"),
+        "weight_decay" => Some("base_weight_decay"),
+        other => Some(other),
+    }
+}
+
+fn check_base(base: &str) -> Result<()> {
+    if base == "gi" || is_schedule_free(base) {
+        return Err(Error::invalid(format!("schedule-free cannot wrap '{base}': its base must be a fixed-rate rule, auto-*, vsgd-* or tlr")));
+    }
+    Ok(())
+}
+
+/// The options of schedule-free over `base` (the base of an alias is its own).
+pub fn specs(name: &str, base: &str) -> Result<Vec<OptionSpec>> {
+    let base = fixed_base(name).unwrap_or(base);
+    check_base(base)?;
+    let base_specs = registry::specs(base, "")?;
+    let lr = if registry::is_fixed_rate(base) {
+        // The references' defaults over adamw and sgd; the base's own over another rule.
+        let own = base_specs.iter().find(|s| s.name == "lr").map_or(1e-3, |s| s.default);
+        let lr = match base {
+            "adam" | "adamw" => 0.0025,
+            "sgd" => 1.0,
+            _ => own,
+        };
+        OptionSpec::non_negative("lr", lr)
+    } else {
+        // A factor on an automatic base's own step, one for all groups (as the warmup).
+        OptionSpec::non_negative("lr", 1.0).global()
+    };
+    let mut specs = vec![
+        lr,
+        OptionSpec { lo_open: true, ..OptionSpec::fraction(beta_name(base), 0.9) },
+        WEIGHT_DECAY,
+        OptionSpec::integer("warmup_steps", 0.0, 0.0, 1e15).global(),
+        OptionSpec::non_negative("r", 0.0),
+        OptionSpec::non_negative("weight_lr_power", 2.0),
+    ];
+    for spec in base_specs {
+        if let Some(name) = renamed(base, spec.name) {
+            specs.push(OptionSpec { name, ..spec });
+        }
+    }
+    Ok(specs)
+}
+
+/// The base's own option table, read from schedule-free's; a fixed-rate base's `lr` per group
+/// is `lrs[g]` (the scheduled rate of this step).
+fn base_options(base: &str, options: &Options, lrs: &[f64]) -> Result<Options> {
+    let mut view = Options::new(registry::specs(base, "")?, options.n_groups());
+    for spec in view.specs().to_vec() {
+        match renamed(base, spec.name) {
+            None if spec.name == "lr" => {
+                for (group, &lr) in lrs.iter().enumerate() {
+                    view.set(base, "lr", Some(group), lr)?;
+                }
+            }
+            None => view.set(base, spec.name, None, 0.0)?,
+            Some(source) if spec.per_group => {
+                for group in 0..options.n_groups() {
+                    view.set(base, spec.name, Some(group), options.get(group, source))?;
+                }
+            }
+            Some(source) => view.set(base, spec.name, None, options.get(0, source))?,
+        }
+    }
+    Ok(view)
+}
+
+/// `lr · min((k+1)/warmup_steps, 1)` (the reference's `sched`).
+fn scheduled(lr: f64, k: u64, warmup_steps: f64) -> f64 {
+    let k = k as f64;
+    let sched = if k < warmup_steps { (k + 1.0) / warmup_steps } else { 1.0 };
+    lr * sched
+}
+
+/// One group's averaging scalars (`#[repr(C)]`: what a solve kernel would update on a GPU).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Average {
+    /// Steps taken (the reference's `k`).
+    pub k: u64,
+    /// The scheduled learning rate of the last step.
+    pub lr: f64,
+    /// The largest scheduled rate so far (−1 before the first step).
+    pub lr_max: f64,
+    /// The last step's weight `(k+1)^r · lr_max^p` and their sum.
+    pub weight: f64,
+    pub weight_sum: f64,
+    /// `weight / weight_sum`: x's averaging weight of the last step.
+    pub ckp1: f64,
+}
+
+impl Default for Average {
+    fn default() -> Self {
+        Average { k: 0, lr: 0.0, lr_max: -1.0, weight: 0.0, weight_sum: 0.0, ckp1: 0.0 }
+    }
+}
+
+impl Record for Average {}
+
+/// A group's options the solve reads.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct AverageOptions {
+    pub lr: f64,
+    pub warmup_steps: f64,
+    pub r: f64,
+    pub weight_lr_power: f64,
+}
+
+impl Record for AverageOptions {}
+
+impl Average {
+    /// One step of the reference's per-group scalars, in its order.
+    pub fn advance(&mut self, o: &AverageOptions) {
+        let lr = scheduled(o.lr, self.k, o.warmup_steps);
+        // Python's max(lr, lr_max): lr unless lr_max is larger.
+        self.lr_max = if self.lr_max > lr { self.lr_max } else { lr };
+        self.weight = ((self.k + 1) as f64).powf(o.r) * self.lr_max.powf(o.weight_lr_power);
+        self.weight_sum += self.weight;
+        // The reference catches ZeroDivisionError (lr = 0 so far) with c = 0.
+        self.ckp1 = if self.weight_sum == 0.0 { 0.0 } else { self.weight / self.weight_sum };
+        self.lr = lr;
+        self.k += 1;
+    }
+}
+
+/// Every group's scalars, one step on.
+pub struct Advance;
+
+impl SolveRule for Advance {
+    type Record = Average;
+    type Coeffs = AverageOptions;
+    type Params = ();
+    const KERNEL: &'static str = "alr_sf_advance";
+    const REQUIRE_FINITE: bool = false;
+    fn solve(_: &(), o: &AverageOptions, _sums: &[f64; 4], a: &mut Average) {
+        a.advance(o);
+    }
+}
+
+/// torch's `lerp(a, b, w)` (its scalar formula, no FMA).
+#[inline(always)]
+fn lerp(a: f32, b: f32, w: f32) -> f32 {
+    if w.abs() < 0.5 {
+        a + w * (b - a)
+    } else {
+        b - (b - a) * (1.0 - w)
+    }
+}
+
+/// The first step: `z ← y` (the reference's clone of the parameters). Param y, state z.
+pub struct InitZ;
+
+impl KernelRule for InitZ {
+    type State = f32;
+    type Coeffs = ();
+    type Record = ();
+    type Prepared = ();
+    const KERNEL: &'static str = "alr_sf_init_z";
+    fn prepare(_: &(), _: &()) {}
+}
+
+impl DotRule for InitZ {
+    #[inline(always)]
+    fn dot(_: &(), _g: f32, y: f32, z: &mut f32) -> [f64; 2] {
+        *z = y;
+        [0.0, 0.0]
+    }
+}
+
+/// `w ← z`, then `z ← z − lr·λ·y` (weight decay at y). Param z, "gradient" y, state w (z
+/// before the step). Coefficient: λ of the group.
+pub struct DecayAtY;
+
+impl KernelRule for DecayAtY {
+    type State = f32;
+    type Coeffs = f64;
+    type Record = Average;
+    /// lr·λ
+    type Prepared = f32;
+    const KERNEL: &'static str = "alr_sf_decay_at_y";
+    fn prepare(lambda: &f64, a: &Average) -> f32 {
+        (a.lr * lambda) as f32
+    }
+}
+
+impl ElementRule for DecayAtY {
+    #[inline(always)]
+    fn advance(decay: &f32, y: f32, z: f32, previous: &mut f32) -> f32 {
+        *previous = z;
+        Self::delta(decay, y, z, previous)
+    }
+    #[inline(always)]
+    fn delta(decay: &f32, y: f32, _z: f32, _previous: &f32) -> f32 {
+        // No decay leaves z's bits alone (the reference skips the term).
+        if *decay == 0.0 {
+            0.0
+        } else {
+            decay * y
+        }
+    }
+}
+
+/// y's coefficients of one step: x's weight c and `β(1−c) − 1`.
+#[derive(Clone, Copy)]
+pub struct Interpolation {
+    c: f32,
+    b: f32,
+}
+
+/// `y ← lerp(y, z, c) + (β(1−c) − 1)·(z − z')`. Param y, "gradient" z', state z (before the
+/// step). Coefficient: β of the group.
+pub struct Interpolate;
+
+impl KernelRule for Interpolate {
+    type State = f32;
+    type Coeffs = f64;
+    type Record = Average;
+    type Prepared = Interpolation;
+    const KERNEL: &'static str = "alr_sf_interpolate";
+    fn prepare(beta: &f64, a: &Average) -> Interpolation {
+        Interpolation { c: a.ckp1 as f32, b: (beta * (1.0 - a.ckp1) - 1.0) as f32 }
+    }
+}
+
+impl ElementRule for Interpolate {
+    const ASSIGNS: bool = true;
+    #[inline(always)]
+    fn next(p: &Interpolation, z_new: f32, y: f32, z: &mut f32) -> f32 {
+        lerp(y, *z, p.c) + p.b * (*z - z_new)
+    }
+    #[inline(always)]
+    fn advance(p: &Interpolation, z_new: f32, y: f32, z: &mut f32) -> f32 {
+        y - Self::next(p, z_new, y, z)
+    }
+    #[inline(always)]
+    fn delta(p: &Interpolation, z_new: f32, y: f32, z: &f32) -> f32 {
+        y - Self::next(p, z_new, y, &mut { *z })
+    }
+}
+
+/// `θ ← lerp(θ, z, w)`: to x (`w = 1 − 1/β`) or back to y (`w = 1 − β`). Param θ,
+/// "gradient" z, no state. Coefficient: w.
+pub struct Swap;
+
+impl KernelRule for Swap {
+    type State = ();
+    type Coeffs = f32;
+    type Record = ();
+    type Prepared = f32;
+    const KERNEL: &'static str = "alr_sf_swap";
+    fn prepare(w: &f32, _: &()) -> f32 {
+        *w
+    }
+}
+
+impl ElementRule for Swap {
+    const ASSIGNS: bool = true;
+    #[inline(always)]
+    fn next(w: &f32, z: f32, theta: f32, _: &mut ()) -> f32 {
+        lerp(theta, z, *w)
+    }
+    #[inline(always)]
+    fn advance(w: &f32, z: f32, theta: f32, st: &mut ()) -> f32 {
+        theta - Self::next(w, z, theta, st)
+    }
+    #[inline(always)]
+    fn delta(w: &f32, z: f32, theta: f32, _: &()) -> f32 {
+        theta - lerp(theta, z, *w)
+    }
+}
+
+pub struct ScheduleFree<D: Device> {
+    name: &'static str,
+    base_name: String,
+    base: Box<dyn Algorithm>,
+    device: D,
+    z: Vec<D::State<f32>>,
+    /// z before the step being taken (scratch: rewritten before every use, not saved).
+    previous: Vec<D::State<f32>>,
+    units: Vec<D::State<()>>,
+    averages: D::Records<Average>,
+    average_options: D::Records<AverageOptions>,
+    sums: D::Sums,
+    no_record: D::Records<()>,
+    /// Steps taken (every group steps together: each record's `k`).
+    steps: u64,
+    /// The caller's parameters are y (true) or x.
+    train: bool,
+}
+
+impl<D: Device> ScheduleFree<D> {
+    pub fn new(name: &str, base_name: &str, base: Box<dyn Algorithm>, device: &D, layout: &Layout) -> Result<Self> {
+        let name = registry::ALGORITHMS.iter().copied().find(|&n| n == name).ok_or_else(|| Error::invalid(format!("unknown algorithm '{name}'")))?;
+        check_base(base_name)?;
+        let lens = &layout.lens;
+        let n_groups = layout.n_groups();
+        Ok(ScheduleFree {
+            name,
+            base_name: base_name.to_string(),
+            base,
+            z: device.alloc_per_tensor(lens)?,
+            previous: device.alloc_per_tensor(lens)?,
+            units: device.alloc_per_tensor(lens)?,
+            averages: device.records(&vec![Average::default(); n_groups])?,
+            average_options: device.records(&vec![AverageOptions::default(); n_groups])?,
+            sums: device.sums(lens, &layout.members)?,
+            no_record: device.records(&[()])?,
+            device: device.clone(),
+            steps: 0,
+            train: true,
+        })
+    }
+
+    fn fixed_rate(&self) -> bool {
+        registry::is_fixed_rate(&self.base_name)
+    }
+
+    /// The base's options for the step after `k` steps.
+    fn base_options(&self, options: &Options, k: u64) -> Result<Options> {
+        let warmup = options.get(0, "warmup_steps");
+        let lrs: Vec<f64> = (0..options.n_groups()).map(|g| scheduled(options.get(g, "lr"), k, warmup)).collect();
+        base_options(&self.base_name, options, &lrs)
+    }
+
+    fn average_options(&self, options: &Options) -> Vec<AverageOptions> {
+        (0..options.n_groups())
+            .map(|g| AverageOptions {
+                lr: options.get(g, "lr"),
+                warmup_steps: options.get(0, "warmup_steps"),
+                r: options.get(g, "r"),
+                weight_lr_power: options.get(g, "weight_lr_power"),
+            })
+            .collect()
+    }
+
+    fn average(&self, group: usize) -> Result<Average> {
+        Ok(self.device.read_records(&self.averages)?[group])
+    }
+}
+
+impl<D: Device> Algorithm for ScheduleFree<D> {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn accepts(&self, ctx: &Context) -> Accepts {
+        let base = match self.base_options(ctx.options, self.steps) {
+            Ok(options) => self.base.accepts(&Context { layout: ctx.layout, options: &options }),
+            Err(_) => Accepts::default(),
+        };
+        // Callbacks would evaluate the model at the base's point z, not at y. The inputs are
+        // checked before the step, even for a base that checks its own: schedule-free's passes
+        // before the base's would change z and the averages first.
+        Accepts { loss: false, loss_fn: false, grad_fn: false, checks_own_inputs: false, ..base }
+    }
+
+    fn check(&self, ctx: &Context, inputs: &StepInputs, callbacks: &Callbacks) -> Result<()> {
+        if !self.train {
+            return Err(Error::wrong_state(format!(
+                "'{}' is in eval mode (the parameters hold x): switch back with alr_set_mode(ALR_MODE_TRAIN) (Python and torch: opt.train()) before a step",
+                self.name
+            )));
+        }
+        let options = self.base_options(ctx.options, self.steps)?;
+        self.base.check(&Context { layout: ctx.layout, options: &options }, inputs, callbacks)
+    }
+
+    fn propose(&mut self, _ctx: &Context, _params: &[TensorMut], _inputs: &StepInputs, _cb: &mut Callbacks) -> Result<f64> {
+        // GI over schedule-free is refused when the optimizer is built; nothing calls this.
+        Err(Error::unsupported("schedule-free cannot be wrapped: its step moves y, z and x, not one displacement a wrapper could scale"))
+    }
+
+    fn apply(&self, _ctx: &Context, _params: &mut [TensorMut], _inputs: &StepInputs, _scale: f32) -> Result<()> {
+        Err(Error::unsupported("schedule-free cannot be wrapped: its step moves y, z and x, not one displacement a wrapper could scale"))
+    }
+
+    fn step(&mut self, ctx: &Context, params: &mut [TensorMut], inputs: &StepInputs, callbacks: &mut Callbacks) -> Result<()> {
+        let o = ctx.options;
+        let layout = ctx.layout;
+        let base_opts = self.base_options(o, self.steps)?;
+        let base_ctx = Context { layout, options: &base_opts };
+        let beta_name = beta_name(&self.base_name);
+        let fixed_rate = self.fixed_rate();
+        let scale = scheduled(o.get(0, "lr"), self.steps, o.get(0, "warmup_steps")) as f32;
+        let ScheduleFree { device, base, z, previous, averages, average_options, sums, no_record, steps, .. } = self;
+        if *steps == 0 {
+            for (t, z) in z.iter_mut().enumerate() {
+                device.dots::<InitZ>(&(), no_record, 0, &params[t].view(), &inputs.grads[t], z, sums, t)?;
+            }
+        }
+        device.solve::<Advance>(&(), average_options, averages, sums)?;
+        for (t, (z, previous)) in z.iter_mut().zip(previous.iter_mut()).enumerate() {
+            let group = layout.groups[t];
+            let mut z = device.state_view(z);
+            device.update::<DecayAtY>(&o.get(group, "weight_decay"), averages, group, &mut z, &params[t].view(), previous)?;
+        }
+        {
+            let mut zs: Vec<TensorMut> = z.iter_mut().map(|z| device.state_view(z)).collect();
+            if fixed_rate {
+                base.step(&base_ctx, &mut zs, inputs, callbacks)?;
+            } else {
+                base.propose(&base_ctx, &zs, inputs, callbacks)?;
+                base.apply(&base_ctx, &mut zs, inputs, scale)?;
+            }
+        }
+        for (t, (z, previous)) in z.iter_mut().zip(previous.iter_mut()).enumerate() {
+            let group = layout.groups[t];
+            let z = device.state_view(z);
+            device.update::<Interpolate>(&o.get(group, beta_name), averages, group, &mut params[t], &z.view(), previous)?;
+        }
+        *steps += 1;
+        Ok(())
+    }
+
+    fn set_mode(&mut self, ctx: &Context, params: &mut [TensorMut], train: bool) -> Result<()> {
+        if train == self.train {
+            // The reference's protocol calls train() before the first step; that one is fine.
+            if train && self.steps == 0 {
+                return Ok(());
+            }
+            let (mode, call) = if train { ("train", "ALR_MODE_TRAIN") } else { ("eval", "ALR_MODE_EVAL") };
+            return Err(Error::wrong_state(format!(
+                "'{}' is already in {mode} mode: {call} twice would move the parameters away from both y and x",
+                self.name
+            )));
+        }
+        if self.steps > 0 {
+            let beta_name = beta_name(&self.base_name);
+            let ScheduleFree { device, z, units, no_record, .. } = self;
+            for (t, (z, unit)) in z.iter_mut().zip(units.iter_mut()).enumerate() {
+                let beta = ctx.options.get(ctx.layout.groups[t], beta_name);
+                let w = (if train { 1.0 - beta } else { 1.0 - 1.0 / beta }) as f32;
+                let z = device.state_view(z);
+                device.update::<Swap>(&w, no_record, 0, &mut params[t], &z.view(), unit)?;
+            }
+        }
+        self.train = train;
+        Ok(())
+    }
+
+    fn options_changed(&mut self, ctx: &Context) -> Result<()> {
+        let values = self.average_options(ctx.options);
+        self.device.write_records(&mut self.average_options, &values)?;
+        let options = self.base_options(ctx.options, self.steps)?;
+        self.base.options_changed(&Context { layout: ctx.layout, options: &options })
+    }
+
+    fn discard_steps(&mut self, n: u64) {
+        self.steps = self.steps.saturating_sub(n);
+        self.base.discard_steps(n);
+    }
+
+    fn lr(&self, ctx: &Context, group: usize) -> Result<f64> {
+        let lr = if self.steps == 0 { ctx.options.get(group, "lr") } else { self.average(group)?.lr };
+        if self.fixed_rate() {
+            return Ok(lr);
+        }
+        let options = self.base_options(ctx.options, self.steps)?;
+        Ok(lr * self.base.lr(&Context { layout: ctx.layout, options: &options }, group)?)
+    }
+
+    fn momentum(&self, ctx: &Context, group: usize) -> Result<f64> {
+        Ok(ctx.options.get(group, beta_name(&self.base_name)))
+    }
+
+    fn telemetry(&self, ctx: &Context, group: usize) -> Result<Vec<(&'static str, f64)>> {
+        let a = self.average(group)?;
+        let mut entries = vec![
+            ("ckp1", a.ckp1),
+            ("sf_lr", a.lr),
+            ("weight", a.weight),
+            ("weight_sum", a.weight_sum),
+            ("lr_max", a.lr_max),
+            ("train_mode", if self.train { 1.0 } else { 0.0 }),
+        ];
+        let options = self.base_options(ctx.options, self.steps)?;
+        entries.extend(self.base.telemetry(&Context { layout: ctx.layout, options: &options }, group)?);
+        Ok(entries)
+    }
+
+    fn started(&self) -> Result<bool> {
+        Ok(self.steps > 0 || self.base.started()?)
+    }
+
+    fn save(&self, w: &mut Writer) -> Result<()> {
+        let averages = self.device.read_records(&self.averages)?;
+        w.u32(u32::from(self.train));
+        w.counts(&averages.iter().map(|a| a.k).collect::<Vec<_>>());
+        let fields: [fn(&Average) -> f64; 5] = [|a| a.lr, |a| a.lr_max, |a| a.weight, |a| a.weight_sum, |a| a.ckp1];
+        for field in fields {
+            w.f64s(&averages.iter().map(field).collect::<Vec<_>>());
+        }
+        if self.steps > 0 {
+            for z in &self.z {
+                self.device.with_state(z, |z| w.elem_states(z))?;
+            }
+        }
+        w.str(self.base.name());
+        self.base.save(w)
+    }
+
+    fn load(&mut self, ctx: &Context, r: &mut Reader) -> Result<()> {
+        let train = match r.u32()? {
+            0 => false,
+            1 => true,
+            other => return Err(Error::checkpoint(format!("checkpoint schedule-free mode is {other}; it is 0 (eval) or 1 (train) (corrupted?)"))),
+        };
+        let n_groups = ctx.layout.n_groups();
+        let ks = r.counts_exact(n_groups, "schedule-free step counts")?;
+        let steps = ks[0];
+        if let Some(g) = ks.iter().position(|&k| k != steps) {
+            return Err(Error::checkpoint(format!(
+                "checkpoint schedule-free group {g} took {} steps, group 0 {steps}: every group steps together (corrupted?)",
+                ks[g]
+            )));
+        }
+        let mut read = |what: &str, possible: fn(f64) -> bool, rule: &str| -> Result<Vec<f64>> {
+            let v = r.f64s_exact(n_groups, &format!("schedule-free {what}"))?;
+            crate::checkpoint::check_values(&v, &format!("schedule-free {what}"), possible, rule)?;
+            Ok(v)
+        };
+        let lr = read("lr", |v| v.is_finite() && v >= 0.0, "a rate is finite and ≥ 0")?;
+        let lr_max = read("lr_max", |v| v.is_finite() && v >= -1.0, "it is −1 before the first step, then a rate ≥ 0")?;
+        let weight = read("weight", |v| v.is_finite() && v >= 0.0, "a weight is finite and ≥ 0")?;
+        let weight_sum = read("weight_sum", |v| v.is_finite() && v >= 0.0, "a sum of weights is finite and ≥ 0")?;
+        let ckp1 = read("ckp1", |v| (0.0..=1.0).contains(&v), "an averaging weight is in [0, 1]")?;
+        let averages: Vec<Average> =
+            (0..n_groups).map(|g| Average { k: steps, lr: lr[g], lr_max: lr_max[g], weight: weight[g], weight_sum: weight_sum[g], ckp1: ckp1[g] }).collect();
+        for (g, a) in averages.iter().enumerate() {
+            let fresh = Average::default();
+            if (steps == 0 && *a != fresh) || (steps > 0 && (a.lr_max < 0.0 || a.weight > a.weight_sum)) {
+                return Err(Error::checkpoint(format!("checkpoint schedule-free group {g} scalars {a:?} are impossible after {steps} steps (corrupted?)")));
+            }
+        }
+        let mut zs = Vec::new();
+        if steps > 0 {
+            for (t, &len) in ctx.layout.lens.iter().enumerate() {
+                let what = format!("schedule-free z of tensor {t}");
+                let z = r.f32s_exact(len, &what)?;
+                crate::checkpoint::check_values(&z, &what, f32::is_finite, "it is finite")?;
+                zs.push(z);
+            }
+        }
+        r.expect_name(self.base.name())?;
+        let options = self.base_options(ctx.options, steps)?;
+        self.base.load(&Context { layout: ctx.layout, options: &options }, r)?;
+        for (buffer, values) in self.z.iter_mut().zip(&zs) {
+            self.device.write_state(buffer, values)?;
+        }
+        self.device.write_records(&mut self.averages, &averages)?;
+        let values = self.average_options(ctx.options);
+        self.device.write_records(&mut self.average_options, &values)?;
+        (self.steps, self.train) = (steps, train);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_option_name_is_taken_twice() {
+        for &base in registry::ALGORITHMS.iter().filter(|&&b| b != "gi" && !is_schedule_free(b)) {
+            let specs = specs("schedule-free", base).unwrap();
+            for (i, s) in specs.iter().enumerate() {
+                assert!(specs[..i].iter().all(|o| o.name != s.name), "over {base}: option '{}' twice", s.name);
+            }
+        }
+        assert!(specs("schedule-free", "gi").is_err());
+        assert!(specs("schedule-free", "sf-sgd").is_err());
+    }
+
+    #[test]
+    fn the_scalars_follow_the_reference() {
+        // warmup 3, r = 0.5, p = 2: by hand from the reference's formulas.
+        let o = AverageOptions { lr: 0.3, warmup_steps: 3.0, r: 0.5, weight_lr_power: 2.0 };
+        let mut a = Average::default();
+        let mut sum = 0.0;
+        for k in 0..6u64 {
+            a.advance(&o);
+            let lr = 0.3 * if k < 3 { (k + 1) as f64 / 3.0 } else { 1.0 };
+            let w = ((k + 1) as f64).powf(0.5) * lr.powf(2.0);
+            sum += w;
+            assert_eq!((a.k, a.lr, a.lr_max, a.weight, a.weight_sum, a.ckp1), (k + 1, lr, lr, w, sum, w / sum));
+        }
+        // lr = 0: the reference's ZeroDivisionError gives c = 0.
+        let mut a = Average::default();
+        a.advance(&AverageOptions { lr: 0.0, ..o });
+        assert_eq!((a.ckp1, a.weight_sum), (0.0, 0.0));
+    }
+
+    #[test]
+    fn lerp_is_torchs() {
+        assert_eq!(lerp(1.0, 3.0, 0.25), 1.5);
+        assert_eq!(lerp(1.0, 3.0, 1.0), 3.0);
+        assert_eq!(lerp(2.0, -4.0, -1.0 / 9.0), 2.0 + (-1.0f32 / 9.0) * -6.0);
+    }
+}

@@ -212,7 +212,7 @@ impl Optimizer {
     pub fn on(device: DeviceSpec, algorithm: &str, lens: &[usize], groups: Option<&[usize]>) -> Result<Self> {
         let layout = Layout::new(lens, groups)?;
         let base = registry::default_base(algorithm).to_string();
-        let options = Options::new(registry::specs(algorithm, &base)?, layout.n_groups());
+        let options = Options::new(registry::specs(algorithm, &base)?, layout.n_groups())?;
         registry::check_runs_on(device.kind(), algorithm)?;
         let device = device.open()?;
         let mut built = registry::build(algorithm, &base, &layout, &device, false)?;
@@ -282,7 +282,7 @@ impl Optimizer {
         if self.started {
             return Err(Error::wrong_state(format!("option '{name}' shapes the optimizer: set it before the first step")));
         }
-        let options = Options::new(registry::specs(&self.name, value)?, self.layout.n_groups());
+        let options = Options::new(registry::specs(&self.name, value)?, self.layout.n_groups())?;
         self.algorithm = self.build(value, &options)?;
         self.options = options;
         self.base = value.to_string();

@@ -99,9 +99,11 @@ pub struct Options {
 }
 
 impl Options {
-    pub fn new(specs: Vec<OptionSpec>, n_groups: usize) -> Self {
+    /// Every option at its default for `n_groups` groups (allocated fallibly: the group count is
+    /// the caller's).
+    pub fn new(specs: Vec<OptionSpec>, n_groups: usize) -> Result<Self> {
         let defaults: Vec<f64> = specs.iter().map(|s| s.default).collect();
-        Options { specs, values: vec![defaults; n_groups] }
+        Ok(Options { values: crate::backend::filled(n_groups, defaults)?, specs })
     }
 
     pub fn specs(&self) -> &[OptionSpec] {

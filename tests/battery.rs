@@ -162,7 +162,7 @@ fn propose_then_apply_is_the_fused_step() {
     let layout = Layout::new(&LENS, Some(&GROUPS)).unwrap();
     let device = AnyDevice::Cpu(Cpu);
     for &name in ALGORITHMS.iter().filter(|&&n| n != "gi" && !is_schedule_free(n)) {
-        let options = Options::new(registry::specs(name, "").unwrap(), layout.n_groups());
+        let options = Options::new(registry::specs(name, "").unwrap(), layout.n_groups()).unwrap();
         let ctx = Context { layout: &layout, options: &options };
         let build = || {
             let mut a: Box<dyn Algorithm> = registry::build(name, "", &layout, &device, false).unwrap();

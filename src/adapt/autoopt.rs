@@ -539,8 +539,8 @@ impl<P: Precond, D: Device> AutoOpt<P, D> {
         device.require(&[P::MOMENTS_KERNEL, P::UPDATE_KERNEL, Solve::KERNEL])?;
         Ok(AutoOpt {
             states: device.alloc_per_tensor(&layout.lens)?,
-            groups: device.records(&vec![GroupRecord::FRESH; layout.n_groups()])?,
-            options: device.records(&vec![GroupOptions::default(); layout.n_groups()])?,
+            groups: device.records(&crate::backend::filled(layout.n_groups(), GroupRecord::FRESH)?)?,
+            options: device.records(&crate::backend::filled(layout.n_groups(), GroupOptions::default())?)?,
             sums: device.sums(&layout.lens, &layout.members)?,
             device: device.clone(),
         })

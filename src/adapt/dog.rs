@@ -173,8 +173,8 @@ impl<D: Device> Dog<D> {
         device.require(&[Distance::KERNEL, Step::KERNEL, Solve::KERNEL])?;
         Ok(Dog {
             x0: device.alloc_per_tensor(&layout.lens)?,
-            groups: device.records(&vec![GroupRecord::default(); layout.n_groups()])?,
-            options: device.records(&vec![GroupOptions::default(); layout.n_groups()])?,
+            groups: device.records(&crate::backend::filled(layout.n_groups(), GroupRecord::default())?)?,
+            options: device.records(&crate::backend::filled(layout.n_groups(), GroupOptions::default())?)?,
             sums: device.sums(&layout.lens, &layout.members)?,
             device: device.clone(),
         })

@@ -58,7 +58,7 @@ pub fn specs(base: &str) -> Result<Vec<OptionSpec>> {
 
 /// The base's own option table, read from GI's (which holds every base option by name).
 fn base_options(base: &str, options: &Options) -> Result<Options> {
-    let mut view = Options::new(registry::specs(base, "")?, options.n_groups());
+    let mut view = Options::new(registry::specs(base, "")?, options.n_groups())?;
     for spec in view.specs().to_vec() {
         let source = match spec.name {
             "lr" if registry::is_fixed_rate(base) => continue,

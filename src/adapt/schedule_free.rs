@@ -123,7 +123,7 @@ pub fn specs(name: &str, base: &str) -> Result<Vec<OptionSpec>> {
 /// The base's own option table, read from schedule-free's; a fixed-rate base's `lr` per group
 /// is `lrs[g]` (the scheduled rate of this step).
 fn base_options(base: &str, options: &Options, lrs: &[f64]) -> Result<Options> {
-    let mut view = Options::new(registry::specs(base, "")?, options.n_groups());
+    let mut view = Options::new(registry::specs(base, "")?, options.n_groups())?;
     for spec in view.specs().to_vec() {
         match renamed(base, spec.name) {
             None if spec.name == "lr" => {
@@ -380,8 +380,8 @@ impl<D: Device> ScheduleFree<D> {
             z: device.alloc_per_tensor(lens)?,
             previous: device.alloc_per_tensor(lens)?,
             units: device.alloc_per_tensor(lens)?,
-            averages: device.records(&vec![Average::default(); n_groups])?,
-            average_options: device.records(&vec![AverageOptions::default(); n_groups])?,
+            averages: device.records(&crate::backend::filled(n_groups, Average::default())?)?,
+            average_options: device.records(&crate::backend::filled(n_groups, AverageOptions::default())?)?,
             sums: device.sums(lens, &layout.members)?,
             no_record: device.records(&[()])?,
             device: device.clone(),

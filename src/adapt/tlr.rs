@@ -748,7 +748,7 @@ mod tests {
 
     fn options(window: f64, momentum: f64) -> (Layout, Options) {
         let layout = Layout::new(&[5, 11], Some(&[0, 0])).unwrap();
-        let mut options = Options::new(specs(), layout.n_groups());
+        let mut options = Options::new(specs(), layout.n_groups()).unwrap();
         options.set("tlr", "window", None, window).unwrap();
         options.set("tlr", "momentum", None, momentum).unwrap();
         options.set("tlr", "weight_decay", None, 0.01).unwrap();

@@ -479,7 +479,7 @@ impl Vsgd {
                 let unit_tensors = if variant == Variant::Global { vec![(0..layout.n_tensors()).collect()] } else { layout.members.clone() };
                 State::Shared {
                     elems: cpu::filled_per_tensor(&layout.lens, SharedElem::default())?,
-                    units: vec![Unit::FRESH; unit_tensors.len()],
+                    units: crate::backend::filled(unit_tensors.len(), Unit::FRESH)?,
                     unit_tensors,
                 }
             }
@@ -798,7 +798,7 @@ mod tests {
 
     fn context_parts(name: &str, lens: &[usize], groups: &[usize]) -> (Layout, Options) {
         let layout = Layout::new(lens, Some(groups)).unwrap();
-        let options = Options::new(registry::specs(name, "").unwrap(), layout.n_groups());
+        let options = Options::new(registry::specs(name, "").unwrap(), layout.n_groups()).unwrap();
         (layout, options)
     }
 

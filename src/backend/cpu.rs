@@ -37,15 +37,7 @@ pub use super::ElemState;
 use super::{Deferred, Device, DotRule, ElementRule, Memory, MomentRule, Record, SampleTensor, SampleView, SolveRule, Tensor, TensorMut};
 use crate::error::{Error, Result};
 
-/// `n` copies of `value`, or an error — not a process abort — when the memory cannot be had.
-pub fn filled<T: Clone>(n: usize, value: T) -> crate::error::Result<Vec<T>> {
-    let mut v = Vec::new();
-    v.try_reserve_exact(n).map_err(|_| {
-        crate::error::Error::invalid(format!("cannot allocate the optimizer's state for a tensor of {n} elements ({} bytes each)", std::mem::size_of::<T>()))
-    })?;
-    v.resize(n, value);
-    Ok(v)
-}
+pub use super::filled;
 
 /// One `filled` vector per tensor.
 pub fn filled_per_tensor<T: Clone>(lens: &[usize], value: T) -> crate::error::Result<Vec<Vec<T>>> {

@@ -51,6 +51,17 @@ impl ElemState for [f32; 2] {
     }
 }
 
+/// `n` copies of `value`, or an error — not a process abort — when the memory cannot be had
+/// (every buffer sized by the caller's input is allocated through this or `try_reserve`).
+pub fn filled<T: Clone>(n: usize, value: T) -> Result<Vec<T>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(n).map_err(|_| {
+        Error::invalid(format!("cannot allocate {n} values of {} bytes: the tensors or groups are too many for this memory", std::mem::size_of::<T>()))
+    })?;
+    v.resize(n, value);
+    Ok(v)
+}
+
 /// A record of scalars (one per group, or per unit of an algorithm), `#[repr(C)]`: the same
 /// struct, field for field, is what its kernels read and write on a GPU.
 pub trait Record: Copy + Default + Send + Sync + 'static {}

@@ -94,7 +94,13 @@ pub struct FixedRate<R: Rule, D: Device> {
 impl<R: Rule, D: Device> FixedRate<R, D> {
     pub fn new(device: &D, lens: &[usize], n_groups: usize, unit_lr: bool) -> Result<Self> {
         device.require(&[R::KERNEL])?;
-        Ok(FixedRate { states: device.alloc_per_tensor(lens)?, no_record: device.records(&[()])?, device: device.clone(), steps: vec![0; n_groups], unit_lr })
+        Ok(FixedRate {
+            states: device.alloc_per_tensor(lens)?,
+            no_record: device.records(&[()])?,
+            device: device.clone(),
+            steps: crate::backend::filled(n_groups, 0)?,
+            unit_lr,
+        })
     }
 
     fn coeffs(&self, ctx: &Context, group: usize, t: u64) -> R::Coeffs {

@@ -41,7 +41,11 @@ pub use super::filled;
 
 /// One `filled` vector per tensor.
 pub fn filled_per_tensor<T: Clone>(lens: &[usize], value: T) -> crate::error::Result<Vec<Vec<T>>> {
-    lens.iter().map(|&n| filled(n, value.clone())).collect()
+    let mut out = filled(lens.len(), Vec::new())?;
+    for (slot, &n) in out.iter_mut().zip(lens) {
+        *slot = filled(n, value.clone())?;
+    }
+    Ok(out)
 }
 
 pub fn states_from_floats<S: ElemState>(floats: &[f32], len: usize) -> Vec<S> {

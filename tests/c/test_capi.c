@@ -959,6 +959,45 @@ static void test_resealed_checkpoints(void) {
     memcpy(buf + s.len - 8 - 8, &nan, 4);
     reseal(buf, s.len);
     FAILS(&fx, &s, alr_load(fx.opt, buf, s.len), ALR_BAD_CHECKPOINT, "alr_load Adam m = NaN (resealed)");
+
+    /* The `started` flag (a u32 right before the state section's own name, "adam"): 2 is no
+       flag, and 0 on a trained state would let a structural option change drop it. */
+    static const uint8_t name_field[12] = {4, 0, 0, 0, 0, 0, 0, 0, 'a', 'd', 'a', 'm'};
+    size_t inner = 0;
+    for (size_t i = 12 + 12; i + 12 <= s.len; i++)
+        if (memcmp(s.state + i, name_field, 12) == 0) inner = i; /* the last one: the state section's */
+    CHECK(inner > 4, "the state section's name was not found");
+    if (inner > 4) {
+        for (uint32_t flag = 0; flag <= 2; flag += 2) {
+            memcpy(buf, s.state, s.len);
+            memcpy(buf + inner - 4, &flag, 4);
+            reseal(buf, s.len);
+            FAILS(&fx, &s, alr_load(fx.opt, buf, s.len), ALR_BAD_CHECKPOINT, flag == 0 ? "alr_load started = 0 on a trained state" : "alr_load started = 2");
+        }
+        /* The state section names its algorithm: another name there is refused. */
+        memcpy(buf, s.state, s.len);
+        buf[inner + 11] = 'w';
+        reseal(buf, s.len);
+        FAILS(&fx, &s, alr_load(fx.opt, buf, s.len), ALR_BAD_CHECKPOINT, "alr_load a state section named 'adaw'");
+        /* The per-group step counts follow: u64 count of groups, then a u64 per group. A count
+           beyond any training run (2^53 + 1) is refused; 2^31 loads, and the step after it stays
+           finite (its bias correction is not that of a negative step number). */
+        size_t counts = inner + 12 + 8;
+        uint64_t huge = (1ULL << 53) + 1, long_run = 1ULL << 31;
+        memcpy(buf, s.state, s.len);
+        memcpy(buf + counts, &huge, 8);
+        reseal(buf, s.len);
+        FAILS(&fx, &s, alr_load(fx.opt, buf, s.len), ALR_BAD_CHECKPOINT, "alr_load a step count of 2^53 + 1");
+        memcpy(buf, s.state, s.len);
+        memcpy(buf + counts, &long_run, 8);
+        reseal(buf, s.len);
+        EXPECT(alr_load(fx.opt, buf, s.len), ALR_OK, "alr_load a step count of 2^31");
+        EXPECT(fix_step(&fx, 1), ALR_OK, "a step after 2^31 steps");
+        int finite = 1;
+        for (size_t t = 0; t < NT; t++)
+            for (size_t i = 0; i < LENS[t]; i++) finite &= isfinite(fx.p[t][i]) != 0;
+        CHECK(finite, "Adam's step after 2^31 steps made a parameter non-finite");
+    }
     free(buf);
     snap_free(&s);
     fix_close(&fx);

@@ -180,7 +180,7 @@ def test_gi_closure_matches_the_two_phase_protocol(with_backward_kwarg):
         b.zero_grad()
         loss_b = F.cross_entropy(b(x), y)
         loss_b.backward()
-        opt_b.step([p.grad.numpy().copy() for p in b.parameters()], loss=float(loss_b))
+        opt_b.step([p.grad.numpy().copy() for p in b.parameters()], loss=float(loss_b.detach()))
         with torch.no_grad():
             opt_b.report_loss(float(F.cross_entropy(b(x), y)))
         assert float(loss_a) == pytest.approx(float(loss_b), rel=1e-5)

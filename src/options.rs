@@ -140,6 +140,24 @@ impl Options {
         Ok(())
     }
 
+    /// A wrapped algorithm's option table (`specs`, of `algorithm`), each value read from this
+    /// table under the name `source` gives for it (`None`: it keeps its default, for the wrapper
+    /// to set). What GI and schedule-free hand to their base.
+    pub fn view(&self, algorithm: &str, specs: Vec<OptionSpec>, source: impl Fn(&'static str) -> Option<&'static str>) -> Result<Options> {
+        let mut view = Options::new(specs, self.n_groups())?;
+        for spec in view.specs().to_vec() {
+            let Some(from) = source(spec.name) else { continue };
+            if spec.per_group {
+                for group in 0..self.n_groups() {
+                    view.set(algorithm, spec.name, Some(group), self.get(group, from))?;
+                }
+            } else {
+                view.set(algorithm, spec.name, None, self.get(0, from))?;
+            }
+        }
+        Ok(view)
+    }
+
     /// The value of a declared option; asking for an undeclared one is a bug in the library.
     pub fn get(&self, group: usize, name: &str) -> f64 {
         let i = self.specs.iter().position(|s| s.name == name).unwrap_or_else(|| panic!("option '{name}' is not declared"));

@@ -58,22 +58,13 @@ pub fn specs(base: &str) -> Result<Vec<OptionSpec>> {
 
 /// The base's own option table, read from GI's (which holds every base option by name).
 fn base_options(base: &str, options: &Options) -> Result<Options> {
-    let mut view = Options::new(registry::specs(base, "")?, options.n_groups())?;
-    for spec in view.specs().to_vec() {
-        let source = match spec.name {
-            "lr" if registry::is_fixed_rate(base) => continue,
-            "lr" => "base_lr",
-            other => other,
-        };
-        if spec.per_group {
-            for group in 0..options.n_groups() {
-                view.set(base, spec.name, Some(group), options.get(group, source))?;
-            }
-        } else {
-            view.set(base, spec.name, None, options.get(0, source))?;
-        }
-    }
-    Ok(view)
+    let fixed_rate = registry::is_fixed_rate(base);
+    options.view(base, registry::specs(base, "")?, |name| match name {
+        // A fixed-rate base runs at lr 1: GI's η is its rate.
+        "lr" if fixed_rate => None,
+        "lr" => Some("base_lr"),
+        other => Some(other),
+    })
 }
 
 /// A step that moved θ and waits for the loss after the move (two-phase protocol). Every

@@ -123,21 +123,17 @@ pub fn specs(name: &str, base: &str) -> Result<Vec<OptionSpec>> {
 /// The base's own option table, read from schedule-free's; a fixed-rate base's `lr` per group
 /// is `lrs[g]` (the scheduled rate of this step).
 fn base_options(base: &str, options: &Options, lrs: &[f64]) -> Result<Options> {
-    let mut view = Options::new(registry::specs(base, "")?, options.n_groups())?;
-    for spec in view.specs().to_vec() {
-        match renamed(base, spec.name) {
-            None if spec.name == "lr" => {
-                for (group, &lr) in lrs.iter().enumerate() {
-                    view.set(base, "lr", Some(group), lr)?;
-                }
+    let mut view = options.view(base, registry::specs(base, "")?, |name| renamed(base, name))?;
+    // What schedule-free sets itself: a fixed-rate base's lr (this step's scheduled one), and
+    // Adam's β1 (0: the interpolation takes the first moment's place).
+    let own: Vec<&'static str> = view.specs().iter().map(|s| s.name).filter(|&n| renamed(base, n).is_none()).collect();
+    for name in own {
+        if name == "lr" {
+            for (group, &lr) in lrs.iter().enumerate() {
+                view.set(base, "lr", Some(group), lr)?;
             }
-            None => view.set(base, spec.name, None, 0.0)?,
-            Some(source) if spec.per_group => {
-                for group in 0..options.n_groups() {
-                    view.set(base, spec.name, Some(group), options.get(group, source))?;
-                }
-            }
-            Some(source) => view.set(base, spec.name, None, options.get(0, source))?,
+        } else {
+            view.set(base, name, None, 0.0)?;
         }
     }
     Ok(view)

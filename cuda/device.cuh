@@ -40,13 +40,17 @@ struct NoRecord {};
 struct NoState {};
 struct NoParams {};
 
-// Adds `sums` over the block's threads in a fixed tree; thread 0 gets the result.
-__device__ inline void block_sum4(double sums[4], double (*shared)[ALR_THREADS]) {
+// Adds `sums` over the block's threads in a fixed tree (with `last_is_max`, the fourth slot
+// takes the maximum instead); thread 0 gets the result.
+__device__ inline void block_sum4(double sums[4], double (*shared)[ALR_THREADS], bool last_is_max = false) {
     for (int j = 0; j < 4; ++j) shared[j][threadIdx.x] = sums[j];
     __syncthreads();
     for (unsigned half = ALR_THREADS / 2; half > 0; half /= 2) {
         if (threadIdx.x < half)
-            for (int j = 0; j < 4; ++j) shared[j][threadIdx.x] += shared[j][threadIdx.x + half];
+            for (int j = 0; j < 4; ++j) {
+                const double other = shared[j][threadIdx.x + half];
+                shared[j][threadIdx.x] = (last_is_max && j == 3) ? fmax(shared[j][threadIdx.x], other) : shared[j][threadIdx.x] + other;
+            }
         __syncthreads();
     }
     for (int j = 0; j < 4; ++j) sums[j] = shared[j][0];
@@ -167,6 +171,68 @@ __device__ void moment_partials(const float* __restrict__ grad, const void* stat
                                     unsigned long long n_rows, float k, unsigned long long len, Rule::Coeffs c,  \
                                     const void* record, DeviceStatus* status, double* partials) {            \
         moment_partials<Rule>(grad, state, sum_sq, rows, n_rows, k, len, c, record, status, partials);      \
+    }
+
+// What a SampledRule makes of one element (src/backend/mod.rs's `Sampled`).
+struct Sampled {
+    float displacement;
+    double sums[3];
+    float max;
+};
+
+// A SampledRule: per element, x = Σ_i (k x_ij)² / N from the N × len rows (rows in order, f32
+// sums, as the CPU's spread about 0) or from Σg² (k² S / N in f64), or g² without either; then
+// the rule advances the state. With `param` it moves θ by the displacement; otherwise per block
+// [Σ sums₀, Σ sums₁, Σ sums₂, max(0, max)] into partials[4·block].
+template <typename Rule>
+__device__ void sampled_pass(float* __restrict__ param, const float* __restrict__ grad, const float* __restrict__ h, void* state,
+                             const float* __restrict__ sum_sq, const float* __restrict__ rows, size_t n_rows, double k, size_t len,
+                             const typename Rule::Coeffs& c, const void* record, const DeviceStatus* status,
+                             double* __restrict__ partials) {
+    __shared__ double shared[4][ALR_THREADS];
+    if (status->code != 0) return;
+    typedef typename Rule::State State;
+    const typename Rule::Prepared p = Rule::prepare(c, *(const typename Rule::Record*)record);
+    double sums[4] = {0.0, 0.0, 0.0, 0.0};
+    float max = 0.0f;
+    ALR_GRID_STRIDE(j, len) {
+        const float g = grad[j];
+        double x;
+        if (rows) {
+            const float kf = (float)k;
+            float sq = 0.0f;
+            for (size_t i = 0; i < n_rows; ++i) {
+                const float d = kf * rows[i * len + j];
+                sq += d * d;
+            }
+            x = (double)sq / (double)n_rows;
+        } else if (sum_sq) {
+            x = k * k * (double)sum_sq[j] / (double)n_rows;
+        } else {
+            x = (double)g * (double)g;
+        }
+        State st = ((State*)state)[j];
+        const Sampled out = Rule::advance(p, g, x, h[j], &st);
+        ((State*)state)[j] = st;
+        if (param) {
+            param[j] = param[j] - out.displacement;
+        } else {
+            for (int i = 0; i < 3; ++i) sums[i] += out.sums[i];
+            max = fmaxf(max, out.max);
+        }
+    }
+    if (param) return;
+    sums[3] = (double)max;
+    block_sum4(sums, shared, true);
+    if (threadIdx.x == 0)
+        for (int j = 0; j < 4; ++j) partials[4 * blockIdx.x + j] = sums[j];
+}
+
+#define ALR_SAMPLED_KERNEL(name, Rule)                                                                           \
+    extern "C" __global__ void name(float* param, const float* grad, const float* h, void* state, const float* sum_sq, \
+                                    const float* rows, unsigned long long n_rows, double k, unsigned long long len,   \
+                                    Rule::Coeffs c, const void* record, const DeviceStatus* status, double* partials) { \
+        sampled_pass<Rule>(param, grad, h, state, sum_sq, rows, n_rows, k, len, c, record, status, partials);         \
     }
 
 // A SolveRule: one block, every record from its four sums (already added and checked).

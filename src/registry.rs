@@ -83,7 +83,8 @@ pub fn specs(name: &str, base: &str) -> Result<Vec<OptionSpec>> {
 
 /// The algorithms with CUDA kernels (cuda/): those written over `Device` whose rules all have
 /// a kernel. Giving another such algorithm GPU support is its kernels plus its name here.
-pub const ON_CUDA: &[&str] = &["sgd", "momentum", "adam", "adamw", "adagrad", "rmsprop", "auto-sgd", "auto-adam", "auto-adagrad", "tlr"];
+pub const ON_CUDA: &[&str] =
+    &["sgd", "momentum", "adam", "adamw", "adagrad", "rmsprop", "auto-sgd", "auto-adam", "auto-adagrad", "tlr", "vsgd-l", "vsgd-g", "vsgd-b"];
 
 /// The algorithms a kind of device runs.
 pub fn algorithms_on(kind: DeviceKind) -> &'static [&'static str] {
@@ -115,9 +116,6 @@ pub fn build(name: &str, base: &str, layout: &Layout, device: &AnyDevice, unit_l
                 let base = schedule_free::fixed_base(name).unwrap_or(base);
                 Some(Box::new(ScheduleFree::new(name, base, build(base, "", layout, device, false)?, cpu, layout)?) as Box<dyn Algorithm>)
             }
-            "vsgd-l" => Some(Box::new(Vsgd::new(Variant::Local, layout)?) as Box<dyn Algorithm>),
-            "vsgd-g" => Some(Box::new(Vsgd::new(Variant::Global, layout)?) as Box<dyn Algorithm>),
-            "vsgd-b" => Some(Box::new(Vsgd::new(Variant::Block, layout)?) as Box<dyn Algorithm>),
             _ => build_on(name, layout, cpu, unit_lr)?,
         },
         #[cfg(feature = "cuda")]
@@ -143,13 +141,16 @@ fn build_on<D: Device>(name: &str, layout: &Layout, device: &D, unit_lr: bool) -
         "prodigy" => Box::new(Prodigy::<D>::new(device)?),
         "dadapt-adam" => Box::new(DAdaptAdam::<D>::new(device)?),
         "dog" => Box::new(Dog::<D>::new(device, layout)?),
+        "vsgd-l" => Box::new(Vsgd::<D>::new(Variant::Local, layout, device)?),
+        "vsgd-g" => Box::new(Vsgd::<D>::new(Variant::Global, layout, device)?),
+        "vsgd-b" => Box::new(Vsgd::<D>::new(Variant::Block, layout, device)?),
         _ => return Ok(None),
     }))
 }
 
 #[cfg(test)]
 mod tests {
-    use crate::adapt::{autoopt, tlr};
+    use crate::adapt::{autoopt, tlr, vsgd};
     use crate::base::{adagrad, adam, momentum, rmsprop, sgd};
     use std::mem::{offset_of, size_of};
 
@@ -189,8 +190,26 @@ mod tests {
             ("RateOptions", "alpha_min", offset_of!(tlr::RateOptions, alpha_min)),
             ("StepCoeffs", "", size_of::<tlr::StepCoeffs>()),
             ("StepCoeffs", "keep", offset_of!(tlr::StepCoeffs, keep)),
+            ("LocalElem", "", size_of::<vsgd::LocalElem>()),
+            ("LocalElem", "tau", offset_of!(vsgd::LocalElem, tau)),
+            ("SharedElem", "", size_of::<vsgd::SharedElem>()),
+            ("SharedElem", "hbar", offset_of!(vsgd::SharedElem, hbar)),
+            ("VsgdUnit", "", size_of::<vsgd::Unit>()),
+            ("VsgdUnit", "eta", offset_of!(vsgd::Unit, eta)),
+            ("VsgdRates", "", size_of::<vsgd::Rates<f32>>()),
+            ("VsgdRates", "eps", offset_of!(vsgd::Rates<f32>, eps)),
+            ("SlowStartCoeffs", "", size_of::<vsgd::SlowStartCoeffs>()),
+            ("SlowStartCoeffs", "c", offset_of!(vsgd::SlowStartCoeffs, c)),
+            ("SlowStartCoeffs", "finishing", offset_of!(vsgd::SlowStartCoeffs, finishing)),
+            ("AverageCoeffs", "", size_of::<vsgd::AverageCoeffs>()),
+            ("AverageCoeffs", "eps", offset_of!(vsgd::AverageCoeffs, eps)),
+            ("UnitParams", "", size_of::<vsgd::UnitParams>()),
+            ("UnitParams", "slow_inv_t", offset_of!(vsgd::UnitParams, slow_inv_t)),
+            ("UnitParams", "c", offset_of!(vsgd::UnitParams, c)),
+            ("UnitParams", "finishing", offset_of!(vsgd::UnitParams, finishing)),
         ];
-        let sources = [include_str!("../cuda/fixed_rate.cu"), include_str!("../cuda/autoopt.cu"), include_str!("../cuda/tlr.cu")];
+        let sources =
+            [include_str!("../cuda/fixed_rate.cu"), include_str!("../cuda/autoopt.cu"), include_str!("../cuda/tlr.cu"), include_str!("../cuda/vsgd.cu")];
         let mut seen = 0;
         for line in sources.iter().flat_map(|s| s.lines()) {
             let (args, is_size) = if let Some(rest) = line.strip_prefix("ALR_SIZE(") {
@@ -237,6 +256,12 @@ mod tests {
             <tlr::WindowDots as KernelRule>::KERNEL,
             <tlr::OpenWindow as KernelRule>::KERNEL,
             <tlr::Train as SolveRule>::KERNEL,
+            <vsgd::LocalSlowStart as KernelRule>::KERNEL,
+            <vsgd::LocalStep as KernelRule>::KERNEL,
+            <vsgd::LocalMove as KernelRule>::KERNEL,
+            <vsgd::SharedAverages as KernelRule>::KERNEL,
+            <vsgd::UnitSolve as SolveRule>::KERNEL,
+            <vsgd::SharedMove as KernelRule>::KERNEL,
         ];
         for cubin in crate::backend::cuda::CUBINS {
             for name in names.iter().chain(crate::backend::cuda::DEVICE_KERNELS) {

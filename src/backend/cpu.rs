@@ -34,7 +34,7 @@ macro_rules! dispatch {
 }
 
 pub use super::ElemState;
-use super::{Deferred, Device, DotRule, ElementRule, Memory, MomentRule, Record, SampleTensor, SampleView, SolveRule, Tensor, TensorMut};
+use super::{Deferred, Device, DotRule, ElementRule, Memory, MomentRule, Record, SampleTensor, SampleView, SampledRule, SolveRule, Tensor, TensorMut};
 use crate::error::{Error, Result};
 
 pub use super::filled;
@@ -624,6 +624,25 @@ pub struct Sums {
     owners: Vec<Vec<usize>>,
 }
 
+impl Sums {
+    /// Each record's tensors' sums added in tensor order (with `last_is_max`, the fourth slot
+    /// their maximum, from 0 as a sum: a sampled pass's maxima are ≥ 0).
+    fn per_record(&self, last_is_max: bool) -> Vec<[f64; 4]> {
+        self.owners
+            .iter()
+            .map(|tensors| {
+                let mut total = [0.0f64; 4];
+                for &t in tensors {
+                    for (slot, (s, v)) in total.iter_mut().zip(self.per_tensor[t]).enumerate() {
+                        *s = if last_is_max && slot == 3 { s.max(v) } else { *s + v };
+                    }
+                }
+                total
+            })
+            .collect()
+    }
+}
+
 /// The floats of a buffer in host memory (the optimizer checks where every buffer lives, so
 /// another memory here is a bug, reported rather than dereferenced).
 fn host<'t>(x: &Tensor<'t>) -> Result<&'t [f32]> {
@@ -814,18 +833,79 @@ impl Device for Cpu {
         Ok(())
     }
 
-    fn solve<S: SolveRule>(&self, p: &S::Params, coeffs: &Vec<S::Coeffs>, records: &mut Vec<S::Record>, sums: &Sums) -> Result<Option<usize>> {
-        let totals: Vec<[f64; 4]> = sums
-            .owners
-            .iter()
-            .map(|tensors| {
-                let mut total = [0.0f64; 4];
-                for &t in tensors {
-                    total.iter_mut().zip(sums.per_tensor[t]).for_each(|(s, v)| *s += v);
+    fn sampled<R: SampledRule>(
+        &self,
+        c: &R::Coeffs,
+        records: &Vec<R::Record>,
+        at: usize,
+        param: Option<&mut TensorMut>,
+        grad: &Tensor,
+        h: &Tensor,
+        samples: Option<&SampleView>,
+        state: &mut Vec<R::State>,
+        sums: &mut Sums,
+        tensor: usize,
+    ) -> Result<()> {
+        let p = R::prepare(c, &records[at]);
+        let (grad, h, len) = (host(grad)?, host(h)?, state.len());
+        same_len("sampled", grad.len(), len)?;
+        same_len("sampled", h.len(), len)?;
+        let mut theta = match param {
+            Some(param) => Some(host_mut(param)?),
+            None => None,
+        };
+        let data = match samples.map(|s| s.data) {
+            Some(SampleTensor::SumSq(d) | SampleTensor::Rows(d)) => Some(host(&d)?),
+            None => None,
+        };
+        // Block scratch on the heap, not the stack: a host thread may have a small stack.
+        let block = COLUMN_BLOCK.min(len);
+        let rows = matches!(samples.map(|s| s.data), Some(SampleTensor::Rows(_)));
+        let (zero, mut x) = (vec![0.0f32; block], vec![0.0f64; block]);
+        let mut row_sums = RowSums::new(if rows { block } else { 0 });
+        let mut total = [0.0f64; 4];
+        for start in (0..len).step_by(COLUMN_BLOCK) {
+            let end = (start + COLUMN_BLOCK).min(len);
+            let (x, g, h, st) = (&mut x[..end - start], &grad[start..end], &h[start..end], &mut state[start..end]);
+            match (samples, data) {
+                (Some(s), Some(data)) => {
+                    // About 0 the spread is the plain sum of squares S = Σ_i (k x_ij)².
+                    if rows {
+                        spread_from_rows(data, s.n, len, start, s.k, &zero[..end - start], &mut row_sums, x);
+                    } else {
+                        spread_from_sum_sq(&data[start..end], s.n, s.k, &zero[..end - start], x);
+                    }
+                    x.iter_mut().for_each(|v| *v /= s.n as f64);
                 }
-                total
-            })
-            .collect();
+                _ => x.iter_mut().zip(g).for_each(|(x, &g)| *x = f64::from(g) * f64::from(g)),
+            }
+            match theta.as_deref_mut() {
+                Some(theta) => {
+                    for ((((th, e), &g), &x), &h) in theta[start..end].iter_mut().zip(st.iter_mut()).zip(g).zip(x.iter()).zip(h) {
+                        *th -= R::advance(&p, g, x, h, e).displacement;
+                    }
+                }
+                None => {
+                    let mut max = total[3] as f32;
+                    let [s0, s1, s2] = reduce::<3, _>(g.len(), |j| {
+                        let out = R::advance(&p, g[j], x[j], h[j], &mut st[j]);
+                        max = max.max(out.max);
+                        out.sums
+                    });
+                    total = [total[0] + s0, total[1] + s1, total[2] + s2, f64::from(max)];
+                }
+            }
+        }
+        sums.per_tensor[tensor] = total;
+        Ok(())
+    }
+
+    fn totals(&self, sums: &Sums) -> Result<Vec<[f64; 4]>> {
+        Ok(sums.per_record(false))
+    }
+
+    fn solve<S: SolveRule>(&self, p: &S::Params, coeffs: &Vec<S::Coeffs>, records: &mut Vec<S::Record>, sums: &Sums) -> Result<Option<usize>> {
+        let totals = sums.per_record(S::LAST_IS_MAX);
         if S::REQUIRE_FINITE {
             if let Some(r) = totals.iter().position(|s| !s.iter().all(|v| v.is_finite())) {
                 return Ok(Some(r));

@@ -21,7 +21,9 @@ use std::sync::{Arc, Mutex};
 
 use cudarc::driver::{result, sys, CudaContext};
 
-use super::{Deferred, Device, DotRule, ElemState, ElementRule, Memory, MomentRule, Record, SampleTensor, SampleView, SolveRule, Tensor, TensorMut};
+use super::{
+    Deferred, Device, DotRule, ElemState, ElementRule, Memory, MomentRule, Record, SampleTensor, SampleView, SampledRule, SolveRule, Tensor, TensorMut,
+};
 use crate::error::{AlrStatus, Error, Result};
 
 /// The kernels for Ampere (8.x) and Hopper (9.x): a 13.0 driver cannot JIT PTX from a newer
@@ -269,6 +271,15 @@ impl Cuda {
         driver(unsafe { result::launch_kernel(f, (grid, 1, 1), (THREADS, 1, 1), 0, self.stream(), args) }, name)
     }
 
+    /// Enqueues the per-record sums of `sums`' partials (cuda/device.cu's alr_group_sums).
+    fn group_sums(&self, sums: &Sums, last_is_max: bool) -> Result<()> {
+        let (mut partials, mut ranges, mut group_sums) = (sums.partials.at(0), sums.ranges.at(0), sums.group_sums.at(0));
+        let (mut n, mut square_scale, mut last_is_max, mut status) = (sums.n, sums.square_scale, i32::from(last_is_max), self.status_ptr());
+        let args =
+            &mut [arg(&mut partials), arg(&mut ranges), arg(&mut group_sums), arg(&mut n), arg(&mut square_scale), arg(&mut last_is_max), arg(&mut status)];
+        self.launch("alr_group_sums", (sums.n_records as u32).max(1), args)
+    }
+
     fn status_ptr(&self) -> u64 {
         self.0.status.at(0)
     }
@@ -498,12 +509,58 @@ impl Device for Cuda {
         self.launch(M::KERNEL, partials_for(grad.len()) as u32, args)
     }
 
+    fn sampled<R: SampledRule>(
+        &self,
+        c: &R::Coeffs,
+        records: &Typed<R::Record>,
+        at: usize,
+        param: Option<&mut TensorMut>,
+        grad: &Tensor,
+        h: &Tensor,
+        samples: Option<&SampleView>,
+        state: &mut Typed<R::State>,
+        sums: &mut Sums,
+        tensor: usize,
+    ) -> Result<()> {
+        // x is formed in the kernel: the sums need no conversion in the solve.
+        sums.n = 0.0;
+        sums.square_scale = 0.0;
+        let (mut sum_sq, mut rows, mut n_rows, mut k) = match samples {
+            Some(SampleView { data: SampleTensor::SumSq(s), n, k }) => (device_ptr(s), 0u64, *n as u64, *k),
+            Some(SampleView { data: SampleTensor::Rows(m), n, k }) => (0u64, device_ptr(m), *n as u64, *k),
+            None => (0u64, 0u64, 0u64, 0.0),
+        };
+        let mut theta = param.map_or(0u64, |p| p.address() as u64);
+        let partials = sums.partials.at(sums.offsets[tensor] * 4 * std::mem::size_of::<f64>());
+        let (mut g, mut curvature, mut s, mut len) = (device_ptr(grad), device_ptr(h), state.buffer.at(0), grad.len() as u64);
+        let (mut c, mut r, mut st, mut out) = (by_value(c)?, records.at(at), self.status_ptr(), partials);
+        let args = &mut [
+            arg(&mut theta),
+            arg(&mut g),
+            arg(&mut curvature),
+            arg(&mut s),
+            arg(&mut sum_sq),
+            arg(&mut rows),
+            arg(&mut n_rows),
+            arg(&mut k),
+            arg(&mut len),
+            arg(&mut c),
+            arg(&mut r),
+            arg(&mut st),
+            arg(&mut out),
+        ];
+        self.launch(R::KERNEL, partials_for(grad.len()) as u32, args)
+    }
+
+    fn totals(&self, sums: &Sums) -> Result<Vec<[f64; 4]>> {
+        self.group_sums(sums, false)?;
+        let flat = sums.group_sums.download::<f64>(self.stream(), 4 * sums.n_records)?;
+        Ok(flat.chunks_exact(4).map(|s| [s[0], s[1], s[2], s[3]]).collect())
+    }
+
     fn solve<S: SolveRule>(&self, p: &S::Params, coeffs: &Typed<S::Coeffs>, records: &mut Typed<S::Record>, sums: &Sums) -> Result<Option<usize>> {
-        let n_groups = sums.n_records as u32;
-        let (mut partials, mut ranges, mut group_sums) = (sums.partials.at(0), sums.ranges.at(0), sums.group_sums.at(0));
-        let (mut n, mut square_scale, mut status) = (sums.n, sums.square_scale, self.status_ptr());
-        let args = &mut [arg(&mut partials), arg(&mut ranges), arg(&mut group_sums), arg(&mut n), arg(&mut square_scale), arg(&mut status)];
-        self.launch("alr_group_sums", n_groups.max(1), args)?;
+        self.group_sums(sums, S::LAST_IS_MAX)?;
+        let (mut group_sums, mut status) = (sums.group_sums.at(0), self.status_ptr());
         let (mut n_records, mut step) = (sums.n_records as u64, self.step_tag());
         if S::REQUIRE_FINITE {
             self.launch("alr_check_sums", 1, &mut [arg(&mut group_sums), arg(&mut n_records), arg(&mut step), arg(&mut status)])?;

@@ -120,8 +120,26 @@ pub trait MomentRule: KernelRule {
     fn weights(p: &Self::Prepared, state: &Self::State, g: f32) -> (f32, f32);
 }
 
-/// A per-record scalar solve from the record's sums (its tensors' sums added in tensor order):
-/// a host loop on the CPU, one kernel launch on a GPU.
+/// What a sampled pass makes of one element: its displacement (`θ ← θ − displacement` when the
+/// pass moves θ), three terms for the tensor's sums and one for its maximum.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Sampled {
+    pub displacement: f32,
+    pub sums: [f64; 3],
+    pub max: f32,
+}
+
+/// A per-element rule that reads, besides g, a second caller tensor `h` (vSGD's curvature) and
+/// `x_j`, the column's per-sample second moment about 0 in f64: `Σ_i (k x_ij)² / N` from Σg² or
+/// from the N × len rows, or `g_j²` without per-sample data. It advances the state; the pass
+/// adds the terms' three sums and takes the maximum (from 0) into the tensor's four slots.
+pub trait SampledRule: KernelRule {
+    fn advance(p: &Self::Prepared, g: f32, x: f64, h: f32, state: &mut Self::State) -> Sampled;
+}
+
+/// A per-record scalar solve from the record's sums (its tensors' sums added in tensor order;
+/// with `LAST_IS_MAX` the fourth slot is their maximum): a host loop on the CPU, one kernel
+/// launch on a GPU.
 pub trait SolveRule: 'static {
     type Record: Record;
     /// Per-record coefficients (options), kept in device memory beside the records.
@@ -131,6 +149,8 @@ pub trait SolveRule: 'static {
     const KERNEL: &'static str;
     /// When any record's sums are not finite, refuse the step and change no record.
     const REQUIRE_FINITE: bool;
+    /// The fourth slot is a maximum over the record's tensors (a sampled pass's), not a sum.
+    const LAST_IS_MAX: bool = false;
     fn solve(p: &Self::Params, c: &Self::Coeffs, sums: &[f64; 4], record: &mut Self::Record);
 }
 
@@ -450,6 +470,28 @@ pub trait Device: Clone + Send + Sync + 'static {
         sums: &mut Self::Sums,
         tensor: usize,
     ) -> Result<()>;
+
+    /// `R::advance` over one tensor with its curvature `h` and per-sample data (`None`: x = g²),
+    /// into `sums` (`[Σ sums₀, Σ sums₁, Σ sums₂, max(0, max)]` of tensor `tensor`); with `param`
+    /// the pass also moves θ by the displacement, and leaves the sums alone.
+    #[allow(clippy::too_many_arguments)] // one tensor's buffers, the rule's scalars, the output
+    fn sampled<R: SampledRule>(
+        &self,
+        c: &R::Coeffs,
+        records: &Self::Records<R::Record>,
+        at: usize,
+        param: Option<&mut TensorMut>,
+        grad: &Tensor,
+        h: &Tensor,
+        samples: Option<&SampleView>,
+        state: &mut Self::State<R::State>,
+        sums: &mut Self::Sums,
+        tensor: usize,
+    ) -> Result<()>;
+
+    /// Every record's sums (its tensors' sums added in tensor order) on the host, for what a
+    /// step must hand to the host (GI's φ from a proposal). A GPU waits for the passes here.
+    fn totals(&self, sums: &Self::Sums) -> Result<Vec<[f64; 4]>>;
 
     /// `S::solve` for every record from its sums. With `S::REQUIRE_FINITE`, a record whose
     /// sums are not finite stops the step before any record changes: `Ok(Some(r))` names it

@@ -21,6 +21,9 @@ same library's CPU optimizer on the same inputs. For a machine with an NVIDIA GP
 - 20 steps of TLR (window 1 and 3, with and without momentum, global and per group) against
   the CPU: α per step and the parameters to float32 tolerance (its dots are reduced in another
   order on the GPU).
+- 20 steps of vsgd-l/-g/-b with the caller's curvature (no per-sample data, Σg², N × len rows),
+  through the slow start: η per step, τ and h⁺, the parameters, checkpoints both ways; a step
+  without curvature is refused (finite differences need a host gradient callback: CPU only).
 - A negative sum_sq entry: reported as ALR_INVALID_ARGUMENT on read-back, parameters untouched.
 - One 2^28-element auto-sgd tensor (Σg² form): the grid-stride loops and the partial cap, `a`
   and `V` against float64 sums on the host.
@@ -79,12 +82,13 @@ class Pair:
         """The GPU half of a step (alone: a step the CPU twin does not take)."""
         device = lambda arrays: [torch.from_numpy(np.ascontiguousarray(a)).cuda() for a in arrays]
         g = device(grads)
-        extra = {key: device(per_sample[key]) for key in ("sum_sq", "per_sample") if key in per_sample}
+        extra = {key: device(per_sample[key]) for key in ("sum_sq", "per_sample", "curvature") if key in per_sample}
         pointers = lambda key: [t.data_ptr() for t in extra[key]] if key in extra else None
         torch.cuda.current_stream().synchronize()  # the copies above ran on the default stream
         self.gpu.step([view.data_ptr() for _, view in self.bufs], [t.data_ptr() for t in g],
                       sum_sq=pointers("sum_sq"), per_sample=pointers("per_sample"),
-                      per_sample_scale=per_sample.get("per_sample_scale", "sample"), batch_size=per_sample.get("batch_size"))
+                      per_sample_scale=per_sample.get("per_sample_scale", "sample"), batch_size=per_sample.get("batch_size"),
+                      curvature=pointers("curvature"))
         self.stream.synchronize()  # keeps g / extra alive until the kernels have read them
 
     def params(self):
@@ -157,6 +161,36 @@ def tlr(options, rng, stream):
     carried = moved.lr == pair.gpu.lr
     ok = params < 1e-4 and worst < 1e-5 and trained and carried and pair.intact()
     return ok, f"params rel={params:.1e} α rel={worst:.1e} α trained={trained} checkpoint to the CPU={carried} sentinels={pair.intact()}"
+
+
+def vsgd(name, form, rng, stream):
+    """vSGD with the caller's curvature (its finite differences call a host callback: CPU only),
+    through the slow start (n0 = 3) and 17 regular steps: η per group and the parameters to
+    float32 tolerance (the units' sums are reduced in another order on the GPU), checkpoints
+    both ways."""
+    pair = Pair(name, rng, stream, dict(n0=3))
+    worst = 0.0
+    for _ in range(STEPS):
+        grads, per_sample = batch(rng, 8, form, "sample") if form else ([rng.standard_normal(n).astype(np.float32) for n in LENS], {})
+        per_sample["curvature"] = [rng.uniform(0.5, 2.0, n).astype(np.float32) for n in LENS]
+        pair.step(grads, **per_sample)
+        worst = max(worst, max(abs(a - b) / max(abs(b), 1e-30) for a, b in zip(pair.gpu.lr, pair.cpu.lr)))
+    params = rel(pair.params(), pair.host)
+    tele = max(abs(x - y) / max(abs(y), 1e-30) for key in ("tau_median", "h_plus") for x, y in zip(pair.gpu.telemetry()[key], pair.cpu.telemetry()[key]))
+    moved = autolr.Optimizer(name, [p.copy() for p in pair.host], groups=GROUPS, n0=3)
+    moved.load_state_dict(pair.gpu.state_dict())
+    carried = max(abs(a - b) / max(abs(b), 1e-30) for a, b in zip(moved.lr, pair.gpu.lr)) == 0.0
+    pair.gpu.load_state_dict(pair.cpu.state_dict())
+    carried &= pair.gpu.lr == pair.cpu.lr
+    try:
+        pair.gpu_step([rng.standard_normal(n).astype(np.float32) for n in LENS])
+        refused = "nothing"
+    except autolr.Error as e:
+        refused = e.status
+    # CudaOptimizer takes no gradient callback: without curvature vSGD has no curvature at all.
+    ok = params < 1e-4 and worst < 1e-4 and tele < 1e-4 and carried and refused == "ALR_INVALID_ARGUMENT" and pair.intact()
+    return ok, (f"params rel={params:.1e} η rel={worst:.1e} τ/h⁺ rel={tele:.1e} checkpoints both ways={carried} "
+                f"without curvature: {refused} sentinels={pair.intact()}")
 
 
 def negative_sum_sq(rng, stream):
@@ -307,6 +341,10 @@ def main():
     for options in TLR:
         ok, detail = tlr(options, rng, stream)
         failures += report(f"tlr {options}", ok, detail)
+    for name in ("vsgd-l", "vsgd-g", "vsgd-b"):
+        for form in (None, "sum_sq", "per_sample"):
+            ok, detail = vsgd(name, form, rng, stream)
+            failures += report(f"{name} curvature given, per-sample data: {form}", ok, detail)
     for name in ("adam", "auto-adam", "tlr"):
         ok, detail = bad_input(name, rng, stream)
         failures += report(f"{name:12s} NaN gradient: reported on read-back, step skipped", ok, detail)

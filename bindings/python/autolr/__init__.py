@@ -318,9 +318,9 @@ class CudaOptimizer(_Handle):
         self._sizes = [int(n) for n in sizes]
         self._create(algorithm, self._sizes, groups, options, _ffi.ALR_DEVICE_CUDA, device, stream)
 
-    def step(self, params, grads, sum_sq=None, per_sample=None, per_sample_scale="sample", batch_size=None):
+    def step(self, params, grads, sum_sq=None, per_sample=None, per_sample_scale="sample", batch_size=None, curvature=None):
         """Enqueues one step: `params` updated in place; every argument a list of device pointers
-        (per_sample: row-major N × size matrices)."""
+        (per_sample: row-major N × size matrices; curvature: vSGD's non-negative diagonal)."""
         n = len(self._sizes)
         args = _ffi.AlrStepArgs()
         args.struct_size = ctypes.sizeof(_ffi.AlrStepArgs)
@@ -345,4 +345,6 @@ class CudaOptimizer(_Handle):
             args.per_sample = pointers("per_sample", per_sample)
         if batch_size is not None:
             args.batch_size = int(batch_size)
+        if curvature is not None:
+            args.curvature = pointers("curvature", curvature)
         _check(lib.alr_step(self._handle, ctypes.byref(args)))

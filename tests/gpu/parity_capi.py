@@ -324,41 +324,43 @@ def torch_adapter(rng):
     return worst < 1e-3, f"params rel={worst:.1e}"
 
 
-def main():
-    small = "--small" in sys.argv
-    rng = np.random.default_rng(int.from_bytes(os.urandom(4), "little"))
-    stream = torch.cuda.Stream()
-    failures = 0
+def checks(small, rng, stream):
+    """Every check as (section, label, run); `run()` gives ok or (ok, detail)."""
     for name in FIXED:
-        ok, detail = fixed_rate(name, rng, stream)
-        failures += report(f"{name:12s} 20 steps", ok, detail)
+        yield "fixed-rate", f"{name:12s} 20 steps", lambda name=name: fixed_rate(name, rng, stream)
     for name in AUTO:
         for form in ("per_sample", "sum_sq"):
             for scale in ("sample", "mean"):
                 for n in ((2, 33) if small else (2, 33, 256)):
-                    ok, detail = autoopt(name, form, scale, n, rng, stream)
-                    failures += report(f"{name:12s} {form:10s} scale={scale:6s} N={n:3d}", ok, detail)
+                    yield ("autoopt", f"{name:12s} {form:10s} scale={scale:6s} N={n:3d}",
+                           lambda name=name, form=form, scale=scale, n=n: autoopt(name, form, scale, n, rng, stream))
     for options in TLR:
-        ok, detail = tlr(options, rng, stream)
-        failures += report(f"tlr {options}", ok, detail)
+        yield "tlr", f"tlr {options}", lambda options=options: tlr(options, rng, stream)
     for name in ("vsgd-l", "vsgd-g", "vsgd-b"):
         for form in (None, "sum_sq", "per_sample"):
-            ok, detail = vsgd(name, form, rng, stream)
-            failures += report(f"{name} curvature given, per-sample data: {form}", ok, detail)
-    for name in ("adam", "auto-adam", "tlr"):
-        ok, detail = bad_input(name, rng, stream)
-        failures += report(f"{name:12s} NaN gradient: reported on read-back, step skipped", ok, detail)
-    ok, detail = negative_sum_sq(rng, stream)
-    failures += report("auto-adam negative sum_sq: reported on read-back, step skipped", ok, detail)
+            yield "vsgd", f"{name} curvature given, per-sample data: {form}", lambda name=name, form=form: vsgd(name, form, rng, stream)
+    for section, name in (("fixed-rate", "adam"), ("autoopt", "auto-adam"), ("tlr", "tlr")):
+        yield section, f"{name:12s} NaN gradient: reported on read-back, step skipped", lambda name=name: bad_input(name, rng, stream)
+    yield "autoopt", "auto-adam negative sum_sq: reported on read-back, step skipped", lambda: negative_sum_sq(rng, stream)
     if not small:
-        failures += report("CUDA graph capture + replay of an auto-adam step through the C ABI", graph_replay(rng, stream))
-        ok, detail = large(stream)
-        failures += report("2^28-element tensor", ok, detail)
-    for name in ("adam", "tlr"):
-        ok, detail = refuses_capture(name, stream)
-        failures += report(f"a {name} step refuses CUDA-graph capture", ok, detail)
-    ok, detail = torch_adapter(rng)
-    failures += report("autolr.torch on CUDA parameters (AutoAdam + SumGradSquared, Adam)", ok, detail)
+        yield "autoopt", "CUDA graph capture + replay of an auto-adam step through the C ABI", lambda: graph_replay(rng, stream)
+        yield "autoopt", "2^28-element tensor", lambda: large(stream)
+    for section, name in (("fixed-rate", "adam"), ("tlr", "tlr")):
+        yield section, f"a {name} step refuses CUDA-graph capture", lambda name=name: refuses_capture(name, stream)
+    yield "torch", "autolr.torch on CUDA parameters (AutoAdam + SumGradSquared, Adam)", lambda: torch_adapter(rng)
+
+
+def main(sections=None):
+    """Runs every check, or those of `sections` (parity_fixed_rate.py and parity_autoopt.py)."""
+    small = "--small" in sys.argv
+    rng = np.random.default_rng(int.from_bytes(os.urandom(4), "little"))
+    stream = torch.cuda.Stream()
+    failures = 0
+    for section, label, run in checks(small, rng, stream):
+        if sections is None or section in sections:
+            result = run()
+            ok, detail = result if isinstance(result, tuple) else (result, "")
+            failures += report(label, ok, detail)
     summary(failures)
 
 

@@ -98,6 +98,7 @@ def side_by_side(algorithm, options, group_options, noise=0.5, per_sample=False,
     sbs = SideBySide(algorithm, SHAPES, seed=3, groups=GROUPS, group_options=group_options, reference=rp.make, **options)
     rng = np.random.default_rng(11)
     gi = sbs.ref if algorithm == "gi" else getattr(sbs.ref, "base", None)
+    sbs.assert_rates_close(RTOL, f"{algorithm} over {options['base']}, before the first step")
     for t in range(STEPS):
         centers = batch(rng, noise)
         kw = {"batch_size": N} if per_sample else {}

@@ -85,11 +85,12 @@ __device__ void element_update(float* __restrict__ param, const float* __restric
         element_update<Rule>(param, grad, state, len, c, record, status);                                    \
     }
 
-// A DotRule: per block [Σ dot₀, Σ dot₁, 0, 0] into partials[4·block] (the state advanced).
+// A DotRule: per block [Σ dot₀, Σ dot₁, 0, 0] into partials[4·block] (the state advanced, or
+// with `commit` 0 only read: a sharded step's measuring pass).
 template <typename Rule>
 __device__ void dot_partials(const float* __restrict__ param, const float* __restrict__ grad, void* state, size_t len,
                              const typename Rule::Coeffs& c, const void* record, const DeviceStatus* status,
-                             double* __restrict__ partials) {
+                             double* __restrict__ partials, int commit) {
     __shared__ double shared[4][ALR_THREADS];
     if (status->code != 0) return;
     typedef typename Rule::State State;
@@ -99,7 +100,7 @@ __device__ void dot_partials(const float* __restrict__ param, const float* __res
         State st = ((State*)state)[i];
         double d0, d1;
         Rule::dot(p, grad[i], param[i], &st, &d0, &d1);
-        ((State*)state)[i] = st;
+        if (commit) ((State*)state)[i] = st;
         sums[0] += d0;
         sums[1] += d1;
     }
@@ -111,8 +112,8 @@ __device__ void dot_partials(const float* __restrict__ param, const float* __res
 #define ALR_DOT_KERNEL(name, Rule)                                                                            \
     extern "C" __global__ void name(const float* param, const float* grad, void* state, unsigned long long len, \
                                     Rule::Coeffs c, const void* record, const DeviceStatus* status,           \
-                                    double* partials) {                                                       \
-        dot_partials<Rule>(param, grad, state, len, c, record, status, partials);                            \
+                                    double* partials, int commit) {                                           \
+        dot_partials<Rule>(param, grad, state, len, c, record, status, partials, commit);                    \
     }
 
 // A MomentRule: per block [Σ w·s, Σ w g g, Σ w g y, Σ w y y] with (w, y) = weights(state, g) and s
@@ -182,13 +183,13 @@ struct Sampled {
 
 // A SampledRule: per element, x = Σ_i (k x_ij)² / N from the N × len rows (rows in order, f32
 // sums, as the CPU's spread about 0) or from Σg² (k² S / N in f64), or g² without either; then
-// the rule advances the state. With `param` it moves θ by the displacement; otherwise per block
-// [Σ sums₀, Σ sums₁, Σ sums₂, max(0, max)] into partials[4·block].
+// the rule advances the state (written only with `commit`). With `param` it moves θ by the
+// displacement; otherwise per block [Σ sums₀, Σ sums₁, Σ sums₂, max(0, max)] into partials[4·block].
 template <typename Rule>
 __device__ void sampled_pass(float* __restrict__ param, const float* __restrict__ grad, const float* __restrict__ h, void* state,
                              const float* __restrict__ sum_sq, const float* __restrict__ rows, size_t n_rows, double k, size_t len,
                              const typename Rule::Coeffs& c, const void* record, const DeviceStatus* status,
-                             double* __restrict__ partials) {
+                             double* __restrict__ partials, int commit) {
     __shared__ double shared[4][ALR_THREADS];
     if (status->code != 0) return;
     typedef typename Rule::State State;
@@ -213,7 +214,7 @@ __device__ void sampled_pass(float* __restrict__ param, const float* __restrict_
         }
         State st = ((State*)state)[j];
         const Sampled out = Rule::advance(p, g, x, h[j], &st);
-        ((State*)state)[j] = st;
+        if (commit) ((State*)state)[j] = st;
         if (param) {
             param[j] = param[j] - out.displacement;
         } else {
@@ -231,8 +232,9 @@ __device__ void sampled_pass(float* __restrict__ param, const float* __restrict_
 #define ALR_SAMPLED_KERNEL(name, Rule)                                                                           \
     extern "C" __global__ void name(float* param, const float* grad, const float* h, void* state, const float* sum_sq, \
                                     const float* rows, unsigned long long n_rows, double k, unsigned long long len,   \
-                                    Rule::Coeffs c, const void* record, const DeviceStatus* status, double* partials) { \
-        sampled_pass<Rule>(param, grad, h, state, sum_sq, rows, n_rows, k, len, c, record, status, partials);         \
+                                    Rule::Coeffs c, const void* record, const DeviceStatus* status, double* partials,   \
+                                    int commit) {                                                                      \
+        sampled_pass<Rule>(param, grad, h, state, sum_sq, rows, n_rows, k, len, c, record, status, partials, commit); \
     }
 
 // A SolveRule: one block, every record from its four sums (already added and checked).

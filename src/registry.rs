@@ -8,7 +8,7 @@ use crate::adapt::prodigy::{self, Prodigy};
 use crate::adapt::schedule_free::{self, ScheduleFree};
 use crate::adapt::tlr::{self, Tlr};
 use crate::adapt::vsgd::{self, Variant, Vsgd};
-use crate::algorithm::Algorithm;
+use crate::algorithm::{Algorithm, Shards};
 use crate::backend::{AnyDevice, Device, DeviceKind};
 use crate::base::{adagrad::Adagrad, adam::Adam, momentum::Momentum, rmsprop::RmsProp, sgd::Sgd, FixedRate, Rule};
 use crate::error::{Error, Result};
@@ -102,30 +102,56 @@ pub fn check_runs_on(kind: DeviceKind, name: &str) -> Result<()> {
     Err(Error::unsupported(format!("algorithm '{name}' has no CUDA kernels yet (on CUDA: {}): create it on ALR_DEVICE_CPU", ON_CUDA.join(", "))))
 }
 
-/// A fresh algorithm (zero state) for `layout` on `device`. `unit_lr`: a fixed-rate rule runs at
-/// lr 1 because a wrapper (GI) owns the scale.
-pub fn build(name: &str, base: &str, layout: &Layout, device: &AnyDevice, unit_lr: bool) -> Result<Box<dyn Algorithm>> {
+/// The algorithms whose reductions take part in sharded training (docs/algorithms.md §7), and
+/// those that have none (nothing to reduce: a communicator is never called). The peers are
+/// neither yet.
+const SHARDABLE: &[&str] = &[
+    "sgd",
+    "momentum",
+    "adam",
+    "adamw",
+    "adagrad",
+    "rmsprop",
+    "auto-sgd",
+    "auto-adam",
+    "auto-adagrad",
+    "gi",
+    "tlr",
+    "vsgd-l",
+    "vsgd-g",
+    "vsgd-b",
+    "schedule-free",
+    "sf-adamw",
+    "sf-sgd",
+];
+
+/// A fresh algorithm (zero state) for `layout` on `device`, over shards when `shards` holds a
+/// communicator. `unit_lr`: a fixed-rate rule runs at lr 1 because a wrapper (GI) owns the scale.
+pub fn build(name: &str, base: &str, layout: &Layout, device: &AnyDevice, unit_lr: bool, shards: &Shards) -> Result<Box<dyn Algorithm>> {
     if !ALGORITHMS.contains(&name) {
         return Err(unknown(name));
     }
     check_runs_on(device.kind(), name)?;
+    if shards.is_some() && !SHARDABLE.contains(&name) {
+        return Err(Error::unsupported(format!("algorithm '{name}' does not reduce over shards yet (sharded: {})", SHARDABLE.join(", "))));
+    }
     let built = match device {
         AnyDevice::Cpu(cpu) => match name {
-            "gi" => Some(Box::new(Gi::new(base, build(base, "", layout, device, is_fixed_rate(base))?)) as Box<dyn Algorithm>),
+            "gi" => Some(Box::new(Gi::new(base, build(base, "", layout, device, is_fixed_rate(base), shards)?, shards.clone())) as Box<dyn Algorithm>),
             name if schedule_free::is_schedule_free(name) => {
                 let base = schedule_free::fixed_base(name).unwrap_or(base);
-                Some(Box::new(ScheduleFree::new(name, base, build(base, "", layout, device, false)?, cpu, layout)?) as Box<dyn Algorithm>)
+                Some(Box::new(ScheduleFree::new(name, base, build(base, "", layout, device, false, shards)?, cpu, layout)?) as Box<dyn Algorithm>)
             }
-            _ => build_on(name, layout, cpu, unit_lr)?,
+            _ => build_on(name, layout, cpu, unit_lr, shards)?,
         },
         #[cfg(feature = "cuda")]
-        AnyDevice::Cuda(cuda) => build_on(name, layout, cuda, unit_lr)?,
+        AnyDevice::Cuda(cuda) => build_on(name, layout, cuda, unit_lr, shards)?,
     };
     built.ok_or_else(|| unknown(name))
 }
 
 /// The algorithms written over `Device`, on `device`.
-fn build_on<D: Device>(name: &str, layout: &Layout, device: &D, unit_lr: bool) -> Result<Option<Box<dyn Algorithm>>> {
+fn build_on<D: Device>(name: &str, layout: &Layout, device: &D, unit_lr: bool, shards: &Shards) -> Result<Option<Box<dyn Algorithm>>> {
     let (lens, n_groups) = (&layout.lens[..], layout.members.len());
     Ok(Some(match name {
         "sgd" => Box::new(FixedRate::<Sgd, D>::new(device, lens, n_groups, unit_lr)?),
@@ -134,16 +160,16 @@ fn build_on<D: Device>(name: &str, layout: &Layout, device: &D, unit_lr: bool) -
         "adamw" => Box::new(FixedRate::<Adam<true>, D>::new(device, lens, n_groups, unit_lr)?),
         "adagrad" => Box::new(FixedRate::<Adagrad, D>::new(device, lens, n_groups, unit_lr)?),
         "rmsprop" => Box::new(FixedRate::<RmsProp, D>::new(device, lens, n_groups, unit_lr)?),
-        "auto-sgd" => Box::new(AutoOpt::<Identity, D>::new(device, layout)?),
-        "auto-adam" => Box::new(AutoOpt::<AdamDiag, D>::new(device, layout)?),
-        "auto-adagrad" => Box::new(AutoOpt::<AdagradDiag, D>::new(device, layout)?),
-        "tlr" => Box::new(Tlr::<D>::new(device)?),
+        "auto-sgd" => Box::new(AutoOpt::<Identity, D>::new(device, layout, shards.clone())?),
+        "auto-adam" => Box::new(AutoOpt::<AdamDiag, D>::new(device, layout, shards.clone())?),
+        "auto-adagrad" => Box::new(AutoOpt::<AdagradDiag, D>::new(device, layout, shards.clone())?),
+        "tlr" => Box::new(Tlr::<D>::new(device, shards.clone())?),
         "prodigy" => Box::new(Prodigy::<D>::new(device)?),
         "dadapt-adam" => Box::new(DAdaptAdam::<D>::new(device)?),
         "dog" => Box::new(Dog::<D>::new(device, layout)?),
-        "vsgd-l" => Box::new(Vsgd::<D>::new(Variant::Local, layout, device)?),
-        "vsgd-g" => Box::new(Vsgd::<D>::new(Variant::Global, layout, device)?),
-        "vsgd-b" => Box::new(Vsgd::<D>::new(Variant::Block, layout, device)?),
+        "vsgd-l" => Box::new(Vsgd::<D>::new(Variant::Local, layout, device, shards.clone())?),
+        "vsgd-g" => Box::new(Vsgd::<D>::new(Variant::Global, layout, device, shards.clone())?),
+        "vsgd-b" => Box::new(Vsgd::<D>::new(Variant::Block, layout, device, shards.clone())?),
         _ => return Ok(None),
     }))
 }

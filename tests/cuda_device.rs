@@ -24,6 +24,9 @@ fn create_algorithm_on_cuda(algorithm: &CStr, ordinal: i32) -> (AlrStatus, Strin
         device: AlrDevice::AlrDeviceCuda as i32,
         device_ordinal: ordinal,
         stream: std::ptr::null_mut(),
+        sharded: 0,
+        reduce: None,
+        reduce_user_data: std::ptr::null_mut(),
     };
     let mut out: *mut AlrOptimizer = std::ptr::NonNull::dangling().as_ptr();
     let status = alr_create(&args, &mut out);

@@ -26,7 +26,7 @@
 
 use crate::adapt::prodigy::{bias_correction, check_group_lrs, displacement, fma32, growth_rate, max_lr, py_max, py_min, GROWTH_RATE};
 use crate::algorithm::{Accepts, Algorithm, Context};
-use crate::backend::{Device, DotRule, ElemState, ElementRule, KernelRule, Record, SolveRule, TensorMut};
+use crate::backend::{Commit, Device, DotRule, ElemState, ElementRule, KernelRule, Record, SolveRule, TensorMut};
 use crate::base::WEIGHT_DECAY;
 use crate::checkpoint::{Reader, Writer};
 use crate::error::{Error, Result};
@@ -322,10 +322,10 @@ impl<D: Device> DAdaptAdam<D> {
                 pad: 0,
             };
             for &t in members {
-                device.dots::<Absorb>(&c, &s.estimate, 0, &params[t].view(), &inputs.grads[t], &mut s.elems[t], &mut s.sums, t)?;
+                device.dots::<Absorb>(&c, &s.estimate, 0, &params[t].view(), &inputs.grads[t], &mut s.elems[t], &mut s.sums, t, Commit::Write)?;
             }
         }
-        device.solve::<Solve>(&global, &s.no_coeffs, &mut s.estimate, &s.sums)?;
+        device.solve::<Solve>(&global, &s.no_coeffs, &mut s.estimate, &mut s.sums)?;
         Ok(())
     }
 }

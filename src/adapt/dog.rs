@@ -15,7 +15,7 @@
 
 use crate::adapt::prodigy::{displacement, fma32};
 use crate::algorithm::{Accepts, Algorithm, Context};
-use crate::backend::{Device, DotRule, ElementRule, KernelRule, Record, SolveRule, TensorMut};
+use crate::backend::{Commit, Device, DotRule, ElementRule, KernelRule, Record, SolveRule, TensorMut};
 use crate::base::WEIGHT_DECAY;
 use crate::checkpoint::{Reader, Writer};
 use crate::error::{Error, Result};
@@ -192,9 +192,9 @@ impl<D: Device> Dog<D> {
         for (t, x0) in self.x0.iter_mut().enumerate() {
             let group = ctx.layout.groups[t];
             let lambda = Self::lambda(ctx, group);
-            self.device.dots::<Distance>(&lambda, &self.groups, group, &params[t].view(), &inputs.grads[t], x0, &mut self.sums, t)?;
+            self.device.dots::<Distance>(&lambda, &self.groups, group, &params[t].view(), &inputs.grads[t], x0, &mut self.sums, t, Commit::Write)?;
         }
-        self.device.solve::<Solve>(&(), &self.options, &mut self.groups, &self.sums)?;
+        self.device.solve::<Solve>(&(), &self.options, &mut self.groups, &mut self.sums)?;
         Ok(())
     }
 }

@@ -29,7 +29,7 @@
 use std::marker::PhantomData;
 
 use crate::algorithm::{Accepts, Algorithm, Context};
-use crate::backend::{Device, DotRule, ElemState, ElementRule, KernelRule, Record, SolveRule, TensorMut};
+use crate::backend::{Commit, Device, DotRule, ElemState, ElementRule, KernelRule, Record, SolveRule, TensorMut};
 use crate::base::WEIGHT_DECAY;
 use crate::checkpoint::{Reader, Writer};
 use crate::error::{Error, Result};
@@ -554,12 +554,12 @@ impl<D: Device> Prodigy<D> {
             for &t in members {
                 let (param, grad) = (params[t].view(), &inputs.grads[t]);
                 match &mut s.elems {
-                    Elems::WithM(e) => device.dots::<Absorb<WithM>>(&c, &s.estimate, 0, &param, grad, &mut e[t], &mut s.sums, t)?,
-                    Elems::NoM(e) => device.dots::<Absorb<NoM>>(&c, &s.estimate, 0, &param, grad, &mut e[t], &mut s.sums, t)?,
+                    Elems::WithM(e) => device.dots::<Absorb<WithM>>(&c, &s.estimate, 0, &param, grad, &mut e[t], &mut s.sums, t, Commit::Write)?,
+                    Elems::NoM(e) => device.dots::<Absorb<NoM>>(&c, &s.estimate, 0, &param, grad, &mut e[t], &mut s.sums, t, Commit::Write)?,
                 }
             }
         }
-        device.solve::<Solve>(&global, &s.no_coeffs, &mut s.estimate, &s.sums)?;
+        device.solve::<Solve>(&global, &s.no_coeffs, &mut s.estimate, &mut s.sums)?;
         Ok(())
     }
 }

@@ -31,7 +31,7 @@
 //! reference's `eval()`/`train()`.
 
 use crate::algorithm::{Accepts, Algorithm, Context};
-use crate::backend::{Device, DotRule, ElementRule, KernelRule, Record, SolveRule, TensorMut};
+use crate::backend::{Commit, Device, DotRule, ElementRule, KernelRule, Record, SolveRule, TensorMut};
 use crate::base::WEIGHT_DECAY;
 use crate::checkpoint::{Reader, Writer};
 use crate::error::{Error, Result};
@@ -460,7 +460,7 @@ impl<D: Device> Algorithm for ScheduleFree<D> {
         let ScheduleFree { device, base, z, previous, averages, average_options, sums, no_record, steps, .. } = self;
         if *steps == 0 {
             for (t, z) in z.iter_mut().enumerate() {
-                device.dots::<InitZ>(&(), no_record, 0, &params[t].view(), &inputs.grads[t], z, sums, t)?;
+                device.dots::<InitZ>(&(), no_record, 0, &params[t].view(), &inputs.grads[t], z, sums, t, Commit::Write)?;
             }
         }
         device.solve::<Advance>(&(), average_options, averages, sums)?;

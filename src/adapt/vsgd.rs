@@ -15,10 +15,10 @@
 //! The curvature is the caller's (bbprop / diagonal Gauss-Newton, §4.3) or, without one, the
 //! finite difference of vSGD-fd (Schaul & LeCun 2013) through the gradient callback.
 
-use crate::algorithm::{Accepts, Algorithm, Context};
+use crate::algorithm::{Accepts, Algorithm, Context, Shards};
 use crate::backend::{
-    filled, host_params, Device, ElemState, ElementRule, KernelRule, Memory, Record, SampleTensor, SampleView, Sampled, SampledRule, SolveRule, Tensor,
-    TensorMut,
+    filled, host_params, reduced_pass, Commit, Device, ElemState, ElementRule, KernelRule, Memory, Record, SampleTensor, SampleView, Sampled, SampledRule,
+    SolveRule, Tensor, TensorMut,
 };
 use crate::checkpoint::{Reader, Writer};
 use crate::error::{Error, Result};
@@ -567,11 +567,13 @@ pub struct Vsgd<D: Device> {
     no_record: D::Records<()>,
     no_coeffs: D::Records<()>,
     scratch: Scratch,
+    /// Sharded: the communicator that adds (and maxes) vsgd-g/-b's pass-1 sums over processes.
+    shards: Shards,
 }
 
 impl<D: Device> Vsgd<D> {
     /// A fresh state: zero averages, τ = 1 (what the first step sees when n0 = 0).
-    pub fn new(variant: Variant, layout: &Layout, device: &D) -> Result<Self> {
+    pub fn new(variant: Variant, layout: &Layout, device: &D, shards: Shards) -> Result<Self> {
         // vsgd-l's one sum (Σ g·s) and vsgd-g's unit add every tensor; vsgd-b's units are the groups.
         let unit_tensors = match variant {
             Variant::Local | Variant::Global => vec![(0..layout.n_tensors()).collect()],
@@ -607,6 +609,7 @@ impl<D: Device> Vsgd<D> {
             no_coeffs: device.records(&filled(unit_tensors.len(), ())?)?,
             scratch: Scratch::default(),
             device: device.clone(),
+            shards,
         })
     }
 }
@@ -633,9 +636,9 @@ impl<D: Device> Vsgd<D> {
         }
     }
 
-    /// Everything that may fail comes first — the finite-difference curvature when the caller
-    /// gives none — so that an error leaves the state as it was; then the step is counted.
-    fn begin(&mut self, ctx: &Context, params: &[TensorMut], inputs: &StepInputs, callbacks: &mut Callbacks) -> Result<Phase> {
+    /// The finite-difference curvature when the caller gives none, and where the step stands
+    /// with its rates; nothing of the state changes (`advance` counts the step once it passes).
+    fn begin(&mut self, ctx: &Context, params: &[TensorMut], inputs: &StepInputs, callbacks: &mut Callbacks) -> Result<(Phase, Rates<f64>)> {
         let eps = ctx.options.get(0, "eps");
         if inputs.curvature.is_none() {
             let grad_fn = callbacks.grad_fn.as_mut().ok_or_else(|| missing_curvature(self.variant))?;
@@ -646,23 +649,31 @@ impl<D: Device> Vsgd<D> {
                 State::Shared { elems, .. } => finite_difference(&self.device, elems, &params, &grads, grad_fn, eps as f32, check, &mut self.scratch)?,
             }
         }
-        self.steps += 1;
-        self.rates = Rates::new(inputs.samples.as_ref().map_or(1.0, |s| s.batch_size as f64), eps);
-        let n0 = Self::n0(ctx);
-        Ok(if self.steps <= n0 {
-            let finish = (self.steps == n0).then(|| match ctx.options.get(0, "slow_start_c") {
+        let rates = Rates::new(inputs.samples.as_ref().map_or(1.0, |s| s.batch_size as f64), eps);
+        let (t, n0) = (self.steps + 1, Self::n0(ctx));
+        let phase = if t <= n0 {
+            let finish = (t == n0).then(|| match ctx.options.get(0, "slow_start_c") {
                 c if c.is_nan() => ctx.layout.lens.iter().sum::<usize>() as f64 / 10.0,
                 c => c,
             });
-            Phase::SlowStart { t: self.steps, finish }
+            Phase::SlowStart { t, finish }
         } else {
             Phase::Regular
-        })
+        };
+        Ok((phase, rates))
     }
 
-    /// Advances the state by one step of `phase`; vsgd-l also moves θ in the same pass when
-    /// `theta` is given and the step is past the slow start.
-    fn advance(&mut self, ctx: &Context, phase: Phase, inputs: &StepInputs, mut theta: Option<&mut [TensorMut]>) -> Result<()> {
+    /// Advances the state by one step of `phase` and counts it; vsgd-l also moves θ in the same
+    /// pass when `theta` is given and the step is past the slow start. A failed reduction over
+    /// shards changes nothing.
+    fn advance(&mut self, ctx: &Context, (phase, rates): (Phase, Rates<f64>), inputs: &StepInputs, theta: Option<&mut [TensorMut]>) -> Result<()> {
+        self.passes(ctx, phase, rates, inputs, theta)?;
+        self.steps += 1;
+        self.rates = rates;
+        Ok(())
+    }
+
+    fn passes(&mut self, ctx: &Context, phase: Phase, rates: Rates<f64>, inputs: &StepInputs, mut theta: Option<&mut [TensorMut]>) -> Result<()> {
         let curvature: Vec<Tensor> = match &inputs.curvature {
             Some(h) => h.clone(),
             None => self.scratch.curvature.iter().map(|h| Tensor::host(h)).collect(),
@@ -679,7 +690,7 @@ impl<D: Device> Vsgd<D> {
                 k: s.square_scale().sqrt(),
             })
         };
-        let (rates, element_rates) = (self.rates, self.rates.to_f32());
+        let element_rates = rates.to_f32();
         let (slow_inv_t, finish) = match phase {
             Phase::SlowStart { t, finish } => (1.0 / t as f64, finish),
             Phase::Regular => (0.0, None),
@@ -697,21 +708,26 @@ impl<D: Device> Vsgd<D> {
                                 c: finish.unwrap_or(0.0) as f32,
                                 finishing: u32::from(finish.is_some()),
                             };
-                            device.sampled::<LocalSlowStart>(&c, no_record, 0, None, grad, h, samples.as_ref(), state, sums, t)?;
+                            device.sampled::<LocalSlowStart>(&c, no_record, 0, None, grad, h, samples.as_ref(), state, sums, t, Commit::Write)?;
                         }
                         Phase::Regular => {
                             let param = theta.as_deref_mut().map(|p| &mut p[t]);
-                            device.sampled::<LocalStep>(&element_rates, no_record, 0, param, grad, h, samples.as_ref(), state, sums, t)?;
+                            device.sampled::<LocalStep>(&element_rates, no_record, 0, param, grad, h, samples.as_ref(), state, sums, t, Commit::Write)?;
                         }
                     }
                 }
             }
             State::Shared { elems, units, .. } => {
                 let c = AverageCoeffs { slow_inv_t, eps: element_rates.eps };
-                for (t, state) in elems.iter_mut().enumerate() {
-                    let unit = if self.variant == Variant::Global { 0 } else { ctx.layout.groups[t] };
-                    device.sampled::<SharedAverages>(&c, units, unit, None, &inputs.grads[t], &curvature[t], view(t).as_ref(), state, sums, t)?;
-                }
+                let global = self.variant == Variant::Global;
+                reduced_pass(device, sums, true, self.shards.as_deref(), true, |sums, commit| {
+                    for (t, state) in elems.iter_mut().enumerate() {
+                        let unit = if global { 0 } else { ctx.layout.groups[t] };
+                        let (grad, h) = (&inputs.grads[t], &curvature[t]);
+                        device.sampled::<SharedAverages>(&c, units, unit, None, grad, h, view(t).as_ref(), state, sums, t, commit)?;
+                    }
+                    Ok(())
+                })?;
                 let params = UnitParams { rates, slow_inv_t, c: finish.unwrap_or(0.0), finishing: u32::from(finish.is_some()) };
                 device.solve::<UnitSolve>(&params, &self.no_coeffs, units, sums)?;
             }
@@ -774,7 +790,14 @@ impl<D: Device> Algorithm for Vsgd<D> {
         Accepts { per_sample: true, curvature: true, grad_fn: true, ..Accepts::default() }
     }
 
-    fn check(&self, _ctx: &Context, inputs: &StepInputs, callbacks: &Callbacks) -> Result<()> {
+    fn check(&self, ctx: &Context, inputs: &StepInputs, callbacks: &Callbacks) -> Result<()> {
+        if self.shards.is_some() && ctx.options.get(0, "slow_start_c").is_nan() {
+            // C = d/10 counts every parameter, which no shard sees.
+            return Err(Error::invalid(format!(
+                "{} over shards: set slow_start_c (its default d/10 counts the parameters of every shard)",
+                self.variant.name()
+            )));
+        }
         if inputs.curvature.is_none() {
             if callbacks.grad_fn.is_none() {
                 return Err(missing_curvature(self.variant));
@@ -790,9 +813,21 @@ impl<D: Device> Algorithm for Vsgd<D> {
         Ok(())
     }
 
+    /// vsgd-g/-b reduce pass 1's sums (two calls: the sums, and h⁺'s maximum); vsgd-l reduces nothing.
+    fn abstain(&mut self, _ctx: &Context) -> bool {
+        match (&self.state, self.shards.as_deref()) {
+            (State::Shared { .. }, Some(comm)) => {
+                // Its outcome is the refusal this process already has.
+                let _ = self.device.abstain(&self.sums, true, comm);
+                true
+            }
+            _ => false,
+        }
+    }
+
     fn propose(&mut self, ctx: &Context, params: &[TensorMut], inputs: &StepInputs, callbacks: &mut Callbacks) -> Result<f64> {
-        let phase = self.begin(ctx, params, inputs, callbacks)?;
-        self.advance(ctx, phase, inputs, None)?;
+        let begun = self.begin(ctx, params, inputs, callbacks)?;
+        self.advance(ctx, begun, inputs, None)?;
         self.proposed_dot(ctx)
     }
 
@@ -814,13 +849,13 @@ impl<D: Device> Algorithm for Vsgd<D> {
     }
 
     fn step(&mut self, ctx: &Context, params: &mut [TensorMut], inputs: &StepInputs, callbacks: &mut Callbacks) -> Result<()> {
-        let phase = self.begin(ctx, params, inputs, callbacks)?;
+        let begun = self.begin(ctx, params, inputs, callbacks)?;
         if self.variant == Variant::Local {
-            return self.advance(ctx, phase, inputs, Some(params));
+            return self.advance(ctx, begun, inputs, Some(params));
         }
         // η of a unit needs the whole unit's sums: a second pass is unavoidable.
-        self.advance(ctx, phase, inputs, None)?;
-        if phase != Phase::Regular {
+        self.advance(ctx, begun, inputs, None)?;
+        if begun.0 != Phase::Regular {
             return Ok(());
         }
         if let State::Shared { elems, units, .. } = &mut self.state {
@@ -1003,7 +1038,7 @@ mod tests {
             let (layout, mut options) = context_parts(variant.name(), &lens, &[0, 0, 1]);
             options.set(variant.name(), "n0", None, 3.0).unwrap();
             let ctx = Context { layout: &layout, options: &options };
-            let (mut fused, mut split) = (Vsgd::new(variant, &layout, &Cpu).unwrap(), Vsgd::new(variant, &layout, &Cpu).unwrap());
+            let (mut fused, mut split) = (Vsgd::new(variant, &layout, &Cpu, None).unwrap(), Vsgd::new(variant, &layout, &Cpu, None).unwrap());
             let mut theta_fused: Vec<Vec<f32>> = lens.iter().map(|&n| noise(1, n)).collect();
             let mut theta_split = theta_fused.clone();
             for step in 0..12u32 {

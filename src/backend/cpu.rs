@@ -34,7 +34,10 @@ macro_rules! dispatch {
 }
 
 pub use super::ElemState;
-use super::{Deferred, Device, DotRule, ElementRule, Memory, MomentRule, Record, SampleTensor, SampleView, SampledRule, SolveRule, Tensor, TensorMut};
+use super::{
+    Commit, Communicator, Deferred, Device, DotRule, ElementRule, Memory, MomentRule, Record, ReduceOp, ReduceValues, SampleTensor, SampleView, SampledRule,
+    SolveRule, Tensor, TensorMut,
+};
 use crate::error::{Error, Result};
 
 pub use super::filled;
@@ -622,6 +625,8 @@ pub struct Cpu;
 pub struct Sums {
     per_tensor: Vec<[f64; 4]>,
     owners: Vec<Vec<usize>>,
+    /// Per record, the sums over every process (`reduce_sums`), read by the next solve.
+    reduced: Option<Vec<[f64; 4]>>,
 }
 
 impl Sums {
@@ -641,6 +646,26 @@ impl Sums {
             })
             .collect()
     }
+}
+
+/// Records' sums combined over every process: slots 0–2 (0–3 unless `last_is_max`) in one sum,
+/// the fourth slots in one maximum. Both calls are made before the values are judged, so that
+/// every process makes the same calls; then non-finite values are an error on every process.
+fn all_reduce_records(records: Vec<[f64; 4]>, last_is_max: bool, comm: &dyn Communicator) -> Result<Vec<[f64; 4]>> {
+    let summed = if last_is_max { 3 } else { 4 };
+    let mut sums: Vec<f64> = records.iter().flat_map(|r| r[..summed].to_vec()).collect();
+    let sum_result = comm.all_reduce(ReduceValues::Host(&mut sums), ReduceOp::Sum);
+    let mut maxima: Vec<f64> = records.iter().map(|r| r[3]).collect();
+    let max_result = if last_is_max { comm.all_reduce(ReduceValues::Host(&mut maxima), ReduceOp::Max) } else { Ok(()) };
+    sum_result.and(max_result).map_err(super::reduce_failed)?;
+    let reduced: Vec<[f64; 4]> = sums.chunks_exact(summed).zip(&maxima).map(|(s, &m)| std::array::from_fn(|i| if i < summed { s[i] } else { m })).collect();
+    if let Some(r) = reduced.iter().position(|s| !s.iter().all(|v| v.is_finite())) {
+        return Err(Error::non_finite(format!(
+            "record {r}'s sums over all processes are not finite: the inputs of this or another process held a NaN or Inf \
+             (or a sum overflowed); no process changed anything"
+        )));
+    }
+    Ok(reduced)
 }
 
 /// The floats of a buffer in host memory (the optimizer checks where every buffer lives, so
@@ -741,7 +766,7 @@ impl Device for Cpu {
     }
 
     fn sums(&self, lens: &[usize], owners: &[Vec<usize>]) -> Result<Sums> {
-        Ok(Sums { per_tensor: filled(lens.len(), [0.0; 4])?, owners: owners.to_vec() })
+        Ok(Sums { per_tensor: filled(lens.len(), [0.0; 4])?, owners: owners.to_vec(), reduced: None })
     }
 
     fn update<R: ElementRule>(
@@ -807,12 +832,16 @@ impl Device for Cpu {
         state: &mut Vec<R::State>,
         sums: &mut Sums,
         tensor: usize,
+        commit: Commit,
     ) -> Result<()> {
         let p = R::prepare(c, &records[at]);
         let (param, grad) = (host(param)?, host(grad)?);
         same_len("dots", param.len(), state.len())?;
         same_len("dots", grad.len(), state.len())?;
-        let [x, y] = reduce::<2, _>(state.len(), |i| R::dot(&p, grad[i], param[i], &mut state[i]));
+        let [x, y] = match commit {
+            Commit::Write => reduce::<2, _>(state.len(), |i| R::dot(&p, grad[i], param[i], &mut state[i])),
+            Commit::Measure => reduce::<2, _>(state.len(), |i| R::dot(&p, grad[i], param[i], &mut state[i].clone())),
+        };
         sums.per_tensor[tensor] = [x, y, 0.0, 0.0];
         Ok(())
     }
@@ -845,12 +874,14 @@ impl Device for Cpu {
         state: &mut Vec<R::State>,
         sums: &mut Sums,
         tensor: usize,
+        commit: Commit,
     ) -> Result<()> {
         let p = R::prepare(c, &records[at]);
         let (grad, h, len) = (host(grad)?, host(h)?, state.len());
         same_len("sampled", grad.len(), len)?;
         same_len("sampled", h.len(), len)?;
-        let mut theta = match param {
+        // A measuring pass moves nothing either.
+        let mut theta = match param.filter(|_| commit == Commit::Write) {
             Some(param) => Some(host_mut(param)?),
             None => None,
         };
@@ -888,7 +919,10 @@ impl Device for Cpu {
                 None => {
                     let mut max = total[3] as f32;
                     let [s0, s1, s2] = reduce::<3, _>(g.len(), |j| {
-                        let out = R::advance(&p, g[j], x[j], h[j], &mut st[j]);
+                        let out = match commit {
+                            Commit::Write => R::advance(&p, g[j], x[j], h[j], &mut st[j]),
+                            Commit::Measure => R::advance(&p, g[j], x[j], h[j], &mut st[j].clone()),
+                        };
                         max = max.max(out.max);
                         out.sums
                     });
@@ -904,8 +938,11 @@ impl Device for Cpu {
         Ok(sums.per_record(false))
     }
 
-    fn solve<S: SolveRule>(&self, p: &S::Params, coeffs: &Vec<S::Coeffs>, records: &mut Vec<S::Record>, sums: &Sums) -> Result<Option<usize>> {
-        let totals = sums.per_record(S::LAST_IS_MAX);
+    fn solve<S: SolveRule>(&self, p: &S::Params, coeffs: &Vec<S::Coeffs>, records: &mut Vec<S::Record>, sums: &mut Sums) -> Result<Option<usize>> {
+        let totals = match sums.reduced.take() {
+            Some(reduced) => reduced,
+            None => sums.per_record(S::LAST_IS_MAX),
+        };
         if S::REQUIRE_FINITE {
             if let Some(r) = totals.iter().position(|s| !s.iter().all(|v| v.is_finite())) {
                 return Ok(Some(r));
@@ -915,6 +952,16 @@ impl Device for Cpu {
             S::solve(p, c, s, record);
         }
         Ok(None)
+    }
+
+    fn reduce_sums(&self, sums: &mut Sums, last_is_max: bool, comm: &dyn Communicator) -> Result<()> {
+        let local = sums.per_record(last_is_max);
+        sums.reduced = Some(all_reduce_records(local, last_is_max, comm)?);
+        Ok(())
+    }
+
+    fn abstain(&self, sums: &Sums, last_is_max: bool, comm: &dyn Communicator) -> Result<()> {
+        all_reduce_records(vec![[f64::NAN; 4]; sums.owners.len()], last_is_max, comm).map(|_| ())
     }
 
     fn check(&self, what: &str, tensor: usize, x: &Tensor, non_negative: bool) -> Result<()> {

@@ -160,6 +160,8 @@ pub struct Sums {
     /// How the record sums are formed (`alr_group_sums`): N and k² for Σg² moments, else 0.
     n: f64,
     square_scale: f64,
+    /// `group_sums` holds the sums over every process (`reduce_sums`): the next solve reads them.
+    reduced: bool,
 }
 
 /// A CUDA device's primary context and the caller's stream, with the kernels loaded.
@@ -269,6 +271,12 @@ impl Cuda {
         // cuda/device.cuh fix it per rule kind), every pointer argument addresses a buffer of
         // the sizes the kernel reads (sized here or checked by the optimizer).
         driver(unsafe { result::launch_kernel(f, (grid, 1, 1), (THREADS, 1, 1), 0, self.stream(), args) }, name)
+    }
+
+    /// The caller's reduction of the records' sums, in device memory on this optimizer's stream.
+    fn all_reduce_group_sums(&self, sums: &Sums, comm: &dyn Communicator) -> Result<()> {
+        let values = ReduceValues::Device { address: sums.group_sums.at(0), len: 4 * sums.n_records, stream: self.0.stream as *mut c_void };
+        comm.all_reduce(values, ReduceOp::Sum).map_err(super::reduce_failed)
     }
 
     /// Enqueues the per-record sums of `sums`' partials (cuda/device.cu's alr_group_sums).
@@ -400,6 +408,7 @@ impl Device for Cuda {
             n_records: owners.len(),
             n: 0.0,
             square_scale: 0.0,
+            reduced: false,
         };
         self.bind()?;
         sums.ranges.upload(self.stream(), &ranges)?;
@@ -463,13 +472,14 @@ impl Device for Cuda {
         state: &mut Typed<R::State>,
         sums: &mut Sums,
         tensor: usize,
+        commit: Commit,
     ) -> Result<()> {
         sums.n = 0.0;
         sums.square_scale = 0.0;
         let partials = sums.partials.at(sums.offsets[tensor] * 4 * std::mem::size_of::<f64>());
         let (mut p, mut g, mut s, mut len) = (device_ptr(param), device_ptr(grad), state.buffer.at(0), param.len() as u64);
-        let (mut c, mut r, mut st, mut out) = (by_value(c)?, records.at(at), self.status_ptr(), partials);
-        let args = &mut [arg(&mut p), arg(&mut g), arg(&mut s), arg(&mut len), arg(&mut c), arg(&mut r), arg(&mut st), arg(&mut out)];
+        let (mut c, mut r, mut st, mut out, mut write) = (by_value(c)?, records.at(at), self.status_ptr(), partials, i32::from(commit == Commit::Write));
+        let args = &mut [arg(&mut p), arg(&mut g), arg(&mut s), arg(&mut len), arg(&mut c), arg(&mut r), arg(&mut st), arg(&mut out), arg(&mut write)];
         self.launch(R::KERNEL, partials_for(param.len()) as u32, args)
     }
 
@@ -521,6 +531,7 @@ impl Device for Cuda {
         state: &mut Typed<R::State>,
         sums: &mut Sums,
         tensor: usize,
+        commit: Commit,
     ) -> Result<()> {
         // x is formed in the kernel: the sums need no conversion in the solve.
         sums.n = 0.0;
@@ -530,7 +541,9 @@ impl Device for Cuda {
             Some(SampleView { data: SampleTensor::Rows(m), n, k }) => (0u64, device_ptr(m), *n as u64, *k),
             None => (0u64, 0u64, 0u64, 0.0),
         };
-        let mut theta = param.map_or(0u64, |p| p.address() as u64);
+        // A measuring pass moves nothing either.
+        let mut theta = param.filter(|_| commit == Commit::Write).map_or(0u64, |p| p.address() as u64);
+        let mut write = i32::from(commit == Commit::Write);
         let partials = sums.partials.at(sums.offsets[tensor] * 4 * std::mem::size_of::<f64>());
         let (mut g, mut curvature, mut s, mut len) = (device_ptr(grad), device_ptr(h), state.buffer.at(0), grad.len() as u64);
         let (mut c, mut r, mut st, mut out) = (by_value(c)?, records.at(at), self.status_ptr(), partials);
@@ -548,6 +561,7 @@ impl Device for Cuda {
             arg(&mut r),
             arg(&mut st),
             arg(&mut out),
+            arg(&mut write),
         ];
         self.launch(R::KERNEL, partials_for(grad.len()) as u32, args)
     }
@@ -558,8 +572,10 @@ impl Device for Cuda {
         Ok(flat.chunks_exact(4).map(|s| [s[0], s[1], s[2], s[3]]).collect())
     }
 
-    fn solve<S: SolveRule>(&self, p: &S::Params, coeffs: &Typed<S::Coeffs>, records: &mut Typed<S::Record>, sums: &Sums) -> Result<Option<usize>> {
-        self.group_sums(sums, S::LAST_IS_MAX)?;
+    fn solve<S: SolveRule>(&self, p: &S::Params, coeffs: &Typed<S::Coeffs>, records: &mut Typed<S::Record>, sums: &mut Sums) -> Result<Option<usize>> {
+        if !std::mem::take(&mut sums.reduced) {
+            self.group_sums(sums, S::LAST_IS_MAX)?;
+        }
         let (mut group_sums, mut status) = (sums.group_sums.at(0), self.status_ptr());
         let (mut n_records, mut step) = (sums.n_records as u64, self.step_tag());
         if S::REQUIRE_FINITE {
@@ -570,6 +586,28 @@ impl Device for Cuda {
         self.launch(S::KERNEL, 1, args)?;
         // A rejected record shows in the status word, read by `settle`.
         Ok(None)
+    }
+
+    fn reduce_sums(&self, sums: &mut Sums, last_is_max: bool, comm: &dyn Communicator) -> Result<()> {
+        if last_is_max {
+            return Err(Error::unsupported("a maximum over processes (vsgd-g/-b's h⁺) is not reduced on CUDA yet: shard vsgd-g/-b on the CPU"));
+        }
+        self.group_sums(sums, false)?;
+        self.all_reduce_group_sums(sums, comm)?;
+        // Non-finite sums over all processes stop the step on every process (the status word).
+        let (mut group_sums, mut n_records, mut step, mut status) = (sums.group_sums.at(0), sums.n_records as u64, self.step_tag(), self.status_ptr());
+        self.launch("alr_check_sums", 1, &mut [arg(&mut group_sums), arg(&mut n_records), arg(&mut step), arg(&mut status)])?;
+        sums.reduced = true;
+        Ok(())
+    }
+
+    fn abstain(&self, sums: &Sums, last_is_max: bool, comm: &dyn Communicator) -> Result<()> {
+        if last_is_max {
+            return Err(Error::unsupported("a maximum over processes (vsgd-g/-b's h⁺) is not reduced on CUDA yet: shard vsgd-g/-b on the CPU"));
+        }
+        self.bind()?;
+        sums.group_sums.upload(self.stream(), &vec![f64::NAN; 4 * sums.n_records])?;
+        self.all_reduce_group_sums(sums, comm)
     }
 
     fn check(&self, _what: &str, _tensor: usize, x: &Tensor, non_negative: bool) -> Result<()> {

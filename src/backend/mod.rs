@@ -154,6 +154,62 @@ pub trait SolveRule: 'static {
     fn solve(p: &Self::Params, c: &Self::Coeffs, sums: &[f64; 4], record: &mut Self::Record);
 }
 
+/// Whether a pass writes the state it advances (`Write`), or only reads it (`Measure`: the
+/// sums of a sharded step before its reduction, which must change nothing if it fails).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Commit {
+    Write,
+    Measure,
+}
+
+/// How a reduction combines the processes' values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReduceOp {
+    Sum,
+    Max,
+}
+
+/// The values a reduction combines in place: host memory, or device memory ordered on the
+/// optimizer's stream.
+pub enum ReduceValues<'a> {
+    Host(&'a mut [f64]),
+    Device { address: u64, len: usize, stream: *mut std::ffi::c_void },
+}
+
+/// The caller's communicator over the processes that hold shards of the same tensors
+/// (`MPI_Allreduce`, `torch.distributed.all_reduce`, NCCL): combines the values in place.
+pub trait Communicator: Send + Sync {
+    fn all_reduce(&self, values: ReduceValues, op: ReduceOp) -> std::result::Result<(), String>;
+}
+
+/// A reduction pass over a sharded step's tensors: without a communicator, `pass(Write)`; with
+/// one, `pass(Measure)` (the state only read, when `mutates`), the reduction — where a failure
+/// leaves everything as it was —, then `pass(Write)` from the same state and records.
+pub fn reduced_pass<D: Device>(
+    device: &D,
+    sums: &mut D::Sums,
+    last_is_max: bool,
+    comm: Option<&dyn Communicator>,
+    mutates: bool,
+    mut pass: impl FnMut(&mut D::Sums, Commit) -> Result<()>,
+) -> Result<()> {
+    let Some(comm) = comm else {
+        return pass(sums, Commit::Write);
+    };
+    if !mutates {
+        pass(sums, Commit::Write)?;
+        return device.reduce_sums(sums, last_is_max, comm);
+    }
+    pass(sums, Commit::Measure)?;
+    device.reduce_sums(sums, last_is_max, comm)?;
+    pass(sums, Commit::Write)
+}
+
+/// The error of a reduce callback that failed.
+pub fn reduce_failed(why: String) -> Error {
+    Error::callback(format!("the reduce callback failed ({why}); nothing changed on this process"))
+}
+
 /// Where a caller's buffer lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Memory {
@@ -454,6 +510,7 @@ pub trait Device: Clone + Send + Sync + 'static {
         state: &mut Self::State<R::State>,
         sums: &mut Self::Sums,
         tensor: usize,
+        commit: Commit,
     ) -> Result<()>;
 
     /// The spread moments of `M` over one tensor into `sums` (all four slots of `tensor`). A
@@ -487,6 +544,7 @@ pub trait Device: Clone + Send + Sync + 'static {
         state: &mut Self::State<R::State>,
         sums: &mut Self::Sums,
         tensor: usize,
+        commit: Commit,
     ) -> Result<()>;
 
     /// Every record's sums (its tensors' sums added in tensor order) on the host, for what a
@@ -501,8 +559,20 @@ pub trait Device: Clone + Send + Sync + 'static {
         p: &S::Params,
         coeffs: &Self::Records<S::Coeffs>,
         records: &mut Self::Records<S::Record>,
-        sums: &Self::Sums,
+        sums: &mut Self::Sums,
     ) -> Result<Option<usize>>;
+
+    /// Sharded training (docs/algorithms.md §7): every record's sums added over this process's
+    /// tensors, then over every process through `comm` (one call; two with `last_is_max`, whose
+    /// fourth slots are combined by a maximum). The next `solve` reads these instead of its own
+    /// sums. Reduced sums that are not finite (bad input on some process, or an overflow) are an
+    /// error on every process alike, before anything changes.
+    fn reduce_sums(&self, sums: &mut Self::Sums, last_is_max: bool, comm: &dyn Communicator) -> Result<()>;
+
+    /// The calls `reduce_sums` makes, with NaN for every value: a process whose own inputs were
+    /// refused still takes part in the step's collectives (one that skipped them would hang the
+    /// others), and the NaN makes every process refuse the step.
+    fn abstain(&self, sums: &Self::Sums, last_is_max: bool, comm: &dyn Communicator) -> Result<()>;
 
     /// Checks an input: every value finite, or (with `non_negative`) none negative. The CPU
     /// answers at once, naming the element; a GPU enqueues the check and reports through its

@@ -64,7 +64,7 @@ def _ptr_array(arrays):
 class _Handle:
     """An optimizer handle: creation, options, read-back and checkpoints, whatever the device."""
 
-    def _create(self, algorithm, lens, groups, options, device=_ffi.ALR_DEVICE_CPU, ordinal=0, stream=0):
+    def _create(self, algorithm, lens, groups, options, device=_ffi.ALR_DEVICE_CPU, ordinal=0, stream=0, reduce=None):
         n = len(lens)
         lens = (ctypes.c_size_t * n)(*lens)
         args = _ffi.AlrCreateArgs()
@@ -79,6 +79,9 @@ class _Handle:
         args.device = device
         args.device_ordinal = int(ordinal)
         args.stream = ctypes.c_void_p(int(stream) or None)
+        if reduce is not None:
+            args.sharded = 1
+            args.reduce = self._reduce_callback(reduce)
         handle = ctypes.c_void_p()
         _check(lib.alr_create(ctypes.byref(args), ctypes.byref(handle)))
         self._handle = handle
@@ -88,6 +91,23 @@ class _Handle:
             self.set_option("base", base)
         for name, value in options.items():
             self.set_option(name, value)
+
+    def _reduce_callback(self, reduce):
+        """The C callback around `reduce(values, op)` (values: a float64 array to combine in place
+        over the processes, op: "sum" or "max"); an exception it raises fails the step, and the
+        step re-raises it."""
+        self._reduce_raised = []
+
+        def call(_user, values, n, op, _stream):
+            try:
+                reduce(np.ctypeslib.as_array(values, shape=(n,)), "sum" if op == _ffi.ALR_REDUCE_SUM else "max")
+                return 0
+            except BaseException as e:  # re-raised by the step, after the library returns
+                self._reduce_raised.append(e)
+                return 1
+
+        self._reduce_fn = _ffi.AlrReduceFn(call)  # alive as long as the optimizer
+        return self._reduce_fn
 
     def __del__(self):
         handle = getattr(self, "_handle", None)
@@ -189,10 +209,13 @@ class Optimizer(_Handle):
     Options are given by name (docs/algorithms.md); `groups` gives a group id per tensor (default:
     every tensor its own group). For `gi`, pass `base="adam"` etc."""
 
-    def __init__(self, algorithm, params, groups=None, **options):
+    def __init__(self, algorithm, params, groups=None, reduce=None, **options):
+        """`reduce`: the arrays are this process's shards of tensors split over processes, and
+        `reduce(values, op)` combines a float64 array in place over them (op "sum" or "max"; e.g.
+        `torch.distributed.all_reduce`); see README "More than one process"."""
         self._params = [_as_f32(p, f"params[{i}]", writable=True) for i, p in enumerate(params)]
         self._shapes = [p.shape for p in self._params]
-        self._create(algorithm, [p.size for p in self._params], groups, options)
+        self._create(algorithm, [p.size for p in self._params], groups, options, reduce=reduce)
 
     # the step --------------------------------------------------------------------------------
     def step(self, grads, sum_sq=None, per_sample=None, per_sample_scale="sample", batch_size=None,
@@ -283,6 +306,8 @@ class Optimizer(_Handle):
             args.grad_fn = _ffi.AlrGradFn(grad_fn)
             keep.append(args.grad_fn)
         rc = lib.alr_step(self._handle, ctypes.byref(args))
+        raised += getattr(self, "_reduce_raised", [])
+        self._reduce_raised = []
         if raised:
             err = Error(f"{lib.alr_last_error().decode()} ({type(raised[0]).__name__}: {raised[0]})", "ALR_CALLBACK_FAILED")
             raise err from raised[0]

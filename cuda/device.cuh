@@ -55,7 +55,24 @@ __device__ inline void block_sum4(double sums[4], double (*shared)[ALR_THREADS])
 #define ALR_GRID_STRIDE(i, len) \
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < (len); i += (size_t)gridDim.x * blockDim.x)
 
-// An ElementRule (src/backend/mod.rs): θ ← θ − advance(prepare(c, record), g, θ, state).
+// Whether a rule sets θ itself (`static constexpr bool ASSIGNS = true` and `next`, as
+// ElementRule::ASSIGNS in Rust: schedule-free's interpolations), else subtracts `advance`.
+template <typename Rule, typename = void>
+struct assigns : std::false_type {};
+template <typename Rule>
+struct assigns<Rule, std::void_t<decltype(Rule::ASSIGNS)>> : std::bool_constant<Rule::ASSIGNS> {};
+
+// One element of an ElementRule: θ − advance(…), or next(…) for a rule that assigns.
+template <typename Rule>
+__device__ inline float element_next(const typename Rule::Prepared& p, float g, float theta, typename Rule::State* st) {
+    if constexpr (assigns<Rule>::value)
+        return Rule::next(p, g, theta, st);
+    else
+        return theta - Rule::advance(p, g, theta, st);
+}
+
+// An ElementRule (src/backend/mod.rs): θ ← θ − advance(prepare(c, record), g, θ, state), or
+// θ ← next(…) for a rule that assigns.
 template <typename Rule>
 __device__ void element_update(float* __restrict__ param, const float* __restrict__ grad, void* state, size_t len,
                                const typename Rule::Coeffs& c, const void* record, const DeviceStatus* status) {
@@ -66,10 +83,10 @@ __device__ void element_update(float* __restrict__ param, const float* __restric
         const float theta = param[i];
         if constexpr (std::is_empty<State>::value) {
             State none;
-            param[i] = theta - Rule::advance(p, grad[i], theta, &none);
+            param[i] = element_next<Rule>(p, grad[i], theta, &none);
         } else {
             State st = ((State*)state)[i];
-            param[i] = theta - Rule::advance(p, grad[i], theta, &st);
+            param[i] = element_next<Rule>(p, grad[i], theta, &st);
             ((State*)state)[i] = st;
         }
     }

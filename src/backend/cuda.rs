@@ -40,8 +40,9 @@ const THREADS: u32 = 256;
 const MAX_BLOCKS: usize = 8192;
 /// Partial sums per tensor at most: enough blocks to fill an H100 several times over.
 const MAX_PARTIALS: usize = 1024;
-/// Bytes of a by-value argument block: every rule's coefficients and parameters fit.
-const ARGUMENT_BYTES: usize = 64;
+/// Bytes of a by-value argument block: every rule's coefficients and parameters fit (the
+/// largest, Prodigy's pass-1 coefficients, are 80).
+const ARGUMENT_BYTES: usize = 128;
 
 /// cuda/device.cuh's DeviceStatus.
 #[repr(C)]
@@ -404,10 +405,7 @@ impl Device for Cuda {
         grad: &Tensor,
         state: &mut Typed<R::State>,
     ) -> Result<()> {
-        if R::ASSIGNS {
-            // No kernel template sets θ yet (only schedule-free's rules do, and it is CPU-only).
-            return Err(Error::unsupported(format!("kernel {} sets θ, which the CUDA backend does not launch yet", R::KERNEL)));
-        }
+        // A rule that `ASSIGNS` declares it in its kernel too (cuda/device.cuh's `assigns`).
         let (mut p, mut g, mut s) = (param.address() as u64, device_ptr(grad), state.buffer.at(0));
         let (mut len, mut c, mut r, mut st) = (param.len() as u64, by_value(c)?, records.at(at), self.status_ptr());
         self.launch(

@@ -83,7 +83,7 @@ pub fn specs(name: &str, base: &str) -> Result<Vec<OptionSpec>> {
 
 /// The algorithms with CUDA kernels (cuda/): those written over `Device` whose rules all have
 /// a kernel. Giving another such algorithm GPU support is its kernels plus its name here.
-/// Schedule-free runs there over a base that does (`check_base_on`).
+/// Schedule-free runs there over a base that does (its base is built on the same device).
 #[rustfmt::skip]
 pub const ON_CUDA: &[&str] = &[
     "sgd", "momentum", "adam", "adamw", "adagrad", "rmsprop", "auto-sgd", "auto-adam", "auto-adagrad", "tlr",
@@ -104,20 +104,6 @@ pub fn check_runs_on(kind: DeviceKind, name: &str) -> Result<()> {
         return Ok(());
     }
     Err(Error::unsupported(format!("algorithm '{name}' has no CUDA kernels yet (on CUDA: {}): create it on ALR_DEVICE_CPU", ON_CUDA.join(", "))))
-}
-
-/// ALR_UNSUPPORTED for a base schedule-free cannot wrap on a kind of device. On CUDA the base
-/// must be a fixed-rate rule: schedule-free steps an automatic base through its propose/apply,
-/// and a GPU's propose would have to read the step's `Σ g·s` back to the host (the CUDA device
-/// refuses that, as it refuses GI).
-fn check_base_on(kind: DeviceKind, name: &str, base: &str) -> Result<()> {
-    if kind == DeviceKind::Cuda && !is_fixed_rate(base) {
-        let fixed = ALGORITHMS.iter().copied().filter(|&n| is_fixed_rate(n)).collect::<Vec<_>>().join(", ");
-        return Err(Error::unsupported(format!(
-            "'{name}' over '{base}' does not run on CUDA: on a GPU its base must be a fixed-rate rule ({fixed}); create it on ALR_DEVICE_CPU for another base"
-        )));
-    }
-    Ok(())
 }
 
 /// A fresh algorithm (zero state) for `layout` on `device`. `unit_lr`: a fixed-rate rule runs at
@@ -148,7 +134,6 @@ fn build_on<D: Device>(name: &str, base: &str, layout: &Layout, any: &AnyDevice,
     Ok(Some(match name {
         name if schedule_free::is_schedule_free(name) => {
             let base = schedule_free::fixed_base(name).unwrap_or(base);
-            check_base_on(any.kind(), name, base)?;
             Box::new(ScheduleFree::new(name, base, build(base, "", layout, any, false)?, device, layout)?)
         }
         "sgd" => Box::new(FixedRate::<Sgd, D>::new(device, lens, n_groups, unit_lr)?),
@@ -287,22 +272,6 @@ mod tests {
             seen += 1;
         }
         assert_eq!(seen, rust.len(), "every Rust entry has its line in cuda/");
-    }
-
-    /// Schedule-free runs on CUDA over the fixed-rate rules only, with a message that says so;
-    /// on the CPU over every base it accepts.
-    #[test]
-    fn schedule_free_on_cuda_takes_a_fixed_rate_base() {
-        use crate::backend::DeviceKind;
-        for base in ["sgd", "momentum", "adam", "adamw", "adagrad", "rmsprop"] {
-            super::check_base_on(DeviceKind::Cuda, "schedule-free", base).unwrap();
-        }
-        for base in ["auto-adam", "tlr", "prodigy", "dadapt-adam", "dog", "vsgd-l"] {
-            super::check_base_on(DeviceKind::Cpu, "schedule-free", base).unwrap();
-            let e = super::check_base_on(DeviceKind::Cuda, "schedule-free", base).unwrap_err();
-            assert_eq!(e.status, crate::AlrStatus::AlrUnsupported);
-            assert!(e.message.contains(&format!("over '{base}' does not run on CUDA")) && e.message.contains("adamw"), "{}", e.message);
-        }
     }
 
     /// The kernel every rule of an algorithm on `ON_CUDA` names is in the cubins built from

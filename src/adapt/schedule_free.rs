@@ -436,6 +436,9 @@ impl<D: Device> Algorithm for ScheduleFree<D> {
                 self.name
             )));
         }
+        // The first step's z ← y and the scale of an automatic base's step are decided on the
+        // host: a graph would replay them as captured.
+        crate::algorithm::refuse_capture(&self.device, self.name, "its first-step initialisation and its base's scale")?;
         let options = self.base_options(ctx.options, self.steps)?;
         self.base.check(&Context { layout: ctx.layout, options: &options }, inputs, callbacks)
     }
@@ -474,8 +477,7 @@ impl<D: Device> Algorithm for ScheduleFree<D> {
             if fixed_rate {
                 base.step(&base_ctx, &mut zs, inputs, callbacks)?;
             } else {
-                base.propose(&base_ctx, &zs, inputs, callbacks)?;
-                base.apply(&base_ctx, &mut zs, inputs, scale)?;
+                base.step_scaled(&base_ctx, &mut zs, inputs, callbacks, scale)?;
             }
         }
         for (t, (z, previous)) in z.iter_mut().zip(previous.iter_mut()).enumerate() {

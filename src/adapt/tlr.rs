@@ -453,6 +453,18 @@ impl<D: Device> Tlr<D> {
         }
         Ok(self.state.as_mut().expect("just built"))
     }
+
+    /// One step: α's training, then the parameter pass (scaled by a wrapper's `scale` when given).
+    fn take_step(&mut self, ctx: &Context, params: &mut [TensorMut], inputs: &StepInputs, scale: Option<f32>) -> Result<()> {
+        let device = self.device.clone();
+        let s = self.state(ctx)?;
+        s.begin_step(&device, ctx, params, inputs)?;
+        let coeffs = s.coeffs(ctx);
+        match &mut s.buffers {
+            Buffers::Plain(b) => step_pass(&device, &s.rates, &coeffs, b, params, inputs, scale),
+            Buffers::Momentum(b) => step_pass(&device, &s.rates, &coeffs, b, params, inputs, scale),
+        }
+    }
 }
 
 /// The fused parameter step of every tensor.
@@ -463,9 +475,10 @@ fn step_pass<D: Device, M: Buffer>(
     buffers: &mut [D::State<M>],
     params: &mut [TensorMut],
     inputs: &StepInputs,
+    scale: Option<f32>,
 ) -> Result<()> {
     for (t, (buffer, (c, unit))) in buffers.iter_mut().zip(coeffs).enumerate() {
-        device.update::<SgdStep<M>>(c, rates, *unit, &mut params[t], &inputs.grads[t], buffer)?;
+        device.update_by::<SgdStep<M>>(c, rates, *unit, &mut params[t], &inputs.grads[t], buffer, scale)?;
     }
     Ok(())
 }
@@ -558,14 +571,11 @@ impl<D: Device> Algorithm for Tlr<D> {
     }
 
     fn step(&mut self, ctx: &Context, params: &mut [TensorMut], inputs: &StepInputs, _cb: &mut Callbacks) -> Result<()> {
-        let device = self.device.clone();
-        let s = self.state(ctx)?;
-        s.begin_step(&device, ctx, params, inputs)?;
-        let coeffs = s.coeffs(ctx);
-        match &mut s.buffers {
-            Buffers::Plain(b) => step_pass(&device, &s.rates, &coeffs, b, params, inputs),
-            Buffers::Momentum(b) => step_pass(&device, &s.rates, &coeffs, b, params, inputs),
-        }
+        self.take_step(ctx, params, inputs, None)
+    }
+
+    fn step_scaled(&mut self, ctx: &Context, params: &mut [TensorMut], inputs: &StepInputs, _cb: &mut Callbacks, scale: f32) -> Result<()> {
+        self.take_step(ctx, params, inputs, Some(scale))
     }
 
     fn discard_steps(&mut self, n: u64) {

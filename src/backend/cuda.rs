@@ -406,13 +406,21 @@ impl Device for Cuda {
         state: &mut Typed<R::State>,
     ) -> Result<()> {
         // A rule that `ASSIGNS` declares it in its kernel too (cuda/device.cuh's `assigns`).
-        let (mut p, mut g, mut s) = (param.address() as u64, device_ptr(grad), state.buffer.at(0));
-        let (mut len, mut c, mut r, mut st) = (param.len() as u64, by_value(c)?, records.at(at), self.status_ptr());
-        self.launch(
-            R::KERNEL,
-            elementwise_blocks(param.len()),
-            &mut [arg(&mut p), arg(&mut g), arg(&mut s), arg(&mut len), arg(&mut c), arg(&mut r), arg(&mut st)],
-        )
+        self.launch_element::<R>(c, records, at, param, grad, state, 1.0)
+    }
+
+    fn update_scaled<R: ElementRule>(
+        &self,
+        c: &R::Coeffs,
+        records: &Typed<R::Record>,
+        at: usize,
+        param: &mut TensorMut,
+        grad: &Tensor,
+        state: &mut Typed<R::State>,
+        scale: f32,
+    ) -> Result<()> {
+        super::refuse_assigning::<R>()?;
+        self.launch_element::<R>(c, records, at, param, grad, state, scale)
     }
 
     fn advance_dot<R: ElementRule>(
@@ -557,6 +565,24 @@ impl Device for Cuda {
 }
 
 impl Cuda {
+    /// The element kernel of `R` over one tensor: `θ ← θ − scale·advance(…)` (or `next`).
+    #[allow(clippy::too_many_arguments)] // one tensor's buffers, the rule's scalars, the scale
+    fn launch_element<R: ElementRule>(
+        &self,
+        c: &R::Coeffs,
+        records: &Typed<R::Record>,
+        at: usize,
+        param: &mut TensorMut,
+        grad: &Tensor,
+        state: &mut Typed<R::State>,
+        scale: f32,
+    ) -> Result<()> {
+        let (mut p, mut g, mut s) = (param.address() as u64, device_ptr(grad), state.buffer.at(0));
+        let (mut len, mut c, mut r, mut st, mut scale) = (param.len() as u64, by_value(c)?, records.at(at), self.status_ptr(), scale);
+        let args = &mut [arg(&mut p), arg(&mut g), arg(&mut s), arg(&mut len), arg(&mut c), arg(&mut r), arg(&mut st), arg(&mut scale)];
+        self.launch(R::KERNEL, elementwise_blocks(param.len()), args)
+    }
+
     fn alloc_records<R: Record>(&self, len: usize) -> Result<Typed<R>> {
         let bytes = len.checked_mul(std::mem::size_of::<R>()).ok_or_else(|| Error::invalid(format!("{len} records overflow")))?;
         Ok(Typed { buffer: Buffer::zeroed(&self.0.context, bytes)?, len, _values: PhantomData })

@@ -252,9 +252,10 @@ enum AlrStatus alr_set_option(struct AlrOptimizer *opt, const char *name, double
 // does not exist or an option that is one value for the whole optimizer.
 enum AlrStatus alr_set_group_option(struct AlrOptimizer *opt, size_t group, const char *name, double value);
 
-// Sets a string option: only GI's "base" (the wrapped algorithm's name). Set it before the
-// first step and before the wrapped algorithm's options (it resets them to defaults).
-// Returns ALR_OK, ALR_NULL_POINTER, ALR_INVALID_ARGUMENT, ALR_WRONG_STATE.
+// Sets a string option: only the "base" of gi and schedule-free (the wrapped algorithm's
+// name). Set it before the first step and before the wrapped algorithm's options (it resets
+// them to defaults). Returns ALR_OK, ALR_NULL_POINTER, ALR_INVALID_ARGUMENT, ALR_WRONG_STATE,
+// ALR_UNSUPPORTED (on a CUDA device, a base without CUDA kernels).
 enum AlrStatus alr_set_option_str(struct AlrOptimizer *opt, const char *name, const char *value);
 
 // Reads option `name` of `group` into `*value` (NaN for an unset optional value).

@@ -312,9 +312,10 @@ pub extern "C" fn alr_set_group_option(opt: *mut AlrOptimizer, group: usize, nam
     })
 }
 
-/// Sets a string option: only GI's "base" (the wrapped algorithm's name). Set it before the
-/// first step and before the wrapped algorithm's options (it resets them to defaults).
-/// Returns ALR_OK, ALR_NULL_POINTER, ALR_INVALID_ARGUMENT, ALR_WRONG_STATE.
+/// Sets a string option: only the "base" of gi and schedule-free (the wrapped algorithm's
+/// name). Set it before the first step and before the wrapped algorithm's options (it resets
+/// them to defaults). Returns ALR_OK, ALR_NULL_POINTER, ALR_INVALID_ARGUMENT, ALR_WRONG_STATE,
+/// ALR_UNSUPPORTED (on a CUDA device, a base without CUDA kernels).
 #[no_mangle]
 pub extern "C" fn alr_set_option_str(opt: *mut AlrOptimizer, name: *const c_char, value: *const c_char) -> AlrStatus {
     guard("alr_set_option_str", || {

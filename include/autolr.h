@@ -288,7 +288,9 @@ enum AlrStatus alr_step(struct AlrOptimizer *opt, const struct AlrStepArgs *args
 // no-op. A step in eval mode is refused (ALR_WRONG_STATE). Returns ALR_OK, ALR_NULL_POINTER,
 // ALR_INVALID_ARGUMENT (a mode that is no AlrMode, struct_size too small), ALR_SHAPE_MISMATCH,
 // ALR_WRONG_STATE (schedule-free: already in that mode, except ALR_MODE_TRAIN before the first
-// step); on failure the parameters are unchanged.
+// step), and on a CUDA device the error an earlier step found there (ALR_NON_FINITE,
+// ALR_INVALID_ARGUMENT: read first, as `alr_get_lr` reads it); on failure the parameters are
+// unchanged.
 enum AlrStatus alr_set_mode(struct AlrOptimizer *opt, const struct AlrModeArgs *args);
 
 // GI's second phase: `loss_after` is the loss on the same batch at the parameters the last

@@ -33,6 +33,8 @@ same library's CPU optimizer on the same inputs. For a machine with an NVIDIA GP
   sums are reduced in another order on the GPU), the adaptation having moved d or r̄; each
   checkpoint loaded into the other device's optimizer carries the scalars, and a GPU optimizer
   resumed from the CPU's checkpoint (with the CPU's parameters) continues as the CPU does.
+- A NaN gradient in sf-adamw's first step: the next eval() raises ALR_NON_FINITE with the
+  parameters untouched, and the optimizer carries on as one that never took that step.
 - 24 steps of sf-adamw, sf-sgd, schedule-free over momentum (warmup, weight decay) and over
   automatic bases (auto-adam fed Σg², tlr, prodigy, dadapt-adam, dog: their scaled steps): the
   averaging scalars (ckp1, lr, weights) and the base's telemetry and the parameters after every
@@ -320,6 +322,27 @@ def schedule_free(name, options, rng, stream):
                 f"sentinels={pair.intact()}")
 
 
+def nan_then_eval(rng, stream):
+    """A NaN gradient in sf-adamw's first step (which then never runs on the GPU): eval() reports
+    it and changes nothing; the next eval() and train() are those of an optimizer that has not
+    stepped, and later steps equal the CPU's, which never saw the bad one."""
+    pair = Pair("sf-adamw", rng, stream, {})
+    pointers = [view.data_ptr() for _, view in pair.bufs]
+    start = pair.params()
+    poisoned = [rng.standard_normal(n).astype(np.float32) for n in LENS]
+    poisoned[2][11] = np.nan
+    pair.gpu_step(poisoned)
+    first = status_of(lambda: pair.gpu.eval(pointers))
+    pair.stream.synchronize()
+    untouched = all(np.array_equal(a, b) for a, b in zip(pair.params(), start))
+    again = [status_of(lambda: pair.gpu.eval(pointers)), status_of(lambda: pair.gpu.train(pointers))]
+    for _ in range(3):
+        pair.step([rng.standard_normal(n).astype(np.float32) for n in LENS])
+    cont = rel(pair.params(), pair.host)
+    ok = first == "ALR_NON_FINITE" and untouched and again == ["nothing", "nothing"] and cont < 1e-6
+    return ok, f"eval() raised={first} untouched={untouched} then eval()/train()={again} continues as the CPU: rel={cont:.1e}"
+
+
 def negative_sum_sq(rng, stream):
     pair = Pair("auto-adam", rng, stream, {})
     grads, per_sample = batch(rng, 8, "sum_sq", "sample")
@@ -478,6 +501,8 @@ def main():
     for name in ("adam", "auto-adam", "tlr", "prodigy", "sf-adamw"):
         ok, detail = bad_input(name, rng, stream)
         failures += report(f"{name:12s} NaN gradient: reported on read-back, step skipped", ok, detail)
+    ok, detail = nan_then_eval(rng, stream)
+    failures += report("sf-adamw NaN gradient at step 1: eval() reports it, nothing swapped", ok, detail)
     ok, detail = negative_sum_sq(rng, stream)
     failures += report("auto-adam negative sum_sq: reported on read-back, step skipped", ok, detail)
     if not small:

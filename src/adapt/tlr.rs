@@ -700,6 +700,29 @@ mod tests {
     use crate::optimizer::Layout;
     use crate::options::Options;
 
+    /// Schedule-free's scaled step of an automatic base gives the bits of GI's two passes.
+    #[test]
+    fn update_scaled_is_advance_dot_then_apply_scaled() {
+        use crate::backend::{Device, Tensor};
+        let cpu = Cpu;
+        let c = StepCoeffs { weight_decay: 0.01, keep: 0.9 };
+        let rates = cpu.records(&[Rate { alpha: 0.37, ..Rate::default() }]).unwrap();
+        let grad: Vec<f32> = (0..37).map(|i| (i as f32 * 0.7).sin()).collect();
+        let start: Vec<f32> = (0..37).map(|i| (i as f32 * 0.3).cos()).collect();
+        let (mut two_passes, mut one_pass) = (start.clone(), start.clone());
+        let (mut m_two, mut m_one) = (cpu.alloc::<f32>(37).unwrap(), cpu.alloc::<f32>(37).unwrap());
+        let g = Tensor::host(&grad);
+        for _ in 0..3 {
+            cpu.advance_dot::<SgdStep<f32>>(&c, &rates, 0, &TensorMut::host(&mut two_passes), &g, &mut m_two).unwrap();
+            cpu.apply_scaled::<SgdStep<f32>>(&c, &rates, 0, &mut TensorMut::host(&mut two_passes), &g, &m_two, 0.3).unwrap();
+            cpu.update_scaled::<SgdStep<f32>>(&c, &rates, 0, &mut TensorMut::host(&mut one_pass), &g, &mut m_one, 0.3).unwrap();
+        }
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&one_pass), bits(&two_passes));
+        assert_eq!(bits(&m_one), bits(&m_two));
+        assert_ne!(bits(&one_pass), bits(&start));
+    }
+
     fn views(params: &mut [Vec<f32>]) -> Vec<TensorMut<'_>> {
         params.iter_mut().map(|p| TensorMut::host(p)).collect()
     }

@@ -59,10 +59,29 @@ __device__ inline void block_sum4(double sums[4], double (*shared)[ALR_THREADS],
 #define ALR_GRID_STRIDE(i, len) \
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < (len); i += (size_t)gridDim.x * blockDim.x)
 
-// An ElementRule (src/backend/mod.rs): θ ← θ − advance(prepare(c, record), g, θ, state).
+// Whether a rule sets θ itself (`static constexpr bool ASSIGNS = true` and `next`, as
+// ElementRule::ASSIGNS in Rust: schedule-free's interpolations), else subtracts `advance`.
+template <typename Rule, typename = void>
+struct assigns : std::false_type {};
+template <typename Rule>
+struct assigns<Rule, std::void_t<decltype(Rule::ASSIGNS)>> : std::bool_constant<Rule::ASSIGNS> {};
+
+// One element of an ElementRule: θ − scale·advance(…), or next(…) for a rule that assigns. A
+// plain update has scale 1, which changes no bit (1·x = x).
+template <typename Rule>
+__device__ inline float element_next(const typename Rule::Prepared& p, float g, float theta, typename Rule::State* st, float scale) {
+    if constexpr (assigns<Rule>::value)
+        return Rule::next(p, g, theta, st);
+    else
+        return theta - scale * Rule::advance(p, g, theta, st);
+}
+
+// An ElementRule (src/backend/mod.rs): θ ← θ − scale·advance(prepare(c, record), g, θ, state),
+// or θ ← next(…) for a rule that assigns. `advance` returns the displacement from the advanced
+// state, so a scaled launch is the CPU's advance-then-`θ − scale·delta` (update_scaled).
 template <typename Rule>
 __device__ void element_update(float* __restrict__ param, const float* __restrict__ grad, void* state, size_t len,
-                               const typename Rule::Coeffs& c, const void* record, const DeviceStatus* status) {
+                               const typename Rule::Coeffs& c, const void* record, const DeviceStatus* status, float scale) {
     typedef typename Rule::State State;
     if (status->code != 0) return;  // this or an earlier step found bad input: change nothing
     const typename Rule::Prepared p = Rule::prepare(c, *(const typename Rule::Record*)record);
@@ -70,10 +89,10 @@ __device__ void element_update(float* __restrict__ param, const float* __restric
         const float theta = param[i];
         if constexpr (std::is_empty<State>::value) {
             State none;
-            param[i] = theta - Rule::advance(p, grad[i], theta, &none);
+            param[i] = element_next<Rule>(p, grad[i], theta, &none, scale);
         } else {
             State st = ((State*)state)[i];
-            param[i] = theta - Rule::advance(p, grad[i], theta, &st);
+            param[i] = element_next<Rule>(p, grad[i], theta, &st, scale);
             ((State*)state)[i] = st;
         }
     }
@@ -81,8 +100,9 @@ __device__ void element_update(float* __restrict__ param, const float* __restric
 
 #define ALR_ELEMENT_KERNEL(name, Rule)                                                                       \
     extern "C" __global__ void name(float* param, const float* grad, void* state, unsigned long long len,   \
-                                    Rule::Coeffs c, const void* record, const DeviceStatus* status) {       \
-        element_update<Rule>(param, grad, state, len, c, record, status);                                    \
+                                    Rule::Coeffs c, const void* record, const DeviceStatus* status,         \
+                                    float scale) {                                                           \
+        element_update<Rule>(param, grad, state, len, c, record, status, scale);                             \
     }
 
 // A DotRule: per block [Σ dot₀, Σ dot₁, 0, 0] into partials[4·block] (the state advanced, or

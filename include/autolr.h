@@ -279,9 +279,10 @@ enum AlrStatus alr_set_option(struct AlrOptimizer *opt, const char *name, double
 // does not exist or an option that is one value for the whole optimizer.
 enum AlrStatus alr_set_group_option(struct AlrOptimizer *opt, size_t group, const char *name, double value);
 
-// Sets a string option: only GI's "base" (the wrapped algorithm's name). Set it before the
-// first step and before the wrapped algorithm's options (it resets them to defaults).
-// Returns ALR_OK, ALR_NULL_POINTER, ALR_INVALID_ARGUMENT, ALR_WRONG_STATE.
+// Sets a string option: only the "base" of gi and schedule-free (the wrapped algorithm's
+// name). Set it before the first step and before the wrapped algorithm's options (it resets
+// them to defaults). Returns ALR_OK, ALR_NULL_POINTER, ALR_INVALID_ARGUMENT, ALR_WRONG_STATE,
+// ALR_UNSUPPORTED (on a CUDA device, a base without CUDA kernels).
 enum AlrStatus alr_set_option_str(struct AlrOptimizer *opt, const char *name, const char *value);
 
 // Reads option `name` of `group` into `*value` (NaN for an unset optional value).
@@ -314,7 +315,9 @@ enum AlrStatus alr_step(struct AlrOptimizer *opt, const struct AlrStepArgs *args
 // no-op. A step in eval mode is refused (ALR_WRONG_STATE). Returns ALR_OK, ALR_NULL_POINTER,
 // ALR_INVALID_ARGUMENT (a mode that is no AlrMode, struct_size too small), ALR_SHAPE_MISMATCH,
 // ALR_WRONG_STATE (schedule-free: already in that mode, except ALR_MODE_TRAIN before the first
-// step); on failure the parameters are unchanged.
+// step), and on a CUDA device the error an earlier step found there (ALR_NON_FINITE,
+// ALR_INVALID_ARGUMENT: read first, as `alr_get_lr` reads it); on failure the parameters are
+// unchanged.
 enum AlrStatus alr_set_mode(struct AlrOptimizer *opt, const struct AlrModeArgs *args);
 
 // GI's second phase: `loss_after` is the loss on the same batch at the parameters the last

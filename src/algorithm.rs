@@ -57,6 +57,15 @@ pub trait Algorithm: Send {
         self.apply(ctx, params, inputs, 1.0)
     }
 
+    /// One whole step with its displacement scaled by `scale` (`θ ← θ − scale·s`, schedule-free
+    /// over an automatic base): propose then apply. An algorithm written over `Device` overrides
+    /// it with its own passes and `Device::update_scaled`, the same arithmetic without the host
+    /// sum `propose` returns, so that it runs on a GPU too.
+    fn step_scaled(&mut self, ctx: &Context, params: &mut [TensorMut], inputs: &StepInputs, callbacks: &mut Callbacks, scale: f32) -> Result<()> {
+        self.propose(ctx, params, inputs, callbacks)?;
+        self.apply(ctx, params, inputs, scale)
+    }
+
     /// Switches the caller's parameters between the training view (`train`) and the evaluation
     /// view. Schedule-free swaps them between y and x; every other algorithm has one view, so
     /// this is a no-op for it.

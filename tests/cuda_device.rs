@@ -50,6 +50,17 @@ fn no_driver_or_no_device_is_a_clear_cuda_error() {
 }
 
 #[test]
+fn the_peers_and_schedule_free_have_kernels_so_only_the_device_is_missing() {
+    // Past the kernel check (ALR_UNSUPPORTED before any device is opened), the answer is the
+    // device's: no driver, or no device 4096.
+    for algorithm in [c"prodigy", c"dadapt-adam", c"dog", c"schedule-free", c"sf-adamw", c"sf-sgd"] {
+        let (status, message, out) = create_algorithm_on_cuda(algorithm, if driver_present() { 4096 } else { 0 });
+        assert_eq!(status, AlrStatus::AlrCudaError, "{algorithm:?}: {message}");
+        assert!(out.is_null());
+    }
+}
+
+#[test]
 fn a_negative_ordinal_is_an_invalid_argument_where_a_driver_exists() {
     let (status, message, out) = create_on_cuda(-1);
     let expected = if driver_present() { AlrStatus::AlrInvalidArgument } else { AlrStatus::AlrCudaError };

@@ -601,6 +601,19 @@ impl<P: Precond, D: Device> AutoOpt<P, D> {
         }
         Error::non_finite("the per-sample variance overflowed: per-sample gradients are too large for float32 products")
     }
+
+    /// One step: pass 1 and the solve, then pass 2 (its displacement scaled by a wrapper's
+    /// `scale` when given).
+    fn take_step(&mut self, ctx: &Context, params: &mut [TensorMut], inputs: &StepInputs, scale: Option<f32>) -> Result<()> {
+        self.estimate(ctx, inputs)?;
+        for (group, members) in ctx.layout.members.iter().enumerate() {
+            let options = GroupOptions::of(ctx.options, group);
+            for &t in members {
+                self.device.update_by::<Update<P>>(&options, &self.groups, group, &mut params[t], &inputs.grads[t], &mut self.states[t], scale)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 impl<P: Precond, D: Device> Algorithm for AutoOpt<P, D> {
@@ -651,14 +664,11 @@ impl<P: Precond, D: Device> Algorithm for AutoOpt<P, D> {
     }
 
     fn step(&mut self, ctx: &Context, params: &mut [TensorMut], inputs: &StepInputs, _cb: &mut Callbacks) -> Result<()> {
-        self.estimate(ctx, inputs)?;
-        for (group, members) in ctx.layout.members.iter().enumerate() {
-            let options = GroupOptions::of(ctx.options, group);
-            for &t in members {
-                self.device.update::<Update<P>>(&options, &self.groups, group, &mut params[t], &inputs.grads[t], &mut self.states[t])?;
-            }
-        }
-        Ok(())
+        self.take_step(ctx, params, inputs, None)
+    }
+
+    fn step_scaled(&mut self, ctx: &Context, params: &mut [TensorMut], inputs: &StepInputs, _cb: &mut Callbacks, scale: f32) -> Result<()> {
+        self.take_step(ctx, params, inputs, Some(scale))
     }
 
     fn lr(&self, ctx: &Context, group: usize) -> Result<f64> {

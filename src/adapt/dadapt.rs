@@ -328,6 +328,19 @@ impl<D: Device> DAdaptAdam<D> {
         device.solve::<Solve>(&global, &s.no_coeffs, &mut s.estimate, &mut s.sums)?;
         Ok(())
     }
+
+    /// Pass 1 and the solve, then pass 2 (scaled by a wrapper's `scale` when given).
+    fn take_step(&mut self, ctx: &Context, params: &mut [TensorMut], inputs: &StepInputs, scale: Option<f32>) -> Result<()> {
+        self.absorb(ctx, params, inputs)?;
+        let (d, s) = (&self.device, self.state.as_mut().expect("absorb built it"));
+        for (group, members) in ctx.layout.members.iter().enumerate() {
+            let c = step_coeffs(ctx.options, group);
+            for &t in members {
+                d.update_by::<Step>(&c, &s.estimate, 0, &mut params[t], &inputs.grads[t], &mut s.elems[t], scale)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 fn step_coeffs(o: &Options, group: usize) -> StepCoeffs {
@@ -374,15 +387,11 @@ impl<D: Device> Algorithm for DAdaptAdam<D> {
     }
 
     fn step(&mut self, ctx: &Context, params: &mut [TensorMut], inputs: &StepInputs, _cb: &mut Callbacks) -> Result<()> {
-        self.absorb(ctx, params, inputs)?;
-        let (d, s) = (&self.device, self.state.as_mut().expect("absorb built it"));
-        for (group, members) in ctx.layout.members.iter().enumerate() {
-            let c = step_coeffs(ctx.options, group);
-            for &t in members {
-                d.update::<Step>(&c, &s.estimate, 0, &mut params[t], &inputs.grads[t], &mut s.elems[t])?;
-            }
-        }
-        Ok(())
+        self.take_step(ctx, params, inputs, None)
+    }
+
+    fn step_scaled(&mut self, ctx: &Context, params: &mut [TensorMut], inputs: &StepInputs, _cb: &mut Callbacks, scale: f32) -> Result<()> {
+        self.take_step(ctx, params, inputs, Some(scale))
     }
 
     /// The step size the last step put into m: `dlr = d · lr · bias` (0 before the first step)

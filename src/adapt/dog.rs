@@ -197,6 +197,16 @@ impl<D: Device> Dog<D> {
         self.device.solve::<Solve>(&(), &self.options, &mut self.groups, &mut self.sums)?;
         Ok(())
     }
+
+    /// Pass 1 and the solve, then pass 2 (scaled by a wrapper's `scale` when given).
+    fn take_step(&mut self, ctx: &Context, params: &mut [TensorMut], inputs: &StepInputs, scale: Option<f32>) -> Result<()> {
+        self.distances(ctx, params, inputs)?;
+        for (t, x0) in self.x0.iter_mut().enumerate() {
+            let group = ctx.layout.groups[t];
+            self.device.update_by::<Step>(&Self::lambda(ctx, group), &self.groups, group, &mut params[t], &inputs.grads[t], x0, scale)?;
+        }
+        Ok(())
+    }
 }
 
 impl<D: Device> Algorithm for Dog<D> {
@@ -236,12 +246,11 @@ impl<D: Device> Algorithm for Dog<D> {
     }
 
     fn step(&mut self, ctx: &Context, params: &mut [TensorMut], inputs: &StepInputs, _cb: &mut Callbacks) -> Result<()> {
-        self.distances(ctx, params, inputs)?;
-        for (t, x0) in self.x0.iter_mut().enumerate() {
-            let group = ctx.layout.groups[t];
-            self.device.update::<Step>(&Self::lambda(ctx, group), &self.groups, group, &mut params[t], &inputs.grads[t], x0)?;
-        }
-        Ok(())
+        self.take_step(ctx, params, inputs, None)
+    }
+
+    fn step_scaled(&mut self, ctx: &Context, params: &mut [TensorMut], inputs: &StepInputs, _cb: &mut Callbacks, scale: f32) -> Result<()> {
+        self.take_step(ctx, params, inputs, Some(scale))
     }
 
     /// η of the group's last step (0 before the first).

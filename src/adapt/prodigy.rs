@@ -562,6 +562,17 @@ impl<D: Device> Prodigy<D> {
         device.solve::<Solve>(&global, &s.no_coeffs, &mut s.estimate, &mut s.sums)?;
         Ok(())
     }
+
+    /// Pass 1 and the solve, then pass 2 (scaled by a wrapper's `scale` when given).
+    fn take_step(&mut self, ctx: &Context, params: &mut [TensorMut], inputs: &StepInputs, scale: Option<f32>) -> Result<()> {
+        self.absorb(ctx, params, inputs)?;
+        let (d, s) = (&self.device, self.state.as_mut().expect("absorb built it"));
+        match &mut s.elems {
+            Elems::WithM(e) => each_tensor(ctx, |c, t| d.update_by::<Step<WithM>>(c, &s.estimate, 0, &mut params[t], &inputs.grads[t], &mut e[t], scale))?,
+            Elems::NoM(e) => each_tensor(ctx, |c, t| d.update_by::<Step<NoM>>(c, &s.estimate, 0, &mut params[t], &inputs.grads[t], &mut e[t], scale))?,
+        };
+        Ok(())
+    }
 }
 
 /// Runs pass 2 over every tensor with `f(coeffs, tensor, buffers)`.
@@ -611,13 +622,11 @@ impl<D: Device> Algorithm for Prodigy<D> {
     }
 
     fn step(&mut self, ctx: &Context, params: &mut [TensorMut], inputs: &StepInputs, _cb: &mut Callbacks) -> Result<()> {
-        self.absorb(ctx, params, inputs)?;
-        let (d, s) = (&self.device, self.state.as_mut().expect("absorb built it"));
-        match &mut s.elems {
-            Elems::WithM(e) => each_tensor(ctx, |c, t| d.update::<Step<WithM>>(c, &s.estimate, 0, &mut params[t], &inputs.grads[t], &mut e[t]))?,
-            Elems::NoM(e) => each_tensor(ctx, |c, t| d.update::<Step<NoM>>(c, &s.estimate, 0, &mut params[t], &inputs.grads[t], &mut e[t]))?,
-        };
-        Ok(())
+        self.take_step(ctx, params, inputs, None)
+    }
+
+    fn step_scaled(&mut self, ctx: &Context, params: &mut [TensorMut], inputs: &StepInputs, _cb: &mut Callbacks, scale: f32) -> Result<()> {
+        self.take_step(ctx, params, inputs, Some(scale))
     }
 
     /// The step size the last step used: `dlr = d · lr · bias` (0 before the first step), for

@@ -466,6 +466,18 @@ impl<D: Device> Tlr<D> {
         }
         Ok(self.state.as_mut().expect("just built"))
     }
+
+    /// One step: α's training, then the parameter pass (scaled by a wrapper's `scale` when given).
+    fn take_step(&mut self, ctx: &Context, params: &mut [TensorMut], inputs: &StepInputs, scale: Option<f32>) -> Result<()> {
+        let (device, shards) = (self.device.clone(), self.shards.clone());
+        let s = self.state(ctx)?;
+        s.begin_step(&device, ctx, params, inputs, &shards)?;
+        let coeffs = s.coeffs(ctx);
+        match &mut s.buffers {
+            Buffers::Plain(b) => step_pass(&device, &s.rates, &coeffs, b, params, inputs, scale),
+            Buffers::Momentum(b) => step_pass(&device, &s.rates, &coeffs, b, params, inputs, scale),
+        }
+    }
 }
 
 /// The fused parameter step of every tensor.
@@ -476,9 +488,10 @@ fn step_pass<D: Device, M: Buffer>(
     buffers: &mut [D::State<M>],
     params: &mut [TensorMut],
     inputs: &StepInputs,
+    scale: Option<f32>,
 ) -> Result<()> {
     for (t, (buffer, (c, unit))) in buffers.iter_mut().zip(coeffs).enumerate() {
-        device.update::<SgdStep<M>>(c, rates, *unit, &mut params[t], &inputs.grads[t], buffer)?;
+        device.update_by::<SgdStep<M>>(c, rates, *unit, &mut params[t], &inputs.grads[t], buffer, scale)?;
     }
     Ok(())
 }
@@ -582,14 +595,11 @@ impl<D: Device> Algorithm for Tlr<D> {
     }
 
     fn step(&mut self, ctx: &Context, params: &mut [TensorMut], inputs: &StepInputs, _cb: &mut Callbacks) -> Result<()> {
-        let (device, shards) = (self.device.clone(), self.shards.clone());
-        let s = self.state(ctx)?;
-        s.begin_step(&device, ctx, params, inputs, &shards)?;
-        let coeffs = s.coeffs(ctx);
-        match &mut s.buffers {
-            Buffers::Plain(b) => step_pass(&device, &s.rates, &coeffs, b, params, inputs),
-            Buffers::Momentum(b) => step_pass(&device, &s.rates, &coeffs, b, params, inputs),
-        }
+        self.take_step(ctx, params, inputs, None)
+    }
+
+    fn step_scaled(&mut self, ctx: &Context, params: &mut [TensorMut], inputs: &StepInputs, _cb: &mut Callbacks, scale: f32) -> Result<()> {
+        self.take_step(ctx, params, inputs, Some(scale))
     }
 
     fn discard_steps(&mut self, n: u64) {
@@ -713,6 +723,29 @@ mod tests {
     use crate::backend::cpu::Cpu;
     use crate::optimizer::Layout;
     use crate::options::Options;
+
+    /// Schedule-free's scaled step of an automatic base gives the bits of GI's two passes.
+    #[test]
+    fn update_scaled_is_advance_dot_then_apply_scaled() {
+        use crate::backend::{Device, Tensor};
+        let cpu = Cpu;
+        let c = StepCoeffs { weight_decay: 0.01, keep: 0.9 };
+        let rates = cpu.records(&[Rate { alpha: 0.37, ..Rate::default() }]).unwrap();
+        let grad: Vec<f32> = (0..37).map(|i| (i as f32 * 0.7).sin()).collect();
+        let start: Vec<f32> = (0..37).map(|i| (i as f32 * 0.3).cos()).collect();
+        let (mut two_passes, mut one_pass) = (start.clone(), start.clone());
+        let (mut m_two, mut m_one) = (cpu.alloc::<f32>(37).unwrap(), cpu.alloc::<f32>(37).unwrap());
+        let g = Tensor::host(&grad);
+        for _ in 0..3 {
+            cpu.advance_dot::<SgdStep<f32>>(&c, &rates, 0, &TensorMut::host(&mut two_passes), &g, &mut m_two).unwrap();
+            cpu.apply_scaled::<SgdStep<f32>>(&c, &rates, 0, &mut TensorMut::host(&mut two_passes), &g, &m_two, 0.3).unwrap();
+            cpu.update_scaled::<SgdStep<f32>>(&c, &rates, 0, &mut TensorMut::host(&mut one_pass), &g, &mut m_one, 0.3).unwrap();
+        }
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&one_pass), bits(&two_passes));
+        assert_eq!(bits(&m_one), bits(&m_two));
+        assert_ne!(bits(&one_pass), bits(&start));
+    }
 
     fn views(params: &mut [Vec<f32>]) -> Vec<TensorMut<'_>> {
         params.iter_mut().map(|p| TensorMut::host(p)).collect()

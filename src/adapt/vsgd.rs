@@ -763,6 +763,26 @@ impl<D: Device> Vsgd<D> {
         }
     }
 
+    /// `θ ← θ − scale·η g` from the state the step advanced (nothing in the slow start): the
+    /// bits of `apply` at that scale.
+    fn move_by(&mut self, ctx: &Context, params: &mut [TensorMut], inputs: &StepInputs, scale: f32) -> Result<()> {
+        if self.steps <= Self::n0(ctx) {
+            return Ok(());
+        }
+        let rates = self.rates.to_f32();
+        for (t, param) in params.iter_mut().enumerate() {
+            let grad = &inputs.grads[t];
+            match &mut self.state {
+                State::Local(elems) => self.device.update_scaled::<LocalMove>(&rates, &self.no_record, 0, param, grad, &mut elems[t], scale)?,
+                State::Shared { elems, units, .. } => {
+                    let unit = if self.variant == Variant::Global { 0 } else { ctx.layout.groups[t] };
+                    self.device.update_scaled::<SharedMove>(&(), units, unit, param, grad, &mut elems[t], scale)?
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// `h⁺` of the group: max hbar over the group (l, b) or over all tensors (g).
     fn h_plus(&self, ctx: &Context, group: usize) -> Result<f64> {
         let tensors = self.unit_tensors(ctx, group);
@@ -855,16 +875,14 @@ impl<D: Device> Algorithm for Vsgd<D> {
         }
         // η of a unit needs the whole unit's sums: a second pass is unavoidable.
         self.advance(ctx, begun, inputs, None)?;
-        if begun.0 != Phase::Regular {
-            return Ok(());
-        }
-        if let State::Shared { elems, units, .. } = &mut self.state {
-            for (t, (param, state)) in params.iter_mut().zip(elems.iter_mut()).enumerate() {
-                let unit = if self.variant == Variant::Global { 0 } else { ctx.layout.groups[t] };
-                self.device.update::<SharedMove>(&(), units, unit, param, &inputs.grads[t], state)?;
-            }
-        }
-        Ok(())
+        self.move_by(ctx, params, inputs, 1.0)
+    }
+
+    /// The step moving θ by `scale·η g` (schedule-free's base), with no sum read on the host.
+    fn step_scaled(&mut self, ctx: &Context, params: &mut [TensorMut], inputs: &StepInputs, callbacks: &mut Callbacks, scale: f32) -> Result<()> {
+        let begun = self.begin(ctx, params, inputs, callbacks)?;
+        self.advance(ctx, begun, inputs, None)?;
+        self.move_by(ctx, params, inputs, scale)
     }
 
     /// vsgd-l: the median η of the group's elements; vsgd-g/-b: the unit's η; 0 in the slow start.

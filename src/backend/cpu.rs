@@ -35,8 +35,8 @@ macro_rules! dispatch {
 
 pub use super::ElemState;
 use super::{
-    Commit, Communicator, Deferred, Device, DotRule, ElementRule, Memory, MomentRule, Record, ReduceOp, ReduceValues, SampleTensor, SampleView, SampledRule,
-    SolveRule, Tensor, TensorMut,
+    refuse_assigning, Commit, Communicator, Deferred, Device, DotRule, ElementRule, Memory, MomentRule, Record, ReduceOp, ReduceValues, SampleTensor,
+    SampleView, SampledRule, SolveRule, Tensor, TensorMut,
 };
 use crate::error::{Error, Result};
 
@@ -790,6 +790,27 @@ impl Device for Cpu {
         } else {
             update(param, grad, state, advance);
         }
+        Ok(())
+    }
+
+    fn update_scaled<R: ElementRule>(
+        &self,
+        c: &R::Coeffs,
+        records: &Vec<R::Record>,
+        at: usize,
+        param: &mut TensorMut,
+        grad: &Tensor,
+        state: &mut Vec<R::State>,
+        scale: f32,
+    ) -> Result<()> {
+        refuse_assigning::<R>()?;
+        let p = R::prepare(c, &records[at]);
+        // advance_dot's advance, then apply_scaled's `θ − scale·delta` from the advanced state:
+        // the same bits as the two passes.
+        update(host_mut(param)?, host(grad)?, state, |g, theta, st: &mut R::State| {
+            R::advance(&p, g, theta, st);
+            scale * R::delta(&p, g, theta, st)
+        });
         Ok(())
     }
 

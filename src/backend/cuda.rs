@@ -22,7 +22,8 @@ use std::sync::{Arc, Mutex};
 use cudarc::driver::{result, sys, CudaContext};
 
 use super::{
-    Deferred, Device, DotRule, ElemState, ElementRule, Memory, MomentRule, Record, SampleTensor, SampleView, SampledRule, SolveRule, Tensor, TensorMut,
+    Commit, Communicator, Deferred, Device, DotRule, ElemState, ElementRule, Memory, MomentRule, Record, ReduceOp, ReduceValues, SampleTensor, SampleView,
+    SampledRule, SolveRule, Tensor, TensorMut,
 };
 use crate::error::{AlrStatus, Error, Result};
 
@@ -42,8 +43,9 @@ const THREADS: u32 = 256;
 const MAX_BLOCKS: usize = 8192;
 /// Partial sums per tensor at most: enough blocks to fill an H100 several times over.
 const MAX_PARTIALS: usize = 1024;
-/// Bytes of a by-value argument block: every rule's coefficients and parameters fit.
-const ARGUMENT_BYTES: usize = 64;
+/// Bytes of a by-value argument block: every rule's coefficients and parameters fit (the
+/// largest, Prodigy's pass-1 coefficients, are 80).
+const ARGUMENT_BYTES: usize = 128;
 
 /// cuda/device.cuh's DeviceStatus.
 #[repr(C)]
@@ -424,17 +426,22 @@ impl Device for Cuda {
         grad: &Tensor,
         state: &mut Typed<R::State>,
     ) -> Result<()> {
-        if R::ASSIGNS {
-            // No kernel template sets θ yet (only schedule-free's rules do, and it is CPU-only).
-            return Err(Error::unsupported(format!("kernel {} sets θ, which the CUDA backend does not launch yet", R::KERNEL)));
-        }
-        let (mut p, mut g, mut s) = (param.address() as u64, device_ptr(grad), state.buffer.at(0));
-        let (mut len, mut c, mut r, mut st) = (param.len() as u64, by_value(c)?, records.at(at), self.status_ptr());
-        self.launch(
-            R::KERNEL,
-            elementwise_blocks(param.len()),
-            &mut [arg(&mut p), arg(&mut g), arg(&mut s), arg(&mut len), arg(&mut c), arg(&mut r), arg(&mut st)],
-        )
+        // A rule that `ASSIGNS` declares it in its kernel too (cuda/device.cuh's `assigns`).
+        self.launch_element::<R>(c, records, at, param, grad, state, 1.0)
+    }
+
+    fn update_scaled<R: ElementRule>(
+        &self,
+        c: &R::Coeffs,
+        records: &Typed<R::Record>,
+        at: usize,
+        param: &mut TensorMut,
+        grad: &Tensor,
+        state: &mut Typed<R::State>,
+        scale: f32,
+    ) -> Result<()> {
+        super::refuse_assigning::<R>()?;
+        self.launch_element::<R>(c, records, at, param, grad, state, scale)
     }
 
     fn advance_dot<R: ElementRule>(
@@ -654,6 +661,24 @@ impl Device for Cuda {
 }
 
 impl Cuda {
+    /// The element kernel of `R` over one tensor: `θ ← θ − scale·advance(…)` (or `next`).
+    #[allow(clippy::too_many_arguments)] // one tensor's buffers, the rule's scalars, the scale
+    fn launch_element<R: ElementRule>(
+        &self,
+        c: &R::Coeffs,
+        records: &Typed<R::Record>,
+        at: usize,
+        param: &mut TensorMut,
+        grad: &Tensor,
+        state: &mut Typed<R::State>,
+        scale: f32,
+    ) -> Result<()> {
+        let (mut p, mut g, mut s) = (param.address() as u64, device_ptr(grad), state.buffer.at(0));
+        let (mut len, mut c, mut r, mut st, mut scale) = (param.len() as u64, by_value(c)?, records.at(at), self.status_ptr(), scale);
+        let args = &mut [arg(&mut p), arg(&mut g), arg(&mut s), arg(&mut len), arg(&mut c), arg(&mut r), arg(&mut st), arg(&mut scale)];
+        self.launch(R::KERNEL, elementwise_blocks(param.len()), args)
+    }
+
     fn alloc_records<R: Record>(&self, len: usize) -> Result<Typed<R>> {
         let bytes = len.checked_mul(std::mem::size_of::<R>()).ok_or_else(|| Error::invalid(format!("{len} records overflow")))?;
         Ok(Typed { buffer: Buffer::zeroed(&self.0.context, bytes)?, len, _values: PhantomData })

@@ -383,6 +383,14 @@ impl<'a> From<&'a mut [f32]> for TensorMut<'a> {
     }
 }
 
+/// A scaled step has no meaning for a rule that sets θ itself (schedule-free's own rules).
+pub(crate) fn refuse_assigning<R: ElementRule>() -> Result<()> {
+    if R::ASSIGNS {
+        return Err(Error::invalid(format!("kernel {} sets θ: it cannot be scaled", R::KERNEL)));
+    }
+    Ok(())
+}
+
 /// No buffer can hold more than `isize::MAX` bytes: a longer length is a caller's bug (a wrong
 /// batch size, say), refused before any slice is formed from it.
 fn check_buffer_len(len: usize) -> Result<()> {
@@ -472,6 +480,39 @@ pub trait Device: Clone + Send + Sync + 'static {
         grad: &Tensor,
         state: &mut Self::State<R::State>,
     ) -> Result<()>;
+
+    /// `θ ← θ − scale·displacement` over one tensor, advancing its state: the arithmetic of
+    /// `advance_dot` then `apply_scaled` in one pass, without the sum (schedule-free steps an
+    /// automatic base this way, on any device). Not for a rule that `ASSIGNS`.
+    #[allow(clippy::too_many_arguments)] // one tensor's buffers and the rule's scalars, as `update`
+    fn update_scaled<R: ElementRule>(
+        &self,
+        c: &R::Coeffs,
+        records: &Self::Records<R::Record>,
+        at: usize,
+        param: &mut TensorMut,
+        grad: &Tensor,
+        state: &mut Self::State<R::State>,
+        scale: f32,
+    ) -> Result<()>;
+
+    /// `update`, or `update_scaled` by a wrapper's `scale` when one is given.
+    #[allow(clippy::too_many_arguments)] // as `update_scaled`
+    fn update_by<R: ElementRule>(
+        &self,
+        c: &R::Coeffs,
+        records: &Self::Records<R::Record>,
+        at: usize,
+        param: &mut TensorMut,
+        grad: &Tensor,
+        state: &mut Self::State<R::State>,
+        scale: Option<f32>,
+    ) -> Result<()> {
+        match scale {
+            None => self.update::<R>(c, records, at, param, grad, state),
+            Some(scale) => self.update_scaled::<R>(c, records, at, param, grad, state, scale),
+        }
+    }
 
     /// Advances the state as `update` would, leaves θ alone, and returns `Σ g·displacement`
     /// (GI's proposal: it needs the sum on the host).

@@ -396,9 +396,10 @@ pub extern "C" fn alr_set_group_option(opt: *mut AlrOptimizer, group: usize, nam
     })
 }
 
-/// Sets a string option: only GI's "base" (the wrapped algorithm's name). Set it before the
-/// first step and before the wrapped algorithm's options (it resets them to defaults).
-/// Returns ALR_OK, ALR_NULL_POINTER, ALR_INVALID_ARGUMENT, ALR_WRONG_STATE.
+/// Sets a string option: only the "base" of gi and schedule-free (the wrapped algorithm's
+/// name). Set it before the first step and before the wrapped algorithm's options (it resets
+/// them to defaults). Returns ALR_OK, ALR_NULL_POINTER, ALR_INVALID_ARGUMENT, ALR_WRONG_STATE,
+/// ALR_UNSUPPORTED (on a CUDA device, a base without CUDA kernels).
 #[no_mangle]
 pub extern "C" fn alr_set_option_str(opt: *mut AlrOptimizer, name: *const c_char, value: *const c_char) -> AlrStatus {
     guard("alr_set_option_str", || {
@@ -576,7 +577,9 @@ pub(crate) unsafe fn run_step(opt: &mut Optimizer, raw: RawStep) -> Result<(), E
 /// no-op. A step in eval mode is refused (ALR_WRONG_STATE). Returns ALR_OK, ALR_NULL_POINTER,
 /// ALR_INVALID_ARGUMENT (a mode that is no AlrMode, struct_size too small), ALR_SHAPE_MISMATCH,
 /// ALR_WRONG_STATE (schedule-free: already in that mode, except ALR_MODE_TRAIN before the first
-/// step); on failure the parameters are unchanged.
+/// step), and on a CUDA device the error an earlier step found there (ALR_NON_FINITE,
+/// ALR_INVALID_ARGUMENT: read first, as `alr_get_lr` reads it); on failure the parameters are
+/// unchanged.
 #[no_mangle]
 pub extern "C" fn alr_set_mode(opt: *mut AlrOptimizer, args: *const AlrModeArgs) -> AlrStatus {
     guard("alr_set_mode", || {

@@ -353,9 +353,7 @@ class CudaOptimizer(_Handle):
         keep = []
 
         def pointers(what, values):
-            if len(values) != n:
-                raise Error(f"{what} has {len(values)} tensors, the optimizer has {n}", "ALR_SHAPE_MISMATCH")
-            ptrs = (_FloatPtr * n)(*[ctypes.cast(ctypes.c_void_p(int(v)), _FloatPtr) for v in values])
+            ptrs = self._pointer_array(what, values)
             keep.append(ptrs)
             return ctypes.cast(ptrs, _PtrArray)
 
@@ -373,3 +371,20 @@ class CudaOptimizer(_Handle):
         if curvature is not None:
             args.curvature = pointers("curvature", curvature)
         _check(lib.alr_step(self._handle, ctypes.byref(args)))
+
+    def _pointer_array(self, what, values):
+        """A C array of the device pointers `values`, one per tensor."""
+        n = len(self._sizes)
+        if len(values) != n:
+            raise Error(f"{what} has {len(values)} tensors, the optimizer has {n}", "ALR_SHAPE_MISMATCH")
+        return (_FloatPtr * n)(*[ctypes.cast(ctypes.c_void_p(int(v)), _FloatPtr) for v in values])
+
+    def eval(self, params):
+        """Enqueues the rewrite of `params` (device pointers, the buffers step() updates) to the
+        evaluation view: schedule-free's average x; a no-op for the other algorithms. Raises
+        (ALR_WRONG_STATE) when already in eval mode; step() is refused until train()."""
+        self._set_mode(ctypes.cast(self._pointer_array("params", params), _PtrArray), len(self._sizes), _ffi.ALR_MODE_EVAL)
+
+    def train(self, params):
+        """Enqueues the rewrite of `params` back to the training view (schedule-free's y)."""
+        self._set_mode(ctypes.cast(self._pointer_array("params", params), _PtrArray), len(self._sizes), _ffi.ALR_MODE_TRAIN)

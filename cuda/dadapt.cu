@@ -144,6 +144,12 @@ struct DAdaptStep {
         const float decayed = p.decay != 0.0f ? fma32(theta, -p.decay, theta) : theta;
         return theta - (decayed - e->m / (sqrtf(e->v) + p.eps));
     }
+    // The step itself (a scaled launch's: src/adapt/dadapt.rs's Step::delta).
+    __device__ static float delta(const DAdaptStepPrepared& p, float, float theta, const DAdaptElem* e) {
+        if (!p.moved) return 0.0f;
+        const float step = e->m / (sqrtf(e->v) + p.eps);
+        return p.decay != 0.0f ? fma32(theta, p.decay, step) : step;
+    }
 };
 
 ALR_DOT_KERNEL(alr_dadapt_adam_absorb, DAdaptAbsorb)

@@ -66,14 +66,26 @@ struct assigns : std::false_type {};
 template <typename Rule>
 struct assigns<Rule, std::void_t<decltype(Rule::ASSIGNS)>> : std::bool_constant<Rule::ASSIGNS> {};
 
-// One element of an ElementRule: θ − scale·advance(…), or next(…) for a rule that assigns. A
-// plain update has scale 1, which changes no bit (1·x = x).
+// Whether a rule's displacement differs from the move `advance` makes (`delta`, as the peers'
+// ElementRule::delta in Rust: the step itself, not θ − fl(θ − step)).
+template <typename Rule, typename = void>
+struct has_delta : std::false_type {};
 template <typename Rule>
-__device__ inline float element_next(const typename Rule::Prepared& p, float g, float theta, typename Rule::State* st, float scale) {
-    if constexpr (assigns<Rule>::value)
+struct has_delta<Rule, std::void_t<decltype(&Rule::delta)>> : std::true_type {};
+
+// One element of an ElementRule: θ − advance(…) (`scaled` 0), θ − scale·delta(…) from the
+// advanced state (`scaled` 1: update_scaled; delta is advance's value unless the rule has its
+// own), or next(…) for a rule that assigns.
+template <typename Rule>
+__device__ inline float element_next(const typename Rule::Prepared& p, float g, float theta, typename Rule::State* st, float scale, int scaled) {
+    if constexpr (assigns<Rule>::value) {
         return Rule::next(p, g, theta, st);
-    else
-        return theta - scale * Rule::advance(p, g, theta, st);
+    } else {
+        const float moved = Rule::advance(p, g, theta, st);
+        if constexpr (has_delta<Rule>::value)
+            if (scaled) return theta - scale * Rule::delta(p, g, theta, st);
+        return scaled ? theta - scale * moved : theta - moved;
+    }
 }
 
 // An ElementRule (src/backend/mod.rs): θ ← θ − scale·advance(prepare(c, record), g, θ, state),
@@ -81,7 +93,7 @@ __device__ inline float element_next(const typename Rule::Prepared& p, float g, 
 // state, so a scaled launch is the CPU's advance-then-`θ − scale·delta` (update_scaled).
 template <typename Rule>
 __device__ void element_update(float* __restrict__ param, const float* __restrict__ grad, void* state, size_t len,
-                               const typename Rule::Coeffs& c, const void* record, const DeviceStatus* status, float scale) {
+                               const typename Rule::Coeffs& c, const void* record, const DeviceStatus* status, float scale, int scaled) {
     typedef typename Rule::State State;
     if (status->code != 0) return;  // this or an earlier step found bad input: change nothing
     const typename Rule::Prepared p = Rule::prepare(c, *(const typename Rule::Record*)record);
@@ -89,10 +101,10 @@ __device__ void element_update(float* __restrict__ param, const float* __restric
         const float theta = param[i];
         if constexpr (std::is_empty<State>::value) {
             State none;
-            param[i] = element_next<Rule>(p, grad[i], theta, &none, scale);
+            param[i] = element_next<Rule>(p, grad[i], theta, &none, scale, scaled);
         } else {
             State st = ((State*)state)[i];
-            param[i] = element_next<Rule>(p, grad[i], theta, &st, scale);
+            param[i] = element_next<Rule>(p, grad[i], theta, &st, scale, scaled);
             ((State*)state)[i] = st;
         }
     }
@@ -101,8 +113,8 @@ __device__ void element_update(float* __restrict__ param, const float* __restric
 #define ALR_ELEMENT_KERNEL(name, Rule)                                                                       \
     extern "C" __global__ void name(float* param, const float* grad, void* state, unsigned long long len,   \
                                     Rule::Coeffs c, const void* record, const DeviceStatus* status,         \
-                                    float scale) {                                                           \
-        element_update<Rule>(param, grad, state, len, c, record, status, scale);                             \
+                                    float scale, int scaled) {                                               \
+        element_update<Rule>(param, grad, state, len, c, record, status, scale, scaled);                     \
     }
 
 // A DotRule: per block [Σ dot₀, Σ dot₁, 0, 0] into partials[4·block] (the state advanced, or

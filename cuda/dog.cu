@@ -90,6 +90,11 @@ struct DogStep {
         if (p.lambda != 0.0f) g = fma32(theta, p.lambda, g);
         return theta - fma32(g, -p.eta, theta);
     }
+    // The step itself (a scaled launch's: src/adapt/dog.rs's Step::delta).
+    __device__ static float delta(const DogStepPrepared& p, float g, float theta, const float*) {
+        if (p.lambda != 0.0f) g = fma32(theta, p.lambda, g);
+        return p.eta * g;
+    }
 };
 
 ALR_DOT_KERNEL(alr_dog_distance, DogDistance)

@@ -174,6 +174,13 @@ struct ProdigyStep {
         const float decayed = p.decay != 0.0f ? fma32(theta, -p.decay, theta) : theta;
         return theta - (decayed - p.scale * prodigy_direction(*st, g) / (sqrtf(st->v) + p.eps));
     }
+    // The step itself (a scaled launch's: src/adapt/prodigy.rs's Step::delta).
+    __device__ static float delta(const ProdigyStepPrepared& p, float g, float theta, const M* st) {
+        if (!p.moved) return 0.0f;
+        if (p.lambda != 0.0f) g = fma32(theta, p.lambda, g);
+        const float step = p.scale * prodigy_direction(*st, g) / (sqrtf(st->v) + p.eps);
+        return p.decay != 0.0f ? fma32(theta, p.decay, step) : step;
+    }
 };
 
 ALR_DOT_KERNEL(alr_prodigy_absorb_m, ProdigyAbsorb<ProdigyWithM>)

@@ -250,18 +250,28 @@ impl KernelRule for Step {
 }
 
 impl ElementRule for Step {
+    /// The reference's new θ, as the displacement that lands on it.
     #[inline(always)]
-    fn advance(p: &StepPrepared, g: f32, theta: f32, e: &mut Elem) -> f32 {
-        Self::delta(p, g, theta, e)
-    }
-    #[inline(always)]
-    fn delta(p: &StepPrepared, _g: f32, theta: f32, e: &Elem) -> f32 {
+    fn advance(p: &StepPrepared, _g: f32, theta: f32, e: &mut Elem) -> f32 {
         if !p.moved {
             return 0.0;
         }
         // `p.add_(p, alpha=-decay·dlr)`, then `p.addcdiv_(m, denom, value=-1)`.
         let decayed = if p.decay != 0.0 { fma32(theta, -p.decay, theta) } else { theta };
         displacement(theta, decayed - e.m / (e.v.sqrt() + p.eps))
+    }
+    /// The step itself, `dlr λ θ + m / (√v + ε)` (see prodigy's `Step::delta`).
+    #[inline(always)]
+    fn delta(p: &StepPrepared, _g: f32, theta: f32, e: &Elem) -> f32 {
+        if !p.moved {
+            return 0.0;
+        }
+        let step = e.m / (e.v.sqrt() + p.eps);
+        if p.decay != 0.0 {
+            fma32(theta, p.decay, step)
+        } else {
+            step
+        }
     }
 }
 

@@ -147,15 +147,18 @@ impl KernelRule for Step {
 }
 
 impl ElementRule for Step {
+    /// The reference's new θ, as the displacement that lands on it.
     #[inline(always)]
-    fn advance(p: &(f32, f32), g: f32, theta: f32, x0: &mut f32) -> f32 {
-        Self::delta(p, g, theta, x0)
-    }
-    #[inline(always)]
-    fn delta(&(eta, lambda): &(f32, f32), g: f32, theta: f32, _x0: &f32) -> f32 {
+    fn advance(&(eta, lambda): &(f32, f32), g: f32, theta: f32, _x0: &mut f32) -> f32 {
         let g = if lambda != 0.0 { fma32(theta, lambda, g) } else { g };
         // `p.add_(grad, alpha=-η)`: one rounding.
         displacement(theta, fma32(g, -eta, theta))
+    }
+    /// The step itself, `η (g + λθ)` (see prodigy's `Step::delta`).
+    #[inline(always)]
+    fn delta(&(eta, lambda): &(f32, f32), g: f32, theta: f32, _x0: &f32) -> f32 {
+        let g = if lambda != 0.0 { fma32(theta, lambda, g) } else { g };
+        eta * g
     }
 }
 

@@ -475,12 +475,9 @@ impl<M: Elem> KernelRule for Step<M> {
 }
 
 impl<M: Elem> ElementRule for Step<M> {
+    /// The reference's new θ, as the displacement that lands on it.
     #[inline(always)]
     fn advance(p: &StepPrepared, g: f32, theta: f32, st: &mut M) -> f32 {
-        Self::delta(p, g, theta, st)
-    }
-    #[inline(always)]
-    fn delta(p: &StepPrepared, g: f32, theta: f32, st: &M) -> f32 {
         if !p.moved {
             return 0.0;
         }
@@ -488,6 +485,22 @@ impl<M: Elem> ElementRule for Step<M> {
         // `p.add_(p, alpha=-decay·dlr)`, then `p.addcdiv_(m, denom, value=-dlr)`.
         let decayed = if p.decay != 0.0 { fma32(theta, -p.decay, theta) } else { theta };
         displacement(theta, decayed - p.scale * st.direction(g) / (st.v().sqrt() + p.eps))
+    }
+    /// The step itself, `dlr λ θ + scale · direction / (√v + d ε)`, not the float32 move it
+    /// makes next to θ (which a wrapper's scale would otherwise multiply: docs/algorithms.md §3,
+    /// "Numerics").
+    #[inline(always)]
+    fn delta(p: &StepPrepared, g: f32, theta: f32, st: &M) -> f32 {
+        if !p.moved {
+            return 0.0;
+        }
+        let g = if p.lambda != 0.0 { fma32(theta, p.lambda, g) } else { g };
+        let step = p.scale * st.direction(g) / (st.v().sqrt() + p.eps);
+        if p.decay != 0.0 {
+            fma32(theta, p.decay, step)
+        } else {
+            step
+        }
     }
 }
 

@@ -825,7 +825,12 @@ impl Device for Cpu {
     ) -> Result<f64> {
         let p = R::prepare(c, &records[at]);
         let param = param.as_host().ok_or_else(|| Error::invalid("a device buffer was given to a CPU optimizer"))?;
-        Ok(advance_dot(param, host(grad)?, state, |g, theta, st| R::advance(&p, g, theta, st)))
+        // Σ g·delta: the displacement a wrapper scales (for most rules advance's own value; the
+        // peers' is the step itself, not the float32 move next to θ).
+        Ok(advance_dot(param, host(grad)?, state, |g, theta, st| {
+            R::advance(&p, g, theta, st);
+            R::delta(&p, g, theta, st)
+        }))
     }
 
     fn apply_scaled<R: ElementRule>(

@@ -427,7 +427,7 @@ impl Device for Cuda {
         state: &mut Typed<R::State>,
     ) -> Result<()> {
         // A rule that `ASSIGNS` declares it in its kernel too (cuda/device.cuh's `assigns`).
-        self.launch_element::<R>(c, records, at, param, grad, state, 1.0)
+        self.launch_element::<R>(c, records, at, param, grad, state, None)
     }
 
     fn update_scaled<R: ElementRule>(
@@ -441,7 +441,7 @@ impl Device for Cuda {
         scale: f32,
     ) -> Result<()> {
         super::refuse_assigning::<R>()?;
-        self.launch_element::<R>(c, records, at, param, grad, state, scale)
+        self.launch_element::<R>(c, records, at, param, grad, state, Some(scale))
     }
 
     fn advance_dot<R: ElementRule>(
@@ -661,7 +661,8 @@ impl Device for Cuda {
 }
 
 impl Cuda {
-    /// The element kernel of `R` over one tensor: `θ ← θ − scale·advance(…)` (or `next`).
+    /// The element kernel of `R` over one tensor: `θ ← θ − advance(…)`, with a scale
+    /// `θ ← θ − scale·delta(…)` from the advanced state (or `next` for a rule that assigns).
     #[allow(clippy::too_many_arguments)] // one tensor's buffers, the rule's scalars, the scale
     fn launch_element<R: ElementRule>(
         &self,
@@ -671,11 +672,13 @@ impl Cuda {
         param: &mut TensorMut,
         grad: &Tensor,
         state: &mut Typed<R::State>,
-        scale: f32,
+        scale: Option<f32>,
     ) -> Result<()> {
         let (mut p, mut g, mut s) = (param.address() as u64, device_ptr(grad), state.buffer.at(0));
-        let (mut len, mut c, mut r, mut st, mut scale) = (param.len() as u64, by_value(c)?, records.at(at), self.status_ptr(), scale);
-        let args = &mut [arg(&mut p), arg(&mut g), arg(&mut s), arg(&mut len), arg(&mut c), arg(&mut r), arg(&mut st), arg(&mut scale)];
+        let (mut len, mut c, mut r, mut st) = (param.len() as u64, by_value(c)?, records.at(at), self.status_ptr());
+        // Scaled (update_scaled): θ − scale·delta from the advanced state; else θ − advance.
+        let (mut scale, mut scaled) = (scale.unwrap_or(1.0), i32::from(scale.is_some()));
+        let args = &mut [arg(&mut p), arg(&mut g), arg(&mut s), arg(&mut len), arg(&mut c), arg(&mut r), arg(&mut st), arg(&mut scale), arg(&mut scaled)];
         self.launch(R::KERNEL, elementwise_blocks(param.len()), args)
     }
 

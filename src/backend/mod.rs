@@ -103,7 +103,10 @@ pub trait ElementRule: KernelRule {
     fn next(p: &Self::Prepared, g: f32, theta: f32, state: &mut Self::State) -> f32 {
         theta - Self::advance(p, g, theta, state)
     }
-    /// The displacement of the step just taken, from the advanced state (GI's second pass).
+    /// The displacement of the step just taken, from the advanced state: what a wrapper scales
+    /// (GI's φ and second pass, schedule-free's base). `advance`'s value for most rules; a rule
+    /// that forms its new θ as the reference does (the peers) returns the step itself here,
+    /// not the float32 move `θ − fl(θ − step)` next to θ.
     fn delta(p: &Self::Prepared, g: f32, theta: f32, state: &Self::State) -> f32;
 }
 
@@ -514,8 +517,8 @@ pub trait Device: Clone + Send + Sync + 'static {
         }
     }
 
-    /// Advances the state as `update` would, leaves θ alone, and returns `Σ g·displacement`
-    /// (GI's proposal: it needs the sum on the host).
+    /// Advances the state as `update` would, leaves θ alone, and returns `Σ g·delta` (GI's
+    /// proposal: it needs the sum on the host).
     fn advance_dot<R: ElementRule>(
         &self,
         c: &R::Coeffs,

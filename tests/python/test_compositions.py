@@ -154,6 +154,20 @@ under GI, §3.1) is not 1, so that safeguard_warmup (d in place of dlr) changes 
     assert tele["eta"][0] != 1.0 and tele["d"][0] != 0.1, "η or d never adapted: the comparison did not exercise them"
 
 
+def test_gi_over_prodigy_phi_is_g_dot_v_at_the_default_d0():
+    """φ = η·Σ g·s (§3; "Numerics", GI: "φ = η · Σ g·s in f64", s "recomputed in f32 from the
+    base's advanced state"), s Prodigy's displacement dlr·m/(√v + d·ε) — not the float32 move
+    θ − fl(θ − s) the base would make on the parameters. At the default d0 = 1e-6 the first move
+    (≈ 3.2e-6) is ~25 float32 spacings of θ, so the two differ by up to 2% per element and φ by
+    ~1e-3. One step from the same float32 inputs on both sides, at η = 3."""
+    sbs = SideBySide("gi", SHAPES, seed=3, groups=GROUPS, reference=rp.make, base="prodigy", lr=3.0)
+    centers = batch(np.random.default_rng(11), 0.1)
+    grads, _, loss = inputs(sbs.p64, centers)
+    sbs.step(grads=grads, loss=loss, lib_closure=lambda: inputs(sbs.p32, centers)[2], ref_closure=lambda: inputs(sbs.p64, centers)[2])
+    lib, theirs = sbs.lib.telemetry()["phi"][0], sbs.ref.telemetry()["phi"][0]
+    assert abs(lib - theirs) <= RTOL * abs(theirs), f"φ is {lib}, η·Σ g·s is {theirs} (relative {abs(lib - theirs) / abs(theirs):.1e})"
+
+
 REFUSAL = "alr_set_option_str: schedule-free cannot wrap 'gi': its base must be a fixed-rate rule, auto-*, vsgd-* or tlr"
 SF_OVER_GI = dict(base="gi", base_base="auto-adam", lr=0.8, warmup_steps=10)
 SF_OVER_GI_GROUPS = {0: dict(momentum=0.9, nu=0.99), 1: dict(momentum=0.8, weight_decay=0.1, nu=0.9)}

@@ -56,6 +56,13 @@ __device__ inline void block_sum4(double sums[4], double (*shared)[ALR_THREADS],
     for (int j = 0; j < 4; ++j) sums[j] = shared[j][0];
 }
 
+// The block's four sums (`block_sum4`) into partials[4·block].
+__device__ inline void block_partials(double sums[4], double (*shared)[ALR_THREADS], double* partials, bool last_is_max) {
+    block_sum4(sums, shared, last_is_max);
+    if (threadIdx.x == 0)
+        for (int j = 0; j < 4; ++j) partials[4 * blockIdx.x + j] = sums[j];
+}
+
 #define ALR_GRID_STRIDE(i, len) \
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < (len); i += (size_t)gridDim.x * blockDim.x)
 
@@ -136,9 +143,7 @@ __device__ void dot_partials(const float* __restrict__ param, const float* __res
         sums[0] += d0;
         sums[1] += d1;
     }
-    block_sum4(sums, shared);
-    if (threadIdx.x == 0)
-        for (int j = 0; j < 4; ++j) partials[4 * blockIdx.x + j] = sums[j];
+    block_partials(sums, shared, partials, false);
 }
 
 #define ALR_DOT_KERNEL(name, Rule)                                                                            \
@@ -194,9 +199,7 @@ __device__ void moment_partials(const float* __restrict__ grad, const void* stat
         sums[0] = __longlong_as_double(0x7ff8000000000001LL);
         status->negative_sum_sq = 1;
     }
-    block_sum4(sums, shared);
-    if (threadIdx.x == 0)
-        for (int j = 0; j < 4; ++j) partials[4 * blockIdx.x + j] = sums[j];
+    block_partials(sums, shared, partials, false);
 }
 
 #define ALR_MOMENT_KERNEL(name, Rule)                                                                        \
@@ -256,9 +259,7 @@ __device__ void sampled_pass(float* __restrict__ param, const float* __restrict_
     }
     if (param) return;
     sums[3] = (double)max;
-    block_sum4(sums, shared, true);
-    if (threadIdx.x == 0)
-        for (int j = 0; j < 4; ++j) partials[4 * blockIdx.x + j] = sums[j];
+    block_partials(sums, shared, partials, true);
 }
 
 #define ALR_SAMPLED_KERNEL(name, Rule)                                                                           \

@@ -166,6 +166,13 @@ pub struct Sums {
     reduced: bool,
 }
 
+impl Sums {
+    /// The address of tensor `tensor`'s first partial (four f64 sums each).
+    fn partials_of(&self, tensor: usize) -> u64 {
+        self.partials.at(self.offsets[tensor] * 4 * std::mem::size_of::<f64>())
+    }
+}
+
 /// A CUDA device's primary context and the caller's stream, with the kernels loaded.
 struct Inner {
     context: Arc<CudaContext>,
@@ -483,7 +490,7 @@ impl Device for Cuda {
     ) -> Result<()> {
         sums.n = 0.0;
         sums.square_scale = 0.0;
-        let partials = sums.partials.at(sums.offsets[tensor] * 4 * std::mem::size_of::<f64>());
+        let partials = sums.partials_of(tensor);
         let (mut p, mut g, mut s, mut len) = (device_ptr(param), device_ptr(grad), state.buffer.at(0), param.len() as u64);
         let (mut c, mut r, mut st, mut out, mut write) = (by_value(c)?, records.at(at), self.status_ptr(), partials, i32::from(commit == Commit::Write));
         let args = &mut [arg(&mut p), arg(&mut g), arg(&mut s), arg(&mut len), arg(&mut c), arg(&mut r), arg(&mut st), arg(&mut out), arg(&mut write)];
@@ -507,7 +514,7 @@ impl Device for Cuda {
         };
         sums.n = samples.n as f64;
         sums.square_scale = if matches!(samples.data, SampleTensor::SumSq(_)) { samples.k * samples.k } else { 0.0 };
-        let partials = sums.partials.at(sums.offsets[tensor] * 4 * std::mem::size_of::<f64>());
+        let partials = sums.partials_of(tensor);
         let (mut g, mut s, mut n_rows, mut k) = (device_ptr(grad), state.buffer.at(0), samples.n as u64, samples.k as f32);
         let (mut len, mut c, mut r, mut st, mut out) = (grad.len() as u64, by_value(c)?, records.at(at), self.status_ptr(), partials);
         let args = &mut [
@@ -551,7 +558,7 @@ impl Device for Cuda {
         // A measuring pass moves nothing either.
         let mut theta = param.filter(|_| commit == Commit::Write).map_or(0u64, |p| p.address() as u64);
         let mut write = i32::from(commit == Commit::Write);
-        let partials = sums.partials.at(sums.offsets[tensor] * 4 * std::mem::size_of::<f64>());
+        let partials = sums.partials_of(tensor);
         let (mut g, mut curvature, mut s, mut len) = (device_ptr(grad), device_ptr(h), state.buffer.at(0), grad.len() as u64);
         let (mut c, mut r, mut st, mut out) = (by_value(c)?, records.at(at), self.status_ptr(), partials);
         let args = &mut [

@@ -1,12 +1,5 @@
-"""CPU/GPU parity of the fixed-rate rules (cuda/fixed_rate.cu), for a machine with an NVIDIA GPU and PyTorch:
-
-    python3 tests/gpu/parity_fixed_rate.py            # every check of its section
-    python3 tests/gpu/parity_fixed_rate.py --small    # without the largest cases (for compute-sanitizer)
-    compute-sanitizer --tool memcheck python3 tests/gpu/parity_fixed_rate.py --small
-
-The kernels are reached only through the library's CUDA device (the C ABI), so this runs the
-"fixed-rate" section of parity_capi.py, where the checks are described.
-"""
+"""CPU/GPU parity of the fixed-rate rules (cuda/fixed_rate.cu): the "fixed-rate" section of parity_capi.py
+(through the C ABI, the only way to the kernels), where the checks and flags are described."""
 import parity_capi
 
 if __name__ == "__main__":

@@ -177,6 +177,12 @@ impl<'a> Reader<'a> {
         }
         Ok(reader)
     }
+    /// A reader of fields written by a `Writer` of this process (an algorithm's own snapshot of
+    /// its state, never a caller's buffer): no header.
+    pub fn fields(bytes: &'a [u8]) -> Self {
+        Reader { bytes, pos: 0 }
+    }
+
     fn take(&mut self, n: usize) -> Result<&'a [u8]> {
         let end = self.pos.checked_add(n).filter(|&e| e <= self.bytes.len());
         match end {

@@ -318,7 +318,8 @@ impl<D: Device> DAdaptAdam<D> {
     }
 
     fn absorb(&mut self, ctx: &Context, params: &[TensorMut], inputs: &StepInputs) -> Result<()> {
-        if self.state.is_none() {
+        let fresh = self.state.is_none();
+        if fresh {
             self.state = Some(self.new_state(ctx)?);
         }
         let (device, s) = (&self.device, self.state.as_mut().expect("just built"));
@@ -327,7 +328,7 @@ impl<D: Device> DAdaptAdam<D> {
         let decouple = o.flag(0, "decouple");
         let (elems, estimate) = (&mut s.elems, &s.estimate);
         // Only this step's sums are reduced; the running numerator is the record's (§7).
-        reduced_pass(device, &mut s.sums, false, self.shards.as_deref(), true, |sums, commit| {
+        let reduced = reduced_pass(device, &mut s.sums, false, self.shards.as_deref(), true, |sums, commit| {
             for (group, members) in ctx.layout.members.iter().enumerate() {
                 let c = AbsorbCoeffs {
                     global,
@@ -341,7 +342,13 @@ impl<D: Device> DAdaptAdam<D> {
                 }
             }
             Ok(())
-        })?;
+        });
+        if reduced.is_err() && fresh {
+            // A failed reduction changes nothing: not even the state the first step built.
+            self.state = None;
+        }
+        reduced?;
+        let s = self.state.as_mut().expect("built above");
         device.solve::<Solve>(&global, &s.no_coeffs, &mut s.estimate, &mut s.sums)?;
         Ok(())
     }

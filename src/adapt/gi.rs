@@ -208,8 +208,26 @@ impl Algorithm for Gi {
         let eta = self.eta(options);
         // The base's proposal may fail (a vSGD gradient callback, a reduction of its sums over
         // shards) before anything changed; φ's reduction comes after it (see `abstain`).
+        // Over shards φ's reduction follows the base's proposal, which advanced its state: a
+        // snapshot of that state restores it if the reduction fails, so that nothing changes.
+        let snapshot = match self.shards {
+            Some(_) => {
+                let mut w = Writer::to_vec();
+                self.base.save(&mut w)?;
+                Some(w.finish()?.0)
+            }
+            None => None,
+        };
         let g_dot_s = self.base.propose(&base_ctx, params, inputs, callbacks)?;
-        let phi = eta * self.reduced(g_dot_s)?;
+        let phi = match self.reduced(g_dot_s) {
+            Ok(sum) => eta * sum,
+            Err(failed) => {
+                if let Some(bytes) = snapshot {
+                    self.base.load(&base_ctx, &mut Reader::fields(&bytes))?;
+                }
+                return Err(failed);
+            }
+        };
         self.steps += 1;
         let adapts = self.adapts(options, self.steps);
         self.eta = Some(eta);

@@ -561,7 +561,7 @@ impl<D: Device> Prodigy<D> {
 
     /// Pass 1 over every tensor, then the solve.
     fn absorb(&mut self, ctx: &Context, params: &[TensorMut], inputs: &StepInputs) -> Result<()> {
-        let (device, shards) = (self.device.clone(), self.shards.clone());
+        let (device, shards, fresh) = (self.device.clone(), self.shards.clone(), self.state.is_none());
         let global = Global::of(ctx.options);
         let s = self.state(ctx)?;
         let (elems, estimate) = (&mut s.elems, &s.estimate);
@@ -578,7 +578,14 @@ impl<D: Device> Prodigy<D> {
                 }
             }
             Ok(())
+        })
+        .inspect_err(|_| {
+            // A failed reduction changes nothing: not even the state the first step built.
+            if fresh {
+                self.state = None;
+            }
         })?;
+        let s = self.state.as_mut().expect("built above");
         device.solve::<Solve>(&global, &s.no_coeffs, &mut s.estimate, &mut s.sums)?;
         Ok(())
     }

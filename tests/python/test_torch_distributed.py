@@ -12,11 +12,13 @@ The model is a 5-7-3 tanh MLP (parameters of 35, 7, 21 and 3 elements: uneven sl
   to 1e-5 relative (float32 reduction-order tolerance, fed back through 50 steps of the model),
   for every algorithm with reductions; the callback is called as often as the README's table
   says (the same on every rank), and never for an algorithm without reductions.
-- DDP (replicated, data parallel): rank r of K takes rows [12r/K, 12(r+1)/K) of the batch; the
-  adapter sums SumGradSquared's Σg² and N over the ranks and averages GI's losses without a
-  change to the loop, and 50 steps equal one process on the whole batch (AutoAdam, GI over
-  auto-adam, and ZeRO-1 over DDP) to ≤ 1e-4 of each tensor's largest entry: DDP's gradients
-  and the summed Σg² are added in another order than the whole batch's, in float32.
+- Data parallel: rank r of K takes rows [12r/K, 12(r+1)/K) of the batch; the adapter sums
+  SumGradSquared's Σg² and N over the ranks and averages GI's losses without a change to the
+  loop, and 50 steps equal one process on the whole batch to ≤ 1e-4 of each tensor's largest
+  entry and the rates to 1e-4 relative (the ranks' gradients and Σg² are added in another
+  order than the whole batch's, in float32): DDP with AutoAdam and with GI over auto-adam,
+  ZeRO-1 (`ZeroShards`) over DDP with AutoAdam, and FSDP2 (`fully_shard`, parameters sharded
+  along dim 0 by torch) with TLR and with GI over adam.
 - A reduce callback that fails on one rank is an error on every rank with every rank's
   parameters untouched, whether the failing rank still took part in the collective (the others
   refuse the NaN it passed) or skipped it (the others' `all_reduce(timeout=...)` gives up).
@@ -63,7 +65,7 @@ SHARDED = {
 # one per step that trains α (from step 2); vsgd-g/-b two; GI one for φ after its base's.
 CALLS = {"auto-sgd": 50, "auto-adam": 50, "auto-adagrad": 50, "tlr": 49, "vsgd-g": 100, "vsgd-b": 100, "gi-adam": 50,
          "gi-auto-adam": 100, "adam": 0, "vsgd-l": 0, "sf-adamw": 0}
-DDP = ("ddp-auto-adam", "ddp-gi-auto-adam", "zero1-auto-adam")
+DDP = ("ddp-auto-adam", "ddp-gi-auto-adam", "zero1-auto-adam", "fsdp2-tlr", "fsdp2-gi-adam")
 WORLDS = (1, 2, 3)
 LAUNCH_TIMEOUT = 90  # seconds for one launch of every rank (normally a few)
 
@@ -160,24 +162,50 @@ def ddp_run(case, world, rank):
     batch, no torch.distributed)."""
     model, xs, ys = model_and_data()
     net = model
-    if world is not None:
+    fsdp = case.startswith("fsdp2") and world is not None
+    if fsdp:
+        from torch.distributed.fsdp import fully_shard
+        fully_shard(model)  # parameters become DTensors, sharded along dim 0
+    elif world is not None:
         net = torch.nn.parallel.DistributedDataParallel(model)
+    if world is not None:
         rows = slice(BATCH * rank // world, BATCH * (rank + 1) // world)
     else:
         rows = slice(0, BATCH)
     params = list(model.parameters())
-    sgs = alt.SumGradSquared(model)
+    sgs = alt.SumGradSquared(model) if not case.startswith("fsdp2") else None
     shards = None
+    # FSDP2: this rank's shards are the DTensors' local tensors (views of FSDP's storage, which
+    # it keeps from step to step); the optimizer steps them in place.
+    tensors = [p.to_local().detach() for p in params] if fsdp else params
+    reduce = alt.all_reduce() if fsdp else None
     if case == "zero1-auto-adam" and world is not None:
         shards = alt.ZeroShards(params)
         opt = alt.AutoAdam(shards.params, reduce=alt.all_reduce())
     elif case == "ddp-gi-auto-adam":
         opt = alt.GI(params, base="auto-adam")
+    elif case == "fsdp2-tlr":
+        opt = alt.TLR(tensors, lr=0.05, momentum=0.5, reduce=reduce)
+    elif case == "fsdp2-gi-adam":
+        opt = alt.GI(tensors, base="adam", lr=0.01, reduce=reduce)
     else:
         opt = alt.AutoAdam(params)
     lrs = []
     for step in range(STEPS):
         x, y = xs[step][rows], ys[step][rows]
+        if case.startswith("fsdp2"):
+            for p in params:
+                p.grad = None
+            loss = F.mse_loss(net(x), y)
+            loss.backward()
+            for t, p in zip(tensors, params):
+                t.grad = p.grad.to_local().detach() if fsdp else p.grad
+            opt.step(loss=loss) if case == "fsdp2-gi-adam" else opt.step()
+            if case == "fsdp2-gi-adam":
+                with torch.no_grad():
+                    opt.report_loss(F.mse_loss(net(x), y))  # averaged over the ranks by the adapter
+            lrs.append(opt.lr)
+            continue
 
         def closure(backward=True):
             opt.zero_grad()
@@ -199,6 +227,8 @@ def ddp_run(case, world, rank):
             closure()
             opt.step(sum_sq=sgs)
         lrs.append(opt.lr)
+    if fsdp:
+        params = [p.full_tensor() for p in params]  # every rank's shards
     return {"params": [p.detach().numpy().copy() for p in params], "lrs": np.array(lrs)}
 
 
@@ -302,7 +332,7 @@ def test_sharded_run_equals_the_single_process_run(ranks, case, world):
 @pytest.mark.parametrize("world", WORLDS)
 @pytest.mark.parametrize("case", DDP)
 def test_data_parallel_run_equals_one_process_on_the_whole_batch(ranks, case, world):
-    want = ranks(1)[0]["ddp-reference"]["zero1-auto-adam" if case == "zero1-auto-adam" else case]
+    want = ranks(1)[0]["ddp-reference"][case]
     for rank, result in enumerate(ranks(world)):
         assert_equal_runs(result["ddp"][case], want, 1e-4, 1e-4, f"{case}, world {world}, rank {rank}")
 

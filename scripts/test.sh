@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Runs every test of autolr, doing all set-up itself on a fresh Debian machine:
-# system packages (valgrind, g++, python3-venv, the Fashion-MNIST data), a Python venv (.venv)
+# system packages (valgrind, g++, Open MPI, python3-venv, the Fashion-MNIST data), a Python venv (.venv)
 # with numpy, pytest, scikit-learn, setuptools and setuptools-rust (the package build), a second
 # venv (.venv-torch) with PyPI's default torch wheel (torch 2.x; its CUDA libraries are not needed
 # to run on a CPU), the release build, then: rustfmt and clippy (both builds, warnings as errors),
 # Rust unit and integration tests (the header freshness check, the layering scan and the
 # per-algorithm battery among them), the CUDA kernels compiled with nvcc (the system's, or
 # NVIDIA's pip wheel) and the no-driver error checked, the check that the generated bindings
-# match include/autolr.h, the C ABI test (natively, under valgrind, and under ASan + UBSan), Miri
+# match include/autolr.h, the C ABI test (natively, under valgrind, and under ASan + UBSan), the
+# MPI example under mpirun (tests/mpi/run.sh), Miri
 # over the unit tests of the unsafe C boundary, each fuzz target for 20 s (cargo-fuzz, nightly
 # toolchain; installed when missing), the C++ binding's tests, the torch adapter's tests (in
 # .venv-torch, where a skipped test counts as a failure) and the Python tests.
@@ -18,6 +19,7 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   missing=""
   command -v valgrind >/dev/null || missing="$missing valgrind"
   command -v g++ >/dev/null || missing="$missing g++"
+  { command -v mpicc && command -v mpirun; } >/dev/null || missing="$missing openmpi-bin libopenmpi-dev"
   [ -d /usr/share/datasets/fashion-mnist ] || missing="$missing dataset-fashion-mnist"
   python3 -c "import ensurepip, venv" 2>/dev/null || missing="$missing python3-venv"
   if [ -n "$missing" ]; then
@@ -55,6 +57,8 @@ echo "== generated bindings"
 python3 scripts/gen_bindings.py --check
 echo "== C ABI test (native, valgrind, ASan + UBSan)"
 bash tests/c/run.sh
+echo "== MPI example: sharded over 1, 2 and 3 ranks equals the unsharded run"
+bash tests/mpi/run.sh
 echo "== nightly toolchain for Miri and cargo-fuzz (installed when missing)"
 if ! rustup toolchain list | grep -q '^nightly'; then
   rustup toolchain install nightly --profile minimal

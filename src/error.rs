@@ -43,7 +43,8 @@ pub struct Error {
     pub status: AlrStatus,
     pub message: String,
     /// The call had already changed the optimizer when it failed (only GI's loss callback,
-    /// which runs after the move: the move stands). Every other error leaves everything as it was.
+    /// which runs after the move: the move stands; and a sharded GI's reduction of φ, which runs
+    /// after its base's state took the step). Every other error leaves everything as it was.
     pub after_change: bool,
 }
 

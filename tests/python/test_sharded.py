@@ -252,3 +252,42 @@ def test_vsgd_over_shards_needs_its_slow_start_constant(name):
         opt.step([np.ones(4, np.float32)], curvature=[np.ones(4, np.float32)])
     assert info.value.status == "ALR_INVALID_ARGUMENT"
     assert np.array_equal(theta[0], np.ones(4, np.float32))
+
+
+@pytest.mark.parametrize("base", ["adam", "auto-adam"])
+def test_gi_failing_phi_reduction_says_its_base_took_the_step(base):
+    """GI reduces φ after its base's proposal advanced the base's state (src/adapt/gi.rs): a
+    failing φ reduction leaves the parameters unchanged, and its error says that the base's
+    state is not — a retry then counts that gradient twice, so it differs from a clean run."""
+    phi_call = 2 if base == "adam" else 4  # step 2's φ: after the base's own call over auto-adam
+
+    def run(fail_at):
+        theta = [np.linspace(-1, 1, 5, dtype=np.float32)]
+        calls = [0]
+
+        def reduce(values, op):
+            calls[0] += 1
+            if calls[0] == fail_at:
+                raise RuntimeError("the communicator failed")
+        opt = autolr.Optimizer("gi", theta, reduce=reduce, base=base, lr=0.1)
+        rng = np.random.default_rng(3)
+        errors = []
+        for _ in range(3):
+            g = [rng.standard_normal(5).astype(np.float32)]
+            kwargs = dict(sum_sq=[g[0] * g[0] * 4 + 0.5], batch_size=4) if base == "auto-adam" else {}
+            for _attempt in range(2):
+                before = theta[0].copy()
+                try:
+                    opt.step(g, loss=1.0, closure=lambda: 0.9, **kwargs)
+                    break
+                except autolr.Error as e:
+                    errors.append((e, np.array_equal(before, theta[0])))
+        return theta[0], errors
+
+    clean, none = run(None)
+    retried, errors = run(phi_call)
+    assert not none and len(errors) == 1
+    error, untouched = errors[0]
+    assert error.status == "ALR_CALLBACK_FAILED" and untouched
+    assert "φ" in str(error) and f"{base}'s state has taken this step's gradient" in str(error), str(error)
+    assert not np.array_equal(clean, retried), "the retry equals a clean run: update the README and gi.rs' error"

@@ -57,6 +57,7 @@ from . import Optimizer as _Core
 __all__ = [
     "AutoLR", "SGD", "Momentum", "Adam", "AdamW", "Adagrad", "RMSprop", "AutoSGD", "AutoAdam",
     "AutoAdagrad", "GI", "TLR", "VSGD", "ScheduleFree", "SGDScheduleFree", "AdamWScheduleFree", "SumGradSquared",
+    "all_reduce", "sum_sq_over_ranks", "ZeroShards",
 ]
 
 # The algorithms with two parameter views (train: y, eval: x).
@@ -146,9 +147,19 @@ class AutoLR(torch.optim.Optimizer):
     ``params``: ``model.parameters()`` or a list of param-group dicts. ``algorithm``: one of
     ``autolr.ALGORITHMS``. ``options``: by name (docs/algorithms.md), e.g. ``lr=1e-3``, ``nu=0.9``,
     ``base="adam"`` for GI. Unused parameters (``.grad is None``) step with a zero gradient.
+
+    More than one process (README "More than one process"): ``reduce`` (CPU tensors) makes the
+    parameters this process's shards of tensors split over processes, ``reduce(values, op)``
+    combining the step's sums over them (``all_reduce()`` for ``torch.distributed``; see
+    ``ZeroShards``). ``data_parallel``: the process group whose ranks train replicas on their own
+    batches (DDP, ZeRO-1): a ``SumGradSquared`` given to ``step`` is summed over its ranks (Σg²
+    and N) and GI's losses are averaged over them. Default ``None``: the default group when
+    ``torch.distributed`` is initialised with more than one rank when the optimizer is created,
+    else off (a single process is unchanged); ``False``: off (ranks that do not train on parts
+    of one batch); or a group.
     """
 
-    def __init__(self, params, algorithm, **options):
+    def __init__(self, params, algorithm, reduce=None, data_parallel=None, **options):
         strings = {k: v for k, v in options.items() if isinstance(v, str)}
         numbers = {k: v for k, v in options.items() if not isinstance(v, str)}
         self._building = True
@@ -173,7 +184,11 @@ class AutoLR(torch.optim.Optimizer):
         self._arrays = {}  # cache slot -> (pointers, C array)
         self._zeros = {}
         self._helpers = {}
+        self._data_parallel = _data_parallel_group(data_parallel)
         if self._device.type == "cuda":
+            if reduce is not None:
+                raise Error("reduce= (sharded parameters) takes CPU tensors in autolr.torch; a CUDA optimizer "
+                            "with a device-side reduce is reachable through the C ABI only", "ALR_UNSUPPORTED")
             self._views = None
             self._stream = torch.cuda.current_stream(self._device).cuda_stream
             self._core = _CudaCore(algorithm, [p.numel() for p in tensors], groups=groups,
@@ -181,7 +196,7 @@ class AutoLR(torch.optim.Optimizer):
         else:
             self._views = [p.detach().numpy() for p in tensors]  # share the tensors' storage
             self._views_as_tensors = [p.detach() for p in tensors]
-            self._core = _Core(algorithm, self._views, groups=groups, **strings)
+            self._core = _Core(algorithm, self._views, groups=groups, reduce=reduce, **strings)
         for name, value in numbers.items():
             self._core.set_option(name, value)
         self._synced = [{} for _ in self.param_groups]
@@ -361,6 +376,13 @@ class AutoLR(torch.optim.Optimizer):
         # A closure run during the step may overwrite .grad in place: keep copies then.
         grads = self._grads(copy=reruns)
         kwargs = {}
+        helper = sum_sq if isinstance(sum_sq, SumGradSquared) else None
+        if helper is not None and self._data_parallel is not None:
+            # Replicas on their own batches: the batch of the step is every rank's (README "More
+            # than one process"); a batch_size given here is this rank's.
+            local = batch_size if batch_size is not None else helper.batch_size
+            sum_sq, batch_size = sum_sq_over_ranks(helper, self._tensors, self._data_parallel, local, per_sample_scale)
+            per_sample_scale = "sample"
         if isinstance(sum_sq, SumGradSquared):
             kwargs["per_sample_scale"] = per_sample_scale or sum_sq.per_sample_scale
             kwargs["batch_size"] = batch_size if batch_size is not None else sum_sq.batch_size
@@ -372,18 +394,18 @@ class AutoLR(torch.optim.Optimizer):
         kwargs["per_sample"] = self._per_tensor(per_sample, "per_sample")
         kwargs["curvature"] = self._per_tensor(curvature, "curvature")
         if loss is not None:
-            kwargs["loss"] = float(loss)
+            kwargs["loss"] = self._mean_loss(_as_float(loss))
         elif gi and result is not None:
-            kwargs["loss"] = _as_float(result)
+            kwargs["loss"] = self._mean_loss(_as_float(result))
         if closure is not None and gi:
             if _accepts_backward_kwarg(closure):
                 def after():
                     with torch.no_grad():
-                        return _as_float(closure(backward=False))
+                        return self._mean_loss(_as_float(closure(backward=False)))
             else:
                 def after():
                     with torch.enable_grad():
-                        return _as_float(closure())
+                        return self._mean_loss(_as_float(closure()))
             kwargs["closure"] = after
         if closure is not None and vsgd and curvature is None:
             kwargs["grad_closure"] = lambda points: self._grad_at(closure, points)
@@ -391,9 +413,9 @@ class AutoLR(torch.optim.Optimizer):
             self._step_cuda(grads, kwargs)
         else:
             self._step_cpu(grads, kwargs, reruns)
-        if isinstance(sum_sq, SumGradSquared):
-            self._helpers[id(sum_sq)] = sum_sq
-            sum_sq.zero_()  # consumed, as the next zero_grad() would: a new batch starts
+        if helper is not None:
+            self._helpers[id(helper)] = helper
+            helper.zero_()  # consumed, as the next zero_grad() would: a new batch starts
         return result
 
     def zero_grad(self, set_to_none=True):
@@ -441,7 +463,17 @@ class AutoLR(torch.optim.Optimizer):
 
     def report_loss(self, loss_after):
         """GI's second phase when step() had no closure: the loss on the same batch after the move."""
-        self._core.report_loss(float(loss_after))
+        self._core.report_loss(self._mean_loss(_as_float(loss_after)))
+
+    def _mean_loss(self, loss):
+        """GI's loss on the step's batch: with data-parallel replicas, the mean of the ranks' (each
+        rank's loss is the mean over its part of the batch, as DDP's gradient is the mean of theirs)."""
+        if self._data_parallel is None:
+            return loss
+        import torch.distributed as dist
+        total = torch.tensor([loss], dtype=torch.float64)
+        dist.all_reduce(total, group=self._data_parallel)
+        return float(total[0]) / dist.get_world_size(self._data_parallel)
 
     # the two parameter views (schedule-free) ------------------------------------------------------
     def eval(self):
@@ -1022,3 +1054,142 @@ class _FunctionalCall:
                 kwargs[key] = restore(value)
         out = torch.func.functional_call(self.module, params, tuple(args), kwargs)
         return out[0] if isinstance(out, (tuple, list)) else out
+
+
+# More than one process (README "More than one process", docs/algorithms.md §7) -------------------
+
+def _distributed():
+    """torch.distributed when it is initialised, else None."""
+    import torch.distributed as dist
+    return dist if dist.is_available() and dist.is_initialized() else None
+
+
+def _data_parallel_group(setting):
+    """The process group of data-parallel replicas for AutoLR's ``data_parallel``, or None."""
+    if setting is False:
+        return None
+    dist = _distributed()
+    if dist is None:
+        if setting is None:
+            return None
+        raise Error(f"data_parallel is {setting!r} but torch.distributed is not initialised (init_process_group first)")
+    if setting is True:
+        setting = None
+    elif setting is not None and not isinstance(setting, dist.ProcessGroup):
+        raise Error(f"data_parallel is a {type(setting).__name__}; accepted: None (automatic), True, False or a ProcessGroup")
+    group = setting or dist.group.WORLD
+    return group if dist.get_world_size(group) > 1 else None
+
+
+def all_reduce(group=None, timeout=None):
+    """A ``reduce`` callback over ``torch.distributed`` (CPU tensors, e.g. gloo): the library's
+    float64 values are combined in place over ``group`` (default: every rank) by
+    ``all_reduce`` with SUM or MAX. ``timeout`` (a ``datetime.timedelta``): a rank that does not
+    join the collective within it fails the step on the ranks that did (ALR_CALLBACK_FAILED,
+    nothing changed there) instead of leaving them waiting for the process group's timeout."""
+    import torch.distributed as dist
+    ops = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}
+
+    def reduce(values, op):
+        work = dist.all_reduce(torch.from_numpy(values), op=ops[op], group=group, async_op=True)
+        if timeout is None:
+            work.wait()
+        else:
+            work.wait(timeout)
+    return reduce
+
+
+def sum_sq_over_ranks(helper, params, group=None, batch_size=None, scale=None):
+    """Σ_i g_i² and N of the whole batch when every rank of ``group`` (default: every rank)
+    collected its own part of it in ``helper`` (a ``SumGradSquared``): returns (the sums per
+    parameter in the "sample" convention, N). The ranks' values are converted to "sample" with
+    their own N (``batch_size``, default the helper's; ``scale``, default the helper's, says
+    how they were collected) and added, in one all-reduce of Σg² and one of N. DDP averages the
+    ranks' mean gradients, which is the mean over the whole batch when the ranks' batches have
+    the same size."""
+    dist = _distributed()
+    if dist is None:
+        raise Error("sum_sq_over_ranks needs torch.distributed initialised (init_process_group)")
+    local = batch_size if batch_size is not None else helper.batch_size
+    if local is None:
+        raise Error("no batch size: run forward and backward with the SumGradSquared first, or pass batch_size", "ALR_WRONG_STATE")
+    scale = scale or helper.per_sample_scale
+    if scale not in ("sample", "mean"):
+        raise Error(f"scale is {scale!r}; accepted: 'sample', 'mean'")
+    sums = helper.sum_sq_tensors(params)
+    factor = float(local) ** 2 if scale == "mean" else 1.0
+    flat = torch.cat([s.detach().reshape(-1).float() for s in sums]) * factor
+    dist.all_reduce(flat, group=group)
+    n = torch.tensor([int(local)], dtype=torch.int64)
+    dist.all_reduce(n, group=group)
+    out, start = [], 0
+    for s in sums:
+        out.append(flat[start:start + s.numel()].reshape(s.shape))
+        start += s.numel()
+    return out, int(n[0])
+
+
+class ZeroShards:
+    """ZeRO-1 over ``torch.distributed``: this rank's contiguous slice of every parameter
+    (flattened), as views of the parameters' own storage, for an autolr.torch optimizer created
+    with ``reduce=all_reduce(group)`` over ``params`` (or param groups of them). Rank r of K holds
+    elements [⌊n·r/K⌋, ⌊n·(r+1)/K⌋) of a parameter of n elements (uneven when K does not divide
+    n; every slice must have an element). Per step, after the backward pass (DDP has averaged
+    the gradients): ``shard_grads()`` gives the views their slices of the gradients, the
+    optimizer steps them (``slice(...)`` cuts per-parameter inputs such as
+    ``sum_sq_over_ranks``' sums), and ``gather()`` gives every rank the parameters the others
+    stepped. The optimizer's state is 1/K of the unsharded one; the library reduces its
+    per-step sums through the callback (README "More than one process")."""
+
+    def __init__(self, params, group=None):
+        dist = _distributed()
+        if dist is None:
+            raise Error("ZeroShards needs torch.distributed initialised (init_process_group)")
+        self.group = group
+        self.world = dist.get_world_size(group)
+        self.rank = dist.get_rank(group)
+        self.tensors = list(params)
+        self._cuts = []
+        for i, p in enumerate(self.tensors):
+            _check_param(i, p)
+            n = p.numel()
+            if n < self.world:
+                raise Error(f"{_describe(i, p)} has {n} elements, fewer than the {self.world} ranks: every rank needs a slice")
+            self._cuts.append([(n * r // self.world, n * (r + 1) // self.world) for r in range(self.world)])
+        self.params = self.slice(p.detach() for p in self.tensors)
+
+    def slice(self, tensors):
+        """This rank's slice of each full-size tensor (one per parameter, in order), flattened."""
+        tensors = list(tensors)
+        if len(tensors) != len(self.tensors):
+            raise Error(f"got {len(tensors)} tensors, the shards have {len(self.tensors)} parameters", "ALR_SHAPE_MISMATCH")
+        out = []
+        for i, (t, cut) in enumerate(zip(tensors, self._cuts)):
+            if t.numel() != self.tensors[i].numel():
+                raise Error(f"tensor {i} has {t.numel()} elements, {_describe(i, self.tensors[i])} has {self.tensors[i].numel()}",
+                            "ALR_SHAPE_MISMATCH")
+            a, b = cut[self.rank]
+            out.append(t.reshape(-1)[a:b])
+        return out
+
+    def shard_grads(self):
+        """Sets each view's ``.grad`` to its slice of the parameter's (None stays None)."""
+        for view, p, cut in zip(self.params, self.tensors, self._cuts):
+            a, b = cut[self.rank]
+            view.grad = None if p.grad is None else p.grad.detach().contiguous().reshape(-1)[a:b]
+
+    @torch.no_grad()
+    def gather(self):
+        """Every rank's slices into every rank's parameters: one all-gather of each rank's slices
+        (concatenated, padded to the longest rank's), copied into place."""
+        import torch.distributed as dist
+        mine = torch.cat([p.detach().reshape(-1)[cut[self.rank][0]:cut[self.rank][1]] for p, cut in zip(self.tensors, self._cuts)])
+        longest = max(sum(cut[r][1] - cut[r][0] for cut in self._cuts) for r in range(self.world))
+        buffers = [torch.empty(longest, dtype=torch.float32) for _ in range(self.world)]
+        dist.all_gather(buffers, torch.nn.functional.pad(mine, (0, longest - mine.numel())), group=self.group)
+        for r, buffer in enumerate(buffers):
+            start = 0
+            for p, cut in zip(self.tensors, self._cuts):
+                a, b = cut[r]
+                p.detach().view(-1)[a:b].copy_(buffer[start:start + b - a])
+                start += b - a

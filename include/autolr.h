@@ -97,8 +97,7 @@ typedef struct AlrOptimizer AlrOptimizer;
 // the README's "More than one process"), including a process whose own inputs were refused
 // (it passes NaN, so that every process refuses the step); the values are per-step sums only.
 // A failure is returned from the step as ALR_CALLBACK_FAILED with nothing changed on that
-// process, except in GI's reduction of φ, which comes after its base advanced its state: the
-// parameters are unchanged, the base's state is not. It must not call the optimizer.
+// process. It must not call the optimizer.
 typedef int32_t (*AlrReduceFn)(void *user_data, double *values, size_t n, int32_t op, void *stream);
 
 // Arguments of `alr_create`. Set `struct_size = sizeof(AlrCreateArgs)`: fields may be
@@ -293,8 +292,7 @@ enum AlrStatus alr_get_option(struct AlrOptimizer *opt, size_t group, const char
 // One training step over every tensor: updates `args->params` in place. All inputs are
 // validated first; on failure the parameters and the optimizer's state are unchanged
 // (exceptions: ALR_CALLBACK_FAILED from GI's loss callback, which runs after the move —
-// the move stands, η is not adapted —, and a sharded GI's failed reduction of φ, which runs
-// after its base's state took the step: the parameters are unchanged). Returns ALR_OK, ALR_NULL_POINTER, ALR_INVALID_ARGUMENT
+// the move stands, η is not adapted). Returns ALR_OK, ALR_NULL_POINTER, ALR_INVALID_ARGUMENT
 // (e.g. N < 2 where a variance is needed, negative sum_sq or curvature, struct_size too
 // small), ALR_SHAPE_MISMATCH (tensor count or a buffer length differs from the
 // registration), ALR_NON_FINITE (NaN/Inf in an input), ALR_WRONG_STATE (GI waits for

@@ -12,7 +12,7 @@
 //! recomputes `s` from its state in the second pass.
 
 use crate::algorithm::{Accepts, Algorithm, Context, Shards};
-use crate::backend::{ReduceOp, ReduceValues, TensorMut};
+use crate::backend::{reduce_failed, ReduceOp, ReduceValues, TensorMut};
 use crate::checkpoint::{Reader, Writer};
 use crate::error::{Error, Result};
 use crate::optimizer::{Callbacks, StepInputs};
@@ -100,28 +100,16 @@ impl Gi {
         Gi { base_name, base, eta: None, steps: 0, skipped: 0, phi: 0.0, rho: 0.0, applied_scale: f64::NAN, pending: None, shards }
     }
 
-    /// φ's sum `Σ g·s` over every process (sharded), from this process's. It comes after the
-    /// base's proposal, which has advanced the base's state by then: an error here leaves the
-    /// parameters unchanged but not that state (`after_change`, and the message says so).
+    /// φ's sum `Σ g·s` over every process (sharded), from this process's.
     fn reduced(&self, g_dot_s: f64) -> Result<f64> {
         let Some(comm) = self.shards.as_deref() else { return Ok(g_dot_s) };
-        let advanced = |e: Error| Error {
-            message: format!(
-                "{}; the parameters are unchanged, but {}'s state has taken this step's gradient (φ is reduced after the base's proposal): \
-                 a retry of the step counts it twice",
-                e.message, self.base_name
-            ),
-            after_change: true,
-            ..e
-        };
         let mut value = [g_dot_s];
-        comm.all_reduce(ReduceValues::Host(&mut value), ReduceOp::Sum)
-            .map_err(|why| advanced(Error::callback(format!("the reduce callback failed on φ ({why})"))))?;
+        comm.all_reduce(ReduceValues::Host(&mut value), ReduceOp::Sum).map_err(reduce_failed)?;
         if !value[0].is_finite() {
             // Every process sees the same sum, so every process refuses the step alike.
-            return Err(advanced(Error::non_finite(
+            return Err(Error::non_finite(
                 "φ summed over all processes is not finite: the inputs of this or another process held a NaN or Inf (or the sum overflowed)",
-            )));
+            ));
         }
         Ok(value[0])
     }
@@ -219,9 +207,9 @@ impl Algorithm for Gi {
         let base_ctx = Context { layout: ctx.layout, options: &base_opts };
         let eta = self.eta(options);
         // The base's proposal may fail (a vSGD gradient callback, a reduction of its sums over
-        // shards) before anything changed; φ's reduction comes after it (see `abstain`).
-        // Over shards φ's reduction follows the base's proposal, which advanced its state: a
-        // snapshot of that state restores it if the reduction fails, so that nothing changes.
+        // shards) before anything changed. Over shards φ's reduction follows it, when the base's
+        // state has advanced: a snapshot of that state restores it if the reduction fails, so
+        // that nothing changes then either (see `abstain`).
         let snapshot = match self.shards {
             Some(_) => {
                 let mut w = Writer::to_vec();

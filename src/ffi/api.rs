@@ -106,8 +106,7 @@ pub enum AlrReduceOp {
 /// the README's "More than one process"), including a process whose own inputs were refused
 /// (it passes NaN, so that every process refuses the step); the values are per-step sums only.
 /// A failure is returned from the step as ALR_CALLBACK_FAILED with nothing changed on that
-/// process, except in GI's reduction of φ, which comes after its base advanced its state: the
-/// parameters are unchanged, the base's state is not. It must not call the optimizer.
+/// process. It must not call the optimizer.
 pub type AlrReduceFn = Option<unsafe extern "C" fn(user_data: *mut c_void, values: *mut f64, n: usize, op: i32, stream: *mut c_void) -> i32>;
 
 /// A C reduce callback as the optimizer's communicator.
@@ -428,8 +427,7 @@ pub extern "C" fn alr_get_option(opt: *mut AlrOptimizer, group: usize, name: *co
 /// One training step over every tensor: updates `args->params` in place. All inputs are
 /// validated first; on failure the parameters and the optimizer's state are unchanged
 /// (exceptions: ALR_CALLBACK_FAILED from GI's loss callback, which runs after the move —
-/// the move stands, η is not adapted —, and a sharded GI's failed reduction of φ, which runs
-/// after its base's state took the step: the parameters are unchanged). Returns ALR_OK, ALR_NULL_POINTER, ALR_INVALID_ARGUMENT
+/// the move stands, η is not adapted). Returns ALR_OK, ALR_NULL_POINTER, ALR_INVALID_ARGUMENT
 /// (e.g. N < 2 where a variance is needed, negative sum_sq or curvature, struct_size too
 /// small), ALR_SHAPE_MISMATCH (tensor count or a buffer length differs from the
 /// registration), ALR_NON_FINITE (NaN/Inf in an input), ALR_WRONG_STATE (GI waits for

@@ -255,12 +255,12 @@ def test_vsgd_over_shards_needs_its_slow_start_constant(name):
 
 
 @pytest.mark.parametrize("base", ["adam", "auto-adam"])
-def test_gi_failing_phi_reduction_says_its_base_took_the_step(base):
-    """GI reduces φ after its base's proposal advanced the base's state (src/adapt/gi.rs): a
-    failing φ reduction leaves the parameters unchanged, and its error says that the base's
-    state is not — a retry then counts that gradient twice, so it differs from a clean run."""
+def test_gi_failing_phi_reduction_changes_nothing(base):
+    """GI reduces φ after its base's proposal advanced the base's state (src/adapt/gi.rs); a
+    snapshot restores that state when the reduction fails, so a retried step equals a clean run
+    bit for bit (without the snapshot the retry counts the gradient twice: measured 0.025 apart
+    over adam)."""
     phi_call = 2 if base == "adam" else 4  # step 2's φ: after the base's own call over auto-adam
-
     def run(fail_at):
         theta = [np.linspace(-1, 1, 5, dtype=np.float32)]
         calls = [0]
@@ -289,5 +289,5 @@ def test_gi_failing_phi_reduction_says_its_base_took_the_step(base):
     assert not none and len(errors) == 1
     error, untouched = errors[0]
     assert error.status == "ALR_CALLBACK_FAILED" and untouched
-    assert "φ" in str(error) and f"{base}'s state has taken this step's gradient" in str(error), str(error)
-    assert not np.array_equal(clean, retried), "the retry equals a clean run: update the README and gi.rs' error"
+    assert "nothing changed" in str(error), str(error)
+    assert np.array_equal(clean, retried), f"the retried step differs from a clean run by {np.max(np.abs(clean - retried)):.1e}"

@@ -116,7 +116,7 @@ class Native:
 
 
 def tensors(count, seed=0):
-    """`count` tensors of P/count floats: parameters ~ N(0, 1), gradients ~ N(0, 1e-6)."""
+    """`count` tensors of P/count floats: parameters ~ N(0, 1), gradients 1e-3 · N(0, 1)."""
     g = torch.Generator().manual_seed(seed)
     size = P // count
     return [torch.randn(size, generator=g) for _ in range(count)], [torch.randn(size, generator=g) * 1e-3 for _ in range(count)]

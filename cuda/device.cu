@@ -25,16 +25,20 @@ ALR_SIZE(PartialRange, 16);
 
 // Block r adds record r's partials in a fixed tree. `square_scale` k² (Σg² moments): the first
 // sum becomes k² Σ w S − N Σ w g g, the spread; 0 (rows, dots): the sums are kept as they are.
+// `last_is_max`: the fourth slot is the maximum of the partials (a sampled pass's), not their sum.
 extern "C" __global__ void alr_group_sums(const double* __restrict__ partials, const PartialRange* ranges,
-                                          double* __restrict__ group_sums, double n, double square_scale,
+                                          double* __restrict__ group_sums, double n, double square_scale, int last_is_max,
                                           const DeviceStatus* status) {
     __shared__ double shared[4][ALR_THREADS];
     if (status->code != 0) return;
     const PartialRange range = ranges[blockIdx.x];
     double sums[4] = {0.0, 0.0, 0.0, 0.0};
     for (size_t p = threadIdx.x; p < range.count; p += blockDim.x)
-        for (int j = 0; j < 4; ++j) sums[j] += partials[4 * (range.start + p) + j];
-    block_sum4(sums, shared);
+        for (int j = 0; j < 4; ++j) {
+            const double v = partials[4 * (range.start + p) + j];
+            sums[j] = (last_is_max && j == 3) ? fmax(sums[j], v) : sums[j] + v;
+        }
+    block_sum4(sums, shared, last_is_max != 0);
     if (threadIdx.x == 0) {
         if (square_scale != 0.0) sums[0] = square_scale * sums[0] - n * sums[1];
         for (int j = 0; j < 4; ++j) group_sums[4 * blockIdx.x + j] = sums[j];

@@ -40,25 +40,67 @@ struct NoRecord {};
 struct NoState {};
 struct NoParams {};
 
-// Adds `sums` over the block's threads in a fixed tree; thread 0 gets the result.
-__device__ inline void block_sum4(double sums[4], double (*shared)[ALR_THREADS]) {
+// Adds `sums` over the block's threads in a fixed tree (with `last_is_max`, the fourth slot
+// takes the maximum instead); thread 0 gets the result.
+__device__ inline void block_sum4(double sums[4], double (*shared)[ALR_THREADS], bool last_is_max = false) {
     for (int j = 0; j < 4; ++j) shared[j][threadIdx.x] = sums[j];
     __syncthreads();
     for (unsigned half = ALR_THREADS / 2; half > 0; half /= 2) {
         if (threadIdx.x < half)
-            for (int j = 0; j < 4; ++j) shared[j][threadIdx.x] += shared[j][threadIdx.x + half];
+            for (int j = 0; j < 4; ++j) {
+                const double other = shared[j][threadIdx.x + half];
+                shared[j][threadIdx.x] = (last_is_max && j == 3) ? fmax(shared[j][threadIdx.x], other) : shared[j][threadIdx.x] + other;
+            }
         __syncthreads();
     }
     for (int j = 0; j < 4; ++j) sums[j] = shared[j][0];
 }
 
+// The block's four sums (`block_sum4`) into partials[4·block].
+__device__ inline void block_partials(double sums[4], double (*shared)[ALR_THREADS], double* partials, bool last_is_max) {
+    block_sum4(sums, shared, last_is_max);
+    if (threadIdx.x == 0)
+        for (int j = 0; j < 4; ++j) partials[4 * blockIdx.x + j] = sums[j];
+}
+
 #define ALR_GRID_STRIDE(i, len) \
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < (len); i += (size_t)gridDim.x * blockDim.x)
 
-// An ElementRule (src/backend/mod.rs): θ ← θ − advance(prepare(c, record), g, θ, state).
+// Whether a rule sets θ itself (`static constexpr bool ASSIGNS = true` and `next`, as
+// ElementRule::ASSIGNS in Rust: schedule-free's interpolations), else subtracts `advance`.
+template <typename Rule, typename = void>
+struct assigns : std::false_type {};
+template <typename Rule>
+struct assigns<Rule, std::void_t<decltype(Rule::ASSIGNS)>> : std::bool_constant<Rule::ASSIGNS> {};
+
+// Whether a rule's displacement differs from the move `advance` makes (`delta`, as the peers'
+// ElementRule::delta in Rust: the step itself, not θ − fl(θ − step)).
+template <typename Rule, typename = void>
+struct has_delta : std::false_type {};
+template <typename Rule>
+struct has_delta<Rule, std::void_t<decltype(&Rule::delta)>> : std::true_type {};
+
+// One element of an ElementRule: θ − advance(…) (`scaled` 0), θ − scale·delta(…) from the
+// advanced state (`scaled` 1: update_scaled; delta is advance's value unless the rule has its
+// own), or next(…) for a rule that assigns.
+template <typename Rule>
+__device__ inline float element_next(const typename Rule::Prepared& p, float g, float theta, typename Rule::State* st, float scale, int scaled) {
+    if constexpr (assigns<Rule>::value) {
+        return Rule::next(p, g, theta, st);
+    } else {
+        const float moved = Rule::advance(p, g, theta, st);
+        if constexpr (has_delta<Rule>::value)
+            if (scaled) return theta - scale * Rule::delta(p, g, theta, st);
+        return scaled ? theta - scale * moved : theta - moved;
+    }
+}
+
+// An ElementRule (src/backend/mod.rs): θ ← θ − scale·advance(prepare(c, record), g, θ, state),
+// or θ ← next(…) for a rule that assigns. `advance` returns the displacement from the advanced
+// state, so a scaled launch is the CPU's advance-then-`θ − scale·delta` (update_scaled).
 template <typename Rule>
 __device__ void element_update(float* __restrict__ param, const float* __restrict__ grad, void* state, size_t len,
-                               const typename Rule::Coeffs& c, const void* record, const DeviceStatus* status) {
+                               const typename Rule::Coeffs& c, const void* record, const DeviceStatus* status, float scale, int scaled) {
     typedef typename Rule::State State;
     if (status->code != 0) return;  // this or an earlier step found bad input: change nothing
     const typename Rule::Prepared p = Rule::prepare(c, *(const typename Rule::Record*)record);
@@ -66,10 +108,10 @@ __device__ void element_update(float* __restrict__ param, const float* __restric
         const float theta = param[i];
         if constexpr (std::is_empty<State>::value) {
             State none;
-            param[i] = theta - Rule::advance(p, grad[i], theta, &none);
+            param[i] = element_next<Rule>(p, grad[i], theta, &none, scale, scaled);
         } else {
             State st = ((State*)state)[i];
-            param[i] = theta - Rule::advance(p, grad[i], theta, &st);
+            param[i] = element_next<Rule>(p, grad[i], theta, &st, scale, scaled);
             ((State*)state)[i] = st;
         }
     }
@@ -77,15 +119,17 @@ __device__ void element_update(float* __restrict__ param, const float* __restric
 
 #define ALR_ELEMENT_KERNEL(name, Rule)                                                                       \
     extern "C" __global__ void name(float* param, const float* grad, void* state, unsigned long long len,   \
-                                    Rule::Coeffs c, const void* record, const DeviceStatus* status) {       \
-        element_update<Rule>(param, grad, state, len, c, record, status);                                    \
+                                    Rule::Coeffs c, const void* record, const DeviceStatus* status,         \
+                                    float scale, int scaled) {                                               \
+        element_update<Rule>(param, grad, state, len, c, record, status, scale, scaled);                     \
     }
 
-// A DotRule: per block [Σ dot₀, Σ dot₁, 0, 0] into partials[4·block] (the state advanced).
+// A DotRule: per block [Σ dot₀, Σ dot₁, 0, 0] into partials[4·block] (the state advanced, or
+// with `commit` 0 only read: a sharded step's measuring pass).
 template <typename Rule>
 __device__ void dot_partials(const float* __restrict__ param, const float* __restrict__ grad, void* state, size_t len,
                              const typename Rule::Coeffs& c, const void* record, const DeviceStatus* status,
-                             double* __restrict__ partials) {
+                             double* __restrict__ partials, int commit) {
     __shared__ double shared[4][ALR_THREADS];
     if (status->code != 0) return;
     typedef typename Rule::State State;
@@ -95,20 +139,18 @@ __device__ void dot_partials(const float* __restrict__ param, const float* __res
         State st = ((State*)state)[i];
         double d0, d1;
         Rule::dot(p, grad[i], param[i], &st, &d0, &d1);
-        ((State*)state)[i] = st;
+        if (commit) ((State*)state)[i] = st;
         sums[0] += d0;
         sums[1] += d1;
     }
-    block_sum4(sums, shared);
-    if (threadIdx.x == 0)
-        for (int j = 0; j < 4; ++j) partials[4 * blockIdx.x + j] = sums[j];
+    block_partials(sums, shared, partials, false);
 }
 
 #define ALR_DOT_KERNEL(name, Rule)                                                                            \
     extern "C" __global__ void name(const float* param, const float* grad, void* state, unsigned long long len, \
                                     Rule::Coeffs c, const void* record, const DeviceStatus* status,           \
-                                    double* partials) {                                                       \
-        dot_partials<Rule>(param, grad, state, len, c, record, status, partials);                            \
+                                    double* partials, int commit) {                                           \
+        dot_partials<Rule>(param, grad, state, len, c, record, status, partials, commit);                    \
     }
 
 // A MomentRule: per block [Σ w·s, Σ w g g, Σ w g y, Σ w y y] with (w, y) = weights(state, g) and s
@@ -157,9 +199,7 @@ __device__ void moment_partials(const float* __restrict__ grad, const void* stat
         sums[0] = __longlong_as_double(0x7ff8000000000001LL);
         status->negative_sum_sq = 1;
     }
-    block_sum4(sums, shared);
-    if (threadIdx.x == 0)
-        for (int j = 0; j < 4; ++j) partials[4 * blockIdx.x + j] = sums[j];
+    block_partials(sums, shared, partials, false);
 }
 
 #define ALR_MOMENT_KERNEL(name, Rule)                                                                        \
@@ -167,6 +207,67 @@ __device__ void moment_partials(const float* __restrict__ grad, const void* stat
                                     unsigned long long n_rows, float k, unsigned long long len, Rule::Coeffs c,  \
                                     const void* record, DeviceStatus* status, double* partials) {            \
         moment_partials<Rule>(grad, state, sum_sq, rows, n_rows, k, len, c, record, status, partials);      \
+    }
+
+// What a SampledRule makes of one element (src/backend/mod.rs's `Sampled`).
+struct Sampled {
+    float displacement;
+    double sums[3];
+    float max;
+};
+
+// A SampledRule: per element, x = Σ_i (k x_ij)² / N from the N × len rows (rows in order, f32
+// sums, as the CPU's spread about 0) or from Σg² (k² S / N in f64), or g² without either; then
+// the rule advances the state (written only with `commit`). With `param` it moves θ by the
+// displacement; otherwise per block [Σ sums₀, Σ sums₁, Σ sums₂, max(0, max)] into partials[4·block].
+template <typename Rule>
+__device__ void sampled_pass(float* __restrict__ param, const float* __restrict__ grad, const float* __restrict__ h, void* state,
+                             const float* __restrict__ sum_sq, const float* __restrict__ rows, size_t n_rows, double k, size_t len,
+                             const typename Rule::Coeffs& c, const void* record, const DeviceStatus* status,
+                             double* __restrict__ partials, int commit) {
+    __shared__ double shared[4][ALR_THREADS];
+    if (status->code != 0) return;
+    typedef typename Rule::State State;
+    const typename Rule::Prepared p = Rule::prepare(c, *(const typename Rule::Record*)record);
+    double sums[4] = {0.0, 0.0, 0.0, 0.0};
+    float max = 0.0f;
+    ALR_GRID_STRIDE(j, len) {
+        const float g = grad[j];
+        double x;
+        if (rows) {
+            const float kf = (float)k;
+            float sq = 0.0f;
+            for (size_t i = 0; i < n_rows; ++i) {
+                const float d = kf * rows[i * len + j];
+                sq += d * d;
+            }
+            x = (double)sq / (double)n_rows;
+        } else if (sum_sq) {
+            x = k * k * (double)sum_sq[j] / (double)n_rows;
+        } else {
+            x = (double)g * (double)g;
+        }
+        State st = ((State*)state)[j];
+        const Sampled out = Rule::advance(p, g, x, h[j], &st);
+        if (commit) ((State*)state)[j] = st;
+        if (param) {
+            param[j] = param[j] - out.displacement;
+        } else {
+            for (int i = 0; i < 3; ++i) sums[i] += out.sums[i];
+            max = fmaxf(max, out.max);
+        }
+    }
+    if (param) return;
+    sums[3] = (double)max;
+    block_partials(sums, shared, partials, true);
+}
+
+#define ALR_SAMPLED_KERNEL(name, Rule)                                                                           \
+    extern "C" __global__ void name(float* param, const float* grad, const float* h, void* state, const float* sum_sq, \
+                                    const float* rows, unsigned long long n_rows, double k, unsigned long long len,   \
+                                    Rule::Coeffs c, const void* record, const DeviceStatus* status, double* partials,   \
+                                    int commit) {                                                                      \
+        sampled_pass<Rule>(param, grad, h, state, sum_sq, rows, n_rows, k, len, c, record, status, partials, commit); \
     }
 
 // A SolveRule: one block, every record from its four sums (already added and checked).

@@ -80,8 +80,25 @@ typedef enum AlrMode {
   ALR_MODE_EVAL = 1,
 } AlrMode;
 
+// How `AlrReduceFn` combines the processes' values.
+typedef enum AlrReduceOp {
+  ALR_REDUCE_SUM = 0,
+  ALR_REDUCE_MAX = 1,
+} AlrReduceOp;
+
 // An optimizer created by `alr_create` and freed by `alr_destroy`. Opaque to C.
 typedef struct AlrOptimizer AlrOptimizer;
+
+// The caller's communicator: combines `n` doubles at `values` in place over every process of
+// the sharded optimizer (`op`: an `AlrReduceOp`; `MPI_Allreduce`, `torch.distributed.all_reduce`,
+// `ncclAllReduce`), returning 0 on success. On a CUDA optimizer `values` is device memory and
+// the call must be ordered on `stream` (the optimizer's); on the CPU `stream` is NULL. Every
+// process makes the same calls in the same order in every step (one or two per step, listed in
+// the README's "More than one process"), including a process whose own inputs were refused
+// (it passes NaN, so that every process refuses the step); the values are per-step sums only.
+// A failure is returned from the step as ALR_CALLBACK_FAILED with nothing changed on that
+// process. It must not call the optimizer.
+typedef int32_t (*AlrReduceFn)(void *user_data, double *values, size_t n, int32_t op, void *stream);
 
 // Arguments of `alr_create`. Set `struct_size = sizeof(AlrCreateArgs)`: fields may be
 // appended in later versions, and the library reads only the first `struct_size` bytes.
@@ -101,6 +118,13 @@ typedef struct AlrCreateArgs {
   int32_t device_ordinal;
   // CUDA stream (`CUstream` / `cudaStream_t`; NULL = default stream; ignored on CPU).
   void *stream;
+  // 1: the tensors are this process's shards of tensors split over processes (ZeRO, FSDP);
+  // every reduction of a step is then summed over the processes through `reduce`
+  // (docs/algorithms.md §7). 0: whole tensors (also under DDP, whose replicas need none).
+  int32_t sharded;
+  // Required when `sharded`, NULL otherwise: see `AlrReduceFn`.
+  AlrReduceFn reduce;
+  void *reduce_user_data;
 } AlrCreateArgs;
 
 // Evaluates the loss on the current batch at `params` (`n_tensors` pointers in registration
@@ -233,8 +257,11 @@ const char *alr_algorithms(int32_t device);
 // Returns ALR_OK, ALR_NULL_POINTER, ALR_INVALID_ARGUMENT (unknown algorithm — the message
 // lists the accepted names —, bad group ids, zero-length tensor, struct_size too small),
 // ALR_UNSUPPORTED (a CUDA device on a build without the `cuda` feature, or an algorithm
-// without CUDA kernels: `alr_algorithms(ALR_DEVICE_CUDA)` lists those with them), ALR_CUDA_ERROR (no CUDA driver,
-// no such device, or a CUDA call failed).
+// without CUDA kernels: `alr_algorithms(ALR_DEVICE_CUDA)` lists those with them; `sharded` for
+// an algorithm that does not reduce over shards yet), ALR_CUDA_ERROR (no CUDA driver, no such
+// device, or a CUDA call failed). ALR_INVALID_ARGUMENT also for `sharded` not 0 or 1, or set
+// without `reduce` (or `reduce` without it), and for a struct_size that is neither version's
+// (`offsetof(AlrCreateArgs, sharded)`, before sharding, or `sizeof(AlrCreateArgs)`).
 enum AlrStatus alr_create(const struct AlrCreateArgs *args, struct AlrOptimizer **out);
 
 // Frees an optimizer. NULL is a no-op. Returns ALR_OK, or ALR_INVALID_ARGUMENT for a handle
@@ -252,10 +279,10 @@ enum AlrStatus alr_set_option(struct AlrOptimizer *opt, const char *name, double
 // does not exist or an option that is one value for the whole optimizer.
 enum AlrStatus alr_set_group_option(struct AlrOptimizer *opt, size_t group, const char *name, double value);
 
-// Sets a string option: only "base", the wrapped algorithm's name, of `gi` and `schedule-free`
-// (the aliases `sf-adamw` and `sf-sgd` fix theirs). Set it before the first step and before the
-// wrapped algorithm's options (it resets them to defaults).
-// Returns ALR_OK, ALR_NULL_POINTER, ALR_INVALID_ARGUMENT, ALR_WRONG_STATE.
+// Sets a string option: only the "base" of gi and schedule-free (the wrapped algorithm's
+// name). Set it before the first step and before the wrapped algorithm's options (it resets
+// them to defaults). Returns ALR_OK, ALR_NULL_POINTER, ALR_INVALID_ARGUMENT, ALR_WRONG_STATE,
+// ALR_UNSUPPORTED (on a CUDA device, a base without CUDA kernels).
 enum AlrStatus alr_set_option_str(struct AlrOptimizer *opt, const char *name, const char *value);
 
 // Reads option `name` of `group` into `*value` (NaN for an unset optional value).
@@ -269,8 +296,9 @@ enum AlrStatus alr_get_option(struct AlrOptimizer *opt, size_t group, const char
 // (e.g. N < 2 where a variance is needed, negative sum_sq or curvature, struct_size too
 // small), ALR_SHAPE_MISMATCH (tensor count or a buffer length differs from the
 // registration), ALR_NON_FINITE (NaN/Inf in an input), ALR_WRONG_STATE (GI waits for
-// `alr_report_loss`; schedule-free is in eval mode: `alr_set_mode` ALR_MODE_TRAIN first), ALR_UNSUPPORTED (an input this algorithm does not use, or a required
-// one missing), ALR_CALLBACK_FAILED.
+// `alr_report_loss`; schedule-free is in eval mode: `alr_set_mode` ALR_MODE_TRAIN first),
+// ALR_UNSUPPORTED (an input this algorithm does not use, or a required one missing),
+// ALR_CALLBACK_FAILED.
 //
 // On a CUDA optimizer every buffer is a device pointer; the step is enqueued on the
 // optimizer's stream and returns without waiting (no device-to-host copy: an auto-* step can
@@ -288,7 +316,9 @@ enum AlrStatus alr_step(struct AlrOptimizer *opt, const struct AlrStepArgs *args
 // no-op. A step in eval mode is refused (ALR_WRONG_STATE). Returns ALR_OK, ALR_NULL_POINTER,
 // ALR_INVALID_ARGUMENT (a mode that is no AlrMode, struct_size too small), ALR_SHAPE_MISMATCH,
 // ALR_WRONG_STATE (schedule-free: already in that mode, except ALR_MODE_TRAIN before the first
-// step); on failure the parameters are unchanged.
+// step), and on a CUDA device the error an earlier step found there (ALR_NON_FINITE,
+// ALR_INVALID_ARGUMENT: read first, as `alr_get_lr` reads it); on failure the parameters are
+// unchanged.
 enum AlrStatus alr_set_mode(struct AlrOptimizer *opt, const struct AlrModeArgs *args);
 
 // GI's second phase: `loss_after` is the loss on the same batch at the parameters the last

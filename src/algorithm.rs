@@ -8,7 +8,7 @@
 //! rate, telemetry or a checkpoint may fail on a device (its memory has to be read), hence the
 //! `Result`s.
 
-use crate::backend::{Device, TensorMut};
+use crate::backend::{Communicator, Device, TensorMut};
 use crate::checkpoint::{Reader, Writer};
 use crate::error::Result;
 use crate::optimizer::{Callbacks, Layout, StepInputs};
@@ -57,11 +57,29 @@ pub trait Algorithm: Send {
         self.apply(ctx, params, inputs, 1.0)
     }
 
+    /// One whole step with its displacement scaled by `scale` (`θ ← θ − scale·s`, schedule-free
+    /// over an automatic base): propose then apply. An algorithm written over `Device` overrides
+    /// it with its own passes and `Device::update_scaled`, the same arithmetic without the host
+    /// sum `propose` returns, so that it runs on a GPU too.
+    fn step_scaled(&mut self, ctx: &Context, params: &mut [TensorMut], inputs: &StepInputs, callbacks: &mut Callbacks, scale: f32) -> Result<()> {
+        self.propose(ctx, params, inputs, callbacks)?;
+        self.apply(ctx, params, inputs, scale)
+    }
+
     /// Switches the caller's parameters between the training view (`train`) and the evaluation
     /// view. Schedule-free swaps them between y and x; every other algorithm has one view, so
     /// this is a no-op for it.
     fn set_mode(&mut self, _ctx: &Context, _params: &mut [TensorMut], _train: bool) -> Result<()> {
         Ok(())
+    }
+
+    /// Sharded training (docs/algorithms.md §7): this process's step was refused before it
+    /// began (its own inputs). Makes the calls to the communicator the step would have made
+    /// first, with values that make every process refuse the step too, so that no process waits
+    /// for this one. An algorithm without reductions makes none. Returns whether it made any
+    /// (their outcome is the refusal this process already has).
+    fn abstain(&mut self, _ctx: &Context) -> bool {
+        false
     }
 
     /// Options changed (or were loaded): copy what the device's kernels read.
@@ -107,6 +125,9 @@ pub trait Algorithm: Send {
     /// configuration, refusing any value the algorithm could not have produced.
     fn load(&mut self, ctx: &Context, r: &mut Reader) -> Result<()>;
 }
+
+/// The communicator of an optimizer over shards (None: whole tensors, nothing is reduced).
+pub type Shards = Option<std::sync::Arc<dyn Communicator>>;
 
 /// Refuses a step while the device is capturing a graph (CUDA graphs), for an algorithm whose
 /// launches carry values its host side forms per step (`what`): a replay would repeat them.

@@ -1,7 +1,7 @@
 //! The optimizer: tensors and groups, options, the step protocol (validate everything, then
 //! change anything), read-back of rates and telemetry, and checkpoints.
 
-use crate::algorithm::{Accepts, Algorithm, Context};
+use crate::algorithm::{Accepts, Algorithm, Context, Shards};
 use crate::backend::{AnyDevice, DeviceSpec, Memory, Tensor, TensorMut};
 use crate::checkpoint::{self, Reader, Writer};
 use crate::error::{Error, Result};
@@ -197,6 +197,8 @@ pub struct Optimizer {
     algorithm: Box<dyn Algorithm>,
     /// Set once a step has begun: structural options and the state shape are then fixed.
     started: bool,
+    /// Sharded tensors: the caller's communicator (docs/algorithms.md §7).
+    shards: Shards,
 }
 
 impl Optimizer {
@@ -210,14 +212,21 @@ impl Optimizer {
     /// take buffers there. ALR_UNSUPPORTED for an algorithm the device cannot run — said before
     /// the device is opened, so the answer does not depend on the machine.
     pub fn on(device: DeviceSpec, algorithm: &str, lens: &[usize], groups: Option<&[usize]>) -> Result<Self> {
+        Self::on_shards(device, algorithm, lens, groups, None)
+    }
+
+    /// Creates `algorithm` on `device` over tensors that are, with a communicator, this
+    /// process's shards of tensors split over processes: every reduction of a step is then
+    /// summed over them through `comm` (docs/algorithms.md §7).
+    pub fn on_shards(device: DeviceSpec, algorithm: &str, lens: &[usize], groups: Option<&[usize]>, shards: Shards) -> Result<Self> {
         let layout = Layout::new(lens, groups)?;
         let base = registry::default_base(algorithm).to_string();
         let options = Options::new(registry::specs(algorithm, &base)?, layout.n_groups())?;
         registry::check_runs_on(device.kind(), algorithm)?;
         let device = device.open()?;
-        let mut built = registry::build(algorithm, &base, &layout, &device, false)?;
+        let mut built = registry::build(algorithm, &base, &layout, &device, false, &shards)?;
         built.options_changed(&Context { layout: &layout, options: &options })?;
-        Ok(Optimizer { name: algorithm.to_string(), base, layout, options, device, algorithm: built, started: false })
+        Ok(Optimizer { name: algorithm.to_string(), base, layout, options, device, algorithm: built, started: false, shards })
     }
 
     /// Where this optimizer's state and buffers live.
@@ -244,7 +253,7 @@ impl Optimizer {
 
     /// A fresh algorithm of this configuration with `options` told to it.
     fn build(&self, base: &str, options: &Options) -> Result<Box<dyn Algorithm>> {
-        let mut algorithm = registry::build(&self.name, base, &self.layout, &self.device, false)?;
+        let mut algorithm = registry::build(&self.name, base, &self.layout, &self.device, false, &self.shards)?;
         algorithm.options_changed(&Context { layout: &self.layout, options })?;
         Ok(algorithm)
     }
@@ -396,7 +405,15 @@ impl Optimizer {
     /// On a device that does not synchronise (CUDA), bad input found there is reported by the
     /// next read of a rate, telemetry or checkpoint instead, and that step changes nothing.
     pub fn step_tensors(&mut self, params: &mut [TensorMut], inputs: &StepInputs, callbacks: &mut Callbacks) -> Result<()> {
-        self.validate(params, inputs, callbacks)?;
+        if let Err(refused) = self.validate(params, inputs, callbacks) {
+            // Over shards, the other processes wait in this step's reductions: take part, so
+            // that they refuse the step too instead of waiting for this one.
+            if self.shards.is_some() {
+                let ctx = Context { layout: &self.layout, options: &self.options };
+                self.algorithm.abstain(&ctx);
+            }
+            return Err(refused);
+        }
         self.device.begin_step();
         let ctx = Context { layout: &self.layout, options: &self.options };
         let result = self.algorithm.step(&ctx, params, inputs, callbacks);
@@ -426,6 +443,10 @@ impl Optimizer {
         if self.algorithm.awaiting_report() {
             return Err(Error::wrong_state("the last step is waiting for its loss: call alr_report_loss first"));
         }
+        // A GPU step that found bad input changed nothing, but the host counted it: forget it
+        // before the swap reads the step count (else a first step that never ran would swap
+        // with a z never set). The error is returned, and the caller's next call swaps.
+        self.settle()?;
         let ctx = Context { layout: &self.layout, options: &self.options };
         self.algorithm.set_mode(&ctx, params, train)
     }

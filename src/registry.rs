@@ -8,7 +8,7 @@ use crate::adapt::prodigy::{self, Prodigy};
 use crate::adapt::schedule_free::{self, ScheduleFree};
 use crate::adapt::tlr::{self, Tlr};
 use crate::adapt::vsgd::{self, Variant, Vsgd};
-use crate::algorithm::Algorithm;
+use crate::algorithm::{Algorithm, Shards};
 use crate::backend::{AnyDevice, Device, DeviceKind};
 use crate::base::{adagrad::Adagrad, adam::Adam, momentum::Momentum, rmsprop::RmsProp, sgd::Sgd, FixedRate, Rule};
 use crate::error::{Error, Result};
@@ -83,7 +83,12 @@ pub fn specs(name: &str, base: &str) -> Result<Vec<OptionSpec>> {
 
 /// The algorithms with CUDA kernels (cuda/): those written over `Device` whose rules all have
 /// a kernel. Giving another such algorithm GPU support is its kernels plus its name here.
-pub const ON_CUDA: &[&str] = &["sgd", "momentum", "adam", "adamw", "adagrad", "rmsprop", "auto-sgd", "auto-adam", "auto-adagrad", "tlr"];
+/// Schedule-free runs there over a base that does (its base is built on the same device).
+#[rustfmt::skip]
+pub const ON_CUDA: &[&str] = &[
+    "sgd", "momentum", "adam", "adamw", "adagrad", "rmsprop", "auto-sgd", "auto-adam", "auto-adagrad", "tlr",
+    "vsgd-l", "vsgd-g", "vsgd-b", "prodigy", "dadapt-adam", "dog", "schedule-free", "sf-adamw", "sf-sgd",
+];
 
 /// The algorithms a kind of device runs.
 pub fn algorithms_on(kind: DeviceKind) -> &'static [&'static str] {
@@ -101,55 +106,90 @@ pub fn check_runs_on(kind: DeviceKind, name: &str) -> Result<()> {
     Err(Error::unsupported(format!("algorithm '{name}' has no CUDA kernels yet (on CUDA: {}): create it on ALR_DEVICE_CPU", ON_CUDA.join(", "))))
 }
 
-/// A fresh algorithm (zero state) for `layout` on `device`. `unit_lr`: a fixed-rate rule runs at
-/// lr 1 because a wrapper (GI) owns the scale.
-pub fn build(name: &str, base: &str, layout: &Layout, device: &AnyDevice, unit_lr: bool) -> Result<Box<dyn Algorithm>> {
+/// The algorithms whose reductions take part in sharded training (docs/algorithms.md §7), and
+/// those that have none (nothing to reduce: a communicator is never called). The peers are
+/// neither yet.
+const SHARDABLE: &[&str] = &[
+    "sgd",
+    "momentum",
+    "adam",
+    "adamw",
+    "adagrad",
+    "rmsprop",
+    "auto-sgd",
+    "auto-adam",
+    "auto-adagrad",
+    "gi",
+    "tlr",
+    "vsgd-l",
+    "vsgd-g",
+    "vsgd-b",
+    "schedule-free",
+    "sf-adamw",
+    "sf-sgd",
+];
+
+/// A fresh algorithm (zero state) for `layout` on `device`, over shards when `shards` holds a
+/// communicator. `unit_lr`: a fixed-rate rule runs at lr 1 because a wrapper (GI) owns the scale.
+pub fn build(name: &str, base: &str, layout: &Layout, device: &AnyDevice, unit_lr: bool, shards: &Shards) -> Result<Box<dyn Algorithm>> {
     if !ALGORITHMS.contains(&name) {
         return Err(unknown(name));
     }
     check_runs_on(device.kind(), name)?;
+    if shards.is_some() && !SHARDABLE.contains(&name) {
+        return Err(Error::unsupported(format!("algorithm '{name}' does not reduce over shards yet (sharded: {})", SHARDABLE.join(", "))));
+    }
     let built = match device {
         AnyDevice::Cpu(cpu) => match name {
-            "gi" => Some(Box::new(Gi::new(base, build(base, "", layout, device, is_fixed_rate(base))?)) as Box<dyn Algorithm>),
-            name if schedule_free::is_schedule_free(name) => {
-                let base = schedule_free::fixed_base(name).unwrap_or(base);
-                Some(Box::new(ScheduleFree::new(name, base, build(base, "", layout, device, false)?, cpu, layout)?) as Box<dyn Algorithm>)
-            }
-            "vsgd-l" => Some(Box::new(Vsgd::new(Variant::Local, layout)?) as Box<dyn Algorithm>),
-            "vsgd-g" => Some(Box::new(Vsgd::new(Variant::Global, layout)?) as Box<dyn Algorithm>),
-            "vsgd-b" => Some(Box::new(Vsgd::new(Variant::Block, layout)?) as Box<dyn Algorithm>),
-            _ => build_on(name, layout, cpu, unit_lr)?,
+            "gi" => Some(Box::new(Gi::new(base, build(base, "", layout, device, is_fixed_rate(base), shards)?, shards.clone())) as Box<dyn Algorithm>),
+            _ => build_on(name, base, layout, device, cpu, unit_lr, shards)?,
         },
         #[cfg(feature = "cuda")]
-        AnyDevice::Cuda(cuda) => build_on(name, layout, cuda, unit_lr)?,
+        AnyDevice::Cuda(cuda) => build_on(name, base, layout, device, cuda, unit_lr, shards)?,
     };
     built.ok_or_else(|| unknown(name))
 }
 
-/// The algorithms written over `Device`, on `device`.
-fn build_on<D: Device>(name: &str, layout: &Layout, device: &D, unit_lr: bool) -> Result<Option<Box<dyn Algorithm>>> {
+/// The algorithms written over `Device`, on `device` (`any`, the same device, builds a
+/// schedule-free base).
+fn build_on<D: Device>(
+    name: &str,
+    base: &str,
+    layout: &Layout,
+    any: &AnyDevice,
+    device: &D,
+    unit_lr: bool,
+    shards: &Shards,
+) -> Result<Option<Box<dyn Algorithm>>> {
     let (lens, n_groups) = (&layout.lens[..], layout.members.len());
     Ok(Some(match name {
+        name if schedule_free::is_schedule_free(name) => {
+            let base = schedule_free::fixed_base(name).unwrap_or(base);
+            Box::new(ScheduleFree::new(name, base, build(base, "", layout, any, false, shards)?, device, layout)?)
+        }
         "sgd" => Box::new(FixedRate::<Sgd, D>::new(device, lens, n_groups, unit_lr)?),
         "momentum" => Box::new(FixedRate::<Momentum, D>::new(device, lens, n_groups, unit_lr)?),
         "adam" => Box::new(FixedRate::<Adam<false>, D>::new(device, lens, n_groups, unit_lr)?),
         "adamw" => Box::new(FixedRate::<Adam<true>, D>::new(device, lens, n_groups, unit_lr)?),
         "adagrad" => Box::new(FixedRate::<Adagrad, D>::new(device, lens, n_groups, unit_lr)?),
         "rmsprop" => Box::new(FixedRate::<RmsProp, D>::new(device, lens, n_groups, unit_lr)?),
-        "auto-sgd" => Box::new(AutoOpt::<Identity, D>::new(device, layout)?),
-        "auto-adam" => Box::new(AutoOpt::<AdamDiag, D>::new(device, layout)?),
-        "auto-adagrad" => Box::new(AutoOpt::<AdagradDiag, D>::new(device, layout)?),
-        "tlr" => Box::new(Tlr::<D>::new(device)?),
+        "auto-sgd" => Box::new(AutoOpt::<Identity, D>::new(device, layout, shards.clone())?),
+        "auto-adam" => Box::new(AutoOpt::<AdamDiag, D>::new(device, layout, shards.clone())?),
+        "auto-adagrad" => Box::new(AutoOpt::<AdagradDiag, D>::new(device, layout, shards.clone())?),
+        "tlr" => Box::new(Tlr::<D>::new(device, shards.clone())?),
         "prodigy" => Box::new(Prodigy::<D>::new(device)?),
         "dadapt-adam" => Box::new(DAdaptAdam::<D>::new(device)?),
         "dog" => Box::new(Dog::<D>::new(device, layout)?),
+        "vsgd-l" => Box::new(Vsgd::<D>::new(Variant::Local, layout, device, shards.clone())?),
+        "vsgd-g" => Box::new(Vsgd::<D>::new(Variant::Global, layout, device, shards.clone())?),
+        "vsgd-b" => Box::new(Vsgd::<D>::new(Variant::Block, layout, device, shards.clone())?),
         _ => return Ok(None),
     }))
 }
 
 #[cfg(test)]
 mod tests {
-    use crate::adapt::{autoopt, tlr};
+    use crate::adapt::{autoopt, dadapt, dog, prodigy, schedule_free, tlr, vsgd};
     use crate::base::{adagrad, adam, momentum, rmsprop, sgd};
     use std::mem::{offset_of, size_of};
 
@@ -189,8 +229,84 @@ mod tests {
             ("RateOptions", "alpha_min", offset_of!(tlr::RateOptions, alpha_min)),
             ("StepCoeffs", "", size_of::<tlr::StepCoeffs>()),
             ("StepCoeffs", "keep", offset_of!(tlr::StepCoeffs, keep)),
+            ("ProdigyGlobal", "", size_of::<prodigy::Global>()),
+            ("ProdigyGlobal", "beta3", offset_of!(prodigy::Global, beta3)),
+            ("ProdigyGlobal", "growth_rate", offset_of!(prodigy::Global, growth_rate)),
+            ("ProdigyGlobal", "bias_correction", offset_of!(prodigy::Global, bias_correction)),
+            ("ProdigyEstimate", "", size_of::<prodigy::Estimate>()),
+            ("ProdigyEstimate", "d_numerator", offset_of!(prodigy::Estimate, d_numerator)),
+            ("ProdigyEstimate", "dlr", offset_of!(prodigy::Estimate, dlr)),
+            ("ProdigyEstimate", "begun", offset_of!(prodigy::Estimate, begun)),
+            ("ProdigyEstimate", "skips", offset_of!(prodigy::Estimate, skips)),
+            ("ProdigyEstimate", "moved", offset_of!(prodigy::Estimate, moved)),
+            ("ProdigyWithM", "", size_of::<prodigy::WithM>()),
+            ("ProdigyWithM", "p0", offset_of!(prodigy::WithM, p0)),
+            ("ProdigyNoM", "", size_of::<prodigy::NoM>()),
+            ("ProdigyNoM", "p0", offset_of!(prodigy::NoM, p0)),
+            ("ProdigyAbsorbCoeffs", "", size_of::<prodigy::AbsorbCoeffs>()),
+            ("ProdigyAbsorbCoeffs", "coupled_decay", offset_of!(prodigy::AbsorbCoeffs, coupled_decay)),
+            ("ProdigyAbsorbCoeffs", "safeguard_warmup", offset_of!(prodigy::AbsorbCoeffs, safeguard_warmup)),
+            ("ProdigyAbsorbCoeffs", "active", offset_of!(prodigy::AbsorbCoeffs, active)),
+            ("ProdigyStepCoeffs", "", size_of::<prodigy::StepCoeffs>()),
+            ("ProdigyStepCoeffs", "decoupled_decay", offset_of!(prodigy::StepCoeffs, decoupled_decay)),
+            ("DAdaptGlobal", "", size_of::<dadapt::Global>()),
+            ("DAdaptGlobal", "sqrt_beta2", offset_of!(dadapt::Global, sqrt_beta2)),
+            ("DAdaptGlobal", "bias_correction", offset_of!(dadapt::Global, bias_correction)),
+            ("DAdaptEstimate", "", size_of::<dadapt::Estimate>()),
+            ("DAdaptEstimate", "dlr", offset_of!(dadapt::Estimate, dlr)),
+            ("DAdaptEstimate", "begun", offset_of!(dadapt::Estimate, begun)),
+            ("DAdaptEstimate", "skips", offset_of!(dadapt::Estimate, skips)),
+            ("DAdaptEstimate", "moved", offset_of!(dadapt::Estimate, moved)),
+            ("DAdaptElem", "", size_of::<dadapt::Elem>()),
+            ("DAdaptElem", "m", offset_of!(dadapt::Elem, m)),
+            ("DAdaptElem", "v", offset_of!(dadapt::Elem, v)),
+            ("DAdaptAbsorbCoeffs", "", size_of::<dadapt::AbsorbCoeffs>()),
+            ("DAdaptAbsorbCoeffs", "eps", offset_of!(dadapt::AbsorbCoeffs, eps)),
+            ("DAdaptAbsorbCoeffs", "coupled_decay", offset_of!(dadapt::AbsorbCoeffs, coupled_decay)),
+            ("DAdaptAbsorbCoeffs", "active", offset_of!(dadapt::AbsorbCoeffs, active)),
+            ("DAdaptStepCoeffs", "", size_of::<dadapt::StepCoeffs>()),
+            ("DAdaptStepCoeffs", "decoupled_decay", offset_of!(dadapt::StepCoeffs, decoupled_decay)),
+            ("DogGroup", "", size_of::<dog::GroupRecord>()),
+            ("DogGroup", "eta", offset_of!(dog::GroupRecord, eta)),
+            ("DogGroup", "steps", offset_of!(dog::GroupRecord, steps)),
+            ("DogOptions", "", size_of::<dog::GroupOptions>()),
+            ("DogOptions", "eps", offset_of!(dog::GroupOptions, eps)),
+            ("DogOptions", "init_eta", offset_of!(dog::GroupOptions, init_eta)),
+            ("SfAverage", "", size_of::<schedule_free::Average>()),
+            ("SfAverage", "lr", offset_of!(schedule_free::Average, lr)),
+            ("SfAverage", "weight_sum", offset_of!(schedule_free::Average, weight_sum)),
+            ("SfAverage", "ckp1", offset_of!(schedule_free::Average, ckp1)),
+            ("SfAverageOptions", "", size_of::<schedule_free::AverageOptions>()),
+            ("SfAverageOptions", "r", offset_of!(schedule_free::AverageOptions, r)),
+            ("SfAverageOptions", "weight_lr_power", offset_of!(schedule_free::AverageOptions, weight_lr_power)),
+            ("LocalElem", "", size_of::<vsgd::LocalElem>()),
+            ("LocalElem", "tau", offset_of!(vsgd::LocalElem, tau)),
+            ("SharedElem", "", size_of::<vsgd::SharedElem>()),
+            ("SharedElem", "hbar", offset_of!(vsgd::SharedElem, hbar)),
+            ("VsgdUnit", "", size_of::<vsgd::Unit>()),
+            ("VsgdUnit", "eta", offset_of!(vsgd::Unit, eta)),
+            ("VsgdRates", "", size_of::<vsgd::Rates<f32>>()),
+            ("VsgdRates", "eps", offset_of!(vsgd::Rates<f32>, eps)),
+            ("SlowStartCoeffs", "", size_of::<vsgd::SlowStartCoeffs>()),
+            ("SlowStartCoeffs", "c", offset_of!(vsgd::SlowStartCoeffs, c)),
+            ("SlowStartCoeffs", "finishing", offset_of!(vsgd::SlowStartCoeffs, finishing)),
+            ("AverageCoeffs", "", size_of::<vsgd::AverageCoeffs>()),
+            ("AverageCoeffs", "eps", offset_of!(vsgd::AverageCoeffs, eps)),
+            ("UnitParams", "", size_of::<vsgd::UnitParams>()),
+            ("UnitParams", "slow_inv_t", offset_of!(vsgd::UnitParams, slow_inv_t)),
+            ("UnitParams", "c", offset_of!(vsgd::UnitParams, c)),
+            ("UnitParams", "finishing", offset_of!(vsgd::UnitParams, finishing)),
         ];
-        let sources = [include_str!("../cuda/fixed_rate.cu"), include_str!("../cuda/autoopt.cu"), include_str!("../cuda/tlr.cu")];
+        let sources = [
+            include_str!("../cuda/fixed_rate.cu"),
+            include_str!("../cuda/autoopt.cu"),
+            include_str!("../cuda/tlr.cu"),
+            include_str!("../cuda/prodigy.cu"),
+            include_str!("../cuda/dadapt.cu"),
+            include_str!("../cuda/dog.cu"),
+            include_str!("../cuda/schedule_free.cu"),
+            include_str!("../cuda/vsgd.cu"),
+        ];
         let mut seen = 0;
         for line in sources.iter().flat_map(|s| s.lines()) {
             let (args, is_size) = if let Some(rest) = line.strip_prefix("ALR_SIZE(") {
@@ -237,6 +353,28 @@ mod tests {
             <tlr::WindowDots as KernelRule>::KERNEL,
             <tlr::OpenWindow as KernelRule>::KERNEL,
             <tlr::Train as SolveRule>::KERNEL,
+            <vsgd::LocalSlowStart as KernelRule>::KERNEL,
+            <vsgd::LocalStep as KernelRule>::KERNEL,
+            <vsgd::LocalMove as KernelRule>::KERNEL,
+            <vsgd::SharedAverages as KernelRule>::KERNEL,
+            <vsgd::UnitSolve as SolveRule>::KERNEL,
+            <vsgd::SharedMove as KernelRule>::KERNEL,
+            <prodigy::Absorb<prodigy::WithM> as KernelRule>::KERNEL,
+            <prodigy::Absorb<prodigy::NoM> as KernelRule>::KERNEL,
+            <prodigy::Step<prodigy::WithM> as KernelRule>::KERNEL,
+            <prodigy::Step<prodigy::NoM> as KernelRule>::KERNEL,
+            <prodigy::Solve as SolveRule>::KERNEL,
+            <dadapt::Absorb as KernelRule>::KERNEL,
+            <dadapt::Step as KernelRule>::KERNEL,
+            <dadapt::Solve as SolveRule>::KERNEL,
+            <dog::Distance as KernelRule>::KERNEL,
+            <dog::Step as KernelRule>::KERNEL,
+            <dog::Solve as SolveRule>::KERNEL,
+            <schedule_free::InitZ as KernelRule>::KERNEL,
+            <schedule_free::DecayAtY as KernelRule>::KERNEL,
+            <schedule_free::Interpolate as KernelRule>::KERNEL,
+            <schedule_free::Swap as KernelRule>::KERNEL,
+            <schedule_free::Advance as SolveRule>::KERNEL,
         ];
         for cubin in crate::backend::cuda::CUBINS {
             for name in names.iter().chain(crate::backend::cuda::DEVICE_KERNELS) {

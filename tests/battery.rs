@@ -165,7 +165,7 @@ fn propose_then_apply_is_the_fused_step() {
         let options = Options::new(registry::specs(name, "").unwrap(), layout.n_groups()).unwrap();
         let ctx = Context { layout: &layout, options: &options };
         let build = || {
-            let mut a: Box<dyn Algorithm> = registry::build(name, "", &layout, &device, false).unwrap();
+            let mut a: Box<dyn Algorithm> = registry::build(name, "", &layout, &device, false, &None).unwrap();
             a.options_changed(&ctx).unwrap();
             a
         };

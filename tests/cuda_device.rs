@@ -5,9 +5,9 @@
 //! `cargo test --features cuda --test cuda_device`.
 #![cfg(feature = "cuda")]
 
-use autolr::ffi::{alr_create, alr_last_error, AlrCreateArgs, AlrDevice, AlrOptimizer};
+use autolr::ffi::{alr_algorithms, alr_create, alr_last_error, AlrCreateArgs, AlrDevice, AlrOptimizer};
 use autolr::AlrStatus;
-use std::ffi::CStr;
+use std::ffi::{CStr, CString};
 
 fn create_on_cuda(ordinal: i32) -> (AlrStatus, String, *mut AlrOptimizer) {
     create_algorithm_on_cuda(c"adam", ordinal)
@@ -24,6 +24,9 @@ fn create_algorithm_on_cuda(algorithm: &CStr, ordinal: i32) -> (AlrStatus, Strin
         device: AlrDevice::AlrDeviceCuda as i32,
         device_ordinal: ordinal,
         stream: std::ptr::null_mut(),
+        sharded: 0,
+        reduce: None,
+        reduce_user_data: std::ptr::null_mut(),
     };
     let mut out: *mut AlrOptimizer = std::ptr::NonNull::dangling().as_ptr();
     let status = alr_create(&args, &mut out);
@@ -47,6 +50,17 @@ fn no_driver_or_no_device_is_a_clear_cuda_error() {
 }
 
 #[test]
+fn the_peers_and_schedule_free_have_kernels_so_only_the_device_is_missing() {
+    // Past the kernel check (ALR_UNSUPPORTED before any device is opened), the answer is the
+    // device's: no driver, or no device 4096.
+    for algorithm in [c"prodigy", c"dadapt-adam", c"dog", c"schedule-free", c"sf-adamw", c"sf-sgd"] {
+        let (status, message, out) = create_algorithm_on_cuda(algorithm, if driver_present() { 4096 } else { 0 });
+        assert_eq!(status, AlrStatus::AlrCudaError, "{algorithm:?}: {message}");
+        assert!(out.is_null());
+    }
+}
+
+#[test]
 fn a_negative_ordinal_is_an_invalid_argument_where_a_driver_exists() {
     let (status, message, out) = create_on_cuda(-1);
     let expected = if driver_present() { AlrStatus::AlrInvalidArgument } else { AlrStatus::AlrCudaError };
@@ -54,9 +68,20 @@ fn a_negative_ordinal_is_an_invalid_argument_where_a_driver_exists() {
     assert!(out.is_null());
 }
 
+/// A list of `alr_algorithms`.
+fn algorithms_on(device: AlrDevice) -> Vec<String> {
+    // SAFETY: alr_algorithms returns a static NUL-terminated list for a valid device.
+    let list = unsafe { CStr::from_ptr(alr_algorithms(device as i32)) }.to_string_lossy().into_owned();
+    list.split(',').map(str::to_owned).collect()
+}
+
 #[test]
 fn algorithms_without_kernels_are_unsupported_on_cuda_on_every_machine() {
-    for algorithm in [c"gi", c"vsgd-l", c"vsgd-g", c"vsgd-b"] {
+    let on_cuda = algorithms_on(AlrDevice::AlrDeviceCuda);
+    let without: Vec<CString> = algorithms_on(AlrDevice::AlrDeviceCpu).into_iter().filter(|a| !on_cuda.contains(a)).map(|a| CString::new(a).unwrap()).collect();
+    // GI's loss callback evaluates host parameters: it stays on the CPU.
+    assert!(without.iter().any(|a| a.as_c_str() == c"gi"), "{without:?}");
+    for algorithm in &without {
         let (status, message, out) = create_algorithm_on_cuda(algorithm, 0);
         assert_eq!(status, AlrStatus::AlrUnsupported, "{algorithm:?}: {message}");
         assert!(out.is_null());

@@ -23,6 +23,9 @@ const ALR_SCALE_MEAN = Cint(1)
 const ALR_MODE_TRAIN = Cint(0)
 const ALR_MODE_EVAL = Cint(1)
 
+const ALR_REDUCE_SUM = Cint(0)
+const ALR_REDUCE_MAX = Cint(1)
+
 struct AlrCreateArgs
     struct_size::Csize_t
     algorithm::Ptr{Cchar}
@@ -32,6 +35,9 @@ struct AlrCreateArgs
     device::Int32
     device_ordinal::Int32
     stream::Ptr{Cvoid}
+    sharded::Int32
+    reduce::Ptr{Cvoid}
+    reduce_user_data::Ptr{Cvoid}
 end
 
 struct AlrStepArgs

@@ -91,6 +91,9 @@ pub fn create(algorithm: &str, lens: &[usize], groups: Option<&[u32]>) -> Option
         device: AlrDevice::AlrDeviceCpu as i32,
         device_ordinal: 0,
         stream: std::ptr::null_mut(),
+        sharded: 0,
+        reduce: None,
+        reduce_user_data: std::ptr::null_mut(),
     };
     let mut opt = std::ptr::null_mut();
     let rc = no_panic(alr_create(&args, &mut opt), "alr_create");

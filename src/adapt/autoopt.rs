@@ -15,8 +15,8 @@
 
 use std::marker::PhantomData;
 
-use crate::algorithm::{Accepts, Algorithm, Context};
-use crate::backend::{Device, ElemState, ElementRule, KernelRule, MomentRule, Record, SampleTensor, SampleView, SolveRule, TensorMut};
+use crate::algorithm::{Accepts, Algorithm, Context, Shards};
+use crate::backend::{reduced_pass, Device, ElemState, ElementRule, KernelRule, MomentRule, Record, SampleTensor, SampleView, SolveRule, TensorMut};
 use crate::base::adam::adam_specs;
 use crate::checkpoint::{Reader, Writer};
 use crate::error::{Error, Result};
@@ -532,10 +532,12 @@ pub struct AutoOpt<P: Precond, D: Device> {
     options: D::Records<GroupOptions>,
     /// Pass 1's sums, per tensor; group g adds its members.
     sums: D::Sums,
+    /// Sharded: the communicator that adds pass 1's sums over the processes.
+    shards: Shards,
 }
 
 impl<P: Precond, D: Device> AutoOpt<P, D> {
-    pub fn new(device: &D, layout: &crate::optimizer::Layout) -> Result<Self> {
+    pub fn new(device: &D, layout: &crate::optimizer::Layout, shards: Shards) -> Result<Self> {
         device.require(&[P::MOMENTS_KERNEL, P::UPDATE_KERNEL, Solve::KERNEL])?;
         Ok(AutoOpt {
             states: device.alloc_per_tensor(&layout.lens)?,
@@ -543,6 +545,7 @@ impl<P: Precond, D: Device> AutoOpt<P, D> {
             options: device.records(&crate::backend::filled(layout.n_groups(), GroupOptions::default())?)?,
             sums: device.sums(&layout.lens, &layout.members)?,
             device: device.clone(),
+            shards,
         })
     }
 
@@ -556,18 +559,23 @@ impl<P: Precond, D: Device> AutoOpt<P, D> {
         let samples = inputs.samples.as_ref().expect("checked: AutoOpt has per-sample data");
         // Each entry of the caller's data is k·g_i: k = 1 ("sample") or N ("mean", g_i/N given).
         let k = samples.square_scale().sqrt();
-        for (t, state) in self.states.iter().enumerate() {
-            let group = ctx.layout.groups[t];
-            let data = match &samples.data {
-                SampleData::SumSq(s) => SampleTensor::SumSq(s[t]),
-                SampleData::PerSample(rows) => SampleTensor::Rows(rows[t]),
-            };
-            let view = SampleView { data, n: samples.batch_size, k };
-            let options = GroupOptions::of(ctx.options, group);
-            self.device.moments::<Moments<P>>(&options, &self.groups, group, &inputs.grads[t], state, &view, &mut self.sums, t)?;
-        }
+        let (device, states, groups) = (&self.device, &self.states, &self.groups);
+        // Pass 1 only reads the state: a failed reduction over shards changes nothing.
+        reduced_pass(device, &mut self.sums, false, self.shards.as_deref(), false, |sums, _| {
+            for (t, state) in states.iter().enumerate() {
+                let group = ctx.layout.groups[t];
+                let data = match &samples.data {
+                    SampleData::SumSq(s) => SampleTensor::SumSq(s[t]),
+                    SampleData::PerSample(rows) => SampleTensor::Rows(rows[t]),
+                };
+                let view = SampleView { data, n: samples.batch_size, k };
+                let options = GroupOptions::of(ctx.options, group);
+                device.moments::<Moments<P>>(&options, groups, group, &inputs.grads[t], state, &view, sums, t)?;
+            }
+            Ok(())
+        })?;
         let params = SolveParams { n: samples.batch_size as f64 };
-        match self.device.solve::<Solve>(&params, &self.options, &mut self.groups, &self.sums)? {
+        match self.device.solve::<Solve>(&params, &self.options, &mut self.groups, &mut self.sums)? {
             None => Ok(()),
             Some(group) => Err(self.bad_inputs(inputs, &ctx.layout.members[group])),
         }
@@ -593,6 +601,19 @@ impl<P: Precond, D: Device> AutoOpt<P, D> {
         }
         Error::non_finite("the per-sample variance overflowed: per-sample gradients are too large for float32 products")
     }
+
+    /// One step: pass 1 and the solve, then pass 2 (its displacement scaled by a wrapper's
+    /// `scale` when given).
+    fn take_step(&mut self, ctx: &Context, params: &mut [TensorMut], inputs: &StepInputs, scale: Option<f32>) -> Result<()> {
+        self.estimate(ctx, inputs)?;
+        for (group, members) in ctx.layout.members.iter().enumerate() {
+            let options = GroupOptions::of(ctx.options, group);
+            for &t in members {
+                self.device.update_by::<Update<P>>(&options, &self.groups, group, &mut params[t], &inputs.grads[t], &mut self.states[t], scale)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 impl<P: Precond, D: Device> Algorithm for AutoOpt<P, D> {
@@ -606,6 +627,13 @@ impl<P: Precond, D: Device> Algorithm for AutoOpt<P, D> {
 
     fn check(&self, _ctx: &Context, inputs: &StepInputs, _cb: &Callbacks) -> Result<()> {
         check_samples(P::NAME, inputs.samples.as_ref().map(|s| s.batch_size))
+    }
+
+    fn abstain(&mut self, _ctx: &Context) -> bool {
+        let Some(comm) = self.shards.as_deref() else { return false };
+        // Its outcome is the refusal this process already has.
+        let _ = self.device.abstain(&self.sums, false, comm);
+        true
     }
 
     fn options_changed(&mut self, ctx: &Context) -> Result<()> {
@@ -636,14 +664,11 @@ impl<P: Precond, D: Device> Algorithm for AutoOpt<P, D> {
     }
 
     fn step(&mut self, ctx: &Context, params: &mut [TensorMut], inputs: &StepInputs, _cb: &mut Callbacks) -> Result<()> {
-        self.estimate(ctx, inputs)?;
-        for (group, members) in ctx.layout.members.iter().enumerate() {
-            let options = GroupOptions::of(ctx.options, group);
-            for &t in members {
-                self.device.update::<Update<P>>(&options, &self.groups, group, &mut params[t], &inputs.grads[t], &mut self.states[t])?;
-            }
-        }
-        Ok(())
+        self.take_step(ctx, params, inputs, None)
+    }
+
+    fn step_scaled(&mut self, ctx: &Context, params: &mut [TensorMut], inputs: &StepInputs, _cb: &mut Callbacks, scale: f32) -> Result<()> {
+        self.take_step(ctx, params, inputs, Some(scale))
     }
 
     fn lr(&self, ctx: &Context, group: usize) -> Result<f64> {

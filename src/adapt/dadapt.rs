@@ -26,7 +26,7 @@
 
 use crate::adapt::prodigy::{bias_correction, check_group_lrs, displacement, fma32, growth_rate, max_lr, py_max, py_min, GROWTH_RATE};
 use crate::algorithm::{Accepts, Algorithm, Context};
-use crate::backend::{Device, DotRule, ElemState, ElementRule, KernelRule, Record, SolveRule, TensorMut};
+use crate::backend::{Commit, Device, DotRule, ElemState, ElementRule, KernelRule, Record, SolveRule, TensorMut};
 use crate::base::WEIGHT_DECAY;
 use crate::checkpoint::{Reader, Writer};
 use crate::error::{Error, Result};
@@ -250,18 +250,28 @@ impl KernelRule for Step {
 }
 
 impl ElementRule for Step {
+    /// The reference's new θ, as the displacement that lands on it.
     #[inline(always)]
-    fn advance(p: &StepPrepared, g: f32, theta: f32, e: &mut Elem) -> f32 {
-        Self::delta(p, g, theta, e)
-    }
-    #[inline(always)]
-    fn delta(p: &StepPrepared, _g: f32, theta: f32, e: &Elem) -> f32 {
+    fn advance(p: &StepPrepared, _g: f32, theta: f32, e: &mut Elem) -> f32 {
         if !p.moved {
             return 0.0;
         }
         // `p.add_(p, alpha=-decay·dlr)`, then `p.addcdiv_(m, denom, value=-1)`.
         let decayed = if p.decay != 0.0 { fma32(theta, -p.decay, theta) } else { theta };
         displacement(theta, decayed - e.m / (e.v.sqrt() + p.eps))
+    }
+    /// The step itself, `dlr λ θ + m / (√v + ε)` (see prodigy's `Step::delta`).
+    #[inline(always)]
+    fn delta(p: &StepPrepared, _g: f32, theta: f32, e: &Elem) -> f32 {
+        if !p.moved {
+            return 0.0;
+        }
+        let step = e.m / (e.v.sqrt() + p.eps);
+        if p.decay != 0.0 {
+            fma32(theta, p.decay, step)
+        } else {
+            step
+        }
     }
 }
 
@@ -322,10 +332,23 @@ impl<D: Device> DAdaptAdam<D> {
                 pad: 0,
             };
             for &t in members {
-                device.dots::<Absorb>(&c, &s.estimate, 0, &params[t].view(), &inputs.grads[t], &mut s.elems[t], &mut s.sums, t)?;
+                device.dots::<Absorb>(&c, &s.estimate, 0, &params[t].view(), &inputs.grads[t], &mut s.elems[t], &mut s.sums, t, Commit::Write)?;
             }
         }
-        device.solve::<Solve>(&global, &s.no_coeffs, &mut s.estimate, &s.sums)?;
+        device.solve::<Solve>(&global, &s.no_coeffs, &mut s.estimate, &mut s.sums)?;
+        Ok(())
+    }
+
+    /// Pass 1 and the solve, then pass 2 (scaled by a wrapper's `scale` when given).
+    fn take_step(&mut self, ctx: &Context, params: &mut [TensorMut], inputs: &StepInputs, scale: Option<f32>) -> Result<()> {
+        self.absorb(ctx, params, inputs)?;
+        let (d, s) = (&self.device, self.state.as_mut().expect("absorb built it"));
+        for (group, members) in ctx.layout.members.iter().enumerate() {
+            let c = step_coeffs(ctx.options, group);
+            for &t in members {
+                d.update_by::<Step>(&c, &s.estimate, 0, &mut params[t], &inputs.grads[t], &mut s.elems[t], scale)?;
+            }
+        }
         Ok(())
     }
 }
@@ -374,15 +397,11 @@ impl<D: Device> Algorithm for DAdaptAdam<D> {
     }
 
     fn step(&mut self, ctx: &Context, params: &mut [TensorMut], inputs: &StepInputs, _cb: &mut Callbacks) -> Result<()> {
-        self.absorb(ctx, params, inputs)?;
-        let (d, s) = (&self.device, self.state.as_mut().expect("absorb built it"));
-        for (group, members) in ctx.layout.members.iter().enumerate() {
-            let c = step_coeffs(ctx.options, group);
-            for &t in members {
-                d.update::<Step>(&c, &s.estimate, 0, &mut params[t], &inputs.grads[t], &mut s.elems[t])?;
-            }
-        }
-        Ok(())
+        self.take_step(ctx, params, inputs, None)
+    }
+
+    fn step_scaled(&mut self, ctx: &Context, params: &mut [TensorMut], inputs: &StepInputs, _cb: &mut Callbacks, scale: f32) -> Result<()> {
+        self.take_step(ctx, params, inputs, Some(scale))
     }
 
     /// The step size the last step put into m: `dlr = d · lr · bias` (0 before the first step)

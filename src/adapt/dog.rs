@@ -15,7 +15,7 @@
 
 use crate::adapt::prodigy::{displacement, fma32};
 use crate::algorithm::{Accepts, Algorithm, Context};
-use crate::backend::{Device, DotRule, ElementRule, KernelRule, Record, SolveRule, TensorMut};
+use crate::backend::{Commit, Device, DotRule, ElementRule, KernelRule, Record, SolveRule, TensorMut};
 use crate::base::WEIGHT_DECAY;
 use crate::checkpoint::{Reader, Writer};
 use crate::error::{Error, Result};
@@ -147,15 +147,18 @@ impl KernelRule for Step {
 }
 
 impl ElementRule for Step {
+    /// The reference's new θ, as the displacement that lands on it.
     #[inline(always)]
-    fn advance(p: &(f32, f32), g: f32, theta: f32, x0: &mut f32) -> f32 {
-        Self::delta(p, g, theta, x0)
-    }
-    #[inline(always)]
-    fn delta(&(eta, lambda): &(f32, f32), g: f32, theta: f32, _x0: &f32) -> f32 {
+    fn advance(&(eta, lambda): &(f32, f32), g: f32, theta: f32, _x0: &mut f32) -> f32 {
         let g = if lambda != 0.0 { fma32(theta, lambda, g) } else { g };
         // `p.add_(grad, alpha=-η)`: one rounding.
         displacement(theta, fma32(g, -eta, theta))
+    }
+    /// The step itself, `η (g + λθ)` (see prodigy's `Step::delta`).
+    #[inline(always)]
+    fn delta(&(eta, lambda): &(f32, f32), g: f32, theta: f32, _x0: &f32) -> f32 {
+        let g = if lambda != 0.0 { fma32(theta, lambda, g) } else { g };
+        eta * g
     }
 }
 
@@ -192,9 +195,19 @@ impl<D: Device> Dog<D> {
         for (t, x0) in self.x0.iter_mut().enumerate() {
             let group = ctx.layout.groups[t];
             let lambda = Self::lambda(ctx, group);
-            self.device.dots::<Distance>(&lambda, &self.groups, group, &params[t].view(), &inputs.grads[t], x0, &mut self.sums, t)?;
+            self.device.dots::<Distance>(&lambda, &self.groups, group, &params[t].view(), &inputs.grads[t], x0, &mut self.sums, t, Commit::Write)?;
         }
-        self.device.solve::<Solve>(&(), &self.options, &mut self.groups, &self.sums)?;
+        self.device.solve::<Solve>(&(), &self.options, &mut self.groups, &mut self.sums)?;
+        Ok(())
+    }
+
+    /// Pass 1 and the solve, then pass 2 (scaled by a wrapper's `scale` when given).
+    fn take_step(&mut self, ctx: &Context, params: &mut [TensorMut], inputs: &StepInputs, scale: Option<f32>) -> Result<()> {
+        self.distances(ctx, params, inputs)?;
+        for (t, x0) in self.x0.iter_mut().enumerate() {
+            let group = ctx.layout.groups[t];
+            self.device.update_by::<Step>(&Self::lambda(ctx, group), &self.groups, group, &mut params[t], &inputs.grads[t], x0, scale)?;
+        }
         Ok(())
     }
 }
@@ -236,12 +249,11 @@ impl<D: Device> Algorithm for Dog<D> {
     }
 
     fn step(&mut self, ctx: &Context, params: &mut [TensorMut], inputs: &StepInputs, _cb: &mut Callbacks) -> Result<()> {
-        self.distances(ctx, params, inputs)?;
-        for (t, x0) in self.x0.iter_mut().enumerate() {
-            let group = ctx.layout.groups[t];
-            self.device.update::<Step>(&Self::lambda(ctx, group), &self.groups, group, &mut params[t], &inputs.grads[t], x0)?;
-        }
-        Ok(())
+        self.take_step(ctx, params, inputs, None)
+    }
+
+    fn step_scaled(&mut self, ctx: &Context, params: &mut [TensorMut], inputs: &StepInputs, _cb: &mut Callbacks, scale: f32) -> Result<()> {
+        self.take_step(ctx, params, inputs, Some(scale))
     }
 
     /// η of the group's last step (0 before the first).

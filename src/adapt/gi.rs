@@ -11,8 +11,8 @@
 //! its own frame); GI scales only the displacement. No parameter-sized buffer is added: the base
 //! recomputes `s` from its state in the second pass.
 
-use crate::algorithm::{Accepts, Algorithm, Context};
-use crate::backend::TensorMut;
+use crate::algorithm::{Accepts, Algorithm, Context, Shards};
+use crate::backend::{reduce_failed, ReduceOp, ReduceValues, TensorMut};
 use crate::checkpoint::{Reader, Writer};
 use crate::error::{Error, Result};
 use crate::optimizer::{Callbacks, StepInputs};
@@ -90,11 +90,28 @@ pub struct Gi {
     /// The multiplier applied to the base's step this step: η · 2Δf/(φ+R), or η on a skip.
     applied_scale: f64,
     pending: Option<Pending>,
+    /// Sharded: the communicator that adds φ's sum over the processes.
+    shards: Shards,
 }
 
 impl Gi {
-    pub fn new(base_name: &str, base: Box<dyn Algorithm>) -> Self {
-        Gi { base_name: base_name.to_string(), base, eta: None, steps: 0, skipped: 0, phi: 0.0, rho: 0.0, applied_scale: f64::NAN, pending: None }
+    pub fn new(base_name: &str, base: Box<dyn Algorithm>, shards: Shards) -> Self {
+        let base_name = base_name.to_string();
+        Gi { base_name, base, eta: None, steps: 0, skipped: 0, phi: 0.0, rho: 0.0, applied_scale: f64::NAN, pending: None, shards }
+    }
+
+    /// φ's sum `Σ g·s` over every process (sharded), from this process's.
+    fn reduced(&self, g_dot_s: f64) -> Result<f64> {
+        let Some(comm) = self.shards.as_deref() else { return Ok(g_dot_s) };
+        let mut value = [g_dot_s];
+        comm.all_reduce(ReduceValues::Host(&mut value), ReduceOp::Sum).map_err(reduce_failed)?;
+        if !value[0].is_finite() {
+            // Every process sees the same sum, so every process refuses the step alike.
+            return Err(Error::non_finite(
+                "φ summed over all processes is not finite: the inputs of this or another process held a NaN or Inf (or the sum overflowed)",
+            ));
+        }
+        Ok(value[0])
     }
 
     fn eta(&self, options: &Options) -> f64 {
@@ -170,13 +187,29 @@ impl Algorithm for Gi {
         self.base.discard_steps(n);
     }
 
+    /// The base's reductions come first in a step; over a base without any, φ's is the first.
+    fn abstain(&mut self, ctx: &Context) -> bool {
+        let Ok(options) = base_options(&self.base_name, ctx.options) else { return false };
+        if self.base.abstain(&Context { layout: ctx.layout, options: &options }) {
+            return true;
+        }
+        if self.shards.is_none() {
+            return false;
+        }
+        // Its outcome is the refusal this process already has.
+        let _ = self.reduced(f64::NAN);
+        true
+    }
+
     fn step(&mut self, ctx: &Context, params: &mut [TensorMut], inputs: &StepInputs, callbacks: &mut Callbacks) -> Result<()> {
         let options = ctx.options;
         let base_opts = base_options(&self.base_name, options)?;
         let base_ctx = Context { layout: ctx.layout, options: &base_opts };
         let eta = self.eta(options);
-        // The base's proposal may fail (a vSGD gradient callback) before anything changed.
-        let phi = eta * self.base.propose(&base_ctx, params, inputs, callbacks)?;
+        // The base's proposal may fail (a vSGD gradient callback, a reduction of its sums over
+        // shards) before anything changed; φ's reduction comes after it (see `abstain`).
+        let g_dot_s = self.base.propose(&base_ctx, params, inputs, callbacks)?;
+        let phi = eta * self.reduced(g_dot_s)?;
         self.steps += 1;
         let adapts = self.adapts(options, self.steps);
         self.eta = Some(eta);

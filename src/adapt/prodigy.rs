@@ -29,7 +29,7 @@
 use std::marker::PhantomData;
 
 use crate::algorithm::{Accepts, Algorithm, Context};
-use crate::backend::{Device, DotRule, ElemState, ElementRule, KernelRule, Record, SolveRule, TensorMut};
+use crate::backend::{Commit, Device, DotRule, ElemState, ElementRule, KernelRule, Record, SolveRule, TensorMut};
 use crate::base::WEIGHT_DECAY;
 use crate::checkpoint::{Reader, Writer};
 use crate::error::{Error, Result};
@@ -475,12 +475,9 @@ impl<M: Elem> KernelRule for Step<M> {
 }
 
 impl<M: Elem> ElementRule for Step<M> {
+    /// The reference's new θ, as the displacement that lands on it.
     #[inline(always)]
     fn advance(p: &StepPrepared, g: f32, theta: f32, st: &mut M) -> f32 {
-        Self::delta(p, g, theta, st)
-    }
-    #[inline(always)]
-    fn delta(p: &StepPrepared, g: f32, theta: f32, st: &M) -> f32 {
         if !p.moved {
             return 0.0;
         }
@@ -488,6 +485,22 @@ impl<M: Elem> ElementRule for Step<M> {
         // `p.add_(p, alpha=-decay·dlr)`, then `p.addcdiv_(m, denom, value=-dlr)`.
         let decayed = if p.decay != 0.0 { fma32(theta, -p.decay, theta) } else { theta };
         displacement(theta, decayed - p.scale * st.direction(g) / (st.v().sqrt() + p.eps))
+    }
+    /// The step itself, `dlr λ θ + scale · direction / (√v + d ε)`, not the float32 move it
+    /// makes next to θ (which a wrapper's scale would otherwise multiply: docs/algorithms.md §3,
+    /// "Numerics").
+    #[inline(always)]
+    fn delta(p: &StepPrepared, g: f32, theta: f32, st: &M) -> f32 {
+        if !p.moved {
+            return 0.0;
+        }
+        let g = if p.lambda != 0.0 { fma32(theta, p.lambda, g) } else { g };
+        let step = p.scale * st.direction(g) / (st.v().sqrt() + p.eps);
+        if p.decay != 0.0 {
+            fma32(theta, p.decay, step)
+        } else {
+            step
+        }
     }
 }
 
@@ -554,12 +567,23 @@ impl<D: Device> Prodigy<D> {
             for &t in members {
                 let (param, grad) = (params[t].view(), &inputs.grads[t]);
                 match &mut s.elems {
-                    Elems::WithM(e) => device.dots::<Absorb<WithM>>(&c, &s.estimate, 0, &param, grad, &mut e[t], &mut s.sums, t)?,
-                    Elems::NoM(e) => device.dots::<Absorb<NoM>>(&c, &s.estimate, 0, &param, grad, &mut e[t], &mut s.sums, t)?,
+                    Elems::WithM(e) => device.dots::<Absorb<WithM>>(&c, &s.estimate, 0, &param, grad, &mut e[t], &mut s.sums, t, Commit::Write)?,
+                    Elems::NoM(e) => device.dots::<Absorb<NoM>>(&c, &s.estimate, 0, &param, grad, &mut e[t], &mut s.sums, t, Commit::Write)?,
                 }
             }
         }
-        device.solve::<Solve>(&global, &s.no_coeffs, &mut s.estimate, &s.sums)?;
+        device.solve::<Solve>(&global, &s.no_coeffs, &mut s.estimate, &mut s.sums)?;
+        Ok(())
+    }
+
+    /// Pass 1 and the solve, then pass 2 (scaled by a wrapper's `scale` when given).
+    fn take_step(&mut self, ctx: &Context, params: &mut [TensorMut], inputs: &StepInputs, scale: Option<f32>) -> Result<()> {
+        self.absorb(ctx, params, inputs)?;
+        let (d, s) = (&self.device, self.state.as_mut().expect("absorb built it"));
+        match &mut s.elems {
+            Elems::WithM(e) => each_tensor(ctx, |c, t| d.update_by::<Step<WithM>>(c, &s.estimate, 0, &mut params[t], &inputs.grads[t], &mut e[t], scale))?,
+            Elems::NoM(e) => each_tensor(ctx, |c, t| d.update_by::<Step<NoM>>(c, &s.estimate, 0, &mut params[t], &inputs.grads[t], &mut e[t], scale))?,
+        };
         Ok(())
     }
 }
@@ -611,13 +635,11 @@ impl<D: Device> Algorithm for Prodigy<D> {
     }
 
     fn step(&mut self, ctx: &Context, params: &mut [TensorMut], inputs: &StepInputs, _cb: &mut Callbacks) -> Result<()> {
-        self.absorb(ctx, params, inputs)?;
-        let (d, s) = (&self.device, self.state.as_mut().expect("absorb built it"));
-        match &mut s.elems {
-            Elems::WithM(e) => each_tensor(ctx, |c, t| d.update::<Step<WithM>>(c, &s.estimate, 0, &mut params[t], &inputs.grads[t], &mut e[t]))?,
-            Elems::NoM(e) => each_tensor(ctx, |c, t| d.update::<Step<NoM>>(c, &s.estimate, 0, &mut params[t], &inputs.grads[t], &mut e[t]))?,
-        };
-        Ok(())
+        self.take_step(ctx, params, inputs, None)
+    }
+
+    fn step_scaled(&mut self, ctx: &Context, params: &mut [TensorMut], inputs: &StepInputs, _cb: &mut Callbacks, scale: f32) -> Result<()> {
+        self.take_step(ctx, params, inputs, Some(scale))
     }
 
     /// The step size the last step used: `dlr = d · lr · bias` (0 before the first step), for

@@ -24,14 +24,23 @@
 //!
 //! The per-step scalars live in one f64 record per group advanced by a solve (on a GPU, in
 //! device memory); `z` and a scratch copy of the previous `z` (so that `z − z'` is exactly the
-//! displacement applied) are one float each per element, besides the base's state.
+//! displacement applied) are one float each per element, besides the base's state. Only z is
+//! state (saved, restored); the scratch is rewritten before every read. It cannot go without
+//! changing results: y's update needs y, the old z and the new z' in one pass, while the base
+//! (any algorithm, one or more passes with reductions between them) overwrites z with z' in
+//! its last pass, and y's buffer, the only other one that lives through that pass, holds one
+//! float per element. Forming `lerp(y, z, c)` there first still leaves `z − z'` needing the old
+//! z, which neither z' nor y gives back exactly (`z' + s` and `z₁ + lr·λ·y` round). The same bits
+//! without it would take the base's last pass fused with the interpolation (a kernel per base
+//! rule); a per-step allocation would cost 4 bytes per element of page faults on every CPU
+//! step and a synchronising allocation on every GPU step.
 //!
 //! The two parameter views: `set_mode` swaps the caller's buffers between y (training) and
 //! x (evaluation) in place, `x = lerp(y, z, 1 − 1/β)` and `y = lerp(x, z, 1 − β)`, as the
 //! reference's `eval()`/`train()`.
 
 use crate::algorithm::{Accepts, Algorithm, Context};
-use crate::backend::{Device, DotRule, ElementRule, KernelRule, Record, SolveRule, TensorMut};
+use crate::backend::{Commit, Device, DotRule, ElementRule, KernelRule, Record, SolveRule, TensorMut};
 use crate::base::WEIGHT_DECAY;
 use crate::checkpoint::{Reader, Writer};
 use crate::error::{Error, Result};
@@ -350,7 +359,8 @@ pub struct ScheduleFree<D: Device> {
     base: Box<dyn Algorithm>,
     device: D,
     z: Vec<D::State<f32>>,
-    /// z before the step being taken (scratch: rewritten before every use, not saved).
+    /// z before the step being taken (scratch: rewritten before every use, not saved; why it
+    /// cannot go is in the module's header).
     previous: Vec<D::State<f32>>,
     units: Vec<D::State<()>>,
     averages: D::Records<Average>,
@@ -436,6 +446,9 @@ impl<D: Device> Algorithm for ScheduleFree<D> {
                 self.name
             )));
         }
+        // The first step's z ← y and the scale of an automatic base's step are decided on the
+        // host: a graph would replay them as captured.
+        crate::algorithm::refuse_capture(&self.device, self.name, "its first-step initialisation and its base's scale")?;
         let options = self.base_options(ctx.options, self.steps)?;
         self.base.check(&Context { layout: ctx.layout, options: &options }, inputs, callbacks)
     }
@@ -460,7 +473,7 @@ impl<D: Device> Algorithm for ScheduleFree<D> {
         let ScheduleFree { device, base, z, previous, averages, average_options, sums, no_record, steps, .. } = self;
         if *steps == 0 {
             for (t, z) in z.iter_mut().enumerate() {
-                device.dots::<InitZ>(&(), no_record, 0, &params[t].view(), &inputs.grads[t], z, sums, t)?;
+                device.dots::<InitZ>(&(), no_record, 0, &params[t].view(), &inputs.grads[t], z, sums, t, Commit::Write)?;
             }
         }
         device.solve::<Advance>(&(), average_options, averages, sums)?;
@@ -474,8 +487,7 @@ impl<D: Device> Algorithm for ScheduleFree<D> {
             if fixed_rate {
                 base.step(&base_ctx, &mut zs, inputs, callbacks)?;
             } else {
-                base.propose(&base_ctx, &zs, inputs, callbacks)?;
-                base.apply(&base_ctx, &mut zs, inputs, scale)?;
+                base.step_scaled(&base_ctx, &mut zs, inputs, callbacks, scale)?;
             }
         }
         for (t, (z, previous)) in z.iter_mut().zip(previous.iter_mut()).enumerate() {

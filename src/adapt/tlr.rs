@@ -25,8 +25,8 @@
 
 use std::marker::PhantomData;
 
-use crate::algorithm::{Accepts, Algorithm, Context};
-use crate::backend::{Device, DotRule, ElemState, ElementRule, KernelRule, Record, TensorMut};
+use crate::algorithm::{Accepts, Algorithm, Context, Shards};
+use crate::backend::{reduced_pass, Device, DotRule, ElemState, ElementRule, KernelRule, Record, TensorMut};
 use crate::base::WEIGHT_DECAY;
 use crate::checkpoint::{Reader, Writer};
 use crate::error::{Error, Result};
@@ -377,42 +377,53 @@ impl<D: Device> State<D> {
         ctx.layout.groups.iter().map(step).collect()
     }
 
+    /// Whether step `t` trains α (Algorithm 2 from the second step; a window from the second
+    /// closed window on: window j closes at step jK + 1).
+    fn trains(&self, t: u64) -> bool {
+        match &self.memory {
+            Memory::Step(_) => t > 1,
+            Memory::Window(_) => t > 2 * self.window && (t - 1) % self.window == 0,
+        }
+    }
+
     /// Everything of a step before the parameter step: counts it, and trains α where this
-    /// step does.
-    fn begin_step(&mut self, device: &D, ctx: &Context, params: &[TensorMut], inputs: &StepInputs) -> Result<()> {
+    /// step does (over shards: with its dots summed over the processes, where a failure changes
+    /// nothing).
+    fn begin_step(&mut self, device: &D, ctx: &Context, params: &[TensorMut], inputs: &StepInputs, shards: &Shards) -> Result<()> {
         let t = self.steps + 1;
-        let layout = ctx.layout;
-        let grads = &inputs.grads;
-        let train = match &mut self.memory {
-            Memory::Step(previous) => {
-                // Algorithm 2: G_t·G_{t−1} trains α before the step (line 5); G_t is kept (line 7).
-                for (tensor, prev) in previous.iter_mut().enumerate() {
-                    let lambda = ctx.options.get(layout.groups[tensor], "weight_decay") as f32;
-                    device.dots::<StepDots>(&lambda, &self.no_record, 0, &params[tensor].view(), &grads[tensor], prev, &mut self.sums, tensor)?;
+        let (layout, grads, train) = (ctx.layout, &inputs.grads, self.trains(t));
+        let (window, per_group) = (self.window, self.per_group);
+        let (memory, no_record, rates) = (&mut self.memory, &self.no_record, &self.rates);
+        let comm = if train { shards.as_deref() } else { None };
+        reduced_pass(device, &mut self.sums, false, comm, true, |sums, commit| {
+            match memory {
+                Memory::Step(previous) => {
+                    // Algorithm 2: G_t·G_{t−1} trains α before the step (line 5); G_t is kept (line 7).
+                    for (tensor, prev) in previous.iter_mut().enumerate() {
+                        let lambda = ctx.options.get(layout.groups[tensor], "weight_decay") as f32;
+                        device.dots::<StepDots>(&lambda, no_record, 0, &params[tensor].view(), &grads[tensor], prev, sums, tensor, commit)?;
+                    }
                 }
-                t > 1
-            }
-            Memory::Window(elems) if t == 1 => {
-                for (tensor, st) in elems.iter_mut().enumerate() {
-                    device.dots::<OpenWindow>(&(), &self.no_record, 0, &params[tensor].view(), &grads[tensor], st, &mut self.sums, tensor)?;
+                Memory::Window(elems) if t == 1 => {
+                    for (tensor, st) in elems.iter_mut().enumerate() {
+                        device.dots::<OpenWindow>(&(), no_record, 0, &params[tensor].view(), &grads[tensor], st, sums, tensor, commit)?;
+                    }
                 }
-                false
-            }
-            Memory::Window(elems) if (t - 1) % self.window == 0 => {
-                // The window that ended with the last step closes now, when θ after its last
-                // displacement is first seen: eq. 10's G = (θ_snapshot − θ)/α is then the
-                // displacement that really happened, also when a wrapper (GI) scaled it.
-                for (tensor, st) in elems.iter_mut().enumerate() {
-                    let unit = if self.per_group { layout.groups[tensor] } else { 0 };
-                    device.dots::<WindowDots>(&(), &self.rates, unit, &params[tensor].view(), &grads[tensor], st, &mut self.sums, tensor)?;
+                Memory::Window(elems) if (t - 1) % window == 0 => {
+                    // The window that ended with the last step closes now, when θ after its last
+                    // displacement is first seen: eq. 10's G = (θ_snapshot − θ)/α is then the
+                    // displacement that really happened, also when a wrapper (GI) scaled it.
+                    for (tensor, st) in elems.iter_mut().enumerate() {
+                        let unit = if per_group { layout.groups[tensor] } else { 0 };
+                        device.dots::<WindowDots>(&(), rates, unit, &params[tensor].view(), &grads[tensor], st, sums, tensor, commit)?;
+                    }
                 }
-                // From the second closed window on (window j closes at step jK + 1).
-                t > 2 * self.window
+                Memory::Window(_) => {}
             }
-            Memory::Window(_) => false,
-        };
+            Ok(())
+        })?;
         if train {
-            device.solve::<Train>(&(), &self.rate_options, &mut self.rates, &self.sums)?;
+            device.solve::<Train>(&(), &self.rate_options, &mut self.rates, &mut self.sums)?;
         }
         self.steps = t;
         Ok(())
@@ -428,14 +439,16 @@ fn rate_options(ctx: &Context) -> Vec<RateOptions> {
 pub struct Tlr<D: Device> {
     device: D,
     state: Option<State<D>>,
+    /// Sharded: the communicator that adds the dots α is trained from over the processes.
+    shards: Shards,
 }
 
 impl<D: Device> Tlr<D> {
-    pub fn new(device: &D) -> Result<Self> {
+    pub fn new(device: &D, shards: Shards) -> Result<Self> {
         let mut kernels = vec![<SgdStep<()> as KernelRule>::KERNEL, <SgdStep<f32> as KernelRule>::KERNEL, <Train as crate::backend::SolveRule>::KERNEL];
         kernels.extend([StepDots::KERNEL, WindowDots::KERNEL, OpenWindow::KERNEL]);
         device.require(&kernels)?;
-        Ok(Tlr { device: device.clone(), state: None })
+        Ok(Tlr { device: device.clone(), state: None, shards })
     }
 
     /// The group's rate, or what it will start from before the first step.
@@ -453,6 +466,18 @@ impl<D: Device> Tlr<D> {
         }
         Ok(self.state.as_mut().expect("just built"))
     }
+
+    /// One step: α's training, then the parameter pass (scaled by a wrapper's `scale` when given).
+    fn take_step(&mut self, ctx: &Context, params: &mut [TensorMut], inputs: &StepInputs, scale: Option<f32>) -> Result<()> {
+        let (device, shards) = (self.device.clone(), self.shards.clone());
+        let s = self.state(ctx)?;
+        s.begin_step(&device, ctx, params, inputs, &shards)?;
+        let coeffs = s.coeffs(ctx);
+        match &mut s.buffers {
+            Buffers::Plain(b) => step_pass(&device, &s.rates, &coeffs, b, params, inputs, scale),
+            Buffers::Momentum(b) => step_pass(&device, &s.rates, &coeffs, b, params, inputs, scale),
+        }
+    }
 }
 
 /// The fused parameter step of every tensor.
@@ -463,9 +488,10 @@ fn step_pass<D: Device, M: Buffer>(
     buffers: &mut [D::State<M>],
     params: &mut [TensorMut],
     inputs: &StepInputs,
+    scale: Option<f32>,
 ) -> Result<()> {
     for (t, (buffer, (c, unit))) in buffers.iter_mut().zip(coeffs).enumerate() {
-        device.update::<SgdStep<M>>(c, rates, *unit, &mut params[t], &inputs.grads[t], buffer)?;
+        device.update_by::<SgdStep<M>>(c, rates, *unit, &mut params[t], &inputs.grads[t], buffer, scale)?;
     }
     Ok(())
 }
@@ -530,6 +556,17 @@ impl<D: Device> Algorithm for Tlr<D> {
         Ok(())
     }
 
+    /// A step that trains α reduces its dots (one call); the others reduce nothing.
+    fn abstain(&mut self, _ctx: &Context) -> bool {
+        let (Some(comm), Some(s)) = (self.shards.as_deref(), &self.state) else { return false };
+        if !s.trains(s.steps + 1) {
+            return false;
+        }
+        // Its outcome is the refusal this process already has.
+        let _ = self.device.abstain(&s.sums, false, comm);
+        true
+    }
+
     fn options_changed(&mut self, ctx: &Context) -> Result<()> {
         if let Some(s) = &mut self.state {
             self.device.write_records(&mut s.rate_options, &rate_options(ctx))?;
@@ -538,9 +575,9 @@ impl<D: Device> Algorithm for Tlr<D> {
     }
 
     fn propose(&mut self, ctx: &Context, params: &[TensorMut], inputs: &StepInputs, _cb: &mut Callbacks) -> Result<f64> {
-        let device = self.device.clone();
+        let (device, shards) = (self.device.clone(), self.shards.clone());
         let s = self.state(ctx)?;
-        s.begin_step(&device, ctx, params, inputs)?;
+        s.begin_step(&device, ctx, params, inputs, &shards)?;
         let coeffs = s.coeffs(ctx);
         match &mut s.buffers {
             Buffers::Plain(b) => propose_pass(&device, &s.rates, &coeffs, b, params, inputs),
@@ -558,14 +595,11 @@ impl<D: Device> Algorithm for Tlr<D> {
     }
 
     fn step(&mut self, ctx: &Context, params: &mut [TensorMut], inputs: &StepInputs, _cb: &mut Callbacks) -> Result<()> {
-        let device = self.device.clone();
-        let s = self.state(ctx)?;
-        s.begin_step(&device, ctx, params, inputs)?;
-        let coeffs = s.coeffs(ctx);
-        match &mut s.buffers {
-            Buffers::Plain(b) => step_pass(&device, &s.rates, &coeffs, b, params, inputs),
-            Buffers::Momentum(b) => step_pass(&device, &s.rates, &coeffs, b, params, inputs),
-        }
+        self.take_step(ctx, params, inputs, None)
+    }
+
+    fn step_scaled(&mut self, ctx: &Context, params: &mut [TensorMut], inputs: &StepInputs, _cb: &mut Callbacks, scale: f32) -> Result<()> {
+        self.take_step(ctx, params, inputs, Some(scale))
     }
 
     fn discard_steps(&mut self, n: u64) {
@@ -690,6 +724,29 @@ mod tests {
     use crate::optimizer::Layout;
     use crate::options::Options;
 
+    /// Schedule-free's scaled step of an automatic base gives the bits of GI's two passes.
+    #[test]
+    fn update_scaled_is_advance_dot_then_apply_scaled() {
+        use crate::backend::{Device, Tensor};
+        let cpu = Cpu;
+        let c = StepCoeffs { weight_decay: 0.01, keep: 0.9 };
+        let rates = cpu.records(&[Rate { alpha: 0.37, ..Rate::default() }]).unwrap();
+        let grad: Vec<f32> = (0..37).map(|i| (i as f32 * 0.7).sin()).collect();
+        let start: Vec<f32> = (0..37).map(|i| (i as f32 * 0.3).cos()).collect();
+        let (mut two_passes, mut one_pass) = (start.clone(), start.clone());
+        let (mut m_two, mut m_one) = (cpu.alloc::<f32>(37).unwrap(), cpu.alloc::<f32>(37).unwrap());
+        let g = Tensor::host(&grad);
+        for _ in 0..3 {
+            cpu.advance_dot::<SgdStep<f32>>(&c, &rates, 0, &TensorMut::host(&mut two_passes), &g, &mut m_two).unwrap();
+            cpu.apply_scaled::<SgdStep<f32>>(&c, &rates, 0, &mut TensorMut::host(&mut two_passes), &g, &m_two, 0.3).unwrap();
+            cpu.update_scaled::<SgdStep<f32>>(&c, &rates, 0, &mut TensorMut::host(&mut one_pass), &g, &mut m_one, 0.3).unwrap();
+        }
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&one_pass), bits(&two_passes));
+        assert_eq!(bits(&m_one), bits(&m_two));
+        assert_ne!(bits(&one_pass), bits(&start));
+    }
+
     fn views(params: &mut [Vec<f32>]) -> Vec<TensorMut<'_>> {
         params.iter_mut().map(|p| TensorMut::host(p)).collect()
     }
@@ -764,7 +821,7 @@ mod tests {
         for (window, momentum) in [(1.0, 0.0), (1.0, 0.8), (3.0, 0.0), (3.0, 0.8)] {
             let (layout, options) = options(window, momentum);
             let ctx = Context { layout: &layout, options: &options };
-            let (mut fused, mut split) = (Tlr::new(&Cpu).unwrap(), Tlr::new(&Cpu).unwrap());
+            let (mut fused, mut split) = (Tlr::new(&Cpu, None).unwrap(), Tlr::new(&Cpu, None).unwrap());
             let mut p_fused: Vec<Vec<f32>> = vec![vec![0.5; 5], vec![-0.25; 11]];
             let mut p_split = p_fused.clone();
             for step in 0..20 {
@@ -786,7 +843,7 @@ mod tests {
         // A wrapper applying half of every proposed step: the window's G must be what moved.
         let (layout, options) = options(3.0, 0.0);
         let ctx = Context { layout: &layout, options: &options };
-        let mut tlr = Tlr::new(&Cpu).unwrap();
+        let mut tlr = Tlr::new(&Cpu, None).unwrap();
         let mut params: Vec<Vec<f32>> = vec![vec![0.5; 5], vec![-0.25; 11]];
         let start = params.clone();
         for step in 0..4 {

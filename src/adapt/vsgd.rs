@@ -15,14 +15,16 @@
 //! The curvature is the caller's (bbprop / diagonal Gauss-Newton, §4.3) or, without one, the
 //! finite difference of vSGD-fd (Schaul & LeCun 2013) through the gradient callback.
 
-use crate::algorithm::{Accepts, Algorithm, Context};
-use crate::backend::cpu::{self, ElemState, COLUMN_BLOCK};
-use crate::backend::{host_params, host_params_mut, TensorMut};
+use crate::algorithm::{Accepts, Algorithm, Context, Shards};
+use crate::backend::{
+    filled, host_params, reduced_pass, Commit, Device, ElemState, ElementRule, KernelRule, Memory, Record, SampleTensor, SampleView, Sampled, SampledRule,
+    SolveRule, Tensor, TensorMut,
+};
 use crate::checkpoint::{Reader, Writer};
 use crate::error::{Error, Result};
-use crate::optimizer::{Callbacks, GradFn, HostInputs, Layout, SampleData, Samples, StepInputs};
+use crate::optimizer::{Callbacks, GradFn, Layout, SampleData, StepInputs};
 use crate::options::OptionSpec;
-use std::ops::{Add, Div, Mul, Range, Sub};
+use std::ops::{Add, Div, Mul, Sub};
 
 /// Which learning rates vSGD adapts (§5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,22 +59,24 @@ pub fn specs() -> Vec<OptionSpec> {
     ]
 }
 
-/// vSGD-l's averages of one element (Algorithm 1) and its memory size τ.
+/// vSGD-l's averages of one element (Algorithm 1) and its memory size τ (cuda/vsgd.cu's twin).
+#[repr(C)]
 #[derive(Debug, Clone, Copy, Default)]
-struct LocalElem {
-    gbar: f32,
-    vbar: f32,
-    hbar: f32,
-    tau: f32,
+pub(crate) struct LocalElem {
+    pub gbar: f32,
+    pub vbar: f32,
+    pub hbar: f32,
+    pub tau: f32,
 }
 
 /// vSGD-g/-b's averages of one element. `Σ gbar²` and `h⁺ = max hbar` need them per element
 /// (neither is a function of averaged sums), while the second moment does not: all elements of
 /// a unit share τ, so `Σ_i vbar_i` would be exactly the unit's `l`, kept as one scalar.
+#[repr(C)]
 #[derive(Debug, Clone, Copy, Default)]
-struct SharedElem {
-    gbar: f32,
-    hbar: f32,
+pub(crate) struct SharedElem {
+    pub gbar: f32,
+    pub hbar: f32,
 }
 
 impl ElemState for LocalElem {
@@ -126,18 +130,29 @@ impl Averages for SharedElem {
     }
 }
 
-/// The scalars of vSGD-g (one unit) or of one vSGD-b group.
-#[derive(Debug, Clone, Copy)]
-struct Unit {
+/// The scalars of vSGD-g (one unit) or of one vSGD-b group: one record each, advanced on the
+/// device by [`UnitSolve`].
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Unit {
     /// Average of `Σ x` over the unit (§4.1's `l`).
-    l: f64,
-    tau: f64,
-    eta: f64,
+    pub l: f64,
+    pub tau: f64,
+    pub eta: f64,
+}
+
+impl Record for Unit {}
+
+impl Unit {
+    /// Scalars a unit can reach (checkpoints).
+    fn possible(&self) -> bool {
+        self.l.is_finite() && self.l >= 0.0 && self.tau.is_finite() && self.tau >= 1.0 && self.eta.is_finite() && self.eta >= 0.0
+    }
 }
 
 /// The arithmetic of ρ, η and τ: f32 in the element passes (so they vectorise), f64 for a unit's
 /// sums.
-trait Real: Copy + PartialOrd + From<f32> + Add<Output = Self> + Sub<Output = Self> + Mul<Output = Self> + Div<Output = Self> {}
+pub(crate) trait Real: Copy + PartialOrd + From<f32> + Add<Output = Self> + Sub<Output = Self> + Mul<Output = Self> + Div<Output = Self> {}
 
 impl<T: Copy + PartialOrd + From<f32> + Add<Output = T> + Sub<Output = T> + Mul<Output = T> + Div<Output = T>> Real for T {}
 
@@ -152,12 +167,13 @@ fn at_least<T: Real>(a: T, floor: T) -> T {
 }
 
 /// What ρ and η depend on besides the state: `n` (N with per-sample data, else 1) and ε.
+#[repr(C)]
 #[derive(Debug, Clone, Copy)]
-struct Rates<T> {
+pub(crate) struct Rates<T> {
     /// 1/n and (n − 1)/n.
-    inv_n: T,
-    frac: T,
-    eps: T,
+    pub inv_n: T,
+    pub frac: T,
+    pub eps: T,
 }
 
 impl Rates<f64> {
@@ -257,131 +273,198 @@ impl LocalElem {
     }
 }
 
-/// One tensor's inputs to a pass.
-#[derive(Clone, Copy)]
-struct TensorInputs<'a> {
-    tensor: usize,
-    grad: &'a [f32],
-    /// The caller's curvature, or the finite-difference estimate.
-    curvature: &'a [f32],
-    samples: Option<&'a Samples<&'a [f32]>>,
+/// A slow-start step of vSGD-l (§2.4): the averages with weight 1/t, no move; at step n0
+/// (`finishing`) vbar is multiplied by C and τ = 2.
+pub(crate) struct LocalSlowStart;
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SlowStartCoeffs {
+    pub inv_t: f32,
+    pub eps: f32,
+    pub c: f32,
+    pub finishing: u32,
 }
 
-impl TensorInputs<'_> {
-    /// Runs `pass(columns, x)` in blocks of `COLUMN_BLOCK` columns, with `x` per element of the
-    /// block in f64: `S/N` from the per-sample data (either form, either scale convention), or
-    /// `g²` without per-sample data (docs/algorithms.md §2) — exactly the square a gbar = g has, so
-    /// that ρ = 1 holds exactly at τ = 1.
-    fn for_each_block(&self, mut pass: impl FnMut(Range<usize>, &[f64])) {
-        let (t, len) = (self.tensor, self.grad.len());
-        // Block scratch on the heap, not the stack: a host thread may have a small stack.
-        let block = COLUMN_BLOCK.min(len);
-        let per_sample_rows = matches!(self.samples, Some(Samples { data: SampleData::PerSample(_), .. }));
-        let (zero, mut x) = (vec![0.0f32; block], vec![0.0f64; block]);
-        let mut sums = cpu::RowSums::new(if per_sample_rows { block } else { 0 });
-        for start in (0..len).step_by(COLUMN_BLOCK) {
-            let end = (start + COLUMN_BLOCK).min(len);
-            let x = &mut x[..end - start];
-            match self.samples {
-                None => x.iter_mut().zip(&self.grad[start..end]).for_each(|(x, &g)| *x = f64::from(g) * f64::from(g)),
-                Some(samples) => {
-                    let n = samples.batch_size;
-                    // Entries are k·g_i: k = 1 ("sample") or N ("mean"); around 0 the spread is S = Σ (k·entry)².
-                    let k = samples.square_scale().sqrt();
-                    match &samples.data {
-                        SampleData::SumSq(s) => cpu::spread_from_sum_sq(&s[t][start..end], n, k, &zero[..end - start], x),
-                        SampleData::PerSample(rows) => cpu::spread_from_rows(rows[t], n, len, start, k, &zero[..end - start], &mut sums, x),
-                    }
-                    x.iter_mut().for_each(|s| *s /= n as f64);
-                }
-            }
-            pass(start..end, x);
-        }
+impl KernelRule for LocalSlowStart {
+    type State = LocalElem;
+    type Coeffs = SlowStartCoeffs;
+    type Record = ();
+    type Prepared = SlowStartCoeffs;
+    const KERNEL: &'static str = "alr_vsgd_local_slow_start";
+    fn prepare(c: &SlowStartCoeffs, _: &()) -> SlowStartCoeffs {
+        *c
     }
 }
 
-/// One pass of Algorithm 1 over a tensor: advances every element and, when `theta` is given
-/// (the fused step), moves θ by s in the same pass; otherwise returns `Σ g·s` (propose).
-fn local_pass(elems: &mut [LocalElem], inputs: TensorInputs, phase: Phase, rates: &Rates<f32>, mut theta: Option<&mut [f32]>) -> f64 {
-    let mut g_dot_s = 0.0;
-    inputs.for_each_block(|cols, x| {
-        let (g, h, st) = (&inputs.grad[cols.clone()], &inputs.curvature[cols.clone()], &mut elems[cols.clone()]);
-        let (x, h, st) = (&x[..g.len()], &h[..g.len()], &mut st[..g.len()]);
-        match (phase, theta.as_deref_mut()) {
-            (Phase::SlowStart { t, finish }, _) => {
-                let inv_t = 1.0 / t as f32;
-                st.iter_mut().zip(g).zip(x).zip(h).for_each(|(((e, &g), &x), &h)| e.average(g, x, h, inv_t, rates.eps));
-                if let Some(c) = finish {
-                    // End of the slow start: overestimate the second moment by C, τ = 2 (§4.4).
-                    st.iter_mut().for_each(|e| (e.vbar, e.tau) = (c as f32 * e.vbar, 2.0));
-                }
-            }
-            (Phase::Regular, Some(theta)) => {
-                for ((((th, e), &g), &x), &h) in theta[cols].iter_mut().zip(st.iter_mut()).zip(g).zip(x).zip(h) {
-                    *th -= e.advance(g, x, h, rates);
-                }
-            }
-            (Phase::Regular, None) => {
-                g_dot_s += cpu::reduce::<1, _>(g.len(), |j| [f64::from(g[j]) * f64::from(st[j].advance(g[j], x[j], h[j], rates))])[0];
-            }
+impl SampledRule for LocalSlowStart {
+    #[inline(always)]
+    fn advance(p: &SlowStartCoeffs, g: f32, x: f64, h: f32, e: &mut LocalElem) -> Sampled {
+        e.average(g, x, h, p.inv_t, p.eps);
+        if p.finishing != 0 {
+            // End of the slow start: overestimate the second moment by C, τ = 2 (§4.4).
+            (e.vbar, e.tau) = (p.c * e.vbar, 2.0);
         }
-    });
-    g_dot_s
-}
-
-/// What pass 1 of vSGD-g/-b gathers over a unit.
-#[derive(Debug, Clone, Copy, Default)]
-struct UnitSums {
-    gbar_sq: f64,
-    x: f64,
-    g_sq: f64,
-    /// `h⁺ = max hbar`.
-    h_plus: f32,
-}
-
-/// Pass 1 of vSGD-g/-b over a tensor: advances gbar and hbar with the unit's 1/τ (1/t in the
-/// slow start) and adds `Σ gbar²`, `Σ x`, `Σ g²` and `max hbar` to `sums`.
-fn shared_pass(elems: &mut [SharedElem], inputs: TensorInputs, inv_tau: f32, eps: f32, sums: &mut UnitSums) {
-    inputs.for_each_block(|cols, x| {
-        let (g, h, st) = (&inputs.grad[cols.clone()], &inputs.curvature[cols.clone()], &mut elems[cols]);
-        let (x, h, st) = (&x[..g.len()], &h[..g.len()], &mut st[..g.len()]);
-        let [gbar_sq, x_sum, g_sq] = cpu::reduce::<3, _>(g.len(), |j| {
-            let e = &mut st[j];
-            e.gbar = average_f32(e.gbar, g[j].into(), inv_tau);
-            e.hbar = average_f32(e.hbar, at_least(h[j], eps).into(), inv_tau);
-            let (gbar, gj) = (f64::from(e.gbar), f64::from(g[j]));
-            [gbar * gbar, x[j], gj * gj]
-        });
-        sums.gbar_sq += gbar_sq;
-        sums.x += x_sum;
-        sums.g_sq += g_sq;
-        sums.h_plus = st.iter().fold(sums.h_plus, |m, e| m.max(e.hbar));
-    });
-}
-
-impl Unit {
-    const FRESH: Unit = Unit { l: 0.0, tau: 1.0, eta: 0.0 };
-
-    /// Scalars a unit can reach (checkpoints).
-    fn possible(&self) -> bool {
-        self.l.is_finite() && self.l >= 0.0 && self.tau.is_finite() && self.tau >= 1.0 && self.eta.is_finite() && self.eta >= 0.0
+        Sampled::default()
     }
+}
 
-    /// vSGD-g on a unit's sums (eq. 8): l's average, then (after the slow start) ρ, `η = ρ/h⁺`, τ.
-    fn advance(&mut self, sums: &UnitSums, phase: Phase, inv_tau: f64, rates: &Rates<f64>) {
-        self.l = average(self.l, sums.x, inv_tau);
-        match phase {
-            Phase::SlowStart { finish: Some(c), .. } => {
-                self.l *= c;
-                self.tau = 2.0;
+/// A regular step of vSGD-l (Algorithm 1): displacement η g, and `g·(η g)` for GI's φ.
+pub(crate) struct LocalStep;
+
+impl KernelRule for LocalStep {
+    type State = LocalElem;
+    type Coeffs = Rates<f32>;
+    type Record = ();
+    type Prepared = Rates<f32>;
+    const KERNEL: &'static str = "alr_vsgd_local_step";
+    fn prepare(c: &Rates<f32>, _: &()) -> Rates<f32> {
+        *c
+    }
+}
+
+impl SampledRule for LocalStep {
+    #[inline(always)]
+    fn advance(rates: &Rates<f32>, g: f32, x: f64, h: f32, e: &mut LocalElem) -> Sampled {
+        let displacement = e.advance(g, x, h, rates);
+        Sampled { displacement, sums: [f64::from(g) * f64::from(displacement), 0.0, 0.0], max: 0.0 }
+    }
+}
+
+/// vSGD-l's move `η g` from the state a step advanced (GI's apply): the state is only read.
+pub(crate) struct LocalMove;
+
+impl KernelRule for LocalMove {
+    type State = LocalElem;
+    type Coeffs = Rates<f32>;
+    type Record = ();
+    type Prepared = Rates<f32>;
+    const KERNEL: &'static str = "alr_vsgd_local_move";
+    fn prepare(c: &Rates<f32>, _: &()) -> Rates<f32> {
+        *c
+    }
+}
+
+impl ElementRule for LocalMove {
+    #[inline(always)]
+    fn advance(rates: &Rates<f32>, g: f32, theta: f32, e: &mut LocalElem) -> f32 {
+        Self::delta(rates, g, theta, e)
+    }
+    #[inline(always)]
+    fn delta(rates: &Rates<f32>, g: f32, _: f32, e: &LocalElem) -> f32 {
+        e.eta(rates) * g
+    }
+}
+
+/// Pass 1 of vSGD-g/-b (eq. 8): advances gbar and hbar with the unit's 1/τ (1/t in the slow
+/// start, `slow_inv_t` > 0) and gathers `[Σ gbar², Σ x, Σ g², max hbar]`.
+pub(crate) struct SharedAverages;
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct AverageCoeffs {
+    /// 1/t in the slow start; 0 after it (the unit's τ then sets the weight).
+    pub slow_inv_t: f64,
+    pub eps: f32,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct AveragePrepared {
+    inv_tau: f32,
+    eps: f32,
+}
+
+/// 1/τ of a unit's averages this step: 1/t in the slow start, else from its τ.
+fn unit_inv_tau(slow_inv_t: f64, unit: &Unit) -> f64 {
+    if slow_inv_t > 0.0 {
+        slow_inv_t
+    } else {
+        1.0 / unit.tau
+    }
+}
+
+impl KernelRule for SharedAverages {
+    type State = SharedElem;
+    type Coeffs = AverageCoeffs;
+    type Record = Unit;
+    type Prepared = AveragePrepared;
+    const KERNEL: &'static str = "alr_vsgd_shared_averages";
+    fn prepare(c: &AverageCoeffs, unit: &Unit) -> AveragePrepared {
+        AveragePrepared { inv_tau: unit_inv_tau(c.slow_inv_t, unit) as f32, eps: c.eps }
+    }
+}
+
+impl SampledRule for SharedAverages {
+    #[inline(always)]
+    fn advance(p: &AveragePrepared, g: f32, x: f64, h: f32, e: &mut SharedElem) -> Sampled {
+        e.gbar = average_f32(e.gbar, g.into(), p.inv_tau);
+        e.hbar = average_f32(e.hbar, at_least(h, p.eps).into(), p.inv_tau);
+        let (gbar, g) = (f64::from(e.gbar), f64::from(g));
+        Sampled { displacement: 0.0, sums: [gbar * gbar, x, g * g], max: e.hbar }
+    }
+}
+
+/// What a unit's solve needs of the step.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct UnitParams {
+    pub rates: Rates<f64>,
+    /// 1/t in the slow start; 0 after it.
+    pub slow_inv_t: f64,
+    /// C, applied at the end of the slow start (`finishing`).
+    pub c: f64,
+    pub finishing: u32,
+}
+
+/// vSGD-g on a unit's sums (eq. 8): l's average, then (after the slow start) ρ, `η = ρ/h⁺`, τ.
+pub(crate) struct UnitSolve;
+
+impl SolveRule for UnitSolve {
+    type Record = Unit;
+    type Coeffs = ();
+    type Params = UnitParams;
+    const KERNEL: &'static str = "alr_vsgd_unit_solve";
+    /// The inputs were checked; ρ and η are bounded by the ε floors.
+    const REQUIRE_FINITE: bool = false;
+    const LAST_IS_MAX: bool = true;
+    fn solve(p: &UnitParams, _: &(), sums: &[f64; 4], unit: &mut Unit) {
+        let [gbar_sq, x, _, h_plus] = *sums;
+        unit.l = average(unit.l, x, unit_inv_tau(p.slow_inv_t, unit));
+        if p.slow_inv_t > 0.0 {
+            if p.finishing != 0 {
+                unit.l *= p.c;
+                unit.tau = 2.0;
             }
-            Phase::SlowStart { finish: None, .. } => {}
-            Phase::Regular => {
-                let rho = rates.rho(sums.gbar_sq, self.l);
-                self.eta = rates.eta(rho, f64::from(sums.h_plus));
-                self.tau = next_tau(self.tau, rho);
-            }
+            return;
         }
+        let rho = p.rates.rho(gbar_sq, unit.l);
+        unit.eta = p.rates.eta(rho, h_plus);
+        unit.tau = next_tau(unit.tau, rho);
+    }
+}
+
+/// vSGD-g/-b's move `η g` with the unit's η read from its record.
+pub(crate) struct SharedMove;
+
+impl KernelRule for SharedMove {
+    type State = SharedElem;
+    type Coeffs = ();
+    type Record = Unit;
+    type Prepared = f32;
+    const KERNEL: &'static str = "alr_vsgd_shared_move";
+    fn prepare(_: &(), unit: &Unit) -> f32 {
+        unit.eta as f32
+    }
+}
+
+impl ElementRule for SharedMove {
+    #[inline(always)]
+    fn advance(eta: &f32, g: f32, theta: f32, e: &mut SharedElem) -> f32 {
+        Self::delta(eta, g, theta, e)
+    }
+    #[inline(always)]
+    fn delta(eta: &f32, g: f32, _: f32, _: &SharedElem) -> f32 {
+        eta * g
     }
 }
 
@@ -397,9 +480,12 @@ struct Scratch {
 /// `h = |∇f(θ + δ) − g| / max(|δ|, ε)` with `δ = gbar + ε`, gbar the average before this step,
 /// on the same batch (docs/algorithms.md §2 decision: vSGD-fd of Schaul & LeCun 2013). In float32,
 /// θ + δ is rounded; δ is taken as the step actually represented, `(θ + δ) − θ`, so h is the
-/// difference quotient of the two points evaluated — 0/ε where θ + δ rounds to θ.
-fn finite_difference<E: Averages>(
-    elems: &[Vec<E>],
+/// difference quotient of the two points evaluated — 0/ε where θ + δ rounds to θ. The callback
+/// reads host memory, so this runs on the CPU only.
+#[allow(clippy::too_many_arguments)] // the state, the caller's buffers and callback, the options, the scratch
+fn finite_difference<D: Device, E: Averages>(
+    device: &D,
+    elems: &[D::State<E>],
     params: &[&[f32]],
     grads: &[&[f32]],
     grad_fn: &mut GradFn,
@@ -410,20 +496,22 @@ fn finite_difference<E: Averages>(
     if scratch.shifted.is_empty() {
         // Sized by the caller's tensors: a failed allocation is an error, not an abort.
         let lens: Vec<usize> = params.iter().map(|p| p.len()).collect();
-        scratch.curvature = cpu::filled_per_tensor(&lens, 0.0)?;
-        scratch.shifted = cpu::filled_per_tensor(&lens, 0.0)?;
+        scratch.curvature = crate::backend::cpu::filled_per_tensor(&lens, 0.0)?;
+        scratch.shifted = crate::backend::cpu::filled_per_tensor(&lens, 0.0)?;
     }
     for ((shifted, theta), st) in scratch.shifted.iter_mut().zip(params).zip(elems) {
-        for ((s, &th), e) in shifted.iter_mut().zip(theta.iter()).zip(st) {
-            *s = th + (e.gbar() + eps);
-        }
+        device.with_state(st, |st| {
+            for ((s, &th), e) in shifted.iter_mut().zip(theta.iter()).zip(st) {
+                *s = th + (e.gbar() + eps);
+            }
+        })?;
     }
     let points: Vec<&[f32]> = scratch.shifted.iter().map(Vec::as_slice).collect();
     let mut outs: Vec<&mut [f32]> = scratch.curvature.iter_mut().map(Vec::as_mut_slice).collect();
     grad_fn(&points, &mut outs).map_err(|why| Error::callback(format!("the gradient callback failed at θ + δ (vSGD finite differences): {why}")))?;
     for (t, out) in outs.iter_mut().enumerate() {
-        if check_finite && !cpu::all_finite(out) {
-            let i = cpu::first_non_finite(out).unwrap_or(0);
+        if check_finite && !crate::backend::cpu::all_finite(out) {
+            let i = crate::backend::cpu::first_non_finite(out).unwrap_or(0);
             return Err(Error::non_finite(format!("tensor {t}: the gradient callback returned grad[{i}] = {} at θ + δ (vSGD finite differences)", out[i])));
         }
         for ((h, &g), (&s, &th)) in out.iter_mut().zip(grads[t]).zip(points[t].iter().zip(params[t].iter())) {
@@ -434,8 +522,12 @@ fn finite_difference<E: Averages>(
 }
 
 /// `max hbar` over `tensors` (0 before the first step).
-fn max_hbar<E: Averages>(elems: &[Vec<E>], tensors: &[usize]) -> f64 {
-    tensors.iter().flat_map(|&t| elems[t].iter()).fold(0.0f32, |m, e| m.max(e.hbar())).into()
+fn max_hbar<D: Device, E: Averages>(device: &D, elems: &[D::State<E>], tensors: &[usize]) -> Result<f64> {
+    let mut max = 0.0f32;
+    for &t in tensors {
+        max = device.with_state(&elems[t], |st| st.iter().fold(max, |m, e| m.max(e.hbar())))?;
+    }
+    Ok(max.into())
 }
 
 /// `[min, median, max]`; the median of an even count is the mean of the two middle values.
@@ -452,42 +544,77 @@ fn min_median_max(mut values: Vec<f64>) -> [f64; 3] {
     [min, median, max]
 }
 
-enum State {
+enum State<D: Device> {
     /// vSGD-l: per tensor, per element.
-    Local(Vec<Vec<LocalElem>>),
-    /// vSGD-g/-b: per-element averages, and per unit its scalars and tensors.
-    Shared { elems: Vec<Vec<SharedElem>>, units: Vec<Unit>, unit_tensors: Vec<Vec<usize>> },
+    Local(Vec<D::State<LocalElem>>),
+    /// vSGD-g/-b: per-element averages, and per unit its record and tensors.
+    Shared { elems: Vec<D::State<SharedElem>>, units: D::Records<Unit>, n_units: usize },
 }
 
-/// vSGD-l, -g or -b (docs/algorithms.md §2).
-pub struct Vsgd {
+/// vSGD-l, -g or -b (docs/algorithms.md §2), on any device; the finite-difference curvature
+/// (its callback reads host memory) on the CPU only.
+pub struct Vsgd<D: Device> {
+    device: D,
     variant: Variant,
     /// Steps taken, the slow-start steps included.
     steps: u64,
     /// n and ε of the last step: vsgd-l recomputes η from its state with them (apply, lr, telemetry).
     rates: Rates<f64>,
-    state: State,
+    state: State<D>,
+    /// Per-tensor sums of pass 1; unit u adds its tensors (all of them for vsgd-g and for
+    /// vsgd-l's Σ g·s, its group's for vsgd-b).
+    sums: D::Sums,
+    no_record: D::Records<()>,
+    no_coeffs: D::Records<()>,
     scratch: Scratch,
+    /// Sharded: the communicator that adds (and maxes) vsgd-g/-b's pass-1 sums over processes.
+    shards: Shards,
 }
 
-impl Vsgd {
+impl<D: Device> Vsgd<D> {
     /// A fresh state: zero averages, τ = 1 (what the first step sees when n0 = 0).
-    pub fn new(variant: Variant, layout: &Layout) -> Result<Self> {
+    pub fn new(variant: Variant, layout: &Layout, device: &D, shards: Shards) -> Result<Self> {
+        // vsgd-l's one sum (Σ g·s) and vsgd-g's unit add every tensor; vsgd-b's units are the groups.
+        let unit_tensors = match variant {
+            Variant::Local | Variant::Global => vec![(0..layout.n_tensors()).collect()],
+            Variant::Block => layout.members.clone(),
+        };
         let state = match variant {
-            Variant::Local => State::Local(cpu::filled_per_tensor(&layout.lens, LocalElem::FRESH)?),
+            Variant::Local => {
+                device.require(&[LocalSlowStart::KERNEL, LocalStep::KERNEL, LocalMove::KERNEL])?;
+                let mut elems = device.alloc_per_tensor::<LocalElem>(&layout.lens)?;
+                for (e, &len) in elems.iter_mut().zip(&layout.lens) {
+                    device.write_state(e, &filled(len, LocalElem::FRESH)?)?;
+                }
+                State::Local(elems)
+            }
             Variant::Global | Variant::Block => {
-                let unit_tensors = if variant == Variant::Global { vec![(0..layout.n_tensors()).collect()] } else { layout.members.clone() };
+                device.require(&[SharedAverages::KERNEL, UnitSolve::KERNEL, SharedMove::KERNEL])?;
+                let fresh = Unit { l: 0.0, tau: 1.0, eta: 0.0 };
                 State::Shared {
-                    elems: cpu::filled_per_tensor(&layout.lens, SharedElem::default())?,
-                    units: crate::backend::filled(unit_tensors.len(), Unit::FRESH)?,
-                    unit_tensors,
+                    elems: device.alloc_per_tensor(&layout.lens)?,
+                    units: device.records(&filled(unit_tensors.len(), fresh)?)?,
+                    n_units: unit_tensors.len(),
                 }
             }
         };
-        // `rates` is set by every step before anything reads it (nothing does before step n0 + 1).
-        Ok(Vsgd { variant, steps: 0, rates: Rates::new(1.0, 0.0), state, scratch: Scratch::default() })
+        Ok(Vsgd {
+            variant,
+            steps: 0,
+            // Set by every step before anything reads it (nothing does before step n0 + 1).
+            rates: Rates::new(1.0, 0.0),
+            state,
+            sums: device.sums(&layout.lens, &unit_tensors)?,
+            no_record: device.records(&[()])?,
+            no_coeffs: device.records(&filled(unit_tensors.len(), ())?)?,
+            scratch: Scratch::default(),
+            device: device.clone(),
+            shards,
+        })
     }
+}
 
+impl<D: Device> Vsgd<D> {
     fn n0(ctx: &Context) -> u64 {
         ctx.options.get(0, "n0") as u64
     }
@@ -501,108 +628,167 @@ impl Vsgd {
         }
     }
 
-    /// Everything that may fail comes first — the finite-difference curvature when the caller
-    /// gives none — so that an error leaves the state as it was; then the step is counted.
-    fn begin(&mut self, ctx: &Context, params: &[&[f32]], inputs: &HostInputs, callbacks: &mut Callbacks) -> Result<Phase> {
+    /// The tensors whose elements unit `unit` of group `group` covers.
+    fn unit_tensors(&self, ctx: &Context, group: usize) -> Vec<usize> {
+        match self.variant {
+            Variant::Global => (0..ctx.layout.n_tensors()).collect(),
+            Variant::Local | Variant::Block => ctx.layout.members[group].clone(),
+        }
+    }
+
+    /// The finite-difference curvature when the caller gives none, and where the step stands
+    /// with its rates; nothing of the state changes (`advance` counts the step once it passes).
+    fn begin(&mut self, ctx: &Context, params: &[TensorMut], inputs: &StepInputs, callbacks: &mut Callbacks) -> Result<(Phase, Rates<f64>)> {
         let eps = ctx.options.get(0, "eps");
         if inputs.curvature.is_none() {
             let grad_fn = callbacks.grad_fn.as_mut().ok_or_else(|| missing_curvature(self.variant))?;
             let check = ctx.options.flag(0, "check_finite");
+            let (params, grads) = (host_params(params)?, inputs.host()?.grads);
             match &self.state {
-                State::Local(e) => finite_difference(e, params, &inputs.grads, grad_fn, eps as f32, check, &mut self.scratch)?,
-                State::Shared { elems, .. } => finite_difference(elems, params, &inputs.grads, grad_fn, eps as f32, check, &mut self.scratch)?,
+                State::Local(e) => finite_difference(&self.device, e, &params, &grads, grad_fn, eps as f32, check, &mut self.scratch)?,
+                State::Shared { elems, .. } => finite_difference(&self.device, elems, &params, &grads, grad_fn, eps as f32, check, &mut self.scratch)?,
             }
         }
-        self.steps += 1;
-        self.rates = Rates::new(inputs.samples.as_ref().map_or(1.0, |s| s.batch_size as f64), eps);
-        let n0 = Self::n0(ctx);
-        Ok(if self.steps <= n0 {
-            let finish = (self.steps == n0).then(|| match ctx.options.get(0, "slow_start_c") {
+        let rates = Rates::new(inputs.samples.as_ref().map_or(1.0, |s| s.batch_size as f64), eps);
+        let (t, n0) = (self.steps + 1, Self::n0(ctx));
+        let phase = if t <= n0 {
+            let finish = (t == n0).then(|| match ctx.options.get(0, "slow_start_c") {
                 c if c.is_nan() => ctx.layout.lens.iter().sum::<usize>() as f64 / 10.0,
                 c => c,
             });
-            Phase::SlowStart { t: self.steps, finish }
+            Phase::SlowStart { t, finish }
         } else {
             Phase::Regular
+        };
+        Ok((phase, rates))
+    }
+
+    /// Advances the state by one step of `phase` and counts it; vsgd-l also moves θ in the same
+    /// pass when `theta` is given and the step is past the slow start. A failed reduction over
+    /// shards changes nothing.
+    fn advance(&mut self, ctx: &Context, (phase, rates): (Phase, Rates<f64>), inputs: &StepInputs, theta: Option<&mut [TensorMut]>) -> Result<()> {
+        self.passes(ctx, phase, rates, inputs, theta)?;
+        self.steps += 1;
+        self.rates = rates;
+        Ok(())
+    }
+
+    fn passes(&mut self, ctx: &Context, phase: Phase, rates: Rates<f64>, inputs: &StepInputs, mut theta: Option<&mut [TensorMut]>) -> Result<()> {
+        let curvature: Vec<Tensor> = match &inputs.curvature {
+            Some(h) => h.clone(),
+            None => self.scratch.curvature.iter().map(|h| Tensor::host(h)).collect(),
+        };
+        let samples = inputs.samples.as_ref();
+        // Each entry of the caller's data is k·g_i: k = 1 ("sample") or N ("mean", g_i/N given).
+        let view = |t: usize| {
+            samples.map(|s| SampleView {
+                data: match &s.data {
+                    SampleData::SumSq(b) => SampleTensor::SumSq(b[t]),
+                    SampleData::PerSample(b) => SampleTensor::Rows(b[t]),
+                },
+                n: s.batch_size,
+                k: s.square_scale().sqrt(),
+            })
+        };
+        let element_rates = rates.to_f32();
+        let (slow_inv_t, finish) = match phase {
+            Phase::SlowStart { t, finish } => (1.0 / t as f64, finish),
+            Phase::Regular => (0.0, None),
+        };
+        let (device, sums, no_record) = (&self.device, &mut self.sums, &self.no_record);
+        match &mut self.state {
+            State::Local(elems) => {
+                for (t, state) in elems.iter_mut().enumerate() {
+                    let (grad, h, samples) = (&inputs.grads[t], &curvature[t], view(t));
+                    match phase {
+                        Phase::SlowStart { t: step, .. } => {
+                            let c = SlowStartCoeffs {
+                                inv_t: 1.0 / step as f32,
+                                eps: element_rates.eps,
+                                c: finish.unwrap_or(0.0) as f32,
+                                finishing: u32::from(finish.is_some()),
+                            };
+                            device.sampled::<LocalSlowStart>(&c, no_record, 0, None, grad, h, samples.as_ref(), state, sums, t, Commit::Write)?;
+                        }
+                        Phase::Regular => {
+                            let param = theta.as_deref_mut().map(|p| &mut p[t]);
+                            device.sampled::<LocalStep>(&element_rates, no_record, 0, param, grad, h, samples.as_ref(), state, sums, t, Commit::Write)?;
+                        }
+                    }
+                }
+            }
+            State::Shared { elems, units, .. } => {
+                let c = AverageCoeffs { slow_inv_t, eps: element_rates.eps };
+                let global = self.variant == Variant::Global;
+                reduced_pass(device, sums, true, self.shards.as_deref(), true, |sums, commit| {
+                    for (t, state) in elems.iter_mut().enumerate() {
+                        let unit = if global { 0 } else { ctx.layout.groups[t] };
+                        let (grad, h) = (&inputs.grads[t], &curvature[t]);
+                        device.sampled::<SharedAverages>(&c, units, unit, None, grad, h, view(t).as_ref(), state, sums, t, commit)?;
+                    }
+                    Ok(())
+                })?;
+                let params = UnitParams { rates, slow_inv_t, c: finish.unwrap_or(0.0), finishing: u32::from(finish.is_some()) };
+                device.solve::<UnitSolve>(&params, &self.no_coeffs, units, sums)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `Σ g·s` of the step just advanced (without moving θ): vsgd-l's from its pass, vsgd-g/-b's
+    /// `Σ_units η Σ g²` (up to the float32 rounding of each displacement). 0 in the slow start.
+    fn proposed_dot(&self, ctx: &Context) -> Result<f64> {
+        if self.steps <= Self::n0(ctx) {
+            return Ok(0.0);
+        }
+        let totals = self.device.totals(&self.sums)?;
+        Ok(match &self.state {
+            State::Local(_) => totals[0][0],
+            State::Shared { units, .. } => self.device.read_records(units)?.iter().zip(&totals).map(|(u, s)| f64::from(u.eta as f32) * s[2]).sum(),
         })
     }
 
-    /// Advances the state by one step of `phase` and returns `Σ g·s`; vsgd-l also moves θ in
-    /// the same pass when `theta` is given.
-    fn advance(&mut self, phase: Phase, inputs: &HostInputs, mut theta: Option<&mut [&mut [f32]]>) -> f64 {
-        let curvature: Vec<&[f32]> = match &inputs.curvature {
-            Some(h) => h.clone(),
-            None => self.scratch.curvature.iter().map(Vec::as_slice).collect(),
-        };
-        let tensor = |t: usize| TensorInputs { tensor: t, grad: inputs.grads[t], curvature: curvature[t], samples: inputs.samples.as_ref() };
-        let (rates, element_rates) = (self.rates, self.rates.to_f32());
-        match &mut self.state {
-            State::Local(elems) => {
-                (0..elems.len()).map(|t| local_pass(&mut elems[t], tensor(t), phase, &element_rates, theta.as_mut().map(|p| &mut *p[t]))).sum()
-            }
-            State::Shared { elems, units, unit_tensors } => {
-                let mut g_dot_s = 0.0;
-                for (unit, tensors) in units.iter_mut().zip(unit_tensors.iter()) {
-                    let inv_tau = match phase {
-                        Phase::SlowStart { t, .. } => 1.0 / t as f64,
-                        Phase::Regular => 1.0 / unit.tau,
-                    };
-                    let mut sums = UnitSums::default();
-                    for &t in tensors {
-                        shared_pass(&mut elems[t], tensor(t), inv_tau as f32, element_rates.eps, &mut sums);
-                    }
-                    unit.advance(&sums, phase, inv_tau, &rates);
-                    if phase == Phase::Regular {
-                        // Σ g·(η g) = η Σ g², up to the float32 rounding of each displacement.
-                        g_dot_s += f64::from(unit.eta as f32) * sums.g_sq;
-                    }
-                }
-                g_dot_s
-            }
-        }
-    }
-
     /// The group's η values (one per element for vsgd-l) after the last regular step.
-    fn etas(&self, ctx: &Context, group: usize) -> Vec<f64> {
+    fn etas(&self, ctx: &Context, group: usize) -> Result<Vec<f64>> {
         match &self.state {
             State::Local(elems) => {
                 let rates = self.rates.to_f32();
-                ctx.layout.members[group].iter().flat_map(|&t| elems[t].iter().map(move |e| f64::from(e.eta(&rates)))).collect()
+                let mut etas = Vec::new();
+                for &t in &ctx.layout.members[group] {
+                    self.device.with_state(&elems[t], |st| etas.extend(st.iter().map(|e| f64::from(e.eta(&rates)))))?;
+                }
+                Ok(etas)
             }
-            State::Shared { units, .. } => vec![units[self.unit_of(group)].eta],
+            State::Shared { units, .. } => Ok(vec![self.device.read_records(units)?[self.unit_of(group)].eta]),
         }
+    }
+
+    /// `θ ← θ − scale·η g` from the state the step advanced (nothing in the slow start): the
+    /// bits of `apply` at that scale.
+    fn move_by(&mut self, ctx: &Context, params: &mut [TensorMut], inputs: &StepInputs, scale: f32) -> Result<()> {
+        if self.steps <= Self::n0(ctx) {
+            return Ok(());
+        }
+        let rates = self.rates.to_f32();
+        for (t, param) in params.iter_mut().enumerate() {
+            let grad = &inputs.grads[t];
+            match &mut self.state {
+                State::Local(elems) => self.device.update_scaled::<LocalMove>(&rates, &self.no_record, 0, param, grad, &mut elems[t], scale)?,
+                State::Shared { elems, units, .. } => {
+                    let unit = if self.variant == Variant::Global { 0 } else { ctx.layout.groups[t] };
+                    self.device.update_scaled::<SharedMove>(&(), units, unit, param, grad, &mut elems[t], scale)?
+                }
+            }
+        }
+        Ok(())
     }
 
     /// `h⁺` of the group: max hbar over the group (l, b) or over all tensors (g).
-    fn h_plus(&self, ctx: &Context, group: usize) -> f64 {
+    fn h_plus(&self, ctx: &Context, group: usize) -> Result<f64> {
+        let tensors = self.unit_tensors(ctx, group);
         match &self.state {
-            State::Local(elems) => max_hbar(elems, &ctx.layout.members[group]),
-            State::Shared { elems, unit_tensors, .. } => max_hbar(elems, &unit_tensors[self.unit_of(group)]),
-        }
-    }
-}
-
-impl Vsgd {
-    /// `θ ← θ − scale·η g` from the advanced state (the slow start moves nothing).
-    fn apply_host(&self, ctx: &Context, params: &mut [&mut [f32]], inputs: &HostInputs, scale: f32) {
-        if self.steps <= Self::n0(ctx) {
-            return;
-        }
-        match &self.state {
-            State::Local(elems) => {
-                let rates = self.rates.to_f32();
-                for (t, p) in params.iter_mut().enumerate() {
-                    cpu::apply_scaled(p, inputs.grads[t], &elems[t], scale, |g, _, e| e.eta(&rates) * g);
-                }
-            }
-            State::Shared { elems, units, unit_tensors } => {
-                for (unit, tensors) in units.iter().zip(unit_tensors) {
-                    let eta = unit.eta as f32;
-                    for &t in tensors {
-                        cpu::apply_scaled(params[t], inputs.grads[t], &elems[t], scale, |g, _, _| eta * g);
-                    }
-                }
-            }
+            State::Local(elems) => max_hbar(&self.device, elems, &tensors),
+            State::Shared { elems, .. } => max_hbar(&self.device, elems, &tensors),
         }
     }
 }
@@ -615,7 +801,7 @@ fn missing_curvature(variant: Variant) -> Error {
     ))
 }
 
-impl Algorithm for Vsgd {
+impl<D: Device> Algorithm for Vsgd<D> {
     fn name(&self) -> &'static str {
         self.variant.name()
     }
@@ -624,40 +810,79 @@ impl Algorithm for Vsgd {
         Accepts { per_sample: true, curvature: true, grad_fn: true, ..Accepts::default() }
     }
 
-    fn check(&self, _ctx: &Context, inputs: &StepInputs, callbacks: &Callbacks) -> Result<()> {
-        if inputs.curvature.is_none() && callbacks.grad_fn.is_none() {
-            return Err(missing_curvature(self.variant));
+    fn check(&self, ctx: &Context, inputs: &StepInputs, callbacks: &Callbacks) -> Result<()> {
+        if self.shards.is_some() && ctx.options.get(0, "slow_start_c").is_nan() {
+            // C = d/10 counts every parameter, which no shard sees.
+            return Err(Error::invalid(format!(
+                "{} over shards: set slow_start_c (its default d/10 counts the parameters of every shard)",
+                self.variant.name()
+            )));
+        }
+        if inputs.curvature.is_none() {
+            if callbacks.grad_fn.is_none() {
+                return Err(missing_curvature(self.variant));
+            }
+            if self.device.memory() != Memory::Host {
+                return Err(Error::unsupported(format!(
+                    "{}'s finite differences evaluate a host gradient callback, so on {} it needs the caller's curvature (pass curvature)",
+                    self.variant.name(),
+                    self.device.memory()
+                )));
+            }
         }
         Ok(())
     }
 
+    /// vsgd-g/-b reduce pass 1's sums (two calls: the sums, and h⁺'s maximum); vsgd-l reduces nothing.
+    fn abstain(&mut self, _ctx: &Context) -> bool {
+        match (&self.state, self.shards.as_deref()) {
+            (State::Shared { .. }, Some(comm)) => {
+                // Its outcome is the refusal this process already has.
+                let _ = self.device.abstain(&self.sums, true, comm);
+                true
+            }
+            _ => false,
+        }
+    }
+
     fn propose(&mut self, ctx: &Context, params: &[TensorMut], inputs: &StepInputs, callbacks: &mut Callbacks) -> Result<f64> {
-        let inputs = inputs.host()?;
-        let phase = self.begin(ctx, &host_params(params)?, &inputs, callbacks)?;
-        Ok(self.advance(phase, &inputs, None))
+        let begun = self.begin(ctx, params, inputs, callbacks)?;
+        self.advance(ctx, begun, inputs, None)?;
+        self.proposed_dot(ctx)
     }
 
     fn apply(&self, ctx: &Context, params: &mut [TensorMut], inputs: &StepInputs, scale: f32) -> Result<()> {
-        let inputs = inputs.host()?;
-        self.apply_host(ctx, &mut host_params_mut(params)?, &inputs, scale);
+        if self.steps <= Self::n0(ctx) {
+            return Ok(());
+        }
+        for (t, param) in params.iter_mut().enumerate() {
+            let grad = &inputs.grads[t];
+            match &self.state {
+                State::Local(elems) => self.device.apply_scaled::<LocalMove>(&self.rates.to_f32(), &self.no_record, 0, param, grad, &elems[t], scale)?,
+                State::Shared { elems, units, .. } => {
+                    let unit = self.unit_of(ctx.layout.groups[t]);
+                    self.device.apply_scaled::<SharedMove>(&(), units, unit, param, grad, &elems[t], scale)?
+                }
+            }
+        }
         Ok(())
     }
 
     fn step(&mut self, ctx: &Context, params: &mut [TensorMut], inputs: &StepInputs, callbacks: &mut Callbacks) -> Result<()> {
-        let inputs = inputs.host()?;
-        let mut params = host_params_mut(params)?;
-        let phase = {
-            let views: Vec<&[f32]> = params.iter().map(|p| &**p).collect();
-            self.begin(ctx, &views, &inputs, callbacks)?
-        };
+        let begun = self.begin(ctx, params, inputs, callbacks)?;
         if self.variant == Variant::Local {
-            self.advance(phase, &inputs, Some(&mut params));
-        } else {
-            // η of a unit needs the whole unit's sums: a second pass is unavoidable.
-            self.advance(phase, &inputs, None);
-            self.apply_host(ctx, &mut params, &inputs, 1.0);
+            return self.advance(ctx, begun, inputs, Some(params));
         }
-        Ok(())
+        // η of a unit needs the whole unit's sums: a second pass is unavoidable.
+        self.advance(ctx, begun, inputs, None)?;
+        self.move_by(ctx, params, inputs, 1.0)
+    }
+
+    /// The step moving θ by `scale·η g` (schedule-free's base), with no sum read on the host.
+    fn step_scaled(&mut self, ctx: &Context, params: &mut [TensorMut], inputs: &StepInputs, callbacks: &mut Callbacks, scale: f32) -> Result<()> {
+        let begun = self.begin(ctx, params, inputs, callbacks)?;
+        self.advance(ctx, begun, inputs, None)?;
+        self.move_by(ctx, params, inputs, scale)
     }
 
     /// vsgd-l: the median η of the group's elements; vsgd-g/-b: the unit's η; 0 in the slow start.
@@ -665,7 +890,7 @@ impl Algorithm for Vsgd {
         if self.steps <= Self::n0(ctx) {
             return Ok(0.0);
         }
-        Ok(min_median_max(self.etas(ctx, group))[1])
+        Ok(min_median_max(self.etas(ctx, group)?)[1])
     }
 
     fn telemetry(&self, ctx: &Context, group: usize) -> Result<Vec<(&'static str, f64)>> {
@@ -676,11 +901,17 @@ impl Algorithm for Vsgd {
             [0.0; 3]
         } else {
             match &self.state {
-                State::Local(elems) => min_median_max(ctx.layout.members[group].iter().flat_map(|&t| elems[t].iter().map(|e| f64::from(e.tau))).collect()),
-                State::Shared { units, .. } => [units[self.unit_of(group)].tau; 3],
+                State::Local(elems) => {
+                    let mut taus = Vec::new();
+                    for &t in &ctx.layout.members[group] {
+                        self.device.with_state(&elems[t], |st| taus.extend(st.iter().map(|e| f64::from(e.tau))))?;
+                    }
+                    min_median_max(taus)
+                }
+                State::Shared { units, .. } => [self.device.read_records(units)?[self.unit_of(group)].tau; 3],
             }
         };
-        let eta = if slow { [0.0; 3] } else { min_median_max(self.etas(ctx, group)) };
+        let eta = if slow { [0.0; 3] } else { min_median_max(self.etas(ctx, group)?) };
         Ok(vec![
             ("tau_min", tau[0]),
             ("tau_median", tau[1]),
@@ -688,7 +919,7 @@ impl Algorithm for Vsgd {
             ("eta_min", eta[0]),
             ("eta_median", eta[1]),
             ("eta_max", eta[2]),
-            ("h_plus", self.h_plus(ctx, group)),
+            ("h_plus", self.h_plus(ctx, group)?),
             ("slow_start", if self.steps > 0 && slow { 1.0 } else { 0.0 }),
         ])
     }
@@ -701,10 +932,10 @@ impl Algorithm for Vsgd {
         w.u64(self.steps);
         w.f64s(&[self.rates.inv_n, self.rates.frac, self.rates.eps]);
         match &self.state {
-            State::Local(elems) => elems.iter().for_each(|e| w.elem_states(e)),
+            State::Local(elems) => elems.iter().try_for_each(|e| self.device.with_state(e, |e| w.elem_states(e)))?,
             State::Shared { elems, units, .. } => {
-                elems.iter().for_each(|e| w.elem_states(e));
-                w.f64s(&units.iter().flat_map(|u| [u.l, u.tau, u.eta]).collect::<Vec<_>>());
+                elems.iter().try_for_each(|e| self.device.with_state(e, |e| w.elem_states(e)))?;
+                w.f64s(&self.device.read_records(units)?.iter().flat_map(|u| [u.l, u.tau, u.eta]).collect::<Vec<_>>());
             }
         }
         Ok(())
@@ -722,22 +953,31 @@ impl Algorithm for Vsgd {
         let name = self.variant.name();
         // Averages of finite g, of squares and of floored curvatures, and τ ≥ 1 (docs/algorithms.md §2).
         let rule = "gbar is finite, vbar and hbar ≥ 0, τ ≥ 1";
-        let state = match &self.state {
-            State::Local(_) => State::Local(crate::checkpoint::read_elem_states(r, &ctx.layout.lens, name, LocalElem::possible, rule)?),
-            State::Shared { units, unit_tensors, .. } => {
-                let elems = crate::checkpoint::read_elem_states(r, &ctx.layout.lens, name, SharedElem::possible, rule)?;
-                let v = r.f64s_exact(3 * units.len(), "vSGD unit scalars")?;
-                let units: Vec<Unit> = v.chunks_exact(3).map(|c| Unit { l: c[0], tau: c[1], eta: c[2] }).collect();
-                if let Some(u) = units.iter().position(|u| !u.possible()) {
+        // Everything is read and checked before anything is written.
+        match &mut self.state {
+            State::Local(elems) => {
+                let values = crate::checkpoint::read_elem_states(r, &ctx.layout.lens, name, LocalElem::possible, rule)?;
+                for (e, v) in elems.iter_mut().zip(&values) {
+                    self.device.write_state(e, v)?;
+                }
+            }
+            State::Shared { elems, units, n_units } => {
+                let values = crate::checkpoint::read_elem_states(r, &ctx.layout.lens, name, SharedElem::possible, rule)?;
+                let v = r.f64s_exact(3 * *n_units, "vSGD unit scalars")?;
+                let loaded: Vec<Unit> = v.chunks_exact(3).map(|c| Unit { l: c[0], tau: c[1], eta: c[2] }).collect();
+                if let Some(u) = loaded.iter().position(|u| !u.possible()) {
                     return Err(Error::checkpoint(format!(
                         "checkpoint vSGD unit {u} = {:?} is impossible: l and η ≥ 0 and finite, τ ≥ 1 (corrupted?)",
-                        units[u]
+                        loaded[u]
                     )));
                 }
-                State::Shared { elems, units, unit_tensors: unit_tensors.clone() }
+                for (e, v) in elems.iter_mut().zip(&values) {
+                    self.device.write_state(e, v)?;
+                }
+                self.device.write_records(units, &loaded)?;
             }
-        };
-        (self.steps, self.rates, self.state) = (steps, rates, state);
+        }
+        (self.steps, self.rates) = (steps, rates);
         Ok(())
     }
 }
@@ -745,8 +985,8 @@ impl Algorithm for Vsgd {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::Tensor;
-    use crate::optimizer::SampleScale;
+    use crate::backend::cpu::Cpu;
+    use crate::optimizer::{SampleScale, Samples};
     use crate::options::Options;
     use crate::registry;
 
@@ -786,7 +1026,7 @@ mod tests {
         });
         let mut scratch = Scratch::default();
         let params: Vec<&[f32]> = vec![&theta];
-        finite_difference(&elems, &params, &[&grad], &mut quadratic, 1e-9, true, &mut scratch).unwrap();
+        finite_difference(&Cpu, &elems, &params, &[&grad], &mut quadratic, 1e-9, true, &mut scratch).unwrap();
         let h = &scratch.curvature[0];
         // δ = ε: 1.5 + 1e-9 rounds to 1.5, so the two gradients agree and h = 0/ε = 0.
         assert_eq!(h[0], 0.0);
@@ -816,7 +1056,7 @@ mod tests {
             let (layout, mut options) = context_parts(variant.name(), &lens, &[0, 0, 1]);
             options.set(variant.name(), "n0", None, 3.0).unwrap();
             let ctx = Context { layout: &layout, options: &options };
-            let (mut fused, mut split) = (Vsgd::new(variant, &layout).unwrap(), Vsgd::new(variant, &layout).unwrap());
+            let (mut fused, mut split) = (Vsgd::new(variant, &layout, &Cpu, None).unwrap(), Vsgd::new(variant, &layout, &Cpu, None).unwrap());
             let mut theta_fused: Vec<Vec<f32>> = lens.iter().map(|&n| noise(1, n)).collect();
             let mut theta_split = theta_fused.clone();
             for step in 0..12u32 {

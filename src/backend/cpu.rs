@@ -34,7 +34,10 @@ macro_rules! dispatch {
 }
 
 pub use super::ElemState;
-use super::{Deferred, Device, DotRule, ElementRule, Memory, MomentRule, Record, SampleTensor, SampleView, SolveRule, Tensor, TensorMut};
+use super::{
+    refuse_assigning, Commit, Communicator, Deferred, Device, DotRule, ElementRule, Memory, MomentRule, Record, ReduceOp, ReduceValues, SampleTensor,
+    SampleView, SampledRule, SolveRule, Tensor, TensorMut,
+};
 use crate::error::{Error, Result};
 
 pub use super::filled;
@@ -660,6 +663,47 @@ pub struct Cpu;
 pub struct Sums {
     per_tensor: Vec<[f64; 4]>,
     owners: Vec<Vec<usize>>,
+    /// Per record, the sums over every process (`reduce_sums`), read by the next solve.
+    reduced: Option<Vec<[f64; 4]>>,
+}
+
+impl Sums {
+    /// Each record's tensors' sums added in tensor order (with `last_is_max`, the fourth slot
+    /// their maximum, from 0 as a sum: a sampled pass's maxima are ≥ 0).
+    fn per_record(&self, last_is_max: bool) -> Vec<[f64; 4]> {
+        self.owners
+            .iter()
+            .map(|tensors| {
+                let mut total = [0.0f64; 4];
+                for &t in tensors {
+                    for (slot, (s, v)) in total.iter_mut().zip(self.per_tensor[t]).enumerate() {
+                        *s = if last_is_max && slot == 3 { s.max(v) } else { *s + v };
+                    }
+                }
+                total
+            })
+            .collect()
+    }
+}
+
+/// Records' sums combined over every process: slots 0–2 (0–3 unless `last_is_max`) in one sum,
+/// the fourth slots in one maximum. Both calls are made before the values are judged, so that
+/// every process makes the same calls; then non-finite values are an error on every process.
+fn all_reduce_records(records: Vec<[f64; 4]>, last_is_max: bool, comm: &dyn Communicator) -> Result<Vec<[f64; 4]>> {
+    let summed = if last_is_max { 3 } else { 4 };
+    let mut sums: Vec<f64> = records.iter().flat_map(|r| r[..summed].to_vec()).collect();
+    let sum_result = comm.all_reduce(ReduceValues::Host(&mut sums), ReduceOp::Sum);
+    let mut maxima: Vec<f64> = records.iter().map(|r| r[3]).collect();
+    let max_result = if last_is_max { comm.all_reduce(ReduceValues::Host(&mut maxima), ReduceOp::Max) } else { Ok(()) };
+    sum_result.and(max_result).map_err(super::reduce_failed)?;
+    let reduced: Vec<[f64; 4]> = sums.chunks_exact(summed).zip(&maxima).map(|(s, &m)| std::array::from_fn(|i| if i < summed { s[i] } else { m })).collect();
+    if let Some(r) = reduced.iter().position(|s| !s.iter().all(|v| v.is_finite())) {
+        return Err(Error::non_finite(format!(
+            "record {r}'s sums over all processes are not finite: the inputs of this or another process held a NaN or Inf \
+             (or a sum overflowed); no process changed anything"
+        )));
+    }
+    Ok(reduced)
 }
 
 /// The floats of a buffer in host memory (the optimizer checks where every buffer lives, so
@@ -760,7 +804,7 @@ impl Device for Cpu {
     }
 
     fn sums(&self, lens: &[usize], owners: &[Vec<usize>]) -> Result<Sums> {
-        Ok(Sums { per_tensor: filled(lens.len(), [0.0; 4])?, owners: owners.to_vec() })
+        Ok(Sums { per_tensor: filled(lens.len(), [0.0; 4])?, owners: owners.to_vec(), reduced: None })
     }
 
     fn update<R: ElementRule>(
@@ -787,6 +831,27 @@ impl Device for Cpu {
         Ok(())
     }
 
+    fn update_scaled<R: ElementRule>(
+        &self,
+        c: &R::Coeffs,
+        records: &Vec<R::Record>,
+        at: usize,
+        param: &mut TensorMut,
+        grad: &Tensor,
+        state: &mut Vec<R::State>,
+        scale: f32,
+    ) -> Result<()> {
+        refuse_assigning::<R>()?;
+        let p = R::prepare(c, &records[at]);
+        // advance_dot's advance, then apply_scaled's `θ − scale·delta` from the advanced state:
+        // the same bits as the two passes.
+        update(host_mut(param)?, host(grad)?, state, |g, theta, st: &mut R::State| {
+            R::advance(&p, g, theta, st);
+            scale * R::delta(&p, g, theta, st)
+        });
+        Ok(())
+    }
+
     fn advance_dot<R: ElementRule>(
         &self,
         c: &R::Coeffs,
@@ -798,7 +863,12 @@ impl Device for Cpu {
     ) -> Result<f64> {
         let p = R::prepare(c, &records[at]);
         let param = param.as_host().ok_or_else(|| Error::invalid("a device buffer was given to a CPU optimizer"))?;
-        Ok(advance_dot(param, host(grad)?, state, |g, theta, st| R::advance(&p, g, theta, st)))
+        // Σ g·delta: the displacement a wrapper scales (for most rules advance's own value; the
+        // peers' is the step itself, not the float32 move next to θ).
+        Ok(advance_dot(param, host(grad)?, state, |g, theta, st| {
+            R::advance(&p, g, theta, st);
+            R::delta(&p, g, theta, st)
+        }))
     }
 
     fn apply_scaled<R: ElementRule>(
@@ -826,12 +896,16 @@ impl Device for Cpu {
         state: &mut Vec<R::State>,
         sums: &mut Sums,
         tensor: usize,
+        commit: Commit,
     ) -> Result<()> {
         let p = R::prepare(c, &records[at]);
         let (param, grad) = (host(param)?, host(grad)?);
         same_len("dots", param.len(), state.len())?;
         same_len("dots", grad.len(), state.len())?;
-        let [x, y] = dot_pass(param, grad, state, |g, theta, st| R::dot(&p, g, theta, st));
+        let [x, y] = match commit {
+            Commit::Write => dot_pass(param, grad, state, |g, theta, st| R::dot(&p, g, theta, st)),
+            Commit::Measure => dot_pass(param, grad, state, |g, theta, st| R::dot(&p, g, theta, &mut st.clone())),
+        };
         sums.per_tensor[tensor] = [x, y, 0.0, 0.0];
         Ok(())
     }
@@ -852,18 +926,87 @@ impl Device for Cpu {
         Ok(())
     }
 
-    fn solve<S: SolveRule>(&self, p: &S::Params, coeffs: &Vec<S::Coeffs>, records: &mut Vec<S::Record>, sums: &Sums) -> Result<Option<usize>> {
-        let totals: Vec<[f64; 4]> = sums
-            .owners
-            .iter()
-            .map(|tensors| {
-                let mut total = [0.0f64; 4];
-                for &t in tensors {
-                    total.iter_mut().zip(sums.per_tensor[t]).for_each(|(s, v)| *s += v);
+    fn sampled<R: SampledRule>(
+        &self,
+        c: &R::Coeffs,
+        records: &Vec<R::Record>,
+        at: usize,
+        param: Option<&mut TensorMut>,
+        grad: &Tensor,
+        h: &Tensor,
+        samples: Option<&SampleView>,
+        state: &mut Vec<R::State>,
+        sums: &mut Sums,
+        tensor: usize,
+        commit: Commit,
+    ) -> Result<()> {
+        let p = R::prepare(c, &records[at]);
+        let (grad, h, len) = (host(grad)?, host(h)?, state.len());
+        same_len("sampled", grad.len(), len)?;
+        same_len("sampled", h.len(), len)?;
+        // A measuring pass moves nothing either.
+        let mut theta = match param.filter(|_| commit == Commit::Write) {
+            Some(param) => Some(host_mut(param)?),
+            None => None,
+        };
+        let data = match samples.map(|s| s.data) {
+            Some(SampleTensor::SumSq(d) | SampleTensor::Rows(d)) => Some(host(&d)?),
+            None => None,
+        };
+        // Block scratch on the heap, not the stack: a host thread may have a small stack.
+        let block = COLUMN_BLOCK.min(len);
+        let rows = matches!(samples.map(|s| s.data), Some(SampleTensor::Rows(_)));
+        let (zero, mut x) = (vec![0.0f32; block], vec![0.0f64; block]);
+        let mut row_sums = RowSums::new(if rows { block } else { 0 });
+        let mut total = [0.0f64; 4];
+        for start in (0..len).step_by(COLUMN_BLOCK) {
+            let end = (start + COLUMN_BLOCK).min(len);
+            let (x, g, h, st) = (&mut x[..end - start], &grad[start..end], &h[start..end], &mut state[start..end]);
+            match (samples, data) {
+                (Some(s), Some(data)) => {
+                    // About 0 the spread is the plain sum of squares S = Σ_i (k x_ij)².
+                    if rows {
+                        spread_from_rows(data, s.n, len, start, s.k, &zero[..end - start], &mut row_sums, x);
+                    } else {
+                        spread_from_sum_sq(&data[start..end], s.n, s.k, &zero[..end - start], x);
+                    }
+                    x.iter_mut().for_each(|v| *v /= s.n as f64);
                 }
-                total
-            })
-            .collect();
+                _ => x.iter_mut().zip(g).for_each(|(x, &g)| *x = f64::from(g) * f64::from(g)),
+            }
+            match theta.as_deref_mut() {
+                Some(theta) => {
+                    for ((((th, e), &g), &x), &h) in theta[start..end].iter_mut().zip(st.iter_mut()).zip(g).zip(x.iter()).zip(h) {
+                        *th -= R::advance(&p, g, x, h, e).displacement;
+                    }
+                }
+                None => {
+                    let mut max = total[3] as f32;
+                    let [s0, s1, s2] = reduce::<3, _>(g.len(), |j| {
+                        let out = match commit {
+                            Commit::Write => R::advance(&p, g[j], x[j], h[j], &mut st[j]),
+                            Commit::Measure => R::advance(&p, g[j], x[j], h[j], &mut st[j].clone()),
+                        };
+                        max = max.max(out.max);
+                        out.sums
+                    });
+                    total = [total[0] + s0, total[1] + s1, total[2] + s2, f64::from(max)];
+                }
+            }
+        }
+        sums.per_tensor[tensor] = total;
+        Ok(())
+    }
+
+    fn totals(&self, sums: &Sums) -> Result<Vec<[f64; 4]>> {
+        Ok(sums.per_record(false))
+    }
+
+    fn solve<S: SolveRule>(&self, p: &S::Params, coeffs: &Vec<S::Coeffs>, records: &mut Vec<S::Record>, sums: &mut Sums) -> Result<Option<usize>> {
+        let totals = match sums.reduced.take() {
+            Some(reduced) => reduced,
+            None => sums.per_record(S::LAST_IS_MAX),
+        };
         if S::REQUIRE_FINITE {
             if let Some(r) = totals.iter().position(|s| !s.iter().all(|v| v.is_finite())) {
                 return Ok(Some(r));
@@ -873,6 +1016,16 @@ impl Device for Cpu {
             S::solve(p, c, s, record);
         }
         Ok(None)
+    }
+
+    fn reduce_sums(&self, sums: &mut Sums, last_is_max: bool, comm: &dyn Communicator) -> Result<()> {
+        let local = sums.per_record(last_is_max);
+        sums.reduced = Some(all_reduce_records(local, last_is_max, comm)?);
+        Ok(())
+    }
+
+    fn abstain(&self, sums: &Sums, last_is_max: bool, comm: &dyn Communicator) -> Result<()> {
+        all_reduce_records(vec![[f64::NAN; 4]; sums.owners.len()], last_is_max, comm).map(|_| ())
     }
 
     fn check(&self, what: &str, tensor: usize, x: &Tensor, non_negative: bool) -> Result<()> {

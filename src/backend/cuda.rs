@@ -21,7 +21,10 @@ use std::sync::{Arc, Mutex};
 
 use cudarc::driver::{result, sys, CudaContext};
 
-use super::{Deferred, Device, DotRule, ElemState, ElementRule, Memory, MomentRule, Record, SampleTensor, SampleView, SolveRule, Tensor, TensorMut};
+use super::{
+    Commit, Communicator, Deferred, Device, DotRule, ElemState, ElementRule, Memory, MomentRule, Record, ReduceOp, ReduceValues, SampleTensor, SampleView,
+    SampledRule, SolveRule, Tensor, TensorMut,
+};
 use crate::error::{AlrStatus, Error, Result};
 
 /// The kernels for Ampere (8.x) and Hopper (9.x): a 13.0 driver cannot JIT PTX from a newer
@@ -40,8 +43,9 @@ const THREADS: u32 = 256;
 const MAX_BLOCKS: usize = 8192;
 /// Partial sums per tensor at most: enough blocks to fill an H100 several times over.
 const MAX_PARTIALS: usize = 1024;
-/// Bytes of a by-value argument block: every rule's coefficients and parameters fit.
-const ARGUMENT_BYTES: usize = 64;
+/// Bytes of a by-value argument block: every rule's coefficients and parameters fit (the
+/// largest, Prodigy's pass-1 coefficients, are 80).
+const ARGUMENT_BYTES: usize = 128;
 
 /// cuda/device.cuh's DeviceStatus.
 #[repr(C)]
@@ -158,6 +162,15 @@ pub struct Sums {
     /// How the record sums are formed (`alr_group_sums`): N and k² for Σg² moments, else 0.
     n: f64,
     square_scale: f64,
+    /// `group_sums` holds the sums over every process (`reduce_sums`): the next solve reads them.
+    reduced: bool,
+}
+
+impl Sums {
+    /// The address of tensor `tensor`'s first partial (four f64 sums each).
+    fn partials_of(&self, tensor: usize) -> u64 {
+        self.partials.at(self.offsets[tensor] * 4 * std::mem::size_of::<f64>())
+    }
 }
 
 /// A CUDA device's primary context and the caller's stream, with the kernels loaded.
@@ -267,6 +280,21 @@ impl Cuda {
         // cuda/device.cuh fix it per rule kind), every pointer argument addresses a buffer of
         // the sizes the kernel reads (sized here or checked by the optimizer).
         driver(unsafe { result::launch_kernel(f, (grid, 1, 1), (THREADS, 1, 1), 0, self.stream(), args) }, name)
+    }
+
+    /// The caller's reduction of the records' sums, in device memory on this optimizer's stream.
+    fn all_reduce_group_sums(&self, sums: &Sums, comm: &dyn Communicator) -> Result<()> {
+        let values = ReduceValues::Device { address: sums.group_sums.at(0), len: 4 * sums.n_records, stream: self.0.stream as *mut c_void };
+        comm.all_reduce(values, ReduceOp::Sum).map_err(super::reduce_failed)
+    }
+
+    /// Enqueues the per-record sums of `sums`' partials (cuda/device.cu's alr_group_sums).
+    fn group_sums(&self, sums: &Sums, last_is_max: bool) -> Result<()> {
+        let (mut partials, mut ranges, mut group_sums) = (sums.partials.at(0), sums.ranges.at(0), sums.group_sums.at(0));
+        let (mut n, mut square_scale, mut last_is_max, mut status) = (sums.n, sums.square_scale, i32::from(last_is_max), self.status_ptr());
+        let args =
+            &mut [arg(&mut partials), arg(&mut ranges), arg(&mut group_sums), arg(&mut n), arg(&mut square_scale), arg(&mut last_is_max), arg(&mut status)];
+        self.launch("alr_group_sums", (sums.n_records as u32).max(1), args)
     }
 
     fn status_ptr(&self) -> u64 {
@@ -389,6 +417,7 @@ impl Device for Cuda {
             n_records: owners.len(),
             n: 0.0,
             square_scale: 0.0,
+            reduced: false,
         };
         self.bind()?;
         sums.ranges.upload(self.stream(), &ranges)?;
@@ -404,17 +433,22 @@ impl Device for Cuda {
         grad: &Tensor,
         state: &mut Typed<R::State>,
     ) -> Result<()> {
-        if R::ASSIGNS {
-            // No kernel template sets θ yet (only schedule-free's rules do, and it is CPU-only).
-            return Err(Error::unsupported(format!("kernel {} sets θ, which the CUDA backend does not launch yet", R::KERNEL)));
-        }
-        let (mut p, mut g, mut s) = (param.address() as u64, device_ptr(grad), state.buffer.at(0));
-        let (mut len, mut c, mut r, mut st) = (param.len() as u64, by_value(c)?, records.at(at), self.status_ptr());
-        self.launch(
-            R::KERNEL,
-            elementwise_blocks(param.len()),
-            &mut [arg(&mut p), arg(&mut g), arg(&mut s), arg(&mut len), arg(&mut c), arg(&mut r), arg(&mut st)],
-        )
+        // A rule that `ASSIGNS` declares it in its kernel too (cuda/device.cuh's `assigns`).
+        self.launch_element::<R>(c, records, at, param, grad, state, None)
+    }
+
+    fn update_scaled<R: ElementRule>(
+        &self,
+        c: &R::Coeffs,
+        records: &Typed<R::Record>,
+        at: usize,
+        param: &mut TensorMut,
+        grad: &Tensor,
+        state: &mut Typed<R::State>,
+        scale: f32,
+    ) -> Result<()> {
+        super::refuse_assigning::<R>()?;
+        self.launch_element::<R>(c, records, at, param, grad, state, Some(scale))
     }
 
     fn advance_dot<R: ElementRule>(
@@ -452,13 +486,14 @@ impl Device for Cuda {
         state: &mut Typed<R::State>,
         sums: &mut Sums,
         tensor: usize,
+        commit: Commit,
     ) -> Result<()> {
         sums.n = 0.0;
         sums.square_scale = 0.0;
-        let partials = sums.partials.at(sums.offsets[tensor] * 4 * std::mem::size_of::<f64>());
+        let partials = sums.partials_of(tensor);
         let (mut p, mut g, mut s, mut len) = (device_ptr(param), device_ptr(grad), state.buffer.at(0), param.len() as u64);
-        let (mut c, mut r, mut st, mut out) = (by_value(c)?, records.at(at), self.status_ptr(), partials);
-        let args = &mut [arg(&mut p), arg(&mut g), arg(&mut s), arg(&mut len), arg(&mut c), arg(&mut r), arg(&mut st), arg(&mut out)];
+        let (mut c, mut r, mut st, mut out, mut write) = (by_value(c)?, records.at(at), self.status_ptr(), partials, i32::from(commit == Commit::Write));
+        let args = &mut [arg(&mut p), arg(&mut g), arg(&mut s), arg(&mut len), arg(&mut c), arg(&mut r), arg(&mut st), arg(&mut out), arg(&mut write)];
         self.launch(R::KERNEL, partials_for(param.len()) as u32, args)
     }
 
@@ -479,7 +514,7 @@ impl Device for Cuda {
         };
         sums.n = samples.n as f64;
         sums.square_scale = if matches!(samples.data, SampleTensor::SumSq(_)) { samples.k * samples.k } else { 0.0 };
-        let partials = sums.partials.at(sums.offsets[tensor] * 4 * std::mem::size_of::<f64>());
+        let partials = sums.partials_of(tensor);
         let (mut g, mut s, mut n_rows, mut k) = (device_ptr(grad), state.buffer.at(0), samples.n as u64, samples.k as f32);
         let (mut len, mut c, mut r, mut st, mut out) = (grad.len() as u64, by_value(c)?, records.at(at), self.status_ptr(), partials);
         let args = &mut [
@@ -498,12 +533,64 @@ impl Device for Cuda {
         self.launch(M::KERNEL, partials_for(grad.len()) as u32, args)
     }
 
-    fn solve<S: SolveRule>(&self, p: &S::Params, coeffs: &Typed<S::Coeffs>, records: &mut Typed<S::Record>, sums: &Sums) -> Result<Option<usize>> {
-        let n_groups = sums.n_records as u32;
-        let (mut partials, mut ranges, mut group_sums) = (sums.partials.at(0), sums.ranges.at(0), sums.group_sums.at(0));
-        let (mut n, mut square_scale, mut status) = (sums.n, sums.square_scale, self.status_ptr());
-        let args = &mut [arg(&mut partials), arg(&mut ranges), arg(&mut group_sums), arg(&mut n), arg(&mut square_scale), arg(&mut status)];
-        self.launch("alr_group_sums", n_groups.max(1), args)?;
+    fn sampled<R: SampledRule>(
+        &self,
+        c: &R::Coeffs,
+        records: &Typed<R::Record>,
+        at: usize,
+        param: Option<&mut TensorMut>,
+        grad: &Tensor,
+        h: &Tensor,
+        samples: Option<&SampleView>,
+        state: &mut Typed<R::State>,
+        sums: &mut Sums,
+        tensor: usize,
+        commit: Commit,
+    ) -> Result<()> {
+        // x is formed in the kernel: the sums need no conversion in the solve.
+        sums.n = 0.0;
+        sums.square_scale = 0.0;
+        let (mut sum_sq, mut rows, mut n_rows, mut k) = match samples {
+            Some(SampleView { data: SampleTensor::SumSq(s), n, k }) => (device_ptr(s), 0u64, *n as u64, *k),
+            Some(SampleView { data: SampleTensor::Rows(m), n, k }) => (0u64, device_ptr(m), *n as u64, *k),
+            None => (0u64, 0u64, 0u64, 0.0),
+        };
+        // A measuring pass moves nothing either.
+        let mut theta = param.filter(|_| commit == Commit::Write).map_or(0u64, |p| p.address() as u64);
+        let mut write = i32::from(commit == Commit::Write);
+        let partials = sums.partials_of(tensor);
+        let (mut g, mut curvature, mut s, mut len) = (device_ptr(grad), device_ptr(h), state.buffer.at(0), grad.len() as u64);
+        let (mut c, mut r, mut st, mut out) = (by_value(c)?, records.at(at), self.status_ptr(), partials);
+        let args = &mut [
+            arg(&mut theta),
+            arg(&mut g),
+            arg(&mut curvature),
+            arg(&mut s),
+            arg(&mut sum_sq),
+            arg(&mut rows),
+            arg(&mut n_rows),
+            arg(&mut k),
+            arg(&mut len),
+            arg(&mut c),
+            arg(&mut r),
+            arg(&mut st),
+            arg(&mut out),
+            arg(&mut write),
+        ];
+        self.launch(R::KERNEL, partials_for(grad.len()) as u32, args)
+    }
+
+    fn totals(&self, sums: &Sums) -> Result<Vec<[f64; 4]>> {
+        self.group_sums(sums, false)?;
+        let flat = sums.group_sums.download::<f64>(self.stream(), 4 * sums.n_records)?;
+        Ok(flat.chunks_exact(4).map(|s| [s[0], s[1], s[2], s[3]]).collect())
+    }
+
+    fn solve<S: SolveRule>(&self, p: &S::Params, coeffs: &Typed<S::Coeffs>, records: &mut Typed<S::Record>, sums: &mut Sums) -> Result<Option<usize>> {
+        if !std::mem::take(&mut sums.reduced) {
+            self.group_sums(sums, S::LAST_IS_MAX)?;
+        }
+        let (mut group_sums, mut status) = (sums.group_sums.at(0), self.status_ptr());
         let (mut n_records, mut step) = (sums.n_records as u64, self.step_tag());
         if S::REQUIRE_FINITE {
             self.launch("alr_check_sums", 1, &mut [arg(&mut group_sums), arg(&mut n_records), arg(&mut step), arg(&mut status)])?;
@@ -513,6 +600,28 @@ impl Device for Cuda {
         self.launch(S::KERNEL, 1, args)?;
         // A rejected record shows in the status word, read by `settle`.
         Ok(None)
+    }
+
+    fn reduce_sums(&self, sums: &mut Sums, last_is_max: bool, comm: &dyn Communicator) -> Result<()> {
+        if last_is_max {
+            return Err(Error::unsupported("a maximum over processes (vsgd-g/-b's h⁺) is not reduced on CUDA yet: shard vsgd-g/-b on the CPU"));
+        }
+        self.group_sums(sums, false)?;
+        self.all_reduce_group_sums(sums, comm)?;
+        // Non-finite sums over all processes stop the step on every process (the status word).
+        let (mut group_sums, mut n_records, mut step, mut status) = (sums.group_sums.at(0), sums.n_records as u64, self.step_tag(), self.status_ptr());
+        self.launch("alr_check_sums", 1, &mut [arg(&mut group_sums), arg(&mut n_records), arg(&mut step), arg(&mut status)])?;
+        sums.reduced = true;
+        Ok(())
+    }
+
+    fn abstain(&self, sums: &Sums, last_is_max: bool, comm: &dyn Communicator) -> Result<()> {
+        if last_is_max {
+            return Err(Error::unsupported("a maximum over processes (vsgd-g/-b's h⁺) is not reduced on CUDA yet: shard vsgd-g/-b on the CPU"));
+        }
+        self.bind()?;
+        sums.group_sums.upload(self.stream(), &vec![f64::NAN; 4 * sums.n_records])?;
+        self.all_reduce_group_sums(sums, comm)
     }
 
     fn check(&self, _what: &str, _tensor: usize, x: &Tensor, non_negative: bool) -> Result<()> {
@@ -559,6 +668,27 @@ impl Device for Cuda {
 }
 
 impl Cuda {
+    /// The element kernel of `R` over one tensor: `θ ← θ − advance(…)`, with a scale
+    /// `θ ← θ − scale·delta(…)` from the advanced state (or `next` for a rule that assigns).
+    #[allow(clippy::too_many_arguments)] // one tensor's buffers, the rule's scalars, the scale
+    fn launch_element<R: ElementRule>(
+        &self,
+        c: &R::Coeffs,
+        records: &Typed<R::Record>,
+        at: usize,
+        param: &mut TensorMut,
+        grad: &Tensor,
+        state: &mut Typed<R::State>,
+        scale: Option<f32>,
+    ) -> Result<()> {
+        let (mut p, mut g, mut s) = (param.address() as u64, device_ptr(grad), state.buffer.at(0));
+        let (mut len, mut c, mut r, mut st) = (param.len() as u64, by_value(c)?, records.at(at), self.status_ptr());
+        // Scaled (update_scaled): θ − scale·delta from the advanced state; else θ − advance.
+        let (mut scale, mut scaled) = (scale.unwrap_or(1.0), i32::from(scale.is_some()));
+        let args = &mut [arg(&mut p), arg(&mut g), arg(&mut s), arg(&mut len), arg(&mut c), arg(&mut r), arg(&mut st), arg(&mut scale), arg(&mut scaled)];
+        self.launch(R::KERNEL, elementwise_blocks(param.len()), args)
+    }
+
     fn alloc_records<R: Record>(&self, len: usize) -> Result<Typed<R>> {
         let bytes = len.checked_mul(std::mem::size_of::<R>()).ok_or_else(|| Error::invalid(format!("{len} records overflow")))?;
         Ok(Typed { buffer: Buffer::zeroed(&self.0.context, bytes)?, len, _values: PhantomData })

@@ -103,7 +103,10 @@ pub trait ElementRule: KernelRule {
     fn next(p: &Self::Prepared, g: f32, theta: f32, state: &mut Self::State) -> f32 {
         theta - Self::advance(p, g, theta, state)
     }
-    /// The displacement of the step just taken, from the advanced state (GI's second pass).
+    /// The displacement of the step just taken, from the advanced state: what a wrapper scales
+    /// (GI's φ and second pass, schedule-free's base). `advance`'s value for most rules; a rule
+    /// that forms its new θ as the reference does (the peers) returns the step itself here,
+    /// not the float32 move `θ − fl(θ − step)` next to θ.
     fn delta(p: &Self::Prepared, g: f32, theta: f32, state: &Self::State) -> f32;
 }
 
@@ -120,8 +123,26 @@ pub trait MomentRule: KernelRule {
     fn weights(p: &Self::Prepared, state: &Self::State, g: f32) -> (f32, f32);
 }
 
-/// A per-record scalar solve from the record's sums (its tensors' sums added in tensor order):
-/// a host loop on the CPU, one kernel launch on a GPU.
+/// What a sampled pass makes of one element: its displacement (`θ ← θ − displacement` when the
+/// pass moves θ), three terms for the tensor's sums and one for its maximum.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Sampled {
+    pub displacement: f32,
+    pub sums: [f64; 3],
+    pub max: f32,
+}
+
+/// A per-element rule that reads, besides g, a second caller tensor `h` (vSGD's curvature) and
+/// `x_j`, the column's per-sample second moment about 0 in f64: `Σ_i (k x_ij)² / N` from Σg² or
+/// from the N × len rows, or `g_j²` without per-sample data. It advances the state; the pass
+/// adds the terms' three sums and takes the maximum (from 0) into the tensor's four slots.
+pub trait SampledRule: KernelRule {
+    fn advance(p: &Self::Prepared, g: f32, x: f64, h: f32, state: &mut Self::State) -> Sampled;
+}
+
+/// A per-record scalar solve from the record's sums (its tensors' sums added in tensor order;
+/// with `LAST_IS_MAX` the fourth slot is their maximum): a host loop on the CPU, one kernel
+/// launch on a GPU.
 pub trait SolveRule: 'static {
     type Record: Record;
     /// Per-record coefficients (options), kept in device memory beside the records.
@@ -131,7 +152,65 @@ pub trait SolveRule: 'static {
     const KERNEL: &'static str;
     /// When any record's sums are not finite, refuse the step and change no record.
     const REQUIRE_FINITE: bool;
+    /// The fourth slot is a maximum over the record's tensors (a sampled pass's), not a sum.
+    const LAST_IS_MAX: bool = false;
     fn solve(p: &Self::Params, c: &Self::Coeffs, sums: &[f64; 4], record: &mut Self::Record);
+}
+
+/// Whether a pass writes the state it advances (`Write`), or only reads it (`Measure`: the
+/// sums of a sharded step before its reduction, which must change nothing if it fails).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Commit {
+    Write,
+    Measure,
+}
+
+/// How a reduction combines the processes' values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReduceOp {
+    Sum,
+    Max,
+}
+
+/// The values a reduction combines in place: host memory, or device memory ordered on the
+/// optimizer's stream.
+pub enum ReduceValues<'a> {
+    Host(&'a mut [f64]),
+    Device { address: u64, len: usize, stream: *mut std::ffi::c_void },
+}
+
+/// The caller's communicator over the processes that hold shards of the same tensors
+/// (`MPI_Allreduce`, `torch.distributed.all_reduce`, NCCL): combines the values in place.
+pub trait Communicator: Send + Sync {
+    fn all_reduce(&self, values: ReduceValues, op: ReduceOp) -> std::result::Result<(), String>;
+}
+
+/// A reduction pass over a sharded step's tensors: without a communicator, `pass(Write)`; with
+/// one, `pass(Measure)` (the state only read, when `mutates`), the reduction — where a failure
+/// leaves everything as it was —, then `pass(Write)` from the same state and records.
+pub fn reduced_pass<D: Device>(
+    device: &D,
+    sums: &mut D::Sums,
+    last_is_max: bool,
+    comm: Option<&dyn Communicator>,
+    mutates: bool,
+    mut pass: impl FnMut(&mut D::Sums, Commit) -> Result<()>,
+) -> Result<()> {
+    let Some(comm) = comm else {
+        return pass(sums, Commit::Write);
+    };
+    if !mutates {
+        pass(sums, Commit::Write)?;
+        return device.reduce_sums(sums, last_is_max, comm);
+    }
+    pass(sums, Commit::Measure)?;
+    device.reduce_sums(sums, last_is_max, comm)?;
+    pass(sums, Commit::Write)
+}
+
+/// The error of a reduce callback that failed.
+pub fn reduce_failed(why: String) -> Error {
+    Error::callback(format!("the reduce callback failed ({why}); nothing changed on this process"))
 }
 
 /// Where a caller's buffer lives.
@@ -307,6 +386,14 @@ impl<'a> From<&'a mut [f32]> for TensorMut<'a> {
     }
 }
 
+/// A scaled step has no meaning for a rule that sets θ itself (schedule-free's own rules).
+pub(crate) fn refuse_assigning<R: ElementRule>() -> Result<()> {
+    if R::ASSIGNS {
+        return Err(Error::invalid(format!("kernel {} sets θ: it cannot be scaled", R::KERNEL)));
+    }
+    Ok(())
+}
+
 /// No buffer can hold more than `isize::MAX` bytes: a longer length is a caller's bug (a wrong
 /// batch size, say), refused before any slice is formed from it.
 fn check_buffer_len(len: usize) -> Result<()> {
@@ -397,8 +484,41 @@ pub trait Device: Clone + Send + Sync + 'static {
         state: &mut Self::State<R::State>,
     ) -> Result<()>;
 
-    /// Advances the state as `update` would, leaves θ alone, and returns `Σ g·displacement`
-    /// (GI's proposal: it needs the sum on the host).
+    /// `θ ← θ − scale·displacement` over one tensor, advancing its state: the arithmetic of
+    /// `advance_dot` then `apply_scaled` in one pass, without the sum (schedule-free steps an
+    /// automatic base this way, on any device). Not for a rule that `ASSIGNS`.
+    #[allow(clippy::too_many_arguments)] // one tensor's buffers and the rule's scalars, as `update`
+    fn update_scaled<R: ElementRule>(
+        &self,
+        c: &R::Coeffs,
+        records: &Self::Records<R::Record>,
+        at: usize,
+        param: &mut TensorMut,
+        grad: &Tensor,
+        state: &mut Self::State<R::State>,
+        scale: f32,
+    ) -> Result<()>;
+
+    /// `update`, or `update_scaled` by a wrapper's `scale` when one is given.
+    #[allow(clippy::too_many_arguments)] // as `update_scaled`
+    fn update_by<R: ElementRule>(
+        &self,
+        c: &R::Coeffs,
+        records: &Self::Records<R::Record>,
+        at: usize,
+        param: &mut TensorMut,
+        grad: &Tensor,
+        state: &mut Self::State<R::State>,
+        scale: Option<f32>,
+    ) -> Result<()> {
+        match scale {
+            None => self.update::<R>(c, records, at, param, grad, state),
+            Some(scale) => self.update_scaled::<R>(c, records, at, param, grad, state, scale),
+        }
+    }
+
+    /// Advances the state as `update` would, leaves θ alone, and returns `Σ g·delta` (GI's
+    /// proposal: it needs the sum on the host).
     fn advance_dot<R: ElementRule>(
         &self,
         c: &R::Coeffs,
@@ -434,6 +554,7 @@ pub trait Device: Clone + Send + Sync + 'static {
         state: &mut Self::State<R::State>,
         sums: &mut Self::Sums,
         tensor: usize,
+        commit: Commit,
     ) -> Result<()>;
 
     /// The spread moments of `M` over one tensor into `sums` (all four slots of `tensor`). A
@@ -451,6 +572,29 @@ pub trait Device: Clone + Send + Sync + 'static {
         tensor: usize,
     ) -> Result<()>;
 
+    /// `R::advance` over one tensor with its curvature `h` and per-sample data (`None`: x = g²),
+    /// into `sums` (`[Σ sums₀, Σ sums₁, Σ sums₂, max(0, max)]` of tensor `tensor`); with `param`
+    /// the pass also moves θ by the displacement, and leaves the sums alone.
+    #[allow(clippy::too_many_arguments)] // one tensor's buffers, the rule's scalars, the output
+    fn sampled<R: SampledRule>(
+        &self,
+        c: &R::Coeffs,
+        records: &Self::Records<R::Record>,
+        at: usize,
+        param: Option<&mut TensorMut>,
+        grad: &Tensor,
+        h: &Tensor,
+        samples: Option<&SampleView>,
+        state: &mut Self::State<R::State>,
+        sums: &mut Self::Sums,
+        tensor: usize,
+        commit: Commit,
+    ) -> Result<()>;
+
+    /// Every record's sums (its tensors' sums added in tensor order) on the host, for what a
+    /// step must hand to the host (GI's φ from a proposal). A GPU waits for the passes here.
+    fn totals(&self, sums: &Self::Sums) -> Result<Vec<[f64; 4]>>;
+
     /// `S::solve` for every record from its sums. With `S::REQUIRE_FINITE`, a record whose
     /// sums are not finite stops the step before any record changes: `Ok(Some(r))` names it
     /// where the device can tell at once (CPU); a GPU sets its status word instead.
@@ -459,8 +603,20 @@ pub trait Device: Clone + Send + Sync + 'static {
         p: &S::Params,
         coeffs: &Self::Records<S::Coeffs>,
         records: &mut Self::Records<S::Record>,
-        sums: &Self::Sums,
+        sums: &mut Self::Sums,
     ) -> Result<Option<usize>>;
+
+    /// Sharded training (docs/algorithms.md §7): every record's sums added over this process's
+    /// tensors, then over every process through `comm` (one call; two with `last_is_max`, whose
+    /// fourth slots are combined by a maximum). The next `solve` reads these instead of its own
+    /// sums. Reduced sums that are not finite (bad input on some process, or an overflow) are an
+    /// error on every process alike, before anything changes.
+    fn reduce_sums(&self, sums: &mut Self::Sums, last_is_max: bool, comm: &dyn Communicator) -> Result<()>;
+
+    /// The calls `reduce_sums` makes, with NaN for every value: a process whose own inputs were
+    /// refused still takes part in the step's collectives (one that skipped them would hang the
+    /// others), and the NaN makes every process refuse the step.
+    fn abstain(&self, sums: &Self::Sums, last_is_max: bool, comm: &dyn Communicator) -> Result<()>;
 
     /// Checks an input: every value finite, or (with `non_negative`) none negative. The CPU
     /// answers at once, naming the element; a GPU enqueues the check and reports through its

@@ -7,7 +7,8 @@
 
 use super::handle::{self, AlrOptimizer};
 use super::{c_str, guard, non_null};
-use crate::backend::{DeviceKind, DeviceSpec, Tensor, TensorMut};
+use crate::algorithm::Shards;
+use crate::backend::{Communicator, DeviceKind, DeviceSpec, ReduceOp, ReduceValues, Tensor, TensorMut};
 use crate::error::{AlrStatus, Error};
 use crate::optimizer::{Callbacks, GradFn, LossFn, Optimizer, SampleData, SampleScale, Samples, StepInputs};
 use crate::registry;
@@ -77,6 +78,79 @@ pub struct AlrCreateArgs {
     pub device_ordinal: i32,
     /// CUDA stream (`CUstream` / `cudaStream_t`; NULL = default stream; ignored on CPU).
     pub stream: *mut c_void,
+    /// 1: the tensors are this process's shards of tensors split over processes (ZeRO, FSDP);
+    /// every reduction of a step is then summed over the processes through `reduce`
+    /// (docs/algorithms.md §7). 0: whole tensors (also under DDP, whose replicas need none).
+    pub sharded: i32,
+    /// Required when `sharded`, NULL otherwise: see `AlrReduceFn`.
+    pub reduce: AlrReduceFn,
+    pub reduce_user_data: *mut c_void,
+}
+
+/// `AlrCreateArgs` up to `stream`: what a caller built against the first header passes.
+const CREATE_ARGS_FIRST: usize = std::mem::offset_of!(AlrCreateArgs, sharded);
+
+/// How `AlrReduceFn` combines the processes' values.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AlrReduceOp {
+    AlrReduceSum = 0,
+    AlrReduceMax = 1,
+}
+
+/// The caller's communicator: combines `n` doubles at `values` in place over every process of
+/// the sharded optimizer (`op`: an `AlrReduceOp`; `MPI_Allreduce`, `torch.distributed.all_reduce`,
+/// `ncclAllReduce`), returning 0 on success. On a CUDA optimizer `values` is device memory and
+/// the call must be ordered on `stream` (the optimizer's); on the CPU `stream` is NULL. Every
+/// process makes the same calls in the same order in every step (one or two per step, listed in
+/// the README's "More than one process"), including a process whose own inputs were refused
+/// (it passes NaN, so that every process refuses the step); the values are per-step sums only.
+/// A failure is returned from the step as ALR_CALLBACK_FAILED with nothing changed on that
+/// process. It must not call the optimizer.
+pub type AlrReduceFn = Option<unsafe extern "C" fn(user_data: *mut c_void, values: *mut f64, n: usize, op: i32, stream: *mut c_void) -> i32>;
+
+/// A C reduce callback as the optimizer's communicator.
+struct CReduce {
+    reduce: unsafe extern "C" fn(*mut c_void, *mut f64, usize, i32, *mut c_void) -> i32,
+    user_data: *mut c_void,
+}
+
+// SAFETY: the header's contract: the callback and its user data serve the thread that steps the
+// optimizer, which holds the handle exclusively for the call (`handle::get`).
+unsafe impl Send for CReduce {}
+unsafe impl Sync for CReduce {}
+
+impl Communicator for CReduce {
+    fn all_reduce(&self, values: ReduceValues, op: ReduceOp) -> std::result::Result<(), String> {
+        let (ptr, n, stream) = match values {
+            ReduceValues::Host(v) => (v.as_mut_ptr(), v.len(), std::ptr::null_mut()),
+            ReduceValues::Device { address, len, stream } => (address as *mut f64, len, stream),
+        };
+        let op = match op {
+            ReduceOp::Sum => AlrReduceOp::AlrReduceSum,
+            ReduceOp::Max => AlrReduceOp::AlrReduceMax,
+        } as i32;
+        // SAFETY: the caller's contract; `ptr` addresses `n` doubles for the call.
+        match unsafe { (self.reduce)(self.user_data, ptr, n, op, stream) } {
+            0 => Ok(()),
+            rc => Err(format!("it returned {rc}")),
+        }
+    }
+}
+
+/// The caller's `AlrCreateArgs` of either version, the fields it did not pass zeroed.
+///
+/// # Safety
+/// `args` addresses at least `size` readable bytes, `size` being one of the two versions' sizes
+/// or larger.
+unsafe fn create_args(args: *const AlrCreateArgs, size: usize) -> AlrCreateArgs {
+    let mut out = std::mem::MaybeUninit::<AlrCreateArgs>::zeroed();
+    // SAFETY: the caller's contract; every field of AlrCreateArgs is valid when zeroed (null
+    // pointers, no callback, 0).
+    unsafe {
+        std::ptr::copy_nonoverlapping(args.cast::<u8>(), out.as_mut_ptr().cast::<u8>(), size.min(std::mem::size_of::<AlrCreateArgs>()));
+        out.assume_init()
+    }
 }
 
 /// Evaluates the loss on the current batch at `params` (`n_tensors` pointers in registration
@@ -224,8 +298,11 @@ pub extern "C" fn alr_algorithms(device: i32) -> *const c_char {
 /// Returns ALR_OK, ALR_NULL_POINTER, ALR_INVALID_ARGUMENT (unknown algorithm — the message
 /// lists the accepted names —, bad group ids, zero-length tensor, struct_size too small),
 /// ALR_UNSUPPORTED (a CUDA device on a build without the `cuda` feature, or an algorithm
-/// without CUDA kernels: `alr_algorithms(ALR_DEVICE_CUDA)` lists those with them), ALR_CUDA_ERROR (no CUDA driver,
-/// no such device, or a CUDA call failed).
+/// without CUDA kernels: `alr_algorithms(ALR_DEVICE_CUDA)` lists those with them; `sharded` for
+/// an algorithm that does not reduce over shards yet), ALR_CUDA_ERROR (no CUDA driver, no such
+/// device, or a CUDA call failed). ALR_INVALID_ARGUMENT also for `sharded` not 0 or 1, or set
+/// without `reduce` (or `reduce` without it), and for a struct_size that is neither version's
+/// (`offsetof(AlrCreateArgs, sharded)`, before sharding, or `sizeof(AlrCreateArgs)`).
 #[no_mangle]
 pub extern "C" fn alr_create(args: *const AlrCreateArgs, out: *mut *mut AlrOptimizer) -> AlrStatus {
     guard("alr_create", || {
@@ -235,9 +312,12 @@ pub extern "C" fn alr_create(args: *const AlrCreateArgs, out: *mut *mut AlrOptim
         non_null!(args, "args");
         // SAFETY: args is non-null; struct_size is the first field of every version.
         let size = unsafe { (*args).struct_size };
-        check_struct_size(size, std::mem::size_of::<AlrCreateArgs>(), "AlrCreateArgs")?;
-        // SAFETY: struct_size says the caller's struct is at least this version's size.
-        let args = unsafe { &*args };
+        check_struct_size(size, CREATE_ARGS_FIRST, "AlrCreateArgs")?;
+        if size != CREATE_ARGS_FIRST {
+            check_struct_size(size, std::mem::size_of::<AlrCreateArgs>(), "AlrCreateArgs")?;
+        }
+        // SAFETY: struct_size says the caller's struct is at least that version's size.
+        let args = &unsafe { create_args(args, size) };
         let name = c_str(args.algorithm, "algorithm")?;
         if args.n_tensors == 0 {
             return Err(Error::invalid("n_tensors is 0: an optimizer needs at least one tensor"));
@@ -261,23 +341,27 @@ pub extern "C" fn alr_create(args: *const AlrCreateArgs, out: *mut *mut AlrOptim
             wide.extend(ids.iter().map(|&g| g as usize));
             Some(wide)
         };
-        let opt = match args.device {
-            d if d == AlrDevice::AlrDeviceCpu as i32 => Optimizer::new(name, lens, groups.as_deref())?,
-            d if d == AlrDevice::AlrDeviceCuda as i32 => on_cuda(name, lens, groups.as_deref(), args)?,
+        let shards: Shards = match (args.sharded, args.reduce) {
+            (0, None) => None,
+            (1, Some(reduce)) => Some(std::sync::Arc::new(CReduce { reduce, user_data: args.reduce_user_data })),
+            (1, None) => return Err(Error::invalid("sharded is 1 but reduce is NULL: sharded tensors need the callback that sums over the processes")),
+            (0, Some(_)) => return Err(Error::invalid(
+                "reduce is set but sharded is 0: the callback serves sharded tensors only (replicated DDP parameters need no reduction inside the optimizer)",
+            )),
+            (flag, _) => return Err(Error::invalid(format!("sharded is {flag}; accepted: 0 or 1"))),
+        };
+        let device = match args.device {
+            d if d == AlrDevice::AlrDeviceCpu as i32 => DeviceSpec::cpu(),
+            // SAFETY: the header documents that `stream` is NULL or a stream of that device,
+            // alive while the optimizer is.
+            d if d == AlrDevice::AlrDeviceCuda as i32 => unsafe { DeviceSpec::cuda(args.device_ordinal, args.stream) }?,
             d => return Err(Error::invalid(format!("device is {d}; accepted: ALR_DEVICE_CPU (0), ALR_DEVICE_CUDA (1)"))),
         };
+        let opt = Optimizer::on_shards(device, name, lens, groups.as_deref(), shards)?;
         // SAFETY: checked non-null above.
         unsafe { *out = handle::register(opt) };
         Ok(())
     })
-}
-
-/// An optimizer on CUDA device `args.device_ordinal`, stepping on `args.stream`.
-fn on_cuda(name: &str, lens: &[usize], groups: Option<&[usize]>, args: &AlrCreateArgs) -> Result<Optimizer, Error> {
-    // SAFETY: the header documents that `stream` is NULL or a stream of that device, alive
-    // while the optimizer is.
-    let device = unsafe { DeviceSpec::cuda(args.device_ordinal, args.stream) }?;
-    Optimizer::on(device, name, lens, groups)
 }
 
 /// Frees an optimizer. NULL is a no-op. Returns ALR_OK, or ALR_INVALID_ARGUMENT for a handle
@@ -312,10 +396,10 @@ pub extern "C" fn alr_set_group_option(opt: *mut AlrOptimizer, group: usize, nam
     })
 }
 
-/// Sets a string option: only "base", the wrapped algorithm's name, of `gi` and `schedule-free`
-/// (the aliases `sf-adamw` and `sf-sgd` fix theirs). Set it before the first step and before the
-/// wrapped algorithm's options (it resets them to defaults).
-/// Returns ALR_OK, ALR_NULL_POINTER, ALR_INVALID_ARGUMENT, ALR_WRONG_STATE.
+/// Sets a string option: only the "base" of gi and schedule-free (the wrapped algorithm's
+/// name). Set it before the first step and before the wrapped algorithm's options (it resets
+/// them to defaults). Returns ALR_OK, ALR_NULL_POINTER, ALR_INVALID_ARGUMENT, ALR_WRONG_STATE,
+/// ALR_UNSUPPORTED (on a CUDA device, a base without CUDA kernels).
 #[no_mangle]
 pub extern "C" fn alr_set_option_str(opt: *mut AlrOptimizer, name: *const c_char, value: *const c_char) -> AlrStatus {
     guard("alr_set_option_str", || {
@@ -347,8 +431,9 @@ pub extern "C" fn alr_get_option(opt: *mut AlrOptimizer, group: usize, name: *co
 /// (e.g. N < 2 where a variance is needed, negative sum_sq or curvature, struct_size too
 /// small), ALR_SHAPE_MISMATCH (tensor count or a buffer length differs from the
 /// registration), ALR_NON_FINITE (NaN/Inf in an input), ALR_WRONG_STATE (GI waits for
-/// `alr_report_loss`; schedule-free is in eval mode: `alr_set_mode` ALR_MODE_TRAIN first), ALR_UNSUPPORTED (an input this algorithm does not use, or a required
-/// one missing), ALR_CALLBACK_FAILED.
+/// `alr_report_loss`; schedule-free is in eval mode: `alr_set_mode` ALR_MODE_TRAIN first),
+/// ALR_UNSUPPORTED (an input this algorithm does not use, or a required one missing),
+/// ALR_CALLBACK_FAILED.
 ///
 /// On a CUDA optimizer every buffer is a device pointer; the step is enqueued on the
 /// optimizer's stream and returns without waiting (no device-to-host copy: an auto-* step can
@@ -493,7 +578,9 @@ pub(crate) unsafe fn run_step(opt: &mut Optimizer, raw: RawStep) -> Result<(), E
 /// no-op. A step in eval mode is refused (ALR_WRONG_STATE). Returns ALR_OK, ALR_NULL_POINTER,
 /// ALR_INVALID_ARGUMENT (a mode that is no AlrMode, struct_size too small), ALR_SHAPE_MISMATCH,
 /// ALR_WRONG_STATE (schedule-free: already in that mode, except ALR_MODE_TRAIN before the first
-/// step); on failure the parameters are unchanged.
+/// step), and on a CUDA device the error an earlier step found there (ALR_NON_FINITE,
+/// ALR_INVALID_ARGUMENT: read first, as `alr_get_lr` reads it); on failure the parameters are
+/// unchanged.
 #[no_mangle]
 pub extern "C" fn alr_set_mode(opt: *mut AlrOptimizer, args: *const AlrModeArgs) -> AlrStatus {
     guard("alr_set_mode", || {

@@ -102,6 +102,9 @@ mod tests {
             device: 0,
             device_ordinal: 0,
             stream: null_mut(),
+            sharded: 0,
+            reduce: None,
+            reduce_user_data: std::ptr::null_mut(),
         };
         let mut opt = null_mut();
         assert_eq!(alr_create(&args, &mut opt), AlrStatus::AlrOk, "{}", last());

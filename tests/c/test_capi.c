@@ -35,6 +35,7 @@
 #include "autolr.h"
 
 #include <math.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -101,6 +102,12 @@ typedef struct {
     const float *gp[NT];
     AlrStepArgs args;
 } Fix;
+
+/* A communicator of one process: the sums over every process are this process's own. */
+static int identity_reduce(void *user_data, double *values, size_t n, int32_t op, void *stream) {
+    (void)user_data, (void)values, (void)n, (void)op, (void)stream;
+    return 0;
+}
 
 static AlrCreateArgs create_args(const char *algorithm, const size_t *lens, const uint32_t *groups, size_t n) {
     AlrCreateArgs a;
@@ -527,6 +534,36 @@ static void test_null_and_create_errors(void) {
     EXPECT(alr_create(&a, &out), ALR_INVALID_ARGUMENT, "alr_create with device 7");
     MSG_HAS("device is 7");
     CHECK(strcmp(alr_status_name(42), "ALR_UNKNOWN_STATUS") == 0, "alr_status_name(42) is '%s'", alr_status_name(42));
+
+    /* a caller compiled against the first header (before `sharded`) passes that struct: accepted */
+    a = create_args("adam", LENS, GROUPS, NT);
+    a.struct_size = offsetof(AlrCreateArgs, sharded);
+    a.sharded = 7; /* beyond that struct_size: never read */
+    EXPECT(alr_create(&a, &out), ALR_OK, "alr_create with the first header's struct_size");
+    EXPECT(alr_destroy(out), ALR_OK, "alr_destroy");
+    a.struct_size = offsetof(AlrCreateArgs, sharded) + 4;
+    EXPECT(alr_create(&a, &out), ALR_INVALID_ARGUMENT, "alr_create with a struct_size between the two versions");
+    MSG_HAS("struct_size");
+
+    /* sharded tensors: the flag and the reduce callback go together */
+    a = create_args("auto-adam", LENS, GROUPS, NT);
+    a.sharded = 1;
+    EXPECT(alr_create(&a, &out), ALR_INVALID_ARGUMENT, "alr_create sharded without reduce");
+    MSG_HAS("reduce is NULL");
+    a.sharded = 2;
+    EXPECT(alr_create(&a, &out), ALR_INVALID_ARGUMENT, "alr_create sharded = 2");
+    MSG_HAS("sharded is 2");
+    a.sharded = 0;
+    a.reduce = identity_reduce;
+    EXPECT(alr_create(&a, &out), ALR_INVALID_ARGUMENT, "alr_create reduce without sharded");
+    MSG_HAS("sharded is 0");
+    a.sharded = 1;
+    if (EXPECT(alr_create(&a, &out), ALR_OK, "alr_create sharded auto-adam")) EXPECT(alr_destroy(out), ALR_OK, "alr_destroy");
+    a = create_args("prodigy", LENS, GROUPS, NT);
+    a.sharded = 1;
+    a.reduce = identity_reduce;
+    EXPECT(alr_create(&a, &out), ALR_UNSUPPORTED, "alr_create sharded prodigy");
+    MSG_HAS("does not reduce over shards");
 
     /* a caller compiled against a newer header passes a larger struct: accepted */
     struct {

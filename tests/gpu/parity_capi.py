@@ -21,11 +21,31 @@ same library's CPU optimizer on the same inputs. For a machine with an NVIDIA GP
 - 20 steps of TLR (window 1 and 3, with and without momentum, global and per group) against
   the CPU: α per step and the parameters to float32 tolerance (its dots are reduced in another
   order on the GPU).
+- 20 steps of vsgd-l/-g/-b with the caller's curvature (no per-sample data, Σg², N × len rows),
+  through the slow start: η per step, τ and h⁺, the parameters, checkpoints both ways; a step
+  without curvature is refused (finite differences need a host gradient callback: CPU only).
 - A negative sum_sq entry: reported as ALR_INVALID_ARGUMENT on read-back, parameters untouched.
 - One 2^28-element auto-sgd tensor (Σg² form): the grid-stride loops and the partial cap, `a`
   and `V` against float64 sums on the host.
 - autolr.torch on CUDA parameters (AutoAdam fed by SumGradSquared, and Adam) trains a small
   model as on the CPU (forward/backward differ in rounding between devices: 1e-3 relative).
+- 24 steps of prodigy, dadapt-adam and dog (several option sets: β1 = 0, coupled and decoupled
+  decay, bias correction, safeguard warmup, growth bound, a group with lr 0, per-group options,
+  init_eta) on a noisy quadratic: lr per group and every telemetry entry (d, d_hat, dlr, η, r̄,
+  G, step and skip counts) after every step, the parameters at the end (float32 tolerance: their
+  sums are reduced in another order on the GPU), the adaptation having moved d or r̄; each
+  checkpoint loaded into the other device's optimizer carries the scalars, and a GPU optimizer
+  resumed from the CPU's checkpoint (with the CPU's parameters) continues as the CPU does.
+- A NaN gradient in sf-adamw's first step: the next eval() raises ALR_NON_FINITE with the
+  parameters untouched, and the optimizer carries on as one that never took that step.
+- 24 steps of sf-adamw, sf-sgd, schedule-free over momentum (warmup, weight decay) and over
+  automatic bases (auto-adam fed Σg², tlr, prodigy, dadapt-adam, dog: their scaled steps): the
+  averaging scalars (ckp1, lr, weights) and the base's telemetry and the parameters after every
+  step (over a fixed-rate base only the scalars' powers can round differently; over an automatic
+  base its sums too); halfway the eval() swap to x on both devices (x compared), a step and a
+  second eval() refused with ALR_WRONG_STATE and the parameters untouched, checkpoints taken in
+  eval mode moved both ways (the CPU one resumes the GPU optimizer), then train() back to y and
+  the remaining steps.
 
 These drive every kernel in cuda/ through the library's CUDA device (src/backend/cuda.rs), which
 loads them by name; there is no other way in.
@@ -56,6 +76,30 @@ FIXED = {
     "rmsprop": dict(lr=0.01),
 }
 AUTO = ("auto-sgd", "auto-adam", "auto-adagrad")
+# (name, options, per-group options set after creation). prodigy and dadapt-adam: a group's lr
+# is the largest one or 0 (the references' rule), so the per-group case sets group 1's to 0.
+PEERS = [
+    ("prodigy", {}, {}),
+    ("prodigy", dict(beta1=0.0, weight_decay=0.01, decouple=0, use_bias_correction=1), {}),
+    ("prodigy", dict(weight_decay=0.01, safeguard_warmup=1, d_coef=0.5, growth_rate=1.05), {"lr": 0.0}),
+    ("dadapt-adam", {}, {}),
+    ("dadapt-adam", dict(weight_decay=0.01, decouple=1, use_bias_correction=1, growth_rate=1.02), {"lr": 0.0}),
+    ("dog", {}, {}),
+    ("dog", dict(weight_decay=1e-3), {"reps_rel": 1e-4, "lr": 0.5}),
+    ("dog", dict(init_eta=1e-3), {}),
+]
+PEER_STEPS = 24
+SCHEDULE_FREE = [
+    ("sf-adamw", {}),
+    ("sf-adamw", dict(weight_decay=0.01, warmup_steps=5, lr=0.01)),
+    ("sf-sgd", dict(lr=0.5, weight_decay=1e-3)),
+    ("schedule-free", dict(base="momentum", lr=0.1, warmup_steps=3)),
+    ("schedule-free", dict(base="auto-adam", warmup_steps=3)),
+    ("schedule-free", dict(base="tlr", weight_decay=1e-3)),
+    ("schedule-free", dict(base="prodigy")),
+    ("schedule-free", dict(base="dadapt-adam", warmup_steps=3)),
+    ("schedule-free", dict(base="dog")),
+]
 TLR = [dict(), dict(momentum=0.8, weight_decay=5e-4), dict(window=3), dict(window=3, momentum=0.8, per_group=1)]
 
 
@@ -79,12 +123,13 @@ class Pair:
         """The GPU half of a step (alone: a step the CPU twin does not take)."""
         device = lambda arrays: [torch.from_numpy(np.ascontiguousarray(a)).cuda() for a in arrays]
         g = device(grads)
-        extra = {key: device(per_sample[key]) for key in ("sum_sq", "per_sample") if key in per_sample}
+        extra = {key: device(per_sample[key]) for key in ("sum_sq", "per_sample", "curvature") if key in per_sample}
         pointers = lambda key: [t.data_ptr() for t in extra[key]] if key in extra else None
         torch.cuda.current_stream().synchronize()  # the copies above ran on the default stream
         self.gpu.step([view.data_ptr() for _, view in self.bufs], [t.data_ptr() for t in g],
                       sum_sq=pointers("sum_sq"), per_sample=pointers("per_sample"),
-                      per_sample_scale=per_sample.get("per_sample_scale", "sample"), batch_size=per_sample.get("batch_size"))
+                      per_sample_scale=per_sample.get("per_sample_scale", "sample"), batch_size=per_sample.get("batch_size"),
+                      curvature=pointers("curvature"))
         self.stream.synchronize()  # keeps g / extra alive until the kernels have read them
 
     def params(self):
@@ -159,6 +204,177 @@ def tlr(options, rng, stream):
     return ok, f"params rel={params:.1e} α rel={worst:.1e} α trained={trained} checkpoint to the CPU={carried} sentinels={pair.intact()}"
 
 
+def vsgd(name, form, rng, stream):
+    """vSGD with the caller's curvature (its finite differences call a host callback: CPU only),
+    through the slow start (n0 = 3) and 17 regular steps: η per group and the parameters to
+    float32 tolerance (the units' sums are reduced in another order on the GPU), checkpoints
+    both ways."""
+    pair = Pair(name, rng, stream, dict(n0=3))
+    worst = 0.0
+    for _ in range(STEPS):
+        grads, per_sample = batch(rng, 8, form, "sample") if form else ([rng.standard_normal(n).astype(np.float32) for n in LENS], {})
+        per_sample["curvature"] = [rng.uniform(0.5, 2.0, n).astype(np.float32) for n in LENS]
+        pair.step(grads, **per_sample)
+        worst = max(worst, max(abs(a - b) / max(abs(b), 1e-30) for a, b in zip(pair.gpu.lr, pair.cpu.lr)))
+    params = rel(pair.params(), pair.host)
+    tele = max(abs(x - y) / max(abs(y), 1e-30) for key in ("tau_median", "h_plus") for x, y in zip(pair.gpu.telemetry()[key], pair.cpu.telemetry()[key]))
+    moved = autolr.Optimizer(name, [p.copy() for p in pair.host], groups=GROUPS, n0=3)
+    moved.load_state_dict(pair.gpu.state_dict())
+    carried = max(abs(a - b) / max(abs(b), 1e-30) for a, b in zip(moved.lr, pair.gpu.lr)) == 0.0
+    pair.gpu.load_state_dict(pair.cpu.state_dict())
+    carried &= pair.gpu.lr == pair.cpu.lr
+    try:
+        pair.gpu_step([rng.standard_normal(n).astype(np.float32) for n in LENS])
+        refused = "nothing"
+    except autolr.Error as e:
+        refused = e.status
+    # CudaOptimizer takes no gradient callback: without curvature vSGD has no curvature at all.
+    ok = params < 1e-4 and worst < 1e-4 and tele < 1e-4 and carried and refused == "ALR_INVALID_ARGUMENT" and pair.intact()
+    return ok, (f"params rel={params:.1e} η rel={worst:.1e} τ/h⁺ rel={tele:.1e} checkpoints both ways={carried} "
+                f"without curvature: {refused} sentinels={pair.intact()}")
+def quadratic(rng, params, target):
+    """A noisy quadratic's gradient at the CPU's parameters (both devices get these bits): a
+    consistent direction, so that the peers' estimates grow."""
+    return [(np.float32(0.5) * (p - c) + np.float32(0.1) * rng.standard_normal(p.size).astype(np.float32)).astype(np.float32)
+            for p, c in zip(params, target)]
+
+
+def tele_rel(got, want):
+    """The largest relative difference over every telemetry entry and group (a missing key fails)."""
+    if sorted(got) != sorted(want):
+        return float("inf")
+    return max((abs(x - y) / max(abs(y), 1e-30) for key in want for x, y in zip(got[key], want[key])), default=0.0)
+
+
+def set_group_options(opt, per_group):
+    for key, value in per_group.items():
+        opt.set_option(key, value, group=1)
+
+
+def peer(name, options, per_group, rng, stream):
+    pair = Pair(name, rng, stream, options)
+    set_group_options(pair.cpu, per_group)
+    set_group_options(pair.gpu, per_group)
+    start = [p.copy() for p in pair.host]
+    target = [rng.standard_normal(n).astype(np.float32) for n in LENS]
+    worst_lr = worst_tele = 0.0
+    for _ in range(PEER_STEPS):
+        pair.step(quadratic(rng, pair.host, target))
+        worst_lr = max(worst_lr, max(abs(a - b) / max(abs(b), 1e-30) for a, b in zip(pair.gpu.lr, pair.cpu.lr)))
+        worst_tele = max(worst_tele, tele_rel(pair.gpu.telemetry(), pair.cpu.telemetry()))
+    params = rel(pair.params(), pair.host)
+    tele = pair.cpu.telemetry()
+    adapted = tele["rbar"][0] > 0.0 if name == "dog" else tele["d"][0] > pair.cpu.get_option("d0")
+    moved = any(not np.array_equal(a, b) for a, b in zip(pair.host, start))
+    # The checkpoints carry the scalars both ways; the GPU resumed from the CPU's state (and the
+    # CPU's parameters) continues as the CPU does.
+    other = autolr.Optimizer(name, [p.copy() for p in pair.host], groups=GROUPS, **options)
+    set_group_options(other, per_group)
+    other.load_state_dict(pair.gpu.state_dict())
+    carried = other.telemetry() == pair.gpu.telemetry() and other.lr == pair.gpu.lr
+    pair.gpu.load_state_dict(pair.cpu.state_dict())
+    carried &= pair.gpu.telemetry() == pair.cpu.telemetry() and pair.gpu.lr == pair.cpu.lr
+    for (_, view), h in zip(pair.bufs, pair.host):
+        view.copy_(torch.from_numpy(h))
+    torch.cuda.current_stream().synchronize()
+    for _ in range(3):
+        pair.step(quadratic(rng, pair.host, target))
+    resumed = rel(pair.params(), pair.host)
+    ok = (params < 1e-4 and worst_lr < 1e-5 and worst_tele < 1e-5 and adapted and moved and carried and resumed < 1e-4
+          and pair.intact())
+    return ok, (f"params rel={params:.1e} lr rel={worst_lr:.1e} telemetry rel={worst_tele:.1e} adapted={adapted} "
+                f"moved={moved} checkpoints carry the scalars both ways={carried} resumed from the CPU rel={resumed:.1e} "
+                f"sentinels={pair.intact()}")
+
+
+def status_of(call):
+    """The status a call raises ("nothing" when it returns)."""
+    try:
+        call()
+    except autolr.Error as e:
+        return e.status
+    return "nothing"
+
+
+def schedule_free(name, options, rng, stream):
+    pair = Pair(name, rng, stream, options)
+    pointers = [view.data_ptr() for _, view in pair.bufs]
+    target = [rng.standard_normal(n).astype(np.float32) for n in LENS]
+    base = options.get("base", "")
+    if base.startswith("auto-"):
+        inputs = lambda: batch(rng, 8, "sum_sq", "sample")  # noqa: E731
+    else:
+        inputs = lambda: (quadratic(rng, pair.host, target), {})  # noqa: E731
+    # Over an automatic base its sums are reduced in another order on the GPU.
+    params_tol, scalars_tol = (1e-6, 1e-12) if base in ("", "momentum") else (1e-4, 1e-5)
+    worst = worst_tele = 0.0
+    same_bits = True
+    swap = {}
+    for t in range(PEER_STEPS):
+        grads, per_sample = inputs()
+        pair.step(grads, **per_sample)
+        worst = max(worst, rel(pair.params(), pair.host))
+        same_bits &= all(np.array_equal(a.view(np.uint32), b.view(np.uint32)) for a, b in zip(pair.params(), pair.host))
+        worst_tele = max(worst_tele, tele_rel(pair.gpu.telemetry(), pair.cpu.telemetry()))
+        if t != PEER_STEPS // 2:
+            continue
+        # To x on both devices.
+        pair.cpu.eval()
+        pair.gpu.eval(pointers)
+        pair.stream.synchronize()
+        x = pair.params()
+        swap["x rel"] = rel(x, pair.host)
+        # In eval mode a step and a second eval() are refused, the parameters untouched.
+        refused_grads, refused_extra = inputs()
+        refused = [status_of(lambda: pair.gpu_step(refused_grads, **refused_extra)), status_of(lambda: pair.gpu.eval(pointers))]
+        pair.stream.synchronize()
+        swap["refused"] = refused == ["ALR_WRONG_STATE"] * 2 and all(np.array_equal(a, b) for a, b in zip(pair.params(), x))
+        # Checkpoints taken in eval mode, moved both ways: a CPU optimizer on the CPU's x takes
+        # the GPU's, the GPU optimizer (its buffers set to the CPU's x) the CPU's.
+        other = autolr.Optimizer(name, [p.copy() for p in pair.host], groups=GROUPS, **options)
+        other.load_state_dict(pair.gpu.state_dict())
+        carried = other.telemetry() == pair.gpu.telemetry() and not other.training
+        pair.gpu.load_state_dict(pair.cpu.state_dict())
+        carried &= pair.gpu.telemetry() == pair.cpu.telemetry()
+        for (_, view), h in zip(pair.bufs, pair.host):
+            view.copy_(torch.from_numpy(h))
+        torch.cuda.current_stream().synchronize()
+        # Back to y on both devices (and on the CPU optimizer that took the GPU's state).
+        pair.cpu.train()
+        pair.gpu.train(pointers)
+        other.train()
+        pair.stream.synchronize()
+        swap["y rel"] = max(rel(pair.params(), pair.host), rel(other._params, pair.host))
+        swap["carried"] = carried
+    ok = (worst < params_tol and worst_tele < scalars_tol and swap["x rel"] < params_tol and swap["y rel"] < params_tol
+          and swap["refused"] and swap["carried"] and pair.intact())
+    return ok, (f"params rel={worst:.1e} (same bits every step={same_bits}) scalars rel={worst_tele:.1e} "
+                f"x after eval() rel={swap['x rel']:.1e} step/eval in eval mode refused, untouched={swap['refused']} "
+                f"eval-mode checkpoints carried both ways={swap['carried']} y after train() rel={swap['y rel']:.1e} "
+                f"sentinels={pair.intact()}")
+
+
+def nan_then_eval(rng, stream):
+    """A NaN gradient in sf-adamw's first step (which then never runs on the GPU): eval() reports
+    it and changes nothing; the next eval() and train() are those of an optimizer that has not
+    stepped, and later steps equal the CPU's, which never saw the bad one."""
+    pair = Pair("sf-adamw", rng, stream, {})
+    pointers = [view.data_ptr() for _, view in pair.bufs]
+    start = pair.params()
+    poisoned = [rng.standard_normal(n).astype(np.float32) for n in LENS]
+    poisoned[2][11] = np.nan
+    pair.gpu_step(poisoned)
+    first = status_of(lambda: pair.gpu.eval(pointers))
+    pair.stream.synchronize()
+    untouched = all(np.array_equal(a, b) for a, b in zip(pair.params(), start))
+    again = [status_of(lambda: pair.gpu.eval(pointers)), status_of(lambda: pair.gpu.train(pointers))]
+    for _ in range(3):
+        pair.step([rng.standard_normal(n).astype(np.float32) for n in LENS])
+    cont = rel(pair.params(), pair.host)
+    ok = first == "ALR_NON_FINITE" and untouched and again == ["nothing", "nothing"] and cont < 1e-6
+    return ok, f"eval() raised={first} untouched={untouched} then eval()/train()={again} continues as the CPU: rel={cont:.1e}"
+
+
 def negative_sum_sq(rng, stream):
     pair = Pair("auto-adam", rng, stream, {})
     grads, per_sample = batch(rng, 8, "sum_sq", "sample")
@@ -218,7 +434,8 @@ def bad_input(name, rng, stream):
         pair.gpu_step(batches[i][0], **per_sample(i))
         skipped.step(batches[i][0], **per_sample(i))
     cont = rel(pair.params(), skipped_host)
-    ok = raised == "ALR_NON_FINITE" and untouched and cont < (1e-4 if name in AUTO else 1e-6)
+    # AutoOpt's and Prodigy's steps depend on reductions, which the GPU adds in another order.
+    ok = raised == "ALR_NON_FINITE" and untouched and cont < (1e-4 if name in AUTO or name == "prodigy" else 1e-6)
     return ok, f"raised={raised} untouched={untouched} continues as without the bad step: rel={cont:.1e}"
 
 
@@ -290,37 +507,50 @@ def torch_adapter(rng):
     return worst < 1e-3, f"params rel={worst:.1e}"
 
 
-def main():
-    small = "--small" in sys.argv
-    rng = np.random.default_rng(int.from_bytes(os.urandom(4), "little"))
-    stream = torch.cuda.Stream()
-    failures = 0
+def checks(small, rng, stream):
+    """Every check as (section, label, run); `run()` gives ok or (ok, detail)."""
     for name in FIXED:
-        ok, detail = fixed_rate(name, rng, stream)
-        failures += report(f"{name:12s} 20 steps", ok, detail)
+        yield "fixed-rate", f"{name:12s} 20 steps", lambda name=name: fixed_rate(name, rng, stream)
     for name in AUTO:
         for form in ("per_sample", "sum_sq"):
             for scale in ("sample", "mean"):
                 for n in ((2, 33) if small else (2, 33, 256)):
-                    ok, detail = autoopt(name, form, scale, n, rng, stream)
-                    failures += report(f"{name:12s} {form:10s} scale={scale:6s} N={n:3d}", ok, detail)
+                    yield ("autoopt", f"{name:12s} {form:10s} scale={scale:6s} N={n:3d}",
+                           lambda name=name, form=form, scale=scale, n=n: autoopt(name, form, scale, n, rng, stream))
     for options in TLR:
-        ok, detail = tlr(options, rng, stream)
-        failures += report(f"tlr {options}", ok, detail)
-    for name in ("adam", "auto-adam", "tlr"):
-        ok, detail = bad_input(name, rng, stream)
-        failures += report(f"{name:12s} NaN gradient: reported on read-back, step skipped", ok, detail)
-    ok, detail = negative_sum_sq(rng, stream)
-    failures += report("auto-adam negative sum_sq: reported on read-back, step skipped", ok, detail)
+        yield "tlr", f"tlr {options}", lambda options=options: tlr(options, rng, stream)
+    for name in ("vsgd-l", "vsgd-g", "vsgd-b"):
+        for form in (None, "sum_sq", "per_sample"):
+            yield "vsgd", f"{name} curvature given, per-sample data: {form}", lambda name=name, form=form: vsgd(name, form, rng, stream)
+    for name, options, per_group in PEERS:
+        yield "peers", f"{name} {options} {per_group} {PEER_STEPS} steps", lambda a=(name, options, per_group): peer(*a, rng, stream)
+    for name, options in SCHEDULE_FREE:
+        yield "schedule-free", f"{name} {options} {PEER_STEPS} steps, eval()/train() halfway", lambda a=(name, options): schedule_free(*a, rng, stream)
+    bad = (("fixed-rate", "adam"), ("autoopt", "auto-adam"), ("tlr", "tlr"), ("peers", "prodigy"), ("schedule-free", "sf-adamw"))
+    for section, name in bad:
+        yield section, f"{name:12s} NaN gradient: reported on read-back, step skipped", lambda name=name: bad_input(name, rng, stream)
+    yield "schedule-free", "sf-adamw NaN gradient at step 1: eval() reports it, nothing swapped", lambda: nan_then_eval(rng, stream)
+    yield "autoopt", "auto-adam negative sum_sq: reported on read-back, step skipped", lambda: negative_sum_sq(rng, stream)
     if not small:
-        failures += report("CUDA graph capture + replay of an auto-adam step through the C ABI", graph_replay(rng, stream))
-        ok, detail = large(stream)
-        failures += report("2^28-element tensor", ok, detail)
-    for name in ("adam", "tlr"):
-        ok, detail = refuses_capture(name, stream)
-        failures += report(f"a {name} step refuses CUDA-graph capture", ok, detail)
-    ok, detail = torch_adapter(rng)
-    failures += report("autolr.torch on CUDA parameters (AutoAdam + SumGradSquared, Adam)", ok, detail)
+        yield "autoopt", "CUDA graph capture + replay of an auto-adam step through the C ABI", lambda: graph_replay(rng, stream)
+        yield "autoopt", "2^28-element tensor", lambda: large(stream)
+    capture = (("fixed-rate", "adam"), ("tlr", "tlr"), ("peers", "prodigy"), ("peers", "dadapt-adam"), ("peers", "dog"), ("schedule-free", "sf-adamw"))
+    for section, name in capture:
+        yield section, f"a {name} step refuses CUDA-graph capture", lambda name=name: refuses_capture(name, stream)
+    yield "torch", "autolr.torch on CUDA parameters (AutoAdam + SumGradSquared, Adam)", lambda: torch_adapter(rng)
+
+
+def main(sections=None):
+    """Runs every check, or those of `sections` (parity_fixed_rate.py and parity_autoopt.py)."""
+    small = "--small" in sys.argv
+    rng = np.random.default_rng(int.from_bytes(os.urandom(4), "little"))
+    stream = torch.cuda.Stream()
+    failures = 0
+    for section, label, run in checks(small, rng, stream):
+        if sections is None or section in sections:
+            result = run()
+            ok, detail = result if isinstance(result, tuple) else (result, "")
+            failures += report(label, ok, detail)
     summary(failures)
 
 

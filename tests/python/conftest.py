@@ -34,7 +34,8 @@ def to_lib(kw):
 class SideBySide:
     """The library and the reference, same algorithm, same options, same starting point."""
 
-    def __init__(self, algorithm, shapes, seed=0, groups=None, group_options=None, **options):
+    def __init__(self, algorithm, shapes, seed=0, groups=None, group_options=None, reference=ref.make, **options):
+        """`reference`: the reference's factory (reference.make, or reference_peers.make)."""
         rng = np.random.default_rng(seed)
         self.p64 = [f32(rng.standard_normal(s)) for s in shapes]
         self.p32 = [p.astype(np.float32) for p in self.p64]
@@ -43,7 +44,7 @@ class SideBySide:
         for g, opts in (group_options or {}).items():
             for name, value in opts.items():
                 self.lib.set_option(name, value, group=g)
-        self.ref = ref.make(algorithm, self.shapes, groups=groups, group_options=group_options, **options)
+        self.ref = reference(algorithm, self.shapes, groups=groups, group_options=group_options, **options)
 
     def step(self, **kw):
         """`kw` holds float64 lists already rounded with f32(); callbacks get their own side."""

@@ -183,6 +183,17 @@ FIXED_RATE = ("sgd", "momentum", "adam", "adamw", "adagrad", "rmsprop")
 AUTOMATIC = ("auto-sgd", "auto-adam", "auto-adagrad", "vsgd-l", "vsgd-g", "vsgd-b", "tlr")
 ALGORITHMS = FIXED_RATE + AUTOMATIC + ("gi",)
 
+# Automatic algorithms that other reference modules define (reference_peers.py registers the
+# peers of docs/algorithms.md §6 here), so that make() builds them and GI can wrap them:
+# name -> class taking (name, shapes, groups, group_options, options), as the classes below.
+# A class whose attribute OWN_LR is True has an `lr` of its own, which GI takes as `base_lr`
+# (docs/algorithms.md §3.1: "A base with its own meaning of lr ... takes it as base_lr").
+REGISTERED = {}
+
+
+def register(name, cls):
+    REGISTERED[name] = cls
+
 _F = np.float64
 
 
@@ -957,8 +968,9 @@ class GI(_Optimizer):
     def __init__(self, name, shapes, groups, group_options, options):
         options = dict(options)
         base_name = options.get("base", "sgd")
-        if base_name not in FIXED_RATE + AUTOMATIC:
-            raise ValueError(f"gi: base must be one of {FIXED_RATE + AUTOMATIC}")
+        bases = FIXED_RATE + AUTOMATIC + tuple(REGISTERED)
+        if base_name not in bases:
+            raise ValueError(f"gi: base must be one of {bases}")
         self.base_name = base_name
         self.fixed = base_name in FIXED_RATE
         for go in (group_options or {}).values():
@@ -966,8 +978,8 @@ class GI(_Optimizer):
                 raise ValueError("gi: lr (η) is one global scale and cannot be set per group")
         base_opts = {k: v for k, v in options.items() if k not in _GI_KEYS}
         if "base_lr" in options:
-            if base_name != "tlr":
-                raise ValueError("gi: base_lr only applies to a tlr base")
+            if base_name != "tlr" and not getattr(REGISTERED.get(base_name), "OWN_LR", False):
+                raise ValueError("gi: base_lr only applies to a base with its own lr (tlr, prodigy)")
             base_opts["lr"] = options["base_lr"]
         if base_name == "momentum":
             base_opts.setdefault("momentum", 0.5)        # A.md:152-153
@@ -1105,4 +1117,6 @@ def make(algorithm, shapes, groups=None, group_options=None, **options):
         return TLR(a, shapes, groups, group_options, options)
     if a == "gi":
         return GI(a, shapes, groups, group_options, options)
+    if a in REGISTERED:
+        return REGISTERED[a](a, shapes, groups, group_options, options)
     raise ValueError(f"unknown algorithm {algorithm!r}; accepted: {list(ALGORITHMS)}")

@@ -188,11 +188,18 @@ def test_steps_like_the_reference(name, case):
     print(f"\n{name} {case[0]}: worst relative errors over {STEPS} steps: " + ", ".join(f"{k} {v:.1e}" for k, v in worst.items()))
 
 
-@pytest.mark.parametrize("name,options,floats", [("prodigy", {}, 4), ("prodigy", {"beta1": 0.0}, 3), ("dadapt-adam", {}, 3), ("dog", {}, 1)])
+@pytest.mark.parametrize("name,options,floats", [
+    ("prodigy", {}, 4), ("prodigy", {"beta1": 0.0}, 3), ("dadapt-adam", {}, 3), ("dog", {}, 1),
+    # schedule-free: z plus the base's own state (sgd: none; adamw: m and v; momentum: its buffer;
+    # prodigy: its four), not the scratch copy of the previous z.
+    ("sf-sgd", {}, 1), ("sf-adamw", {}, 3), ("schedule-free", {"base": "momentum"}, 2),
+    ("schedule-free", {"base": "prodigy"}, 5),
+])
 def test_state_is_the_references_buffers(name, options, floats):
     """Per element the state holds exactly the reference's buffers, nothing more (Prodigy:
     exp_avg, exp_avg_sq, s, p0, and no exp_avg at β1 = 0; D-Adapt Adam: s, exp_avg, exp_avg_sq;
-    DoG: x0): ten more elements in one tensor make the checkpoint 10 · floats · 4 bytes longer."""
+    DoG: x0; schedule-free: z and its base's): ten more elements in one tensor make the
+    checkpoint 10 · floats · 4 bytes longer."""
 
     def size(extra):
         shapes = [(37 + extra,), (8, 13)]

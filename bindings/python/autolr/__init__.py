@@ -64,7 +64,7 @@ def _ptr_array(arrays):
 class _Handle:
     """An optimizer handle: creation, options, read-back and checkpoints, whatever the device."""
 
-    def _create(self, algorithm, lens, groups, options, device=_ffi.ALR_DEVICE_CPU, ordinal=0, stream=0):
+    def _create(self, algorithm, lens, groups, options, device=_ffi.ALR_DEVICE_CPU, ordinal=0, stream=0, reduce=None):
         n = len(lens)
         lens = (ctypes.c_size_t * n)(*lens)
         args = _ffi.AlrCreateArgs()
@@ -79,6 +79,9 @@ class _Handle:
         args.device = device
         args.device_ordinal = int(ordinal)
         args.stream = ctypes.c_void_p(int(stream) or None)
+        if reduce is not None:
+            args.sharded = 1
+            args.reduce = self._reduce_callback(reduce)
         handle = ctypes.c_void_p()
         _check(lib.alr_create(ctypes.byref(args), ctypes.byref(handle)))
         self._handle = handle
@@ -88,6 +91,23 @@ class _Handle:
             self.set_option("base", base)
         for name, value in options.items():
             self.set_option(name, value)
+
+    def _reduce_callback(self, reduce):
+        """The C callback around `reduce(values, op)` (values: a float64 array to combine in place
+        over the processes, op: "sum" or "max"); an exception it raises fails the step, and the
+        step re-raises it."""
+        self._reduce_raised = []
+
+        def call(_user, values, n, op, _stream):
+            try:
+                reduce(np.ctypeslib.as_array(values, shape=(n,)), "sum" if op == _ffi.ALR_REDUCE_SUM else "max")
+                return 0
+            except BaseException as e:  # re-raised by the step, after the library returns
+                self._reduce_raised.append(e)
+                return 1
+
+        self._reduce_fn = _ffi.AlrReduceFn(call)  # alive as long as the optimizer
+        return self._reduce_fn
 
     def __del__(self):
         handle = getattr(self, "_handle", None)
@@ -189,10 +209,13 @@ class Optimizer(_Handle):
     Options are given by name (docs/algorithms.md); `groups` gives a group id per tensor (default:
     every tensor its own group). For `gi`, pass `base="adam"` etc."""
 
-    def __init__(self, algorithm, params, groups=None, **options):
+    def __init__(self, algorithm, params, groups=None, reduce=None, **options):
+        """`reduce`: the arrays are this process's shards of tensors split over processes, and
+        `reduce(values, op)` combines a float64 array in place over them (op "sum" or "max"; e.g.
+        `torch.distributed.all_reduce`); see README "More than one process"."""
         self._params = [_as_f32(p, f"params[{i}]", writable=True) for i, p in enumerate(params)]
         self._shapes = [p.shape for p in self._params]
-        self._create(algorithm, [p.size for p in self._params], groups, options)
+        self._create(algorithm, [p.size for p in self._params], groups, options, reduce=reduce)
 
     # the step --------------------------------------------------------------------------------
     def step(self, grads, sum_sq=None, per_sample=None, per_sample_scale="sample", batch_size=None,
@@ -283,6 +306,8 @@ class Optimizer(_Handle):
             args.grad_fn = _ffi.AlrGradFn(grad_fn)
             keep.append(args.grad_fn)
         rc = lib.alr_step(self._handle, ctypes.byref(args))
+        raised += getattr(self, "_reduce_raised", [])
+        self._reduce_raised = []
         if raised:
             err = Error(f"{lib.alr_last_error().decode()} ({type(raised[0]).__name__}: {raised[0]})", "ALR_CALLBACK_FAILED")
             raise err from raised[0]
@@ -318,9 +343,9 @@ class CudaOptimizer(_Handle):
         self._sizes = [int(n) for n in sizes]
         self._create(algorithm, self._sizes, groups, options, _ffi.ALR_DEVICE_CUDA, device, stream)
 
-    def step(self, params, grads, sum_sq=None, per_sample=None, per_sample_scale="sample", batch_size=None):
+    def step(self, params, grads, sum_sq=None, per_sample=None, per_sample_scale="sample", batch_size=None, curvature=None):
         """Enqueues one step: `params` updated in place; every argument a list of device pointers
-        (per_sample: row-major N × size matrices)."""
+        (per_sample: row-major N × size matrices; curvature: vSGD's non-negative diagonal)."""
         n = len(self._sizes)
         args = _ffi.AlrStepArgs()
         args.struct_size = ctypes.sizeof(_ffi.AlrStepArgs)
@@ -328,9 +353,7 @@ class CudaOptimizer(_Handle):
         keep = []
 
         def pointers(what, values):
-            if len(values) != n:
-                raise Error(f"{what} has {len(values)} tensors, the optimizer has {n}", "ALR_SHAPE_MISMATCH")
-            ptrs = (_FloatPtr * n)(*[ctypes.cast(ctypes.c_void_p(int(v)), _FloatPtr) for v in values])
+            ptrs = self._pointer_array(what, values)
             keep.append(ptrs)
             return ctypes.cast(ptrs, _PtrArray)
 
@@ -345,4 +368,23 @@ class CudaOptimizer(_Handle):
             args.per_sample = pointers("per_sample", per_sample)
         if batch_size is not None:
             args.batch_size = int(batch_size)
+        if curvature is not None:
+            args.curvature = pointers("curvature", curvature)
         _check(lib.alr_step(self._handle, ctypes.byref(args)))
+
+    def _pointer_array(self, what, values):
+        """A C array of the device pointers `values`, one per tensor."""
+        n = len(self._sizes)
+        if len(values) != n:
+            raise Error(f"{what} has {len(values)} tensors, the optimizer has {n}", "ALR_SHAPE_MISMATCH")
+        return (_FloatPtr * n)(*[ctypes.cast(ctypes.c_void_p(int(v)), _FloatPtr) for v in values])
+
+    def eval(self, params):
+        """Enqueues the rewrite of `params` (device pointers, the buffers step() updates) to the
+        evaluation view: schedule-free's average x; a no-op for the other algorithms. Raises
+        (ALR_WRONG_STATE) when already in eval mode; step() is refused until train()."""
+        self._set_mode(ctypes.cast(self._pointer_array("params", params), _PtrArray), len(self._sizes), _ffi.ALR_MODE_EVAL)
+
+    def train(self, params):
+        """Enqueues the rewrite of `params` back to the training view (schedule-free's y)."""
+        self._set_mode(ctypes.cast(self._pointer_array("params", params), _PtrArray), len(self._sizes), _ffi.ALR_MODE_TRAIN)

@@ -29,6 +29,11 @@ ALR_MODE_TRAIN = 0
 ALR_MODE_EVAL = 1
 AlrMode_NAMES = {0: 'ALR_MODE_TRAIN', 1: 'ALR_MODE_EVAL'}
 
+ALR_REDUCE_SUM = 0
+ALR_REDUCE_MAX = 1
+AlrReduceOp_NAMES = {0: 'ALR_REDUCE_SUM', 1: 'ALR_REDUCE_MAX'}
+
+AlrReduceFn = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_void_p, ctypes.POINTER(ctypes.c_double), ctypes.c_size_t, ctypes.c_int32, ctypes.c_void_p)
 AlrLossFn = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_void_p, ctypes.POINTER(ctypes.POINTER(ctypes.c_float)), ctypes.c_size_t, ctypes.POINTER(ctypes.c_double))
 AlrGradFn = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_void_p, ctypes.POINTER(ctypes.POINTER(ctypes.c_float)), ctypes.POINTER(ctypes.POINTER(ctypes.c_float)), ctypes.c_size_t)
 
@@ -42,6 +47,9 @@ class AlrCreateArgs(ctypes.Structure):
         ('device', ctypes.c_int32),
         ('device_ordinal', ctypes.c_int32),
         ('stream', ctypes.c_void_p),
+        ('sharded', ctypes.c_int32),
+        ('reduce', AlrReduceFn),
+        ('reduce_user_data', ctypes.c_void_p),
     ]
 
 class AlrStepArgs(ctypes.Structure):

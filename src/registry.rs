@@ -106,29 +106,6 @@ pub fn check_runs_on(kind: DeviceKind, name: &str) -> Result<()> {
     Err(Error::unsupported(format!("algorithm '{name}' has no CUDA kernels yet (on CUDA: {}): create it on ALR_DEVICE_CPU", ON_CUDA.join(", "))))
 }
 
-/// The algorithms whose reductions take part in sharded training (docs/algorithms.md §7), and
-/// those that have none (nothing to reduce: a communicator is never called). The peers are
-/// neither yet.
-const SHARDABLE: &[&str] = &[
-    "sgd",
-    "momentum",
-    "adam",
-    "adamw",
-    "adagrad",
-    "rmsprop",
-    "auto-sgd",
-    "auto-adam",
-    "auto-adagrad",
-    "gi",
-    "tlr",
-    "vsgd-l",
-    "vsgd-g",
-    "vsgd-b",
-    "schedule-free",
-    "sf-adamw",
-    "sf-sgd",
-];
-
 /// A fresh algorithm (zero state) for `layout` on `device`, over shards when `shards` holds a
 /// communicator. `unit_lr`: a fixed-rate rule runs at lr 1 because a wrapper (GI) owns the scale.
 pub fn build(name: &str, base: &str, layout: &Layout, device: &AnyDevice, unit_lr: bool, shards: &Shards) -> Result<Box<dyn Algorithm>> {
@@ -136,9 +113,6 @@ pub fn build(name: &str, base: &str, layout: &Layout, device: &AnyDevice, unit_l
         return Err(unknown(name));
     }
     check_runs_on(device.kind(), name)?;
-    if shards.is_some() && !SHARDABLE.contains(&name) {
-        return Err(Error::unsupported(format!("algorithm '{name}' does not reduce over shards yet (sharded: {})", SHARDABLE.join(", "))));
-    }
     let built = match device {
         AnyDevice::Cpu(cpu) => match name {
             "gi" => Some(Box::new(Gi::new(base, build(base, "", layout, device, is_fixed_rate(base), shards)?, shards.clone())) as Box<dyn Algorithm>),
@@ -177,9 +151,9 @@ fn build_on<D: Device>(
         "auto-adam" => Box::new(AutoOpt::<AdamDiag, D>::new(device, layout, shards.clone())?),
         "auto-adagrad" => Box::new(AutoOpt::<AdagradDiag, D>::new(device, layout, shards.clone())?),
         "tlr" => Box::new(Tlr::<D>::new(device, shards.clone())?),
-        "prodigy" => Box::new(Prodigy::<D>::new(device)?),
-        "dadapt-adam" => Box::new(DAdaptAdam::<D>::new(device)?),
-        "dog" => Box::new(Dog::<D>::new(device, layout)?),
+        "prodigy" => Box::new(Prodigy::<D>::new(device, shards.clone())?),
+        "dadapt-adam" => Box::new(DAdaptAdam::<D>::new(device, shards.clone())?),
+        "dog" => Box::new(Dog::<D>::new(device, layout, shards.clone())?),
         "vsgd-l" => Box::new(Vsgd::<D>::new(Variant::Local, layout, device, shards.clone())?),
         "vsgd-g" => Box::new(Vsgd::<D>::new(Variant::Global, layout, device, shards.clone())?),
         "vsgd-b" => Box::new(Vsgd::<D>::new(Variant::Block, layout, device, shards.clone())?),

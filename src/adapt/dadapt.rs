@@ -25,8 +25,8 @@
 //! Σ|s| = 0; a fused single pass would need a device primitive that updates and reduces at once.)
 
 use crate::adapt::prodigy::{bias_correction, check_group_lrs, displacement, fma32, growth_rate, max_lr, py_max, py_min, GROWTH_RATE};
-use crate::algorithm::{Accepts, Algorithm, Context};
-use crate::backend::{Commit, Device, DotRule, ElemState, ElementRule, KernelRule, Record, SolveRule, TensorMut};
+use crate::algorithm::{Accepts, Algorithm, Context, Shards};
+use crate::backend::{reduced_pass, Device, DotRule, ElemState, ElementRule, KernelRule, Record, SolveRule, TensorMut};
 use crate::base::WEIGHT_DECAY;
 use crate::checkpoint::{Reader, Writer};
 use crate::error::{Error, Result};
@@ -285,6 +285,8 @@ struct State<D: Device> {
 pub struct DAdaptAdam<D: Device> {
     device: D,
     state: Option<State<D>>,
+    /// Sharded: the communicator that adds pass 1's per-step sums over the processes.
+    shards: Shards,
 }
 
 fn fresh(o: &Options) -> Estimate {
@@ -292,9 +294,9 @@ fn fresh(o: &Options) -> Estimate {
 }
 
 impl<D: Device> DAdaptAdam<D> {
-    pub fn new(device: &D) -> Result<Self> {
+    pub fn new(device: &D, shards: Shards) -> Result<Self> {
         device.require(&[Absorb::KERNEL, Step::KERNEL, Solve::KERNEL])?;
-        Ok(DAdaptAdam { device: device.clone(), state: None })
+        Ok(DAdaptAdam { device: device.clone(), state: None, shards })
     }
 
     fn new_state(&self, ctx: &Context) -> Result<State<D>> {
@@ -323,18 +325,23 @@ impl<D: Device> DAdaptAdam<D> {
         let o = ctx.options;
         let global = Global::of(o);
         let decouple = o.flag(0, "decouple");
-        for (group, members) in ctx.layout.members.iter().enumerate() {
-            let c = AbsorbCoeffs {
-                global,
-                eps: o.get(group, "eps"),
-                coupled_decay: if decouple { 0.0 } else { o.get(group, "weight_decay") },
-                active: u32::from(o.get(group, "lr") > 0.0),
-                pad: 0,
-            };
-            for &t in members {
-                device.dots::<Absorb>(&c, &s.estimate, 0, &params[t].view(), &inputs.grads[t], &mut s.elems[t], &mut s.sums, t, Commit::Write)?;
+        let (elems, estimate) = (&mut s.elems, &s.estimate);
+        // Only this step's sums are reduced; the running numerator is the record's (§7).
+        reduced_pass(device, &mut s.sums, false, self.shards.as_deref(), true, |sums, commit| {
+            for (group, members) in ctx.layout.members.iter().enumerate() {
+                let c = AbsorbCoeffs {
+                    global,
+                    eps: o.get(group, "eps"),
+                    coupled_decay: if decouple { 0.0 } else { o.get(group, "weight_decay") },
+                    active: u32::from(o.get(group, "lr") > 0.0),
+                    pad: 0,
+                };
+                for &t in members {
+                    device.dots::<Absorb>(&c, estimate, 0, &params[t].view(), &inputs.grads[t], &mut elems[t], sums, t, commit)?;
+                }
             }
-        }
+            Ok(())
+        })?;
         device.solve::<Solve>(&global, &s.no_coeffs, &mut s.estimate, &mut s.sums)?;
         Ok(())
     }
@@ -365,6 +372,21 @@ impl<D: Device> Algorithm for DAdaptAdam<D> {
 
     fn accepts(&self, _ctx: &Context) -> Accepts {
         Accepts::default()
+    }
+
+    /// Pass 1's sums are reduced once a step (its state is built first, as a step would).
+    fn abstain(&mut self, ctx: &Context) -> bool {
+        let Some(comm) = self.shards.clone() else { return false };
+        if self.state.is_none() {
+            match self.new_state(ctx) {
+                Ok(s) => self.state = Some(s),
+                Err(_) => return false,
+            }
+        }
+        let s = self.state.as_ref().expect("just built");
+        // Its outcome is the refusal this process already has.
+        let _ = self.device.abstain(&s.sums, false, &*comm);
+        true
     }
 
     fn check(&self, ctx: &Context, _inputs: &StepInputs, _cb: &Callbacks) -> Result<()> {

@@ -14,8 +14,8 @@
 //! η needs this step's ‖g‖² over the whole group before any element moves.
 
 use crate::adapt::prodigy::{displacement, fma32};
-use crate::algorithm::{Accepts, Algorithm, Context};
-use crate::backend::{Commit, Device, DotRule, ElementRule, KernelRule, Record, SolveRule, TensorMut};
+use crate::algorithm::{Accepts, Algorithm, Context, Shards};
+use crate::backend::{reduced_pass, Device, DotRule, ElementRule, KernelRule, Record, SolveRule, TensorMut};
 use crate::base::WEIGHT_DECAY;
 use crate::checkpoint::{Reader, Writer};
 use crate::error::{Error, Result};
@@ -169,10 +169,12 @@ pub struct Dog<D: Device> {
     groups: D::Records<GroupRecord>,
     options: D::Records<GroupOptions>,
     sums: D::Sums,
+    /// Sharded: the communicator that adds the distance and gradient sums over the processes.
+    shards: Shards,
 }
 
 impl<D: Device> Dog<D> {
-    pub fn new(device: &D, layout: &crate::optimizer::Layout) -> Result<Self> {
+    pub fn new(device: &D, layout: &crate::optimizer::Layout, shards: Shards) -> Result<Self> {
         device.require(&[Distance::KERNEL, Step::KERNEL, Solve::KERNEL])?;
         Ok(Dog {
             x0: device.alloc_per_tensor(&layout.lens)?,
@@ -180,6 +182,7 @@ impl<D: Device> Dog<D> {
             options: device.records(&crate::backend::filled(layout.n_groups(), GroupOptions::default())?)?,
             sums: device.sums(&layout.lens, &layout.members)?,
             device: device.clone(),
+            shards,
         })
     }
 
@@ -192,11 +195,15 @@ impl<D: Device> Dog<D> {
     }
 
     fn distances(&mut self, ctx: &Context, params: &[TensorMut], inputs: &StepInputs) -> Result<()> {
-        for (t, x0) in self.x0.iter_mut().enumerate() {
-            let group = ctx.layout.groups[t];
-            let lambda = Self::lambda(ctx, group);
-            self.device.dots::<Distance>(&lambda, &self.groups, group, &params[t].view(), &inputs.grads[t], x0, &mut self.sums, t, Commit::Write)?;
-        }
+        let (device, x0s, groups) = (&self.device, &mut self.x0, &self.groups);
+        reduced_pass(device, &mut self.sums, false, self.shards.as_deref(), true, |sums, commit| {
+            for (t, x0) in x0s.iter_mut().enumerate() {
+                let group = ctx.layout.groups[t];
+                let lambda = Self::lambda(ctx, group);
+                device.dots::<Distance>(&lambda, groups, group, &params[t].view(), &inputs.grads[t], x0, sums, t, commit)?;
+            }
+            Ok(())
+        })?;
         self.device.solve::<Solve>(&(), &self.options, &mut self.groups, &mut self.sums)?;
         Ok(())
     }
@@ -223,6 +230,14 @@ impl<D: Device> Algorithm for Dog<D> {
 
     fn check(&self, _ctx: &Context, _inputs: &StepInputs, _cb: &Callbacks) -> Result<()> {
         crate::algorithm::refuse_capture(&self.device, "dog", "its weight decay as a launch argument")
+    }
+
+    /// The distance and gradient sums are reduced once a step.
+    fn abstain(&mut self, _ctx: &Context) -> bool {
+        let Some(comm) = self.shards.as_deref() else { return false };
+        // Its outcome is the refusal this process already has.
+        let _ = self.device.abstain(&self.sums, false, comm);
+        true
     }
 
     fn options_changed(&mut self, ctx: &Context) -> Result<()> {

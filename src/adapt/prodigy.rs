@@ -28,8 +28,8 @@
 
 use std::marker::PhantomData;
 
-use crate::algorithm::{Accepts, Algorithm, Context};
-use crate::backend::{Commit, Device, DotRule, ElemState, ElementRule, KernelRule, Record, SolveRule, TensorMut};
+use crate::algorithm::{Accepts, Algorithm, Context, Shards};
+use crate::backend::{reduced_pass, Device, DotRule, ElemState, ElementRule, KernelRule, Record, SolveRule, TensorMut};
 use crate::base::WEIGHT_DECAY;
 use crate::checkpoint::{Reader, Writer};
 use crate::error::{Error, Result};
@@ -535,12 +535,14 @@ impl<D: Device> State<D> {
 pub struct Prodigy<D: Device> {
     device: D,
     state: Option<State<D>>,
+    /// Sharded: the communicator that adds pass 1's per-step sums over the processes.
+    shards: Shards,
 }
 
 impl<D: Device> Prodigy<D> {
-    pub fn new(device: &D) -> Result<Self> {
+    pub fn new(device: &D, shards: Shards) -> Result<Self> {
         device.require(&[WithM::ABSORB_KERNEL, WithM::STEP_KERNEL, NoM::ABSORB_KERNEL, NoM::STEP_KERNEL, Solve::KERNEL])?;
-        Ok(Prodigy { device: device.clone(), state: None })
+        Ok(Prodigy { device: device.clone(), state: None, shards })
     }
 
     fn state(&mut self, ctx: &Context) -> Result<&mut State<D>> {
@@ -559,19 +561,24 @@ impl<D: Device> Prodigy<D> {
 
     /// Pass 1 over every tensor, then the solve.
     fn absorb(&mut self, ctx: &Context, params: &[TensorMut], inputs: &StepInputs) -> Result<()> {
-        let device = self.device.clone();
+        let (device, shards) = (self.device.clone(), self.shards.clone());
         let global = Global::of(ctx.options);
         let s = self.state(ctx)?;
-        for (group, members) in ctx.layout.members.iter().enumerate() {
-            let c = AbsorbCoeffs::of(ctx.options, group, global);
-            for &t in members {
-                let (param, grad) = (params[t].view(), &inputs.grads[t]);
-                match &mut s.elems {
-                    Elems::WithM(e) => device.dots::<Absorb<WithM>>(&c, &s.estimate, 0, &param, grad, &mut e[t], &mut s.sums, t, Commit::Write)?,
-                    Elems::NoM(e) => device.dots::<Absorb<NoM>>(&c, &s.estimate, 0, &param, grad, &mut e[t], &mut s.sums, t, Commit::Write)?,
+        let (elems, estimate) = (&mut s.elems, &s.estimate);
+        // Only this step's sums are reduced; the running numerator is the record's (§7).
+        reduced_pass(&device, &mut s.sums, false, shards.as_deref(), true, |sums, commit| {
+            for (group, members) in ctx.layout.members.iter().enumerate() {
+                let c = AbsorbCoeffs::of(ctx.options, group, global);
+                for &t in members {
+                    let (param, grad) = (params[t].view(), &inputs.grads[t]);
+                    match elems {
+                        Elems::WithM(e) => device.dots::<Absorb<WithM>>(&c, estimate, 0, &param, grad, &mut e[t], sums, t, commit)?,
+                        Elems::NoM(e) => device.dots::<Absorb<NoM>>(&c, estimate, 0, &param, grad, &mut e[t], sums, t, commit)?,
+                    }
                 }
             }
-        }
+            Ok(())
+        })?;
         device.solve::<Solve>(&global, &s.no_coeffs, &mut s.estimate, &mut s.sums)?;
         Ok(())
     }
@@ -607,6 +614,16 @@ impl<D: Device> Algorithm for Prodigy<D> {
 
     fn accepts(&self, _ctx: &Context) -> Accepts {
         Accepts::default()
+    }
+
+    /// Pass 1's sums are reduced once a step (its state is built first, as a step would).
+    fn abstain(&mut self, ctx: &Context) -> bool {
+        let Some(comm) = self.shards.clone() else { return false };
+        let device = self.device.clone();
+        let Ok(s) = self.state(ctx) else { return false };
+        // Its outcome is the refusal this process already has.
+        let _ = device.abstain(&s.sums, false, &*comm);
+        true
     }
 
     fn check(&self, ctx: &Context, _inputs: &StepInputs, _cb: &Callbacks) -> Result<()> {

@@ -34,17 +34,22 @@ REDUCING = {
     "vsgd-b": dict(n0=3, slow_start_c=20.0),
     "gi-adam": dict(base="adam"),
     "gi-auto-adam": dict(base="auto-adam"),
+    "prodigy": dict(weight_decay=0.01),
+    "dadapt-adam": {},
+    "dog": {},
+    "sf-over-auto-adam": dict(base="auto-adam"),
 }
 # Calls to the communicator in 50 steps (README "More than one process"): AutoOpt one per step;
 # TLR one per step that trains α (from step 2; with window 3 at steps 7, 10, …, 49); vsgd-g/-b
-# two (the sums, and h⁺'s maximum); GI one for φ after its base's.
+# two (the sums, and h⁺'s maximum); GI one for φ after its base's; prodigy, dadapt-adam and dog
+# one (pass 1's sums); schedule-free its base's.
 CALLS = {"auto-sgd": 50, "auto-adam": 50, "auto-adagrad": 50, "tlr": 49, "tlr-window": 15, "vsgd-g": 100, "vsgd-b": 100,
-         "gi-adam": 50, "gi-auto-adam": 100}
+         "gi-adam": 50, "gi-auto-adam": 100, "prodigy": 50, "dadapt-adam": 50, "dog": 50, "sf-over-auto-adam": 50}
 WITHOUT = {"adam": dict(lr=0.01), "vsgd-l": dict(n0=2, slow_start_c=20.0), "sf-adamw": {}}
 
 
 def algorithm(case):
-    return {"tlr-window": "tlr", "gi-adam": "gi", "gi-auto-adam": "gi"}.get(case, case)
+    return {"tlr-window": "tlr", "gi-adam": "gi", "gi-auto-adam": "gi", "sf-over-auto-adam": "schedule-free"}.get(case, case)
 
 
 class World:
@@ -129,7 +134,7 @@ class Problem:
 
 def step_kwargs(case, problem, step, theta, grads, sum_sq, curvature, loss_of):
     name = algorithm(case)
-    if name.startswith("auto") or case == "gi-auto-adam":
+    if name.startswith("auto") or case in ("gi-auto-adam", "sf-over-auto-adam"):
         kwargs = dict(sum_sq=sum_sq, batch_size=N)
     elif name.startswith("vsgd"):
         kwargs = dict(curvature=curvature)
@@ -210,7 +215,7 @@ def test_sharded_run_equals_the_whole_run(case, world_size):
                 assert np.allclose(a, b, rtol=1e-6, atol=0), f"{case} rank {rank} step {step}: lr {a} vs {b}"
 
 
-@pytest.mark.parametrize("case", ["auto-adam", "tlr", "vsgd-b", "gi-auto-adam", "gi-adam"])
+@pytest.mark.parametrize("case", ["auto-adam", "tlr", "vsgd-b", "gi-auto-adam", "gi-adam", "prodigy", "dadapt-adam", "dog"])
 def test_bad_input_on_one_process_is_an_error_on_every_process(case):
     """A NaN gradient on rank 1 at step 5: every rank refuses step 5 with its parameters
     untouched, and none waits for another."""
@@ -222,7 +227,7 @@ def test_bad_input_on_one_process_is_an_error_on_every_process(case):
             assert "process" in str(error), str(error)
 
 
-@pytest.mark.parametrize("case", ["auto-sgd", "tlr", "vsgd-g"])
+@pytest.mark.parametrize("case", ["auto-sgd", "tlr", "vsgd-g", "prodigy", "dog"])
 def test_a_failing_callback_is_an_error_on_every_process(case):
     """The communicator fails on rank 2 (at its first call, step 1 or 2): every rank's step
     returns an error with nothing changed there, and no rank hangs."""
@@ -231,12 +236,6 @@ def test_a_failing_callback_is_an_error_on_every_process(case):
         assert isinstance(error, autolr.Error), f"rank {rank} went on: {error!r}"
         assert error.status == "ALR_CALLBACK_FAILED", f"rank {rank}: {error.status} {error}"
         assert untouched, f"rank {rank}: the failed step changed the parameters"
-
-
-def test_sharded_is_refused_where_it_is_not_implemented():
-    with pytest.raises(autolr.Error, match="does not reduce over shards") as info:
-        autolr.Optimizer("prodigy", [np.zeros(4, np.float32)], reduce=lambda values, op: None)
-    assert info.value.status == "ALR_UNSUPPORTED"
 
 
 @pytest.mark.parametrize("name", ["vsgd-l", "vsgd-g", "vsgd-b"])

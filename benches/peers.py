@@ -50,7 +50,6 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import autolr  # noqa: E402
-from autolr import _ffi  # noqa: E402
 
 import dadaptation  # noqa: E402
 import dog  # noqa: E402

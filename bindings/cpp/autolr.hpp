@@ -155,6 +155,22 @@ inline std::string version() { return alr_version(); }
 /// The loaded library's C ABI version; this header was compiled against ALR_ABI_VERSION.
 inline std::uint32_t abi_version() noexcept { return alr_abi_version(); }
 
+/// The algorithm names `Optimizer` accepts on `device` (`alr_algorithms`): every one on
+/// ALR_DEVICE_CPU, those with CUDA kernels on ALR_DEVICE_CUDA; in the library's order.
+inline std::vector<std::string> algorithms(AlrDevice device = ALR_DEVICE_CPU) {
+    const char* list = alr_algorithms(device);
+    if (list == nullptr)
+        throw Error(ALR_INVALID_ARGUMENT, "algorithms: device " + std::to_string(int(device)) + " is no AlrDevice");
+    const std::string all(list);
+    std::vector<std::string> names;
+    for (std::size_t start = 0;;) {
+        const std::size_t end = all.find(',', start);
+        names.push_back(all.substr(start, end - start));
+        if (end == std::string::npos) return names;
+        start = end + 1;
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Step inputs
 // ---------------------------------------------------------------------------------------------

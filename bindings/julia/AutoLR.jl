@@ -12,6 +12,7 @@ opt = Optimizer("auto-sgd", params; nu=0.9)                 # options by name
 step!(opt, grads; sum_sq=S, batch_size=N)                   # S: Σ_i g_i² per tensor
 lr(opt); momentum(opt); telemetry(opt)
 bytes = state_dict(opt); load_state_dict!(opt, bytes)
+eval!(opt); train!(opt)                                     # schedule-free: x to evaluate, y to train
 ```
 
 The library is found through `ENV["AUTOLR_LIB"]` (a path to `libautolr.so`), else the
@@ -31,7 +32,7 @@ search path. Conventions particular to Julia:
 module AutoLR
 
 export Optimizer, AutoLRError, step!, report_loss!, lr, momentum, telemetry, state_dict,
-       load_state_dict!, set_option!, get_option, n_groups, ALGORITHMS
+       load_state_dict!, set_option!, get_option, n_groups, eval!, train!, ALGORITHMS
 
 function _find_library()
     haskey(ENV, "AUTOLR_LIB") && return ENV["AUTOLR_LIB"]
@@ -45,8 +46,8 @@ const libautolr = _find_library()
 
 include("generated.jl")
 
-const ALGORITHMS = ("sgd", "momentum", "adam", "adamw", "adagrad", "rmsprop", "auto-sgd", "auto-adam",
-                    "auto-adagrad", "gi", "tlr", "vsgd-l", "vsgd-g", "vsgd-b")
+"""The algorithm names the library accepts on the CPU, in its order (`alr_algorithms`)."""
+const ALGORITHMS = Tuple(String.(split(unsafe_string(alr_algorithms(ALR_DEVICE_CPU)), ",")))
 
 """The library's version string ("MAJOR.MINOR.PATCH")."""
 version() = unsafe_string(alr_version())
@@ -359,6 +360,35 @@ function report_loss!(opt::Optimizer, loss_after::Real)
     _check(alr_report_loss(_handle(opt), Float64(loss_after)))
     return opt
 end
+
+# -- the two parameter views (schedule-free) ------------------------------------------------------
+
+function _set_mode!(opt::Optimizer, mode::Cint)
+    h = _handle(opt)
+    ptrs = _pointers(opt.params)
+    GC.@preserve opt ptrs begin
+        args = AlrModeArgs(sizeof(AlrModeArgs), mode, length(opt.params), pointer(ptrs))
+        _check(alr_set_mode(h, Ref(args)))
+    end
+    return opt
+end
+
+"""
+    eval!(opt)
+
+Rewrites the parameters in place to the evaluation view: schedule-free's average x (as the
+reference's `optimizer.eval()`); a no-op for every other algorithm. Schedule-free throws
+`ALR_WRONG_STATE` when already in eval mode, and refuses `step!` until [`train!`](@ref).
+"""
+eval!(opt::Optimizer) = _set_mode!(opt, ALR_MODE_EVAL)
+
+"""
+    train!(opt)
+
+Rewrites the parameters back to the training view (schedule-free's y, where gradients are
+taken); a no-op for every other algorithm.
+"""
+train!(opt::Optimizer) = _set_mode!(opt, ALR_MODE_TRAIN)
 
 # -- read-back ----------------------------------------------------------------------------------
 

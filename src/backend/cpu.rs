@@ -100,6 +100,14 @@ pub fn apply_scaled<S: Copy, F: Fn(f32, f32, &S) -> f32>(param: &mut [f32], grad
     dispatch!(apply_scaled(param, grad, state, scale, delta))
 }
 
+/// `[Σ_i x_i, Σ_i y_i]` with `[x_i, y_i] = dot(g_i, θ_i, &mut state_i)`, in f64 lanes (the
+/// reduction passes of the peers, docs/algorithms.md §6).
+#[inline]
+pub fn dot_pass<S: Copy, F: Fn(f32, f32, &mut S) -> [f64; 2]>(param: &[f32], grad: &[f32], state: &mut [S], dot: F) -> [f64; 2] {
+    assert!(param.len() == state.len() && grad.len() == state.len(), "dot_pass: lengths differ");
+    dispatch!(dot_pass(param, grad, state, dot))
+}
+
 /// The weighted inner products of AutoOpt-style solves, with the weight `w` and the second
 /// vector `y` formed per element as `(w, y) = f(&state[i], x[i])`:
 /// `[Σ w s, Σ w x x, Σ w x y, Σ w y y]`, and whether any `s` is negative.
@@ -171,6 +179,31 @@ mod kernels {
             lanes[i - tail] += f64::from(grad[i]) * f64::from(step(grad[i], param[i], &mut state[i]));
         }
         sum_lanes(&lanes)
+    }
+
+    /// Two sums of `dot(g, θ, &mut state)` in one pass, element i + lane in lane `lane` of its
+    /// run of `LANES` (`reduce`'s order, so the same bits), a whole run at a time so that `dot`
+    /// is vectorised across the lanes (indexing each buffer per element was not).
+    #[inline(always)]
+    pub fn dot_pass<S: Copy, F: Fn(f32, f32, &mut S) -> [f64; 2]>(param: &[f32], grad: &[f32], state: &mut [S], dot: F) -> [f64; 2] {
+        let mut lanes = [[0.0f64; LANES]; 2];
+        let mut chunks = param.chunks_exact(LANES).zip(grad.chunks_exact(LANES)).zip(state.chunks_exact_mut(LANES));
+        for ((p, g), st) in &mut chunks {
+            let (p, g): (&[f32; LANES], &[f32; LANES]) = (lanes_of(p), lanes_of(g));
+            let st: &mut [S; LANES] = st.try_into().expect("chunks_exact_mut yields LANES elements");
+            for k in 0..LANES {
+                let [a, b] = dot(g[k], p[k], &mut st[k]);
+                lanes[0][k] += a;
+                lanes[1][k] += b;
+            }
+        }
+        let tail = param.len() - param.len() % LANES;
+        for i in tail..param.len() {
+            let [a, b] = dot(grad[i], param[i], &mut state[i]);
+            lanes[0][i - tail] += a;
+            lanes[1][i - tail] += b;
+        }
+        [sum_lanes(&lanes[0]), sum_lanes(&lanes[1])]
     }
 
     #[inline(always)]
@@ -350,6 +383,11 @@ mod avx2 {
     #[target_feature(enable = "avx2")]
     pub unsafe fn advance_dot<S: Copy, F: Fn(f32, f32, &mut S) -> f32>(param: &[f32], grad: &[f32], state: &mut [S], step: F) -> f64 {
         kernels::advance_dot(param, grad, state, step)
+    }
+
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn dot_pass<S: Copy, F: Fn(f32, f32, &mut S) -> [f64; 2]>(param: &[f32], grad: &[f32], state: &mut [S], dot: F) -> [f64; 2] {
+        kernels::dot_pass(param, grad, state, dot)
     }
 
     #[target_feature(enable = "avx2")]
@@ -865,8 +903,8 @@ impl Device for Cpu {
         same_len("dots", param.len(), state.len())?;
         same_len("dots", grad.len(), state.len())?;
         let [x, y] = match commit {
-            Commit::Write => reduce::<2, _>(state.len(), |i| R::dot(&p, grad[i], param[i], &mut state[i])),
-            Commit::Measure => reduce::<2, _>(state.len(), |i| R::dot(&p, grad[i], param[i], &mut state[i].clone())),
+            Commit::Write => dot_pass(param, grad, state, |g, theta, st| R::dot(&p, g, theta, st)),
+            Commit::Measure => dot_pass(param, grad, state, |g, theta, st| R::dot(&p, g, theta, &mut st.clone())),
         };
         sums.per_tensor[tensor] = [x, y, 0.0, 0.0];
         Ok(())
@@ -1026,6 +1064,23 @@ mod tests {
         let naive: f64 = a.iter().map(|x| f64::from(*x) * f64::from(*x)).sum();
         let lanes = reduce::<1, _>(a.len(), |i| [f64::from(a[i]) * f64::from(a[i])])[0];
         assert!((naive - lanes).abs() <= 1e-12 * naive, "{naive} vs {lanes}");
+    }
+
+    #[test]
+    fn dot_pass_gives_the_bits_of_reduce() {
+        // 1003 elements: whole runs of LANES and a tail. The state update and both sums must be
+        // reduce's, bit for bit (the peers' checkpoints and conformance depend on the order).
+        let grad: Vec<f32> = (0..1003).map(|i| (i as f32 * 0.37).sin()).collect();
+        let param: Vec<f32> = (0..1003).map(|i| (i as f32 * 0.11).cos()).collect();
+        let dot = |g: f32, theta: f32, s: &mut f32| {
+            *s = 0.9 * *s + g;
+            [f64::from(g) * f64::from(theta), f64::from(s.abs()) / 3.0]
+        };
+        let (mut s1, mut s2) = (vec![0.25f32; 1003], vec![0.25f32; 1003]);
+        let want = reduce::<2, _>(grad.len(), |i| dot(grad[i], param[i], &mut s1[i]));
+        let got = dot_pass(&param, &grad, &mut s2, dot);
+        assert_eq!(s1, s2);
+        assert_eq!(want.map(f64::to_bits), got.map(f64::to_bits));
     }
 
     #[test]

@@ -431,8 +431,9 @@ pub extern "C" fn alr_get_option(opt: *mut AlrOptimizer, group: usize, name: *co
 /// (e.g. N < 2 where a variance is needed, negative sum_sq or curvature, struct_size too
 /// small), ALR_SHAPE_MISMATCH (tensor count or a buffer length differs from the
 /// registration), ALR_NON_FINITE (NaN/Inf in an input), ALR_WRONG_STATE (GI waits for
-/// `alr_report_loss`), ALR_UNSUPPORTED (an input this algorithm does not use, or a required
-/// one missing), ALR_CALLBACK_FAILED.
+/// `alr_report_loss`; schedule-free is in eval mode: `alr_set_mode` ALR_MODE_TRAIN first),
+/// ALR_UNSUPPORTED (an input this algorithm does not use, or a required one missing),
+/// ALR_CALLBACK_FAILED.
 ///
 /// On a CUDA optimizer every buffer is a device pointer; the step is enqueued on the
 /// optimizer's stream and returns without waiting (no device-to-host copy: an auto-* step can
@@ -746,10 +747,10 @@ pub extern "C" fn alr_save(opt: *mut AlrOptimizer, buf: *mut u8, capacity: usize
     })
 }
 
-/// Restores a state saved by `alr_save` into an optimizer of the same algorithm (and GI
-/// base) over the same tensors and groups. Validated before anything changes: magic, format
-/// version, checksum, algorithm, base, tensor sizes and groups, option names, every option
-/// value against its range, every field's length, no trailing bytes. Returns ALR_OK,
+/// Restores a state saved by `alr_save` into an optimizer of the same algorithm (and base, for
+/// gi and schedule-free) over the same tensors and groups. Validated before anything changes:
+/// magic, format version, checksum, algorithm, base, tensor sizes and groups, option names,
+/// every option value against its range, every field's length, no trailing bytes. Returns ALR_OK,
 /// ALR_NULL_POINTER (opt or buf is null), ALR_INVALID_ARGUMENT (opt is not a live optimizer:
 /// destroyed, or never from alr_create; or the memory for the restored state cannot be
 /// allocated), ALR_WRONG_STATE (opt is in use by another call, e.g. from inside its own

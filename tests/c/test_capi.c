@@ -1422,6 +1422,209 @@ static void test_modes(void) {
     fix_close(&fx);
 }
 
+/* ---------------------------------------------------------------------------------------- */
+/* 6. the tuning-free peers (issue 19, item 9): the guarantees of every other algorithm      */
+
+typedef struct {
+    const char *name;
+    double value;
+} OptionValue;
+
+typedef struct {
+    const char *algorithm;
+    /* values outside each option's accepted range (docs/algorithms.md §6.1; schedule-free's
+       table in src/adapt/schedule_free.rs), terminated by a NULL name */
+    OptionValue out_of_range[8];
+    /* an option that shapes the state: refused once training started (NULL: none) */
+    const char *structural;
+    /* schedule-free: has a `base` string option and two parameter views */
+    int schedule_free;
+} PeerCase;
+
+static const PeerCase PEERS[] = {
+    {"prodigy", {{"lr", -1.0}, {"beta1", 1.0}, {"beta3", 1.5}, {"d0", 0.0}, {"d_coef", -1.0}, {"growth_rate", 0.0}, {"safeguard_warmup", 0.5}}, "d0", 0},
+    {"dadapt-adam", {{"lr", NAN}, {"beta2", 1.0}, {"eps", 0.0}, {"d0", -1.0}, {"growth_rate", -2.0}, {"decouple", 2.0}}, "d0", 0},
+    {"dog", {{"lr", 0.0}, {"reps_rel", 0.0}, {"eps", 0.0}, {"init_eta", -1.0}, {"weight_decay", -0.1}}, NULL, 0},
+    {"schedule-free", {{"lr", INFINITY}, {"beta1", 0.0}, {"warmup_steps", 1.5}, {"r", -1.0}, {"weight_lr_power", -1.0}, {"beta2", 1.0}}, NULL, 1},
+    {"sf-adamw", {{"beta1", 1.0}, {"warmup_steps", -1.0}, {"eps", 0.0}, {"weight_decay", -1.0}}, NULL, 1},
+    {"sf-sgd", {{"momentum", 0.0}, {"momentum", 1.0}, {"lr", -0.5}, {"base_weight_decay", -1.0}}, NULL, 1},
+};
+
+/* Every kind of bad input to one peer: the right status, a message, and the parameters and saved
+ * state bit-identical afterwards; then the optimizer still follows an untouched twin's
+ * trajectory; then its two parameter views (a no-op for prodigy, dadapt-adam and dog). */
+static void peer_bad_input(const PeerCase *pc) {
+    const char *alg = pc->algorithm;
+    printf("bad input to '%s' changes nothing\n", alg);
+    Fix fx;
+    Snap s;
+    char what[160];
+#define WHAT(...) (snprintf(what, sizeof what, __VA_ARGS__), what)
+    /* each value out of range names its option; tried before the first step, while every
+       option, a structural one too, may still be set */
+    if (!fix_open(&fx, alg)) return;
+    snap_take(&fx, &s);
+    for (const OptionValue *o = pc->out_of_range; o->name != NULL; o++) {
+        FAILS(&fx, &s, alr_set_option(fx.opt, o->name, o->value), ALR_INVALID_ARGUMENT, WHAT("%s: alr_set_option %s = %g", alg, o->name, o->value));
+        MSG_HAS(o->name);
+    }
+    snap_free(&s);
+    for (int k = 0; k < 3; k++) EXPECT(fix_step(&fx, k), ALR_OK, "peer step");
+    make_grads(&fx, 3);
+    fix_args(&fx);
+    snap_take(&fx, &s);
+    AlrStepArgs a;
+    double v = 0;
+
+    /* null pointers */
+    FAILS(&fx, &s, alr_step(fx.opt, NULL), ALR_NULL_POINTER, WHAT("%s: alr_step(args = NULL)", alg));
+    a = fx.args;
+    a.params = NULL;
+    FAILS(&fx, &s, alr_step(fx.opt, &a), ALR_NULL_POINTER, WHAT("%s: alr_step(params = NULL)", alg));
+    a = fx.args;
+    a.grads = NULL;
+    FAILS(&fx, &s, alr_step(fx.opt, &a), ALR_NULL_POINTER, WHAT("%s: alr_step(grads = NULL)", alg));
+    {
+        const float *grads_with_hole[NT] = {fx.g[0], fx.g[1], NULL};
+        a = fx.args;
+        a.grads = grads_with_hole;
+        FAILS(&fx, &s, alr_step(fx.opt, &a), ALR_NULL_POINTER, WHAT("%s: alr_step(grads[2] = NULL)", alg));
+        MSG_HAS("grads[2]");
+    }
+    FAILS(&fx, &s, alr_set_option(fx.opt, NULL, 0.1), ALR_NULL_POINTER, WHAT("%s: alr_set_option(name = NULL)", alg));
+    FAILS(&fx, &s, alr_get_option(fx.opt, 0, "lr", NULL), ALR_NULL_POINTER, WHAT("%s: alr_get_option(value = NULL)", alg));
+    FAILS(&fx, &s, alr_get_lr(fx.opt, 0, NULL), ALR_NULL_POINTER, WHAT("%s: alr_get_lr(out = NULL)", alg));
+    FAILS(&fx, &s, alr_set_mode(fx.opt, NULL), ALR_NULL_POINTER, WHAT("%s: alr_set_mode(args = NULL)", alg));
+    FAILS(&fx, &s, alr_load(fx.opt, NULL, s.len), ALR_NULL_POINTER, WHAT("%s: alr_load(buf = NULL)", alg));
+
+    /* wrong lengths */
+    a = fx.args;
+    a.n_tensors = NT - 1;
+    FAILS(&fx, &s, alr_step(fx.opt, &a), ALR_SHAPE_MISMATCH, WHAT("%s: alr_step n_tensors = %d of %d", alg, NT - 1, NT));
+    a.n_tensors = NT + 1;
+    FAILS(&fx, &s, alr_step(fx.opt, &a), ALR_SHAPE_MISMATCH, WHAT("%s: alr_step n_tensors = %d of %d", alg, NT + 1, NT));
+    a = fx.args;
+    a.struct_size = sizeof a - 8;
+    FAILS(&fx, &s, alr_step(fx.opt, &a), ALR_INVALID_ARGUMENT, WHAT("%s: alr_step struct_size too small", alg));
+
+    /* NaN and Inf in the last tensor's gradient: the first tensors would be moved already if the
+       check did not come before every update */
+    {
+        const float bad[3] = {NAN, INFINITY, -INFINITY};
+        for (int k = 0; k < 3; k++) {
+            float keep = fx.g[2][8];
+            fx.g[2][8] = bad[k];
+            FAILS(&fx, &s, alr_step(fx.opt, &fx.args), ALR_NON_FINITE, WHAT("%s: alr_step %g in grads[2][8]", alg, (double)bad[k]));
+            MSG_HAS("tensor 2");
+            fx.g[2][8] = keep;
+        }
+    }
+
+    /* options: an unknown name lists the accepted ones */
+    FAILS(&fx, &s, alr_set_option(fx.opt, "learning_rate", 0.1), ALR_INVALID_ARGUMENT, WHAT("%s: alr_set_option unknown name", alg));
+    MSG_HAS("accepted");
+    MSG_HAS(pc->out_of_range[0].name);
+    FAILS(&fx, &s, alr_set_group_option(fx.opt, NG, "weight_decay", 0.1), ALR_INVALID_ARGUMENT, WHAT("%s: alr_set_group_option group %d of %d", alg, NG, NG));
+    FAILS(&fx, &s, alr_get_option(fx.opt, 0, "no_such_option", &v), ALR_INVALID_ARGUMENT, WHAT("%s: alr_get_option unknown name", alg));
+
+    /* calls out of order */
+    if (pc->structural) {
+        FAILS(&fx, &s, alr_set_option(fx.opt, pc->structural, 2e-6), ALR_WRONG_STATE, WHAT("%s: alr_set_option %s after the first step", alg, pc->structural));
+        MSG_HAS(pc->structural);
+    }
+    FAILS(&fx, &s, alr_set_option_str(fx.opt, "base", "sgd"), pc->schedule_free && strcmp(alg, "schedule-free") == 0 ? ALR_WRONG_STATE : ALR_INVALID_ARGUMENT,
+          WHAT("%s: alr_set_option_str base after the first step", alg));
+    FAILS(&fx, &s, alr_report_loss(fx.opt, 1.0), ALR_WRONG_STATE, WHAT("%s: alr_report_loss", alg));
+
+    /* corrupt checkpoints */
+    {
+        uint8_t *buf = malloc(s.len + 1);
+        memcpy(buf, s.state, s.len);
+        FAILS(&fx, &s, alr_load(fx.opt, buf, s.len - 1), ALR_BAD_CHECKPOINT, WHAT("%s: alr_load truncated by 1 byte", alg));
+        buf[s.len] = 0;
+        FAILS(&fx, &s, alr_load(fx.opt, buf, s.len + 1), ALR_BAD_CHECKPOINT, WHAT("%s: alr_load with a trailing byte", alg));
+        size_t positions[] = {0, 8, 20, s.len / 3, s.len / 2, s.len - 20, s.len - 9, s.len - 1};
+        for (size_t k = 0; k < sizeof positions / sizeof positions[0]; k++) {
+            buf[positions[k]] ^= 0x10;
+            FAILS(&fx, &s, alr_load(fx.opt, buf, s.len), ALR_BAD_CHECKPOINT, WHAT("%s: alr_load byte %zu of %zu flipped", alg, positions[k], s.len));
+            buf[positions[k]] ^= 0x10;
+        }
+        /* behind the checksum: another format version, another algorithm name */
+        buf[8] ^= 0x02;
+        reseal(buf, s.len);
+        FAILS(&fx, &s, alr_load(fx.opt, buf, s.len), ALR_BAD_CHECKPOINT, WHAT("%s: alr_load other format version (resealed)", alg));
+        memcpy(buf, s.state, s.len);
+        size_t name_len = strlen(alg), at = 0;
+        for (size_t i = 12; i + name_len <= s.len && at == 0; i++)
+            if (memcmp(buf + i, alg, name_len) == 0) at = i;
+        CHECK(at > 0, "%s: the algorithm name was not found in its checkpoint", alg);
+        buf[at + name_len - 1] ^= 0x01;
+        reseal(buf, s.len);
+        FAILS(&fx, &s, alr_load(fx.opt, buf, s.len), ALR_BAD_CHECKPOINT, WHAT("%s: alr_load another algorithm name (resealed)", alg));
+        free(buf);
+        Fix other;
+        if (fix_open(&other, "adam")) {
+            EXPECT(fix_step(&other, 0), ALR_OK, "adam step");
+            size_t len = 0;
+            uint8_t *adam = save_state(other.opt, &len);
+            FAILS(&fx, &s, alr_load(fx.opt, adam, len), ALR_BAD_CHECKPOINT, WHAT("%s: alr_load an adam checkpoint", alg));
+            free(adam);
+            fix_close(&other);
+        }
+    }
+
+    /* after all that, the same trajectory as an optimizer that saw none of it */
+    EXPECT(alr_step(fx.opt, &fx.args), ALR_OK, WHAT("%s: alr_step after the failures", alg));
+    {
+        Fix twin;
+        if (fix_open(&twin, alg)) {
+            for (int k = 0; k < 4; k++) EXPECT(fix_step(&twin, k), ALR_OK, "twin step");
+            CHECK(memcmp(twin.p, fx.p, sizeof twin.p) == 0, "%s: failed calls changed the trajectory", alg);
+            fix_close(&twin);
+        }
+    }
+    snap_free(&s);
+
+    /* the two parameter views: the same mode twice and a step in eval mode are refused for
+       schedule-free; for the others both modes are no-ops and a step is allowed */
+    AlrModeArgs m;
+    memset(&m, 0, sizeof m);
+    m.struct_size = sizeof m;
+    m.n_tensors = NT;
+    m.params = fx.pp;
+    m.mode = ALR_MODE_EVAL;
+    float y[NT][MAXLEN];
+    memcpy(y, fx.p, sizeof y);
+    EXPECT(alr_set_mode(fx.opt, &m), ALR_OK, WHAT("%s: ALR_MODE_EVAL", alg));
+    CHECK((memcmp(y, fx.p, sizeof y) != 0) == pc->schedule_free, "%s: ALR_MODE_EVAL %s the parameters", alg, pc->schedule_free ? "did not change" : "changed");
+    snap_take(&fx, &s);
+    if (pc->schedule_free) {
+        FAILS(&fx, &s, alr_set_mode(fx.opt, &m), ALR_WRONG_STATE, WHAT("%s: ALR_MODE_EVAL twice", alg));
+        FAILS(&fx, &s, fix_step(&fx, 5), ALR_WRONG_STATE, WHAT("%s: alr_step in eval mode", alg));
+    } else {
+        EXPECT(alr_set_mode(fx.opt, &m), ALR_OK, WHAT("%s: ALR_MODE_EVAL twice (a no-op)", alg));
+        UNCHANGED(&fx, &s, WHAT("%s: ALR_MODE_EVAL twice", alg));
+    }
+    m.mode = 2;
+    FAILS(&fx, &s, alr_set_mode(fx.opt, &m), ALR_INVALID_ARGUMENT, WHAT("%s: alr_set_mode with mode 2", alg));
+    m.mode = ALR_MODE_TRAIN;
+    EXPECT(alr_set_mode(fx.opt, &m), ALR_OK, WHAT("%s: ALR_MODE_TRAIN", alg));
+    snap_free(&s);
+    snap_take(&fx, &s);
+    if (pc->schedule_free)
+        FAILS(&fx, &s, alr_set_mode(fx.opt, &m), ALR_WRONG_STATE, WHAT("%s: ALR_MODE_TRAIN twice", alg));
+    else
+        EXPECT(alr_set_mode(fx.opt, &m), ALR_OK, WHAT("%s: ALR_MODE_TRAIN twice (a no-op)", alg));
+    EXPECT(fix_step(&fx, 5), ALR_OK, WHAT("%s: alr_step in train mode", alg));
+#undef WHAT
+    snap_free(&s);
+    fix_close(&fx);
+}
+
+static void test_peers_bad_input(void) {
+    for (size_t k = 0; k < sizeof PEERS / sizeof PEERS[0]; k++) peer_bad_input(&PEERS[k]);
+}
+
 int main(void) {
     setvbuf(stdout, NULL, _IOLBF, 0); /* keep stdout and the library's stderr lines in order */
     printf("autolr %s (ABI %u)\n", alr_version(), alr_abi_version());
@@ -1436,6 +1639,7 @@ int main(void) {
     test_impossible_sizes();
     test_allocation_failure();
     test_modes();
+    test_peers_bad_input();
     /* ALR_CUDA_ERROR: not producible on a CPU build (see the comment at the top). */
     printf("%d passed, %d failed\n", n_pass, n_fail);
     return n_fail == 0 ? 0 : 1;

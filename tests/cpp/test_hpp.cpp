@@ -5,9 +5,11 @@
 
 #include <autolr.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <limits>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
@@ -374,6 +376,41 @@ void test_modes() {
     CHECK(pr.p0 == before, "sgd: eval is a no-op");
 }
 
+// Every name of the library's list can be created, stepped and given bad input from C++: the
+// peers of docs/algorithms.md §6 among them, with their defaults.
+void test_algorithms() {
+    const std::vector<std::string> names = autolr::algorithms();
+    for (const char* peer : {"prodigy", "dadapt-adam", "dog", "schedule-free", "sf-adamw", "sf-sgd"})
+        CHECK(std::find(names.begin(), names.end(), peer) != names.end(), "autolr::algorithms() lacks %s", peer);
+    const std::vector<std::string> cuda = autolr::algorithms(ALR_DEVICE_CUDA);
+    CHECK(!cuda.empty() && cuda.size() < names.size(), "CUDA lists %zu of %zu algorithms", cuda.size(), names.size());
+    expect_error("algorithms of device 9", ALR_INVALID_ARGUMENT, "device 9", [] { autolr::algorithms(AlrDevice(9)); });
+    for (const std::string& name : {std::string("prodigy"), std::string("dadapt-adam"), std::string("dog"),
+                                    std::string("schedule-free"), std::string("sf-adamw"), std::string("sf-sgd")}) {
+        Problem pr;
+        autolr::Optimizer opt(name, pr.lens(), {0, 1});
+        const std::vector<float> start = pr.p0;
+        for (int k = 0; k < 3; ++k) {
+            pr.grads();
+            opt.step({pr.p0, pr.p1}, {pr.g0, pr.g1});
+        }
+        CHECK(pr.p0 != start, "%s: three steps did not move the parameters", name.c_str());
+        const std::string what = name + ": ";
+        expect_error((what + "unknown option").c_str(), ALR_INVALID_ARGUMENT, "accepted", [&] { opt.set_option("no_such_option", 1.0); });
+        // lr < 0 is outside every peer's range ((0, ∞) for dog, [0, ∞) for the others)
+        expect_error((what + "lr = -1").c_str(), ALR_INVALID_ARGUMENT, "'lr'", [&] { opt.set_option("lr", -1.0); });
+        expect_error((what + "report_loss").c_str(), ALR_WRONG_STATE, name, [&] { opt.report_loss(1.0); });
+        const std::vector<float> before = pr.p0;
+        pr.grads();
+        pr.g1[2] = std::numeric_limits<float>::infinity();
+        expect_error((what + "inf in the last tensor's grad").c_str(), ALR_NON_FINITE, "tensor 1", [&] { opt.step({pr.p0, pr.p1}, {pr.g0, pr.g1}); });
+        CHECK(pr.p0 == before, "%s: a refused step moved the parameters", name.c_str());
+        std::vector<std::uint8_t> state = opt.save();
+        state[state.size() / 2] ^= 0x10;
+        expect_error((what + "corrupt checkpoint").c_str(), ALR_BAD_CHECKPOINT, "", [&] { opt.load(state); });
+    }
+}
+
 }  // namespace
 
 int main() {
@@ -385,6 +422,7 @@ int main() {
     test_callbacks();
     test_groups_and_readback();
     test_modes();
+    test_algorithms();
     std::printf("%d passed, %d failed\n", checks - failures, failures);
     return failures == 0 ? 0 : 1;
 }

@@ -854,3 +854,119 @@ def test_alr_load_with_a_length_no_buffer_can_have(adam):
     assert _ffi.AlrStatus_NAMES[rc] == "ALR_BAD_CHECKPOINT", lib.alr_last_error()
     assert "larger than any buffer" in lib.alr_last_error().decode()
     assert snapshot(opt, params) == before
+
+
+# --- the tuning-free peers (issue 19, item 9): the guarantees of every other algorithm ----------
+# Corrupt and mismatched checkpoints of every algorithm, these included, are test_checkpoint.py's
+# test_bad_checkpoints_raise_and_change_nothing (it runs over autolr.ALGORITHMS).
+
+# algorithm -> (values outside each option's range, docs/algorithms.md §6.1 and schedule-free's
+# table; an option that shapes the state, refused after the first step, or None)
+PEERS = {
+    "prodigy": ({"lr": -1.0, "beta1": 1.0, "beta3": 1.5, "d0": 0.0, "d_coef": -1.0, "growth_rate": 0.0, "safeguard_warmup": 0.5}, "d0"),
+    "dadapt-adam": ({"lr": float("nan"), "beta2": 1.0, "eps": 0.0, "d0": -1.0, "growth_rate": -2.0, "decouple": 2.0}, "d0"),
+    "dog": ({"lr": 0.0, "reps_rel": 0.0, "eps": 0.0, "init_eta": -1.0, "weight_decay": -0.1}, None),
+    "schedule-free": ({"lr": float("inf"), "beta1": 0.0, "warmup_steps": 1.5, "r": -1.0, "weight_lr_power": -1.0, "beta2": 1.0}, None),
+    "sf-adamw": ({"beta1": 1.0, "warmup_steps": -1.0, "eps": 0.0, "weight_decay": -1.0}, None),
+    "sf-sgd": ({"momentum": 0.0, "lr": -0.5, "base_weight_decay": -1.0}, None),
+}
+TWO_VIEWS = {"schedule-free", "sf-adamw", "sf-sgd"}
+
+
+def trained(name):
+    """`name` over SHAPES in GROUPS, 3 steps into training."""
+    params = make_params()
+    opt = autolr.Optimizer(name, params, groups=GROUPS)
+    for t in range(3):
+        opt.step(make_grads(params, t))
+    return opt, params
+
+
+@pytest.mark.parametrize("name", PEERS)
+def test_peer_option_errors(name):
+    out_of_range, structural = PEERS[name]
+    params = make_params()
+    fresh = autolr.Optimizer(name, params, groups=GROUPS)
+    for option, value in out_of_range.items():
+        # before the first step, when every option (a structural one too) may still be set
+        assert_fails(fresh, params, "ALR_INVALID_ARGUMENT", lambda: fresh.set_option(option, value), f"'{option}'", "out of range")
+        with pytest.raises(autolr.Error, match=option) as info:
+            autolr.Optimizer(name, make_params(), **{option: value})
+        assert info.value.status == "ALR_INVALID_ARGUMENT"
+    opt, params = trained(name)
+    err = assert_fails(opt, params, "ALR_INVALID_ARGUMENT", lambda: opt.set_option("learning_rate", 0.1), "learning_rate", "accepted")
+    assert all(f" {option}" in str(err) for option in out_of_range), str(err)
+    assert_fails(opt, params, "ALR_INVALID_ARGUMENT", lambda: opt.set_option("weight_decay", 0.1, group=2), "group 2")
+    if structural is not None:
+        assert_fails(opt, params, "ALR_WRONG_STATE", lambda: opt.set_option(structural, 2e-6), structural, "before the first step")
+    # only 'schedule-free' has a base to set (the aliases fix theirs); it is fixed once training started
+    base_status = "ALR_WRONG_STATE" if name == "schedule-free" else "ALR_INVALID_ARGUMENT"
+    assert_fails(opt, params, base_status, lambda: opt.set_option("base", "sgd"), "base")
+    assert_fails(opt, params, "ALR_WRONG_STATE", lambda: opt.report_loss(1.0), name)
+
+
+def raw_step_args(params, grads, n_tensors=None):
+    """AlrStepArgs over numpy arrays (and the ctypes arrays that must outlive the call)."""
+    args = _ffi.AlrStepArgs()
+    args.struct_size = ctypes.sizeof(args)
+    args.n_tensors = len(params) if n_tensors is None else n_tensors
+    fp = ctypes.POINTER(ctypes.c_float)
+    p = (fp * len(params))(*[a.ctypes.data_as(fp) for a in params])
+    g = (fp * len(grads))(*[a.ctypes.data_as(fp) if a is not None else None for a in grads])
+    args.params = ctypes.cast(p, ctypes.POINTER(fp))
+    args.grads = ctypes.cast(g, ctypes.POINTER(fp))
+    return args, (p, g)
+
+
+@pytest.mark.parametrize("name", PEERS)
+def test_peer_step_errors(name):
+    opt, params = trained(name)
+    grads = make_grads(params, 3)
+    assert_fails(opt, params, "ALR_SHAPE_MISMATCH", lambda: opt.step(grads[:2]), "2", "3")
+    assert_fails(opt, params, "ALR_SHAPE_MISMATCH", lambda: opt.step(grads + grads[:1]))
+    wrong = list(grads)
+    wrong[1] = np.zeros((2, 3), np.float32)
+    assert_fails(opt, params, "ALR_SHAPE_MISMATCH", lambda: opt.step(wrong), "grads[1]")
+    for value in (np.nan, np.inf, -np.inf):
+        bad = [g.copy() for g in grads]
+        bad[2][1, 2] = value  # the last tensor: the first ones would be moved already without up-front checks
+        assert_fails(opt, params, "ALR_NON_FINITE", lambda: opt.step(bad), "tensor 2", "[5]")
+    # what the Python API never sends, through the raw call: null pointers, a wrong tensor count
+    for what, args_keep, status in [
+        ("grads[1]", raw_step_args(params, [grads[0], None, grads[2]]), "ALR_NULL_POINTER"),
+        ("n_tensors", raw_step_args(params, grads, n_tensors=2), "ALR_SHAPE_MISMATCH"),
+    ]:
+        args = args_keep[0]
+        assert_fails(opt, params, status, lambda: raw_check(lib.alr_step(opt._handle, ctypes.byref(args))), what)
+    assert_fails(opt, params, "ALR_NULL_POINTER", lambda: raw_check(lib.alr_step(opt._handle, None)), "args")
+    assert_fails(opt, params, "ALR_NULL_POINTER", lambda: raw_check(lib.alr_set_mode(opt._handle, None)), "args")
+    # and the trajectory that follows is that of an optimizer that saw none of it
+    twin, twin_params = trained(name)
+    opt.step(grads)
+    twin.step(make_grads(twin_params, 3))
+    assert [p.tobytes() for p in params] == [p.tobytes() for p in twin_params]
+    assert opt.state_dict() == twin.state_dict()
+
+
+@pytest.mark.parametrize("name", PEERS)
+def test_peer_modes_in_the_wrong_order(name):
+    """Schedule-free: eval() twice, a step in eval mode and train() twice are ALR_WRONG_STATE with
+    nothing changed; for prodigy, dadapt-adam and dog eval()/train() are no-ops."""
+    opt, params = trained(name)
+    at_y = [p.tobytes() for p in params]
+    opt.eval()
+    assert ([p.tobytes() for p in params] != at_y) == (name in TWO_VIEWS)
+    grads = make_grads(params, 3)
+    if name in TWO_VIEWS:
+        assert_fails(opt, params, "ALR_WRONG_STATE", opt.eval, "already in eval mode")
+        assert_fails(opt, params, "ALR_WRONG_STATE", lambda: opt.step(grads), "eval mode", "ALR_MODE_TRAIN")
+        opt.train()
+        assert_fails(opt, params, "ALR_WRONG_STATE", opt.train, "already in train mode")
+    else:
+        opt.eval()
+        opt.step(grads)  # eval mode means nothing to these: the step is taken
+        opt.train()
+        opt.train()
+        twin, twin_params = trained(name)
+        twin.step(make_grads(twin_params, 3))
+        assert [p.tobytes() for p in params] == [p.tobytes() for p in twin_params]

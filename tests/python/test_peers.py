@@ -209,3 +209,30 @@ def test_state_is_the_references_buffers(name, options, floats):
         return len(opt.state_dict())
 
     assert size(10) - size(0) == 10 * floats * 4
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_torch_classes_step_like_the_reference(name):
+    """autolr.torch's Prodigy, DAdaptAdam and DoG (a drop-in for the reference's class, the
+    parameters a torch model's) with the first case's options follow the reference like the
+    numpy API does."""
+    import autolr.torch as alt
+
+    cls = {"prodigy": alt.Prodigy, "dadapt-adam": alt.DAdaptAdam, "dog": alt.DoG}[name]
+    _, global_opts, group_opts = CASES[name][0]
+    problem = Problem()
+    ours = [torch.nn.Parameter(torch.tensor(p.copy())) for p in problem.start]
+    theirs = [torch.tensor(p.copy()) for p in problem.start]
+    groups = [{"params": [p for p, k in zip(ours, GROUPS) if k == g], **group_opts[g]} for g in range(2)]
+    opt = cls(groups, **global_opts)
+    ref = reference(name, theirs, global_opts, group_opts)
+    for t in range(20):
+        grads = problem.grads([p.detach().numpy() for p in theirs], t)
+        for a, b, g in zip(ours, theirs, grads):
+            a.grad = torch.from_numpy(g.copy())
+            b.grad = torch.from_numpy(g.copy())
+        opt.step()
+        ref.step()
+        err = max(rel(a.detach().numpy(), b.numpy()) for a, b in zip(ours, theirs))
+        assert err <= PARAM_RTOL[name], f"{name} step {t + 1}: parameters differ by {err:.2e} relative"
+    assert opt.algorithm == name and not all(np.array_equal(a.detach().numpy(), s) for a, s in zip(ours, problem.start))

@@ -56,7 +56,7 @@ from . import Optimizer as _Core
 
 __all__ = [
     "AutoLR", "SGD", "Momentum", "Adam", "AdamW", "Adagrad", "RMSprop", "AutoSGD", "AutoAdam",
-    "AutoAdagrad", "GI", "TLR", "VSGD", "ScheduleFree", "SGDScheduleFree", "AdamWScheduleFree", "SumGradSquared",
+    "AutoAdagrad", "GI", "TLR", "VSGD", "Prodigy", "DAdaptAdam", "DoG", "ScheduleFree", "SGDScheduleFree", "AdamWScheduleFree", "SumGradSquared",
     "all_reduce", "sum_sq_over_ranks", "ZeroShards",
 ]
 
@@ -625,6 +625,32 @@ class VSGD(AutoLR):
         if variant not in ("l", "g", "b"):
             raise Error(f"variant is {variant!r}; accepted: 'l', 'g', 'b'")
         super().__init__(params, f"vsgd-{variant}", **options)
+
+
+class Prodigy(AutoLR):
+    """``prodigyopt.Prodigy`` (docs/algorithms.md §6.1): ``lr`` 1.0, ``beta1``/``beta2`` (the
+    reference's ``betas``), ``beta3``, ``eps``, ``weight_decay``, ``decouple``,
+    ``use_bias_correction``, ``safeguard_warmup``, ``d0``, ``d_coef``, ``growth_rate``."""
+
+    def __init__(self, params, lr=1.0, **options):
+        super().__init__(params, "prodigy", lr=lr, **options)
+
+
+class DAdaptAdam(AutoLR):
+    """``dadaptation.DAdaptAdam`` (docs/algorithms.md §6.1): ``lr`` 1.0, ``beta1``/``beta2`` (the
+    reference's ``betas``), ``eps``, ``weight_decay``, ``decouple``, ``use_bias_correction``,
+    ``d0``, ``growth_rate``."""
+
+    def __init__(self, params, lr=1.0, **options):
+        super().__init__(params, "dadapt-adam", lr=lr, **options)
+
+
+class DoG(AutoLR):
+    """``dog.DoG`` (docs/algorithms.md §6.1): ``lr`` 1.0, ``reps_rel``, ``weight_decay``, ``eps``,
+    ``init_eta``."""
+
+    def __init__(self, params, lr=1.0, **options):
+        super().__init__(params, "dog", lr=lr, **options)
 
 
 # Σ_i g_i² without per-sample gradients where the layer allows it ------------------------------

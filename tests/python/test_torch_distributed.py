@@ -57,14 +57,18 @@ SHARDED = {
     "vsgd-b": ("vsgd-b", dict(n0=3, slow_start_c=20.0)),
     "gi-adam": ("gi", dict(base="adam", lr=0.01)),
     "gi-auto-adam": ("gi", dict(base="auto-adam")),
+    "prodigy": ("prodigy", dict(weight_decay=0.01)),
+    "dadapt-adam": ("dadapt-adam", {}),
+    "dog": ("dog", {}),
     "adam": ("adam", dict(lr=0.01)),
     "vsgd-l": ("vsgd-l", dict(n0=2, slow_start_c=20.0)),
     "sf-adamw": ("sf-adamw", {}),
 }
 # Calls to the callback in 50 steps (README "More than one process"): AutoOpt one per step; TLR
-# one per step that trains α (from step 2); vsgd-g/-b two; GI one for φ after its base's.
+# one per step that trains α (from step 2); vsgd-g/-b two; GI one for φ after its base's; the
+# peers one (pass 1's sums).
 CALLS = {"auto-sgd": 50, "auto-adam": 50, "auto-adagrad": 50, "tlr": 49, "vsgd-g": 100, "vsgd-b": 100, "gi-adam": 50,
-         "gi-auto-adam": 100, "adam": 0, "vsgd-l": 0, "sf-adamw": 0}
+         "gi-auto-adam": 100, "prodigy": 50, "dadapt-adam": 50, "dog": 50, "adam": 0, "vsgd-l": 0, "sf-adamw": 0}
 DDP = ("ddp-auto-adam", "ddp-gi-auto-adam", "zero1-auto-adam", "fsdp2-tlr", "fsdp2-gi-adam")
 WORLDS = (1, 2, 3)
 LAUNCH_TIMEOUT = 90  # seconds for one launch of every rank (normally a few)

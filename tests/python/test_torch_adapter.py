@@ -305,11 +305,11 @@ def test_auto_is_a_drop_in_for_adam():
         opt.zero_grad()
         F.cross_entropy(model(x), y).backward()
         opt.step()
-    opt.eval()
+    opt.eval()  # schedule-free's x where "auto" stands for it; a no-op otherwise
     after = loss_now()
     assert after < 0.7 * before, f"loss {before:.4f} -> {after:.4f}"
-    saved = opt.state_dict()
     opt.train()
+    saved = opt.state_dict()
     twin = mlp()
     twin.load_state_dict(model.state_dict())
     other = alt.Auto(twin.parameters())

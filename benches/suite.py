@@ -464,7 +464,7 @@ def report(problems, summaries, pick, ranks, meta):
         errors = [(label, e) for label, row in summaries[p.key].items() for e in row["errors"]]
         if errors:
             out.append("Stopped runs: " + "; ".join(f"{label}: {e}" for label, e in errors[:20]) + "\n")
-        out.append(f"![loss curves]({p.key}_loss.png) ![learning rates]({p.key}_lr.png)\n")
+        out.append(f"![loss curves](suite_{p.key}_loss.png) ![learning rates](suite_{p.key}_lr.png)\n")
     return "\n".join(out)
 
 

@@ -2,7 +2,7 @@
 loss curves and the learning rate each method used, seed 0, one line per entrant (the Adam and
 SGD grids by their tuned point only, to keep the plots readable; the row `auto` stands for drawn thick).
 
-    .venv/bin/python scripts/plot_suite.py DIR      # writes DIR/{problem}_loss.png, DIR/{problem}_lr.png
+    .venv/bin/python scripts/plot_suite.py DIR      # writes DIR/suite_{problem}_loss.png, DIR/suite_{problem}_lr.png
 """
 import json
 import sys
@@ -43,7 +43,7 @@ def main():
             ax.set_title(f"{problem['title']} — seed 0")
             ax.legend(fontsize=6, ncol=2)
             fig.tight_layout()
-            name = out / f"{key}_{'loss' if what == 'curve' else 'lr'}.png"
+            name = out / f"suite_{key}_{'loss' if what == 'curve' else 'lr'}.png"
             fig.savefig(name, dpi=90)
             plt.close(fig)
             print(f"wrote {name}")

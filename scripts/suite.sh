@@ -10,7 +10,7 @@
 #   bash scripts/suite.sh --quick    smoke run (tiny budgets, 1 seed, few entrants; about a minute)
 #   bash scripts/suite.sh --out DIR  (default docs/results) and any other option of benches/suite.py
 #
-# Results: DIR/suite.md, DIR/suite.json, DIR/{mlp,cnn,lm}_{loss,lr}.png.
+# Results: DIR/suite.md, DIR/suite.json, DIR/suite_{mlp,cnn,lm}_{loss,lr}.png.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 log() { printf '[suite.sh] %s\n' "$*" >&2; }

@@ -209,6 +209,16 @@ mod tests {
         assert_eq!(auto.save().unwrap(), target.save().unwrap());
     }
 
+    /// `auto` stands for what the committed run of the benchmark suite picked by its protocol
+    /// (benches/suite.py): changing either without the other fails here.
+    #[test]
+    fn auto_is_the_suites_pick() {
+        let results = include_str!("../docs/results/suite.json");
+        let label = if AUTO.1.is_empty() { AUTO.0.to_string() } else { format!("{}({})", AUTO.0, AUTO.1) };
+        assert!(results.contains(&format!("\"pick\": \"{label}\"")), "docs/results/suite.json does not pick {label} (the alias `auto`)");
+        assert!(results.contains("\"mode\": \"full\""), "docs/results/suite.json is not a full run of the suite");
+    }
+
     #[test]
     fn aliases_are_listed_where_their_algorithm_runs() {
         let cpu = super::names_on(crate::backend::DeviceKind::Cpu);

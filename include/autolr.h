@@ -246,8 +246,8 @@ const char *alr_last_error(void);
 // value that is no AlrStatus); static storage. Takes an int so that any value is safe.
 const char *alr_status_name(int32_t status);
 
-// The algorithms `alr_create` accepts on `device`, comma-separated ("sgd,momentum,…"): every
-// one for ALR_DEVICE_CPU; for ALR_DEVICE_CUDA those with CUDA kernels (creating one still needs
+// The algorithms `alr_create` accepts on `device`, comma-separated ("sgd,momentum,…", then the
+// aliases such as "auto" whose algorithm runs there): every one for ALR_DEVICE_CPU; for ALR_DEVICE_CUDA those with CUDA kernels (creating one still needs
 // a build with the `cuda` feature and a GPU). Static storage; NULL for a value that is no
 // AlrDevice. Takes an int so that any value is safe.
 const char *alr_algorithms(int32_t device);

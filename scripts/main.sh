@@ -15,7 +15,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 log() { printf '[main.sh] %s\n' "$*" >&2; }
 
 # Real data from Debian's package; without it the driver runs on its built-in stand-in and
-# says so in its first line of output.
+# says so in its second line of output (the first names the default, algorithm "auto").
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     # Skipped when the files are already there (a second run needs no network).
     if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then

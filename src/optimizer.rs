@@ -202,7 +202,8 @@ pub struct Optimizer {
 }
 
 impl Optimizer {
-    /// Creates `algorithm` (see `registry::ALGORITHMS`) for tensors of `lens` elements in
+    /// Creates `algorithm` (see `registry::ALGORITHMS`, or an alias of `registry::ALIASES`, which
+    /// is created as what it stands for) for tensors of `lens` elements in
     /// `groups`, in host memory.
     pub fn new(algorithm: &str, lens: &[usize], groups: Option<&[usize]>) -> Result<Self> {
         Self::on(DeviceSpec::cpu(), algorithm, lens, groups)
@@ -220,7 +221,8 @@ impl Optimizer {
     /// summed over them through `comm` (docs/algorithms.md §7).
     pub fn on_shards(device: DeviceSpec, algorithm: &str, lens: &[usize], groups: Option<&[usize]>, shards: Shards) -> Result<Self> {
         let layout = Layout::new(lens, groups)?;
-        let base = registry::default_base(algorithm).to_string();
+        let (algorithm, alias_base) = registry::resolve(algorithm);
+        let base = alias_base.unwrap_or_else(|| registry::default_base(algorithm)).to_string();
         let options = Options::new(registry::specs(algorithm, &base)?, layout.n_groups())?;
         registry::check_runs_on(device.kind(), algorithm)?;
         let device = device.open()?;

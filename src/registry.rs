@@ -23,8 +23,34 @@ pub const ALGORITHMS: &[&str] = &[
     "prodigy", "dadapt-adam", "dog", "schedule-free", "sf-adamw", "sf-sgd",
 ];
 
+/// `auto`, the recommended tuning-free default: an alias, decided by the benchmark suite
+/// (`bash scripts/suite.sh`, docs/results/suite.md), of one algorithm over one base (`""`: the
+/// algorithm wraps nothing), the same on every model. Its options and inputs are those of what
+/// it stands for.
+pub const AUTO: (&str, &str) = ("prodigy", "");
+
+/// The names `alr_create` accepts besides `ALGORITHMS`: aliases resolved when an optimizer is
+/// created (`resolve`).
+pub const ALIASES: &[&str] = &["auto"];
+
+/// The algorithm and base an alias stands for (`None`: the algorithm's default base); any other
+/// name as it is.
+pub fn resolve(name: &str) -> (&str, Option<&'static str>) {
+    match name {
+        "auto" => (AUTO.0, Some(AUTO.1).filter(|b| !b.is_empty())),
+        _ => (name, None),
+    }
+}
+
+/// What `alr_algorithms` lists for a kind of device: its algorithms, then the aliases whose
+/// algorithm it runs.
+pub fn names_on(kind: DeviceKind) -> Vec<&'static str> {
+    let on = algorithms_on(kind);
+    on.iter().copied().chain(ALIASES.iter().copied().filter(|&a| on.contains(&resolve(a).0))).collect()
+}
+
 fn unknown(name: &str) -> Error {
-    Error::invalid(format!("unknown algorithm '{name}'; accepted: {}", ALGORITHMS.join(", ")))
+    Error::invalid(format!("unknown algorithm '{name}'; accepted: {}, {}", ALGORITHMS.join(", "), ALIASES.join(", ")))
 }
 
 /// Options every algorithm takes.
@@ -163,9 +189,58 @@ fn build_on<D: Device>(
 
 #[cfg(test)]
 mod tests {
+    use super::{resolve, ALGORITHMS, AUTO};
     use crate::adapt::{autoopt, dadapt, dog, prodigy, schedule_free, tlr, vsgd};
     use crate::base::{adagrad, adam, momentum, rmsprop, sgd};
+    use crate::{Callbacks, Optimizer, StepInputs};
     use std::mem::{offset_of, size_of};
+
+    /// `auto` is what it stands for, step for step and in its checkpoint, and takes gradients
+    /// only: the contract of `autolr.torch.Auto(model.parameters())`, a drop-in for Adam whose
+    /// loop has no closure and no per-sample hooks.
+    #[test]
+    fn auto_is_its_target_on_gradients_alone() {
+        assert!(ALGORITHMS.contains(&AUTO.0) && (AUTO.1.is_empty() || ALGORITHMS.contains(&AUTO.1)));
+        assert_eq!(resolve("adam"), ("adam", None));
+        let lens = [5, 3];
+        let mut auto = Optimizer::new("auto", &lens, None).unwrap();
+        let mut target = Optimizer::new(AUTO.0, &lens, None).unwrap();
+        if !AUTO.1.is_empty() {
+            target.set_option_str("base", AUTO.1).unwrap();
+        }
+        assert_eq!((auto.algorithm(), auto.base()), (target.algorithm(), target.base()));
+        let (mut a, mut b) = (vec![vec![0.5f32; 5], vec![-1.0f32; 3]], vec![vec![0.5f32; 5], vec![-1.0f32; 3]]);
+        for t in 0..10 {
+            let grads: Vec<Vec<f32>> = a.iter().map(|p| p.iter().enumerate().map(|(i, &v)| v - 0.1 * (i + t) as f32).collect()).collect();
+            for (opt, params) in [(&mut auto, &mut a), (&mut target, &mut b)] {
+                let mut views: Vec<&mut [f32]> = params.iter_mut().map(|p| &mut p[..]).collect();
+                let inputs = StepInputs::new(grads.iter().map(|g| &g[..]).collect());
+                opt.step(&mut views, &inputs, &mut Callbacks::default()).unwrap();
+            }
+        }
+        assert_eq!(a, b);
+        assert_ne!(a[0], vec![0.5f32; 5], "auto did not move the parameters");
+        assert_eq!(auto.save().unwrap(), target.save().unwrap());
+    }
+
+    /// `auto` stands for what the committed run of the benchmark suite picked by its protocol
+    /// (benches/suite.py): changing either without the other fails here.
+    #[test]
+    fn auto_is_the_suites_pick() {
+        let results = include_str!("../docs/results/suite.json");
+        let label = if AUTO.1.is_empty() { AUTO.0.to_string() } else { format!("{}({})", AUTO.0, AUTO.1) };
+        assert!(results.contains(&format!("\"pick\": \"{label}\"")), "docs/results/suite.json does not pick {label} (the alias `auto`)");
+        assert!(results.contains("\"mode\": \"full\""), "docs/results/suite.json is not a full run of the suite");
+    }
+
+    #[test]
+    fn aliases_are_listed_where_their_algorithm_runs() {
+        let cpu = super::names_on(crate::backend::DeviceKind::Cpu);
+        assert_eq!(cpu.last(), Some(&"auto"));
+        let cuda = super::names_on(crate::backend::DeviceKind::Cuda);
+        assert_eq!(cuda.contains(&"auto"), super::ON_CUDA.contains(&AUTO.0));
+        assert!(Optimizer::new("autox", &[2], None).unwrap_err().to_string().contains("auto"));
+    }
 
     /// Every `ALR_SIZE`/`ALR_FIELD` line of the kernels (which nvcc checks against the C++
     /// structs) holds the Rust struct's size or offset: the records and coefficients the

@@ -97,7 +97,11 @@ fn parse_args() -> Result<Args, String> {
 /// The automatic methods of the main table, at their defaults; only the structural options the
 /// benchmark's definition names are set (TLR's per_group and window, GI's base).
 fn automatic_methods(window: usize) -> Vec<MethodSpec> {
-    let mut methods: Vec<MethodSpec> = ["auto-sgd", "auto-adam", "auto-adagrad", "vsgd-l", "vsgd-g", "vsgd-b"].iter().map(|a| MethodSpec::new(a)).collect();
+    // The recommended default first (README "The default"), under the name users write.
+    let (target, base) = autolr::registry::AUTO;
+    let standing_for = if base.is_empty() { target.to_string() } else { format!("{target}({base})") };
+    let mut methods = vec![MethodSpec::new("auto").labelled(format!("auto = {standing_for}"))];
+    methods.extend(["auto-sgd", "auto-adam", "auto-adagrad", "vsgd-l", "vsgd-g", "vsgd-b"].iter().map(|a| MethodSpec::new(a)));
     for base in ["sgd", "adam", "auto-sgd", "auto-adam", "auto-adagrad", "vsgd-l", "vsgd-g", "vsgd-b", "tlr"] {
         methods.push(MethodSpec::gi(base));
     }
@@ -196,6 +200,12 @@ fn main() {
         }
     };
     let started = Instant::now();
+    let (target, base) = autolr::registry::AUTO;
+    println!(
+        "Default: algorithm \"auto\" = {target}{} (torch: autolr.torch.Auto(model.parameters())), the benchmark suite's pick \
+         (bash scripts/suite.sh, docs/results/suite.md); its row is the first of each table below.",
+        if base.is_empty() { String::new() } else { format!(" over {base}") }
+    );
     let (mut dataset, data_line) = load_data(&args.data);
     println!("{data_line}");
     let full_train = dataset.train_y.len();
@@ -223,7 +233,8 @@ fn main() {
     );
     println!("{protocol_line}");
 
-    let available = autolr::registry::ALGORITHMS;
+    let names = autolr::registry::names_on(autolr::backend::DeviceKind::Cpu);
+    let available: &[&str] = &names;
     let run_main = !args.sweep_only;
     let run_sweep = args.sweep_only || args.full;
     let mut skipped = Vec::new();
@@ -234,7 +245,7 @@ fn main() {
             if missing.is_empty() {
                 methods.push(spec);
             } else {
-                skipped.push(format!("{} ({} not in autolr::registry::ALGORITHMS)", spec.label, missing.join(", ")));
+                skipped.push(format!("{} ({} not in the library's names)", spec.label, missing.join(", ")));
             }
         }
     }

@@ -61,6 +61,11 @@ pub struct Needs {
 }
 
 fn own_needs(algorithm: &str) -> Needs {
+    // An alias ("auto") needs what it stands for.
+    let (algorithm, base) = autolr::registry::resolve(algorithm);
+    if let Some(base) = base.filter(|_| algorithm == "gi") {
+        return Needs { loss: true, ..own_needs(base) };
+    }
     if algorithm.starts_with("auto-") {
         Needs { sum_sq: true, ..Needs::default() }
     } else if algorithm.starts_with("vsgd-") {

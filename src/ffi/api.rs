@@ -278,14 +278,14 @@ pub extern "C" fn alr_status_name(status: i32) -> *const c_char {
     interned(STATUS_NAMES.iter().find(|(s, _)| *s as i32 == status).map_or("ALR_UNKNOWN_STATUS", |(_, name)| name))
 }
 
-/// The algorithms `alr_create` accepts on `device`, comma-separated ("sgd,momentum,…"): every
-/// one for ALR_DEVICE_CPU; for ALR_DEVICE_CUDA those with CUDA kernels (creating one still needs
+/// The algorithms `alr_create` accepts on `device`, comma-separated ("sgd,momentum,…", then the
+/// aliases such as "auto" whose algorithm runs there): every one for ALR_DEVICE_CPU; for ALR_DEVICE_CUDA those with CUDA kernels (creating one still needs
 /// a build with the `cuda` feature and a GPU). Static storage; NULL for a value that is no
 /// AlrDevice. Takes an int so that any value is safe.
 #[no_mangle]
 pub extern "C" fn alr_algorithms(device: i32) -> *const c_char {
     static LISTS: OnceLock<[CString; 2]> = OnceLock::new();
-    let lists = LISTS.get_or_init(|| [DeviceKind::Cpu, DeviceKind::Cuda].map(|kind| CString::new(registry::algorithms_on(kind).join(",")).unwrap_or_default()));
+    let lists = LISTS.get_or_init(|| [DeviceKind::Cpu, DeviceKind::Cuda].map(|kind| CString::new(registry::names_on(kind).join(",")).unwrap_or_default()));
     match device {
         d if d == AlrDevice::AlrDeviceCpu as i32 => lists[0].as_ptr(),
         d if d == AlrDevice::AlrDeviceCuda as i32 => lists[1].as_ptr(),

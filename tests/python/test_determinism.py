@@ -30,7 +30,7 @@ for name in names:
     for t in range(steps):
         rows = [(p * 0.5 + rng.standard_normal((8,) + s)).astype(np.float32) for p, s in zip(params, shapes)]
         kw = {}
-        if name.startswith("auto") or name.startswith("vsgd") or name == "gi":
+        if name.startswith("auto-") or name.startswith("vsgd") or name == "gi":
             kw.update(per_sample=rows)
         if name.startswith("vsgd"):
             kw.update(curvature=[np.full(s, 0.5, np.float32) for s in shapes])

@@ -284,3 +284,38 @@ def test_every_named_class_constructs():
         opt = cls(mlp().parameters(), **kw)
         assert opt.algorithm in autolr.ALGORITHMS
         assert len(opt.lr) == 1  # one param group
+
+
+# -- the default: Auto -------------------------------------------------------------------------
+
+def test_auto_is_a_drop_in_for_adam():
+    """autolr.torch.Auto(model.parameters()) in Adam's loop (no lr, no closure, no Σg²): it is
+    the algorithm "auto", lowers the loss, and its eval()/train() and checkpoint work."""
+    assert "auto" in autolr.ALGORITHMS
+    model = mlp()
+    x, y = data(n=64)
+    opt = alt.Auto(model.parameters())
+    assert opt.algorithm == "auto"
+
+    def loss_now():
+        with torch.no_grad():
+            return float(F.cross_entropy(model(x), y))
+    before = loss_now()
+    for _ in range(60):
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    opt.eval()  # schedule-free's x where "auto" stands for it; a no-op otherwise
+    after = loss_now()
+    assert after < 0.7 * before, f"loss {before:.4f} -> {after:.4f}"
+    opt.train()
+    saved = opt.state_dict()
+    twin = mlp()
+    twin.load_state_dict(model.state_dict())
+    other = alt.Auto(twin.parameters())
+    other.load_state_dict(saved)
+    for o, m in ((opt, model), (other, twin)):
+        o.zero_grad()
+        F.cross_entropy(m(x), y).backward()
+        o.step()
+    assert_params_close(model, twin, rtol=0, what="Auto resumed from its state_dict")

@@ -55,14 +55,10 @@ from . import Error
 from . import Optimizer as _Core
 
 __all__ = [
-    "AutoLR", "SGD", "Momentum", "Adam", "AdamW", "Adagrad", "RMSprop", "AutoSGD", "AutoAdam",
+    "Auto", "AutoLR", "SGD", "Momentum", "Adam", "AdamW", "Adagrad", "RMSprop", "AutoSGD", "AutoAdam",
     "AutoAdagrad", "GI", "TLR", "VSGD", "Prodigy", "DAdaptAdam", "DoG", "ScheduleFree", "SGDScheduleFree", "AdamWScheduleFree", "SumGradSquared",
     "all_reduce", "sum_sq_over_ranks", "ZeroShards",
 ]
-
-# The algorithms with two parameter views (train: y, eval: x).
-_SCHEDULE_FREE = ("schedule-free", "sf-adamw", "sf-sgd")
-
 
 def _describe(i, p):
     return f"parameter {i} (shape {tuple(p.shape)})"
@@ -488,7 +484,9 @@ class AutoLR(torch.optim.Optimizer):
         self._set_mode(True)
 
     def _set_mode(self, train):
-        if self.algorithm not in _SCHEDULE_FREE or self._core.training == train:
+        # The library knows which algorithms have two views ("auto" may stand for one); for the
+        # others the mode stays "train" and alr_set_mode is a no-op.
+        if self._core.training == train:
             return
         self._check_storage()
         mode = 0 if train else 1  # ALR_MODE_TRAIN, ALR_MODE_EVAL
@@ -537,6 +535,19 @@ class AutoLR(torch.optim.Optimizer):
 
 
 # Thin named classes ------------------------------------------------------------------------------
+
+class Auto(AutoLR):
+    """The recommended tuning-free default, algorithm ``"auto"`` (README "The default"): the
+    one-line replacement for ``torch.optim.Adam(model.parameters(), lr=...)``, with no learning
+    rate. ``auto`` is an alias, decided by the benchmark suite (``bash scripts/suite.sh``), of an
+    algorithm that needs nothing but the gradients (today ``prodigy``: docs/algorithms.md §8), so
+    the loop stays Adam's (``zero_grad``, ``backward``, ``step()``) and nothing extra is computed;
+    ``eval()``/``train()`` around evaluation are no-ops for it, and would be needed were it ever
+    to stand for schedule-free."""
+
+    def __init__(self, params, **options):
+        super().__init__(params, "auto", **options)
+
 
 class SGD(AutoLR):
     """Plain SGD (fixed rate): ``lr``, ``weight_decay``."""

@@ -64,6 +64,17 @@ extern "C" __global__ void alr_check_sums(const double* group_sums, unsigned lon
     if (threadIdx.x == 0 && bad != 3) report(status, bad, step);
 }
 
+// Sharded solves whose fourth slot is a maximum: that slot of every record into `maxima`
+// (`aside`), where the communicator combines it by a maximum, or back after it has.
+extern "C" __global__ void alr_move_maxima(double* group_sums, double* maxima, unsigned long long n_records, int aside) {
+    for (size_t r = threadIdx.x; r < n_records; r += blockDim.x) {
+        if (aside)
+            maxima[r] = group_sums[4 * r + 3];
+        else
+            group_sums[4 * r + 3] = maxima[r];
+    }
+}
+
 ALR_SIZE(DeviceStatus, 16);
 ALR_FIELD(DeviceStatus, negative_sum_sq, 4);
 ALR_FIELD(DeviceStatus, step, 8);

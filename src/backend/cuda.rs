@@ -35,7 +35,7 @@ static CUBIN_SM90: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/autolr_sm90
 #[cfg(test)]
 pub(crate) static CUBINS: [&[u8]; 2] = [CUBIN_SM80, CUBIN_SM90];
 /// The device's own kernels (cuda/device.cu).
-pub(crate) const DEVICE_KERNELS: &[&str] = &["alr_check_values", "alr_group_sums", "alr_check_sums"];
+pub(crate) const DEVICE_KERNELS: &[&str] = &["alr_check_values", "alr_group_sums", "alr_check_sums", "alr_move_maxima"];
 
 /// Threads per block (cuda/device.cuh's ALR_THREADS).
 const THREADS: u32 = 256;
@@ -158,6 +158,8 @@ pub struct Sums {
     offsets: Vec<usize>,
     ranges: Buffer,
     group_sums: Buffer,
+    /// The records' maxima while the communicator combines them (sharded, `LAST_IS_MAX`).
+    maxima: Buffer,
     n_records: usize,
     /// How the record sums are formed (`alr_group_sums`): N and k² for Σg² moments, else 0.
     n: f64,
@@ -282,10 +284,30 @@ impl Cuda {
         driver(unsafe { result::launch_kernel(f, (grid, 1, 1), (THREADS, 1, 1), 0, self.stream(), args) }, name)
     }
 
-    /// The caller's reduction of the records' sums, in device memory on this optimizer's stream.
-    fn all_reduce_group_sums(&self, sums: &Sums, comm: &dyn Communicator) -> Result<()> {
-        let values = ReduceValues::Device { address: sums.group_sums.at(0), len: 4 * sums.n_records, stream: self.0.stream as *mut c_void };
-        comm.all_reduce(values, ReduceOp::Sum).map_err(super::reduce_failed)
+    /// The caller's reduction of the records' sums, in device memory on this optimizer's stream:
+    /// one sum over every slot, and with `last_is_max` the fourth slots moved aside first and
+    /// combined by one maximum (both calls made before either's outcome is judged, as on the CPU).
+    fn all_reduce_group_sums(&self, sums: &Sums, last_is_max: bool, comm: &dyn Communicator) -> Result<()> {
+        let stream = self.0.stream as *mut c_void;
+        if last_is_max {
+            self.move_maxima(sums, true)?;
+        }
+        let summed = comm.all_reduce(ReduceValues::Device { address: sums.group_sums.at(0), len: 4 * sums.n_records, stream }, ReduceOp::Sum);
+        let maxed = match last_is_max {
+            true => comm.all_reduce(ReduceValues::Device { address: sums.maxima.at(0), len: sums.n_records, stream }, ReduceOp::Max),
+            false => Ok(()),
+        };
+        summed.and(maxed).map_err(super::reduce_failed)?;
+        if last_is_max {
+            self.move_maxima(sums, false)?;
+        }
+        Ok(())
+    }
+
+    /// The records' fourth slots into `maxima` (`aside`), or back.
+    fn move_maxima(&self, sums: &Sums, aside: bool) -> Result<()> {
+        let (mut group_sums, mut maxima, mut n, mut aside) = (sums.group_sums.at(0), sums.maxima.at(0), sums.n_records as u64, i32::from(aside));
+        self.launch("alr_move_maxima", 1, &mut [arg(&mut group_sums), arg(&mut maxima), arg(&mut n), arg(&mut aside)])
     }
 
     /// Enqueues the per-record sums of `sums`' partials (cuda/device.cu's alr_group_sums).
@@ -414,6 +436,7 @@ impl Device for Cuda {
             offsets,
             ranges: Buffer::zeroed(&self.0.context, ranges.len() * std::mem::size_of::<PartialRange>())?,
             group_sums: Buffer::zeroed(&self.0.context, owners.len() * sums_bytes)?,
+            maxima: Buffer::zeroed(&self.0.context, owners.len() * std::mem::size_of::<f64>())?,
             n_records: owners.len(),
             n: 0.0,
             square_scale: 0.0,
@@ -603,11 +626,8 @@ impl Device for Cuda {
     }
 
     fn reduce_sums(&self, sums: &mut Sums, last_is_max: bool, comm: &dyn Communicator) -> Result<()> {
-        if last_is_max {
-            return Err(Error::unsupported("a maximum over processes (vsgd-g/-b's h⁺) is not reduced on CUDA yet: shard vsgd-g/-b on the CPU"));
-        }
-        self.group_sums(sums, false)?;
-        self.all_reduce_group_sums(sums, comm)?;
+        self.group_sums(sums, last_is_max)?;
+        self.all_reduce_group_sums(sums, last_is_max, comm)?;
         // Non-finite sums over all processes stop the step on every process (the status word).
         let (mut group_sums, mut n_records, mut step, mut status) = (sums.group_sums.at(0), sums.n_records as u64, self.step_tag(), self.status_ptr());
         self.launch("alr_check_sums", 1, &mut [arg(&mut group_sums), arg(&mut n_records), arg(&mut step), arg(&mut status)])?;
@@ -616,12 +636,9 @@ impl Device for Cuda {
     }
 
     fn abstain(&self, sums: &Sums, last_is_max: bool, comm: &dyn Communicator) -> Result<()> {
-        if last_is_max {
-            return Err(Error::unsupported("a maximum over processes (vsgd-g/-b's h⁺) is not reduced on CUDA yet: shard vsgd-g/-b on the CPU"));
-        }
         self.bind()?;
         sums.group_sums.upload(self.stream(), &vec![f64::NAN; 4 * sums.n_records])?;
-        self.all_reduce_group_sums(sums, comm)
+        self.all_reduce_group_sums(sums, last_is_max, comm)
     }
 
     fn check(&self, _what: &str, _tensor: usize, x: &Tensor, non_negative: bool) -> Result<()> {

@@ -15,7 +15,7 @@
 // Build (tests/cpp/run.sh does this):
 //   g++ -std=c++17 -O2 -Iinclude -Ibindings/cpp examples/cpp/logreg.cpp
 //       -Ltarget/release -lautolr -Wl,-rpath,$PWD/target/release -o logreg   (one line)
-// Usage: logreg [--steps N] [--batch B] [--data DIR] [--fallback] [--algorithms adam,gi,auto-sgd]
+// Usage: logreg [--steps N] [--batch B] [--data DIR] [--fallback] [--algorithms auto,adam,gi,auto-sgd]
 //   --steps N   minibatch steps per algorithm (default: one epoch)
 
 #include <autolr.hpp>
@@ -366,7 +366,7 @@ double train(const std::string& algorithm, const Dataset& d, std::size_t steps, 
 
 int usage(const char* argv0) {
     std::fprintf(stderr,
-                 "usage: %s [--steps N] [--batch B] [--data DIR] [--fallback] [--algorithms adam,gi,auto-sgd]\n",
+                 "usage: %s [--steps N] [--batch B] [--data DIR] [--fallback] [--algorithms auto,adam,gi,auto-sgd]\n",
                  argv0);
     return 2;
 }
@@ -375,7 +375,7 @@ int usage(const char* argv0) {
 
 int main(int argc, char** argv) {
     std::size_t steps = 0, batch = 128;
-    std::string dir = kDefaultDir, algorithms = "adam,gi,auto-sgd";
+    std::string dir = kDefaultDir, algorithms = "auto,adam,gi,auto-sgd";
     bool force_fallback = false;
     for (int i = 1; i < argc; ++i) {
         const std::string arg = argv[i];

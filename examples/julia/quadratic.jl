@@ -69,6 +69,7 @@ function train(algorithm; steps=200, options...)
 end
 
 println("AutoLR ", AutoLR.version(), " (ABI ", AutoLR.abi_version(), ")")
+train("auto")  # the default (docs/results/suite.md): no learning rate to set
 train("adam"; lr=1e-2)
 train("auto-sgd")
 opt, params = train("gi"; base="sgd", lr=0.05)

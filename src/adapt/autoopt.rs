@@ -16,7 +16,7 @@
 use std::marker::PhantomData;
 
 use crate::algorithm::{Accepts, Algorithm, Context, Shards};
-use crate::backend::{reduced_pass, Device, ElemState, ElementRule, KernelRule, MomentRule, Record, SampleTensor, SampleView, SolveRule, TensorMut};
+use crate::backend::{abstain, reduced_pass, Device, ElemState, ElementRule, KernelRule, MomentRule, Record, SampleTensor, SampleView, SolveRule, TensorMut};
 use crate::base::adam::adam_specs;
 use crate::checkpoint::{Reader, Writer};
 use crate::error::{Error, Result};
@@ -561,7 +561,7 @@ impl<P: Precond, D: Device> AutoOpt<P, D> {
         let k = samples.square_scale().sqrt();
         let (device, states, groups) = (&self.device, &self.states, &self.groups);
         // Pass 1 only reads the state: a failed reduction over shards changes nothing.
-        reduced_pass(device, &mut self.sums, false, self.shards.as_deref(), false, |sums, _| {
+        reduced_pass::<Solve, D>(device, &mut self.sums, self.shards.as_deref(), false, |sums, _| {
             for (t, state) in states.iter().enumerate() {
                 let group = ctx.layout.groups[t];
                 let data = match &samples.data {
@@ -630,10 +630,7 @@ impl<P: Precond, D: Device> Algorithm for AutoOpt<P, D> {
     }
 
     fn abstain(&mut self, _ctx: &Context) -> bool {
-        let Some(comm) = self.shards.as_deref() else { return false };
-        // Its outcome is the refusal this process already has.
-        let _ = self.device.abstain(&self.sums, false, comm);
-        true
+        abstain::<Solve, D>(&self.device, &self.sums, self.shards.as_deref())
     }
 
     fn options_changed(&mut self, ctx: &Context) -> Result<()> {

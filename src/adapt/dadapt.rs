@@ -24,9 +24,9 @@
 //! back to the host. (The step itself does not depend on this step's d, only on whether
 //! Σ|s| = 0; a fused single pass would need a device primitive that updates and reduces at once.)
 
-use crate::adapt::prodigy::{bias_correction, check_group_lrs, displacement, fma32, growth_rate, max_lr, py_max, py_min, GROWTH_RATE};
+use crate::adapt::prodigy::{bias_correction, check_group_lrs, displacement, fma32, global_sums, growth_rate, max_lr, py_max, py_min, GROWTH_RATE};
 use crate::algorithm::{Accepts, Algorithm, Context, Shards};
-use crate::backend::{reduced_pass, Device, DotRule, ElemState, ElementRule, KernelRule, Record, SolveRule, TensorMut};
+use crate::backend::{abstain, reduced_pass, Device, DotRule, ElemState, ElementRule, KernelRule, Record, SolveRule, TensorMut};
 use crate::base::WEIGHT_DECAY;
 use crate::checkpoint::{Reader, Writer};
 use crate::error::{Error, Result};
@@ -301,11 +301,10 @@ impl<D: Device> DAdaptAdam<D> {
 
     fn new_state(&self, ctx: &Context) -> Result<State<D>> {
         let d = &self.device;
-        let order: Vec<usize> = ctx.layout.members.iter().flatten().copied().collect();
         Ok(State {
             estimate: d.records(&[fresh(ctx.options)])?,
             no_coeffs: d.records(&[()])?,
-            sums: d.sums(&ctx.layout.lens, &[order])?,
+            sums: global_sums(d, ctx)?,
             elems: d.alloc_per_tensor(&ctx.layout.lens)?,
         })
     }
@@ -328,7 +327,7 @@ impl<D: Device> DAdaptAdam<D> {
         let decouple = o.flag(0, "decouple");
         let (elems, estimate) = (&mut s.elems, &s.estimate);
         // Only this step's sums are reduced; the running numerator is the record's (§7).
-        let reduced = reduced_pass(device, &mut s.sums, false, self.shards.as_deref(), true, |sums, commit| {
+        let reduced = reduced_pass::<Solve, D>(device, &mut s.sums, self.shards.as_deref(), true, |sums, commit| {
             for (group, members) in ctx.layout.members.iter().enumerate() {
                 let c = AbsorbCoeffs {
                     global,
@@ -383,17 +382,23 @@ impl<D: Device> Algorithm for DAdaptAdam<D> {
 
     /// Pass 1's sums are reduced once a step (its state is built first, as a step would).
     fn abstain(&mut self, ctx: &Context) -> bool {
-        let Some(comm) = self.shards.clone() else { return false };
-        if self.state.is_none() {
-            match self.new_state(ctx) {
-                Ok(s) => self.state = Some(s),
-                Err(_) => return false,
-            }
+        if self.shards.is_none() {
+            return false;
         }
-        let s = self.state.as_ref().expect("just built");
-        // Its outcome is the refusal this process already has.
-        let _ = self.device.abstain(&s.sums, false, &*comm);
-        true
+        // Before the first step the state is not built, and a refused step builds nothing: the
+        // calls are over the sums the first step would have.
+        let fresh;
+        let sums = match &self.state {
+            Some(s) => &s.sums,
+            None => match global_sums(&self.device, ctx) {
+                Ok(sums) => {
+                    fresh = sums;
+                    &fresh
+                }
+                Err(_) => return false,
+            },
+        };
+        abstain::<Solve, D>(&self.device, sums, self.shards.as_deref())
     }
 
     fn check(&self, ctx: &Context, _inputs: &StepInputs, _cb: &Callbacks) -> Result<()> {

@@ -15,7 +15,7 @@
 
 use crate::adapt::prodigy::{displacement, fma32};
 use crate::algorithm::{Accepts, Algorithm, Context, Shards};
-use crate::backend::{reduced_pass, Device, DotRule, ElementRule, KernelRule, Record, SolveRule, TensorMut};
+use crate::backend::{abstain, reduced_pass, Device, DotRule, ElementRule, KernelRule, Record, SolveRule, TensorMut};
 use crate::base::WEIGHT_DECAY;
 use crate::checkpoint::{Reader, Writer};
 use crate::error::{Error, Result};
@@ -196,7 +196,7 @@ impl<D: Device> Dog<D> {
 
     fn distances(&mut self, ctx: &Context, params: &[TensorMut], inputs: &StepInputs) -> Result<()> {
         let (device, x0s, groups) = (&self.device, &mut self.x0, &self.groups);
-        reduced_pass(device, &mut self.sums, false, self.shards.as_deref(), true, |sums, commit| {
+        reduced_pass::<Solve, D>(device, &mut self.sums, self.shards.as_deref(), true, |sums, commit| {
             for (t, x0) in x0s.iter_mut().enumerate() {
                 let group = ctx.layout.groups[t];
                 let lambda = Self::lambda(ctx, group);
@@ -234,10 +234,7 @@ impl<D: Device> Algorithm for Dog<D> {
 
     /// The distance and gradient sums are reduced once a step.
     fn abstain(&mut self, _ctx: &Context) -> bool {
-        let Some(comm) = self.shards.as_deref() else { return false };
-        // Its outcome is the refusal this process already has.
-        let _ = self.device.abstain(&self.sums, false, comm);
-        true
+        abstain::<Solve, D>(&self.device, &self.sums, self.shards.as_deref())
     }
 
     fn options_changed(&mut self, ctx: &Context) -> Result<()> {

@@ -29,7 +29,7 @@
 use std::marker::PhantomData;
 
 use crate::algorithm::{Accepts, Algorithm, Context, Shards};
-use crate::backend::{reduced_pass, Device, DotRule, ElemState, ElementRule, KernelRule, Record, SolveRule, TensorMut};
+use crate::backend::{abstain, reduced_pass, Device, DotRule, ElemState, ElementRule, KernelRule, Record, SolveRule, TensorMut};
 use crate::base::WEIGHT_DECAY;
 use crate::checkpoint::{Reader, Writer};
 use crate::error::{Error, Result};
@@ -518,15 +518,20 @@ struct State<D: Device> {
     elems: Elems<D>,
 }
 
+/// Pass 1's sums of every tensor in one record (d is global), group by group, in registration
+/// order within a group (the reference's loop order); D-Adapt Adam's too.
+pub fn global_sums<D: Device>(device: &D, ctx: &Context) -> Result<D::Sums> {
+    let order: Vec<usize> = ctx.layout.members.iter().flatten().copied().collect();
+    device.sums(&ctx.layout.lens, &[order])
+}
+
 impl<D: Device> State<D> {
     fn new(device: &D, ctx: &Context) -> Result<Self> {
         let lens = &ctx.layout.lens;
-        // Group by group, in registration order within a group (the reference's loop order).
-        let order: Vec<usize> = ctx.layout.members.iter().flatten().copied().collect();
         Ok(State {
             estimate: device.records(&[Estimate::fresh(ctx.options.get(0, "d0"))])?,
             no_coeffs: device.records(&[()])?,
-            sums: device.sums(lens, &[order])?,
+            sums: global_sums(device, ctx)?,
             elems: if ctx.options.get(0, "beta1") > 0.0 { Elems::WithM(device.alloc_per_tensor(lens)?) } else { Elems::NoM(device.alloc_per_tensor(lens)?) },
         })
     }
@@ -566,7 +571,7 @@ impl<D: Device> Prodigy<D> {
         let s = self.state(ctx)?;
         let (elems, estimate) = (&mut s.elems, &s.estimate);
         // Only this step's sums are reduced; the running numerator is the record's (§7).
-        reduced_pass(&device, &mut s.sums, false, shards.as_deref(), true, |sums, commit| {
+        let reduced = reduced_pass::<Solve, D>(&device, &mut s.sums, shards.as_deref(), true, |sums, commit| {
             for (group, members) in ctx.layout.members.iter().enumerate() {
                 let c = AbsorbCoeffs::of(ctx.options, group, global);
                 for &t in members {
@@ -578,13 +583,12 @@ impl<D: Device> Prodigy<D> {
                 }
             }
             Ok(())
-        })
-        .inspect_err(|_| {
+        });
+        if reduced.is_err() && fresh {
             // A failed reduction changes nothing: not even the state the first step built.
-            if fresh {
-                self.state = None;
-            }
-        })?;
+            self.state = None;
+        }
+        reduced?;
         let s = self.state.as_mut().expect("built above");
         device.solve::<Solve>(&global, &s.no_coeffs, &mut s.estimate, &mut s.sums)?;
         Ok(())
@@ -625,12 +629,23 @@ impl<D: Device> Algorithm for Prodigy<D> {
 
     /// Pass 1's sums are reduced once a step (its state is built first, as a step would).
     fn abstain(&mut self, ctx: &Context) -> bool {
-        let Some(comm) = self.shards.clone() else { return false };
-        let device = self.device.clone();
-        let Ok(s) = self.state(ctx) else { return false };
-        // Its outcome is the refusal this process already has.
-        let _ = device.abstain(&s.sums, false, &*comm);
-        true
+        if self.shards.is_none() {
+            return false;
+        }
+        // Before the first step the state is not built, and a refused step builds nothing: the
+        // calls are over the sums the first step would have.
+        let fresh;
+        let sums = match &self.state {
+            Some(s) => &s.sums,
+            None => match global_sums(&self.device, ctx) {
+                Ok(sums) => {
+                    fresh = sums;
+                    &fresh
+                }
+                Err(_) => return false,
+            },
+        };
+        abstain::<Solve, D>(&self.device, sums, self.shards.as_deref())
     }
 
     fn check(&self, ctx: &Context, _inputs: &StepInputs, _cb: &Callbacks) -> Result<()> {

@@ -26,7 +26,7 @@
 use std::marker::PhantomData;
 
 use crate::algorithm::{Accepts, Algorithm, Context, Shards};
-use crate::backend::{reduced_pass, Device, DotRule, ElemState, ElementRule, KernelRule, Record, TensorMut};
+use crate::backend::{abstain, reduced_pass, Device, DotRule, ElemState, ElementRule, KernelRule, Record, TensorMut};
 use crate::base::WEIGHT_DECAY;
 use crate::checkpoint::{Reader, Writer};
 use crate::error::{Error, Result};
@@ -395,7 +395,7 @@ impl<D: Device> State<D> {
         let (window, per_group) = (self.window, self.per_group);
         let (memory, no_record, rates) = (&mut self.memory, &self.no_record, &self.rates);
         let comm = if train { shards.as_deref() } else { None };
-        reduced_pass(device, &mut self.sums, false, comm, true, |sums, commit| {
+        reduced_pass::<Train, D>(device, &mut self.sums, comm, true, |sums, commit| {
             match memory {
                 Memory::Step(previous) => {
                     // Algorithm 2: G_t·G_{t−1} trains α before the step (line 5); G_t is kept (line 7).
@@ -558,13 +558,9 @@ impl<D: Device> Algorithm for Tlr<D> {
 
     /// A step that trains α reduces its dots (one call); the others reduce nothing.
     fn abstain(&mut self, _ctx: &Context) -> bool {
-        let (Some(comm), Some(s)) = (self.shards.as_deref(), &self.state) else { return false };
-        if !s.trains(s.steps + 1) {
-            return false;
-        }
-        // Its outcome is the refusal this process already has.
-        let _ = self.device.abstain(&s.sums, false, comm);
-        true
+        // The state is built at the first step, which trains nothing.
+        let Some(s) = &self.state else { return false };
+        s.trains(s.steps + 1) && abstain::<Train, D>(&self.device, &s.sums, self.shards.as_deref())
     }
 
     fn options_changed(&mut self, ctx: &Context) -> Result<()> {

@@ -17,8 +17,8 @@
 
 use crate::algorithm::{Accepts, Algorithm, Context, Shards};
 use crate::backend::{
-    filled, host_params, reduced_pass, Commit, Device, ElemState, ElementRule, KernelRule, Memory, Record, SampleTensor, SampleView, Sampled, SampledRule,
-    SolveRule, Tensor, TensorMut,
+    abstain, filled, host_params, reduced_pass, Commit, Device, ElemState, ElementRule, KernelRule, Memory, Record, SampleTensor, SampleView, Sampled,
+    SampledRule, SolveRule, Tensor, TensorMut,
 };
 use crate::checkpoint::{Reader, Writer};
 use crate::error::{Error, Result};
@@ -720,7 +720,7 @@ impl<D: Device> Vsgd<D> {
             State::Shared { elems, units, .. } => {
                 let c = AverageCoeffs { slow_inv_t, eps: element_rates.eps };
                 let global = self.variant == Variant::Global;
-                reduced_pass(device, sums, true, self.shards.as_deref(), true, |sums, commit| {
+                reduced_pass::<UnitSolve, D>(device, sums, self.shards.as_deref(), true, |sums, commit| {
                     for (t, state) in elems.iter_mut().enumerate() {
                         let unit = if global { 0 } else { ctx.layout.groups[t] };
                         let (grad, h) = (&inputs.grads[t], &curvature[t]);
@@ -763,21 +763,18 @@ impl<D: Device> Vsgd<D> {
         }
     }
 
-    /// `θ ← θ − scale·η g` from the state the step advanced (nothing in the slow start): the
-    /// bits of `apply` at that scale.
-    fn move_by(&mut self, ctx: &Context, params: &mut [TensorMut], inputs: &StepInputs, scale: f32) -> Result<()> {
+    /// `θ ← θ − η g` (or, with a wrapper's `scale`, `θ − scale·η g`) from the state the step
+    /// advanced (nothing in the slow start): the bits of `apply` at that scale.
+    fn move_by(&mut self, ctx: &Context, params: &mut [TensorMut], inputs: &StepInputs, scale: Option<f32>) -> Result<()> {
         if self.steps <= Self::n0(ctx) {
             return Ok(());
         }
         let rates = self.rates.to_f32();
         for (t, param) in params.iter_mut().enumerate() {
-            let grad = &inputs.grads[t];
+            let (grad, unit) = (&inputs.grads[t], self.unit_of(ctx.layout.groups[t]));
             match &mut self.state {
-                State::Local(elems) => self.device.update_scaled::<LocalMove>(&rates, &self.no_record, 0, param, grad, &mut elems[t], scale)?,
-                State::Shared { elems, units, .. } => {
-                    let unit = if self.variant == Variant::Global { 0 } else { ctx.layout.groups[t] };
-                    self.device.update_scaled::<SharedMove>(&(), units, unit, param, grad, &mut elems[t], scale)?
-                }
+                State::Local(elems) => self.device.update_by::<LocalMove>(&rates, &self.no_record, 0, param, grad, &mut elems[t], scale)?,
+                State::Shared { elems, units, .. } => self.device.update_by::<SharedMove>(&(), units, unit, param, grad, &mut elems[t], scale)?,
             }
         }
         Ok(())
@@ -835,14 +832,7 @@ impl<D: Device> Algorithm for Vsgd<D> {
 
     /// vsgd-g/-b reduce pass 1's sums (two calls: the sums, and h⁺'s maximum); vsgd-l reduces nothing.
     fn abstain(&mut self, _ctx: &Context) -> bool {
-        match (&self.state, self.shards.as_deref()) {
-            (State::Shared { .. }, Some(comm)) => {
-                // Its outcome is the refusal this process already has.
-                let _ = self.device.abstain(&self.sums, true, comm);
-                true
-            }
-            _ => false,
-        }
+        matches!(self.state, State::Shared { .. }) && abstain::<UnitSolve, D>(&self.device, &self.sums, self.shards.as_deref())
     }
 
     fn propose(&mut self, ctx: &Context, params: &[TensorMut], inputs: &StepInputs, callbacks: &mut Callbacks) -> Result<f64> {
@@ -875,14 +865,14 @@ impl<D: Device> Algorithm for Vsgd<D> {
         }
         // η of a unit needs the whole unit's sums: a second pass is unavoidable.
         self.advance(ctx, begun, inputs, None)?;
-        self.move_by(ctx, params, inputs, 1.0)
+        self.move_by(ctx, params, inputs, None)
     }
 
     /// The step moving θ by `scale·η g` (schedule-free's base), with no sum read on the host.
     fn step_scaled(&mut self, ctx: &Context, params: &mut [TensorMut], inputs: &StepInputs, callbacks: &mut Callbacks, scale: f32) -> Result<()> {
         let begun = self.begin(ctx, params, inputs, callbacks)?;
         self.advance(ctx, begun, inputs, None)?;
-        self.move_by(ctx, params, inputs, scale)
+        self.move_by(ctx, params, inputs, Some(scale))
     }
 
     /// vsgd-l: the median η of the group's elements; vsgd-g/-b: the unit's η; 0 in the slow start.

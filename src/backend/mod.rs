@@ -185,13 +185,13 @@ pub trait Communicator: Send + Sync {
     fn all_reduce(&self, values: ReduceValues, op: ReduceOp) -> std::result::Result<(), String>;
 }
 
-/// A reduction pass over a sharded step's tensors: without a communicator, `pass(Write)`; with
-/// one, `pass(Measure)` (the state only read, when `mutates`), the reduction — where a failure
-/// leaves everything as it was —, then `pass(Write)` from the same state and records.
-pub fn reduced_pass<D: Device>(
+/// A reduction pass over a sharded step's tensors, whose sums solve `S` reads: without a
+/// communicator, `pass(Write)`; with one, `pass(Measure)` (the state only read, when `mutates`),
+/// the reduction — where a failure leaves everything as it was —, then `pass(Write)` from the
+/// same state and records.
+pub fn reduced_pass<S: SolveRule, D: Device>(
     device: &D,
     sums: &mut D::Sums,
-    last_is_max: bool,
     comm: Option<&dyn Communicator>,
     mutates: bool,
     mut pass: impl FnMut(&mut D::Sums, Commit) -> Result<()>,
@@ -201,11 +201,20 @@ pub fn reduced_pass<D: Device>(
     };
     if !mutates {
         pass(sums, Commit::Write)?;
-        return device.reduce_sums(sums, last_is_max, comm);
+        return device.reduce_sums(sums, S::LAST_IS_MAX, comm);
     }
     pass(sums, Commit::Measure)?;
-    device.reduce_sums(sums, last_is_max, comm)?;
+    device.reduce_sums(sums, S::LAST_IS_MAX, comm)?;
     pass(sums, Commit::Write)
+}
+
+/// `Algorithm::abstain` for an algorithm whose first reduction of a step is that of `reduced_pass`
+/// before solve `S`: the same calls with NaN, when sharded. Returns whether it made them (their
+/// outcome is the refusal the process already has).
+pub fn abstain<S: SolveRule, D: Device>(device: &D, sums: &D::Sums, comm: Option<&dyn Communicator>) -> bool {
+    let Some(comm) = comm else { return false };
+    let _ = device.abstain(sums, S::LAST_IS_MAX, comm);
+    true
 }
 
 /// The error of a reduce callback that failed.

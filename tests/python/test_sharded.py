@@ -220,11 +220,13 @@ def test_sharded_run_equals_the_whole_run(case, world_size):
                 assert np.allclose(a, b, rtol=1e-6, atol=0), f"{case} rank {rank} step {step}: lr {a} vs {b}"
 
 
-@pytest.mark.parametrize("case", ["auto-adam", "tlr", "vsgd-b", "gi-auto-adam", "gi-adam", "prodigy", "dadapt-adam", "dog"])
-def test_bad_input_on_one_process_is_an_error_on_every_process(case):
-    """A NaN gradient on rank 1 at step 5: every rank refuses step 5 with its parameters
-    untouched, and none waits for another."""
-    results = sharded_run(case, {**REDUCING}[case], Problem(seed=7), 3, poison=(1, 5))
+@pytest.mark.parametrize("case, step", [(c, 5) for c in ("auto-adam", "tlr", "vsgd-b", "gi-auto-adam", "gi-adam", "prodigy", "dadapt-adam", "dog")]
+                         + [("prodigy", 0), ("dadapt-adam", 0)])
+def test_bad_input_on_one_process_is_an_error_on_every_process(case, step):
+    """A NaN gradient on rank 1 at `step` (0: before prodigy's and dadapt-adam's state exists):
+    every rank refuses that step with its parameters and state untouched, and none waits for
+    another."""
+    results = sharded_run(case, {**REDUCING}[case], Problem(seed=7), 3, poison=(1, step))
     for rank, (error, untouched, _) in enumerate(results):
         assert isinstance(error, autolr.Error), f"rank {rank} went on: {error!r}"
         assert untouched, f"rank {rank}: the refused step changed the parameters or the state"

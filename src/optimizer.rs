@@ -144,35 +144,6 @@ impl<'a> StepInputs<'a> {
     pub fn new<T: Into<Tensor<'a>>>(grads: Vec<T>) -> Self {
         StepInputs { grads: grads.into_iter().map(Into::into).collect(), samples: None, curvature: None, loss: None }
     }
-
-    /// The inputs as host slices, for the algorithms that run on the CPU only.
-    pub fn host(&self) -> Result<HostInputs<'a>> {
-        let slices = |tensors: &[Tensor<'a>]| -> Result<Vec<&'a [f32]>> {
-            tensors
-                .iter()
-                .map(|t| t.as_host().ok_or_else(|| Error::unsupported(format!("this algorithm reads its inputs in host memory, not in {}", t.memory()))))
-                .collect()
-        };
-        let samples = match &self.samples {
-            None => None,
-            Some(s) => {
-                let data = match &s.data {
-                    SampleData::SumSq(b) => SampleData::SumSq(slices(b)?),
-                    SampleData::PerSample(b) => SampleData::PerSample(slices(b)?),
-                };
-                Some(Samples { data, scale: s.scale, batch_size: s.batch_size })
-            }
-        };
-        Ok(HostInputs { grads: slices(&self.grads)?, samples, curvature: self.curvature.as_deref().map(slices).transpose()?, loss: self.loss })
-    }
-}
-
-/// A step's inputs in host memory (see `StepInputs::host`).
-pub struct HostInputs<'a> {
-    pub grads: Vec<&'a [f32]>,
-    pub samples: Option<Samples<&'a [f32]>>,
-    pub curvature: Option<Vec<&'a [f32]>>,
-    pub loss: Option<f64>,
 }
 
 /// Evaluates the loss on the same batch at the given parameters.

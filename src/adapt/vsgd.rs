@@ -17,8 +17,8 @@
 
 use crate::algorithm::{Accepts, Algorithm, Context, Shards};
 use crate::backend::{
-    abstain, filled, host_params, reduced_pass, Commit, Device, ElemState, ElementRule, KernelRule, Memory, Record, SampleTensor, SampleView, Sampled,
-    SampledRule, SolveRule, Tensor, TensorMut,
+    abstain, filled, host_params, host_tensors, reduced_pass, Commit, Device, ElemState, ElementRule, KernelRule, Memory, Record, SampleTensor, SampleView,
+    Sampled, SampledRule, SolveRule, Tensor, TensorMut,
 };
 use crate::checkpoint::{Reader, Writer};
 use crate::error::{Error, Result};
@@ -643,7 +643,7 @@ impl<D: Device> Vsgd<D> {
         if inputs.curvature.is_none() {
             let grad_fn = callbacks.grad_fn.as_mut().ok_or_else(|| missing_curvature(self.variant))?;
             let check = ctx.options.flag(0, "check_finite");
-            let (params, grads) = (host_params(params)?, inputs.host()?.grads);
+            let (params, grads) = (host_params(params)?, host_tensors(&inputs.grads)?);
             match &self.state {
                 State::Local(e) => finite_difference(&self.device, e, &params, &grads, grad_fn, eps as f32, check, &mut self.scratch)?,
                 State::Shared { elems, .. } => finite_difference(&self.device, elems, &params, &grads, grad_fn, eps as f32, check, &mut self.scratch)?,

@@ -750,20 +750,15 @@ impl AnyDevice {
     }
 }
 
-/// The parameters as host slices, for the algorithms that run on the CPU only (their callbacks
-/// and passes read host memory).
+/// The parameters as host slices, for what runs on the CPU only (a callback that reads host
+/// memory: vSGD's finite differences).
 pub fn host_params<'t>(params: &'t [TensorMut]) -> Result<Vec<&'t [f32]>> {
     params.iter().map(|p| p.as_host().ok_or_else(|| not_host(p.memory()))).collect()
 }
 
-pub fn host_params_mut<'t>(params: &'t mut [TensorMut]) -> Result<Vec<&'t mut [f32]>> {
-    params
-        .iter_mut()
-        .map(|p| {
-            let memory = p.memory();
-            p.as_host_mut().ok_or_else(|| not_host(memory))
-        })
-        .collect()
+/// The same for inputs.
+pub fn host_tensors<'t>(tensors: &[Tensor<'t>]) -> Result<Vec<&'t [f32]>> {
+    tensors.iter().map(|t| t.as_host().ok_or_else(|| not_host(t.memory()))).collect()
 }
 
 fn not_host(memory: Memory) -> Error {

@@ -77,10 +77,13 @@ def raw_check(rc):
     autolr._check(rc)
 
 
-def raw_create(algorithm=b"adam", lens=(13, 4, 9), groups=None, device=_ffi.ALR_DEVICE_CPU, struct_size=None):
+def raw_create(algorithm=b"adam", lens=(13, 4, 9), groups=None, device=_ffi.ALR_DEVICE_CPU, struct_size=None, sharded=0, reduce=None):
     n = len(lens)
     args = _ffi.AlrCreateArgs()
     args.struct_size = ctypes.sizeof(args) if struct_size is None else struct_size
+    args.sharded = sharded
+    if reduce is not None:
+        args.reduce = reduce
     args.algorithm = algorithm
     args.n_tensors = n
     c_lens = (ctypes.c_size_t * n)(*lens)
@@ -95,6 +98,27 @@ def raw_create(algorithm=b"adam", lens=(13, 4, 9), groups=None, device=_ffi.ALR_
 
 
 # --- ALR_INVALID_ARGUMENT -------------------------------------------------------------------------
+
+def test_sharded_arguments_go_together():
+    """`sharded` and `reduce` are given together or not at all; the first header's struct_size
+    (before them) is accepted, one between the two versions is not."""
+    identity = _ffi.AlrReduceFn(lambda _user, _values, _n, _op, _stream: 0)
+    for sharded, reduce, expected in [(1, None, "reduce is NULL"), (0, identity, "sharded is 0"), (2, identity, "sharded is 2")]:
+        rc, handle = raw_create(b"auto-adam", sharded=sharded, reduce=reduce)
+        with pytest.raises(autolr.Error, match=expected) as info:
+            raw_check(rc)
+        assert info.value.status == "ALR_INVALID_ARGUMENT" and not handle.value
+    rc, handle = raw_create(b"auto-adam", sharded=1, reduce=identity)
+    raw_check(rc)
+    lib.alr_destroy(handle)
+    first = _ffi.AlrCreateArgs.sharded.offset
+    rc, handle = raw_create(struct_size=first, sharded=7)  # beyond that size: never read
+    raw_check(rc)
+    lib.alr_destroy(handle)
+    rc, handle = raw_create(struct_size=first + 4)
+    with pytest.raises(autolr.Error, match="struct_size"):
+        raw_check(rc)
+
 
 def test_unknown_algorithm_lists_accepted_names():
     params = make_params()

@@ -20,7 +20,7 @@ use crate::options::OptionSpec;
 pub const ALGORITHMS: &[&str] = &[
     "sgd", "momentum", "adam", "adamw", "adagrad", "rmsprop", "auto-sgd", "auto-adam", "auto-adagrad", "gi", "tlr", "vsgd-l", "vsgd-g", "vsgd-b",
     // The tuning-free peers (docs/algorithms.md §6).
-    "prodigy", "dadapt-adam", "dog", "schedule-free", "sf-adamw", "sf-sgd",
+    "prodigy", "dadapt-adam", "dog", "ldog", "schedule-free", "sf-adamw", "sf-sgd",
 ];
 
 /// `auto`, the recommended tuning-free default: an alias, decided by the benchmark suite
@@ -96,7 +96,8 @@ pub fn specs(name: &str, base: &str) -> Result<Vec<OptionSpec>> {
         "vsgd-l" | "vsgd-g" | "vsgd-b" => vsgd::specs(),
         "prodigy" => prodigy::specs(),
         "dadapt-adam" => dadapt::specs(),
-        "dog" => dog::specs(),
+        // LDoG takes DoG's options (the reference's `LDoG` subclasses `DoG`).
+        "dog" | "ldog" => dog::specs(),
         // GI's table already holds its base's options, check_finite included.
         "gi" => return gi::specs(base),
         // So does schedule-free's.
@@ -113,7 +114,7 @@ pub fn specs(name: &str, base: &str) -> Result<Vec<OptionSpec>> {
 #[rustfmt::skip]
 pub const ON_CUDA: &[&str] = &[
     "sgd", "momentum", "adam", "adamw", "adagrad", "rmsprop", "auto-sgd", "auto-adam", "auto-adagrad", "tlr",
-    "vsgd-l", "vsgd-g", "vsgd-b", "prodigy", "dadapt-adam", "dog", "schedule-free", "sf-adamw", "sf-sgd",
+    "vsgd-l", "vsgd-g", "vsgd-b", "prodigy", "dadapt-adam", "dog", "ldog", "schedule-free", "sf-adamw", "sf-sgd",
 ];
 
 /// The algorithms a kind of device runs.
@@ -180,6 +181,7 @@ fn build_on<D: Device>(
         "prodigy" => Box::new(Prodigy::<D>::new(device, shards.clone())?),
         "dadapt-adam" => Box::new(DAdaptAdam::<D>::new(device, shards.clone())?),
         "dog" => Box::new(Dog::<D>::new(device, layout, shards.clone())?),
+        "ldog" => Box::new(Dog::<D>::layer_wise(device, layout, shards.clone())?),
         "vsgd-l" => Box::new(Vsgd::<D>::new(Variant::Local, layout, device, shards.clone())?),
         "vsgd-g" => Box::new(Vsgd::<D>::new(Variant::Global, layout, device, shards.clone())?),
         "vsgd-b" => Box::new(Vsgd::<D>::new(Variant::Block, layout, device, shards.clone())?),

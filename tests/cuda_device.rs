@@ -53,7 +53,7 @@ fn no_driver_or_no_device_is_a_clear_cuda_error() {
 fn the_peers_and_schedule_free_have_kernels_so_only_the_device_is_missing() {
     // Past the kernel check (ALR_UNSUPPORTED before any device is opened), the answer is the
     // device's: no driver, or no device 4096.
-    for algorithm in [c"prodigy", c"dadapt-adam", c"dog", c"schedule-free", c"sf-adamw", c"sf-sgd"] {
+    for algorithm in [c"prodigy", c"dadapt-adam", c"dog", c"ldog", c"schedule-free", c"sf-adamw", c"sf-sgd"] {
         let (status, message, out) = create_algorithm_on_cuda(algorithm, if driver_present() { 4096 } else { 0 });
         assert_eq!(status, AlrStatus::AlrCudaError, "{algorithm:?}: {message}");
         assert!(out.is_null());

@@ -12,6 +12,10 @@
 //! Pass 1 (a dot pass) reduces `[‖θ − x0‖², ‖g‖²]` per tensor (storing x0 at the first step),
 //! the solve updates each group's `#[repr(C)]` record, pass 2 reads η from it: two passes, since
 //! η needs this step's ‖g‖² over the whole group before any element moves.
+//!
+//! `ldog` is the same package's `LDoG` (layer-wise DoG): the same formula, options and rules with
+//! a record per tensor instead of per group ("the DoG formula … for each layer separately"):
+//! r̄, G and η of tensor t from ‖θ_t‖, ‖θ_t − x0_t‖ and ‖g_t‖ alone (`Blocks::Tensor`).
 
 use crate::adapt::prodigy::{displacement, fma32};
 use crate::algorithm::{Accepts, Algorithm, Context, Shards};
@@ -162,10 +166,25 @@ impl ElementRule for Step {
     }
 }
 
+/// What one record's step size covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Blocks {
+    /// `DoG`: a group's tensors as one vector.
+    Group,
+    /// `LDoG`: each tensor alone.
+    Tensor,
+}
+
 pub struct Dog<D: Device> {
     device: D,
+    blocks: Blocks,
+    /// The record of each tensor (its group's, or its own).
+    record_of: Vec<usize>,
+    /// The group of each record, whose options it reads.
+    group_of: Vec<usize>,
     /// x0 per tensor and element.
     x0: Vec<D::State<f32>>,
+    /// One per block (`blocks`); the solve reads `options` at the same index.
     groups: D::Records<GroupRecord>,
     options: D::Records<GroupOptions>,
     sums: D::Sums,
@@ -175,13 +194,30 @@ pub struct Dog<D: Device> {
 
 impl<D: Device> Dog<D> {
     pub fn new(device: &D, layout: &crate::optimizer::Layout, shards: Shards) -> Result<Self> {
+        Self::with_blocks(device, layout, shards, Blocks::Group)
+    }
+
+    /// `ldog`: a record per tensor.
+    pub fn layer_wise(device: &D, layout: &crate::optimizer::Layout, shards: Shards) -> Result<Self> {
+        Self::with_blocks(device, layout, shards, Blocks::Tensor)
+    }
+
+    fn with_blocks(device: &D, layout: &crate::optimizer::Layout, shards: Shards, blocks: Blocks) -> Result<Self> {
         device.require(&[Distance::KERNEL, Step::KERNEL, Solve::KERNEL])?;
+        let (record_of, group_of, owners) = match blocks {
+            Blocks::Group => (layout.groups.clone(), (0..layout.n_groups()).collect(), layout.members.clone()),
+            Blocks::Tensor => ((0..layout.lens.len()).collect(), layout.groups.clone(), (0..layout.lens.len()).map(|t| vec![t]).collect()),
+        };
+        let n = group_of.len();
         Ok(Dog {
             x0: device.alloc_per_tensor(&layout.lens)?,
-            groups: device.records(&crate::backend::filled(layout.n_groups(), GroupRecord::default())?)?,
-            options: device.records(&crate::backend::filled(layout.n_groups(), GroupOptions::default())?)?,
-            sums: device.sums(&layout.lens, &layout.members)?,
+            groups: device.records(&crate::backend::filled(n, GroupRecord::default())?)?,
+            options: device.records(&crate::backend::filled(n, GroupOptions::default())?)?,
+            sums: device.sums(&layout.lens, &owners)?,
             device: device.clone(),
+            blocks,
+            record_of,
+            group_of,
             shards,
         })
     }
@@ -190,17 +226,22 @@ impl<D: Device> Dog<D> {
         Ok(self.device.read_records(&self.groups)?[group])
     }
 
+    /// The records of `group`'s tensors (LDoG), in the group's order.
+    fn tensor_records(&self, ctx: &Context, group: usize) -> Result<Vec<GroupRecord>> {
+        let records = self.device.read_records(&self.groups)?;
+        Ok(ctx.layout.members[group].iter().map(|&t| records[t]).collect())
+    }
+
     fn lambda(ctx: &Context, group: usize) -> f32 {
         ctx.options.get(group, "weight_decay") as f32
     }
 
     fn distances(&mut self, ctx: &Context, params: &[TensorMut], inputs: &StepInputs) -> Result<()> {
-        let (device, x0s, groups) = (&self.device, &mut self.x0, &self.groups);
+        let (device, x0s, groups, record_of) = (&self.device, &mut self.x0, &self.groups, &self.record_of);
         reduced_pass::<Solve, D>(device, &mut self.sums, self.shards.as_deref(), true, |sums, commit| {
             for (t, x0) in x0s.iter_mut().enumerate() {
-                let group = ctx.layout.groups[t];
-                let lambda = Self::lambda(ctx, group);
-                device.dots::<Distance>(&lambda, groups, group, &params[t].view(), &inputs.grads[t], x0, sums, t, commit)?;
+                let lambda = Self::lambda(ctx, ctx.layout.groups[t]);
+                device.dots::<Distance>(&lambda, groups, record_of[t], &params[t].view(), &inputs.grads[t], x0, sums, t, commit)?;
             }
             Ok(())
         })?;
@@ -213,7 +254,7 @@ impl<D: Device> Dog<D> {
         self.distances(ctx, params, inputs)?;
         for (t, x0) in self.x0.iter_mut().enumerate() {
             let group = ctx.layout.groups[t];
-            self.device.update_by::<Step>(&Self::lambda(ctx, group), &self.groups, group, &mut params[t], &inputs.grads[t], x0, scale)?;
+            self.device.update_by::<Step>(&Self::lambda(ctx, group), &self.groups, self.record_of[t], &mut params[t], &inputs.grads[t], x0, scale)?;
         }
         Ok(())
     }
@@ -221,7 +262,10 @@ impl<D: Device> Dog<D> {
 
 impl<D: Device> Algorithm for Dog<D> {
     fn name(&self) -> &'static str {
-        "dog"
+        match self.blocks {
+            Blocks::Group => "dog",
+            Blocks::Tensor => "ldog",
+        }
     }
 
     fn accepts(&self, _ctx: &Context) -> Accepts {
@@ -229,7 +273,7 @@ impl<D: Device> Algorithm for Dog<D> {
     }
 
     fn check(&self, _ctx: &Context, _inputs: &StepInputs, _cb: &Callbacks) -> Result<()> {
-        crate::algorithm::refuse_capture(&self.device, "dog", "its weight decay as a launch argument")
+        crate::algorithm::refuse_capture(&self.device, self.name(), "its weight decay as a launch argument")
     }
 
     /// The distance and gradient sums are reduced once a step.
@@ -238,7 +282,7 @@ impl<D: Device> Algorithm for Dog<D> {
     }
 
     fn options_changed(&mut self, ctx: &Context) -> Result<()> {
-        let options: Vec<GroupOptions> = (0..ctx.layout.n_groups()).map(|g| GroupOptions::of(ctx.options, g)).collect();
+        let options: Vec<GroupOptions> = self.group_of.iter().map(|&g| GroupOptions::of(ctx.options, g)).collect();
         self.device.write_records(&mut self.options, &options)
     }
 
@@ -247,7 +291,7 @@ impl<D: Device> Algorithm for Dog<D> {
         let mut g_dot_s = 0.0;
         for (t, x0) in self.x0.iter_mut().enumerate() {
             let group = ctx.layout.groups[t];
-            g_dot_s += self.device.advance_dot::<Step>(&Self::lambda(ctx, group), &self.groups, group, &params[t], &inputs.grads[t], x0)?;
+            g_dot_s += self.device.advance_dot::<Step>(&Self::lambda(ctx, group), &self.groups, self.record_of[t], &params[t], &inputs.grads[t], x0)?;
         }
         Ok(g_dot_s)
     }
@@ -255,7 +299,7 @@ impl<D: Device> Algorithm for Dog<D> {
     fn apply(&self, ctx: &Context, params: &mut [TensorMut], inputs: &StepInputs, scale: f32) -> Result<()> {
         for (t, x0) in self.x0.iter().enumerate() {
             let group = ctx.layout.groups[t];
-            self.device.apply_scaled::<Step>(&Self::lambda(ctx, group), &self.groups, group, &mut params[t], &inputs.grads[t], x0, scale)?;
+            self.device.apply_scaled::<Step>(&Self::lambda(ctx, group), &self.groups, self.record_of[t], &mut params[t], &inputs.grads[t], x0, scale)?;
         }
         Ok(())
     }
@@ -268,14 +312,26 @@ impl<D: Device> Algorithm for Dog<D> {
         self.take_step(ctx, params, inputs, Some(scale))
     }
 
-    /// η of the group's last step (0 before the first).
-    fn lr(&self, _ctx: &Context, group: usize) -> Result<f64> {
-        Ok(self.record(group)?.eta)
+    /// η of the group's last step (0 before the first); LDoG: the median of its tensors' η.
+    fn lr(&self, ctx: &Context, group: usize) -> Result<f64> {
+        match self.blocks {
+            Blocks::Group => Ok(self.record(group)?.eta),
+            Blocks::Tensor => Ok(crate::adapt::vsgd::min_median_max(self.tensor_records(ctx, group)?.iter().map(|r| r.eta).collect())[1]),
+        }
     }
 
-    fn telemetry(&self, _ctx: &Context, group: usize) -> Result<Vec<(&'static str, f64)>> {
-        let r = self.record(group)?;
-        Ok(vec![("eta", r.eta), ("rbar", r.rbar), ("G", r.g_sum), ("steps", r.steps as f64)])
+    /// LDoG: `eta`, `rbar` and `G` once per tensor of the group (in its order), then `steps`.
+    fn telemetry(&self, ctx: &Context, group: usize) -> Result<Vec<(&'static str, f64)>> {
+        let records = match self.blocks {
+            Blocks::Group => vec![self.record(group)?],
+            Blocks::Tensor => self.tensor_records(ctx, group)?,
+        };
+        let mut entries: Vec<(&'static str, f64)> = Vec::with_capacity(3 * records.len() + 1);
+        entries.extend(records.iter().map(|r| ("eta", r.eta)));
+        entries.extend(records.iter().map(|r| ("rbar", r.rbar)));
+        entries.extend(records.iter().map(|r| ("G", r.g_sum)));
+        entries.push(("steps", records[0].steps as f64));
+        Ok(entries)
     }
 
     fn started(&self) -> Result<bool> {
@@ -295,17 +351,18 @@ impl<D: Device> Algorithm for Dog<D> {
     }
 
     fn load(&mut self, ctx: &Context, r: &mut Reader) -> Result<()> {
-        let n = ctx.layout.n_groups();
+        let n = self.group_of.len();
         let steps = r.counts_exact(n, "DoG step counts")?;
         let rbar = r.f64s_exact(n, "DoG r̄")?;
         let g_sum = r.f64s_exact(n, "DoG G")?;
         let eta = r.f64s_exact(n, "DoG η")?;
+        let block = if self.blocks == Blocks::Group { "group" } else { "tensor" };
         let mut records = Vec::with_capacity(n);
         for g in 0..n {
-            let bad = |why: &str| Err(Error::checkpoint(format!("checkpoint DoG group {g}: {why} (corrupted?)")));
-            // Every step steps every group.
+            let bad = |why: &str| Err(Error::checkpoint(format!("checkpoint DoG {block} {g}: {why} (corrupted?)")));
+            // Every step steps every record.
             if steps[g] != steps[0] {
-                return bad(&format!("{} steps where group 0 took {}", steps[g], steps[0]));
+                return bad(&format!("{} steps where {block} 0 took {}", steps[g], steps[0]));
             }
             let record = GroupRecord { rbar: rbar[g], g_sum: g_sum[g], eta: eta[g], steps: steps[g] };
             if steps[g] == 0 {
@@ -363,5 +420,66 @@ mod tests {
         assert_eq!((r.rbar, r.eta), (0.0, 1e-3));
         Solve::solve(&(), &o, &[0.01, 0.0, 0.0, 0.0], &mut r);
         assert_eq!(r.eta, 0.1 / (9.0f64 + 1e-8).sqrt());
+    }
+
+    /// Each group's telemetry entries.
+    type Telemetry = Vec<Vec<(&'static str, f64)>>;
+
+    /// `steps` steps of `name` from `starts` in `groups`, with weight decay `decays[g]` in group
+    /// g: the parameters and the telemetry of every group.
+    fn run(name: &str, starts: &[Vec<f32>], groups: &[usize], decays: &[f64], steps: usize) -> (Vec<Vec<f32>>, Telemetry) {
+        use crate::{Callbacks, Optimizer};
+        let lens: Vec<usize> = starts.iter().map(Vec::len).collect();
+        let mut opt = Optimizer::new(name, &lens, Some(groups)).unwrap();
+        for (g, &decay) in decays.iter().enumerate() {
+            opt.set_option("weight_decay", Some(g), decay).unwrap();
+        }
+        let mut params = starts.to_vec();
+        for k in 0..steps {
+            let grads: Vec<Vec<f32>> = params.iter().map(|p| p.iter().enumerate().map(|(i, &v)| v - 0.3 * ((i + k) % 5) as f32).collect()).collect();
+            let mut views: Vec<&mut [f32]> = params.iter_mut().map(|p| &mut p[..]).collect();
+            opt.step(&mut views, &StepInputs::new(grads.iter().map(|g| &g[..]).collect()), &mut Callbacks::default()).unwrap();
+        }
+        (params, (0..decays.len()).map(|g| opt.telemetry(g).unwrap()).collect())
+    }
+
+    /// LDoG steps each tensor as DoG steps it alone: the group only shares options.
+    #[test]
+    fn ldog_is_dog_per_tensor() {
+        let starts = vec![vec![0.5f32, -1.0, 2.0], vec![1.5f32; 4], vec![-0.25f32, 0.75]];
+        let (groups, decays) = ([0, 1, 0], [0.0, 0.1]);
+        let (layer_wise, telemetry) = run("ldog", &starts, &groups, &decays, 20);
+        for (t, start) in starts.iter().enumerate() {
+            let group = groups[t];
+            let (alone, alone_telemetry) = run("dog", std::slice::from_ref(start), &[0], &decays[group..=group], 20);
+            assert_eq!(layer_wise[t], alone[0], "tensor {t}");
+            // Group 0's entries: η of tensors 0 and 2, then r̄ of both, G of both, steps.
+            let (entries, at) = (&telemetry[group], if t == 2 { 1 } else { 0 });
+            let per = if group == 0 { 2 } else { 1 };
+            for (k, name) in ["eta", "rbar", "G"].iter().enumerate() {
+                assert_eq!(entries[k * per + at], alone_telemetry[0][k], "tensor {t} {name}");
+            }
+            assert_eq!(entries.last(), Some(&("steps", 20.0)));
+        }
+        // Not DoG over the group: tensors 0 and 2 as one vector step otherwise.
+        let (grouped, _) = run("dog", &starts, &groups, &decays, 20);
+        assert_ne!(grouped[0], layer_wise[0]);
+        assert_eq!(grouped[1], layer_wise[1]);
+    }
+
+    /// The same layout and sections, another meaning: neither loads the other's checkpoint.
+    #[test]
+    fn dog_and_ldog_refuse_each_others_checkpoints() {
+        use crate::{Callbacks, Optimizer};
+        let (lens, groups) = ([3, 2], [0, 0]);
+        let mut opts: Vec<Optimizer> = ["dog", "ldog"].iter().map(|n| Optimizer::new(n, &lens, Some(&groups)).unwrap()).collect();
+        for opt in &mut opts {
+            let (mut a, mut b) = (vec![1.0f32; 3], vec![-1.0f32; 2]);
+            let grads = [vec![0.5f32; 3], vec![0.25f32; 2]];
+            opt.step(&mut [&mut a[..], &mut b[..]], &StepInputs::new(grads.iter().map(|g| &g[..]).collect()), &mut Callbacks::default()).unwrap();
+        }
+        let (dog, ldog) = (opts[0].save().unwrap(), opts[1].save().unwrap());
+        assert!(opts[1].load(&dog).unwrap_err().to_string().contains("'dog'"));
+        assert!(opts[0].load(&ldog).unwrap_err().to_string().contains("'ldog'"));
     }
 }

@@ -531,7 +531,7 @@ fn max_hbar<D: Device, E: Averages>(device: &D, elems: &[D::State<E>], tensors: 
 }
 
 /// `[min, median, max]`; the median of an even count is the mean of the two middle values.
-fn min_median_max(mut values: Vec<f64>) -> [f64; 3] {
+pub(crate) fn min_median_max(mut values: Vec<f64>) -> [f64; 3] {
     if values.is_empty() {
         return [0.0; 3];
     }

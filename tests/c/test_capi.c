@@ -1445,6 +1445,7 @@ static const PeerCase PEERS[] = {
     {"prodigy", {{"lr", -1.0}, {"beta1", 1.0}, {"beta3", 1.5}, {"d0", 0.0}, {"d_coef", -1.0}, {"growth_rate", 0.0}, {"safeguard_warmup", 0.5}}, "d0", 0},
     {"dadapt-adam", {{"lr", NAN}, {"beta2", 1.0}, {"eps", 0.0}, {"d0", -1.0}, {"growth_rate", -2.0}, {"decouple", 2.0}}, "d0", 0},
     {"dog", {{"lr", 0.0}, {"reps_rel", 0.0}, {"eps", 0.0}, {"init_eta", -1.0}, {"weight_decay", -0.1}}, NULL, 0},
+    {"ldog", {{"lr", -1.0}, {"reps_rel", NAN}, {"eps", -1e-8}, {"init_eta", 0.0}, {"weight_decay", INFINITY}}, NULL, 0},
     {"schedule-free", {{"lr", INFINITY}, {"beta1", 0.0}, {"warmup_steps", 1.5}, {"r", -1.0}, {"weight_lr_power", -1.0}, {"beta2", 1.0}}, NULL, 1},
     {"sf-adamw", {{"beta1", 1.0}, {"warmup_steps", -1.0}, {"eps", 0.0}, {"weight_decay", -1.0}}, NULL, 1},
     {"sf-sgd", {{"momentum", 0.0}, {"momentum", 1.0}, {"lr", -0.5}, {"base_weight_decay", -1.0}}, NULL, 1},
@@ -1452,7 +1453,7 @@ static const PeerCase PEERS[] = {
 
 /* Every kind of bad input to one peer: the right status, a message, and the parameters and saved
  * state bit-identical afterwards; then the optimizer still follows an untouched twin's
- * trajectory; then its two parameter views (a no-op for prodigy, dadapt-adam and dog). */
+ * trajectory; then its two parameter views (a no-op for prodigy, dadapt-adam, dog and ldog). */
 static void peer_bad_input(const PeerCase *pc) {
     const char *alg = pc->algorithm;
     printf("bad input to '%s' changes nothing\n", alg);

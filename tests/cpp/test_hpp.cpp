@@ -380,12 +380,12 @@ void test_modes() {
 // peers of docs/algorithms.md §6 among them, with their defaults.
 void test_algorithms() {
     const std::vector<std::string> names = autolr::algorithms();
-    for (const char* peer : {"prodigy", "dadapt-adam", "dog", "schedule-free", "sf-adamw", "sf-sgd"})
+    for (const char* peer : {"prodigy", "dadapt-adam", "dog", "ldog", "schedule-free", "sf-adamw", "sf-sgd"})
         CHECK(std::find(names.begin(), names.end(), peer) != names.end(), "autolr::algorithms() lacks %s", peer);
     const std::vector<std::string> cuda = autolr::algorithms(ALR_DEVICE_CUDA);
     CHECK(!cuda.empty() && cuda.size() < names.size(), "CUDA lists %zu of %zu algorithms", cuda.size(), names.size());
     expect_error("algorithms of device 9", ALR_INVALID_ARGUMENT, "device 9", [] { autolr::algorithms(AlrDevice(9)); });
-    for (const std::string& name : {std::string("prodigy"), std::string("dadapt-adam"), std::string("dog"),
+    for (const std::string& name : {std::string("prodigy"), std::string("dadapt-adam"), std::string("dog"), std::string("ldog"),
                                     std::string("schedule-free"), std::string("sf-adamw"), std::string("sf-sgd")}) {
         Problem pr;
         autolr::Optimizer opt(name, pr.lens(), {0, 1});
@@ -397,7 +397,7 @@ void test_algorithms() {
         CHECK(pr.p0 != start, "%s: three steps did not move the parameters", name.c_str());
         const std::string what = name + ": ";
         expect_error((what + "unknown option").c_str(), ALR_INVALID_ARGUMENT, "accepted", [&] { opt.set_option("no_such_option", 1.0); });
-        // lr < 0 is outside every peer's range ((0, ∞) for dog, [0, ∞) for the others)
+        // lr < 0 is outside every peer's range ((0, ∞) for dog and ldog, [0, ∞) for the others)
         expect_error((what + "lr = -1").c_str(), ALR_INVALID_ARGUMENT, "'lr'", [&] { opt.set_option("lr", -1.0); });
         expect_error((what + "report_loss").c_str(), ALR_WRONG_STATE, name, [&] { opt.report_loss(1.0); });
         const std::vector<float> before = pr.p0;

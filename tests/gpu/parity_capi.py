@@ -29,7 +29,7 @@ same library's CPU optimizer on the same inputs. For a machine with an NVIDIA GP
   and `V` against float64 sums on the host.
 - autolr.torch on CUDA parameters (AutoAdam fed by SumGradSquared, and Adam) trains a small
   model as on the CPU (forward/backward differ in rounding between devices: 1e-3 relative).
-- 24 steps of prodigy, dadapt-adam and dog (several option sets: β1 = 0, coupled and decoupled
+- 24 steps of prodigy, dadapt-adam, dog and ldog (several option sets: β1 = 0, coupled and decoupled
   decay, bias correction, safeguard warmup, growth bound, a group with lr 0, per-group options,
   init_eta) on a noisy quadratic: lr per group and every telemetry entry (d, d_hat, dlr, η, r̄,
   G, step and skip counts) after every step, the parameters at the end (float32 tolerance: their
@@ -39,7 +39,7 @@ same library's CPU optimizer on the same inputs. For a machine with an NVIDIA GP
 - A NaN gradient in sf-adamw's first step: the next eval() raises ALR_NON_FINITE with the
   parameters untouched, and the optimizer carries on as one that never took that step.
 - 24 steps of sf-adamw, sf-sgd, schedule-free over momentum (warmup, weight decay) and over
-  automatic bases (auto-adam fed Σg², tlr, prodigy, dadapt-adam, dog: their scaled steps): the
+  automatic bases (auto-adam fed Σg², tlr, prodigy, dadapt-adam, dog, ldog: their scaled steps): the
   averaging scalars (ckp1, lr, weights) and the base's telemetry and the parameters after every
   step (over a fixed-rate base only the scalars' powers can round differently; over an automatic
   base its sums too); halfway the eval() swap to x on both devices (x compared), a step and a
@@ -87,6 +87,10 @@ PEERS = [
     ("dog", {}, {}),
     ("dog", dict(weight_decay=1e-3), {"reps_rel": 1e-4, "lr": 0.5}),
     ("dog", dict(init_eta=1e-3), {}),
+    # ldog: dog's kernels over a record per tensor (GROUPS puts several tensors in a group).
+    ("ldog", {}, {}),
+    ("ldog", dict(weight_decay=1e-3), {"reps_rel": 1e-4, "lr": 0.5}),
+    ("ldog", dict(init_eta=1e-3), {}),
 ]
 PEER_STEPS = 24
 SCHEDULE_FREE = [
@@ -99,6 +103,7 @@ SCHEDULE_FREE = [
     ("schedule-free", dict(base="prodigy")),
     ("schedule-free", dict(base="dadapt-adam", warmup_steps=3)),
     ("schedule-free", dict(base="dog")),
+    ("schedule-free", dict(base="ldog")),
 ]
 TLR = [dict(), dict(momentum=0.8, weight_decay=5e-4), dict(window=3), dict(window=3, momentum=0.8, per_group=1)]
 
@@ -264,7 +269,7 @@ def peer(name, options, per_group, rng, stream):
         worst_tele = max(worst_tele, tele_rel(pair.gpu.telemetry(), pair.cpu.telemetry()))
     params = rel(pair.params(), pair.host)
     tele = pair.cpu.telemetry()
-    adapted = tele["rbar"][0] > 0.0 if name == "dog" else tele["d"][0] > pair.cpu.get_option("d0")
+    adapted = min(tele["rbar"]) > 0.0 if name in ("dog", "ldog") else tele["d"][0] > pair.cpu.get_option("d0")
     moved = any(not np.array_equal(a, b) for a, b in zip(pair.host, start))
     # The checkpoints carry the scalars both ways; the GPU resumed from the CPU's state (and the
     # CPU's parameters) continues as the CPU does.
@@ -534,7 +539,7 @@ def checks(small, rng, stream):
     if not small:
         yield "autoopt", "CUDA graph capture + replay of an auto-adam step through the C ABI", lambda: graph_replay(rng, stream)
         yield "autoopt", "2^28-element tensor", lambda: large(stream)
-    capture = (("fixed-rate", "adam"), ("tlr", "tlr"), ("peers", "prodigy"), ("peers", "dadapt-adam"), ("peers", "dog"), ("schedule-free", "sf-adamw"))
+    capture = (("fixed-rate", "adam"), ("tlr", "tlr"), ("peers", "prodigy"), ("peers", "dadapt-adam"), ("peers", "dog"), ("peers", "ldog"), ("schedule-free", "sf-adamw"))
     for section, name in capture:
         yield section, f"a {name} step refuses CUDA-graph capture", lambda name=name: refuses_capture(name, stream)
     yield "torch", "autolr.torch on CUDA parameters (AutoAdam + SumGradSquared, Adam)", lambda: torch_adapter(rng)

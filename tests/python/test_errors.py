@@ -890,6 +890,7 @@ PEERS = {
     "prodigy": ({"lr": -1.0, "beta1": 1.0, "beta3": 1.5, "d0": 0.0, "d_coef": -1.0, "growth_rate": 0.0, "safeguard_warmup": 0.5}, "d0"),
     "dadapt-adam": ({"lr": float("nan"), "beta2": 1.0, "eps": 0.0, "d0": -1.0, "growth_rate": -2.0, "decouple": 2.0}, "d0"),
     "dog": ({"lr": 0.0, "reps_rel": 0.0, "eps": 0.0, "init_eta": -1.0, "weight_decay": -0.1}, None),
+    "ldog": ({"lr": -1.0, "reps_rel": float("nan"), "eps": -1e-8, "init_eta": 0.0, "weight_decay": float("inf")}, None),
     "schedule-free": ({"lr": float("inf"), "beta1": 0.0, "warmup_steps": 1.5, "r": -1.0, "weight_lr_power": -1.0, "beta2": 1.0}, None),
     "sf-adamw": ({"beta1": 1.0, "warmup_steps": -1.0, "eps": 0.0, "weight_decay": -1.0}, None),
     "sf-sgd": ({"momentum": 0.0, "lr": -0.5, "base_weight_decay": -1.0}, None),
@@ -975,7 +976,7 @@ def test_peer_step_errors(name):
 @pytest.mark.parametrize("name", PEERS)
 def test_peer_modes_in_the_wrong_order(name):
     """Schedule-free: eval() twice, a step in eval mode and train() twice are ALR_WRONG_STATE with
-    nothing changed; for prodigy, dadapt-adam and dog eval()/train() are no-ops."""
+    nothing changed; for prodigy, dadapt-adam, dog and ldog eval()/train() are no-ops."""
     opt, params = trained(name)
     at_y = [p.tobytes() for p in params]
     opt.eval()

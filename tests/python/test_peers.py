@@ -1,12 +1,12 @@
 """The tuning-free peers against their authors' PyTorch code (docs/algorithms.md §6: the
 reference *is* the specification): prodigyopt 1.1.2 `Prodigy`, dadaptation 3.2 `DAdaptAdam`,
-dog-optimizer 1.0.3 `DoG`.
+dog-optimizer 1.0.3 `DoG` and `LDoG`.
 
 Both sides start from the same float32 tensors (4 tensors of different sizes in 2 param groups
 with different options, weight decay on in one group and off in the other) and take 120 steps;
 both get the same float32 gradient tensors every step (a noisy quadratic's gradient at the
 reference's parameters). After every step the adapted scalars (Prodigy's d, d_hat, d_max; D-Adapt's
-d; DoG's η, r̄, G per group) must agree to RTOL = 1e-5 relative, the parameters to PARAM_RTOL.
+d; DoG's η, r̄, G per group, LDoG's per tensor) must agree to RTOL = 1e-5 relative, the parameters to PARAM_RTOL.
 
 The elementwise arithmetic is the reference's, rounding for rounding (torch's fused multiply-adds
 included: with the same d the parameters agree bit for bit, as the first steps show), but every
@@ -54,7 +54,7 @@ GROUPS = [0, 1, 0, 1]
 STEPS = 120
 RTOL = 1e-5
 RTOL_REDUCED = 1e-4  # D-Adapt Adam's parameters: reductions differ in order (see above)
-PARAM_RTOL = {"prodigy": RTOL, "dadapt-adam": RTOL_REDUCED, "dog": RTOL}
+PARAM_RTOL = {"prodigy": RTOL, "dadapt-adam": RTOL_REDUCED, "dog": RTOL, "ldog": RTOL}
 
 
 def test_reference_versions():
@@ -103,6 +103,12 @@ CASES = {
         ("init-eta", {"init_eta": 1e-3}, [{"eps": 1e-6}, {"lr": 0.8, "weight_decay": 0.01}]),
         ("reps-rel-lr", {}, [{"reps_rel": 1e-4}, {"reps_rel": 1e-5, "lr": 0.8, "weight_decay": 0.01}]),
     ],
+    # DoG's options (LDoG subclasses DoG); each tensor gets its own η, so a group's shares options only.
+    "ldog": [
+        ("defaults-wd", {}, [{}, {"weight_decay": 0.05}]),
+        ("init-eta", {"init_eta": 1e-3}, [{"eps": 1e-6}, {"lr": 0.8, "weight_decay": 0.01}]),
+        ("reps-rel-lr", {}, [{"reps_rel": 1e-4}, {"reps_rel": 1e-5, "lr": 0.8, "weight_decay": 0.01}]),
+    ],
 }
 
 
@@ -125,7 +131,7 @@ def reference(name, params, global_opts, group_opts):
             grp.setdefault("lr", lr)
         cls = prodigyopt.Prodigy if name == "prodigy" else dadaptation.DAdaptAdam
         return cls(groups, lr=lr, betas=betas, **g)
-    return dog.DoG(groups, **g)
+    return (dog.LDoG if name == "ldog" else dog.DoG)(groups, **g)
 
 
 def make_lib(name, params, global_opts, group_opts):
@@ -149,6 +155,9 @@ def ref_scalars(name, opt):
         return {"d": g0["d"], "d_hat": g0.get("d_hat", 0.0), "d_max": g0["d_max"]}
     if name == "dadapt-adam":
         return {"d": g0["d"]}
+    if name == "ldog":
+        # Per tensor, groups in order (autolr's telemetry lists a group's tensors in its order).
+        return {k: [float(v) for grp in opt.param_groups for v in (grp[k] if k == "eta" else grp[k].tolist())] for k in ("eta", "rbar", "G")}
     return {k: [float(grp[k2][0]) if k2 == "eta" else float(grp[k2]) for grp in opt.param_groups] for k, k2 in (("eta", "eta"), ("rbar", "rbar"), ("G", "G"))}
 
 
@@ -173,15 +182,16 @@ def test_steps_like_the_reference(name, case):
         assert err <= PARAM_RTOL[name], f"{name} {case[0]} step {t + 1}: parameters differ by {err:.2e} relative"
         tele = lib.telemetry()
         for key, want in ref_scalars(name, ref).items():
-            got = tele[key] if name == "dog" else tele[key][0]
-            e = rel(got, want)
+            got = tele[key] if name in ("dog", "ldog") else tele[key][0]
+            # LDoG's scalars differ by tensor: each against its own (one large η hides no small one).
+            e = max(rel(a, b) for a, b in zip(got, want, strict=True)) if name == "ldog" else rel(got, want)
             worst[key] = max(worst.get(key, 0.0), e)
             assert e <= RTOL, f"{name} {case[0]} step {t + 1}: {key} = {got}, reference {want} ({e:.2e})"
         moved = moved or any(not np.array_equal(a, s) for a, s in zip(lib_params, problem.start))
     assert moved
     # The adaptation did something: d grew from d0 (Prodigy, D-Adapt) or r̄ from its floor (DoG).
     tele = lib.telemetry()
-    if name == "dog":
+    if name in ("dog", "ldog"):
         assert min(tele["rbar"]) > 1e-3, tele
     else:
         assert tele["d"][0] > 100 * global_opts.get("d0", 1e-6), tele
@@ -189,7 +199,7 @@ def test_steps_like_the_reference(name, case):
 
 
 @pytest.mark.parametrize("name,options,floats", [
-    ("prodigy", {}, 4), ("prodigy", {"beta1": 0.0}, 3), ("dadapt-adam", {}, 3), ("dog", {}, 1),
+    ("prodigy", {}, 4), ("prodigy", {"beta1": 0.0}, 3), ("dadapt-adam", {}, 3), ("dog", {}, 1), ("ldog", {}, 1),
     # schedule-free: z plus the base's own state (sgd: none; adamw: m and v; momentum: its buffer;
     # prodigy: its four), not the scratch copy of the previous z.
     ("sf-sgd", {}, 1), ("sf-adamw", {}, 3), ("schedule-free", {"base": "momentum"}, 2),
@@ -198,7 +208,7 @@ def test_steps_like_the_reference(name, case):
 def test_state_is_the_references_buffers(name, options, floats):
     """Per element the state holds exactly the reference's buffers, nothing more (Prodigy:
     exp_avg, exp_avg_sq, s, p0, and no exp_avg at β1 = 0; D-Adapt Adam: s, exp_avg, exp_avg_sq;
-    DoG: x0; schedule-free: z and its base's): ten more elements in one tensor make the
+    DoG and LDoG: x0; schedule-free: z and its base's): ten more elements in one tensor make the
     checkpoint 10 · floats · 4 bytes longer."""
 
     def size(extra):
@@ -213,12 +223,12 @@ def test_state_is_the_references_buffers(name, options, floats):
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_torch_classes_step_like_the_reference(name):
-    """autolr.torch's Prodigy, DAdaptAdam and DoG (a drop-in for the reference's class, the
+    """autolr.torch's Prodigy, DAdaptAdam, DoG and LDoG (a drop-in for the reference's class, the
     parameters a torch model's) with the first case's options follow the reference like the
     numpy API does."""
     import autolr.torch as alt
 
-    cls = {"prodigy": alt.Prodigy, "dadapt-adam": alt.DAdaptAdam, "dog": alt.DoG}[name]
+    cls = {"prodigy": alt.Prodigy, "dadapt-adam": alt.DAdaptAdam, "dog": alt.DoG, "ldog": alt.LDoG}[name]
     _, global_opts, group_opts = CASES[name][0]
     problem = Problem()
     ours = [torch.nn.Parameter(torch.tensor(p.copy())) for p in problem.start]

@@ -37,14 +37,15 @@ REDUCING = {
     "prodigy": dict(weight_decay=0.01),
     "dadapt-adam": {},
     "dog": {},
+    "ldog": {},
     "sf-over-auto-adam": dict(base="auto-adam"),
 }
 # Calls to the communicator in 50 steps (README "More than one process"): AutoOpt one per step;
 # TLR one per step that trains α (from step 2; with window 3 at steps 7, 10, …, 49); vsgd-g/-b
-# two (the sums, and h⁺'s maximum); GI one for φ after its base's; prodigy, dadapt-adam and dog
-# one (pass 1's sums); schedule-free its base's.
+# two (the sums, and h⁺'s maximum); GI one for φ after its base's; prodigy, dadapt-adam, dog and
+# ldog one (pass 1's sums); schedule-free its base's.
 CALLS = {"auto-sgd": 50, "auto-adam": 50, "auto-adagrad": 50, "tlr": 49, "tlr-window": 15, "vsgd-g": 100, "vsgd-b": 100,
-         "gi-adam": 50, "gi-auto-adam": 100, "prodigy": 50, "dadapt-adam": 50, "dog": 50, "sf-over-auto-adam": 50}
+         "gi-adam": 50, "gi-auto-adam": 100, "prodigy": 50, "dadapt-adam": 50, "dog": 50, "ldog": 50, "sf-over-auto-adam": 50}
 WITHOUT = {"adam": dict(lr=0.01), "vsgd-l": dict(n0=2, slow_start_c=20.0), "sf-adamw": {}}
 
 
@@ -220,7 +221,7 @@ def test_sharded_run_equals_the_whole_run(case, world_size):
                 assert np.allclose(a, b, rtol=1e-6, atol=0), f"{case} rank {rank} step {step}: lr {a} vs {b}"
 
 
-@pytest.mark.parametrize("case, step", [(c, 5) for c in ("auto-adam", "tlr", "vsgd-b", "gi-auto-adam", "gi-adam", "prodigy", "dadapt-adam", "dog")]
+@pytest.mark.parametrize("case, step", [(c, 5) for c in ("auto-adam", "tlr", "vsgd-b", "gi-auto-adam", "gi-adam", "prodigy", "dadapt-adam", "dog", "ldog")]
                          + [("prodigy", 0), ("dadapt-adam", 0)])
 def test_bad_input_on_one_process_is_an_error_on_every_process(case, step):
     """A NaN gradient on rank 1 at `step` (0: before prodigy's and dadapt-adam's state exists):
@@ -234,7 +235,7 @@ def test_bad_input_on_one_process_is_an_error_on_every_process(case, step):
             assert "process" in str(error), str(error)
 
 
-@pytest.mark.parametrize("case", ["auto-sgd", "tlr", "vsgd-g", "prodigy", "dog", "gi-adam", "gi-auto-adam"])
+@pytest.mark.parametrize("case", ["auto-sgd", "tlr", "vsgd-g", "prodigy", "dog", "ldog", "gi-adam", "gi-auto-adam"])
 def test_a_failing_callback_is_an_error_on_every_process(case):
     """The communicator fails on rank 2 (at its first call, step 1 or 2): every rank's step
     returns an error with nothing changed there, and no rank hangs."""

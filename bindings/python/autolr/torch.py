@@ -56,7 +56,7 @@ from . import Optimizer as _Core
 
 __all__ = [
     "Auto", "AutoLR", "SGD", "Momentum", "Adam", "AdamW", "Adagrad", "RMSprop", "AutoSGD", "AutoAdam",
-    "AutoAdagrad", "GI", "TLR", "VSGD", "Prodigy", "DAdaptAdam", "DoG", "ScheduleFree", "SGDScheduleFree", "AdamWScheduleFree", "SumGradSquared",
+    "AutoAdagrad", "GI", "TLR", "VSGD", "Prodigy", "DAdaptAdam", "DoG", "LDoG", "ScheduleFree", "SGDScheduleFree", "AdamWScheduleFree", "SumGradSquared",
     "all_reduce", "sum_sq_over_ranks", "ZeroShards",
 ]
 
@@ -662,6 +662,13 @@ class DoG(AutoLR):
 
     def __init__(self, params, lr=1.0, **options):
         super().__init__(params, "dog", lr=lr, **options)
+
+
+class LDoG(AutoLR):
+    """``dog.LDoG`` (docs/algorithms.md §6.1): DoG's step size per tensor, DoG's options."""
+
+    def __init__(self, params, lr=1.0, **options):
+        super().__init__(params, "ldog", lr=lr, **options)
 
 
 # Σ_i g_i² without per-sample gradients where the layer allows it ------------------------------

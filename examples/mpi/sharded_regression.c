@@ -14,7 +14,7 @@
  *
  * Usage: mpirun -np K sharded_regression ALGORITHM [--whole]
  *   ALGORITHM: auto-sgd, auto-adam, auto-adagrad, tlr, vsgd-g, vsgd-b, gi-adam, gi-auto-adam,
- *              prodigy, dadapt-adam, dog, or one without reductions (adam);
+ *              prodigy, dadapt-adam, dog, ldog, or one without reductions (adam);
  *   --whole (K = 1 only): the unsharded optimizer (no callback), the reference.
  * Rank 0 prints the callback's calls (the fewest and the most over the ranks), every group's
  * learning rate after the last step, and the parameters; exit status 0, or 1 with a message.

@@ -23,9 +23,9 @@ trap 'rm -rf "$WORK"' EXIT
 # Calls in 50 steps: AutoOpt one per step; TLR one per step that trains α (from step 2);
 # vsgd-g/-b two; GI one for φ after its base's; the peers one; adam none.
 declare -A CALLS=([auto-sgd]=50 [auto-adam]=50 [auto-adagrad]=50 [tlr]=49 [vsgd-g]=100 [vsgd-b]=100
-                  [gi-adam]=50 [gi-auto-adam]=100 [prodigy]=50 [dadapt-adam]=50 [dog]=50 [adam]=0)
+                  [gi-adam]=50 [gi-auto-adam]=100 [prodigy]=50 [dadapt-adam]=50 [dog]=50 [ldog]=50 [adam]=0)
 fail=0
-for alg in auto-sgd auto-adam auto-adagrad tlr vsgd-g vsgd-b gi-adam gi-auto-adam prodigy dadapt-adam dog adam; do
+for alg in auto-sgd auto-adam auto-adagrad tlr vsgd-g vsgd-b gi-adam gi-auto-adam prodigy dadapt-adam dog ldog adam; do
     timeout 60 "${MPIRUN[@]}" 1 "$BIN" "$alg" --whole > "$WORK/whole"
     for np in 1 2 3; do
         timeout 60 "${MPIRUN[@]}" "$np" "$BIN" "$alg" > "$WORK/np$np" || { echo "FAIL $alg -np $np: exit $?"; fail=1; continue; }

@@ -378,7 +378,7 @@ def test_the_library_lists_the_algorithms_of_each_device():
         autolr.Optimizer(name, [np.zeros(3, np.float32)])
     cuda = autolr.CUDA_ALGORITHMS
     assert "tlr" in cuda and "auto-adam" in cuda and "gi" not in cuda and set(cuda) < set(cpu)
-    assert {"prodigy", "dadapt-adam", "dog", "schedule-free", "sf-adamw", "sf-sgd", "vsgd-l", "vsgd-g", "vsgd-b"} <= set(cuda)
+    assert {"prodigy", "dadapt-adam", "dog", "ldog", "schedule-free", "sf-adamw", "sf-sgd", "vsgd-l", "vsgd-g", "vsgd-b"} <= set(cuda)
 
 
 # --- ALR_NULL_POINTER and stale handles -----------------------------------------------------------

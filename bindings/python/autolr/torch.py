@@ -130,12 +130,23 @@ def _as_float(value):
     return float(value.detach()) if isinstance(value, torch.Tensor) else float(value)
 
 
+_BACKWARD_KWARG = {}  # code object -> whether its function takes `backward`
+
+
 def _accepts_backward_kwarg(fn):
+    # A closure is usually a new function object each step over the same code: the answer is kept
+    # per code object (inspect.signature costs tens of µs a call).
+    code = getattr(fn, "__code__", None)
+    if code is not None and code in _BACKWARD_KWARG:
+        return _BACKWARD_KWARG[code]
     try:
         params = inspect.signature(fn).parameters
+        takes = "backward" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     except (TypeError, ValueError):
-        return False
-    return "backward" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+        takes = False
+    if code is not None and inspect.isfunction(fn):
+        _BACKWARD_KWARG[code] = takes
+    return takes
 
 
 class AutoLR(torch.optim.Optimizer):
@@ -180,6 +191,7 @@ class AutoLR(torch.optim.Optimizer):
         self._pointer_key = tuple(self._pointers)
         self._arrays = {}  # cache slot -> (pointers, C array)
         self._zeros = {}
+        self._grad_copies = None  # the step's gradients when its closure runs again during it
         self._helpers = {}
         self._data_parallel = _data_parallel_group(data_parallel)
         if self._device.type == "cuda":
@@ -288,6 +300,15 @@ class AutoLR(torch.optim.Optimizer):
                 out.append(self._input(g, f"grad of {_describe(i, p)}", copy=copy))
         return out
 
+    def _kept_copies(self, grads):
+        """Copies of the step's gradients when a closure runs during the step (it may overwrite
+        .grad in place), in buffers kept from step to step (and so is their C pointer array)."""
+        if self._grad_copies is None:
+            self._grad_copies = [torch.empty_like(g) for g in grads]
+        for copy, g in zip(self._grad_copies, grads):
+            copy.copy_(g)
+        return self._grad_copies
+
     def _pointer_array(self, tensors, what, leading=1, cache=None):
         """A C array of float pointers to `tensors` (CPU float32 contiguous, one per parameter of
         `leading` × its size). `cache` names a slot that keeps the array while the pointers stay
@@ -370,8 +391,9 @@ class AutoLR(torch.optim.Optimizer):
             if result is None and gi:
                 raise Error("the closure returned None; GI needs the loss it computes")
         reruns = closure is not None and (gi or (vsgd and curvature is None))
-        # A closure run during the step may overwrite .grad in place: keep copies then.
-        grads = self._grads(copy=reruns)
+        grads = self._grads(copy=False)
+        if reruns:
+            grads = self._kept_copies(grads)
         kwargs = {}
         helper = sum_sq if isinstance(sum_sq, SumGradSquared) else None
         if helper is not None and self._data_parallel is not None:
@@ -409,7 +431,7 @@ class AutoLR(torch.optim.Optimizer):
         if self._views is None:
             self._step_cuda(grads, kwargs)
         else:
-            self._step_cpu(grads, kwargs, reruns)
+            self._step_cpu(grads, kwargs)
         if helper is not None:
             self._helpers[id(helper)] = helper
             helper.zero_()  # consumed, as the next zero_grad() would: a new batch starts
@@ -418,11 +440,17 @@ class AutoLR(torch.optim.Optimizer):
     def zero_grad(self, set_to_none=True):
         """torch's zero_grad, and ``zero_()`` of every SumGradSquared this optimizer stepped with
         (S and N accumulate over backward passes like ``.grad``)."""
-        super().zero_grad(set_to_none=set_to_none)
+        if set_to_none:
+            # torch's loop for this case, without its per-call wrappers (dynamo guard, profiler
+            # record): GI's closure calls zero_grad twice a step
+            for p in self._tensors:
+                p.grad = None
+        else:
+            super().zero_grad(set_to_none=False)
         for helper in self._helpers.values():
             helper.zero_()
 
-    def _step_cpu(self, grads, kwargs, reruns):
+    def _step_cpu(self, grads, kwargs):
         """The library's step on pointers to the tensors' own storage (no numpy conversion); the
         tensors in `grads` and `kwargs` stay referenced here until it returns."""
         if kwargs["sum_sq"] is not None and kwargs["per_sample"] is not None:
@@ -441,7 +469,7 @@ class AutoLR(torch.optim.Optimizer):
                   for name, leading in (("sum_sq", 1), ("curvature", 1), ("per_sample", int(batch_size or 0)))}
         self._core._step_raw(
             self._pointer_array(self._views_as_tensors, "params", cache="params"),
-            self._pointer_array(grads, "grads", cache=None if reruns else "grads"),
+            self._pointer_array(grads, "grads", cache="grads"),
             per_sample_scale=kwargs["per_sample_scale"], batch_size=batch_size,
             loss=kwargs.get("loss"), closure=kwargs.get("closure"), grad_closure=kwargs.get("grad_closure"), **arrays)
 

@@ -1,6 +1,6 @@
 """autolr.torch against torch's own optimizers, in one run, on one thread, on the same tensors.
 
-    .venv-torch/bin/python benches/torch_adapter.py [--quick]
+    .venv-torch/bin/python benches/torch_adapter.py [--quick] [--training-only] [--clock wall|thread]
 
 Prints Markdown tables (README "torch adapter speed"):
 1. fixed-rate steps at p = 1e7 in 1 and in 100 tensors: autolr.torch Adam/SGD against
@@ -9,7 +9,8 @@ Prints Markdown tables (README "torch adapter speed"):
    (a 4-tensor MLP 8-8-8 and 100 tensors of 16 floats), so the time is the Python/C-call cost;
 3. full training steps on the Fashion-MNIST MLP 784-120-10 and a small CNN (batch 128):
    Adam (zero_grad, forward, backward, step) against GI over auto-adam (closure + the GI
-   re-evaluation forward + Σg² hooks + step), with the parts of the GI step timed separately.
+   re-evaluation forward + Σg² hooks + step), interleaved, with the parts of the GI step timed
+   inside it (training_table's docstring).
 
 Each number is the median of `--reps` timed calls after warm-up. The library's own worker
 threads are limited to one (AUTOLR_NUM_THREADS=1) like torch's (torch.set_num_threads(1)).
@@ -34,6 +35,9 @@ import autolr.torch as alt  # noqa: E402
 
 nn = torch.nn
 DATA = Path("/usr/share/datasets/fashion-mnist")
+# --clock: "wall" (perf_counter) or "thread" (this thread's CPU time: torch and the library both
+# run on the calling thread here, and a shared machine's preemption is left out).
+clock = time.perf_counter
 
 
 def median_time(fn, reps, warmup=3):
@@ -41,9 +45,9 @@ def median_time(fn, reps, warmup=3):
         fn()
     times = []
     for _ in range(reps):
-        t0 = time.perf_counter()
+        t0 = clock()
         fn()
-        times.append(time.perf_counter() - t0)
+        times.append(clock() - t0)
     return statistics.median(times)
 
 
@@ -120,78 +124,96 @@ def models():
 
 
 def training_table(reps):
+    """Adam's and GI's steps interleaved (one of each, and one plain forward + backward, per
+    repetition, so that load from other processes hits them alike); GI's parts are timed inside
+    its own steps: the closure with backward (forward, backward and the Σg² hooks), the
+    re-evaluation (the closure without backward, inside the library's step), the library's step
+    (alr_step less the re-evaluation it calls) and the adapter (the rest of GI's step())."""
     x_all, y_all = load_fashion_mnist(128 * 16)
     batches = [(x_all[i:i + 128], y_all[i:i + 128]) for i in range(0, len(x_all), 128)]
-    print("| model | Adam step (ms) | GI(auto-adam) step (ms) | ratio | of which: fwd+bwd | Σg² hooks | GI's re-evaluation | library step |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| model | Adam step (ms) | GI(auto-adam) step (ms) | ratio | of which: fwd+bwd | Σg² hooks | GI's re-evaluation | library step | adapter |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for label, make in models().items():
-        counter = iter(range(1 << 30))
+        def batch_source():
+            counter = iter(range(1 << 30))
+            return lambda: batches[next(counter) % len(batches)]
 
-        def next_batch():
-            return batches[next(counter) % len(batches)]
-
-        model = make()
-        adam = torch.optim.Adam(model.parameters(), lr=1e-3)
-
-        def adam_step():
-            x, y = next_batch()
-            adam.zero_grad()
-            F.cross_entropy(model(x), y).backward()
-            adam.step()
-        t_adam = median_time(adam_step, reps)
-
-        def fwd_bwd(m):
-            x, y = next_batch()
-            m.zero_grad()
-            F.cross_entropy(m(x), y).backward()
-        plain = make()
-        t_fb = median_time(lambda: fwd_bwd(plain), reps)
-        hooked = make()
-        sgs_only = alt.SumGradSquared(hooked)
-
-        def fwd_bwd_hooks():
-            fwd_bwd(hooked)
-            sgs_only.zero_()
-        t_hooks = median_time(fwd_bwd_hooks, reps) - t_fb
-
-        def forward_only():
-            x, y = next_batch()
-            with torch.no_grad():
-                F.cross_entropy(plain(x), y)
-        t_eval = median_time(forward_only, reps)
-
-        gi_model = make()
+        adam_model, plain, gi_model = make(), make(), make()
+        adam = torch.optim.Adam(adam_model.parameters(), lr=1e-3)
         sgs = alt.SumGradSquared(gi_model)
         gi = alt.GI(gi_model.parameters(), base="auto-adam")
+        adam_batch, plain_batch, gi_batch = batch_source(), batch_source(), batch_source()
+        times = {name: [] for name in ("adam", "fwd_bwd", "gi", "closure", "re-evaluation", "alr_step")}
+
+        def adam_step():
+            x, y = adam_batch()
+            adam.zero_grad()
+            F.cross_entropy(adam_model(x), y).backward()
+            adam.step()
+
+        def fwd_bwd():
+            x, y = plain_batch()
+            plain.zero_grad()
+            F.cross_entropy(plain(x), y).backward()
+
+        library_step = gi._core._step_raw
+
+        def timed_library_step(*args, **kwargs):
+            t0 = clock()
+            library_step(*args, **kwargs)
+            times["alr_step"].append(clock() - t0)
+        gi._core._step_raw = timed_library_step
 
         def gi_step():
-            x, y = next_batch()
+            x, y = gi_batch()
 
             def closure(backward=True):
+                t0 = clock()
                 gi.zero_grad()
                 loss = F.cross_entropy(gi_model(x), y)
                 if backward:
                     loss.backward()
+                times["closure" if backward else "re-evaluation"].append(clock() - t0)
                 return loss
             gi.step(closure, sum_sq=sgs)
-        t_gi = median_time(gi_step, reps)
-        rest = t_gi - t_fb - t_hooks - t_eval
-        print(f"| {label} | {t_adam * 1e3:.2f} | {t_gi * 1e3:.2f} | {t_gi / t_adam:.2f} | {t_fb * 1e3:.2f} | "
-              f"{t_hooks * 1e3:.2f} | {t_eval * 1e3:.2f} | {rest * 1e3:.2f} |")
+
+        steps = {"adam": adam_step, "fwd_bwd": fwd_bwd, "gi": gi_step}
+        for _ in range(3):
+            for fn in steps.values():
+                fn()
+        for series in times.values():
+            series.clear()
+        for _ in range(reps):
+            for name, fn in steps.items():
+                t0 = clock()
+                fn()
+                times[name].append(clock() - t0)
+        med = {name: statistics.median(series) * 1e3 for name, series in times.items()}
+        library = statistics.median(s - r for s, r in zip(times["alr_step"], times["re-evaluation"])) * 1e3
+        adapter = statistics.median(t - c - s for t, c, s in zip(times["gi"], times["closure"], times["alr_step"])) * 1e3
+        hooks = med["closure"] - med["fwd_bwd"]
+        print(f"| {label} | {med['adam']:.2f} | {med['gi']:.2f} | {med['gi'] / med['adam']:.2f} | {med['fwd_bwd']:.2f} | "
+              f"{hooks:.2f} | {med['re-evaluation']:.2f} | {library:.2f} | {adapter:.2f} |")
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--reps", type=int, default=15)
     parser.add_argument("--quick", action="store_true", help="few repetitions (a smoke run)")
+    parser.add_argument("--training-only", action="store_true", help="only the full-training-step table")
+    parser.add_argument("--clock", choices=("wall", "thread"), default="wall",
+                        help="wall time, or this thread's CPU time (leaves out preemption on a shared machine)")
     args = parser.parse_args()
     reps = 3 if args.quick else args.reps
+    global clock
+    clock = time.thread_time if args.clock == "thread" else time.perf_counter
     torch.set_num_threads(1)
-    print(f"torch {torch.__version__}, torch threads {torch.get_num_threads()}, AUTOLR_NUM_THREADS={os.environ['AUTOLR_NUM_THREADS']}, median of {reps}\n")
-    print("Fixed-rate step, p = 1e7 (float32):\n")
-    fixed_rate_table(reps)
-    print("\nPer-step overhead (tiny tensors):\n")
-    overhead_table(reps)
+    print(f"torch {torch.__version__}, torch threads {torch.get_num_threads()}, AUTOLR_NUM_THREADS={os.environ['AUTOLR_NUM_THREADS']}, median of {reps}, {args.clock} clock\n")
+    if not args.training_only:
+        print("Fixed-rate step, p = 1e7 (float32):\n")
+        fixed_rate_table(reps)
+        print("\nPer-step overhead (tiny tensors):\n")
+        overhead_table(reps)
     print("\nFull training step, batch 128:\n")
     training_table(reps)
 

@@ -160,6 +160,17 @@ def test_sum_sq_matches_brute_force(kind, reduction):
     assert_close(sgs.sum_sq(params), expected, f"{kind} {reduction}, two micro-batches, clipped")
 
 
+@pytest.mark.parametrize("kind", ["linear-seq", "conv1d", "conv2d", "conv3d", "fallback"])
+def test_sum_sq_in_chunks_of_one_sample_matches_brute_force(kind):
+    """max_chunk_elements=1: every chunked form takes the samples one at a time (and the chunks add up)."""
+    model, x, _ = make(kind)
+    params, expected = brute_force(model, x, "mean")
+    sgs = alt.SumGradSquared(model, max_chunk_elements=1)
+    model.zero_grad()
+    per_sample_losses(model(x)).mean().backward()
+    assert_close(sgs.sum_sq(params), expected, f"{kind} in chunks of one sample")
+
+
 def test_every_parameter_of_a_transformer_is_covered_and_trains_with_gi_over_auto_adam():
     model, ids, _ = make("transformer")
     sgs = alt.SumGradSquared(model)

@@ -44,6 +44,7 @@ checksummed) as a 1-D uint8 tensor, so ``torch.load(weights_only=True)`` reads i
 """
 import ctypes
 import inspect
+import math
 import warnings
 
 import numpy as np
@@ -129,12 +130,23 @@ def _as_float(value):
     return float(value.detach()) if isinstance(value, torch.Tensor) else float(value)
 
 
+_BACKWARD_KWARG = {}  # code object -> whether its function takes `backward`
+
+
 def _accepts_backward_kwarg(fn):
+    # A closure is usually a new function object each step over the same code: the answer is kept
+    # per code object (inspect.signature costs tens of µs a call).
+    code = getattr(fn, "__code__", None)
+    if code is not None and code in _BACKWARD_KWARG:
+        return _BACKWARD_KWARG[code]
     try:
         params = inspect.signature(fn).parameters
+        takes = "backward" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     except (TypeError, ValueError):
-        return False
-    return "backward" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+        takes = False
+    if code is not None and inspect.isfunction(fn):
+        _BACKWARD_KWARG[code] = takes
+    return takes
 
 
 class AutoLR(torch.optim.Optimizer):
@@ -179,6 +191,7 @@ class AutoLR(torch.optim.Optimizer):
         self._pointer_key = tuple(self._pointers)
         self._arrays = {}  # cache slot -> (pointers, C array)
         self._zeros = {}
+        self._grad_copies = None  # the step's gradients when its closure runs again during it
         self._helpers = {}
         self._data_parallel = _data_parallel_group(data_parallel)
         if self._device.type == "cuda":
@@ -287,6 +300,15 @@ class AutoLR(torch.optim.Optimizer):
                 out.append(self._input(g, f"grad of {_describe(i, p)}", copy=copy))
         return out
 
+    def _kept_copies(self, grads):
+        """Copies of the step's gradients when a closure runs during the step (it may overwrite
+        .grad in place), in buffers kept from step to step (and so is their C pointer array)."""
+        if self._grad_copies is None:
+            self._grad_copies = [torch.empty_like(g) for g in grads]
+        for copy, g in zip(self._grad_copies, grads):
+            copy.copy_(g)
+        return self._grad_copies
+
     def _pointer_array(self, tensors, what, leading=1, cache=None):
         """A C array of float pointers to `tensors` (CPU float32 contiguous, one per parameter of
         `leading` × its size). `cache` names a slot that keeps the array while the pointers stay
@@ -369,8 +391,9 @@ class AutoLR(torch.optim.Optimizer):
             if result is None and gi:
                 raise Error("the closure returned None; GI needs the loss it computes")
         reruns = closure is not None and (gi or (vsgd and curvature is None))
-        # A closure run during the step may overwrite .grad in place: keep copies then.
-        grads = self._grads(copy=reruns)
+        grads = self._grads(copy=False)
+        if reruns:
+            grads = self._kept_copies(grads)
         kwargs = {}
         helper = sum_sq if isinstance(sum_sq, SumGradSquared) else None
         if helper is not None and self._data_parallel is not None:
@@ -408,7 +431,7 @@ class AutoLR(torch.optim.Optimizer):
         if self._views is None:
             self._step_cuda(grads, kwargs)
         else:
-            self._step_cpu(grads, kwargs, reruns)
+            self._step_cpu(grads, kwargs)
         if helper is not None:
             self._helpers[id(helper)] = helper
             helper.zero_()  # consumed, as the next zero_grad() would: a new batch starts
@@ -417,11 +440,17 @@ class AutoLR(torch.optim.Optimizer):
     def zero_grad(self, set_to_none=True):
         """torch's zero_grad, and ``zero_()`` of every SumGradSquared this optimizer stepped with
         (S and N accumulate over backward passes like ``.grad``)."""
-        super().zero_grad(set_to_none=set_to_none)
+        if set_to_none:
+            # torch's loop for this case, without its per-call wrappers (dynamo guard, profiler
+            # record): GI's closure calls zero_grad twice a step
+            for p in self._tensors:
+                p.grad = None
+        else:
+            super().zero_grad(set_to_none=False)
         for helper in self._helpers.values():
             helper.zero_()
 
-    def _step_cpu(self, grads, kwargs, reruns):
+    def _step_cpu(self, grads, kwargs):
         """The library's step on pointers to the tensors' own storage (no numpy conversion); the
         tensors in `grads` and `kwargs` stay referenced here until it returns."""
         if kwargs["sum_sq"] is not None and kwargs["per_sample"] is not None:
@@ -440,7 +469,7 @@ class AutoLR(torch.optim.Optimizer):
                   for name, leading in (("sum_sq", 1), ("curvature", 1), ("per_sample", int(batch_size or 0)))}
         self._core._step_raw(
             self._pointer_array(self._views_as_tensors, "params", cache="params"),
-            self._pointer_array(grads, "grads", cache=None if reruns else "grads"),
+            self._pointer_array(grads, "grads", cache="grads"),
             per_sample_scale=kwargs["per_sample_scale"], batch_size=batch_size,
             loss=kwargs.get("loss"), closure=kwargs.get("closure"), grad_closure=kwargs.get("grad_closure"), **arrays)
 
@@ -674,6 +703,7 @@ class LDoG(AutoLR):
 # Σ_i g_i² without per-sample gradients where the layer allows it ------------------------------
 
 _CONVS = (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)
+_CONV_WEIGHT_GRAD = {1: torch.nn.grad.conv1d_weight, 2: torch.nn.grad.conv2d_weight, 3: torch.nn.grad.conv3d_weight}
 _BATCHNORMS = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d)
 _CLOSED_FORM = (torch.nn.Linear, torch.nn.Embedding, torch.nn.LayerNorm, torch.nn.GroupNorm) + _CONVS + _BATCHNORMS
 
@@ -733,10 +763,11 @@ class SumGradSquared:
     * ``Linear``, input (N, …, in): g_i = Σ_t δ_{i,t} a_{i,t}ᵀ is a sum over positions, so its
       square is no product of squares: per-sample gradients are formed in chunks of samples,
       memory ``chunk·out·in`` floats with ``chunk·out·in ≤ max_chunk_elements``.
-    * ``Conv1d/2d/3d``: the padded input's windows (``F.unfold``; ``Tensor.unfold`` for 3-D)
-      times δ in one batched matmul per chunk of samples, giving their per-sample weight
-      gradients: memory ``chunk·(C·K·L + O·(C/groups)·K)`` floats (K = kernel elements, L =
-      output positions).
+    * ``Conv1d/2d/3d``: per-sample weight gradients from torch's own weight-gradient kernel
+      (``torch.nn.grad.conv*d_weight``), a chunk of samples at a time as the groups of one
+      convolution over their channels side by side (sample i is group i, or groups i·G … for
+      a grouped conv): memory ``chunk·(C·K·L + O·(C/groups)·K)`` floats at most (K = kernel
+      elements, L = output positions; the kernel's own workspace, which may be less).
     * ``Embedding``: per sample, the rows of the indices it uses get the sum of their δ
       (index_add over (sample, index) pairs): memory of one δ-sized tensor; never a (V, D) per
       sample. ``padding_idx`` rows get no gradient; ``scale_grad_by_freq`` couples the samples
@@ -902,37 +933,29 @@ class SumGradSquared:
         nd = len(module.kernel_size)
         if a.dim() == nd + 1:  # unbatched
             a, d = a.unsqueeze(0), d.unsqueeze(0)
-        n, groups, out_ch = a.shape[0], module.groups, module.out_channels
-        mode = "constant" if module.padding_mode == "zeros" else module.padding_mode
-        if any(module._reversed_padding_repeated_twice):
-            a = F.pad(a, module._reversed_padding_repeated_twice, mode=mode)
-        positions = d[0, 0].numel()
-        kernel = int(np.prod(module.kernel_size))
-        cg = a.shape[1] // groups
-        d = d.reshape(n, groups, out_ch // groups, positions)
-        sw = torch.zeros((groups, out_ch // groups, cg * kernel), dtype=d.dtype, device=d.device)
-        for s, e in self._chunks(n, a.shape[1] * kernel * positions + module.weight.numel()):
-            u = self._windows(module, a[s:e]).reshape(e - s, groups, cg * kernel, positions)
-            g = d[s:e] @ u.transpose(-1, -2)  # per-sample weight gradients: chunk, G, O/G, (C/G)·K
+        n, groups, out_ch, in_ch = a.shape[0], module.groups, module.out_channels, a.shape[1]
+        if module.padding_mode == "zeros" and not isinstance(module.padding, str):
+            padding = module.padding  # symmetric: the weight-gradient kernel pads, no padded copy
+        else:
+            padding = 0  # "same" (possibly asymmetric) or reflect/replicate/circular: pad as the forward did
+            mode = "constant" if module.padding_mode == "zeros" else module.padding_mode
+            if any(module._reversed_padding_repeated_twice):
+                a = F.pad(a, module._reversed_padding_repeated_twice, mode=mode)
+        weight_grad = _CONV_WEIGHT_GRAD[nd]
+        per_sample_weight = module.weight.shape[1:]
+        sw = torch.zeros(module.weight.numel(), dtype=d.dtype, device=d.device)
+        # Sample i of the batch is group i of one convolution over the samples' channels side by
+        # side, so its weight gradient (torch's own kernel) is sample i's: chunk·O × C/G × K.
+        positions = math.prod(d.shape[2:])
+        for s, e in self._chunks(n, module.weight.numel() + in_ch * math.prod(module.kernel_size) * positions):
+            m = e - s
+            g = weight_grad(a[s:e].reshape(1, m * in_ch, *a.shape[2:]), (m * out_ch, *per_sample_weight),
+                            d[s:e].reshape(1, m * out_ch, *d.shape[2:]), stride=module.stride, padding=padding,
+                            dilation=module.dilation, groups=m * groups).reshape(m, -1)
             sw += (g * g).sum(0)
-        gb = d.sum(-1).reshape(n, out_ch)
+        gb = d.reshape(n, out_ch, positions).sum(-1)
         self._add(module.weight, sw.reshape(module.weight.shape), n)
         self._add(module.bias, (gb * gb).sum(0), n)
-
-    @staticmethod
-    def _windows(module, a):
-        """The padded input's windows as (n, C·K, L), channel-major like the weight (C, k…)."""
-        if a.dim() <= 4:  # 1-D and 2-D: im2col (F.unfold), a 1-D input as a height-1 image
-            lift = (lambda v: (1, *v)) if a.dim() == 3 else tuple
-            x = a.unsqueeze(2) if a.dim() == 3 else a
-            return F.unfold(x, lift(module.kernel_size), dilation=lift(module.dilation), stride=lift(module.stride))
-        windows = a
-        for j, (k, s, dil) in enumerate(zip(module.kernel_size, module.stride, module.dilation)):
-            windows = windows.unfold(2 + j, dil * (k - 1) + 1, s)[..., ::dil]  # a view: n, C, L…, K…
-        n, c = a.shape[:2]
-        nd = len(module.kernel_size)
-        windows = windows.reshape(n, c, int(np.prod(windows.shape[2:2 + nd])), -1)  # n, C, L, K
-        return windows.transpose(2, 3).reshape(n, -1, windows.shape[2])
 
     def _embedding(self, module, idx, d):
         if idx.dim() == 0:

@@ -18,7 +18,13 @@ The model is a 5-7-3 tanh MLP (parameters of 35, 7, 21 and 3 elements: uneven sl
   entry and the rates to 1e-4 relative (the ranks' gradients and Σg² are added in another
   order than the whole batch's, in float32): DDP with AutoAdam and with GI over auto-adam,
   ZeRO-1 (`ZeroShards`) over DDP with AutoAdam, and FSDP2 (`fully_shard`, parameters sharded
-  along dim 0 by torch) with TLR and with GI over adam.
+  along dim 0 by torch: 7 rows over 3 ranks are 3, 3, 1) with TLR, GI over adam, and, with
+  SumGradSquared's Σg² reduce-scattered by the adapter, AutoAdam, AutoSGD and GI over
+  auto-adam.
+- FSDP2's Σg² itself: each rank's shard equals torch's own sharding (distribute_tensor) of the
+  brute-force sums (one backward pass per sample) to 1e-5 of each tensor's largest entry, for
+  this rank's rows and for the whole batch, with fully_shard on the root only and per layer
+  (a module without a closed form among them).
 - A reduce callback that fails on one rank is an error on every rank with every rank's
   parameters untouched, whether the failing rank still took part in the collective (the others
   refuse the NaN it passed) or skipped it (the others' `all_reduce(timeout=...)` gives up).

@@ -144,10 +144,10 @@ class AutoLR(torch.optim.Optimizer):
     ``autolr.ALGORITHMS``. ``options``: by name (docs/algorithms.md), e.g. ``lr=1e-3``, ``nu=0.9``,
     ``base="adam"`` for GI. Unused parameters (``.grad is None``) step with a zero gradient.
 
-    More than one process (README "More than one process"): ``reduce`` (CPU tensors) makes the
-    parameters this process's shards of tensors split over processes, ``reduce(values, op)``
-    combining the step's sums over them (``all_reduce()`` for ``torch.distributed``; see
-    ``ZeroShards``). ``data_parallel``: the process group whose ranks train replicas on their own
+    More than one process (README "More than one process"): ``reduce`` makes the parameters
+    this process's shards of tensors split over processes, ``reduce(values, op)`` combining the
+    step's sums over them (``all_reduce()`` for ``torch.distributed``, whose ``on_device`` form
+    a CUDA optimizer calls; see ``ZeroShards``). ``data_parallel``: the process group whose ranks train replicas on their own
     batches (DDP, ZeRO-1): a ``SumGradSquared`` given to ``step`` is summed over its ranks (Σg²
     and N) and GI's losses are averaged over them. Default ``None``: the default group when
     ``torch.distributed`` is initialised with more than one rank when the optimizer is created,
@@ -182,13 +182,14 @@ class AutoLR(torch.optim.Optimizer):
         self._helpers = {}
         self._data_parallel = _data_parallel_group(data_parallel)
         if self._device.type == "cuda":
-            if reduce is not None:
-                raise Error("reduce= (sharded parameters) takes CPU tensors in autolr.torch; a CUDA optimizer "
-                            "with a device-side reduce is reachable through the C ABI only", "ALR_UNSUPPORTED")
+            on_device = None if reduce is None else getattr(reduce, "on_device", None)
+            if reduce is not None and on_device is None:
+                raise Error("reduce= on a CUDA optimizer takes a callback with a device form (`alt.all_reduce()`, "
+                            "whose `on_device(pointer, n, op, stream)` reduces the library's device values)", "ALR_UNSUPPORTED")
             self._views = None
             self._stream = torch.cuda.current_stream(self._device).cuda_stream
             self._core = _CudaCore(algorithm, [p.numel() for p in tensors], groups=groups,
-                                   device=self._device.index, stream=self._stream, **strings)
+                                   device=self._device.index, stream=self._stream, reduce=on_device, **strings)
         else:
             self._views = [p.detach().numpy() for p in tensors]  # share the tensors' storage
             self._views_as_tensors = [p.detach() for p in tensors]
@@ -1230,21 +1231,46 @@ def _data_parallel_group(setting):
     return group if dist.get_world_size(group) > 1 else None
 
 
+class _DeviceDoubles:
+    """n float64 values at a CUDA address, as ``__cuda_array_interface__`` describes them to
+    ``torch.as_tensor`` (a view, no copy; no stream: the caller orders the use)."""
+
+    def __init__(self, pointer, n):
+        self.__cuda_array_interface__ = {"shape": (n,), "typestr": "<f8", "data": (pointer, False),
+                                         "version": 3, "stream": None}
+
+
 def all_reduce(group=None, timeout=None):
-    """A ``reduce`` callback over ``torch.distributed`` (CPU tensors, e.g. gloo): the library's
-    float64 values are combined in place over ``group`` (default: every rank) by
-    ``all_reduce`` with SUM or MAX. ``timeout`` (a ``datetime.timedelta``): a rank that does not
-    join the collective within it fails the step on the ranks that did (ALR_CALLBACK_FAILED,
-    nothing changed there) instead of leaving them waiting for the process group's timeout."""
+    """A ``reduce`` callback over ``torch.distributed``: the library's float64 values are
+    combined in place over ``group`` (default: every rank) by ``all_reduce`` with SUM or MAX.
+    ``timeout`` (a ``datetime.timedelta``): a rank that does not join the collective within it
+    fails the step on the ranks that did (ALR_CALLBACK_FAILED, nothing changed there) instead
+    of leaving them waiting for the process group's timeout. A CPU optimizer's values are a
+    CPU tensor (gloo); a CUDA optimizer's are reduced by the device form ``on_device``: a CUDA
+    tensor viewing the library's device memory, all-reduced (NCCL) in order on the optimizer's
+    stream, with no host synchronisation (NCCL's ``wait`` orders the stream, not the host).
+    Never run: no GPU has been lent (tests/gpu/parity_capi.py has the check)."""
+    import contextlib
     import torch.distributed as dist
     ops = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}
 
-    def reduce(values, op):
-        work = dist.all_reduce(torch.from_numpy(values), op=ops[op], group=group, async_op=True)
+    def combine(values, op):
+        work = dist.all_reduce(values, op=ops[op], group=group, async_op=True)
         if timeout is None:
             work.wait()
         else:
             work.wait(timeout)
+
+    def reduce(values, op):
+        combine(torch.from_numpy(values), op)
+
+    def on_device(pointer, n, op, stream):
+        values = torch.as_tensor(_DeviceDoubles(pointer, n))
+        # step() runs under the optimizer's stream (it checks): then the collective is ordered there already
+        same = torch.cuda.current_stream(values.device).cuda_stream == stream
+        with contextlib.nullcontext() if same else torch.cuda.stream(torch.cuda.ExternalStream(stream, device=values.device)):
+            combine(values, op)
+    reduce.on_device = on_device
     return reduce
 
 

@@ -18,7 +18,13 @@ The model is a 5-7-3 tanh MLP (parameters of 35, 7, 21 and 3 elements: uneven sl
   entry and the rates to 1e-4 relative (the ranks' gradients and Σg² are added in another
   order than the whole batch's, in float32): DDP with AutoAdam and with GI over auto-adam,
   ZeRO-1 (`ZeroShards`) over DDP with AutoAdam, and FSDP2 (`fully_shard`, parameters sharded
-  along dim 0 by torch) with TLR and with GI over adam.
+  along dim 0 by torch: 7 rows over 3 ranks are 3, 3, 1) with TLR, GI over adam, and, with
+  SumGradSquared's Σg² reduce-scattered by the adapter, AutoAdam, AutoSGD and GI over
+  auto-adam.
+- FSDP2's Σg² itself: each rank's shard equals torch's own sharding (distribute_tensor) of the
+  brute-force sums (one backward pass per sample) to 1e-5 of each tensor's largest entry, for
+  this rank's rows and for the whole batch, with fully_shard on the root only and per layer
+  (a module without a closed form among them).
 - A reduce callback that fails on one rank is an error on every rank with every rank's
   parameters untouched, whether the failing rank still took part in the collective (the others
   refuse the NaN it passed) or skipped it (the others' `all_reduce(timeout=...)` gives up).
@@ -69,7 +75,15 @@ SHARDED = {
 # peers one (pass 1's sums).
 CALLS = {"auto-sgd": 50, "auto-adam": 50, "auto-adagrad": 50, "tlr": 49, "vsgd-g": 100, "vsgd-b": 100, "gi-adam": 50,
          "gi-auto-adam": 100, "prodigy": 50, "dadapt-adam": 50, "dog": 50, "adam": 0, "vsgd-l": 0, "sf-adamw": 0}
-DDP = ("ddp-auto-adam", "ddp-gi-auto-adam", "zero1-auto-adam", "fsdp2-tlr", "fsdp2-gi-adam")
+# FSDP2's cases: the optimizer and its options, and whether it takes Σg² (from SumGradSquared).
+FSDP2 = {
+    "fsdp2-tlr": ("tlr", dict(lr=0.05, momentum=0.5), False),
+    "fsdp2-gi-adam": ("gi", dict(base="adam", lr=0.01), False),
+    "fsdp2-auto-adam": ("auto-adam", {}, True),
+    "fsdp2-auto-sgd": ("auto-sgd", {}, True),
+    "fsdp2-gi-auto-adam": ("gi", dict(base="auto-adam"), True),
+}
+DDP = ("ddp-auto-adam", "ddp-gi-auto-adam", "zero1-auto-adam") + tuple(FSDP2)
 WORLDS = (1, 2, 3)
 LAUNCH_TIMEOUT = 90  # seconds for one launch of every rank (normally a few)
 
@@ -177,35 +191,35 @@ def ddp_run(case, world, rank):
     else:
         rows = slice(0, BATCH)
     params = list(model.parameters())
-    sgs = alt.SumGradSquared(model) if not case.startswith("fsdp2") else None
+    # Under FSDP2 the helper is created after fully_shard: it holds the DTensors.
+    sgs = alt.SumGradSquared(model) if case not in FSDP2 or FSDP2[case][2] else None
     shards = None
     # FSDP2: this rank's shards are the DTensors' local tensors (views of FSDP's storage, which
     # it keeps from step to step); the optimizer steps them in place.
     tensors = [p.to_local().detach() for p in params] if fsdp else params
-    reduce = alt.all_reduce() if fsdp else None
-    if case == "zero1-auto-adam" and world is not None:
+    if case in FSDP2:
+        name, options, sum_sq = FSDP2[case]
+        opt = alt.AutoLR(tensors, name, reduce=alt.all_reduce() if fsdp else None, **options)
+    elif case == "zero1-auto-adam" and world is not None:
         shards = alt.ZeroShards(params)
         opt = alt.AutoAdam(shards.params, reduce=alt.all_reduce())
     elif case == "ddp-gi-auto-adam":
         opt = alt.GI(params, base="auto-adam")
-    elif case == "fsdp2-tlr":
-        opt = alt.TLR(tensors, lr=0.05, momentum=0.5, reduce=reduce)
-    elif case == "fsdp2-gi-adam":
-        opt = alt.GI(tensors, base="adam", lr=0.01, reduce=reduce)
     else:
         opt = alt.AutoAdam(params)
     lrs = []
     for step in range(STEPS):
         x, y = xs[step][rows], ys[step][rows]
-        if case.startswith("fsdp2"):
+        if case in FSDP2:
             for p in params:
                 p.grad = None
             loss = F.mse_loss(net(x), y)
             loss.backward()
             for t, p in zip(tensors, params):
                 t.grad = p.grad.to_local().detach() if fsdp else p.grad
-            opt.step(loss=loss) if case == "fsdp2-gi-adam" else opt.step()
-            if case == "fsdp2-gi-adam":
+            # Σg² of the whole batch, this rank's shard of it: reduce-scattered by the adapter
+            opt.step(loss=loss if name == "gi" else None, sum_sq=sgs if sum_sq else None)
+            if name == "gi":
                 with torch.no_grad():
                     opt.report_loss(F.mse_loss(net(x), y))  # averaged over the ranks by the adapter
             lrs.append(opt.lr)
@@ -236,6 +250,71 @@ def ddp_run(case, world, rank):
     return {"params": [p.detach().numpy().copy() for p in params], "lrs": np.array(lrs)}
 
 
+class Scale(torch.nn.Module):
+    """x ⊙ w: a module SumGradSquared has no closed form for (its torch.func fallback)."""
+
+    def __init__(self, n):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.linspace(0.5, 1.5, n))
+
+    def forward(self, x):
+        return x * self.weight
+
+
+def layered_model(layout):
+    """The initial model of `layout`: "root" the MLP, "per layer" the MLP and a Scale(3) after
+    it (each layer gets its own fully_shard under FSDP2, as in torch's FSDP2 recipe)."""
+    model = model_and_data()[0]
+    if layout == "per layer":
+        model.append(Scale(3))
+    return model
+
+
+def brute_force_sum_sq(layout, rows):
+    """Σ_i g_i² (the "sample" convention) of the initial model's loss on each row of step 0's
+    batch in `rows`, from one backward pass per row: the per-sample gradients themselves."""
+    model, (_, xs, ys) = layered_model(layout), model_and_data()
+    sums = [torch.zeros_like(p) for p in model.parameters()]
+    for i in range(rows.start, rows.stop):
+        model.zero_grad()
+        F.mse_loss(model(xs[0][i:i + 1]), ys[0][i:i + 1]).backward()
+        for s, p in zip(sums, model.parameters()):
+            s += p.grad * p.grad
+    return sums
+
+
+def fsdp2_sum_sq(world, rank, layout):
+    """Step 0's Σg² under FSDP2 (rank `rank` of `world` on its rows), with torch's own sharding
+    of the brute-force sums (distribute_tensor, Shard(0)) as what this rank should hold: this
+    rank's view (its rows, the "mean" convention of its N) read through the local tensors and
+    through the DTensors, and the whole batch's (sum_sq_over_ranks, "sample")."""
+    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.tensor import Shard, distribute_tensor
+    model, (_, xs, ys) = layered_model(layout), model_and_data()
+    if layout == "per layer":
+        for layer in model:
+            if any(True for _ in layer.parameters()):
+                fully_shard(layer)
+    fully_shard(model)
+    params = list(model.parameters())
+    local = [p.to_local().detach() for p in params]
+    sgs = alt.SumGradSquared(model)
+    rows = slice(BATCH * rank // world, BATCH * (rank + 1) // world)
+    F.mse_loss(model(xs[0][rows]), ys[0][rows]).backward()
+    n = rows.stop - rows.start
+    # this rank's own sums, not rank 0's: src_data_rank=None splits them where they are
+    shard = lambda sums: [distribute_tensor(s, p.device_mesh, [Shard(0)], src_data_rank=None).to_local()  # noqa: E731
+                          for s, p in zip(sums, params)]
+    view = shard([s / n**2 for s in brute_force_sum_sq(layout, rows)])
+    out = {"view": (sgs.sum_sq_tensors(local), view), "view of the DTensors": (sgs.sum_sq_tensors(params), view)}
+    whole, total = alt.sum_sq_over_ranks(sgs, local)
+    out["whole batch"] = (whole, shard(brute_force_sum_sq(layout, slice(0, BATCH))))
+    out = {k: ([a.numpy().copy() for a in got], [b.numpy().copy() for b in want]) for k, (got, want) in out.items()}
+    out["n"] = total
+    out["rows"] = [t.shape[0] for t in local]
+    return out
+
+
 # the worker ---------------------------------------------------------------------------------------
 
 def worker(rank, world, port, out):
@@ -249,6 +328,7 @@ def worker(rank, world, port, out):
                             timeout=timedelta(seconds=60))
     results["sharded"] = {case: sharded_run(case, sharded=True) for case in SHARDED}
     results["ddp"] = {case: ddp_run(case, world, rank) for case in DDP}
+    results["fsdp2-sum-sq"] = {layout: fsdp2_sum_sq(world, rank, layout) for layout in ("root", "per layer")}
     results["fail-nan"] = {case: sharded_run(case, sharded=True, fail=(3, "nan")) for case in ("auto-adam", "tlr", "vsgd-g", "gi-adam")}
     if world == 3:  # last, as it leaves the process group broken
         # The last rank leaves the others in the collective; they give up after 3 s (it stays
@@ -339,6 +419,28 @@ def test_data_parallel_run_equals_one_process_on_the_whole_batch(ranks, case, wo
     want = ranks(1)[0]["ddp-reference"][case]
     for rank, result in enumerate(ranks(world)):
         assert_equal_runs(result["ddp"][case], want, 1e-4, 1e-4, f"{case}, world {world}, rank {rank}")
+
+
+@pytest.mark.parametrize("world", WORLDS)
+@pytest.mark.parametrize("layout", ["root", "per layer"])
+def test_fsdp2_sum_sq_is_this_ranks_shard_of_the_brute_force_sums(ranks, layout, world):
+    """SumGradSquared under FSDP2 (hooks on the unsharded parameters; closed forms, and the
+    torch.func fallback for Scale) gives each rank torch's dim-0 shard (7 rows over 3 ranks: 3,
+    3, 1) of the per-sample gradients' squares, summed over its own rows, and
+    sum_sq_over_ranks that of the whole batch; within 1e-5 of each tensor's largest entry
+    (float32 sums in another order than the brute force's)."""
+    sizes = (7, 7, 3, 3) + ((3,) if layout == "per layer" else ())
+    for rank, result in enumerate(ranks(world)):
+        r = result["fsdp2-sum-sq"][layout]
+        chunks = [-(-n // world) for n in sizes]
+        want_rows = [max(0, min(c, n - rank * c)) for c, n in zip(chunks, sizes)]
+        assert r["rows"] == want_rows and r["n"] == BATCH, f"world {world}, rank {rank}: rows {r['rows']}, N {r['n']}"
+        for what in ("view", "view of the DTensors", "whole batch"):
+            got, want = r[what]
+            for t, (a, b) in enumerate(zip(got, want)):
+                assert a.shape == b.shape, f"{what}, world {world}, rank {rank}, tensor {t}: shape {a.shape}, want {b.shape}"
+                err = float(np.max(np.abs(a - b))) / float(np.max(np.abs(b)))
+                assert err <= 1e-5, f"{layout}, {what}, world {world}, rank {rank}, tensor {t}: differs from brute force by {err:.1e}"
 
 
 @pytest.mark.parametrize("world", WORLDS)

@@ -81,7 +81,7 @@ class _Handle:
         args.stream = ctypes.c_void_p(int(stream) or None)
         if reduce is not None:
             args.sharded = 1
-            args.reduce = self._reduce_callback(reduce)
+            args.reduce = self._reduce_callback(reduce, on_device=device == _ffi.ALR_DEVICE_CUDA)
         handle = ctypes.c_void_p()
         _check(lib.alr_create(ctypes.byref(args), ctypes.byref(handle)))
         self._handle = handle
@@ -92,15 +92,21 @@ class _Handle:
         for name, value in options.items():
             self.set_option(name, value)
 
-    def _reduce_callback(self, reduce):
+    def _reduce_callback(self, reduce, on_device=False):
         """The C callback around `reduce(values, op)` (values: a float64 array to combine in place
-        over the processes, op: "sum" or "max"); an exception it raises fails the step, and the
-        step re-raises it."""
+        over the processes, op: "sum" or "max"), or on a CUDA optimizer `reduce(pointer, n, op,
+        stream)` (n float64 values at device address `pointer`, combined in place in order on
+        `stream`, an int cudaStream_t, 0 the default one); an exception it raises fails the step,
+        and the step re-raises it."""
         self._reduce_raised = []
 
-        def call(_user, values, n, op, _stream):
+        def call(_user, values, n, op, stream):
             try:
-                reduce(np.ctypeslib.as_array(values, shape=(n,)), "sum" if op == _ffi.ALR_REDUCE_SUM else "max")
+                name = "sum" if op == _ffi.ALR_REDUCE_SUM else "max"
+                if on_device:
+                    reduce(ctypes.cast(values, ctypes.c_void_p).value, int(n), name, int(stream or 0))
+                else:
+                    reduce(np.ctypeslib.as_array(values, shape=(n,)), name)
                 return 0
             except BaseException as e:  # re-raised by the step, after the library returns
                 self._reduce_raised.append(e)
@@ -339,9 +345,12 @@ class CudaOptimizer(_Handle):
     later one change nothing until the next read of lr, momentum, telemetry() or state_dict(),
     which raises the error (ALR_NON_FINITE / ALR_INVALID_ARGUMENT) and lets steps run again."""
 
-    def __init__(self, algorithm, sizes, groups=None, device=0, stream=0, **options):
+    def __init__(self, algorithm, sizes, groups=None, device=0, stream=0, reduce=None, **options):
+        """`reduce`: the tensors are this process's shards, and `reduce(pointer, n, op, stream)`
+        combines n float64 values at a device address in place over the processes, ordered on
+        `stream` (README "More than one process")."""
         self._sizes = [int(n) for n in sizes]
-        self._create(algorithm, self._sizes, groups, options, _ffi.ALR_DEVICE_CUDA, device, stream)
+        self._create(algorithm, self._sizes, groups, options, _ffi.ALR_DEVICE_CUDA, device, stream, reduce=reduce)
 
     def step(self, params, grads, sum_sq=None, per_sample=None, per_sample_scale="sample", batch_size=None, curvature=None):
         """Enqueues one step: `params` updated in place; every argument a list of device pointers

@@ -156,10 +156,10 @@ class AutoLR(torch.optim.Optimizer):
     ``autolr.ALGORITHMS``. ``options``: by name (docs/algorithms.md), e.g. ``lr=1e-3``, ``nu=0.9``,
     ``base="adam"`` for GI. Unused parameters (``.grad is None``) step with a zero gradient.
 
-    More than one process (README "More than one process"): ``reduce`` (CPU tensors) makes the
-    parameters this process's shards of tensors split over processes, ``reduce(values, op)``
-    combining the step's sums over them (``all_reduce()`` for ``torch.distributed``; see
-    ``ZeroShards``). ``data_parallel``: the process group whose ranks train replicas on their own
+    More than one process (README "More than one process"): ``reduce`` makes the parameters
+    this process's shards of tensors split over processes, ``reduce(values, op)`` combining the
+    step's sums over them (``all_reduce()`` for ``torch.distributed``, whose ``on_device`` form
+    a CUDA optimizer calls; see ``ZeroShards``). ``data_parallel``: the process group whose ranks train replicas on their own
     batches (DDP, ZeRO-1): a ``SumGradSquared`` given to ``step`` is summed over its ranks (Σg²
     and N) and GI's losses are averaged over them. Default ``None``: the default group when
     ``torch.distributed`` is initialised with more than one rank when the optimizer is created,
@@ -195,13 +195,14 @@ class AutoLR(torch.optim.Optimizer):
         self._helpers = {}
         self._data_parallel = _data_parallel_group(data_parallel)
         if self._device.type == "cuda":
-            if reduce is not None:
-                raise Error("reduce= (sharded parameters) takes CPU tensors in autolr.torch; a CUDA optimizer "
-                            "with a device-side reduce is reachable through the C ABI only", "ALR_UNSUPPORTED")
+            on_device = None if reduce is None else getattr(reduce, "on_device", None)
+            if reduce is not None and on_device is None:
+                raise Error("reduce= on a CUDA optimizer takes a callback with a device form (`alt.all_reduce()`, "
+                            "whose `on_device(pointer, n, op, stream)` reduces the library's device values)", "ALR_UNSUPPORTED")
             self._views = None
             self._stream = torch.cuda.current_stream(self._device).cuda_stream
             self._core = _CudaCore(algorithm, [p.numel() for p in tensors], groups=groups,
-                                   device=self._device.index, stream=self._stream, **strings)
+                                   device=self._device.index, stream=self._stream, reduce=on_device, **strings)
         else:
             self._views = [p.detach().numpy() for p in tensors]  # share the tensors' storage
             self._views_as_tensors = [p.detach() for p in tensors]
@@ -789,6 +790,13 @@ class SumGradSquared:
       samples independently and work under ``torch.func.vmap``, else its error is raised with
       the module named).
 
+    **FSDP2** (``fully_shard``; README "More than one process"): created after ``fully_shard``,
+    the helper holds the DTensor parameters; its hooks see the unsharded parameters FSDP2 swaps
+    in for the forward and backward passes, so S is formed per whole parameter, and read back
+    (``sum_sq_tensors`` of a DTensor parameter or of its local tensor, as an optimizer over the
+    shards holds) as this rank's dim-0 shard of it. ``sum_sq_over_ranks`` (and
+    ``step(sum_sq=helper)`` with data-parallel ranks) reduce-scatters the whole S over the ranks.
+
     Limitations: a module called more than once per forward pass (shared weights) gets the sum
     of each call's S, not the S of the summed gradient. ``remove()`` takes the hooks off.
     """
@@ -804,6 +812,10 @@ class SumGradSquared:
         self._sums = {}    # id(param) -> tensor
         self._counts = {}  # id(param) -> samples seen since the last zero_()
         self._covered = set()
+        # FSDP2: the parameters each hooked module held at creation (DTensors), by the name its
+        # hooks find the parameters under that FSDP2 swaps in; id(swapped in) -> id(registered)
+        self._registered = {}
+        self._alias = {}
         self._handles = []
         self._replaying = False
         for module in model.modules():
@@ -823,8 +835,13 @@ class SumGradSquared:
                 continue
             self._handles.append(module.register_forward_hook(hook, with_kwargs=True))
             self._covered.update(id(p) for p in own)
+            if any(_is_dtensor(p) for p in own):
+                self._registered[module] = [(name, p) for name, p in _own_named(module) if id(p) in self._covered]
         if not self._covered:
             raise Error("SumGradSquared found no trainable parameters in the model")
+        # The DTensor parameters, to find the one an optimizer's local shard belongs to.
+        self._dtensors = [p for named in self._registered.values() for _, p in named]
+        self._by_storage = {}  # (data_ptr, shape) of a DTensor's local tensor -> the DTensor
 
     @property
     def per_sample_scale(self):
@@ -853,6 +870,14 @@ class SumGradSquared:
         self._handles = []
 
     # hooks ---------------------------------------------------------------------------------------
+    def _swapped_in(self, module):
+        """FSDP2: maps the parameters `module` holds now (the unsharded ones it swaps in, new
+        when it re-creates them) to the DTensors the helper registered."""
+        for name, registered in self._registered.get(module, ()):
+            current = module.get_parameter(name)
+            if current is not registered:
+                self._alias[id(current)] = id(registered)
+
     def _forward_hook(self, module, args, kwargs, output):
         if self._replaying or not torch.is_grad_enabled() or not isinstance(output, torch.Tensor) or not output.requires_grad:
             return
@@ -878,6 +903,7 @@ class SumGradSquared:
         if isinstance(module, torch.nn.MultiheadAttention) and module.training and module.dropout > 0:
             raise Error("SumGradSquared: MultiheadAttention with dropout > 0 in training mode: the dropout mask "
                         "of the forward pass cannot be reproduced per sample; use dropout=0 (or eval())")
+        self._swapped_in(module)
         call = _FunctionalCall(module, args, kwargs)
         # The output that gets the gradient (for attention: the first; its weights must not enter the loss).
         outputs[0].register_hook(lambda grad: self._with_no_grad(self._functional, module, call, grad.detach()))
@@ -889,7 +915,7 @@ class SumGradSquared:
     def _add(self, param, value, n):
         if param is None or not param.requires_grad:
             return
-        key = id(param)
+        key = self._alias.get(id(param), id(param))
         s = self._sums.get(key)
         self._sums[key] = value if s is None else s + value
         self._counts[key] = self._counts.get(key, 0) + int(n)
@@ -899,6 +925,7 @@ class SumGradSquared:
         return [(s, min(n, s + step)) for s in range(0, n, step)]
 
     def _collect(self, module, a, d):
+        self._swapped_in(module)  # at the backward pass: FSDP2 may have swapped after the forward hook
         with torch.no_grad():
             if isinstance(module, torch.nn.Linear):
                 self._linear(module, a, d)
@@ -921,7 +948,7 @@ class SumGradSquared:
             return
         a3 = a.reshape(n, -1, a.shape[-1])
         d3 = d.reshape(n, -1, d.shape[-1])
-        sw = torch.zeros_like(module.weight)
+        sw = torch.zeros(module.weight.shape, dtype=d.dtype, device=d.device)  # the whole parameter's, under FSDP2 too
         for s, e in self._chunks(n, module.weight.numel()):
             g = torch.einsum("nto,nti->noi", d3[s:e], a3[s:e])  # per-sample weight gradients
             sw += (g * g).sum(0)
@@ -969,7 +996,7 @@ class SumGradSquared:
             keys, d = keys[keep], d[keep]
         unique, inverse = torch.unique(keys, return_inverse=True)
         per_sample_rows = torch.zeros((unique.shape[0], d.shape[1]), dtype=d.dtype, device=d.device).index_add_(0, inverse, d)
-        s = torch.zeros_like(module.weight).index_add_(0, unique % vocab, per_sample_rows * per_sample_rows)
+        s = torch.zeros(module.weight.shape, dtype=d.dtype, device=d.device).index_add_(0, unique % vocab, per_sample_rows * per_sample_rows)
         self._add(module.weight, s, n)
 
     def _norm(self, module, x, d):
@@ -1004,7 +1031,8 @@ class SumGradSquared:
             from torch.func import grad, vmap
         except ImportError as e:  # torch < 2.0
             raise Error(f"SumGradSquared: {type(module).__name__} needs torch.func (torch >= 2.0)") from e
-        names, tensors = call.parameters(self._covered)
+        self._swapped_in(module)
+        names, tensors = call.parameters(lambda p: self._alias.get(id(p), id(p)) in self._covered)
         if not names:
             return
         n = call.n
@@ -1040,8 +1068,28 @@ class SumGradSquared:
         return [_to_array(s, f"sum_sq of {_describe(i, p)}") for i, (p, s) in enumerate(zip(params, self.sum_sq_tensors(params, scale)))]
 
     def sum_sq_tensors(self, params, scale=None):
-        """As ``sum_sq``, as tensors on the parameters' device (what a CUDA optimizer takes)."""
-        out = []
+        """As ``sum_sq``, as tensors on the parameters' device (what a CUDA optimizer takes). For
+        an FSDP2 parameter (its DTensor or its local tensor): this rank's dim-0 shard of the whole
+        parameter's S, over this rank's samples."""
+        sums, sharded = self._whole(params, scale)
+        return [s if d is None else _dim0_shard(s, d) for s, d in zip(sums, sharded)]
+
+    def _sharded_of(self, p):
+        """The registered DTensor `p` is, or whose local tensor `p` views (the storage FSDP2
+        keeps from step to step), else None."""
+        if _is_dtensor(p):
+            return p if id(p) in self._covered else None
+        if not isinstance(p, torch.Tensor):
+            return None
+        key = (p.data_ptr(), tuple(p.shape))
+        if key not in self._by_storage:  # first use, or FSDP2 re-allocated its shards
+            self._by_storage = {(t.data_ptr(), tuple(t.shape)): d for d in self._dtensors for t in (d.to_local(),)}
+        return self._by_storage.get(key)
+
+    def _whole(self, params, scale=None):
+        """S of each whole parameter (scaled as `scale` says) and, per parameter, the DTensor
+        it is a shard of (None for a parameter that is not sharded)."""
+        out, sharded = [], []
         factor = 1.0
         if scale is not None and scale != self.per_sample_scale:
             if scale not in ("sample", "mean"):
@@ -1051,14 +1099,17 @@ class SumGradSquared:
         if self.scaler is not None:
             factor /= float(self.scaler.get_scale()) ** 2
         for i, p in enumerate(params):
-            if id(p) not in self._covered:
-                raise Error(f"{_describe(i, p)} is not a trainable parameter of the model given to SumGradSquared: "
-                            "it has no Σg²")
-            s = self._sums.get(id(p))
+            d = self._sharded_of(p) if self._dtensors else None
+            key = id(p) if d is None else id(d)
+            if key not in self._covered:
+                raise Error(f"{_describe(i, p)} is not a trainable parameter of the model given to SumGradSquared "
+                            "(nor, under FSDP2, the local tensor of one; create the helper after fully_shard): it has no Σg²")
+            s = self._sums.get(key)
             if s is None:
                 raise Error(f"no Σg² for {_describe(i, p)} yet: run forward and backward (with gradients enabled) first", "ALR_WRONG_STATE")
             out.append(s * factor if factor != 1.0 else s)
-        return out
+            sharded.append(d)
+        return out, sharded
 
 
 class _FunctionalCall:
@@ -1094,10 +1145,8 @@ class _FunctionalCall:
             self.kwargs["need_weights"] = False
 
     def parameters(self, covered):
-        own = list(self.module.named_parameters(recurse=False))
-        if isinstance(self.module, torch.nn.MultiheadAttention):
-            own += [(f"out_proj.{k}", v) for k, v in self.module.out_proj.named_parameters()]
-        own = [(k, v) for k, v in own if v.requires_grad and id(v) in covered]
+        """The names and values of the module's trainable parameters for which `covered(p)`."""
+        own = [(k, v) for k, v in _own_named(self.module) if v.requires_grad and covered(v)]
         return [k for k, _ in own], [v.detach() for _, v in own]
 
     def parameter_objects(self, names):
@@ -1125,6 +1174,70 @@ class _FunctionalCall:
 
 # More than one process (README "More than one process", docs/algorithms.md §7) -------------------
 
+def _is_dtensor(p):
+    """Whether `p` is a DTensor (FSDP2's sharded parameters); False on a torch without them."""
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # torch < 2.4, or no distributed support
+        return False
+    return isinstance(p, DTensor)
+
+
+def _own_named(module):
+    """The parameters SumGradSquared's hook on `module` covers, by name: the module's own, and
+    MultiheadAttention's out_proj's (never called as a module)."""
+    own = list(module.named_parameters(recurse=False))
+    if isinstance(module, torch.nn.MultiheadAttention):
+        own += [(f"out_proj.{k}", v) for k, v in module.out_proj.named_parameters()]
+    return own
+
+
+def _dim0_rows(d):
+    """This rank's rows [start, end) of dim 0 of FSDP2's DTensor `d`, and the rows of a full
+    chunk: DTensor's Shard(0) splits n rows as torch.chunk does, ⌈n/K⌉ rows per rank over K
+    ranks, the last ones shorter or empty (7 rows over 3 ranks: 3, 3, 1)."""
+    placements, mesh = tuple(d.placements), d.device_mesh
+    if mesh.ndim != 1 or len(placements) != 1 or not placements[0].is_shard(0):
+        raise Error(f"a DTensor parameter (shape {tuple(d.shape)}) is placed {placements} over a {mesh.ndim}-D mesh; "
+                    "autolr.torch takes FSDP2's default sharding, Shard(0) over a 1-D mesh (fully_shard without "
+                    "HSDP or shard_placement_fn)", "ALR_UNSUPPORTED")
+    n, world, rank = d.shape[0], mesh.size(), mesh.get_local_rank()
+    chunk = -(-n // world)
+    start = min(rank * chunk, n)
+    end = min(start + chunk, n)
+    if end - start != d.to_local().shape[0]:
+        raise Error(f"a DTensor parameter (shape {tuple(d.shape)}) holds {d.to_local().shape[0]} rows on rank {rank} of "
+                    f"{world}, not the {end - start} of torch.chunk's split", "ALR_UNSUPPORTED")
+    return start, end, chunk
+
+
+def _dim0_shard(whole, d):
+    """This rank's dim-0 shard of `whole`, a tensor of the shape of FSDP2's DTensor `d`."""
+    start, end, _ = _dim0_rows(d)
+    return whole[start:end]
+
+
+def _reduce_scatter_dim0(sums, sharded, group):
+    """Every rank's `sums` (whole parameters) summed over the ranks of `group`, and this rank's
+    dim-0 shard of each kept, in one reduce_scatter_tensor laid out as FSDP2 lays out its
+    gradients': each parameter padded to K·⌈n/K⌉ rows, rank r's ⌈n/K⌉ rows of every parameter
+    next to each other. Each rank sends and receives (K-1)/K of the padded float32 sums, what
+    FSDP2's float32 gradient reduction costs (an all-reduce would cost twice that)."""
+    import torch.distributed as dist
+    world = dist.get_world_size(group)
+    rows = [_dim0_rows(d) for d in sharded]
+    send = torch.cat([F.pad(s.reshape(s.shape[0], -1), (0, 0, 0, world * chunk - s.shape[0])).reshape(world, -1)
+                      for s, (_, _, chunk) in zip(sums, rows)], dim=1).reshape(-1)
+    mine = torch.empty(send.numel() // world, dtype=send.dtype, device=send.device)
+    dist.reduce_scatter_tensor(mine, send, group=group)
+    out, at = [], 0
+    for s, (start, end, chunk) in zip(sums, rows):
+        width = chunk * (s.numel() // s.shape[0])
+        out.append(mine[at:at + width].reshape(chunk, *s.shape[1:])[:end - start])
+        at += width
+    return out
+
+
 def _distributed():
     """torch.distributed when it is initialised, else None."""
     import torch.distributed as dist
@@ -1148,21 +1261,46 @@ def _data_parallel_group(setting):
     return group if dist.get_world_size(group) > 1 else None
 
 
+class _DeviceDoubles:
+    """n float64 values at a CUDA address, as ``__cuda_array_interface__`` describes them to
+    ``torch.as_tensor`` (a view, no copy; no stream: the caller orders the use)."""
+
+    def __init__(self, pointer, n):
+        self.__cuda_array_interface__ = {"shape": (n,), "typestr": "<f8", "data": (pointer, False),
+                                         "version": 3, "stream": None}
+
+
 def all_reduce(group=None, timeout=None):
-    """A ``reduce`` callback over ``torch.distributed`` (CPU tensors, e.g. gloo): the library's
-    float64 values are combined in place over ``group`` (default: every rank) by
-    ``all_reduce`` with SUM or MAX. ``timeout`` (a ``datetime.timedelta``): a rank that does not
-    join the collective within it fails the step on the ranks that did (ALR_CALLBACK_FAILED,
-    nothing changed there) instead of leaving them waiting for the process group's timeout."""
+    """A ``reduce`` callback over ``torch.distributed``: the library's float64 values are
+    combined in place over ``group`` (default: every rank) by ``all_reduce`` with SUM or MAX.
+    ``timeout`` (a ``datetime.timedelta``): a rank that does not join the collective within it
+    fails the step on the ranks that did (ALR_CALLBACK_FAILED, nothing changed there) instead
+    of leaving them waiting for the process group's timeout. A CPU optimizer's values are a
+    CPU tensor (gloo); a CUDA optimizer's are reduced by the device form ``on_device``: a CUDA
+    tensor viewing the library's device memory, all-reduced (NCCL) in order on the optimizer's
+    stream, with no host synchronisation (NCCL's ``wait`` orders the stream, not the host).
+    Never run: no GPU has been lent (tests/gpu/parity_capi.py has the check)."""
+    import contextlib
     import torch.distributed as dist
     ops = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}
 
-    def reduce(values, op):
-        work = dist.all_reduce(torch.from_numpy(values), op=ops[op], group=group, async_op=True)
+    def combine(values, op):
+        work = dist.all_reduce(values, op=ops[op], group=group, async_op=True)
         if timeout is None:
             work.wait()
         else:
             work.wait(timeout)
+
+    def reduce(values, op):
+        combine(torch.from_numpy(values), op)
+
+    def on_device(pointer, n, op, stream):
+        values = torch.as_tensor(_DeviceDoubles(pointer, n))
+        # step() runs under the optimizer's stream (it checks): then the collective is ordered there already
+        same = torch.cuda.current_stream(values.device).cuda_stream == stream
+        with contextlib.nullcontext() if same else torch.cuda.stream(torch.cuda.ExternalStream(stream, device=values.device)):
+            combine(values, op)
+    reduce.on_device = on_device
     return reduce
 
 
@@ -1173,7 +1311,12 @@ def sum_sq_over_ranks(helper, params, group=None, batch_size=None, scale=None):
     their own N (``batch_size``, default the helper's; ``scale``, default the helper's, says
     how they were collected) and added, in one all-reduce of Σg² and one of N. DDP averages the
     ranks' mean gradients, which is the mean over the whole batch when the ranks' batches have
-    the same size."""
+    the same size.
+
+    FSDP2: a parameter given as its DTensor or its local tensor gets this rank's dim-0 shard of
+    the whole batch's Σg² (aligned with the local tensor the optimizer steps), the ranks'
+    whole-parameter Σg² reduce-scattered over the DTensors' mesh (one more gradient-sized
+    reduction per step, as FSDP2 reduces the gradients), which must be ``group``'s ranks."""
     dist = _distributed()
     if dist is None:
         raise Error("sum_sq_over_ranks needs torch.distributed initialised (init_process_group)")
@@ -1183,16 +1326,29 @@ def sum_sq_over_ranks(helper, params, group=None, batch_size=None, scale=None):
     scale = scale or helper.per_sample_scale
     if scale not in ("sample", "mean"):
         raise Error(f"scale is {scale!r}; accepted: 'sample', 'mean'")
-    sums = helper.sum_sq_tensors(params)
+    sums, sharded = helper._whole(params)
     factor = float(local) ** 2 if scale == "mean" else 1.0
-    flat = torch.cat([s.detach().reshape(-1).float() for s in sums]) * factor
-    dist.all_reduce(flat, group=group)
+    sums = [s.detach().float() * factor for s in sums]
+    out = [None] * len(sums)
+    replicated = [i for i, d in enumerate(sharded) if d is None]
+    if replicated:
+        flat = torch.cat([sums[i].reshape(-1) for i in replicated])
+        dist.all_reduce(flat, group=group)
+        start = 0
+        for i in replicated:
+            out[i] = flat[start:start + sums[i].numel()].reshape(sums[i].shape)
+            start += sums[i].numel()
+    shards = [i for i, d in enumerate(sharded) if d is not None]
+    if shards:
+        mesh = sharded[shards[0]].device_mesh
+        ranks = dist.get_process_group_ranks(group or dist.group.WORLD)
+        if any(sharded[i].device_mesh != mesh for i in shards) or dist.get_process_group_ranks(mesh.get_group()) != ranks:
+            raise Error(f"the FSDP2 parameters' mesh is not the data-parallel ranks {ranks}: Σg² is reduced over the "
+                        "ranks that split the batch, which must be the ranks the parameters are sharded over", "ALR_UNSUPPORTED")
+        for i, shard in zip(shards, _reduce_scatter_dim0([sums[i] for i in shards], [sharded[i] for i in shards], mesh.get_group())):
+            out[i] = shard
     n = torch.tensor([int(local)], dtype=torch.int64)
     dist.all_reduce(n, group=group)
-    out, start = [], 0
-    for s in sums:
-        out.append(flat[start:start + s.numel()].reshape(s.shape))
-        start += s.numel()
     return out, int(n[0])
 
 

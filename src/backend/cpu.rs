@@ -1291,6 +1291,8 @@ mod tests {
     #[test]
     fn kernels_give_the_same_bits_in_every_build() {
         use crate::base::{adagrad::Adagrad, adam::Adam, momentum::Momentum, rmsprop::RmsProp, sgd::Sgd, Rule};
+        /// One build's update pass over (θ, g, state) with a step's coefficients.
+        type Pass<R> = dyn Fn(&mut [f32], &[f32], &mut [<R as Rule>::State], &<R as Rule>::Coeffs);
         fn same_bits<R: Rule>() {
             let mut options = crate::options::Options::new(R::specs(), 1).expect("options");
             options.set(R::NAME, "weight_decay", None, 0.01).expect("weight_decay");
@@ -1303,7 +1305,7 @@ mod tests {
                 };
                 let grad: Vec<f32> = (0..n).map(|i| if i % 17 == 0 { 0.0 } else { value(1, i) }).collect();
                 let theta: Vec<f32> = (0..n).map(|i| value(2, i)).collect();
-                let run = |pass: &dyn Fn(&mut [f32], &[f32], &mut [R::State], &R::Coeffs)| {
+                let run = |pass: &Pass<R>| {
                     let (mut theta, mut state) = (theta.clone(), vec![R::State::default(); n]);
                     for t in 1..=3 {
                         pass(&mut theta, &grad, &mut state, &R::coeffs(&options, 0, t, 1e-2));

@@ -205,7 +205,8 @@ class AutoLR(torch.optim.Optimizer):
                                    device=self._device.index, stream=self._stream, reduce=on_device, **strings)
         else:
             self._views = [p.detach().numpy() for p in tensors]  # share the tensors' storage
-            self._views_as_tensors = [p.detach() for p in tensors]
+            # The C array of the parameters' storage, valid while _check_storage passes.
+            self._param_array = ctypes.cast((ctypes.c_void_p * len(tensors))(*self._pointers), _PtrArray)
             self._core = _Core(algorithm, self._views, groups=groups, reduce=reduce, **strings)
         for name, value in numbers.items():
             self._core.set_option(name, value)
@@ -288,6 +289,7 @@ class AutoLR(torch.optim.Optimizer):
 
     def _grads(self, copy):
         out = []
+        on_cpu = self._views is not None
         for i, p in enumerate(self._tensors):
             g = p.grad
             if g is None:
@@ -295,7 +297,10 @@ class AutoLR(torch.optim.Optimizer):
                 if z is None:
                     z = self._zeros[i] = self._input(torch.zeros_like(p), "zeros")
                 out.append(z)
-            elif not copy and g.dtype is _F32 and g.layout is _STRIDED and g.device == self._device and g.is_contiguous():
+            # `is_cpu` rather than a device comparison on CPU: this loop runs per tensor per step,
+            # and building a torch.device is most of its cost.
+            elif (not copy and g.dtype is _F32 and g.layout is _STRIDED and (g.is_cpu if on_cpu else g.device == self._device)
+                  and g.is_contiguous()):
                 out.append(g)  # the common case, taken as it is
             else:
                 out.append(self._input(g, f"grad of {_describe(i, p)}", copy=copy))
@@ -357,7 +362,6 @@ class AutoLR(torch.optim.Optimizer):
                         per_sample=pointers(per_sample), per_sample_scale=kwargs["per_sample_scale"],
                         batch_size=batch_size)
 
-    @torch.no_grad()
     def step(self, closure=None, *, loss=None, sum_sq=None, per_sample=None, per_sample_scale=None,
              batch_size=None, curvature=None):
         """One step over every parameter; returns the closure's loss (or None).
@@ -381,6 +385,19 @@ class AutoLR(torch.optim.Optimizer):
         ``per_sample_scale`` "sample" or "mean" (default: the helper's, else "sample");
         ``batch_size`` N. ``curvature``: list of diagonal curvature tensors (vSGD).
         """
+        if closure is None and self._views is not None and all(
+                x is None for x in (loss, sum_sq, per_sample, per_sample_scale, batch_size, curvature)):
+            # The plain loop's step (CPU, the gradients alone) hands the library pointers and runs
+            # no torch operation autograd could record, so it needs no torch.no_grad (entering
+            # it is a tenth of such a step's cost on a small model).
+            self._check_storage()
+            self._sync_options()
+            self._core._step_raw(self._param_array, self._pointer_array(self._grads(copy=False), "grads", cache="grads"))
+            return None
+        with torch.no_grad():
+            return self._step(closure, loss, sum_sq, per_sample, per_sample_scale, batch_size, curvature)
+
+    def _step(self, closure, loss, sum_sq, per_sample, per_sample_scale, batch_size, curvature):
         self._check_storage()
         self._sync_options()
         gi = self.algorithm == "gi"
@@ -469,8 +486,7 @@ class AutoLR(torch.optim.Optimizer):
         arrays = {name: None if kwargs[name] is None else self._pointer_array(kwargs[name], name, leading)
                   for name, leading in (("sum_sq", 1), ("curvature", 1), ("per_sample", int(batch_size or 0)))}
         self._core._step_raw(
-            self._pointer_array(self._views_as_tensors, "params", cache="params"),
-            self._pointer_array(grads, "grads", cache="grads"),
+            self._param_array, self._pointer_array(grads, "grads", cache="grads"),
             per_sample_scale=kwargs["per_sample_scale"], batch_size=batch_size,
             loss=kwargs.get("loss"), closure=kwargs.get("closure"), grad_closure=kwargs.get("grad_closure"), **arrays)
 
@@ -520,7 +536,7 @@ class AutoLR(torch.optim.Optimizer):
             return
         self._check_storage()
         mode = 0 if train else 1  # ALR_MODE_TRAIN, ALR_MODE_EVAL
-        self._core._set_mode(self._pointer_array(self._views_as_tensors, "params", cache="params"), len(self._tensors), mode)
+        self._core._set_mode(self._param_array, len(self._tensors), mode)
 
     # read-back ------------------------------------------------------------------------------------
     @property

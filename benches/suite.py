@@ -506,13 +506,32 @@ def describe_run(meta):
             f"one torch thread, AUTOLR_NUM_THREADS=1; seeds {meta['seeds']}")
 
 
+def rerun_note(reruns):
+    """What running a row again changed (merge), measured: the same seeds and inputs need not
+    give the same bits in another run (torch's own rows move too), and a chaotic run turns a
+    rounding into a different trajectory."""
+    moved = [r for r in reruns if r["val_diff"] != 0 or r["test_diff"] != 0]
+    if not reruns:
+        return ""
+    text = (f"Rows run again ({len(reruns)} entrant × problem pairs): {len(reruns) - len(moved)} with the same mean validation "
+            f"and test metrics to the last digit, {len(moved)} different")
+    if not moved:
+        return text + "."
+    worst = {}
+    for r in moved:
+        if r["problem"] not in worst or abs(r["val_diff"]) > abs(worst[r["problem"]]["val_diff"]):
+            worst[r["problem"]] = r
+    return text + (" (torch.optim.Adam's rows too, so not the library alone: presumably the rounding of torch's CPU kernels "
+                   "on the runs' hosts, amplified by training; the largest change of a mean validation metric per problem: " +
+                   ", ".join(f"{k} {r['label']} {r['val_diff']:+.4g}" for k, r in worst.items()) + ").")
+
+
 def report(problems, summaries, pick, ranks, meta):
     runs = meta.get("runs")
     if runs:  # --merge
         made = ("Made from several runs, joined by `benches/suite.py --merge` (a label found in more than one run takes "
                 "its row from the last; the run column says which; every wall time is relative to the Adam grid of the "
-                "row's own run; the metrics do not depend on the run: the same code, seeds and inputs give the same bits "
-                "on the CPU): " + "; ".join(f"run {m['run']}: {describe_run(m)}" for m in runs) + ".")
+                "row's own run): " + "; ".join(f"run {m['run']}: {describe_run(m)}" for m in runs) + ". " + rerun_note(meta["reruns"]))
     else:
         made = f"Made by {describe_run(meta)}."
     out = ["# Benchmark suite", "",
@@ -639,7 +658,7 @@ def merge(sources, out):
         raise SystemExit("--merge takes the suite.json of single runs (a merged one lists its runs: merge those)")
     if len({(d["meta"]["mode"], d["meta"]["seeds"]) for d in datas}) != 1:
         raise SystemExit("--merge: the runs differ in mode or seeds: " + ", ".join(f"{d['meta']['mode']}/{d['meta']['seeds']}" for d in datas))
-    metas, problems = [], {}
+    metas, problems, reruns = [], {}, []
     for run, (source, data) in enumerate(zip(sources, datas), 1):
         metas.append(dict(data["meta"], run=run, source=str(source)))
         for key, p in data["problems"].items():
@@ -647,9 +666,13 @@ def merge(sources, out):
             if p["note"] != into["note"]:
                 raise SystemExit(f"--merge: {key} differs between the runs ({into['note']!r} against {p['note']!r})")
             for label, row in p["summary"].items():
+                if label in into["summary"]:
+                    before = into["summary"][label]
+                    reruns.append({"problem": key, "label": label, "runs": [before["run"], run],
+                                   "val_diff": row["val"][0] - before["val"][0], "test_diff": row["test"][0] - before["test"][0]})
                 into["summary"][label] = dict(row, run=run)  # a label seen before keeps its place in the table
             into["runs"] = [r for r in into["runs"] if r["entrant"] not in p["summary"]] + [dict(r, run=run) for r in p["runs"]]
-    data = {"meta": {"mode": datas[0]["meta"]["mode"], "seeds": datas[0]["meta"]["seeds"], "runs": metas}, "problems": problems}
+    data = {"meta": {"mode": datas[0]["meta"]["mode"], "seeds": datas[0]["meta"]["seeds"], "runs": metas, "reruns": reruns}, "problems": problems}
     stored = stored_problems(data)
     summaries = {key: p["summary"] for key, p in problems.items()}
     for p in stored:

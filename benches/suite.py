@@ -26,6 +26,36 @@ Protocols fixed in advance (no test metric enters a choice):
   the best mean rank over the problems by mean validation metric, among those at most 1.5x
   Adam's wall time on every problem (all of them when none is).
 
+Research protocol (issue 20 item 5), written down before any of its runs: which configurations
+might close the goal's gaps (the default's test metric at least tuned Adam's and the best peer's,
+at <= 1.5x Adam's wall time), each with the reason it might help (RESEARCH below). Every option is
+one global value, the same on all three problems; nothing is tuned per problem; budgets, seeds
+(3), splits, and the two protocols above are unchanged; a research entrant becomes ``auto`` only
+through the pick above (it must need gradients alone), never by a test metric.
+* GI over its best bases (adam: best LM row; prodigy: best CNN row) with ``adapt_every`` 2 and 4:
+  the paper's cost remedy (Appendix B.1), one re-evaluation every 2 or 4 steps, to bring GI's
+  1.6-1.8x down towards Adam's time. Needs the closure, so a candidate for the goal, not ``auto``.
+* AutoOpt's smoothing: auto-adam at nu = 0.999 (at its 0.99999, gamma_E moves ~0.5% of the way to
+  the oracle in 468 steps, so its rate is nearly its cautious start), auto-sgd at nu = 0.99 (its
+  rate at 0.9 follows the oracle's noise: 72% / 31% on the MLP / CNN). Need Sum g^2: not ``auto``.
+* Global defaults of the gradient-only peers: prodigy and dadapt-adam with
+  ``use_bias_correction`` 1 (without it, m/sqrt(v) is 1.6-6.5x Adam's m-hat/sqrt(v-hat) over these
+  budgets: 1 - beta2^t is still 0.14-0.37 at their last step, so the rate applied is a multiple
+  of the d found); prodigy with
+  ``safeguard_warmup`` 1 (bounds d's growth while the first steps are large).
+* Schedule-free over the automatic bases: over prodigy and dadapt-adam with the base's
+  ``beta1`` 0 (the reference runs Adam without its first moment under schedule-free: the
+  interpolation is the momentum, and keeping both is momentum twice); over prodigy and tlr with
+  ``r`` 1 (weights (t+1)^r: later iterates, made at the rate the base has found, count more than
+  the early ones made while it was still growing; over an automatic base ``weight_lr_power`` acts
+  only through a warmup, whose length in steps would be a per-budget choice, so it is not varied).
+Rows the comparison needs run again in the same run (wall time is only ever relative to the Adam
+of the run a row comes from): the Adam grid, the peers, prodigy (``auto`` today), gi(adam) and
+gi(prodigy) (adapt_every 1, beside their variants), and schedule-free over prodigy, dadapt-adam
+and dog (rows a fix of the peers' displacement under a wrapper moved). ``--merge`` joins such a
+partial run to the full one: a label found in several runs takes its row from the last, every row
+says which run it is from, and the pick is made again over the merged rows by the same rule.
+
 Outputs in ``--out``: suite.md (the tables), suite.json (every run: metrics, wall time, the loss
 curve and the learning rate the method chose, sampled during training); scripts/plot_suite.py
 draws the plots from suite.json. Each run uses one torch thread and one autolr worker thread.
@@ -69,6 +99,26 @@ BUDGETS = {
 }
 ADAM_GRID = [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2]
 SGD_GRID = [3e-3, 1e-2, 3e-2, 1e-1, 3e-1]
+RESEARCH_SUMMARY = (
+    "besides the 41 entrants of the first full run, 13 configurations that might close the goal's gaps, each one global "
+    "setting on every problem: GI over adam and over prodigy with adapt_every 2 and 4 (fewer extra forward passes); "
+    "auto-adam at nu 0.999 and auto-sgd at nu 0.99 (AutoOpt's smoothing); prodigy and dadapt-adam with "
+    "use_bias_correction 1, prodigy with safeguard_warmup 1; schedule-free over prodigy and dadapt-adam with the base's "
+    "beta1 0, over prodigy and tlr with r 1. Selection: unchanged — `auto` is the pick below (gradients-only "
+    "configurations, mean validation rank, ≤ 1.5× Adam's wall time); seeds, budgets and splits unchanged; nothing per "
+    "problem; no test metric enters a choice.")
+
+# The research entrants (module docstring: the protocol, and why each might help): (algorithm,
+# base, options), every option one global value on every problem.
+RESEARCH = [
+    ("gi", "adam", {"adapt_every": 2}), ("gi", "adam", {"adapt_every": 4}),
+    ("gi", "prodigy", {"adapt_every": 2}), ("gi", "prodigy", {"adapt_every": 4}),
+    ("auto-adam", None, {"nu": 0.999}), ("auto-sgd", None, {"nu": 0.99}),
+    ("prodigy", None, {"use_bias_correction": 1}), ("prodigy", None, {"safeguard_warmup": 1}),
+    ("dadapt-adam", None, {"use_bias_correction": 1}),
+    ("schedule-free", "prodigy", {"beta1": 0}), ("schedule-free", "dadapt-adam", {"beta1": 0}),
+    ("schedule-free", "prodigy", {"r": 1}), ("schedule-free", "tlr", {"r": 1}),
+]
 CURVE_POINTS = 25  # loss and lr samples per run
 WALL_LIMIT = 1.5   # the goal's wall-time bound, relative to Adam
 
@@ -244,9 +294,9 @@ def entrants(quick):
         Entrant("dog-optimizer DoG", "peer", lambda m: dog.DoG(m.parameters()), lr=_dog_lr),
     ]
 
-    def ours(name, base=None, **needs):
-        label = name if base is None else f"{name}({base})"
-        options = {} if base is None else {"base": base}
+    def ours(name, base=None, settings=None, **needs):
+        label = (name if base is None else f"{name}({base})") + "".join(f" {k}={v:g}" for k, v in (settings or {}).items())
+        options = dict({} if base is None else {"base": base}, **(settings or {}))
         return Entrant(label, "autolr", lambda m: alt.AutoLR(m.parameters(), name, **options), lr=_autolr_lr, **needs)
 
     needs = {"sgd": {}, "adam": {}, "tlr": {}, "prodigy": {}, "dadapt-adam": {}, "dog": {},
@@ -264,6 +314,10 @@ def entrants(quick):
         out.append(ours("gi", base, closure=True, **needs[base]))
     for base in sf_bases:
         out.append(ours("schedule-free", base, **needs[base]))
+    if not quick:
+        for name, base, options in RESEARCH:
+            need = dict(needs[base], closure=True) if name == "gi" else needs[base or name]
+            out.append(ours(name, base, options, **need))
     for e in out:
         e.gradients_only = e.family == "autolr" and not (e.sum_sq or e.closure)
     return out
@@ -353,12 +407,19 @@ def summarise(problem, runs):
                        "wall_s": float(np.mean([r["wall_s"] for r in rs])),
                        "diverged": sum(r["diverged"] for r in rs), "seeds": len(rs),
                        "errors": [r["error"] for r in rs if r["error"]]}
+    mark_tuned(problem, rows)
+    return rows
+
+
+def mark_tuned(problem, rows):
+    """The tuned point of each grid that has rows: the best mean validation metric."""
     sign = 1 if problem.higher_is_better else -1
     for family in ("adam-grid", "sgd-grid"):
         grid = [label for label, row in rows.items() if row["family"] == family]
-        best = max(grid, key=lambda label: sign * rows[label]["val"][0])
-        rows[best]["tuned"] = True
-    return rows
+        for label in grid:
+            rows[label].pop("tuned", None)
+        if grid:
+            rows[max(grid, key=lambda label: sign * rows[label]["val"][0])]["tuned"] = True
 
 
 def pick_auto(problems, summaries):
@@ -388,15 +449,16 @@ def fmt(mean_std, digits):
 def table(problem, rows, pick):
     test_name = "test acc (%)" if problem.higher_is_better else "test bits/char"
     val_name = "val acc (%)" if problem.higher_is_better else "val loss"
-    lines = [f"| entrant | final train loss | {val_name} | test loss | {test_name} | wall / Adam | diverged |",
-             "|---|---|---|---|---|---|---|"]
+    merged = any("run" in row for row in rows.values())  # rows from several runs (--merge): say which
+    lines = [f"| entrant | final train loss | {val_name} | test loss | {test_name} | wall / Adam | diverged |" + (" run |" if merged else ""),
+             "|---|---|---|---|---|---|---|" + ("---|" if merged else "")]
     for label, row in rows.items():
         name = f"**{label}** (tuned)" if row.get("tuned") else label
         if label == pick:
             name = f"**{label} = auto**"
         lines.append(f"| {name} | {fmt(row['train_loss'], 4)} | {fmt(row['val'], 2 if problem.higher_is_better else 4)} | "
                      f"{fmt(row['test_loss'], 4)} | {fmt(row['test'], 2 if problem.higher_is_better else 4)} | "
-                     f"{row['wall_rel']:.2f} | {row['diverged']}/{row['seeds']} |")
+                     f"{row['wall_rel']:.2f} | {row['diverged']}/{row['seeds']} |" + (f" {row['run']} |" if merged else ""))
     return "\n".join(lines)
 
 
@@ -427,23 +489,58 @@ def overview(problems, summaries, pick):
         rows = summaries[p.key]
         digits = 2 if p.higher_is_better else 3
         sign = 1 if p.higher_is_better else -1
-        tuned = {f: next(label for label, row in rows.items() if row["family"] == f and row.get("tuned")) for f in ("adam-grid", "sgd-grid")}
+        tuned = {f: next((label for label, row in rows.items() if row["family"] == f and row.get("tuned")), None) for f in ("adam-grid", "sgd-grid")}
         ours = max((label for label, row in rows.items() if row["family"] == "autolr"), key=lambda label: sign * rows[label]["test"][0])
         cell = lambda label: f"{rows[label]['test'][0]:.{digits}f}"  # noqa: E731
-        lines.append(f"| {p.key} ({p.metric}) | **{cell(pick)}** | {cell(tuned['adam-grid'])} ({tuned['adam-grid'].split()[-1]}) | "
-                     f"{cell(tuned['sgd-grid'])} ({tuned['sgd-grid'].split()[-1]}) | " + " | ".join(cell(label) for label in peers) +
+        grid = lambda label: "–" if label is None else f"{cell(label)} ({label.split()[-1]})"  # noqa: E731 (a grid --only left out)
+        lines.append(f"| {p.key} ({p.metric}) | **{cell(pick)}** | {grid(tuned['adam-grid'])} | "
+                     f"{grid(tuned['sgd-grid'])} | " + " | ".join(cell(label) for label in peers) +
                      f" | {cell(ours)} ({ours}, {rows[ours]['wall_rel']:.2f}x) | {rows[pick]['wall_rel']:.2f} |")
     return "\n".join(lines)
 
 
+def describe_run(meta):
+    entrants = "every entrant" if not meta.get("only") else "the Adam grid, the peers and the `--only` entrants"
+    return (f"`{meta['command']}` ({meta['mode']} mode, {entrants}; problems {meta.get('problems', 'mlp,cnn,lm')}) in "
+            f"{meta['total_s'] / 60:.1f} min on {meta['machine']}; torch {meta.get('torch', torch.__version__)}, "
+            f"one torch thread, AUTOLR_NUM_THREADS=1; seeds {meta['seeds']}")
+
+
+def rerun_note(reruns):
+    """What running a row again changed (merge), measured: the same seeds and inputs need not
+    give the same bits in another run (torch's own rows move too), and a chaotic run turns a
+    rounding into a different trajectory."""
+    moved = [r for r in reruns if r["val_diff"] != 0 or r["test_diff"] != 0]
+    if not reruns:
+        return ""
+    text = (f"Rows run again ({len(reruns)} entrant × problem pairs): {len(reruns) - len(moved)} with the same mean validation "
+            f"and test metrics to the last digit, {len(moved)} different")
+    if not moved:
+        return text + "."
+    worst = {}
+    for r in moved:
+        if r["problem"] not in worst or abs(r["val_diff"]) > abs(worst[r["problem"]]["val_diff"]):
+            worst[r["problem"]] = r
+    return text + (" (torch.optim.Adam's rows too, so not the library alone: presumably the rounding of torch's CPU kernels "
+                   "on the runs' hosts, amplified by training; the largest change of a mean validation metric per problem: " +
+                   ", ".join(f"{k} {r['label']} {r['val_diff']:+.4g}" for k, r in worst.items()) + ").")
+
+
 def report(problems, summaries, pick, ranks, meta):
+    runs = meta.get("runs")
+    if runs:  # --merge
+        made = ("Made from several runs, joined by `benches/suite.py --merge` (a label found in more than one run takes "
+                "its row from the last; the run column says which; every wall time is relative to the Adam grid of the "
+                "row's own run): " + "; ".join(f"run {m['run']}: {describe_run(m)}" for m in runs) + ". " + rerun_note(meta["reruns"]))
+    else:
+        made = f"Made by {describe_run(meta)}."
     out = ["# Benchmark suite", "",
-           f"Made by `{meta['command']}` ({meta['mode']} mode) in {meta['total_s'] / 60:.1f} min on {meta['machine']}; "
-           f"torch {torch.__version__}, one torch thread, AUTOLR_NUM_THREADS={os.environ['AUTOLR_NUM_THREADS']}; "
-           f"seeds {meta['seeds']}. Mean ± std over the seeds. Wall time: the training loop only (no evaluation), "
+           made + " Mean ± std over the seeds. Wall time: the training loop only (no evaluation), "
            "the fastest of an entrant's seeds (the machine is shared: other jobs only add time), relative to the mean "
            "of the Adam grid points' fastest seeds on the same problem in the same run (seeds outer, entrants inner, so "
            "that a passing load falls on all of them).", "",
+           "Research protocol (issue 20 item 5; fixed before its runs, benches/suite.py's module docstring and RESEARCH): " +
+           RESEARCH_SUMMARY, "",
            "Final train loss: the mean loss on the first 5000 training images (LM: 256 training windows) after "
            "training, in evaluation mode (schedule-free: at x), as the test and validation metrics. "
            "Tuned Adam / SGD+momentum: the grid point with the best mean validation metric (chosen before looking at "
@@ -474,11 +571,15 @@ def main():
     parser.add_argument("--out", default=str(ROOT / "docs" / "results"))
     parser.add_argument("--problems", default="mlp,cnn,lm")
     parser.add_argument("--seeds", type=int, default=None, help="default 3 (1 with --quick)")
-    parser.add_argument("--only", default=None, help="comma-separated entrant labels (a partial run, for a look)")
+    parser.add_argument("--only", default=None, help="comma-separated entrant labels, besides the Adam grid and the peers (a partial run; --merge joins it to a full one)")
     parser.add_argument("--from-json", action="store_true", help="no runs: rewrite OUT/suite.md from OUT/suite.json")
+    parser.add_argument("--merge", nargs="+", metavar="DIR", default=None,
+                        help="no runs: join DIR/suite.json of each run (a full one first, then partial --only runs) into OUT")
     args = parser.parse_args()
     if args.from_json:
         return rewrite_report(Path(args.out))
+    if args.merge:
+        return merge([Path(d) for d in args.merge], Path(args.out))
     torch.set_num_threads(1)
     mode = "quick" if args.quick else "full"
     seeds = args.seeds or (1 if args.quick else 3)
@@ -493,6 +594,9 @@ def main():
     field_ = entrants(args.quick)
     if args.only:
         wanted = set(args.only.split(","))
+        unknown = wanted - {e.label for e in field_}
+        if unknown:
+            raise SystemExit(f"--only: no entrant {sorted(unknown)}")
         field_ = [e for e in field_ if e.label in wanted or e.family in ("adam-grid", "peer")]
     print(f"{len(problems)} problems x {len(field_)} entrants x {seeds} seeds ({mode})", flush=True)
     started = time.perf_counter()
@@ -513,8 +617,12 @@ def main():
         for e in field_:
             summaries[p.key][e.label]["gradients_only"] = e.gradients_only
     pick, ranks = pick_auto(problems, summaries)
-    meta = {"command": "bash scripts/suite.sh" + (" --quick" if args.quick else ""), "mode": mode, "seeds": seeds,
-            "total_s": time.perf_counter() - started, "machine": f"{platform.machine()}, {os.cpu_count()} CPUs"}
+    command = " ".join(["bash scripts/suite.sh"] + (["--quick"] if args.quick else []) +
+                       ([f"--problems {args.problems}"] if args.problems != parser.get_default("problems") else []) +
+                       ([f"--only {args.only}"] if args.only else []))
+    meta = {"command": command, "mode": mode, "seeds": seeds, "only": args.only, "problems": args.problems, "torch": torch.__version__,
+            "total_s": time.perf_counter() - started, "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+            "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     md = report(problems, summaries, pick, ranks, meta)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -526,14 +634,54 @@ def main():
     print(f"\nwrote {out / 'suite.md'} and {out / 'suite.json'} ({meta['total_s']:.0f} s)")
 
 
+def stored_problems(data):
+    return [Problem(key, p["title"], p["metric"], p["metric"] != "test bits/char", None, None, None, None, note=p["note"])
+            for key, p in data["problems"].items()]
+
+
 def rewrite_report(out):
     """suite.md again from suite.json (the report's wording changed, the runs did not)."""
     data = json.loads((out / "suite.json").read_text())
-    problems = [Problem(key, p["title"], p["metric"], p["metric"] != "test bits/char", None, None, None, None, note=p["note"])
-                for key, p in data["problems"].items()]
     summaries = {key: p["summary"] for key, p in data["problems"].items()}
-    (out / "suite.md").write_text(report(problems, summaries, data["pick"], data["ranks"], data["meta"]) + "\n")
+    (out / "suite.md").write_text(report(stored_problems(data), summaries, data["pick"], data["ranks"], data["meta"]) + "\n")
     print(f"rewrote {out / 'suite.md'} from {out / 'suite.json'}")
+
+
+def merge(sources, out):
+    """One suite.json and suite.md from several runs of the same mode and seeds (the module
+    docstring's protocol): run i is sources[i - 1]; a label in several runs keeps the row (and the
+    raw runs) of the last; every row keeps the wall time its own run measured against its own
+    Adam grid and says which run it is from; the tuned grid points and the pick are made again
+    over the merged rows by the same rules."""
+    datas = [json.loads((d / "suite.json").read_text()) for d in sources]
+    if any("runs" in d["meta"] for d in datas):
+        raise SystemExit("--merge takes the suite.json of single runs (a merged one lists its runs: merge those)")
+    if len({(d["meta"]["mode"], d["meta"]["seeds"]) for d in datas}) != 1:
+        raise SystemExit("--merge: the runs differ in mode or seeds: " + ", ".join(f"{d['meta']['mode']}/{d['meta']['seeds']}" for d in datas))
+    metas, problems, reruns = [], {}, []
+    for run, (source, data) in enumerate(zip(sources, datas), 1):
+        metas.append(dict(data["meta"], run=run, source=str(source)))
+        for key, p in data["problems"].items():
+            into = problems.setdefault(key, {"title": p["title"], "note": p["note"], "metric": p["metric"], "summary": {}, "runs": []})
+            if p["note"] != into["note"]:
+                raise SystemExit(f"--merge: {key} differs between the runs ({into['note']!r} against {p['note']!r})")
+            for label, row in p["summary"].items():
+                if label in into["summary"]:
+                    before = into["summary"][label]
+                    reruns.append({"problem": key, "label": label, "runs": [before["run"], run],
+                                   "val_diff": row["val"][0] - before["val"][0], "test_diff": row["test"][0] - before["test"][0]})
+                into["summary"][label] = dict(row, run=run)  # a label seen before keeps its place in the table
+            into["runs"] = [r for r in into["runs"] if r["entrant"] not in p["summary"]] + [dict(r, run=run) for r in p["runs"]]
+    data = {"meta": {"mode": datas[0]["meta"]["mode"], "seeds": datas[0]["meta"]["seeds"], "runs": metas, "reruns": reruns}, "problems": problems}
+    stored = stored_problems(data)
+    summaries = {key: p["summary"] for key, p in problems.items()}
+    for p in stored:
+        mark_tuned(p, summaries[p.key])
+    data["pick"], data["ranks"] = pick_auto(stored, summaries)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "suite.json").write_text(json.dumps({"meta": data["meta"], "pick": data["pick"], "ranks": data["ranks"], "problems": problems}))
+    (out / "suite.md").write_text(report(stored, summaries, data["pick"], data["ranks"], data["meta"]) + "\n")
+    print(f"merged {len(sources)} runs into {out / 'suite.md'} and {out / 'suite.json'}; pick {data['pick']}")
 
 
 if __name__ == "__main__":

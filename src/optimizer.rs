@@ -192,9 +192,12 @@ impl Optimizer {
     /// summed over them through `comm` (docs/algorithms.md §7).
     pub fn on_shards(device: DeviceSpec, algorithm: &str, lens: &[usize], groups: Option<&[usize]>, shards: Shards) -> Result<Self> {
         let layout = Layout::new(lens, groups)?;
-        let (algorithm, alias_base) = registry::resolve(algorithm);
+        let (algorithm, alias_base, alias_options) = registry::resolve(algorithm);
         let base = alias_base.unwrap_or_else(|| registry::default_base(algorithm)).to_string();
-        let options = Options::new(registry::specs(algorithm, &base)?, layout.n_groups())?;
+        let mut options = Options::new(registry::specs(algorithm, &base)?, layout.n_groups())?;
+        for &(name, value) in alias_options {
+            options.set(algorithm, name, None, value)?;
+        }
         registry::check_runs_on(device.kind(), algorithm)?;
         let device = device.open()?;
         let mut built = registry::build(algorithm, &base, &layout, &device, false, &shards)?;

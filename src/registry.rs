@@ -23,22 +23,41 @@ pub const ALGORITHMS: &[&str] = &[
     "prodigy", "dadapt-adam", "dog", "ldog", "schedule-free", "sf-adamw", "sf-sgd",
 ];
 
+/// What an alias stands for: one algorithm over one base (`""`: the algorithm wraps nothing),
+/// with the options (global values) in which it differs from that algorithm's defaults.
+pub struct Alias {
+    pub algorithm: &'static str,
+    pub base: &'static str,
+    pub options: &'static [(&'static str, f64)],
+}
+
+impl Alias {
+    /// Its entrant's label in the benchmark suite (benches/suite.py): `algorithm(base) name=value`.
+    pub fn label(&self) -> String {
+        let mut label = if self.base.is_empty() { self.algorithm.to_string() } else { format!("{}({})", self.algorithm, self.base) };
+        for (name, value) in self.options {
+            label.push_str(&format!(" {name}={value}"));
+        }
+        label
+    }
+}
+
 /// `auto`, the recommended tuning-free default: an alias, decided by the benchmark suite
-/// (`bash scripts/suite.sh`, docs/results/suite.md), of one algorithm over one base (`""`: the
-/// algorithm wraps nothing), the same on every model. Its options and inputs are those of what
-/// it stands for.
-pub const AUTO: (&str, &str) = ("prodigy", "");
+/// (`bash scripts/suite.sh`, docs/results/suite.md), the same on every model. Its options and
+/// inputs are those of what it stands for, its `options` set when it is created: Prodigy with
+/// Adam's bias correction (the suite's research pick, docs/algorithms.md §8).
+pub const AUTO: Alias = Alias { algorithm: "prodigy", base: "", options: &[("use_bias_correction", 1.0)] };
 
 /// The names `alr_create` accepts besides `ALGORITHMS`: aliases resolved when an optimizer is
 /// created (`resolve`).
 pub const ALIASES: &[&str] = &["auto"];
 
-/// The algorithm and base an alias stands for (`None`: the algorithm's default base); any other
-/// name as it is.
-pub fn resolve(name: &str) -> (&str, Option<&'static str>) {
+/// The algorithm, base (`None`: the algorithm's default base) and options an alias stands for;
+/// any other name as it is, with its defaults.
+pub fn resolve(name: &str) -> (&str, Option<&'static str>, &'static [(&'static str, f64)]) {
     match name {
-        "auto" => (AUTO.0, Some(AUTO.1).filter(|b| !b.is_empty())),
-        _ => (name, None),
+        "auto" => (AUTO.algorithm, Some(AUTO.base).filter(|b| !b.is_empty()), AUTO.options),
+        _ => (name, None, &[]),
     }
 }
 
@@ -202,13 +221,18 @@ mod tests {
     /// loop has no closure and no per-sample hooks.
     #[test]
     fn auto_is_its_target_on_gradients_alone() {
-        assert!(ALGORITHMS.contains(&AUTO.0) && (AUTO.1.is_empty() || ALGORITHMS.contains(&AUTO.1)));
-        assert_eq!(resolve("adam"), ("adam", None));
+        assert!(ALGORITHMS.contains(&AUTO.algorithm) && (AUTO.base.is_empty() || ALGORITHMS.contains(&AUTO.base)));
+        assert_eq!(resolve("adam"), ("adam", None, &[][..]));
         let lens = [5, 3];
         let mut auto = Optimizer::new("auto", &lens, None).unwrap();
-        let mut target = Optimizer::new(AUTO.0, &lens, None).unwrap();
-        if !AUTO.1.is_empty() {
-            target.set_option_str("base", AUTO.1).unwrap();
+        let mut target = Optimizer::new(AUTO.algorithm, &lens, None).unwrap();
+        if !AUTO.base.is_empty() {
+            target.set_option_str("base", AUTO.base).unwrap();
+        }
+        for &(name, value) in AUTO.options {
+            assert_ne!(target.get_option(name, 0).unwrap(), value, "{name}: an alias lists only what differs from the defaults");
+            target.set_option(name, None, value).unwrap();
+            assert_eq!(auto.get_option(name, 1).unwrap(), value, "{name}: auto was created without it");
         }
         assert_eq!((auto.algorithm(), auto.base()), (target.algorithm(), target.base()));
         let (mut a, mut b) = (vec![vec![0.5f32; 5], vec![-1.0f32; 3]], vec![vec![0.5f32; 5], vec![-1.0f32; 3]]);
@@ -230,7 +254,7 @@ mod tests {
     #[test]
     fn auto_is_the_suites_pick() {
         let results = include_str!("../docs/results/suite.json");
-        let label = if AUTO.1.is_empty() { AUTO.0.to_string() } else { format!("{}({})", AUTO.0, AUTO.1) };
+        let label = AUTO.label();
         assert!(results.contains(&format!("\"pick\": \"{label}\"")), "docs/results/suite.json does not pick {label} (the alias `auto`)");
         assert!(results.contains("\"mode\": \"full\""), "docs/results/suite.json is not a full run of the suite");
     }
@@ -240,7 +264,7 @@ mod tests {
         let cpu = super::names_on(crate::backend::DeviceKind::Cpu);
         assert_eq!(cpu.last(), Some(&"auto"));
         let cuda = super::names_on(crate::backend::DeviceKind::Cuda);
-        assert_eq!(cuda.contains(&"auto"), super::ON_CUDA.contains(&AUTO.0));
+        assert_eq!(cuda.contains(&"auto"), super::ON_CUDA.contains(&AUTO.algorithm));
         assert!(Optimizer::new("autox", &[2], None).unwrap_err().to_string().contains("auto"));
     }
 

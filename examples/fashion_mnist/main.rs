@@ -98,9 +98,7 @@ fn parse_args() -> Result<Args, String> {
 /// benchmark's definition names are set (TLR's per_group and window, GI's base).
 fn automatic_methods(window: usize) -> Vec<MethodSpec> {
     // The recommended default first (README "The default"), under the name users write.
-    let (target, base) = autolr::registry::AUTO;
-    let standing_for = if base.is_empty() { target.to_string() } else { format!("{target}({base})") };
-    let mut methods = vec![MethodSpec::new("auto").labelled(format!("auto = {standing_for}"))];
+    let mut methods = vec![MethodSpec::new("auto").labelled(format!("auto = {}", autolr::registry::AUTO.label()))];
     methods.extend(["auto-sgd", "auto-adam", "auto-adagrad", "vsgd-l", "vsgd-g", "vsgd-b"].iter().map(|a| MethodSpec::new(a)));
     for base in ["sgd", "adam", "auto-sgd", "auto-adam", "auto-adagrad", "vsgd-l", "vsgd-g", "vsgd-b", "tlr"] {
         methods.push(MethodSpec::gi(base));
@@ -200,11 +198,10 @@ fn main() {
         }
     };
     let started = Instant::now();
-    let (target, base) = autolr::registry::AUTO;
     println!(
-        "Default: algorithm \"auto\" = {target}{} (torch: autolr.torch.Auto(model.parameters())), the benchmark suite's pick \
+        "Default: algorithm \"auto\" = {} (torch: autolr.torch.Auto(model.parameters())), the benchmark suite's pick \
          (bash scripts/suite.sh, docs/results/suite.md); its row is the first of each table below.",
-        if base.is_empty() { String::new() } else { format!(" over {base}") }
+        autolr::registry::AUTO.label()
     );
     let (mut dataset, data_line) = load_data(&args.data);
     println!("{data_line}");

@@ -62,7 +62,7 @@ pub struct Needs {
 
 fn own_needs(algorithm: &str) -> Needs {
     // An alias ("auto") needs what it stands for.
-    let (algorithm, base) = autolr::registry::resolve(algorithm);
+    let (algorithm, base, _) = autolr::registry::resolve(algorithm);
     if let Some(base) = base.filter(|_| algorithm == "gi") {
         return Needs { loss: true, ..own_needs(base) };
     }

@@ -586,7 +586,7 @@ class Auto(AutoLR):
     """The recommended tuning-free default, algorithm ``"auto"`` (README "The default"): the
     one-line replacement for ``torch.optim.Adam(model.parameters(), lr=...)``, with no learning
     rate. ``auto`` is an alias, decided by the benchmark suite (``bash scripts/suite.sh``), of an
-    algorithm that needs nothing but the gradients (today ``prodigy``: docs/algorithms.md §8), so
+    algorithm that needs nothing but the gradients (today ``prodigy`` with ``use_bias_correction=1``: docs/algorithms.md §8), so
     the loop stays Adam's (``zero_grad``, ``backward``, ``step()``) and nothing extra is computed;
     ``eval()``/``train()`` around evaluation are no-ops for it, and would be needed were it ever
     to stand for schedule-free."""

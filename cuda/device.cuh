@@ -124,6 +124,36 @@ __device__ void element_update(float* __restrict__ param, const float* __restric
         element_update<Rule>(param, grad, state, len, c, record, status, scale, scaled);                     \
     }
 
+// A NestedRule (src/backend/mod.rs): θ ← Rule::next<Inner>(prepare(c, record), inner's
+// scalars, g, θ, z, state), the inner rule stepping the rule's own variable z with its state in
+// the same pass (schedule-free's y, z and a fixed-rate base).
+template <typename Rule, typename Inner>
+__device__ void nested_update(float* __restrict__ param, const float* __restrict__ grad, float* __restrict__ outer, void* state, size_t len,
+                              const typename Rule::Coeffs& c, const typename Inner::Coeffs& ic, const void* record, const DeviceStatus* status) {
+    typedef typename Inner::State State;
+    if (status->code != 0) return;  // this or an earlier step found bad input: change nothing
+    const typename Rule::Prepared p = Rule::prepare(c, *(const typename Rule::Record*)record);
+    const typename Inner::Prepared q = Inner::prepare(ic, NoRecord{});
+    ALR_GRID_STRIDE(i, len) {
+        float z = outer[i];
+        if constexpr (std::is_empty<State>::value) {
+            State none;
+            param[i] = Rule::template next<Inner>(p, q, grad[i], param[i], &z, &none);
+        } else {
+            State st = ((State*)state)[i];
+            param[i] = Rule::template next<Inner>(p, q, grad[i], param[i], &z, &st);
+            ((State*)state)[i] = st;
+        }
+        outer[i] = z;
+    }
+}
+
+#define ALR_NESTED_KERNEL(name, Rule, Inner)                                                                      \
+    extern "C" __global__ void name(float* param, const float* grad, float* outer, void* state, unsigned long long len, \
+                                    Rule::Coeffs c, Inner::Coeffs ic, const void* record, const DeviceStatus* status) {  \
+        nested_update<Rule, Inner>(param, grad, outer, state, len, c, ic, record, status);                        \
+    }
+
 // A DotRule: per block [Σ dot₀, Σ dot₁, 0, 0] into partials[4·block] (the state advanced, or
 // with `commit` 0 only read: a sharded step's measuring pass).
 template <typename Rule>

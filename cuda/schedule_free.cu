@@ -1,9 +1,10 @@
 // Schedule-free's rules on the device (docs/algorithms.md §6), the twins of
 // src/adapt/schedule_free.rs: the first step's z ← y (a dot pass with no sums), the per-group
 // averaging scalars (`Advance`, one block for every group), the weight decay at y, the
-// interpolation of y and the swap between y and x (rules that set θ: ASSIGNS). The base steps z
-// with its own kernels in between. The scalars live in the records on the device: no step reads
-// anything back.
+// interpolation of y and the swap between y and x (rules that set θ: ASSIGNS). An automatic base
+// steps z with its own kernels in between; over a fixed-rate base one kernel (SfStep) does the
+// decay, the base's step and the interpolation. The scalars live in the records on the device: no
+// step reads anything back.
 //
 // The elementwise arithmetic is the Rust's, operation for operation; the weights' powers use
 // CUDA's pow, which matches libm's to within its 2-ulp bound (not always to the bit).
@@ -97,6 +98,38 @@ struct SfInterpolate {
     }
 };
 
+// schedule_free::StepCoeffs: a group's λ and β, by value.
+struct SfStepCoeffs {
+    double weight_decay, beta;
+};
+ALR_SIZE(SfStepCoeffs, 16);
+ALR_FIELD(SfStepCoeffs, beta, 8);
+
+struct SfStepScalars {
+    float decay;
+    SfInterpolation y;
+};
+
+// One step over a fixed-rate base in one pass (a NestedRule; param y, state z, the base's state
+// beside): the three passes' arithmetic in their order, z ← z − lr·λ·y, z ← z − advance(g, z),
+// y ← lerp(y, z_old, c) + (β(1−c) − 1)·(z_old − z).
+struct SfStep {
+    typedef float State;
+    typedef SfStepCoeffs Coeffs;
+    typedef SfAverage Record;
+    typedef SfStepScalars Prepared;
+    __device__ static SfStepScalars prepare(const SfStepCoeffs& c, const SfAverage& a) {
+        return SfStepScalars{SfDecayAtY::prepare(c.weight_decay, a), SfInterpolate::prepare(c.beta, a)};
+    }
+    template <typename Inner>
+    __device__ static float next(const SfStepScalars& p, const typename Inner::Prepared& q, float g, float y, float* z, typename Inner::State* st) {
+        float z_old = *z, unused;
+        const float decayed = z_old - SfDecayAtY::advance(p.decay, y, z_old, &unused);
+        *z = decayed - Inner::advance(q, g, decayed, st);
+        return SfInterpolate::next(p.y, *z, y, &z_old);
+    }
+};
+
 // θ ← lerp(θ, z, w): to x (w = 1 − 1/β) or back to y (w = 1 − β). Param θ, "gradient" z.
 struct SfSwap {
     static constexpr bool ASSIGNS = true;
@@ -113,3 +146,10 @@ ALR_DOT_KERNEL(alr_sf_init_z, SfInitZ)
 ALR_ELEMENT_KERNEL(alr_sf_decay_at_y, SfDecayAtY)
 ALR_ELEMENT_KERNEL(alr_sf_interpolate, SfInterpolate)
 ALR_ELEMENT_KERNEL(alr_sf_swap, SfSwap)
+// The fixed-rate rules are fixed_rate.cu's, which precedes this file in the one translation unit
+// build.rs makes (the files in name order).
+ALR_NESTED_KERNEL(alr_sf_sgd_step, SfStep, Sgd)
+ALR_NESTED_KERNEL(alr_sf_momentum_step, SfStep, Momentum)
+ALR_NESTED_KERNEL(alr_sf_adagrad_step, SfStep, Adagrad)
+ALR_NESTED_KERNEL(alr_sf_rmsprop_step, SfStep, RmsProp)
+ALR_NESTED_KERNEL(alr_sf_adam_step, SfStep, Adam)

@@ -5,7 +5,7 @@ use crate::adapt::dadapt::{self, DAdaptAdam};
 use crate::adapt::dog::{self, Dog};
 use crate::adapt::gi::{self, Gi};
 use crate::adapt::prodigy::{self, Prodigy};
-use crate::adapt::schedule_free::{self, ScheduleFree};
+use crate::adapt::schedule_free::{self, FusedBase, ScheduleFree};
 use crate::adapt::tlr::{self, Tlr};
 use crate::adapt::vsgd::{self, Variant, Vsgd};
 use crate::algorithm::{Algorithm, Shards};
@@ -185,14 +185,13 @@ fn build_on<D: Device>(
     Ok(Some(match name {
         name if schedule_free::is_schedule_free(name) => {
             let base = schedule_free::fixed_base(name).unwrap_or(base);
-            Box::new(ScheduleFree::new(name, base, build(base, "", layout, any, false, shards)?, device, layout)?)
+            let built = match fixed_rate(base, device, lens, n_groups, false)? {
+                Some(fused) => schedule_free::Base::Fused(fused),
+                None => schedule_free::Base::Own(build(base, "", layout, any, false, shards)?),
+            };
+            Box::new(ScheduleFree::new(name, base, built, device, layout)?)
         }
-        "sgd" => Box::new(FixedRate::<Sgd, D>::new(device, lens, n_groups, unit_lr)?),
-        "momentum" => Box::new(FixedRate::<Momentum, D>::new(device, lens, n_groups, unit_lr)?),
-        "adam" => Box::new(FixedRate::<Adam<false>, D>::new(device, lens, n_groups, unit_lr)?),
-        "adamw" => Box::new(FixedRate::<Adam<true>, D>::new(device, lens, n_groups, unit_lr)?),
-        "adagrad" => Box::new(FixedRate::<Adagrad, D>::new(device, lens, n_groups, unit_lr)?),
-        "rmsprop" => Box::new(FixedRate::<RmsProp, D>::new(device, lens, n_groups, unit_lr)?),
+        name if is_fixed_rate(name) => return Ok(fixed_rate(name, device, lens, n_groups, unit_lr)?.map(|rule| rule.into_algorithm())),
         "auto-sgd" => Box::new(AutoOpt::<Identity, D>::new(device, layout, shards.clone())?),
         "auto-adam" => Box::new(AutoOpt::<AdamDiag, D>::new(device, layout, shards.clone())?),
         "auto-adagrad" => Box::new(AutoOpt::<AdagradDiag, D>::new(device, layout, shards.clone())?),
@@ -204,6 +203,20 @@ fn build_on<D: Device>(
         "vsgd-l" => Box::new(Vsgd::<D>::new(Variant::Local, layout, device, shards.clone())?),
         "vsgd-g" => Box::new(Vsgd::<D>::new(Variant::Global, layout, device, shards.clone())?),
         "vsgd-b" => Box::new(Vsgd::<D>::new(Variant::Block, layout, device, shards.clone())?),
+        _ => return Ok(None),
+    }))
+}
+
+/// A fixed-rate rule on `device` (None: `name` is no such rule), as schedule-free steps it in its
+/// fused pass and as an algorithm of its own.
+fn fixed_rate<D: Device>(name: &str, device: &D, lens: &[usize], n_groups: usize, unit_lr: bool) -> Result<Option<Box<dyn FusedBase<D>>>> {
+    Ok(Some(match name {
+        "sgd" => Box::new(FixedRate::<Sgd, D>::new(device, lens, n_groups, unit_lr)?),
+        "momentum" => Box::new(FixedRate::<Momentum, D>::new(device, lens, n_groups, unit_lr)?),
+        "adam" => Box::new(FixedRate::<Adam<false>, D>::new(device, lens, n_groups, unit_lr)?),
+        "adamw" => Box::new(FixedRate::<Adam<true>, D>::new(device, lens, n_groups, unit_lr)?),
+        "adagrad" => Box::new(FixedRate::<Adagrad, D>::new(device, lens, n_groups, unit_lr)?),
+        "rmsprop" => Box::new(FixedRate::<RmsProp, D>::new(device, lens, n_groups, unit_lr)?),
         _ => return Ok(None),
     }))
 }
@@ -354,6 +367,8 @@ mod tests {
             ("SfAverageOptions", "", size_of::<schedule_free::AverageOptions>()),
             ("SfAverageOptions", "r", offset_of!(schedule_free::AverageOptions, r)),
             ("SfAverageOptions", "weight_lr_power", offset_of!(schedule_free::AverageOptions, weight_lr_power)),
+            ("SfStepCoeffs", "", size_of::<schedule_free::StepCoeffs>()),
+            ("SfStepCoeffs", "beta", offset_of!(schedule_free::StepCoeffs, beta)),
             ("LocalElem", "", size_of::<vsgd::LocalElem>()),
             ("LocalElem", "tau", offset_of!(vsgd::LocalElem, tau)),
             ("SharedElem", "", size_of::<vsgd::SharedElem>()),
@@ -450,6 +465,11 @@ mod tests {
             <schedule_free::Interpolate as KernelRule>::KERNEL,
             <schedule_free::Swap as KernelRule>::KERNEL,
             <schedule_free::Advance as SolveRule>::KERNEL,
+            <schedule_free::Step<sgd::Sgd> as KernelRule>::KERNEL,
+            <schedule_free::Step<momentum::Momentum> as KernelRule>::KERNEL,
+            <schedule_free::Step<adagrad::Adagrad> as KernelRule>::KERNEL,
+            <schedule_free::Step<rmsprop::RmsProp> as KernelRule>::KERNEL,
+            <schedule_free::Step<adam::Adam<true>> as KernelRule>::KERNEL,
         ];
         for cubin in crate::backend::cuda::CUBINS {
             for name in names.iter().chain(crate::backend::cuda::DEVICE_KERNELS) {

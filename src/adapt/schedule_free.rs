@@ -23,25 +23,27 @@
 //! schedule-free's (`weight_decay`) at y, as the reference's wrapper documents.
 //!
 //! The per-step scalars live in one f64 record per group advanced by a solve (on a GPU, in
-//! device memory); `z` and a scratch copy of the previous `z` (so that `z − z'` is exactly the
-//! displacement applied) are one float each per element, besides the base's state. Only z is
-//! state (saved, restored); the scratch is rewritten before every read. It cannot go without
-//! changing results: y's update needs y, the old z and the new z' in one pass, while the base
-//! (any algorithm, one or more passes with reductions between them) overwrites z with z' in
-//! its last pass, and y's buffer, the only other one that lives through that pass, holds one
-//! float per element. Forming `lerp(y, z, c)` there first still leaves `z − z'` needing the old
-//! z, which neither z' nor y gives back exactly (`z' + s` and `z₁ + lr·λ·y` round). The same bits
-//! without it would take the base's last pass fused with the interpolation (a kernel per base
-//! rule); a per-step allocation would cost 4 bytes per element of page faults on every CPU
-//! step and a synchronising allocation on every GPU step.
+//! device memory). Over a fixed-rate base the step is one pass (`Step`): per element it reads
+//! g, y, z and the base's state once and writes y, z and the state once, the three stages'
+//! arithmetic in the order above, so the state is z and the base's own, nothing more. An
+//! automatic base (one or more passes with reductions between them, which overwrites z with z'
+//! in its last) runs its own passes on z, and y's update then needs the old z besides z' and y:
+//! neither z' nor y gives it back exactly (`z' + s` and `z₁ + lr·λ·y` round), so a scratch copy
+//! of the previous z, one float per element, is kept for these bases only (rewritten before
+//! every read, never saved). The same bits without it would take each automatic base's last
+//! pass fused with the interpolation (a kernel per base rule); a per-step allocation would cost
+//! 4 bytes per element of page faults on every CPU step and a synchronising allocation on every
+//! GPU step.
 //!
 //! The two parameter views: `set_mode` swaps the caller's buffers between y (training) and
 //! x (evaluation) in place, `x = lerp(y, z, 1 − 1/β)` and `y = lerp(x, z, 1 − β)`, as the
 //! reference's `eval()`/`train()`.
 
+use std::marker::PhantomData;
+
 use crate::algorithm::{Accepts, Algorithm, Context};
-use crate::backend::{Commit, Device, DotRule, ElementRule, KernelRule, Record, SolveRule, TensorMut};
-use crate::base::WEIGHT_DECAY;
+use crate::backend::{Commit, Device, DotRule, ElementRule, KernelRule, NestedRule, Record, SolveRule, TensorMut};
+use crate::base::{adagrad::Adagrad, adam::Adam, momentum::Momentum, rmsprop::RmsProp, sgd::Sgd, Fixed, FixedRate, Rule, WEIGHT_DECAY};
 use crate::checkpoint::{Reader, Writer};
 use crate::error::{Error, Result};
 use crate::optimizer::{Callbacks, Layout, StepInputs};
@@ -322,6 +324,139 @@ impl ElementRule for Interpolate {
     }
 }
 
+/// A group's coefficients of the fused step over a fixed-rate base: λ (at y) and β.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct StepCoeffs {
+    pub weight_decay: f64,
+    pub beta: f64,
+}
+
+/// The fused step's scalars of one launch: `DecayAtY`'s and `Interpolate`'s.
+#[derive(Clone, Copy)]
+pub struct StepScalars {
+    decay: f32,
+    y: Interpolation,
+}
+
+/// One whole step over the fixed-rate base `R` in one pass: `z₁ = z − lr·λ·y`,
+/// `z' = z₁ − advance(g, z₁)` (the base's own step on z, its state advanced), and
+/// `y ← lerp(y, z, c) + (β(1−c) − 1)·(z − z')` — `DecayAtY`, the base and `Interpolate`
+/// exactly as the three passes run them. Param y, state z; the base's state beside.
+pub struct Step<R>(PhantomData<R>);
+
+/// The fused step's kernel over each fixed-rate rule (cuda/schedule_free.cu).
+pub trait FusedRule: Rule {
+    const STEP_KERNEL: &'static str;
+}
+
+impl FusedRule for Sgd {
+    const STEP_KERNEL: &'static str = "alr_sf_sgd_step";
+}
+impl FusedRule for Momentum {
+    const STEP_KERNEL: &'static str = "alr_sf_momentum_step";
+}
+impl FusedRule for Adagrad {
+    const STEP_KERNEL: &'static str = "alr_sf_adagrad_step";
+}
+impl FusedRule for RmsProp {
+    const STEP_KERNEL: &'static str = "alr_sf_rmsprop_step";
+}
+impl<const DECOUPLED: bool> FusedRule for Adam<DECOUPLED> {
+    // AdamW is Adam's kernel with the decoupled decay in its coefficients (as on its own).
+    const STEP_KERNEL: &'static str = "alr_sf_adam_step";
+}
+
+impl<R: FusedRule> KernelRule for Step<R> {
+    type State = f32;
+    type Coeffs = StepCoeffs;
+    type Record = Average;
+    type Prepared = StepScalars;
+    const KERNEL: &'static str = R::STEP_KERNEL;
+    fn prepare(c: &StepCoeffs, a: &Average) -> StepScalars {
+        StepScalars { decay: DecayAtY::prepare(&c.weight_decay, a), y: Interpolate::prepare(&c.beta, a) }
+    }
+}
+
+impl<R: FusedRule> NestedRule for Step<R> {
+    type Inner = Fixed<R>;
+    #[inline(always)]
+    fn next(p: &StepScalars, base: &R::Coeffs, g: f32, y: f32, z: &mut f32, state: &mut R::State) -> f32 {
+        let z_old = *z;
+        let decayed = z_old - DecayAtY::delta(&p.decay, y, z_old, &z_old);
+        *z = decayed - Fixed::<R>::advance(base, g, decayed, state);
+        Interpolate::next(&p.y, *z, y, &mut { z_old })
+    }
+}
+
+/// A base whose step schedule-free runs in its own single pass (a fixed-rate rule).
+pub trait FusedBase<D: Device>: Send {
+    fn algorithm(&self) -> &dyn Algorithm;
+    fn algorithm_mut(&mut self) -> &mut dyn Algorithm;
+    /// The algorithm on its own (no schedule-free around it).
+    fn into_algorithm(self: Box<Self>) -> Box<dyn Algorithm>;
+    /// The fused step's kernel.
+    fn step_kernel(&self) -> &'static str;
+    /// One step (`Step`) over every tensor: y in `params`, z in `z`, the base's options in `ctx`.
+    fn step_fused(
+        &mut self,
+        ctx: &Context,
+        coeffs: &[StepCoeffs],
+        averages: &D::Records<Average>,
+        params: &mut [TensorMut],
+        inputs: &StepInputs,
+        z: &mut [D::State<f32>],
+    ) -> Result<()>;
+}
+
+impl<R: FusedRule, D: Device> FusedBase<D> for FixedRate<R, D> {
+    fn algorithm(&self) -> &dyn Algorithm {
+        self
+    }
+    fn algorithm_mut(&mut self) -> &mut dyn Algorithm {
+        self
+    }
+    fn into_algorithm(self: Box<Self>) -> Box<dyn Algorithm> {
+        self
+    }
+    fn step_kernel(&self) -> &'static str {
+        R::STEP_KERNEL
+    }
+    fn step_fused(
+        &mut self,
+        ctx: &Context,
+        coeffs: &[StepCoeffs],
+        averages: &D::Records<Average>,
+        params: &mut [TensorMut],
+        inputs: &StepInputs,
+        z: &mut [D::State<f32>],
+    ) -> Result<()> {
+        self.step_nested::<Step<R>>(ctx, coeffs, averages, params, inputs, z)
+    }
+}
+
+/// Schedule-free's base: a fixed-rate rule stepped in the fused pass, or any other algorithm
+/// stepped by its own passes on z.
+pub enum Base<D: Device> {
+    Fused(Box<dyn FusedBase<D>>),
+    Own(Box<dyn Algorithm>),
+}
+
+impl<D: Device> Base<D> {
+    fn algorithm(&self) -> &dyn Algorithm {
+        match self {
+            Base::Fused(b) => b.algorithm(),
+            Base::Own(b) => b.as_ref(),
+        }
+    }
+    fn algorithm_mut(&mut self) -> &mut dyn Algorithm {
+        match self {
+            Base::Fused(b) => b.algorithm_mut(),
+            Base::Own(b) => b.as_mut(),
+        }
+    }
+}
+
 /// `θ ← lerp(θ, z, w)`: to x (`w = 1 − 1/β`) or back to y (`w = 1 − β`). Param θ,
 /// "gradient" z, no state. Coefficient: w.
 pub struct Swap;
@@ -356,11 +491,12 @@ impl ElementRule for Swap {
 pub struct ScheduleFree<D: Device> {
     name: &'static str,
     base_name: String,
-    base: Box<dyn Algorithm>,
+    base: Base<D>,
     device: D,
     z: Vec<D::State<f32>>,
-    /// z before the step being taken (scratch: rewritten before every use, not saved; why it
-    /// cannot go is in the module's header).
+    /// z before the step being taken, for an automatic base only (scratch: rewritten before
+    /// every use, not saved; why that base needs it is in the module's header). None over a
+    /// fixed-rate base.
     previous: Vec<D::State<f32>>,
     units: Vec<D::State<()>>,
     averages: D::Records<Average>,
@@ -374,17 +510,24 @@ pub struct ScheduleFree<D: Device> {
 }
 
 impl<D: Device> ScheduleFree<D> {
-    pub fn new(name: &str, base_name: &str, base: Box<dyn Algorithm>, device: &D, layout: &Layout) -> Result<Self> {
+    pub fn new(name: &str, base_name: &str, base: Base<D>, device: &D, layout: &Layout) -> Result<Self> {
         let name = registry::ALGORITHMS.iter().copied().find(|&n| n == name).ok_or_else(|| Error::invalid(format!("unknown algorithm '{name}'")))?;
         check_base(base_name)?;
         let lens = &layout.lens;
         let n_groups = layout.n_groups();
+        let previous = match &base {
+            Base::Fused(fused) => {
+                device.require(&[fused.step_kernel()])?;
+                Vec::new()
+            }
+            Base::Own(_) => device.alloc_per_tensor(lens)?,
+        };
         Ok(ScheduleFree {
             name,
             base_name: base_name.to_string(),
             base,
             z: device.alloc_per_tensor(lens)?,
-            previous: device.alloc_per_tensor(lens)?,
+            previous,
             units: device.alloc_per_tensor(lens)?,
             averages: device.records(&crate::backend::filled(n_groups, Average::default())?)?,
             average_options: device.records(&crate::backend::filled(n_groups, AverageOptions::default())?)?,
@@ -430,7 +573,7 @@ impl<D: Device> Algorithm for ScheduleFree<D> {
 
     fn accepts(&self, ctx: &Context) -> Accepts {
         let base = match self.base_options(ctx.options, self.steps) {
-            Ok(options) => self.base.accepts(&Context { layout: ctx.layout, options: &options }),
+            Ok(options) => self.base.algorithm().accepts(&Context { layout: ctx.layout, options: &options }),
             Err(_) => Accepts::default(),
         };
         // Callbacks would evaluate the model at the base's point z, not at y. The inputs are
@@ -450,7 +593,7 @@ impl<D: Device> Algorithm for ScheduleFree<D> {
         // host: a graph would replay them as captured.
         crate::algorithm::refuse_capture(&self.device, self.name, "its first-step initialisation and its base's scale")?;
         let options = self.base_options(ctx.options, self.steps)?;
-        self.base.check(&Context { layout: ctx.layout, options: &options }, inputs, callbacks)
+        self.base.algorithm().check(&Context { layout: ctx.layout, options: &options }, inputs, callbacks)
     }
 
     fn propose(&mut self, _ctx: &Context, _params: &[TensorMut], _inputs: &StepInputs, _cb: &mut Callbacks) -> Result<f64> {
@@ -468,7 +611,6 @@ impl<D: Device> Algorithm for ScheduleFree<D> {
         let base_opts = self.base_options(o, self.steps)?;
         let base_ctx = Context { layout, options: &base_opts };
         let beta_name = beta_name(&self.base_name);
-        let fixed_rate = self.fixed_rate();
         let scale = scheduled(o.get(0, "lr"), self.steps, o.get(0, "warmup_steps")) as f32;
         let ScheduleFree { device, base, z, previous, averages, average_options, sums, no_record, steps, .. } = self;
         if *steps == 0 {
@@ -477,23 +619,28 @@ impl<D: Device> Algorithm for ScheduleFree<D> {
             }
         }
         device.solve::<Advance>(&(), average_options, averages, sums)?;
-        for (t, (z, previous)) in z.iter_mut().zip(previous.iter_mut()).enumerate() {
-            let group = layout.groups[t];
-            let mut z = device.state_view(z);
-            device.update::<DecayAtY>(&o.get(group, "weight_decay"), averages, group, &mut z, &params[t].view(), previous)?;
-        }
-        {
-            let mut zs: Vec<TensorMut> = z.iter_mut().map(|z| device.state_view(z)).collect();
-            if fixed_rate {
-                base.step(&base_ctx, &mut zs, inputs, callbacks)?;
-            } else {
-                base.step_scaled(&base_ctx, &mut zs, inputs, callbacks, scale)?;
+        match base {
+            Base::Fused(base) => {
+                let coeffs: Vec<StepCoeffs> =
+                    (0..layout.n_groups()).map(|g| StepCoeffs { weight_decay: o.get(g, "weight_decay"), beta: o.get(g, beta_name) }).collect();
+                base.step_fused(&base_ctx, &coeffs, averages, params, inputs, z)?;
             }
-        }
-        for (t, (z, previous)) in z.iter_mut().zip(previous.iter_mut()).enumerate() {
-            let group = layout.groups[t];
-            let z = device.state_view(z);
-            device.update::<Interpolate>(&o.get(group, beta_name), averages, group, &mut params[t], &z.view(), previous)?;
+            Base::Own(base) => {
+                for (t, (z, previous)) in z.iter_mut().zip(previous.iter_mut()).enumerate() {
+                    let group = layout.groups[t];
+                    let mut z = device.state_view(z);
+                    device.update::<DecayAtY>(&o.get(group, "weight_decay"), averages, group, &mut z, &params[t].view(), previous)?;
+                }
+                {
+                    let mut zs: Vec<TensorMut> = z.iter_mut().map(|z| device.state_view(z)).collect();
+                    base.step_scaled(&base_ctx, &mut zs, inputs, callbacks, scale)?;
+                }
+                for (t, (z, previous)) in z.iter_mut().zip(previous.iter_mut()).enumerate() {
+                    let group = layout.groups[t];
+                    let z = device.state_view(z);
+                    device.update::<Interpolate>(&o.get(group, beta_name), averages, group, &mut params[t], &z.view(), previous)?;
+                }
+            }
         }
         *steps += 1;
         Ok(())
@@ -529,12 +676,12 @@ impl<D: Device> Algorithm for ScheduleFree<D> {
         let values = self.average_options(ctx.options);
         self.device.write_records(&mut self.average_options, &values)?;
         let options = self.base_options(ctx.options, self.steps)?;
-        self.base.options_changed(&Context { layout: ctx.layout, options: &options })
+        self.base.algorithm_mut().options_changed(&Context { layout: ctx.layout, options: &options })
     }
 
     fn discard_steps(&mut self, n: u64) {
         self.steps = self.steps.saturating_sub(n);
-        self.base.discard_steps(n);
+        self.base.algorithm_mut().discard_steps(n);
     }
 
     fn lr(&self, ctx: &Context, group: usize) -> Result<f64> {
@@ -543,7 +690,7 @@ impl<D: Device> Algorithm for ScheduleFree<D> {
             return Ok(lr);
         }
         let options = self.base_options(ctx.options, self.steps)?;
-        Ok(lr * self.base.lr(&Context { layout: ctx.layout, options: &options }, group)?)
+        Ok(lr * self.base.algorithm().lr(&Context { layout: ctx.layout, options: &options }, group)?)
     }
 
     fn momentum(&self, ctx: &Context, group: usize) -> Result<f64> {
@@ -561,12 +708,12 @@ impl<D: Device> Algorithm for ScheduleFree<D> {
             ("train_mode", if self.train { 1.0 } else { 0.0 }),
         ];
         let options = self.base_options(ctx.options, self.steps)?;
-        entries.extend(self.base.telemetry(&Context { layout: ctx.layout, options: &options }, group)?);
+        entries.extend(self.base.algorithm().telemetry(&Context { layout: ctx.layout, options: &options }, group)?);
         Ok(entries)
     }
 
     fn started(&self) -> Result<bool> {
-        Ok(self.steps > 0 || self.base.started()?)
+        Ok(self.steps > 0 || self.base.algorithm().started()?)
     }
 
     fn save(&self, w: &mut Writer) -> Result<()> {
@@ -582,8 +729,8 @@ impl<D: Device> Algorithm for ScheduleFree<D> {
                 self.device.with_state(z, |z| w.elem_states(z))?;
             }
         }
-        w.str(self.base.name());
-        self.base.save(w)
+        w.str(self.base.algorithm().name());
+        self.base.algorithm().save(w)
     }
 
     fn load(&mut self, ctx: &Context, r: &mut Reader) -> Result<()> {
@@ -628,9 +775,9 @@ impl<D: Device> Algorithm for ScheduleFree<D> {
                 zs.push(z);
             }
         }
-        r.expect_name(self.base.name())?;
+        r.expect_name(self.base.algorithm().name())?;
         let options = self.base_options(ctx.options, steps)?;
-        self.base.load(&Context { layout: ctx.layout, options: &options }, r)?;
+        self.base.algorithm_mut().load(&Context { layout: ctx.layout, options: &options }, r)?;
         for (buffer, values) in self.z.iter_mut().zip(&zs) {
             self.device.write_state(buffer, values)?;
         }
@@ -675,6 +822,17 @@ mod tests {
         let mut a = Average::default();
         a.advance(&AverageOptions { lr: 0.0, ..o });
         assert_eq!((a.ckp1, a.weight_sum), (0.0, 0.0));
+    }
+
+    #[test]
+    fn the_previous_z_is_kept_for_an_automatic_base_only() {
+        use crate::backend::{cpu::Cpu, AnyDevice};
+        let layout = Layout::new(&[5, 3], None).unwrap();
+        let fused = Base::Fused(Box::new(FixedRate::<Sgd, Cpu>::new(&Cpu, &layout.lens, 2, false).unwrap()));
+        assert!(ScheduleFree::new("sf-sgd", "sgd", fused, &Cpu, &layout).unwrap().previous.is_empty());
+        let own = Base::Own(registry::build("auto-sgd", "", &layout, &AnyDevice::Cpu(Cpu), false, &None).unwrap());
+        let sf = ScheduleFree::new("schedule-free", "auto-sgd", own, &Cpu, &layout).unwrap();
+        assert_eq!(sf.previous.iter().map(Vec::len).collect::<Vec<_>>(), [5, 3]);
     }
 
     #[test]

@@ -58,8 +58,8 @@ macro_rules! dispatch {
 
 pub use super::ElemState;
 use super::{
-    refuse_assigning, Commit, Communicator, Deferred, Device, DotRule, ElementRule, Memory, MomentRule, Record, ReduceOp, ReduceValues, SampleTensor,
-    SampleView, SampledRule, SolveRule, Tensor, TensorMut,
+    refuse_assigning, Commit, Communicator, Deferred, Device, DotRule, ElementRule, KernelRule, Memory, MomentRule, NestedRule, Record, ReduceOp, ReduceValues,
+    SampleTensor, SampleView, SampledRule, SolveRule, Tensor, TensorMut,
 };
 use crate::error::{Error, Result};
 
@@ -93,6 +93,14 @@ pub fn update<S: Copy, F: Fn(f32, f32, &mut S) -> f32>(param: &mut [f32], grad: 
 pub fn assign<S: Copy, F: Fn(f32, f32, &mut S) -> f32>(param: &mut [f32], grad: &[f32], state: &mut [S], next: F) {
     assert!(param.len() == grad.len() && state.len() == param.len(), "assign: buffer lengths differ");
     dispatch!(assign(param, grad, state, next))
+}
+
+/// One fused pass of a nested rule: `θ ← next(g, θ, &mut z, &mut state)`, two state buffers
+/// (the rule's own variable and its inner rule's state) walked beside θ and g.
+#[inline]
+pub fn nested<S: Copy, F: Fn(f32, f32, &mut f32, &mut S) -> f32>(param: &mut [f32], grad: &[f32], z: &mut [f32], state: &mut [S], next: F) {
+    assert!(param.len() == grad.len() && z.len() == param.len() && state.len() == param.len(), "nested: buffer lengths differ");
+    dispatch!(nested(param, grad, z, state, next))
 }
 
 /// `update` over contiguous parts of the elements on up to `threads()` workers, when the pass
@@ -180,6 +188,13 @@ mod kernels {
     pub fn assign<S: Copy, F: Fn(f32, f32, &mut S) -> f32>(param: &mut [f32], grad: &[f32], state: &mut [S], next: F) {
         for ((theta, &g), st) in param.iter_mut().zip(grad).zip(state.iter_mut()) {
             *theta = next(g, *theta, st);
+        }
+    }
+
+    #[inline(always)]
+    pub fn nested<S: Copy, F: Fn(f32, f32, &mut f32, &mut S) -> f32>(param: &mut [f32], grad: &[f32], z: &mut [f32], state: &mut [S], next: F) {
+        for (((theta, &g), z), st) in param.iter_mut().zip(grad).zip(z.iter_mut()).zip(state.iter_mut()) {
+            *theta = next(g, *theta, z, st);
         }
     }
 
@@ -414,6 +429,11 @@ macro_rules! compiled_with {
         #[target_feature(enable = $feature)]
         pub unsafe fn assign<S: Copy, F: Fn(f32, f32, &mut S) -> f32>(param: &mut [f32], grad: &[f32], state: &mut [S], next: F) {
             kernels::assign(param, grad, state, next)
+        }
+
+        #[target_feature(enable = $feature)]
+        pub unsafe fn nested<S: Copy, F: Fn(f32, f32, &mut f32, &mut S) -> f32>(param: &mut [f32], grad: &[f32], z: &mut [f32], state: &mut [S], next: F) {
+            kernels::nested(param, grad, z, state, next)
         }
 
         #[target_feature(enable = $feature)]
@@ -920,6 +940,22 @@ impl Device for Cpu {
             R::advance(&p, g, theta, st);
             scale * R::delta(&p, g, theta, st)
         });
+        Ok(())
+    }
+
+    fn update_nested<R: NestedRule>(
+        &self,
+        c: &R::Coeffs,
+        records: &Vec<R::Record>,
+        at: usize,
+        inner: &<R::Inner as KernelRule>::Coeffs,
+        param: &mut TensorMut,
+        grad: &Tensor,
+        z: &mut Vec<f32>,
+        state: &mut Vec<<R::Inner as KernelRule>::State>,
+    ) -> Result<()> {
+        let (p, q) = (R::prepare(c, &records[at]), R::Inner::prepare(inner, &()));
+        nested(host_mut(param)?, host(grad)?, z, state, |g, theta, z: &mut f32, st: &mut <R::Inner as KernelRule>::State| R::next(&p, &q, g, theta, z, st));
         Ok(())
     }
 

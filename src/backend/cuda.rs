@@ -22,8 +22,8 @@ use std::sync::{Arc, Mutex};
 use cudarc::driver::{result, sys, CudaContext};
 
 use super::{
-    Commit, Communicator, Deferred, Device, DotRule, ElemState, ElementRule, Memory, MomentRule, Record, ReduceOp, ReduceValues, SampleTensor, SampleView,
-    SampledRule, SolveRule, Tensor, TensorMut,
+    Commit, Communicator, Deferred, Device, DotRule, ElemState, ElementRule, KernelRule, Memory, MomentRule, NestedRule, Record, ReduceOp, ReduceValues,
+    SampleTensor, SampleView, SampledRule, SolveRule, Tensor, TensorMut,
 };
 use crate::error::{AlrStatus, Error, Result};
 
@@ -472,6 +472,23 @@ impl Device for Cuda {
     ) -> Result<()> {
         super::refuse_assigning::<R>()?;
         self.launch_element::<R>(c, records, at, param, grad, state, Some(scale))
+    }
+
+    fn update_nested<R: NestedRule>(
+        &self,
+        c: &R::Coeffs,
+        records: &Typed<R::Record>,
+        at: usize,
+        inner: &<R::Inner as KernelRule>::Coeffs,
+        param: &mut TensorMut,
+        grad: &Tensor,
+        z: &mut Typed<f32>,
+        state: &mut Typed<<R::Inner as KernelRule>::State>,
+    ) -> Result<()> {
+        let (mut p, mut g, mut zs, mut s) = (param.address() as u64, device_ptr(grad), z.buffer.at(0), state.buffer.at(0));
+        let (mut len, mut c, mut ic, mut r, mut st) = (param.len() as u64, by_value(c)?, by_value(inner)?, records.at(at), self.status_ptr());
+        let args = &mut [arg(&mut p), arg(&mut g), arg(&mut zs), arg(&mut s), arg(&mut len), arg(&mut c), arg(&mut ic), arg(&mut r), arg(&mut st)];
+        self.launch(R::KERNEL, elementwise_blocks(param.len()), args)
     }
 
     fn advance_dot<R: ElementRule>(

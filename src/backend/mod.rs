@@ -110,6 +110,23 @@ pub trait ElementRule: KernelRule {
     fn delta(p: &Self::Prepared, g: f32, theta: f32, state: &Self::State) -> f32;
 }
 
+/// A rule that sets θ through a variable of its own, one float per element (`z`), which an
+/// inner rule steps as it would step a parameter, all in one pass: schedule-free's y, its z and
+/// a fixed-rate base, which would otherwise take a pass each and a copy of z.
+pub trait NestedRule: KernelRule<State = f32> {
+    /// The rule that steps z; all its scalars come by value.
+    type Inner: ElementRule<Record = ()>;
+    /// The new θ, advancing `z` and the inner rule's state.
+    fn next(
+        p: &Self::Prepared,
+        inner: &<Self::Inner as KernelRule>::Prepared,
+        g: f32,
+        theta: f32,
+        z: &mut f32,
+        state: &mut <Self::Inner as KernelRule>::State,
+    ) -> f32;
+}
+
 /// Two products per element summed over a tensor (in f64 lanes), advancing the element's
 /// state on the way: `Σ_i dot(g_i, θ_i, state_i)`.
 pub trait DotRule: KernelRule {
@@ -525,6 +542,21 @@ pub trait Device: Clone + Send + Sync + 'static {
             Some(scale) => self.update_scaled::<R>(c, records, at, param, grad, state, scale),
         }
     }
+
+    /// `θ ← next(…)` over one tensor (`R`'s record `at` of `records`), advancing the rule's
+    /// variable `z` and the inner rule's state (its scalars `inner`) in the same pass.
+    #[allow(clippy::too_many_arguments)] // one tensor's buffers and both rules' scalars
+    fn update_nested<R: NestedRule>(
+        &self,
+        c: &R::Coeffs,
+        records: &Self::Records<R::Record>,
+        at: usize,
+        inner: &<R::Inner as KernelRule>::Coeffs,
+        param: &mut TensorMut,
+        grad: &Tensor,
+        z: &mut Self::State<f32>,
+        state: &mut Self::State<<R::Inner as KernelRule>::State>,
+    ) -> Result<()>;
 
     /// Advances the state as `update` would, leaves θ alone, and returns `Σ g·delta` (GI's
     /// proposal: it needs the sum on the host).

@@ -11,7 +11,7 @@ pub mod sgd;
 use std::marker::PhantomData;
 
 use crate::algorithm::{Accepts, Algorithm, Context};
-use crate::backend::{Device, ElemState, ElementRule, KernelRule, TensorMut};
+use crate::backend::{Device, ElemState, ElementRule, KernelRule, NestedRule, TensorMut};
 use crate::checkpoint::{Reader, Writer};
 use crate::error::Result;
 use crate::optimizer::{Callbacks, StepInputs};
@@ -107,6 +107,44 @@ impl<R: Rule, D: Device> FixedRate<R, D> {
         let lr = if self.unit_lr { 1.0 } else { ctx.options.get(group, "lr") };
         R::coeffs(ctx.options, group, t, lr)
     }
+
+    /// One step: `pass(device, no record, coefficients, tensor, state)` for every tensor, group
+    /// by group, each group's step counted once its launches are enqueued (a failed launch
+    /// counts none).
+    fn each_tensor(
+        &mut self,
+        ctx: &Context,
+        mut pass: impl FnMut(&D, &D::Records<()>, &R::Coeffs, usize, &mut D::State<R::State>) -> Result<()>,
+    ) -> Result<()> {
+        for (group, members) in ctx.layout.members.iter().enumerate() {
+            let t = self.steps[group] + 1;
+            let c = self.coeffs(ctx, group, t);
+            for &tensor in members {
+                pass(&self.device, &self.no_record, &c, tensor, &mut self.states[tensor])?;
+            }
+            self.steps[group] = t;
+        }
+        Ok(())
+    }
+
+    /// One step of the rule on the variables `z` of a rule `N` that holds it, in `N`'s one pass
+    /// over each tensor (schedule-free over this base: `params` are its y). `N`'s coefficients
+    /// of a group are `coeffs[group]`, its records `records`, one per group.
+    pub fn step_nested<N: NestedRule<Inner = Fixed<R>>>(
+        &mut self,
+        ctx: &Context,
+        coeffs: &[N::Coeffs],
+        records: &D::Records<N::Record>,
+        params: &mut [TensorMut],
+        inputs: &StepInputs,
+        z: &mut [D::State<f32>],
+    ) -> Result<()> {
+        let groups = &ctx.layout.groups;
+        self.each_tensor(ctx, |device, _, c, tensor, state| {
+            let group = groups[tensor];
+            device.update_nested::<N>(&coeffs[group], records, group, c, &mut params[tensor], &inputs.grads[tensor], &mut z[tensor], state)
+        })
+    }
 }
 
 impl<R: Rule, D: Device> Algorithm for FixedRate<R, D> {
@@ -148,16 +186,9 @@ impl<R: Rule, D: Device> Algorithm for FixedRate<R, D> {
     }
 
     fn step(&mut self, ctx: &Context, params: &mut [TensorMut], inputs: &StepInputs, _cb: &mut Callbacks) -> Result<()> {
-        for (group, members) in ctx.layout.members.iter().enumerate() {
-            let t = self.steps[group] + 1;
-            let c = self.coeffs(ctx, group, t);
-            for &tensor in members {
-                self.device.update::<Fixed<R>>(&c, &self.no_record, 0, &mut params[tensor], &inputs.grads[tensor], &mut self.states[tensor])?;
-            }
-            // Counted once its launches are enqueued: a failed launch counts no step.
-            self.steps[group] = t;
-        }
-        Ok(())
+        self.each_tensor(ctx, |device, no_record, c, tensor, state| {
+            device.update::<Fixed<R>>(c, no_record, 0, &mut params[tensor], &inputs.grads[tensor], state)
+        })
     }
 
     fn discard_steps(&mut self, n: u64) {

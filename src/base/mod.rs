@@ -254,3 +254,55 @@ pub fn bias_power(beta: f64, t: u64) -> f64 {
 
 /// `weight_decay`, shared by every rule (coupled L2 for all but AdamW, where it is decoupled).
 pub const WEIGHT_DECAY: OptionSpec = OptionSpec::non_negative("weight_decay", 0.0);
+
+#[cfg(test)]
+mod tests {
+    use super::{adagrad::Adagrad, adam::Adam, momentum::Momentum, rmsprop::RmsProp, sgd::Sgd, Rule};
+    use crate::backend::cpu::{update_in, Build};
+    use crate::backend::ElemState;
+
+    /// Each fixed-rate rule's update, three steps, in the portable build and in every wider one
+    /// the CPU runs: the same bits (the claim the CPU backend's runtime dispatch rests on).
+    #[test]
+    fn kernels_give_the_same_bits_in_every_build() {
+        fn same_bits<R: Rule>() {
+            let mut options = crate::options::Options::new(R::specs(), 1).expect("options");
+            options.set(R::NAME, "weight_decay", None, 0.01).expect("weight_decay");
+            // Lengths below a vector, and past whole vectors with a tail; values over many
+            // magnitudes, zeros and signs (subnormal products among them).
+            for n in [5, 1003] {
+                let value = |k: u32, i: usize| {
+                    let u = (((i as u32).wrapping_mul(2654435761) ^ k) >> 8) as f32 / 16_777_216.0;
+                    (u - 0.5) * 10f32.powi((i % 13) as i32 - 8)
+                };
+                let grad: Vec<f32> = (0..n).map(|i| if i % 17 == 0 { 0.0 } else { value(1, i) }).collect();
+                let theta: Vec<f32> = (0..n).map(|i| value(2, i)).collect();
+                let run = |build: Build| {
+                    let (mut theta, mut state) = (theta.clone(), vec![R::State::default(); n]);
+                    for t in 1..=3 {
+                        let c = R::coeffs(&options, 0, t, 1e-2);
+                        if !update_in(build, &mut theta, &grad, &mut state, |g, th, st| R::advance(&c, g, th, st)) {
+                            return None;
+                        }
+                    }
+                    let mut floats = Vec::new();
+                    state.iter().for_each(|s| s.write(&mut floats));
+                    Some((theta.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), floats.iter().map(|v| v.to_bits()).collect::<Vec<_>>()))
+                };
+                let portable = run(Build::Portable).expect("the portable build always runs");
+                for build in [Build::Avx2, Build::Avx512] {
+                    if let Some(wide) = run(build) {
+                        assert!(wide == portable, "{}: {build:?} and portable bits differ (n = {n})", R::NAME);
+                    }
+                }
+                assert!(portable.0.iter().zip(&theta).any(|(a, b)| *a != b.to_bits()), "{}: the steps moved θ", R::NAME);
+            }
+        }
+        same_bits::<Sgd>();
+        same_bits::<Momentum>();
+        same_bits::<Adam<false>>();
+        same_bits::<Adam<true>>();
+        same_bits::<Adagrad>();
+        same_bits::<RmsProp>();
+    }
+}

@@ -382,7 +382,7 @@ impl<D: Device> State<D> {
     fn trains(&self, t: u64) -> bool {
         match &self.memory {
             Memory::Step(_) => t > 1,
-            Memory::Window(_) => t > 2 * self.window && (t - 1) % self.window == 0,
+            Memory::Window(_) => t > self.window.saturating_mul(2) && (t - 1) % self.window == 0,
         }
     }
 

@@ -175,13 +175,35 @@ pub enum Blocks {
     Tensor,
 }
 
+impl Blocks {
+    /// How many records (step sizes) there are.
+    fn records(self, ctx: &Context) -> usize {
+        match self {
+            Blocks::Group => ctx.layout.n_groups(),
+            Blocks::Tensor => ctx.layout.lens.len(),
+        }
+    }
+
+    /// The record tensor `t` reads.
+    fn record_of(self, ctx: &Context, t: usize) -> usize {
+        match self {
+            Blocks::Group => ctx.layout.groups[t],
+            Blocks::Tensor => t,
+        }
+    }
+
+    /// The group whose options record `r` reads.
+    fn group_of(self, ctx: &Context, r: usize) -> usize {
+        match self {
+            Blocks::Group => r,
+            Blocks::Tensor => ctx.layout.groups[r],
+        }
+    }
+}
+
 pub struct Dog<D: Device> {
     device: D,
     blocks: Blocks,
-    /// The record of each tensor (its group's, or its own).
-    record_of: Vec<usize>,
-    /// The group of each record, whose options it reads.
-    group_of: Vec<usize>,
     /// x0 per tensor and element.
     x0: Vec<D::State<f32>>,
     /// One per block (`blocks`); the solve reads `options` at the same index.
@@ -204,11 +226,11 @@ impl<D: Device> Dog<D> {
 
     fn with_blocks(device: &D, layout: &crate::optimizer::Layout, shards: Shards, blocks: Blocks) -> Result<Self> {
         device.require(&[Distance::KERNEL, Step::KERNEL, Solve::KERNEL])?;
-        let (record_of, group_of, owners) = match blocks {
-            Blocks::Group => (layout.groups.clone(), (0..layout.n_groups()).collect(), layout.members.clone()),
-            Blocks::Tensor => ((0..layout.lens.len()).collect(), layout.groups.clone(), (0..layout.lens.len()).map(|t| vec![t]).collect()),
+        let owners = match blocks {
+            Blocks::Group => layout.members.clone(),
+            Blocks::Tensor => (0..layout.lens.len()).map(|t| vec![t]).collect(),
         };
-        let n = group_of.len();
+        let n = owners.len();
         Ok(Dog {
             x0: device.alloc_per_tensor(&layout.lens)?,
             groups: device.records(&crate::backend::filled(n, GroupRecord::default())?)?,
@@ -216,8 +238,6 @@ impl<D: Device> Dog<D> {
             sums: device.sums(&layout.lens, &owners)?,
             device: device.clone(),
             blocks,
-            record_of,
-            group_of,
             shards,
         })
     }
@@ -237,11 +257,11 @@ impl<D: Device> Dog<D> {
     }
 
     fn distances(&mut self, ctx: &Context, params: &[TensorMut], inputs: &StepInputs) -> Result<()> {
-        let (device, x0s, groups, record_of) = (&self.device, &mut self.x0, &self.groups, &self.record_of);
+        let (device, x0s, groups, blocks) = (&self.device, &mut self.x0, &self.groups, self.blocks);
         reduced_pass::<Solve, D>(device, &mut self.sums, self.shards.as_deref(), true, |sums, commit| {
             for (t, x0) in x0s.iter_mut().enumerate() {
                 let lambda = Self::lambda(ctx, ctx.layout.groups[t]);
-                device.dots::<Distance>(&lambda, groups, record_of[t], &params[t].view(), &inputs.grads[t], x0, sums, t, commit)?;
+                device.dots::<Distance>(&lambda, groups, blocks.record_of(ctx, t), &params[t].view(), &inputs.grads[t], x0, sums, t, commit)?;
             }
             Ok(())
         })?;
@@ -254,7 +274,15 @@ impl<D: Device> Dog<D> {
         self.distances(ctx, params, inputs)?;
         for (t, x0) in self.x0.iter_mut().enumerate() {
             let group = ctx.layout.groups[t];
-            self.device.update_by::<Step>(&Self::lambda(ctx, group), &self.groups, self.record_of[t], &mut params[t], &inputs.grads[t], x0, scale)?;
+            self.device.update_by::<Step>(
+                &Self::lambda(ctx, group),
+                &self.groups,
+                self.blocks.record_of(ctx, t),
+                &mut params[t],
+                &inputs.grads[t],
+                x0,
+                scale,
+            )?;
         }
         Ok(())
     }
@@ -282,7 +310,7 @@ impl<D: Device> Algorithm for Dog<D> {
     }
 
     fn options_changed(&mut self, ctx: &Context) -> Result<()> {
-        let options: Vec<GroupOptions> = self.group_of.iter().map(|&g| GroupOptions::of(ctx.options, g)).collect();
+        let options: Vec<GroupOptions> = (0..self.blocks.records(ctx)).map(|r| GroupOptions::of(ctx.options, self.blocks.group_of(ctx, r))).collect();
         self.device.write_records(&mut self.options, &options)
     }
 
@@ -291,7 +319,8 @@ impl<D: Device> Algorithm for Dog<D> {
         let mut g_dot_s = 0.0;
         for (t, x0) in self.x0.iter_mut().enumerate() {
             let group = ctx.layout.groups[t];
-            g_dot_s += self.device.advance_dot::<Step>(&Self::lambda(ctx, group), &self.groups, self.record_of[t], &params[t], &inputs.grads[t], x0)?;
+            g_dot_s +=
+                self.device.advance_dot::<Step>(&Self::lambda(ctx, group), &self.groups, self.blocks.record_of(ctx, t), &params[t], &inputs.grads[t], x0)?;
         }
         Ok(g_dot_s)
     }
@@ -299,7 +328,15 @@ impl<D: Device> Algorithm for Dog<D> {
     fn apply(&self, ctx: &Context, params: &mut [TensorMut], inputs: &StepInputs, scale: f32) -> Result<()> {
         for (t, x0) in self.x0.iter().enumerate() {
             let group = ctx.layout.groups[t];
-            self.device.apply_scaled::<Step>(&Self::lambda(ctx, group), &self.groups, self.record_of[t], &mut params[t], &inputs.grads[t], x0, scale)?;
+            self.device.apply_scaled::<Step>(
+                &Self::lambda(ctx, group),
+                &self.groups,
+                self.blocks.record_of(ctx, t),
+                &mut params[t],
+                &inputs.grads[t],
+                x0,
+                scale,
+            )?;
         }
         Ok(())
     }
@@ -351,7 +388,7 @@ impl<D: Device> Algorithm for Dog<D> {
     }
 
     fn load(&mut self, ctx: &Context, r: &mut Reader) -> Result<()> {
-        let n = self.group_of.len();
+        let n = self.blocks.records(ctx);
         let steps = r.counts_exact(n, "DoG step counts")?;
         let rbar = r.f64s_exact(n, "DoG r̄")?;
         let g_sum = r.f64s_exact(n, "DoG G")?;

@@ -3,8 +3,10 @@
     .venv-torch/bin/python benches/torch_adapter.py [--quick] [--training-only] [--clock wall|thread]
 
 Prints Markdown tables (README "torch adapter speed"):
-1. fixed-rate steps at p = 1e7 in 1 and in 100 tensors: autolr.torch Adam/SGD against
-   torch.optim.Adam(fused=True) / (foreach=True) and SGD(foreach=True) / (fused=True);
+1. fixed-rate steps at p = 1e7 in 1 and in 100 tensors: autolr.torch Adam/SGD, with the NaN/Inf
+   check of the gradients on (the default) and off (`check_finite=False`: what the check's extra
+   read of g costs), against torch.optim.Adam(fused=True) / (foreach=True) and
+   SGD(foreach=True) / (fused=True), which check nothing;
 2. per-step overhead: the same steps on tensors so small that the arithmetic is negligible
    (a 4-tensor MLP 8-8-8 and 100 tensors of 16 floats), so the time is the Python/C-call cost;
 3. full training steps on the Fashion-MNIST MLP 784-120-10 and a small CNN (batch 128):
@@ -12,8 +14,10 @@ Prints Markdown tables (README "torch adapter speed"):
    re-evaluation forward + Σg² hooks + step), interleaved, with the parts of the GI step timed
    inside it (training_table's docstring).
 
-Each number is the median of `--reps` timed calls after warm-up. The library's own worker
-threads are limited to one (AUTOLR_NUM_THREADS=1) like torch's (torch.set_num_threads(1)).
+Each number is the median of `--reps` timed calls after warm-up; the optimizers compared in a row
+step in rotation, one step of each per repetition, so that the machine's drift hits them alike.
+The library's own worker threads are limited to one (AUTOLR_NUM_THREADS=1) like torch's
+(torch.set_num_threads(1)).
 """
 import argparse
 import gzip
@@ -40,17 +44,6 @@ DATA = Path("/usr/share/datasets/fashion-mnist")
 clock = time.perf_counter
 
 
-def median_time(fn, reps, warmup=3):
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(reps):
-        t0 = clock()
-        fn()
-        times.append(clock() - t0)
-    return statistics.median(times)
-
-
 def tensors(total, count, seed=0):
     g = torch.Generator().manual_seed(seed)
     size = total // count
@@ -60,30 +53,41 @@ def tensors(total, count, seed=0):
     return params
 
 
-def step_time(make, total, count, reps):
-    params = tensors(total, count)
-    opt = make(params)
-    return median_time(opt.step, reps)
+def interleaved(makers, make_params, reps, warmup=3):
+    """Median step time of each optimizer `makers[label](params)`, each on its own tensors from
+    `make_params()`, stepped in rotation (one step of each per repetition), so that the machine's
+    drift within the run — other processes, frequency, memory bandwidth — hits them alike."""
+    steps = {label: make(make_params()).step for label, make in makers.items()}
+    times = {label: [] for label in makers}
+    for rep in range(warmup + reps):
+        for label, step in steps.items():
+            t0 = clock()
+            step()
+            if rep >= warmup:
+                times[label].append(clock() - t0)
+    return {label: statistics.median(series) for label, series in times.items()}
 
 
 FIXED = [
-    ("adam", "autolr.torch Adam", lambda p: alt.Adam(p, lr=1e-3), [
+    ("adam", "autolr.torch Adam", lambda p, **o: alt.Adam(p, lr=1e-3, **o), [
         ("torch Adam fused", lambda p: torch.optim.Adam(p, lr=1e-3, fused=True)),
         ("torch Adam foreach", lambda p: torch.optim.Adam(p, lr=1e-3, foreach=True))]),
-    ("sgd", "autolr.torch SGD", lambda p: alt.SGD(p, lr=1e-3), [
+    ("sgd", "autolr.torch SGD", lambda p, **o: alt.SGD(p, lr=1e-3, **o), [
         ("torch SGD fused", lambda p: torch.optim.SGD(p, lr=1e-3, fused=True)),
         ("torch SGD foreach", lambda p: torch.optim.SGD(p, lr=1e-3, foreach=True))]),
 ]
 
 
 def fixed_rate_table(reps):
-    print("| step | tensors | autolr (ms) | torch fastest (ms) | which | autolr / fastest |")
-    print("|---|---|---|---|---|---|")
+    print("| step | tensors | autolr (ms) | autolr, check off (ms) | torch fastest (ms) | which | autolr / fastest | check off / fastest |")
+    print("|---|---|---|---|---|---|---|---|")
     for _, name, ours, theirs in FIXED:
         for count in (1, 100):
-            t_ours = step_time(ours, 10_000_000, count, reps)
-            best = min(((step_time(make, 10_000_000, count, reps), label) for label, make in theirs))
-            print(f"| {name} | {count} | {t_ours * 1e3:.2f} | {best[0] * 1e3:.2f} | {best[1]} | {t_ours / best[0]:.2f} |")
+            makers = {"ours": ours, "unchecked": lambda p, ours=ours: ours(p, check_finite=False), **dict(theirs)}
+            t = interleaved(makers, lambda count=count: tensors(10_000_000, count), reps)
+            best = min((t[label], label) for label, _ in theirs)
+            print(f"| {name} | {count} | {t['ours'] * 1e3:.2f} | {t['unchecked'] * 1e3:.2f} | {best[0] * 1e3:.2f} | {best[1]} | "
+                  f"{t['ours'] / best[0]:.2f} | {t['unchecked'] / best[0]:.2f} |")
 
 
 def overhead_table(reps):
@@ -98,9 +102,9 @@ def overhead_table(reps):
                 for p in ps:
                     p.grad = torch.randn(p.shape, generator=g) * 1e-3
                 return ps
-            t_ours = median_time(ours(make_params()).step, reps * 20)
-            best = min((median_time(make(make_params()).step, reps * 20), label) for label, make in theirs)
-            print(f"| {model} | {name} | {t_ours * 1e6:.1f} | {best[0] * 1e6:.1f} | {best[1]} | {t_ours / best[0]:.2f} |")
+            t = interleaved({"ours": ours, **dict(theirs)}, make_params, reps * 20)
+            best = min((t[label], label) for label, _ in theirs)
+            print(f"| {model} | {name} | {t['ours'] * 1e6:.1f} | {best[0] * 1e6:.1f} | {best[1]} | {t['ours'] / best[0]:.2f} |")
 
 
 def load_fashion_mnist(n):

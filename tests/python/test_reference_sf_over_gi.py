@@ -68,32 +68,26 @@ def make(base, groups=None, **options):
 
 
 # ---------------------------------------------------------------------------------------------
-# 1. η fixed: GI's move is η·s (§3.3's last-but-two bullet)
+# 1. η fixed: GI's move is η·s (§3.3, "With up = down = 1")
 # ---------------------------------------------------------------------------------------------
-# Over a fixed-rate base schedule-free runs the base at its own lr; over gi GI runs it at η and
-# schedule-free scales that by its lr. Each case: GI's base options under schedule-free over gi,
-# and the same base's options under schedule-free directly (a fixed-rate base's `momentum` is
-# GI's 0.5 by default, the standalone 0.9: set it on both sides).
-FIXED_ETA_CASES = {
-    "auto-adam": ({}, {}),
-    "sgd": ({}, {}),
-    "momentum": ({"base_momentum": 0.7}, {"base_momentum": 0.7}),
-}
+# The base's options on both sides: the base `momentum`'s μ is 0.5 under GI (§3.1) and 0.9 on
+# its own (§0), so it is set.
+FIXED_ETA_BASE_OPTIONS = {"auto-adam": {}, "sgd": {}, "momentum": {"base_momentum": 0.7}}
 
 
-@pytest.mark.parametrize("base", FIXED_ETA_CASES)
+@pytest.mark.parametrize("base", FIXED_ETA_BASE_OPTIONS)
 def test_fixed_eta_is_schedule_free_over_the_base_at_lr_times_eta(base):
     """With up = down = 1 and f_star unset, k = η every step (§3.3: "schedule-free over gi at
     initial η is schedule-free over GI's base with that base's rate scaled by η"): the same y
     as schedule-free over the base at lr·η, with schedule-free's λ (at y, scaled by lr) divided
     by η. Two groups with different β and λ; warmup so that the scheduled lr changes."""
     eta, lr = 0.5, 0.8
-    over_gi_opts, direct_opts = FIXED_ETA_CASES[base]
+    base_options = FIXED_ETA_BASE_OPTIONS[base]
     groups = {0: dict(momentum=0.9), 1: dict(momentum=0.8, weight_decay=0.1)}
-    over_gi = make(base, groups, lr=lr, warmup_steps=10, base_lr=eta, up=1.0, down=1.0, **over_gi_opts)
+    over_gi = make(base, groups, lr=lr, warmup_steps=10, base_lr=eta, up=1.0, down=1.0, **base_options)
     direct_groups = {k: dict(o, weight_decay=o.get("weight_decay", 0.0) / eta) for k, o in groups.items()}
     direct = rp.make("schedule-free", SHAPES, groups=GROUPS, group_options=direct_groups, base=base,
-                     lr=lr * eta, warmup_steps=10, **direct_opts)
+                     lr=lr * eta, warmup_steps=10, **base_options)
     p_gi, p_direct = start(), start()
     reevaluated = 0
     for t in range(60):
@@ -231,6 +225,23 @@ def test_phi_y_not_positive_adapts_nothing_and_counts_a_skip():
     assert tele["phi_y"][0] == pytest.approx(float(np.dot(g3, y - params[0])), rel=1e-12)
     assert len(calls) == 2, "the closure was called although φ_y gave no usable prediction"
     assert tele["skipped"] == [1] and tele["eta"] == [eta] and tele["rho"] == [0.0]
+
+
+def test_telemetry_lists_schedule_free_gi_phi_y_then_gis_base():
+    """§3.3: "schedule-free's, then GI's (phi, rho, eta, skipped), then phi_y (the last adapting
+    step's φ_y, 0 before one), then GI's base's" (auto-adam's, §5), one value per group."""
+    opt = make("auto-adam")
+    expected = ["sf_lr", "lr_max", "weight", "weight_sum", "ckp1", "phi", "rho", "eta", "skipped", "phi_y",
+                "V", "a", "c", "e", "det", "gamma1_oracle", "gamma2_oracle", "gamma1", "gamma2",
+                "fallbacks", "clamps", "skips"]
+    assert list(opt.telemetry()) == expected
+    assert opt.telemetry()["phi_y"] == [0.0, 0.0]
+    params = start()
+    grads, kw = inputs_for("auto-adam", params, 0)
+    opt.step(params, grads, **kw)
+    tele = opt.telemetry()
+    assert list(tele) == expected and all(len(v) == 2 for v in tele.values())
+    assert tele["phi_y"][0] > 0 and tele["phi_y"][0] == tele["phi_y"][1]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -240,9 +240,10 @@ fn a_checkpoint_resumes_bit_exactly() {
 /// steps). That is the composition docs/algorithms.md §3 specifies (the base keeps its state
 /// as if it had applied its own step); the README's open points record it. Under schedule-free
 /// (§3.3) the same happens sooner, to TLR's α (φ overflows at step 483) and to D-Adaptation's d,
-/// estimated from the base's own unscaled steps (d grows to 1e39 while η halves at every step
-/// whose φ_y is ≤ 0 — most steps once the noise dominates — and φ overflows at step 623); GI
-/// over dadapt-adam alone drifts the same way (η 1e-160, d 5e5 at step 625) but converged first.
+/// estimated from the base's own unscaled steps (d grows to 1e39 while η is halved on each step
+/// whose small positive φ_y gives ρ < lo, most steps being φ_y ≤ 0 skips once the noise
+/// dominates; φ overflows at step 623); GI over dadapt-adam alone drifts the same way (η 1e-160,
+/// d 5e5 at step 625) but converged first.
 const DIVERGES: [Case; 3] = [("gi", "tlr", ""), ("schedule-free", "gi", "tlr"), ("schedule-free", "gi", "dadapt-adam")];
 
 #[test]

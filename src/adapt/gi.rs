@@ -10,6 +10,11 @@
 //! The base keeps its own state exactly as if it had applied `s` (its momentum and rates live in
 //! its own frame); GI scales only the displacement. No parameter-sized buffer is added: the base
 //! recomputes `s` from its state in the second pass.
+//!
+//! The step is two halves, which schedule-free over gi (docs/algorithms.md §3.3) calls on its own
+//! frame: `make_move` (propose, φ, the move on the frame it is given) and `conclude` (f+ from the
+//! callback or the report, then η from ρ against the decrease it is given: φ/2 here, φ_y/2 of
+//! the caller's y there).
 
 use crate::algorithm::{Accepts, Algorithm, Context, Shards};
 use crate::backend::{reduce_failed, ReduceOp, ReduceValues, TensorMut};

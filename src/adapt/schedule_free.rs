@@ -35,6 +35,11 @@
 //! 4 bytes per element of page faults on every CPU step and a synchronising allocation on every
 //! GPU step.
 //!
+//! Over gi (`Base::Gi`, docs/algorithms.md §3.3) GI's move steps z — φ = η·g·s and the move
+//! scale k in z's frame, `z' = z − lr·λ·y − lr·k·s` — and GI's adaptation reads the decrease of
+//! the caller's move instead: the pass that writes y' also sums φ_y = Σ g·(y − y') (the
+//! `assign_dot` primitive, CPU only as GI is), and ρ = (f − f+)/(φ_y/2) with f+ at y'.
+//!
 //! The two parameter views: `set_mode` swaps the caller's buffers between y (training) and
 //! x (evaluation) in place, `x = lerp(y, z, 1 − 1/β)` and `y = lerp(x, z, 1 − β)`, as the
 //! reference's `eval()`/`train()`.

@@ -77,9 +77,9 @@ fn base_options(base: &str, options: &Options) -> Result<Options> {
 /// (`adapt_every`).
 #[derive(Debug, Clone, Copy)]
 pub struct Move {
-    pub loss_before: f64,
-    pub phi: f64,
-    pub usable: bool,
+    loss_before: f64,
+    phi: f64,
+    usable: bool,
     pub adapts: bool,
 }
 

@@ -459,7 +459,7 @@ pub enum Base<D: Device> {
 
 /// GI as schedule-free's base, with what the composition adds to GI's state.
 pub struct OverGi {
-    pub gi: Gi,
+    gi: Gi,
     /// The last adapting step's φ_y = Σ g·(y − y') (0 before one): telemetry, saved after
     /// GI's state.
     phi_y: f64,

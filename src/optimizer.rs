@@ -576,7 +576,14 @@ impl Optimizer {
         let n_specs = r.u64()? as usize;
         let specs = self.options.specs();
         if n_specs != specs.len() {
-            return Err(Error::checkpoint("checkpoint options differ from this optimizer's (other library version?)"));
+            // Schedule-free over gi's GI base (`base_base`) shapes the options, and the checkpoint
+            // names it only in GI's part, after them.
+            let why = if self.base_base.is_empty() {
+                "other library version?".to_string()
+            } else {
+                format!("another base_base than this optimizer's '{}', or another library version?", self.base_base)
+            };
+            return Err(Error::checkpoint(format!("checkpoint options differ from this optimizer's ({why})")));
         }
         for spec in specs {
             let stored = r.str()?;

@@ -483,6 +483,19 @@ def test_checkpoint_of_another_configuration(adam):
         assert_fails(opt, params, "ALR_BAD_CHECKPOINT", lambda: opt.load_state_dict(buf))
 
 
+def test_checkpoint_of_schedule_free_over_another_gi_base():
+    """Schedule-free over gi's checkpoint names GI's base (base_base) in GI's part: one of another
+    base_base is refused, with nothing changed, and the message says which base this one has."""
+    params = make_params()
+    opt = autolr.Optimizer("schedule-free", params, groups=GROUPS, base="gi", base_base="adam")
+    opt.step(make_grads(params, 0), loss=_loss(params), closure=lambda: _loss(params))
+    for base_base, needle in (("adamw", "'adam' where this optimizer's 'adamw'"), ("sgd", "another base_base than this optimizer's 'sgd'")):
+        other_params = make_params()
+        other = autolr.Optimizer("schedule-free", other_params, groups=GROUPS, base="gi", base_base=base_base)
+        buf = opt.state_dict()
+        assert_fails(other, other_params, "ALR_BAD_CHECKPOINT", lambda: other.load_state_dict(buf), needle)
+
+
 # --- ALR_PANIC ------------------------------------------------------------------------------------
 
 def test_panic_is_an_error_and_the_library_survives(adam):

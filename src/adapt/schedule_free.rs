@@ -46,7 +46,7 @@
 
 use std::marker::PhantomData;
 
-use crate::adapt::gi::Gi;
+use crate::adapt::gi::{Gi, Move};
 use crate::algorithm::{Accepts, Algorithm, Context};
 use crate::backend::{Commit, Device, DotRule, ElementRule, KernelRule, NestedRule, Record, SolveRule, TensorMut};
 use crate::base::{adagrad::Adagrad, adam::Adam, momentum::Momentum, rmsprop::RmsProp, sgd::Sgd, Fixed, FixedRate, Rule, WEIGHT_DECAY};
@@ -469,6 +469,21 @@ impl OverGi {
     pub fn new(gi: Gi) -> Self {
         OverGi { gi, phi_y: 0.0 }
     }
+
+    /// η's adaptation after an adapting move (§3.3), from this process's part `own` of φ_y:
+    /// φ_y summed over the processes, then ρ = (f − f+)/(φ_y/2) as GI's (f − f+)/(φ/2). A φ_y ≤ 0
+    /// or non-finite gives no prediction: η is kept, the step counted as skipped. Over shards
+    /// the sum comes after the move, which stands if the reduction fails (as after a failed
+    /// loss callback): η is then not adapted.
+    fn adapt(&mut self, options: &Options, moved: &Move, own: f64, params: &[TensorMut], callbacks: &mut Callbacks) -> Result<()> {
+        let phi_y = self.gi.summed(own).map_err(|why| Error {
+            after_change: true,
+            ..Error::callback(format!("the reduce callback failed on φ_y ({why}); the parameters were moved, η was not adapted"))
+        })?;
+        self.phi_y = phi_y;
+        let usable = phi_y > 0.0 && phi_y.is_finite();
+        self.gi.conclude(options, moved, phi_y / 2.0, usable, params, callbacks)
+    }
 }
 
 impl<D: Device> Base<D> {
@@ -693,6 +708,8 @@ impl<D: Device> Algorithm for ScheduleFree<D> {
                 device.dots::<InitZ>(&(), no_record, 0, &params[t].view(), &inputs.grads[t], z, sums, t, Commit::Write)?;
             }
         }
+        // Over gi, an adapting step's GI with its move and this process's part of φ_y.
+        let mut adapting = None;
         // GI's move may be refused after the averages advanced (see below); GI runs on the CPU
         // only, so this read costs no device synchronisation.
         let averages_before = if matches!(base, Base::Gi(_)) { device.read_records(averages)? } else { Vec::new() };
@@ -732,36 +749,35 @@ impl<D: Device> Algorithm for ScheduleFree<D> {
                         return Err(refused);
                     }
                 };
-                if !moved.adapts {
+                if moved.adapts {
+                    // y' and this process's part of φ_y = Σ g·(y − y') in one pass per tensor
+                    // (each with its group's c, β).
+                    let mut own = 0.0;
+                    for (t, (z, previous)) in z.iter_mut().zip(previous.iter_mut()).enumerate() {
+                        let group = layout.groups[t];
+                        let z = device.state_view(z);
+                        own += device.assign_dot::<Interpolate>(
+                            &o.get(group, beta_name),
+                            averages,
+                            group,
+                            &mut params[t],
+                            &z.view(),
+                            &inputs.grads[t],
+                            previous,
+                        )?;
+                    }
+                    adapting = Some((over, moved, own));
+                } else {
                     interpolate(device, o, layout, beta_name, averages, params, z, previous)?;
-                    *steps += 1;
-                    return Ok(());
                 }
-                // y' and φ_y = Σ g·(y − y') in one pass per tensor (each with its group's c, β),
-                // one global sum (§3.3).
-                let mut own = 0.0;
-                for (t, (z, previous)) in z.iter_mut().zip(previous.iter_mut()).enumerate() {
-                    let group = layout.groups[t];
-                    let z = device.state_view(z);
-                    own +=
-                        device.assign_dot::<Interpolate>(&o.get(group, beta_name), averages, group, &mut params[t], &z.view(), &inputs.grads[t], previous)?;
-                }
-                *steps += 1;
-                // Over shards its sum comes after the move, which stands if the reduction fails
-                // (as after a failed loss callback): η is then not adapted.
-                let phi_y = over.gi.summed(own).map_err(|why| Error {
-                    after_change: true,
-                    ..Error::callback(format!("the reduce callback failed on φ_y ({why}); the parameters were moved, η was not adapted"))
-                })?;
-                over.phi_y = phi_y;
-                // φ_y ≤ 0 or non-finite gives no prediction: η is kept, the step counted (§3.3).
-                let usable = phi_y > 0.0 && phi_y.is_finite();
-                // ρ = (f − f+)/(φ_y/2), as GI's (f − f+)/(φ/2).
-                return over.gi.conclude(&base_opts, &moved, phi_y / 2.0, usable, params, callbacks);
             }
         }
+        // The move is made: the step counts, also when GI's adaptation then fails.
         *steps += 1;
-        Ok(())
+        match adapting {
+            Some((over, moved, own)) => over.adapt(&base_opts, &moved, own, params, callbacks),
+            None => Ok(()),
+        }
     }
 
     fn set_mode(&mut self, ctx: &Context, params: &mut [TensorMut], train: bool) -> Result<()> {

@@ -1228,6 +1228,32 @@ mod tests {
             assert!(check_composition_runs_on(DeviceKind::Cuda, "schedule-free", "prodigy").is_ok());
         }
 
+        /// φ_y is saved after GI's state (the composition's own part of the checkpoint): 0
+        /// before the first step, and any other value there is refused.
+        #[test]
+        fn a_phi_y_before_the_first_step_is_refused() {
+            use crate::algorithm::Context;
+            use crate::backend::{cpu::Cpu, AnyDevice};
+            use crate::checkpoint::{Reader, Writer};
+            use crate::options::Options;
+            use crate::registry;
+            let layout = crate::Layout::new(&LENS, None).unwrap();
+            let options = Options::new(registry::specs("schedule-free", "gi", "sgd").unwrap(), layout.n_groups()).unwrap();
+            let ctx = Context { layout: &layout, options: &options };
+            let build = || registry::build("schedule-free", "gi", "sgd", &layout, &AnyDevice::Cpu(Cpu), false, &None).unwrap();
+            let mut w = Writer::to_vec();
+            build().save(&mut w).unwrap();
+            let mut bytes = w.finish().unwrap().0;
+            // The last field, before the 8-byte checksum.
+            let at = bytes.len() - 16;
+            assert_eq!(bytes[at..at + 8], 0f64.to_le_bytes());
+            build().load(&ctx, &mut Reader::fields(&bytes)).unwrap();
+            bytes[at..at + 8].copy_from_slice(&0.5f64.to_le_bytes());
+            let e = build().load(&ctx, &mut Reader::fields(&bytes)).unwrap_err();
+            assert_eq!(e.status, AlrStatus::AlrBadCheckpoint);
+            assert!(e.message.contains("φ_y = 0.5 before the first step"), "{}", e.message);
+        }
+
         #[test]
         fn base_base_is_only_gis_base_under_schedule_free() {
             let mut opt = Optimizer::new("schedule-free", &LENS, None).unwrap();

@@ -161,7 +161,8 @@ typedef struct AlrStepArgs {
   // Non-zero when `loss` holds the loss on this batch at the current parameters (GI).
   int32_t has_loss;
   double loss;
-  // Optional: loss re-evaluation on the same batch (GI). Without it, GI expects `alr_report_loss`.
+  // Optional: loss re-evaluation on the same batch (GI; schedule-free over gi, at y'). Without
+  // it, GI expects `alr_report_loss`.
   AlrLossFn loss_fn;
   // Optional: gradient re-evaluation on the same batch (vSGD finite-difference curvature).
   AlrGradFn grad_fn;
@@ -279,10 +280,12 @@ enum AlrStatus alr_set_option(struct AlrOptimizer *opt, const char *name, double
 // does not exist or an option that is one value for the whole optimizer.
 enum AlrStatus alr_set_group_option(struct AlrOptimizer *opt, size_t group, const char *name, double value);
 
-// Sets a string option: only the "base" of gi and schedule-free (the wrapped algorithm's
-// name). Set it before the first step and before the wrapped algorithm's options (it resets
-// them to defaults). Returns ALR_OK, ALR_NULL_POINTER, ALR_INVALID_ARGUMENT, ALR_WRONG_STATE,
-// ALR_UNSUPPORTED (on a CUDA device, a base without CUDA kernels).
+// Sets a string option: the "base" of gi and schedule-free (the wrapped algorithm's name), and
+// for schedule-free over gi "base_base" (GI's base, docs/algorithms.md §3.3; setting "base"
+// resets it to GI's default, sgd). Set them before the first step and before the wrapped
+// algorithms' options (each resets them to defaults). Returns ALR_OK, ALR_NULL_POINTER,
+// ALR_INVALID_ARGUMENT, ALR_WRONG_STATE, ALR_UNSUPPORTED (on a CUDA device, a base without CUDA
+// kernels, or gi under schedule-free: CPU only).
 enum AlrStatus alr_set_option_str(struct AlrOptimizer *opt, const char *name, const char *value);
 
 // Reads option `name` of `group` into `*value` (NaN for an unset optional value).
@@ -316,14 +319,16 @@ enum AlrStatus alr_step(struct AlrOptimizer *opt, const struct AlrStepArgs *args
 // no-op. A step in eval mode is refused (ALR_WRONG_STATE). Returns ALR_OK, ALR_NULL_POINTER,
 // ALR_INVALID_ARGUMENT (a mode that is no AlrMode, struct_size too small), ALR_SHAPE_MISMATCH,
 // ALR_WRONG_STATE (schedule-free: already in that mode, except ALR_MODE_TRAIN before the first
-// step), and on a CUDA device the error an earlier step found there (ALR_NON_FINITE,
+// step; a step waits for `alr_report_loss` — schedule-free over gi — whose loss is at y, so the
+// parameters stay y until it comes), and on a CUDA device the error an earlier step found there (ALR_NON_FINITE,
 // ALR_INVALID_ARGUMENT: read first, as `alr_get_lr` reads it); on failure the parameters are
 // unchanged.
 enum AlrStatus alr_set_mode(struct AlrOptimizer *opt, const struct AlrModeArgs *args);
 
 // GI's second phase: `loss_after` is the loss on the same batch at the parameters the last
-// `alr_step` produced (when that step had no `loss_fn`). Returns ALR_OK, ALR_WRONG_STATE
-// (no step is waiting for a loss, or the algorithm is not GI), ALR_NULL_POINTER,
+// `alr_step` produced (when that step had no `loss_fn`; under schedule-free over gi, at y').
+// Returns ALR_OK, ALR_WRONG_STATE (no step is waiting for a loss, or the algorithm is neither
+// GI nor schedule-free over gi), ALR_NULL_POINTER,
 // ALR_INVALID_ARGUMENT. A non-finite `loss_after` is accepted and halves η (docs/algorithms.md §3).
 enum AlrStatus alr_report_loss(struct AlrOptimizer *opt, double loss_after);
 

@@ -104,10 +104,7 @@ pub trait Algorithm: Send {
 
     /// The second phase of GI's two-phase protocol; other algorithms take no report.
     fn report_loss(&mut self, _ctx: &Context, _loss_after: f64) -> Result<()> {
-        Err(crate::error::Error::wrong_state(format!(
-            "algorithm '{}' takes no loss report: alr_report_loss is only for 'gi' after a step without a loss callback",
-            self.name()
-        )))
+        Err(takes_no_report(self.name()))
     }
 
     /// True while a step waits for its loss report (no new step may start).
@@ -138,4 +135,11 @@ pub fn refuse_capture<D: Device>(device: &D, name: &str, what: &str) -> Result<(
         )));
     }
     Ok(())
+}
+
+/// ALR_WRONG_STATE for a loss report to an algorithm that takes none.
+pub fn takes_no_report(name: &str) -> crate::error::Error {
+    crate::error::Error::wrong_state(format!(
+        "algorithm '{name}' takes no loss report: alr_report_loss is only for 'gi' (and 'schedule-free' over gi) after a step without a loss callback"
+    ))
 }

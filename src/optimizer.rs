@@ -160,8 +160,12 @@ pub struct Callbacks<'a> {
 /// An optimizer over a fixed set of tensors, on one device.
 pub struct Optimizer {
     name: String,
-    /// The wrapped algorithm for `gi` (its string option `base`); empty otherwise.
+    /// The wrapped algorithm for `gi` and `schedule-free` (their string option `base`); empty
+    /// otherwise.
     base: String,
+    /// GI's base for schedule-free over gi (the string option `base_base`, docs/algorithms.md
+    /// §3.3); empty otherwise.
+    base_base: String,
     layout: Layout,
     options: Options,
     device: AnyDevice,
@@ -194,15 +198,16 @@ impl Optimizer {
         let layout = Layout::new(lens, groups)?;
         let (algorithm, alias_base, alias_options) = registry::resolve(algorithm);
         let base = alias_base.unwrap_or_else(|| registry::default_base(algorithm)).to_string();
-        let mut options = Options::new(registry::specs(algorithm, &base)?, layout.n_groups())?;
+        let base_base = base_base_for(algorithm, &base).to_string();
+        let mut options = Options::new(registry::specs(algorithm, &base, &base_base)?, layout.n_groups())?;
         for &(name, value) in alias_options {
             options.set(algorithm, name, None, value)?;
         }
         registry::check_runs_on(device.kind(), algorithm)?;
         let device = device.open()?;
-        let mut built = registry::build(algorithm, &base, &layout, &device, false, &shards)?;
+        let mut built = registry::build(algorithm, &base, &base_base, &layout, &device, false, &shards)?;
         built.options_changed(&Context { layout: &layout, options: &options })?;
-        Ok(Optimizer { name: algorithm.to_string(), base, layout, options, device, algorithm: built, started: false, shards })
+        Ok(Optimizer { name: algorithm.to_string(), base, base_base, layout, options, device, algorithm: built, started: false, shards })
     }
 
     /// Where this optimizer's state and buffers live.
@@ -214,9 +219,14 @@ impl Optimizer {
         &self.name
     }
 
-    /// GI's wrapped algorithm ("" for every other algorithm).
+    /// The wrapped algorithm of GI and schedule-free ("" for every other algorithm).
     pub fn base(&self) -> &str {
         &self.base
+    }
+
+    /// GI's base under schedule-free over gi ("" otherwise).
+    pub fn base_base(&self) -> &str {
+        &self.base_base
     }
 
     pub fn layout(&self) -> &Layout {
@@ -227,9 +237,10 @@ impl Optimizer {
         Context { layout: &self.layout, options: &self.options }
     }
 
-    /// A fresh algorithm of this configuration with `options` told to it.
-    fn build(&self, base: &str, options: &Options) -> Result<Box<dyn Algorithm>> {
-        let mut algorithm = registry::build(&self.name, base, &self.layout, &self.device, false, &self.shards)?;
+    /// A fresh algorithm of this configuration (over `base` and `base_base`) with `options`
+    /// told to it.
+    fn build(&self, base: &str, base_base: &str, options: &Options) -> Result<Box<dyn Algorithm>> {
+        let mut algorithm = registry::build(&self.name, base, base_base, &self.layout, &self.device, false, &self.shards)?;
         algorithm.options_changed(&Context { layout: &self.layout, options })?;
         Ok(algorithm)
     }
@@ -244,7 +255,7 @@ impl Optimizer {
         options.set(&self.name, name, group, value)?;
         if structural {
             // Rebuild so the state matches the new shape; nothing has been learned yet.
-            self.algorithm = self.build(&self.base, &options)?;
+            self.algorithm = self.build(&self.base, &self.base_base, &options)?;
         } else {
             self.algorithm.options_changed(&Context { layout: &self.layout, options: &options })?;
         }
@@ -258,19 +269,35 @@ impl Optimizer {
         Ok(self.options.get(group, name))
     }
 
-    /// Sets a string option (GI's `base`); must come before the first step and before the
-    /// wrapped algorithm's own options, which it resets to their defaults.
+    /// Sets a string option (the `base` of GI and schedule-free; `base_base`, GI's base, of
+    /// schedule-free over gi); must come before the first step and before the wrapped
+    /// algorithms' own options, which it resets to their defaults. Setting `base` resets
+    /// `base_base` to GI's default base.
     pub fn set_option_str(&mut self, name: &str, value: &str) -> Result<()> {
-        if name != "base" || !registry::takes_base(&self.name) {
-            return Err(Error::invalid(format!("algorithm '{}' has no string option '{name}' (only 'gi' and 'schedule-free' take one: 'base')", self.name)));
-        }
+        let (base, base_base) = match name {
+            "base" if registry::takes_base(&self.name) => (value, base_base_for(&self.name, value)),
+            "base_base" if registry::takes_base_base(&self.name, &self.base) => (self.base.as_str(), value),
+            "base_base" if self.name == "schedule-free" => {
+                return Err(Error::invalid(format!(
+                    "'base_base' is GI's base under schedule-free over gi, but this optimizer's base is '{}': set base = 'gi' first",
+                    self.base
+                )))
+            }
+            _ => {
+                return Err(Error::invalid(format!(
+                    "algorithm '{}' has no string option '{name}' (only 'gi' and 'schedule-free' take one: 'base'; schedule-free over gi also 'base_base')",
+                    self.name
+                )))
+            }
+        };
         if self.started {
             return Err(Error::wrong_state(format!("option '{name}' shapes the optimizer: set it before the first step")));
         }
-        let options = Options::new(registry::specs(&self.name, value)?, self.layout.n_groups())?;
-        self.algorithm = self.build(value, &options)?;
+        let options = Options::new(registry::specs(&self.name, base, base_base)?, self.layout.n_groups())?;
+        let algorithm = self.build(base, base_base, &options)?;
+        (self.base, self.base_base) = (base.to_string(), base_base.to_string());
+        self.algorithm = algorithm;
         self.options = options;
-        self.base = value.to_string();
         Ok(())
     }
 
@@ -549,7 +576,14 @@ impl Optimizer {
         let n_specs = r.u64()? as usize;
         let specs = self.options.specs();
         if n_specs != specs.len() {
-            return Err(Error::checkpoint("checkpoint options differ from this optimizer's (other library version?)"));
+            // Schedule-free over gi's GI base (`base_base`) shapes the options, and the checkpoint
+            // names it only in GI's part, after them.
+            let why = if self.base_base.is_empty() {
+                "other library version?".to_string()
+            } else {
+                format!("another base_base than this optimizer's '{}', or another library version?", self.base_base)
+            };
+            return Err(Error::checkpoint(format!("checkpoint options differ from this optimizer's ({why})")));
         }
         for spec in specs {
             let stored = r.str()?;
@@ -568,7 +602,7 @@ impl Optimizer {
         r.expect_name(&self.name)?;
         // The checksum was verified when the reader opened, so a state that parses is whole;
         // it goes into a fresh algorithm, which replaces this one only once all of it is read.
-        let mut algorithm = self.build(&self.base, &options)?;
+        let mut algorithm = self.build(&self.base, &self.base_base, &options)?;
         algorithm.load(&Context { layout: &self.layout, options: &options }, &mut r)?;
         r.finish()?;
         checkpoint::check_started(started, algorithm.started()?)?;
@@ -576,6 +610,15 @@ impl Optimizer {
         self.options = options;
         self.started = started;
         Ok(())
+    }
+}
+
+/// GI's base when `name` over `base` takes one (`base_base`): GI's default; "" otherwise.
+fn base_base_for(name: &str, base: &str) -> &'static str {
+    if registry::takes_base_base(name, base) {
+        registry::default_base("gi")
+    } else {
+        ""
     }
 }
 

@@ -5,7 +5,7 @@ use crate::adapt::dadapt::{self, DAdaptAdam};
 use crate::adapt::dog::{self, Dog};
 use crate::adapt::gi::{self, Gi};
 use crate::adapt::prodigy::{self, Prodigy};
-use crate::adapt::schedule_free::{self, FusedBase, ScheduleFree};
+use crate::adapt::schedule_free::{self, FusedBase, OverGi, ScheduleFree};
 use crate::adapt::tlr::{self, Tlr};
 use crate::adapt::vsgd::{self, Variant, Vsgd};
 use crate::algorithm::{Algorithm, Shards};
@@ -99,8 +99,15 @@ pub fn takes_base(name: &str) -> bool {
     matches!(name, "gi" | "schedule-free")
 }
 
-/// The options of algorithm `name` (wrapping `base`, for GI).
-pub fn specs(name: &str, base: &str) -> Result<Vec<OptionSpec>> {
+/// Whether `name` over `base` takes GI's base as the string option `base_base` (schedule-free
+/// over gi, docs/algorithms.md §3.3).
+pub fn takes_base_base(name: &str, base: &str) -> bool {
+    name == "schedule-free" && base == "gi"
+}
+
+/// The options of algorithm `name` (wrapping `base`, for GI and schedule-free; schedule-free
+/// over gi wraps GI over `base_base`).
+pub fn specs(name: &str, base: &str, base_base: &str) -> Result<Vec<OptionSpec>> {
     let mut specs = match name {
         "sgd" => Sgd::specs(),
         "momentum" => Momentum::specs(),
@@ -120,7 +127,7 @@ pub fn specs(name: &str, base: &str) -> Result<Vec<OptionSpec>> {
         // GI's table already holds its base's options, check_finite included.
         "gi" => return gi::specs(base),
         // So does schedule-free's.
-        name if schedule_free::is_schedule_free(name) => return schedule_free::specs(name, base),
+        name if schedule_free::is_schedule_free(name) => return schedule_free::specs(name, base, base_base),
         _ => return Err(unknown(name)),
     };
     specs.extend(common_specs());
@@ -152,29 +159,48 @@ pub fn check_runs_on(kind: DeviceKind, name: &str) -> Result<()> {
     Err(Error::unsupported(format!("algorithm '{name}' has no CUDA kernels yet (on CUDA: {}): create it on ALR_DEVICE_CPU", ON_CUDA.join(", "))))
 }
 
+/// `check_runs_on` for `name` over `base` (the base itself is checked when it is built):
+/// schedule-free runs over every base its device runs, and over gi on the CPU only (GI's φ and
+/// loss callback are on the host, docs/algorithms.md §3.3), also over a base with CUDA kernels.
+pub fn check_composition_runs_on(kind: DeviceKind, name: &str, base: &str) -> Result<()> {
+    check_runs_on(kind, name)?;
+    if kind != DeviceKind::Cpu && takes_base_base(name, base) {
+        return Err(Error::unsupported(format!("'{name}' over gi runs on the CPU only, as gi does (docs/algorithms.md §3.3): create it on ALR_DEVICE_CPU")));
+    }
+    Ok(())
+}
+
 /// A fresh algorithm (zero state) for `layout` on `device`, over shards when `shards` holds a
-/// communicator. `unit_lr`: a fixed-rate rule runs at lr 1 because a wrapper (GI) owns the scale.
-pub fn build(name: &str, base: &str, layout: &Layout, device: &AnyDevice, unit_lr: bool, shards: &Shards) -> Result<Box<dyn Algorithm>> {
+/// communicator (over `base`, and schedule-free over gi over `base_base`). `unit_lr`: a
+/// fixed-rate rule runs at lr 1 because a wrapper (GI) owns the scale.
+pub fn build(name: &str, base: &str, base_base: &str, layout: &Layout, device: &AnyDevice, unit_lr: bool, shards: &Shards) -> Result<Box<dyn Algorithm>> {
     if !ALGORITHMS.contains(&name) {
         return Err(unknown(name));
     }
     check_runs_on(device.kind(), name)?;
     let built = match device {
         AnyDevice::Cpu(cpu) => match name {
-            "gi" => Some(Box::new(Gi::new(base, build(base, "", layout, device, is_fixed_rate(base), shards)?, shards.clone())) as Box<dyn Algorithm>),
-            _ => build_on(name, base, layout, device, cpu, unit_lr, shards)?,
+            "gi" => Some(Box::new(gi(base, layout, device, shards)?) as Box<dyn Algorithm>),
+            _ => build_on(name, base, base_base, layout, device, cpu, unit_lr, shards)?,
         },
         #[cfg(feature = "cuda")]
-        AnyDevice::Cuda(cuda) => build_on(name, base, layout, device, cuda, unit_lr, shards)?,
+        AnyDevice::Cuda(cuda) => build_on(name, base, base_base, layout, device, cuda, unit_lr, shards)?,
     };
     built.ok_or_else(|| unknown(name))
 }
 
+/// GI over `base` (a fixed-rate base at lr 1: η is its rate).
+fn gi(base: &str, layout: &Layout, device: &AnyDevice, shards: &Shards) -> Result<Gi> {
+    Ok(Gi::new(base, build(base, "", "", layout, device, is_fixed_rate(base), shards)?, shards.clone()))
+}
+
 /// The algorithms written over `Device`, on `device` (`any`, the same device, builds a
 /// schedule-free base).
+#[allow(clippy::too_many_arguments)] // `build`'s arguments and the device twice (typed and any)
 fn build_on<D: Device>(
     name: &str,
     base: &str,
+    base_base: &str,
     layout: &Layout,
     any: &AnyDevice,
     device: &D,
@@ -185,11 +211,13 @@ fn build_on<D: Device>(
     Ok(Some(match name {
         name if schedule_free::is_schedule_free(name) => {
             let base = schedule_free::fixed_base(name).unwrap_or(base);
+            check_composition_runs_on(any.kind(), name, base)?;
             let built = match fixed_rate(base, device, lens, n_groups, false)? {
                 Some(fused) => schedule_free::Base::Fused(fused),
-                None => schedule_free::Base::Own(build(base, "", layout, any, false, shards)?),
+                None if base == "gi" => schedule_free::Base::Gi(Box::new(OverGi::new(gi(base_base, layout, any, shards)?))),
+                None => schedule_free::Base::Own(build(base, "", "", layout, any, false, shards)?),
             };
-            Box::new(ScheduleFree::new(name, base, built, device, layout)?)
+            Box::new(ScheduleFree::new(name, base, base_base, built, device, layout)?)
         }
         name if is_fixed_rate(name) => return Ok(fixed_rate(name, device, lens, n_groups, unit_lr)?.map(|rule| rule.into_algorithm())),
         "auto-sgd" => Box::new(AutoOpt::<Identity, D>::new(device, layout, shards.clone())?),

@@ -5,7 +5,7 @@
 //! `cargo test --features cuda --test cuda_device`.
 #![cfg(feature = "cuda")]
 
-use autolr::ffi::{alr_algorithms, alr_create, alr_last_error, AlrCreateArgs, AlrDevice, AlrOptimizer};
+use autolr::ffi::{alr_algorithms, alr_create, alr_destroy, alr_last_error, alr_set_option_str, AlrCreateArgs, AlrDevice, AlrOptimizer};
 use autolr::AlrStatus;
 use std::ffi::{CStr, CString};
 
@@ -88,4 +88,27 @@ fn algorithms_without_kernels_are_unsupported_on_cuda_on_every_machine() {
         let name = algorithm.to_str().unwrap();
         assert!(message.contains(&format!("'{name}' has no CUDA kernels")) && message.contains("auto-adam"), "{message}");
     }
+}
+
+/// Schedule-free runs on CUDA, gi does not: over gi it is ALR_UNSUPPORTED (docs/algorithms.md
+/// §3.3), decided when the base is set, which needs a created optimizer, hence a device. On every
+/// machine the rule that decides it; where device 0 exists, through the C ABI.
+#[test]
+fn schedule_free_over_gi_is_unsupported_on_cuda() {
+    let e = autolr::registry::check_composition_runs_on(autolr::backend::DeviceKind::Cuda, "schedule-free", "gi").unwrap_err();
+    assert_eq!(e.status, AlrStatus::AlrUnsupported);
+    assert!(e.message.contains("CPU only") && e.message.contains("ALR_DEVICE_CPU"), "{}", e.message);
+    if !driver_present() {
+        return;
+    }
+    let (status, message, out) = create_algorithm_on_cuda(c"schedule-free", 0);
+    if status == AlrStatus::AlrCudaError {
+        return; // no device 0 on this machine: the rule above is what is tested
+    }
+    assert_eq!(status, AlrStatus::AlrOk, "{message}");
+    assert_eq!(alr_set_option_str(out, c"base".as_ptr(), c"gi".as_ptr()), AlrStatus::AlrUnsupported);
+    // SAFETY: alr_last_error returns a NUL-terminated thread-local string (never NULL).
+    let message = unsafe { CStr::from_ptr(alr_last_error()) }.to_string_lossy().into_owned();
+    assert!(message.contains("CPU only"), "{message}");
+    assert_eq!(alr_destroy(out), AlrStatus::AlrOk);
 }

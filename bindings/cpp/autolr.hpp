@@ -359,7 +359,8 @@ public:
         detail::check(alr_set_option(handle(), name.c_str(), static_cast<double>(value)));
     }
 
-    /// Sets a string option (GI's "base"); set it before the wrapped algorithm's options.
+    /// Sets a string option (GI's and schedule-free's "base"; schedule-free over gi's
+    /// "base_base", after "base"); set it before the wrapped algorithms' options.
     void set_option(const std::string& name, const std::string& value) {
         detail::check(alr_set_option_str(handle(), name.c_str(), value.c_str()));
     }

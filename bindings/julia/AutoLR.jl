@@ -134,10 +134,12 @@ mutable struct Optimizer
         end
         opt = new(handle[], name, ps)
         finalizer(_destroy!, opt)
-        # GI's base first: setting it resets the wrapped algorithm's options to their defaults.
+        # The bases first, outermost first: setting one resets the wrapped algorithms' options to
+        # their defaults (base_base: GI's base under schedule-free over gi).
         haskey(options, :base) && set_option!(opt, "base", options[:base])
+        haskey(options, :base_base) && set_option!(opt, "base_base", options[:base_base])
         for (k, v) in pairs(options)
-            k === :base || set_option!(opt, String(k), v)
+            k in (:base, :base_base) || set_option!(opt, String(k), v)
         end
         return opt
     end
@@ -169,7 +171,7 @@ Base.show(io::IO, opt::Optimizer) =
     set_option!(opt, name, value; group=nothing)
 
 Sets option `name` for every group, or for group `group` (1-based). Strings set string options
-(GI's "base"); `Bool`s set flags.
+(GI's and schedule-free's "base", schedule-free over gi's "base_base"); `Bool`s set flags.
 """
 function set_option!(opt::Optimizer, name::AbstractString, value; group=nothing)
     h = _handle(opt)

@@ -10,6 +10,11 @@
 //! The base keeps its own state exactly as if it had applied `s` (its momentum and rates live in
 //! its own frame); GI scales only the displacement. No parameter-sized buffer is added: the base
 //! recomputes `s` from its state in the second pass.
+//!
+//! The step is two halves, which schedule-free over gi (docs/algorithms.md §3.3) calls on its own
+//! frame: `make_move` (propose, φ, the move on the frame it is given) and `conclude` (f+ from the
+//! callback or the report, then η from ρ against the decrease it is given: φ/2 here, φ_y/2 of
+//! the caller's y there).
 
 use crate::algorithm::{Accepts, Algorithm, Context, Shards};
 use crate::backend::{reduce_failed, ReduceOp, ReduceValues, TensorMut};
@@ -43,7 +48,7 @@ pub fn specs(base: &str) -> Result<Vec<OptionSpec>> {
         OptionSpec::non_negative("lo", 0.75).global(),
         OptionSpec::integer("adapt_every", 1.0, 1.0, 1e9).global(),
     ];
-    for spec in registry::specs(base, "")? {
+    for spec in registry::specs(base, "", "")? {
         match spec.name {
             "lr" if fixed_rate => {}
             "lr" => specs.push(OptionSpec { name: "base_lr", ..spec }),
@@ -59,12 +64,23 @@ pub fn specs(base: &str) -> Result<Vec<OptionSpec>> {
 /// The base's own option table, read from GI's (which holds every base option by name).
 fn base_options(base: &str, options: &Options) -> Result<Options> {
     let fixed_rate = registry::is_fixed_rate(base);
-    options.view(base, registry::specs(base, "")?, |name| match name {
+    options.view(base, registry::specs(base, "", "")?, |name| match name {
         // A fixed-rate base runs at lr 1: GI's η is its rate.
         "lr" if fixed_rate => None,
         "lr" => Some("base_lr"),
         other => Some(other),
     })
+}
+
+/// What GI's move leaves for its adaptation (docs/algorithms.md §3): the loss before the move,
+/// φ, whether φ gave a usable prediction (§3.1), and whether this step adapts η at all
+/// (`adapt_every`).
+#[derive(Debug, Clone, Copy)]
+pub struct Move {
+    loss_before: f64,
+    phi: f64,
+    usable: bool,
+    pub adapts: bool,
 }
 
 /// A step that moved θ and waits for the loss after the move (two-phase protocol). Every
@@ -73,8 +89,9 @@ fn base_options(base: &str, options: &Options) -> Result<Options> {
 #[derive(Debug, Clone, Copy)]
 struct Pending {
     loss_before: f64,
-    phi: f64,
-    /// False when φ gave no usable prediction: the report is then taken and ignored.
+    /// What ρ divides the observed decrease by: φ/2 (§3), or φ_y/2 under schedule-free (§3.3).
+    decrease: f64,
+    /// False when there was no usable prediction: the report is then taken and ignored.
     usable: bool,
 }
 
@@ -100,18 +117,25 @@ impl Gi {
         Gi { base_name, base, eta: None, steps: 0, skipped: 0, phi: 0.0, rho: 0.0, applied_scale: f64::NAN, pending: None, shards }
     }
 
+    /// `value` summed over every process (sharded; as it is on whole tensors). Err: why the
+    /// communicator failed.
+    pub fn summed(&self, value: f64) -> std::result::Result<f64, String> {
+        let Some(comm) = self.shards.as_deref() else { return Ok(value) };
+        let mut values = [value];
+        comm.all_reduce(ReduceValues::Host(&mut values), ReduceOp::Sum)?;
+        Ok(values[0])
+    }
+
     /// φ's sum `Σ g·s` over every process (sharded), from this process's.
     fn reduced(&self, g_dot_s: f64) -> Result<f64> {
-        let Some(comm) = self.shards.as_deref() else { return Ok(g_dot_s) };
-        let mut value = [g_dot_s];
-        comm.all_reduce(ReduceValues::Host(&mut value), ReduceOp::Sum).map_err(reduce_failed)?;
-        if !value[0].is_finite() {
+        let sum = self.summed(g_dot_s).map_err(reduce_failed)?;
+        if !sum.is_finite() {
             // Every process sees the same sum, so every process refuses the step alike.
             return Err(Error::non_finite(
                 "φ summed over all processes is not finite: the inputs of this or another process held a NaN or Inf (or the sum overflowed)",
             ));
         }
-        Ok(value[0])
+        Ok(sum)
     }
 
     fn eta(&self, options: &Options) -> f64 {
@@ -132,7 +156,7 @@ impl Gi {
             self.rho = f64::NAN;
             options.get(0, "down") * eta
         } else {
-            self.rho = (pending.loss_before - loss_after) / (pending.phi / 2.0);
+            self.rho = (pending.loss_before - loss_after) / pending.decrease;
             if self.rho > options.get(0, "hi") {
                 options.get(0, "up") * eta
             } else if self.rho < options.get(0, "lo") {
@@ -141,6 +165,111 @@ impl Gi {
                 eta
             }
         });
+    }
+    /// GI's move on `frame` (docs/algorithms.md §3, Algorithm 1 up to the re-evaluation): the
+    /// base proposes s at the caller's gradient and advances its state, φ = η·g·s (one global
+    /// sum, over the processes when sharded), and the frame moves by `scale`·k·s with
+    /// k = η·2Δf/(φ + R), or η on a plain step (§3.1, counted in `skipped`). `scale` is 1 on
+    /// GI's own; schedule-free's (scheduled) `lr` when GI steps its z (§3.3). What the
+    /// adaptation needs is returned; nothing is adapted yet.
+    pub fn make_move(&mut self, ctx: &Context, frame: &mut [TensorMut], inputs: &StepInputs, callbacks: &mut Callbacks, scale: f32) -> Result<Move> {
+        let options = ctx.options;
+        let base_opts = base_options(&self.base_name, options)?;
+        let base_ctx = Context { layout: ctx.layout, options: &base_opts };
+        let eta = self.eta(options);
+        // The base's proposal may fail (a vSGD gradient callback, a reduction of its sums over
+        // shards) before anything changed. Over shards φ's reduction follows it, when the base's
+        // state has advanced: a snapshot of that state restores it if the reduction fails, so
+        // that nothing changes then either (see `abstain`).
+        let snapshot = match self.shards {
+            Some(_) => {
+                let mut w = Writer::to_vec();
+                self.base.save(&mut w)?;
+                Some(w.finish()?.0)
+            }
+            None => None,
+        };
+        let g_dot_s = self.base.propose(&base_ctx, frame, inputs, callbacks)?;
+        let phi = match self.reduced(g_dot_s) {
+            Ok(sum) => eta * sum,
+            Err(failed) => {
+                if let Some(bytes) = snapshot {
+                    self.base.load(&base_ctx, &mut Reader::fields(&bytes))?;
+                }
+                return Err(failed);
+            }
+        };
+        self.steps += 1;
+        let adapts = self.adapts(options, self.steps);
+        self.eta = Some(eta);
+        self.phi = phi;
+        self.rho = 0.0;
+        let f_star = options.get(0, "f_star");
+        let loss = inputs.loss.unwrap_or(f64::NAN);
+        let delta_f = if f_star.is_nan() { phi / 2.0 } else { (loss - f_star).max(0.0) };
+        let factor = 2.0 * delta_f / (phi + options.get(0, "R"));
+        // With f* set, a negative φ (the base's step points uphill on this batch) still has the
+        // paper's move, which reverses it and keeps the iterates independent of η (paper 003,
+        // Fig. 4); docs/algorithms.md §3 would take the plain base step — see the README's note.
+        let reversed = !f_star.is_nan() && phi < 0.0;
+        let usable = (phi > 0.0 || reversed) && phi.is_finite() && factor.is_finite();
+        if usable {
+            self.applied_scale = eta * factor;
+        } else {
+            // No usable prediction: the plain base step at lr η, no adaptation (counted).
+            self.applied_scale = eta;
+        }
+        self.base.apply(&base_ctx, frame, inputs, (f64::from(scale) * self.applied_scale) as f32)?;
+        // A reversed step has φ < 0: ρ, which divides by the predicted decrease φ/2, means
+        // nothing there, so η is kept.
+        let usable = usable && !reversed;
+        self.skipped += u64::from(!usable);
+        Ok(Move { loss_before: loss, phi, usable, adapts })
+    }
+
+    /// The adaptation after an adapting move (§3, §3.2): with a loss callback, f+ from it at
+    /// `params` (the caller's parameters, holding the moved point), then η's update; without
+    /// one, the step waits for `report_loss`. `decrease` is what ρ divides the observed decrease
+    /// by (φ/2 on GI's own; φ_y/2 under schedule-free, §3.3); a decrease that is not
+    /// `decrease_usable` adapts nothing and counts as a skip, once per step.
+    pub fn conclude(
+        &mut self,
+        options: &Options,
+        moved: &Move,
+        decrease: f64,
+        decrease_usable: bool,
+        params: &[TensorMut],
+        callbacks: &mut Callbacks,
+    ) -> Result<()> {
+        let usable = moved.usable && decrease_usable;
+        self.skipped += u64::from(moved.usable && !usable);
+        let pending = Pending { loss_before: moved.loss_before, decrease, usable };
+        match callbacks.loss_fn.as_mut() {
+            None => self.pending = Some(pending),
+            Some(_) if !usable => {}
+            Some(loss_fn) => {
+                let views = params
+                    .iter()
+                    .map(|p| p.as_host().ok_or_else(|| Error::unsupported("gi's loss callback reads the parameters in host memory")))
+                    .collect::<Result<Vec<&[f32]>>>()?;
+                let loss_after = loss_fn(&views).map_err(|why| Error {
+                    after_change: true,
+                    ..Error::callback(format!("the loss callback failed ({why}); the parameters were moved, η was not adapted"))
+                })?;
+                self.adapt(options, pending, loss_after);
+            }
+        }
+        Ok(())
+    }
+
+    /// GI's telemetry (§5: `phi`, `rho`, `eta`, `skipped`), then `extra` (what schedule-free
+    /// over GI adds, §3.3), then its base's.
+    pub fn telemetry_with(&self, ctx: &Context, group: usize, extra: &[(&'static str, f64)]) -> Result<Vec<(&'static str, f64)>> {
+        let mut entries = vec![("phi", self.phi), ("rho", self.rho), ("eta", self.eta(ctx.options)), ("skipped", self.skipped as f64)];
+        entries.extend_from_slice(extra);
+        let options = base_options(&self.base_name, ctx.options)?;
+        entries.extend(self.base.telemetry(&Context { layout: ctx.layout, options: &options }, group)?);
+        Ok(entries)
     }
 }
 
@@ -202,77 +331,11 @@ impl Algorithm for Gi {
     }
 
     fn step(&mut self, ctx: &Context, params: &mut [TensorMut], inputs: &StepInputs, callbacks: &mut Callbacks) -> Result<()> {
-        let options = ctx.options;
-        let base_opts = base_options(&self.base_name, options)?;
-        let base_ctx = Context { layout: ctx.layout, options: &base_opts };
-        let eta = self.eta(options);
-        // The base's proposal may fail (a vSGD gradient callback, a reduction of its sums over
-        // shards) before anything changed. Over shards φ's reduction follows it, when the base's
-        // state has advanced: a snapshot of that state restores it if the reduction fails, so
-        // that nothing changes then either (see `abstain`).
-        let snapshot = match self.shards {
-            Some(_) => {
-                let mut w = Writer::to_vec();
-                self.base.save(&mut w)?;
-                Some(w.finish()?.0)
-            }
-            None => None,
-        };
-        let g_dot_s = self.base.propose(&base_ctx, params, inputs, callbacks)?;
-        let phi = match self.reduced(g_dot_s) {
-            Ok(sum) => eta * sum,
-            Err(failed) => {
-                if let Some(bytes) = snapshot {
-                    self.base.load(&base_ctx, &mut Reader::fields(&bytes))?;
-                }
-                return Err(failed);
-            }
-        };
-        self.steps += 1;
-        let adapts = self.adapts(options, self.steps);
-        self.eta = Some(eta);
-        self.phi = phi;
-        self.rho = 0.0;
-        let f_star = options.get(0, "f_star");
-        let loss = inputs.loss.unwrap_or(f64::NAN);
-        let delta_f = if f_star.is_nan() { phi / 2.0 } else { (loss - f_star).max(0.0) };
-        let factor = 2.0 * delta_f / (phi + options.get(0, "R"));
-        // With f* set, a negative φ (the base's step points uphill on this batch) still has the
-        // paper's move, which reverses it and keeps the iterates independent of η (paper 003,
-        // Fig. 4); docs/algorithms.md §3 would take the plain base step — see the README's note.
-        let reversed = !f_star.is_nan() && phi < 0.0;
-        let usable = (phi > 0.0 || reversed) && phi.is_finite() && factor.is_finite();
-        if usable {
-            self.applied_scale = eta * factor;
-        } else {
-            // No usable prediction: the plain base step at lr η, no adaptation (counted).
-            self.applied_scale = eta;
-        }
-        self.base.apply(&base_ctx, params, inputs, self.applied_scale as f32)?;
-        // A reversed step has φ < 0: ρ, which divides by the predicted decrease φ/2, means
-        // nothing there, so η is kept.
-        let usable = usable && !reversed;
-        self.skipped += u64::from(!usable);
-        if !adapts {
+        let moved = self.make_move(ctx, params, inputs, callbacks, 1.0)?;
+        if !moved.adapts {
             return Ok(());
         }
-        let pending = Pending { loss_before: loss, phi, usable };
-        match callbacks.loss_fn.as_mut() {
-            None => self.pending = Some(pending),
-            Some(_) if !usable => {}
-            Some(loss_fn) => {
-                let views = params
-                    .iter()
-                    .map(|p| p.as_host().ok_or_else(|| Error::unsupported("gi's loss callback reads the parameters in host memory")))
-                    .collect::<Result<Vec<&[f32]>>>()?;
-                let loss_after = loss_fn(&views).map_err(|why| Error {
-                    after_change: true,
-                    ..Error::callback(format!("the loss callback failed ({why}); the parameters were moved, η was not adapted"))
-                })?;
-                self.adapt(options, pending, loss_after);
-            }
-        }
-        Ok(())
+        self.conclude(ctx.options, &moved, moved.phi / 2.0, true, params, callbacks)
     }
 
     fn report_loss(&mut self, ctx: &Context, loss_after: f64) -> Result<()> {
@@ -302,10 +365,7 @@ impl Algorithm for Gi {
     }
 
     fn telemetry(&self, ctx: &Context, group: usize) -> Result<Vec<(&'static str, f64)>> {
-        let mut entries = vec![("phi", self.phi), ("rho", self.rho), ("eta", self.eta(ctx.options)), ("skipped", self.skipped as f64)];
-        let options = base_options(&self.base_name, ctx.options)?;
-        entries.extend(self.base.telemetry(&Context { layout: ctx.layout, options: &options }, group)?);
-        Ok(entries)
+        self.telemetry_with(ctx, group, &[])
     }
 
     fn started(&self) -> Result<bool> {

@@ -35,12 +35,18 @@
 //! 4 bytes per element of page faults on every CPU step and a synchronising allocation on every
 //! GPU step.
 //!
+//! Over gi (`Base::Gi`, docs/algorithms.md §3.3) GI's move steps z — φ = η·g·s and the move
+//! scale k in z's frame, `z' = z − lr·λ·y − lr·k·s` — and GI's adaptation reads the decrease of
+//! the caller's move instead: the pass that writes y' also sums φ_y = Σ g·(y − y') (the
+//! `assign_dot` primitive, CPU only as GI is), and ρ = (f − f+)/(φ_y/2) with f+ at y'.
+//!
 //! The two parameter views: `set_mode` swaps the caller's buffers between y (training) and
 //! x (evaluation) in place, `x = lerp(y, z, 1 − 1/β)` and `y = lerp(x, z, 1 − β)`, as the
 //! reference's `eval()`/`train()`.
 
 use std::marker::PhantomData;
 
+use crate::adapt::gi::{Gi, Move};
 use crate::algorithm::{Accepts, Algorithm, Context};
 use crate::backend::{Commit, Device, DotRule, ElementRule, KernelRule, NestedRule, Record, SolveRule, TensorMut};
 use crate::base::{adagrad::Adagrad, adam::Adam, momentum::Momentum, rmsprop::RmsProp, sgd::Sgd, Fixed, FixedRate, Rule, WEIGHT_DECAY};
@@ -83,6 +89,10 @@ fn renamed(base: &str, name: &'static str) -> Option<&'static str> {
     match name {
         "lr" if registry::is_fixed_rate(base) => None,
         "lr" => Some("base_lr"),
+        // Over gi, `base_lr` is GI's initial η (its `lr`, above); GI's own `base_lr` (an
+        // automatic base's rate under GI, §3.1) moves one level down with GI's base, which is
+        // `base_base` here (docs/algorithms.md §3.3).
+        "base_lr" if base == "gi" => Some("base_base_lr"),
         "beta1" if matches!(base, "adam" | "adamw") => None,
         "momentum" => Some("base_momentum"),
         "weight_decay" => Some("base_weight_decay"),
@@ -91,17 +101,20 @@ fn renamed(base: &str, name: &'static str) -> Option<&'static str> {
 }
 
 fn check_base(base: &str) -> Result<()> {
-    if base == "gi" || is_schedule_free(base) {
-        return Err(Error::invalid(format!("schedule-free cannot wrap '{base}': its base must be a fixed-rate rule, auto-*, vsgd-* or tlr")));
+    if is_schedule_free(base) {
+        return Err(Error::invalid(format!(
+            "schedule-free cannot wrap '{base}': its base is any other algorithm (a fixed-rate rule, auto-*, vsgd-*, tlr, gi, a peer)"
+        )));
     }
     Ok(())
 }
 
-/// The options of schedule-free over `base` (the base of an alias is its own).
-pub fn specs(name: &str, base: &str) -> Result<Vec<OptionSpec>> {
+/// The options of schedule-free over `base` (the base of an alias is its own), over gi with
+/// GI's base `base_base` (docs/algorithms.md §3.3).
+pub fn specs(name: &str, base: &str, base_base: &str) -> Result<Vec<OptionSpec>> {
     let base = fixed_base(name).unwrap_or(base);
     check_base(base)?;
-    let base_specs = registry::specs(base, "")?;
+    let base_specs = registry::specs(base, base_base, "")?;
     let lr = if registry::is_fixed_rate(base) {
         // The references' defaults over adamw and sgd; the base's own over another rule.
         let own = base_specs.iter().find(|s| s.name == "lr").map_or(1e-3, |s| s.default);
@@ -133,8 +146,8 @@ pub fn specs(name: &str, base: &str) -> Result<Vec<OptionSpec>> {
 
 /// The base's own option table, read from schedule-free's; a fixed-rate base's `lr` per group
 /// is `lrs[g]` (the scheduled rate of this step).
-fn base_options(base: &str, options: &Options, lrs: &[f64]) -> Result<Options> {
-    let mut view = options.view(base, registry::specs(base, "")?, |name| renamed(base, name))?;
+fn base_options(base: &str, base_base: &str, options: &Options, lrs: &[f64]) -> Result<Options> {
+    let mut view = options.view(base, registry::specs(base, base_base, "")?, |name| renamed(base, name))?;
     // What schedule-free sets itself: a fixed-rate base's lr (this step's scheduled one), and
     // Adam's β1 (0: the interpolation takes the first moment's place).
     let own: Vec<&'static str> = view.specs().iter().map(|s| s.name).filter(|&n| renamed(base, n).is_none()).collect();
@@ -435,11 +448,42 @@ impl<R: FusedRule, D: Device> FusedBase<D> for FixedRate<R, D> {
     }
 }
 
-/// Schedule-free's base: a fixed-rate rule stepped in the fused pass, or any other algorithm
-/// stepped by its own passes on z.
+/// Schedule-free's base: a fixed-rate rule stepped in the fused pass, any other algorithm
+/// stepped by its own passes on z, or GI, whose move steps z and whose adaptation reads the
+/// decrease of y's move (docs/algorithms.md §3.3).
 pub enum Base<D: Device> {
     Fused(Box<dyn FusedBase<D>>),
     Own(Box<dyn Algorithm>),
+    Gi(Box<OverGi>),
+}
+
+/// GI as schedule-free's base, with what the composition adds to GI's state.
+pub struct OverGi {
+    gi: Gi,
+    /// The last adapting step's φ_y = Σ g·(y − y') (0 before one): telemetry, saved after
+    /// GI's state.
+    phi_y: f64,
+}
+
+impl OverGi {
+    pub fn new(gi: Gi) -> Self {
+        OverGi { gi, phi_y: 0.0 }
+    }
+
+    /// η's adaptation after an adapting move (§3.3), from this process's part `own` of φ_y:
+    /// φ_y summed over the processes, then ρ = (f − f+)/(φ_y/2) as GI's (f − f+)/(φ/2). A φ_y ≤ 0
+    /// or non-finite gives no prediction: η is kept, the step counted as skipped. Over shards
+    /// the sum comes after the move, which stands if the reduction fails (as after a failed
+    /// loss callback): η is then not adapted.
+    fn adapt(&mut self, options: &Options, moved: &Move, own: f64, params: &[TensorMut], callbacks: &mut Callbacks) -> Result<()> {
+        let phi_y = self.gi.summed(own).map_err(|why| Error {
+            after_change: true,
+            ..Error::callback(format!("the reduce callback failed on φ_y ({why}); the parameters were moved, η was not adapted"))
+        })?;
+        self.phi_y = phi_y;
+        let usable = phi_y > 0.0 && phi_y.is_finite();
+        self.gi.conclude(options, moved, phi_y / 2.0, usable, params, callbacks)
+    }
 }
 
 impl<D: Device> Base<D> {
@@ -447,12 +491,14 @@ impl<D: Device> Base<D> {
         match self {
             Base::Fused(b) => b.algorithm(),
             Base::Own(b) => b.as_ref(),
+            Base::Gi(b) => &b.gi,
         }
     }
     fn algorithm_mut(&mut self) -> &mut dyn Algorithm {
         match self {
             Base::Fused(b) => b.algorithm_mut(),
             Base::Own(b) => b.as_mut(),
+            Base::Gi(b) => &mut b.gi,
         }
     }
 }
@@ -488,15 +534,56 @@ impl ElementRule for Swap {
     }
 }
 
+/// `previous ← z`, then `z ← z − lr·λ·y` over every tensor (an automatic base's first pass).
+fn decay_at_y<D: Device>(
+    device: &D,
+    options: &Options,
+    layout: &Layout,
+    averages: &D::Records<Average>,
+    params: &[TensorMut],
+    z: &mut [D::State<f32>],
+    previous: &mut [D::State<f32>],
+) -> Result<()> {
+    for (t, (z, previous)) in z.iter_mut().zip(previous.iter_mut()).enumerate() {
+        let group = layout.groups[t];
+        let mut z = device.state_view(z);
+        device.update::<DecayAtY>(&options.get(group, "weight_decay"), averages, group, &mut z, &params[t].view(), previous)?;
+    }
+    Ok(())
+}
+
+/// `y ← lerp(y, z, c) + (β(1−c) − 1)·(z − z')` over every tensor, z the previous z (an
+/// automatic base's last pass).
+#[allow(clippy::too_many_arguments)] // the step's buffers and the β's option name
+fn interpolate<D: Device>(
+    device: &D,
+    options: &Options,
+    layout: &Layout,
+    beta_name: &str,
+    averages: &D::Records<Average>,
+    params: &mut [TensorMut],
+    z: &mut [D::State<f32>],
+    previous: &mut [D::State<f32>],
+) -> Result<()> {
+    for (t, (z, previous)) in z.iter_mut().zip(previous.iter_mut()).enumerate() {
+        let group = layout.groups[t];
+        let z = device.state_view(z);
+        device.update::<Interpolate>(&options.get(group, beta_name), averages, group, &mut params[t], &z.view(), previous)?;
+    }
+    Ok(())
+}
+
 pub struct ScheduleFree<D: Device> {
     name: &'static str,
     base_name: String,
+    /// GI's base when the base is gi (docs/algorithms.md §3.3); "" otherwise.
+    base_base: String,
     base: Base<D>,
     device: D,
     z: Vec<D::State<f32>>,
-    /// z before the step being taken, for an automatic base only (scratch: rewritten before
-    /// every use, not saved; why that base needs it is in the module's header). None over a
-    /// fixed-rate base.
+    /// z before the step being taken, for an automatic base (gi too) only (scratch: rewritten
+    /// before every use, not saved; why that base needs it is in the module's header). None
+    /// over a fixed-rate base.
     previous: Vec<D::State<f32>>,
     units: Vec<D::State<()>>,
     averages: D::Records<Average>,
@@ -510,7 +597,7 @@ pub struct ScheduleFree<D: Device> {
 }
 
 impl<D: Device> ScheduleFree<D> {
-    pub fn new(name: &str, base_name: &str, base: Base<D>, device: &D, layout: &Layout) -> Result<Self> {
+    pub fn new(name: &str, base_name: &str, base_base: &str, base: Base<D>, device: &D, layout: &Layout) -> Result<Self> {
         let name = registry::ALGORITHMS.iter().copied().find(|&n| n == name).ok_or_else(|| Error::invalid(format!("unknown algorithm '{name}'")))?;
         check_base(base_name)?;
         let lens = &layout.lens;
@@ -520,11 +607,12 @@ impl<D: Device> ScheduleFree<D> {
                 device.require(&[fused.step_kernel()])?;
                 Vec::new()
             }
-            Base::Own(_) => device.alloc_per_tensor(lens)?,
+            Base::Own(_) | Base::Gi(_) => device.alloc_per_tensor(lens)?,
         };
         Ok(ScheduleFree {
             name,
             base_name: base_name.to_string(),
+            base_base: base_base.to_string(),
             base,
             z: device.alloc_per_tensor(lens)?,
             previous,
@@ -547,7 +635,7 @@ impl<D: Device> ScheduleFree<D> {
     fn base_options(&self, options: &Options, k: u64) -> Result<Options> {
         let warmup = options.get(0, "warmup_steps");
         let lrs: Vec<f64> = (0..options.n_groups()).map(|g| scheduled(options.get(g, "lr"), k, warmup)).collect();
-        base_options(&self.base_name, options, &lrs)
+        base_options(&self.base_name, &self.base_base, options, &lrs)
     }
 
     fn average_options(&self, options: &Options) -> Vec<AverageOptions> {
@@ -576,10 +664,12 @@ impl<D: Device> Algorithm for ScheduleFree<D> {
             Ok(options) => self.base.algorithm().accepts(&Context { layout: ctx.layout, options: &options }),
             Err(_) => Accepts::default(),
         };
-        // Callbacks would evaluate the model at the base's point z, not at y. The inputs are
-        // checked before the step, even for a base that checks its own: schedule-free's passes
-        // before the base's would change z and the averages first.
-        Accepts { loss: false, loss_fn: false, grad_fn: false, checks_own_inputs: false, ..base }
+        // Callbacks would evaluate the model at the base's point z, not at y — except GI's loss,
+        // taken at y and called back at y' (the caller's parameters, docs/algorithms.md §3.3).
+        // The inputs are checked before the step, even for a base that checks its own:
+        // schedule-free's passes before the base's would change z and the averages first.
+        let over_gi = matches!(self.base, Base::Gi(_));
+        Accepts { loss: over_gi && base.loss, loss_fn: over_gi && base.loss_fn, grad_fn: false, checks_own_inputs: false, ..base }
     }
 
     fn check(&self, ctx: &Context, inputs: &StepInputs, callbacks: &Callbacks) -> Result<()> {
@@ -618,6 +708,11 @@ impl<D: Device> Algorithm for ScheduleFree<D> {
                 device.dots::<InitZ>(&(), no_record, 0, &params[t].view(), &inputs.grads[t], z, sums, t, Commit::Write)?;
             }
         }
+        // Over gi, an adapting step's GI with its move and this process's part of φ_y.
+        let mut adapting = None;
+        // GI's move may be refused after the averages advanced (see below); GI runs on the CPU
+        // only, so this read costs no device synchronisation.
+        let averages_before = if matches!(base, Base::Gi(_)) { device.read_records(averages)? } else { Vec::new() };
         device.solve::<Advance>(&(), average_options, averages, sums)?;
         match base {
             Base::Fused(base) => {
@@ -626,24 +721,63 @@ impl<D: Device> Algorithm for ScheduleFree<D> {
                 base.step_fused(&base_ctx, &coeffs, averages, params, inputs, z)?;
             }
             Base::Own(base) => {
-                for (t, (z, previous)) in z.iter_mut().zip(previous.iter_mut()).enumerate() {
-                    let group = layout.groups[t];
-                    let mut z = device.state_view(z);
-                    device.update::<DecayAtY>(&o.get(group, "weight_decay"), averages, group, &mut z, &params[t].view(), previous)?;
-                }
+                decay_at_y(device, o, layout, averages, params, z, previous)?;
                 {
                     let mut zs: Vec<TensorMut> = z.iter_mut().map(|z| device.state_view(z)).collect();
                     base.step_scaled(&base_ctx, &mut zs, inputs, callbacks, scale)?;
                 }
-                for (t, (z, previous)) in z.iter_mut().zip(previous.iter_mut()).enumerate() {
-                    let group = layout.groups[t];
-                    let z = device.state_view(z);
-                    device.update::<Interpolate>(&o.get(group, beta_name), averages, group, &mut params[t], &z.view(), previous)?;
+                interpolate(device, o, layout, beta_name, averages, params, z, previous)?;
+            }
+            Base::Gi(over) => {
+                decay_at_y(device, o, layout, averages, params, z, previous)?;
+                // GI's move on z (§3: k from φ = η·g·s in z's frame), scaled by lr:
+                // z' = z − lr·λ·y − lr·k·s.
+                let moved = {
+                    let mut zs: Vec<TensorMut> = z.iter_mut().map(|z| device.state_view(z)).collect();
+                    over.gi.make_move(&base_ctx, &mut zs, inputs, callbacks, scale)
+                };
+                let moved = match moved {
+                    Ok(moved) => moved,
+                    Err(refused) => {
+                        // Refused before the move (a reduction of φ or of the base's sums over
+                        // shards, §7): z and the averages go back to what they were, so that
+                        // nothing changed.
+                        for (z, previous) in z.iter_mut().zip(previous.iter()) {
+                            device.with_state(previous, |values| device.write_state(z, values))??;
+                        }
+                        device.write_records(averages, &averages_before)?;
+                        return Err(refused);
+                    }
+                };
+                if moved.adapts {
+                    // y' and this process's part of φ_y = Σ g·(y − y') in one pass per tensor
+                    // (each with its group's c, β).
+                    let mut own = 0.0;
+                    for (t, (z, previous)) in z.iter_mut().zip(previous.iter_mut()).enumerate() {
+                        let group = layout.groups[t];
+                        let z = device.state_view(z);
+                        own += device.assign_dot::<Interpolate>(
+                            &o.get(group, beta_name),
+                            averages,
+                            group,
+                            &mut params[t],
+                            &z.view(),
+                            &inputs.grads[t],
+                            previous,
+                        )?;
+                    }
+                    adapting = Some((over, moved, own));
+                } else {
+                    interpolate(device, o, layout, beta_name, averages, params, z, previous)?;
                 }
             }
         }
+        // The move is made: the step counts, also when GI's adaptation then fails.
         *steps += 1;
-        Ok(())
+        match adapting {
+            Some((over, moved, own)) => over.adapt(&base_opts, &moved, own, params, callbacks),
+            None => Ok(()),
+        }
     }
 
     fn set_mode(&mut self, ctx: &Context, params: &mut [TensorMut], train: bool) -> Result<()> {
@@ -684,6 +818,26 @@ impl<D: Device> Algorithm for ScheduleFree<D> {
         self.base.algorithm_mut().discard_steps(n);
     }
 
+    /// Over shards the base's reductions are the step's first (schedule-free's own passes
+    /// reduce nothing).
+    fn abstain(&mut self, ctx: &Context) -> bool {
+        let Ok(options) = self.base_options(ctx.options, self.steps) else { return false };
+        self.base.algorithm_mut().abstain(&Context { layout: ctx.layout, options: &options })
+    }
+
+    /// GI's second phase under schedule-free (docs/algorithms.md §3.3): f+ at y'.
+    fn report_loss(&mut self, ctx: &Context, loss_after: f64) -> Result<()> {
+        let options = self.base_options(ctx.options, self.steps)?;
+        match &mut self.base {
+            Base::Gi(over) => over.gi.report_loss(&Context { layout: ctx.layout, options: &options }, loss_after),
+            _ => Err(crate::algorithm::takes_no_report(self.name)),
+        }
+    }
+
+    fn awaiting_report(&self) -> bool {
+        self.base.algorithm().awaiting_report()
+    }
+
     fn lr(&self, ctx: &Context, group: usize) -> Result<f64> {
         let lr = if self.steps == 0 { ctx.options.get(group, "lr") } else { self.average(group)?.lr };
         if self.fixed_rate() {
@@ -708,7 +862,12 @@ impl<D: Device> Algorithm for ScheduleFree<D> {
             ("train_mode", if self.train { 1.0 } else { 0.0 }),
         ];
         let options = self.base_options(ctx.options, self.steps)?;
-        entries.extend(self.base.algorithm().telemetry(&Context { layout: ctx.layout, options: &options }, group)?);
+        let base_ctx = Context { layout: ctx.layout, options: &options };
+        entries.extend(match &self.base {
+            // GI's, then φ_y, then GI's base's (§3.3).
+            Base::Gi(over) => over.gi.telemetry_with(&base_ctx, group, &[("phi_y", over.phi_y)])?,
+            base => base.algorithm().telemetry(&base_ctx, group)?,
+        });
         Ok(entries)
     }
 
@@ -730,7 +889,12 @@ impl<D: Device> Algorithm for ScheduleFree<D> {
             }
         }
         w.str(self.base.algorithm().name());
-        self.base.algorithm().save(w)
+        self.base.algorithm().save(w)?;
+        // The composition's own part, after GI's state (§3.3).
+        if let Base::Gi(over) = &self.base {
+            w.f64s(&[over.phi_y]);
+        }
+        Ok(())
     }
 
     fn load(&mut self, ctx: &Context, r: &mut Reader) -> Result<()> {
@@ -778,6 +942,16 @@ impl<D: Device> Algorithm for ScheduleFree<D> {
         r.expect_name(self.base.algorithm().name())?;
         let options = self.base_options(ctx.options, steps)?;
         self.base.algorithm_mut().load(&Context { layout: ctx.layout, options: &options }, r)?;
+        // The composition's own part (a fresh algorithm is loaded into: an error drops it).
+        if let Base::Gi(over) = &mut self.base {
+            let phi_y = r.f64s_exact(1, "schedule-free over gi φ_y")?[0];
+            if steps == 0 && phi_y != 0.0 {
+                return Err(Error::checkpoint(format!(
+                    "checkpoint φ_y = {phi_y} before the first step is impossible: it is 0 until a step adapts (corrupted?)"
+                )));
+            }
+            over.phi_y = phi_y;
+        }
         for (buffer, values) in self.z.iter_mut().zip(&zs) {
             self.device.write_state(buffer, values)?;
         }
@@ -795,14 +969,33 @@ mod tests {
 
     #[test]
     fn no_option_name_is_taken_twice() {
-        for &base in registry::ALGORITHMS.iter().filter(|&&b| b != "gi" && !is_schedule_free(b)) {
-            let specs = specs("schedule-free", base).unwrap();
+        let others = || registry::ALGORITHMS.iter().copied().filter(|&b| b != "gi" && !is_schedule_free(b));
+        for (base, base_base) in others().map(|b| (b, "")).chain(others().map(|b| ("gi", b))) {
+            let specs = specs("schedule-free", base, base_base).unwrap();
             for (i, s) in specs.iter().enumerate() {
-                assert!(specs[..i].iter().all(|o| o.name != s.name), "over {base}: option '{}' twice", s.name);
+                assert!(specs[..i].iter().all(|o| o.name != s.name), "over {base}/{base_base}: option '{}' twice", s.name);
             }
         }
-        assert!(specs("schedule-free", "gi").is_err());
-        assert!(specs("schedule-free", "sf-sgd").is_err());
+        assert!(specs("schedule-free", "sf-sgd", "").is_err());
+        assert!(specs("schedule-free", "gi", "gi").is_err());
+    }
+
+    /// Over gi (docs/algorithms.md §3.3): GI's `lr` is `base_lr`, an automatic base's own `lr`
+    /// under GI (`base_lr` there) is `base_base_lr`, GI's base's momentum and weight decay are
+    /// `base_momentum` and `base_weight_decay`, GI's other options keep their names.
+    #[test]
+    fn over_gi_the_options_are_renamed_one_level_down() {
+        let names = |base_base: &str| -> Vec<&'static str> { specs("schedule-free", "gi", base_base).unwrap().iter().map(|s| s.name).collect() };
+        let over_prodigy = names("prodigy");
+        for name in ["lr", "momentum", "base_lr", "base_base_lr", "f_star", "R", "up", "down", "hi", "lo", "adapt_every", "base_weight_decay", "d0"] {
+            assert!(over_prodigy.contains(&name), "{name} missing: {over_prodigy:?}");
+        }
+        let base_lr = specs("schedule-free", "gi", "prodigy").unwrap().into_iter().find(|s| s.name == "base_lr").unwrap();
+        assert_eq!(base_lr.default, 1.0, "GI's initial η over an automatic base");
+        let over_momentum = names("momentum");
+        assert!(over_momentum.contains(&"base_momentum") && !over_momentum.contains(&"base_base_lr"), "{over_momentum:?}");
+        let eta0 = specs("schedule-free", "gi", "momentum").unwrap().into_iter().find(|s| s.name == "base_lr").unwrap();
+        assert_eq!(eta0.default, 1e-3, "GI's initial η over a fixed-rate base");
     }
 
     #[test]
@@ -829,10 +1022,253 @@ mod tests {
         use crate::backend::{cpu::Cpu, AnyDevice};
         let layout = Layout::new(&[5, 3], None).unwrap();
         let fused = Base::Fused(Box::new(FixedRate::<Sgd, Cpu>::new(&Cpu, &layout.lens, 2, false).unwrap()));
-        assert!(ScheduleFree::new("sf-sgd", "sgd", fused, &Cpu, &layout).unwrap().previous.is_empty());
-        let own = Base::Own(registry::build("auto-sgd", "", &layout, &AnyDevice::Cpu(Cpu), false, &None).unwrap());
-        let sf = ScheduleFree::new("schedule-free", "auto-sgd", own, &Cpu, &layout).unwrap();
+        assert!(ScheduleFree::new("sf-sgd", "sgd", "", fused, &Cpu, &layout).unwrap().previous.is_empty());
+        let own = Base::Own(registry::build("auto-sgd", "", "", &layout, &AnyDevice::Cpu(Cpu), false, &None).unwrap());
+        let sf = ScheduleFree::new("schedule-free", "auto-sgd", "", own, &Cpu, &layout).unwrap();
         assert_eq!(sf.previous.iter().map(Vec::len).collect::<Vec<_>>(), [5, 3]);
+    }
+
+    /// Schedule-free over gi (docs/algorithms.md §3.3) on `½ Σ h (θ − c)²` over two tensors in
+    /// two groups, with a gradient noise that changes per step.
+    mod over_gi {
+        use crate::backend::TensorMut;
+        use crate::{AlrStatus, Callbacks, Optimizer, StepInputs};
+
+        const LENS: [usize; 2] = [9, 4];
+
+        fn h(t: usize, i: usize) -> f32 {
+            1.0 + 0.3 * ((t * 7 + i) % 5) as f32
+        }
+
+        fn loss(ps: &[&[f32]]) -> f64 {
+            ps.iter()
+                .enumerate()
+                .map(|(t, p)| p.iter().enumerate().map(|(i, &v)| 0.5 * f64::from(h(t, i)) * f64::from(v - 0.1 * i as f32).powi(2)).sum::<f64>())
+                .sum()
+        }
+
+        fn grads(ps: &[Vec<f32>], step: usize) -> Vec<Vec<f32>> {
+            let noise = |t: usize, i: usize| 0.05 * ((((step * 31 + t * 17 + i * 13) % 11) as f32) - 5.0);
+            ps.iter().enumerate().map(|(t, p)| p.iter().enumerate().map(|(i, &v)| h(t, i) * (v - 0.1 * i as f32) + noise(t, i)).collect()).collect()
+        }
+
+        fn start() -> Vec<Vec<f32>> {
+            LENS.iter().enumerate().map(|(t, &n)| (0..n).map(|i| 1.5 - 0.37 * (i + t) as f32).collect()).collect()
+        }
+
+        fn over_gi(base_base: &str) -> Optimizer {
+            let mut opt = Optimizer::new("schedule-free", &LENS, Some(&[0, 1])).unwrap();
+            opt.set_option_str("base", "gi").unwrap();
+            opt.set_option_str("base_base", base_base).unwrap();
+            opt
+        }
+
+        fn views(ps: &[Vec<f32>]) -> Vec<&[f32]> {
+            ps.iter().map(Vec::as_slice).collect()
+        }
+
+        /// One step at `params` with the loss there; `closure`: f+ by the loss callback, else
+        /// the step waits for a report.
+        fn step(opt: &mut Optimizer, params: &mut [Vec<f32>], t: usize, closure: bool) -> crate::Result<()> {
+            let g = grads(params, t);
+            let mut inputs = StepInputs::new(g.iter().map(Vec::as_slice).collect());
+            inputs.loss = Some(loss(&views(params)));
+            let mut callbacks = Callbacks::default();
+            if closure {
+                callbacks.loss_fn = Some(Box::new(|ps: &[&[f32]]| Ok(loss(ps))));
+            }
+            let mut ps: Vec<&mut [f32]> = params.iter_mut().map(Vec::as_mut_slice).collect();
+            opt.step(&mut ps, &inputs, &mut callbacks)
+        }
+
+        fn telemetry(opt: &mut Optimizer, name: &str) -> f64 {
+            opt.telemetry(0).unwrap().into_iter().find(|(n, _)| *n == name).unwrap_or_else(|| panic!("no telemetry {name}")).1
+        }
+
+        fn bits(ps: &[Vec<f32>]) -> Vec<Vec<u32>> {
+            ps.iter().map(|p| p.iter().map(|v| v.to_bits()).collect()).collect()
+        }
+
+        /// §3.3: with up = down = 1 (η fixed) and f_star unset, schedule-free over gi is
+        /// schedule-free over GI's base with that base's step scaled by η — bit for bit, as
+        /// propose/apply is the scaled step (an automatic base: GI runs a fixed-rate one at lr 1).
+        #[test]
+        fn with_a_fixed_eta_it_is_its_base_scaled_by_eta() {
+            for base in ["prodigy", "dog", "dadapt-adam"] {
+                let mut composed = over_gi(base);
+                for (name, value) in [("up", 1.0), ("down", 1.0), ("base_lr", 0.5)] {
+                    composed.set_option(name, None, value).unwrap();
+                }
+                let mut plain = Optimizer::new("schedule-free", &LENS, Some(&[0, 1])).unwrap();
+                plain.set_option_str("base", base).unwrap();
+                plain.set_option("lr", None, 0.5).unwrap();
+                let (mut a, mut b) = (start(), start());
+                for t in 0..25 {
+                    step(&mut composed, &mut a, t, true).unwrap();
+                    let g = grads(&b, t);
+                    let inputs = StepInputs::new(g.iter().map(Vec::as_slice).collect());
+                    let mut ps: Vec<&mut [f32]> = b.iter_mut().map(Vec::as_mut_slice).collect();
+                    plain.step(&mut ps, &inputs, &mut Callbacks::default()).unwrap();
+                    assert_eq!(bits(&a), bits(&b), "{base}: step {t}");
+                    assert_eq!(composed.lr(1).unwrap(), plain.lr(1).unwrap(), "{base}: step {t}");
+                }
+                assert_ne!(bits(&a), bits(&start()), "{base}: nothing moved");
+                assert_eq!(telemetry(&mut composed, "eta"), 0.5);
+            }
+        }
+
+        /// φ_y is Σ g·(y − y') over every tensor (each group with its own β), ρ the observed
+        /// decrease over φ_y/2, and η follows ρ (§3.3).
+        #[test]
+        fn rho_divides_by_the_decrease_of_ys_move() {
+            let mut opt = over_gi("momentum");
+            // A narrow band, so that η moves both ways in a short run.
+            for (name, value) in [("base_lr", 0.05), ("hi", 1.1), ("lo", 0.9)] {
+                opt.set_option(name, None, value).unwrap();
+            }
+            opt.set_option("momentum", Some(1), 0.6).unwrap();
+            let mut params = start();
+            let (mut grown, mut shrunk) = (false, false);
+            for t in 0..40 {
+                let (before, g, f) = (params.clone(), grads(&params, t), loss(&views(&params)));
+                let (eta, skipped) = (telemetry(&mut opt, "eta"), telemetry(&mut opt, "skipped"));
+                step(&mut opt, &mut params, t, true).unwrap();
+                let phi_y: f64 = (0..LENS.len())
+                    .flat_map(|k| (0..LENS[k]).map(move |i| (k, i)))
+                    .map(|(k, i)| f64::from(g[k][i]) * (f64::from(before[k][i]) - f64::from(params[k][i])))
+                    .sum();
+                let reported = telemetry(&mut opt, "phi_y");
+                assert!((reported - phi_y).abs() <= 1e-12 * phi_y.abs(), "step {t}: φ_y {reported} vs Σ g·(y − y') = {phi_y}");
+                if telemetry(&mut opt, "skipped") > skipped {
+                    // φ ≤ 0 (the momentum points uphill on this batch): GI's plain step, η kept.
+                    assert_eq!((telemetry(&mut opt, "rho"), telemetry(&mut opt, "eta")), (0.0, eta), "step {t}");
+                    continue;
+                }
+                let rho = (f - loss(&views(&params))) / (reported / 2.0);
+                assert_eq!(telemetry(&mut opt, "rho"), rho, "step {t}");
+                let expected = if rho > 1.1 {
+                    1.2 * eta
+                } else if rho < 0.9 {
+                    0.5 * eta
+                } else {
+                    eta
+                };
+                assert_eq!(telemetry(&mut opt, "eta"), expected, "step {t}: ρ = {rho}");
+                (grown, shrunk) = (grown || expected > eta, shrunk || expected < eta);
+            }
+            assert!(grown && shrunk, "η never grew or never shrank: the test does not exercise ρ");
+            assert!(loss(&views(&params)) < 0.5 * loss(&views(&start())));
+        }
+
+        /// Schedule-free's lr = 0 keeps z and y: φ_y = 0 gives no prediction, so η is kept and
+        /// the step counted as skipped (once), the loss callback not called.
+        #[test]
+        fn no_decrease_of_y_adapts_nothing() {
+            let mut opt = over_gi("sgd");
+            opt.set_option("lr", None, 0.0).unwrap();
+            let mut params = start();
+            for t in 0..3 {
+                let g = grads(&params, t);
+                let mut inputs = StepInputs::new(g.iter().map(Vec::as_slice).collect());
+                inputs.loss = Some(loss(&views(&params)));
+                let mut callbacks = Callbacks { loss_fn: Some(Box::new(|_: &[&[f32]]| Err("called without a prediction".to_string()))), ..Default::default() };
+                let mut ps: Vec<&mut [f32]> = params.iter_mut().map(Vec::as_mut_slice).collect();
+                opt.step(&mut ps, &inputs, &mut callbacks).unwrap();
+                assert_eq!((telemetry(&mut opt, "phi_y"), telemetry(&mut opt, "skipped")), (0.0, (t + 1) as f64));
+                assert!(telemetry(&mut opt, "phi") > 0.0);
+            }
+            assert_eq!(telemetry(&mut opt, "eta"), 1e-3);
+            assert_eq!(bits(&params), bits(&start()));
+        }
+
+        /// The two-phase protocol (§3.2, §3.3): the step writes y' and waits; the report adapts η
+        /// as the callback would. While it waits, a step, a save and a mode switch are refused
+        /// (ALR_WRONG_STATE) with nothing changed, and a report without a waiting step too.
+        #[test]
+        fn a_reported_loss_is_the_callbacks() {
+            let (mut called, mut reported) = (over_gi("adam"), over_gi("adam"));
+            for opt in [&mut called, &mut reported] {
+                // hi = lo = 1: every report moves η, so a lost one shows.
+                for (name, value) in [("base_lr", 0.02), ("adapt_every", 2.0), ("hi", 1.0), ("lo", 1.0)] {
+                    opt.set_option(name, None, value).unwrap();
+                }
+            }
+            let (mut a, mut b) = (start(), start());
+            let refused = |e: crate::Error| assert_eq!(e.status, AlrStatus::AlrWrongState, "{}", e.message);
+            refused(reported.report_loss(1.0).unwrap_err());
+            for t in 0..12 {
+                step(&mut called, &mut a, t, true).unwrap();
+                step(&mut reported, &mut b, t, false).unwrap();
+                assert_eq!(bits(&a), bits(&b), "step {t}");
+                if t % 2 == 0 {
+                    let waiting = b.clone();
+                    refused(step(&mut reported, &mut b, t, false).unwrap_err());
+                    refused(reported.save().unwrap_err());
+                    let mut ps: Vec<TensorMut> = b.iter_mut().map(|p| TensorMut::host(p)).collect();
+                    refused(reported.set_mode(&mut ps, false).unwrap_err());
+                    assert_eq!(bits(&b), bits(&waiting), "step {t}: a refused call moved the parameters");
+                    reported.report_loss(loss(&views(&b))).unwrap();
+                } else {
+                    refused(reported.report_loss(1.0).unwrap_err());
+                }
+                assert_eq!(called.save().unwrap(), reported.save().unwrap(), "step {t}");
+            }
+            assert_ne!(telemetry(&mut called, "eta"), 0.02, "η never adapted");
+        }
+
+        /// GI runs on the CPU only, so does schedule-free over it (§3.3).
+        #[test]
+        fn it_is_unsupported_on_cuda() {
+            use crate::backend::DeviceKind;
+            use crate::registry::check_composition_runs_on;
+            let e = check_composition_runs_on(DeviceKind::Cuda, "schedule-free", "gi").unwrap_err();
+            assert_eq!(e.status, AlrStatus::AlrUnsupported);
+            assert!(e.message.contains("CPU only") && e.message.contains("ALR_DEVICE_CPU"), "{}", e.message);
+            assert!(check_composition_runs_on(DeviceKind::Cpu, "schedule-free", "gi").is_ok());
+            assert!(check_composition_runs_on(DeviceKind::Cuda, "schedule-free", "prodigy").is_ok());
+        }
+
+        /// φ_y is saved after GI's state (the composition's own part of the checkpoint): 0
+        /// before the first step, and any other value there is refused.
+        #[test]
+        fn a_phi_y_before_the_first_step_is_refused() {
+            use crate::algorithm::Context;
+            use crate::backend::{cpu::Cpu, AnyDevice};
+            use crate::checkpoint::{Reader, Writer};
+            use crate::options::Options;
+            use crate::registry;
+            let layout = crate::Layout::new(&LENS, None).unwrap();
+            let options = Options::new(registry::specs("schedule-free", "gi", "sgd").unwrap(), layout.n_groups()).unwrap();
+            let ctx = Context { layout: &layout, options: &options };
+            let build = || registry::build("schedule-free", "gi", "sgd", &layout, &AnyDevice::Cpu(Cpu), false, &None).unwrap();
+            let mut w = Writer::to_vec();
+            build().save(&mut w).unwrap();
+            let mut bytes = w.finish().unwrap().0;
+            // The last field, before the 8-byte checksum.
+            let at = bytes.len() - 16;
+            assert_eq!(bytes[at..at + 8], 0f64.to_le_bytes());
+            build().load(&ctx, &mut Reader::fields(&bytes)).unwrap();
+            bytes[at..at + 8].copy_from_slice(&0.5f64.to_le_bytes());
+            let e = build().load(&ctx, &mut Reader::fields(&bytes)).unwrap_err();
+            assert_eq!(e.status, AlrStatus::AlrBadCheckpoint);
+            assert!(e.message.contains("φ_y = 0.5 before the first step"), "{}", e.message);
+        }
+
+        #[test]
+        fn base_base_is_only_gis_base_under_schedule_free() {
+            let mut opt = Optimizer::new("schedule-free", &LENS, None).unwrap();
+            let e = opt.set_option_str("base_base", "adam").unwrap_err();
+            assert!(e.message.contains("set base = 'gi' first"), "{}", e.message);
+            opt.set_option_str("base", "gi").unwrap();
+            assert_eq!(opt.base_base(), "sgd", "GI's default base");
+            assert!(opt.set_option_str("base_base", "gi").is_err());
+            assert!(opt.set_option_str("base_base", "sf-sgd").is_err());
+            assert_eq!(opt.base_base(), "sgd", "a refused base_base changed it");
+            opt.set_option_str("base", "adam").unwrap();
+            assert_eq!(opt.base_base(), "");
+            let mut gi = Optimizer::new("gi", &LENS, None).unwrap();
+            assert!(gi.set_option_str("base_base", "adam").is_err());
+        }
     }
 
     #[test]

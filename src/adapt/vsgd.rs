@@ -1028,7 +1028,7 @@ mod tests {
 
     fn context_parts(name: &str, lens: &[usize], groups: &[usize]) -> (Layout, Options) {
         let layout = Layout::new(lens, Some(groups)).unwrap();
-        let options = Options::new(registry::specs(name, "").unwrap(), layout.n_groups()).unwrap();
+        let options = Options::new(registry::specs(name, "", "").unwrap(), layout.n_groups()).unwrap();
         (layout, options)
     }
 

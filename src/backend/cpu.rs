@@ -124,6 +124,14 @@ pub fn advance_dot<S: Copy, F: Fn(f32, f32, &mut S) -> f32>(param: &[f32], grad:
     dispatch!(advance_dot(param, grad, state, step))
 }
 
+/// `θ ← next(g, θ, &mut state)` per element, returning `Σ w·(θ − θ')` (f64, lanes; the
+/// difference formed in f64, where it is exact).
+#[inline]
+pub fn assign_dot<S: Copy, F: Fn(f32, f32, &mut S) -> f32>(param: &mut [f32], grad: &[f32], weight: &[f32], state: &mut [S], next: F) -> f64 {
+    assert!(param.len() == grad.len() && weight.len() == param.len() && state.len() == param.len(), "assign_dot: buffer lengths differ");
+    dispatch!(assign_dot(param, grad, weight, state, next))
+}
+
 /// `θ ← θ − scale·delta`, with delta recomputed from the (already advanced) state.
 #[inline]
 pub fn apply_scaled<S: Copy, F: Fn(f32, f32, &S) -> f32>(param: &mut [f32], grad: &[f32], state: &[S], scale: f32, delta: F) {
@@ -215,6 +223,28 @@ mod kernels {
         let tail = param.len() - param.len() % LANES;
         for i in tail..param.len() {
             lanes[i - tail] += f64::from(grad[i]) * f64::from(step(grad[i], param[i], &mut state[i]));
+        }
+        sum_lanes(&lanes)
+    }
+
+    #[inline(always)]
+    pub fn assign_dot<S: Copy, F: Fn(f32, f32, &mut S) -> f32>(param: &mut [f32], grad: &[f32], weight: &[f32], state: &mut [S], next: F) -> f64 {
+        let mut lanes = [0.0f64; LANES];
+        let mut chunks = param.chunks_exact_mut(LANES).zip(grad.chunks_exact(LANES)).zip(weight.chunks_exact(LANES)).zip(state.chunks_exact_mut(LANES));
+        for (((p, g), w), st) in &mut chunks {
+            let (g, w): (&[f32; LANES], &[f32; LANES]) = (lanes_of(g), lanes_of(w));
+            let p: &mut [f32; LANES] = p.try_into().expect("chunks_exact_mut yields LANES elements");
+            for k in 0..LANES {
+                let new = next(g[k], p[k], &mut st[k]);
+                lanes[k] += f64::from(w[k]) * (f64::from(p[k]) - f64::from(new));
+                p[k] = new;
+            }
+        }
+        let tail = param.len() - param.len() % LANES;
+        for i in tail..param.len() {
+            let new = next(grad[i], param[i], &mut state[i]);
+            lanes[i - tail] += f64::from(weight[i]) * (f64::from(param[i]) - f64::from(new));
+            param[i] = new;
         }
         sum_lanes(&lanes)
     }
@@ -439,6 +469,11 @@ macro_rules! compiled_with {
         #[target_feature(enable = $feature)]
         pub unsafe fn advance_dot<S: Copy, F: Fn(f32, f32, &mut S) -> f32>(param: &[f32], grad: &[f32], state: &mut [S], step: F) -> f64 {
             kernels::advance_dot(param, grad, state, step)
+        }
+
+        #[target_feature(enable = $feature)]
+        pub unsafe fn assign_dot<S: Copy, F: Fn(f32, f32, &mut S) -> f32>(param: &mut [f32], grad: &[f32], weight: &[f32], state: &mut [S], next: F) -> f64 {
+            kernels::assign_dot(param, grad, weight, state, next)
         }
 
         #[target_feature(enable = $feature)]
@@ -976,6 +1011,27 @@ impl Device for Cpu {
             R::advance(&p, g, theta, st);
             R::delta(&p, g, theta, st)
         }))
+    }
+
+    fn assign_dot<R: ElementRule>(
+        &self,
+        c: &R::Coeffs,
+        records: &Vec<R::Record>,
+        at: usize,
+        param: &mut TensorMut,
+        grad: &Tensor,
+        weight: &Tensor,
+        state: &mut Vec<R::State>,
+    ) -> Result<f64> {
+        if !R::ASSIGNS {
+            return Err(Error::invalid(format!("kernel {} moves θ by a displacement: assign_dot is for a rule that sets θ", R::KERNEL)));
+        }
+        let p = R::prepare(c, &records[at]);
+        let (param, grad, weight) = (host_mut(param)?, host(grad)?, host(weight)?);
+        same_len("assign_dot", param.len(), state.len())?;
+        same_len("assign_dot", grad.len(), state.len())?;
+        same_len("assign_dot", weight.len(), state.len())?;
+        Ok(assign_dot(param, grad, weight, state, |g, theta, st: &mut R::State| R::next(&p, g, theta, st)))
     }
 
     fn apply_scaled<R: ElementRule>(

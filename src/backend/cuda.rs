@@ -503,6 +503,19 @@ impl Device for Cuda {
         Err(no_host_sums())
     }
 
+    fn assign_dot<R: ElementRule>(
+        &self,
+        _c: &R::Coeffs,
+        _r: &Typed<R::Record>,
+        _at: usize,
+        _param: &mut TensorMut,
+        _grad: &Tensor,
+        _weight: &Tensor,
+        _state: &mut Typed<R::State>,
+    ) -> Result<f64> {
+        Err(no_host_sums())
+    }
+
     fn apply_scaled<R: ElementRule>(
         &self,
         _c: &R::Coeffs,

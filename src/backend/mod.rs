@@ -570,6 +570,23 @@ pub trait Device: Clone + Send + Sync + 'static {
         state: &mut Self::State<R::State>,
     ) -> Result<f64>;
 
+    /// `θ ← next(…)` over one tensor for a rule that `ASSIGNS`, advancing its state (the bits
+    /// `update` gives), and the sum `Σ w·(θ − θ')` of the move it made, weighted by `w`, in f64
+    /// lanes on the host: schedule-free over GI's φ_y, the first-order decrease of y's move
+    /// with `w` the caller's gradient (docs/algorithms.md §3.3), formed in the pass that
+    /// writes y'. The CPU's only, as GI is.
+    #[allow(clippy::too_many_arguments)] // one tensor's buffers, the rule's scalars and the weight
+    fn assign_dot<R: ElementRule>(
+        &self,
+        c: &R::Coeffs,
+        records: &Self::Records<R::Record>,
+        at: usize,
+        param: &mut TensorMut,
+        grad: &Tensor,
+        weight: &Tensor,
+        state: &mut Self::State<R::State>,
+    ) -> Result<f64>;
+
     /// `θ ← θ − scale·delta(…)` from the already advanced state (GI's second pass).
     #[allow(clippy::too_many_arguments)] // one tensor's buffers and the rule's scalars, as `update`
     fn apply_scaled<R: ElementRule>(

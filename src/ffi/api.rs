@@ -188,7 +188,8 @@ pub struct AlrStepArgs {
     /// Non-zero when `loss` holds the loss on this batch at the current parameters (GI).
     pub has_loss: i32,
     pub loss: f64,
-    /// Optional: loss re-evaluation on the same batch (GI). Without it, GI expects `alr_report_loss`.
+    /// Optional: loss re-evaluation on the same batch (GI; schedule-free over gi, at y'). Without
+    /// it, GI expects `alr_report_loss`.
     pub loss_fn: AlrLossFn,
     /// Optional: gradient re-evaluation on the same batch (vSGD finite-difference curvature).
     pub grad_fn: AlrGradFn,
@@ -396,10 +397,12 @@ pub extern "C" fn alr_set_group_option(opt: *mut AlrOptimizer, group: usize, nam
     })
 }
 
-/// Sets a string option: only the "base" of gi and schedule-free (the wrapped algorithm's
-/// name). Set it before the first step and before the wrapped algorithm's options (it resets
-/// them to defaults). Returns ALR_OK, ALR_NULL_POINTER, ALR_INVALID_ARGUMENT, ALR_WRONG_STATE,
-/// ALR_UNSUPPORTED (on a CUDA device, a base without CUDA kernels).
+/// Sets a string option: the "base" of gi and schedule-free (the wrapped algorithm's name), and
+/// for schedule-free over gi "base_base" (GI's base, docs/algorithms.md §3.3; setting "base"
+/// resets it to GI's default, sgd). Set them before the first step and before the wrapped
+/// algorithms' options (each resets them to defaults). Returns ALR_OK, ALR_NULL_POINTER,
+/// ALR_INVALID_ARGUMENT, ALR_WRONG_STATE, ALR_UNSUPPORTED (on a CUDA device, a base without CUDA
+/// kernels, or gi under schedule-free: CPU only).
 #[no_mangle]
 pub extern "C" fn alr_set_option_str(opt: *mut AlrOptimizer, name: *const c_char, value: *const c_char) -> AlrStatus {
     guard("alr_set_option_str", || {
@@ -578,7 +581,8 @@ pub(crate) unsafe fn run_step(opt: &mut Optimizer, raw: RawStep) -> Result<(), E
 /// no-op. A step in eval mode is refused (ALR_WRONG_STATE). Returns ALR_OK, ALR_NULL_POINTER,
 /// ALR_INVALID_ARGUMENT (a mode that is no AlrMode, struct_size too small), ALR_SHAPE_MISMATCH,
 /// ALR_WRONG_STATE (schedule-free: already in that mode, except ALR_MODE_TRAIN before the first
-/// step), and on a CUDA device the error an earlier step found there (ALR_NON_FINITE,
+/// step; a step waits for `alr_report_loss` — schedule-free over gi — whose loss is at y, so the
+/// parameters stay y until it comes), and on a CUDA device the error an earlier step found there (ALR_NON_FINITE,
 /// ALR_INVALID_ARGUMENT: read first, as `alr_get_lr` reads it); on failure the parameters are
 /// unchanged.
 #[no_mangle]
@@ -616,8 +620,9 @@ pub extern "C" fn alr_set_mode(opt: *mut AlrOptimizer, args: *const AlrModeArgs)
 }
 
 /// GI's second phase: `loss_after` is the loss on the same batch at the parameters the last
-/// `alr_step` produced (when that step had no `loss_fn`). Returns ALR_OK, ALR_WRONG_STATE
-/// (no step is waiting for a loss, or the algorithm is not GI), ALR_NULL_POINTER,
+/// `alr_step` produced (when that step had no `loss_fn`; under schedule-free over gi, at y').
+/// Returns ALR_OK, ALR_WRONG_STATE (no step is waiting for a loss, or the algorithm is neither
+/// GI nor schedule-free over gi), ALR_NULL_POINTER,
 /// ALR_INVALID_ARGUMENT. A non-finite `loss_after` is accepted and halves η (docs/algorithms.md §3).
 #[no_mangle]
 pub extern "C" fn alr_report_loss(opt: *mut AlrOptimizer, loss_after: f64) -> AlrStatus {

@@ -1422,6 +1422,111 @@ static void test_modes(void) {
     fix_close(&fx);
 }
 
+/* A telemetry entry of group 0 by name (NAN when there is none). */
+static double telemetry_of(AlrOptimizer *opt, const char *wanted) {
+    size_t count = 0;
+    if (alr_telemetry_count(opt, 0, &count) != ALR_OK) return NAN;
+    for (size_t e = 0; e < count; e++) {
+        const char *name = NULL;
+        double value = 0.0;
+        if (alr_telemetry_entry(opt, 0, e, &name, &value) == ALR_OK && strcmp(name, wanted) == 0) return value;
+    }
+    return NAN;
+}
+
+/* The loss of the fixture's parameters (loss_quadratic's, without counting a callback call). */
+static double fixture_loss(const Fix *fx) {
+    const float *cp[NT] = {fx->p[0], fx->p[1], fx->p[2]};
+    double f = 0.0;
+    loss_quadratic(NULL, cp, NT, &f);
+    cb_calls--;
+    return f;
+}
+
+/* Schedule-free over gi (docs/algorithms.md §3.3): GI's base is the string option base_base; its
+ * loss is taken at y and called back (or reported) at y'; GI's two-phase protocol with its bad
+ * input; the mode switch waits for the report. */
+static void test_schedule_free_over_gi(void) {
+    printf("schedule-free over gi\n");
+    Fix fx;
+    if (!fix_open(&fx, "schedule-free")) return;
+    Snap s;
+    snap_take(&fx, &s);
+    FAILS(&fx, &s, alr_set_option_str(fx.opt, "base_base", "adam"), ALR_INVALID_ARGUMENT, "schedule-free over adamw: base_base");
+    MSG_HAS("set base = 'gi' first");
+    snap_free(&s);
+    EXPECT(alr_set_option_str(fx.opt, "base", "gi"), ALR_OK, "schedule-free: base gi");
+    EXPECT(alr_set_option_str(fx.opt, "base_base", "momentum"), ALR_OK, "schedule-free over gi: base_base momentum");
+    EXPECT(alr_set_option(fx.opt, "base_lr", 0.05), ALR_OK, "schedule-free over gi: base_lr (GI's initial eta)");
+    EXPECT(alr_set_option(fx.opt, "base_momentum", 0.3), ALR_OK, "schedule-free over gi: base_momentum (GI's base's)");
+    CHECK(get_opt(fx.opt, 0, "momentum") == 0.9, "schedule-free over gi: momentum (the interpolation) is %g", get_opt(fx.opt, 0, "momentum"));
+    snap_take(&fx, &s);
+    FAILS(&fx, &s, alr_set_option_str(fx.opt, "base_base", "gi"), ALR_INVALID_ARGUMENT, "schedule-free over gi: base_base gi");
+    FAILS(&fx, &s, alr_report_loss(fx.opt, 1.0), ALR_WRONG_STATE, "schedule-free over gi: alr_report_loss before any step");
+    /* the loss is required on an adapting step */
+    make_grads(&fx, 0);
+    fix_args(&fx);
+    FAILS(&fx, &s, alr_step(fx.opt, &fx.args), ALR_INVALID_ARGUMENT, "schedule-free over gi: a step without its loss");
+    MSG_HAS("pass loss");
+    snap_free(&s);
+    /* the loss callback: called once, at y' */
+    fx.args.has_loss = 1;
+    fx.args.loss = fixture_loss(&fx);
+    fx.args.loss_fn = loss_quadratic;
+    cb_calls = 0;
+    EXPECT(alr_step(fx.opt, &fx.args), ALR_OK, "schedule-free over gi: step with a loss callback");
+    CHECK(cb_calls == 1, "schedule-free over gi: loss callback called %d times, want 1", cb_calls);
+    double phi_y = telemetry_of(fx.opt, "phi_y"), rho = telemetry_of(fx.opt, "rho");
+    CHECK(phi_y > 0.0, "schedule-free over gi: telemetry phi_y is %g after an adapting step", phi_y);
+    double expected = (fx.args.loss - fixture_loss(&fx)) / (phi_y / 2.0);
+    CHECK(rho == expected, "schedule-free over gi: rho %.17g, (f - f+)/(phi_y/2) at the parameters %.17g", rho, expected);
+    /* a failing callback: the move stands, the next step runs */
+    make_grads(&fx, 1);
+    fix_args(&fx);
+    fx.args.has_loss = 1;
+    fx.args.loss = fixture_loss(&fx);
+    fx.args.loss_fn = loss_failing;
+    float before[NT][MAXLEN];
+    memcpy(before, fx.p, sizeof before);
+    EXPECT(alr_step(fx.opt, &fx.args), ALR_CALLBACK_FAILED, "schedule-free over gi: a failing loss callback");
+    MSG_HAS("7");
+    CHECK(memcmp(before, fx.p, sizeof before) != 0, "schedule-free over gi: the move of a step whose callback failed did not stand");
+    /* the two-phase protocol */
+    make_grads(&fx, 2);
+    fix_args(&fx);
+    fx.args.has_loss = 1;
+    fx.args.loss = fixture_loss(&fx);
+    if (EXPECT(alr_step(fx.opt, &fx.args), ALR_OK, "schedule-free over gi: step without loss_fn (waits for alr_report_loss)")) {
+        float moved[NT][MAXLEN];
+        memcpy(moved, fx.p, sizeof moved);
+        size_t n = 0;
+        EXPECT(alr_step(fx.opt, &fx.args), ALR_WRONG_STATE, "schedule-free over gi: alr_step while a loss report is due");
+        EXPECT(alr_save_size(fx.opt, &n), ALR_WRONG_STATE, "schedule-free over gi: alr_save_size while a loss report is due");
+        AlrModeArgs m;
+        memset(&m, 0, sizeof m);
+        m.struct_size = sizeof m;
+        m.n_tensors = NT;
+        m.params = fx.pp;
+        m.mode = ALR_MODE_EVAL;
+        EXPECT(alr_set_mode(fx.opt, &m), ALR_WRONG_STATE, "schedule-free over gi: ALR_MODE_EVAL while a loss report is due");
+        MSG_HAS("alr_report_loss");
+        CHECK(memcmp(moved, fx.p, sizeof moved) == 0, "schedule-free over gi: a refused call moved the parameters");
+        double eta = telemetry_of(fx.opt, "eta");
+        EXPECT(alr_report_loss(fx.opt, fixture_loss(&fx)), ALR_OK, "schedule-free over gi: alr_report_loss");
+        CHECK(telemetry_of(fx.opt, "rho") != 0.0, "schedule-free over gi: the report did not adapt (rho 0, eta %g)", eta);
+        EXPECT(alr_report_loss(fx.opt, 1.0), ALR_WRONG_STATE, "schedule-free over gi: alr_report_loss twice");
+        EXPECT(alr_save_size(fx.opt, &n), ALR_OK, "schedule-free over gi: alr_save_size after the report");
+        EXPECT(alr_set_mode(fx.opt, &m), ALR_OK, "schedule-free over gi: ALR_MODE_EVAL after the report");
+        CHECK(memcmp(moved, fx.p, sizeof moved) != 0, "schedule-free over gi: eval left the parameters at y");
+        m.mode = ALR_MODE_TRAIN;
+        EXPECT(alr_set_mode(fx.opt, &m), ALR_OK, "schedule-free over gi: back to ALR_MODE_TRAIN");
+    }
+    snap_take(&fx, &s);
+    FAILS(&fx, &s, alr_set_option_str(fx.opt, "base_base", "adam"), ALR_WRONG_STATE, "schedule-free over gi: base_base after the first step");
+    snap_free(&s);
+    fix_close(&fx);
+}
+
 /* ---------------------------------------------------------------------------------------- */
 /* 6. the tuning-free peers (issue 19, item 9): the guarantees of every other algorithm      */
 
@@ -1640,6 +1745,7 @@ int main(void) {
     test_impossible_sizes();
     test_allocation_failure();
     test_modes();
+    test_schedule_free_over_gi();
     test_peers_bad_input();
     /* ALR_CUDA_ERROR: not producible on a CPU build (see the comment at the top). */
     printf("%d passed, %d failed\n", n_pass, n_fail);

@@ -369,6 +369,32 @@ void test_modes() {
     CHECK(pr.p0 == x0, "a refused call moved the parameters");
     sf.train({pr.p0, pr.p1});
     CHECK(std::fabs(pr.p0[0] - y0[0]) < 1e-6f, "y -> x -> y moved y");
+    // Schedule-free over gi (docs/algorithms.md §3.3): GI's base is "base_base"; its loss
+    // callback sees y', and while a step waits for its loss report eval is refused.
+    autolr::Optimizer over_gi("schedule-free", pr.lens(), {0, 1});
+    over_gi.set_option("base", "gi");
+    over_gi.set_option("base_base", "adam");
+    pr.grads();
+    int calls = 0;
+    autolr::StepInputs in;
+    in.loss = pr.loss();
+    in.loss_fn = [&](const autolr::Views& p) {
+        ++calls;
+        return pr.loss_at(p[0], p[1]);
+    };
+    over_gi.step({pr.p0, pr.p1}, {pr.g0, pr.g1}, in);
+    CHECK(calls == 1, "schedule-free over gi: loss callback called %d times", calls);
+    pr.grads();
+    autolr::StepInputs two;
+    two.loss = pr.loss();
+    over_gi.step({pr.p0, pr.p1}, {pr.g0, pr.g1}, two);
+    const std::vector<float> waiting = pr.p0;
+    expect_error("schedule-free over gi: eval while a loss report is due", ALR_WRONG_STATE, "alr_report_loss",
+                 [&] { over_gi.eval({pr.p0, pr.p1}); });
+    CHECK(pr.p0 == waiting, "a refused eval moved the parameters");
+    over_gi.report_loss(pr.loss());
+    over_gi.eval({pr.p0, pr.p1});
+    CHECK(pr.p0 != waiting, "schedule-free over gi: eval left the parameters at y");
     autolr::Optimizer sgd("sgd", pr.lens());
     const std::vector<float> before = pr.p0;
     sgd.eval({pr.p0, pr.p1});

@@ -365,6 +365,19 @@ class _Optimizer:
         return [0.0] * self.G
 
 
+def _loss_at(params, values, closure):
+    """The closure's loss with `params` holding `values`; params are restored bit-exactly
+    afterwards (also when the closure raises)."""
+    saved = [np.array(p, copy=True) for p in params]
+    for p, v in zip(params, values):
+        p[...] = v
+    try:
+        return float(closure())
+    finally:
+        for p, sv in zip(params, saved):
+            p[...] = sv
+
+
 def _need(cond, msg):
     if not cond:
         raise ValueError(msg)
@@ -1021,7 +1034,20 @@ class GI(_Optimizer):
     def _momentum(self):
         return self.base.momentum
 
-    def _run(self, params, ctx, apply):
+    def _prediction(self, params, ctx, disp, phi, moved):
+        """§3: ρ = (f − f+)/(φ/2), f+ the loss at θ − disp. Returns (φ/2, a thunk giving f+);
+        the thunk shows the closure θ − disp (decision 22: written into params and restored
+        unless the step has `moved` them itself)."""
+        if moved:
+            return phi / 2.0, lambda: float(ctx.closure())
+        return phi / 2.0, lambda: _loss_at(params, [np.asarray(p, _F) - d for p, d in zip(params, disp)], ctx.closure)
+
+    def _run(self, params, ctx, apply, prediction=None):
+        """One step of Algorithm 1 (§3); the displacement. `prediction`, with _prediction's
+        signature, replaces ρ's denominator and f+ for a wrapper that moves the caller's
+        parameters otherwise than by the displacement (schedule-free, §3.3). It is asked on every
+        adapting step (so that a wrapper can record its prediction even where φ gave none); its f+
+        is taken only where φ allowed adaptation and the prediction is > 0 and finite."""
         o = self.opts
         f_star, R = o["f_star"], float(o["R"])
         t = self.t + 1
@@ -1055,37 +1081,35 @@ class GI(_Optimizer):
             disp = [factor * vi for vi in v]
             if reversed_move:
                 self.skipped += 1
+        if apply:
+            for p, dsp in zip(params, disp):
+                p -= dsp
         rho = 0.0
-        if ok and adapt and not reversed_move:
-            saved = None
-            if not apply:
-                saved = [np.array(p, copy=True) for p in params]
-            for p, dsp in zip(params, disp):
-                p -= dsp
-            fplus = float(ctx.closure())
-            if saved is not None:
-                for p, sv in zip(params, saved):
-                    p[...] = sv
-            rho = (f - fplus) / (phi / 2.0)                                  # A.md:146
-            if not math.isfinite(fplus):
-                self.eta *= o["down"]                                          # A.md:151
-            else:
-                if rho > o["hi"]:
-                    self.eta *= o["up"]
-                elif rho < o["lo"]:
-                    self.eta *= o["down"]
-        elif apply:
-            for p, dsp in zip(params, disp):
-                p -= dsp
+        if adapt:
+            # ρ's denominator and f+: §3's by default, a wrapper's (schedule-free, §3.3) if given.
+            half, f_plus = (prediction or self._prediction)(params, ctx, disp, phi, apply)
+            if ok and not reversed_move:
+                if math.isfinite(half) and half > 0:
+                    fplus = f_plus()
+                    rho = (f - fplus) / half                                   # A.md:146
+                    if not math.isfinite(fplus):
+                        self.eta *= o["down"]                                  # A.md:151
+                    elif rho > o["hi"]:
+                        self.eta *= o["up"]
+                    elif rho < o["lo"]:
+                        self.eta *= o["down"]
+                else:
+                    self.skipped += 1          # §3.3: no usable prediction of the caller's move
         self._lr_list = self._base_lrs(eta_used * factor)
         T = self._tele
         for k in range(self.G):
             T["phi"][k], T["rho"][k], T["eta"][k], T["skipped"][k] = phi, rho, self.eta, self.skipped
         return disp
 
-    def propose(self, params, grads, **kw):
+    def propose(self, params, grads, prediction=None, **kw):
+        """The displacement, params unchanged; `prediction` as in _run."""
         ctx = self._ctx(params, grads, **kw)
-        return self._run(params, ctx, apply=False)
+        return self._run(params, ctx, apply=False, prediction=prediction)
 
     def step(self, params, grads, **kw):
         ctx = self._ctx(params, grads, **kw)

@@ -8,7 +8,8 @@ schedulefree 1.4.1 `AdamWScheduleFree.step/eval/train` (cited "AdamWSF"). No cod
 library under test was read. AutoOpt and GI are reference.py's (checked against the current
 §1 and §3: the preconditioner after absorbing g, the fallback and clamp rules, AutoAdam's
 ν = 0.99999, GI's skip rule with decision 18a, lr = η·factor × the base's lr); this module
-registers `prodigy` there, so that GI can wrap it. Pure numpy, float64 throughout.
+registers `prodigy` there, so that GI can wrap it, and gives GI under schedule-free the
+prediction of §3.3 (S8). Pure numpy, float64 throughout.
 
 Interface: that of reference.py (`make(algorithm, shapes, groups, group_options, **options)`,
 `step`, `propose`, `lr`, `momentum`, `telemetry()`), and for schedule-free `eval(params)` /
@@ -83,14 +84,36 @@ S7. Telemetry: sf_lr (the scheduled lr), lr_max, weight, weight_sum, ckp1 (READM
     automatic base, "multiplied by the base's own lr"): the scheduled lr times the base's lr
     of the group for an automatic base, the scheduled lr for a fixed-rate one; before the first
     step lr_opt (× the base's lr). `momentum`: β.
-S8. Over gi (README sf as it stands refuses it; this is the reading of the same definition):
-    GI is an automatic base, its η is `base_lr`. Its f is the caller's `loss`, taken at y like
-    the gradient; its re-evaluation f+ is the loss at the parameters the caller holds after the
-    step, the new y: §3.2 calls the callback "after the move with the moved parameters", and
-    the README refuses a calling-back base because "the callbacks would see z, not y", i.e.
-    seeing y is the meaning intended. So the closure is called with `params` set to the y' this
-    step would give (restored afterwards). φ = g·v, v = η·s_auto, as §3 defines it: ρ then sets
-    the decrease of the loss at y against the first-order decrease predicted for z's move.
+S8. Over gi: docs/algorithms.md §3.3 (decision 19d). GI is an automatic base (S2, S3): its
+    initial η is `base_lr`, its base `base_base`, its other options keep their names. GI runs on
+    a copy of z at the caller's gradient g (taken at y) and its `loss` f (at y): its base's
+    displacement s, φ = η·g·s (z's frame), the move scale k = η·2Δf/(φ + R) or η, and every rule
+    of §3.1 about φ (the plain-step rule, decision 18a) are §3's, unchanged; GI's displacement
+    k·s is S2's s_base (z' = z − lr·λ·y − lr·k·s). On an adapting step ((t − 1) % adapt_every
+    == 0) the prediction is that of the caller's move y → y' (y' from S2): φ_y = Σ g·(y − y'),
+    one sum over all tensors, each with its own group's c, β, lr, λ, over the caller's g (not
+    g + λθ); f+ is the closure's loss, called once with the caller's params holding y' (then
+    restored: step() writes y' itself, propose() leaves params as given); ρ = (f − f+)/(φ_y/2)
+    and η adapts from it by §3's rules (f+ non-finite: η ← down·η, ρ reads NaN). φ_y ≤ 0 or
+    non-finite: η is not adapted, counted in `skipped`. Telemetry: S7's, then GI's (phi = GI's
+    φ, rho, eta, skipped), then `phi_y`, then GI's base's. `lr` per group as S7 (GI's lr, §3.1,
+    times the scheduled lr). Where §3.3 is silent:
+    (a) A step that takes the plain-step rule (φ ≤ 0 or non-finite, Δf or the factor
+        non-finite) or decision 18a's reversed move adapts nothing as in §3.1: no f+ (the
+        closure is not called), ρ = 0, η unchanged, one count in `skipped`. φ_y is still formed
+        from that step's move and recorded, because telemetry phi_y is "the last adapting
+        step's φ_y" and such a step is an adapting one in §3.2's sense (it would wait for a
+        report).
+    (b) φ_y ≤ 0 or non-finite where φ allowed adaptation: the closure is not called either
+        (as §3.1 does for φ: no usable prediction, no re-evaluation; §3.3's "the report is taken
+        and ignored" is the two-phase protocol, which this reference does not have); ρ = 0.
+    (c) `skipped` counts a step at most once: a step skipped for φ never consults φ_y.
+    (d) phi_y keeps its value over non-adapting steps (adapt_every > 1), and is the same in
+        every group (one global sum).
+    (e) GI's own `base_lr` (the lr of a base with its own, e.g. tlr's α) has no name under
+        schedule-free, whose `base_lr` is GI's η (S3): such a base keeps its default.
+    This replaces the earlier reading (ρ against GI's own φ/2 with f+ at the new y), under which
+    η only falls (README: y's decrease is about (1 − β) of φ).
 """
 
 from __future__ import annotations
@@ -274,6 +297,7 @@ class ScheduleFree(ref._Optimizer):
         self.ckp1 = [0.0] * self.G
         self.z = None
         self.training = True
+        self.phi_y = 0.0                 # S8: the last adapting step's φ_y over gi, 0 before one
 
     def _lr(self):                                                                       # S7
         lr = [go["lr"] if k == 0 else s for go, k, s in zip(self.gopts, self.k, self.sched_lr)]
@@ -287,6 +311,9 @@ class ScheduleFree(ref._Optimizer):
                "weight_sum": self.weight_sum, "ckp1": self.ckp1}
         out = {k: [float(x) for x in v] for k, v in own.items()}
         out.update(self.base.telemetry())
+        if self.base_name == "gi":                                                       # S8
+            out["phi_y"] = [float(self.phi_y)] * self.G
+            out.update(self.base.base.telemetry())
         return out
 
     def _scalars(self):
@@ -320,25 +347,23 @@ class ScheduleFree(ref._Optimizer):
         if self.fixed:
             for g in range(self.G):
                 self.base.gopts[g]["lr"] = self.sched_lr[g]
-        if self.base_name != "gi":
-            return self.base.propose([z.copy() for z in self.z], grads, **kw)
-        # S8: GI moves its copy of z by its displacement and calls back; the caller is shown the
-        # y' that displacement gives, and gets its own parameters back afterwards.
         frame = [z.copy() for z in self.z]
-        closure = kw.get("closure")
+        if self.base_name != "gi":
+            return self.base.propose(frame, grads, **kw)
+        return self.base.propose(frame, grads, prediction=self._prediction_at_y(params, grads), **kw)
 
-        def at_new_y():
-            _, y_new = self._moved(params, [z - f for z, f in zip(self.z, frame)])
-            saved = [np.array(p, copy=True) for p in params]
-            for p, y in zip(params, y_new):
-                p[...] = y
-            try:
-                return closure()
-            finally:
-                for p, sv in zip(params, saved):
-                    p[...] = sv
+    def _prediction_at_y(self, params, grads):
+        """S8 (§3.3): GI's prediction for the caller's move y → y' (S2, from GI's displacement
+        of z): (φ_y/2, a thunk giving f+ with the caller's params holding y'), φ_y = Σ g·(y − y')
+        over all tensors with the caller's g; φ_y is recorded for the telemetry. Params are
+        restored after the closure: step() writes y' itself, propose() leaves them as given."""
+        def predict(frame, ctx, disp, phi, moved):
+            _, y_new = self._moved(params, disp)
+            phi_y = sum(ref._dot(g, np.asarray(y, _F) - y1) for g, y, y1 in zip(grads, params, y_new))
+            self.phi_y = phi_y
+            return phi_y / 2.0, lambda: ref._loss_at(params, y_new, ctx.closure)
 
-        return self.base.propose(frame, grads, **dict(kw, closure=None if closure is None else at_new_y))
+        return predict
 
     def _advance(self, params, grads, kw):
         """One step's new y; z, the scalars and the base's state advance."""

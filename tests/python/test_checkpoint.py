@@ -1,4 +1,5 @@
-"""Checkpoints, for every algorithm in autolr.ALGORITHMS (and GI over each base once 'gi' exists):
+"""Checkpoints, for every algorithm in autolr.ALGORITHMS (and GI over each base once 'gi' exists,
+and schedule-free over gi over two of them):
 
 - save at step k, load into a fresh optimizer, continue: bit-identical to an uninterrupted run
   (parameters, state_dict, lr, momentum, telemetry), for several k;
@@ -45,14 +46,30 @@ OTHER_VALUES = {"lr": 0.5, "momentum": 0.3, "weight_decay": 0.2, "beta1": 0.5, "
 
 
 def algorithm_cases():
+    """(name, base): base None, a base's name, or (base, base_base) — schedule-free over gi over
+    base_base (docs/algorithms.md §3.3)."""
     out = [(name, None) for name in autolr.ALGORITHMS]
     if "gi" in autolr.ALGORITHMS:
         out += [("gi", base) for base in ("sgd", "momentum", "adam", "adagrad", "rmsprop")]
+        out += [("schedule-free", ("gi", base)) for base in ("momentum", "auto-adam")]
     return out
 
 
+def bases(base):
+    """The string options of a case's base."""
+    if base is None:
+        return {}
+    if isinstance(base, tuple):
+        return {"base": base[0], "base_base": base[1]}
+    return {"base": base}
+
+
+def case_id(name, base):
+    return "-".join([name, *bases(base).values()])
+
+
 ALGORITHM_CASES = algorithm_cases()
-ALGORITHM_IDS = [name if base is None else f"{name}-{base}" for name, base in ALGORITHM_CASES]
+ALGORITHM_IDS = [case_id(name, base) for name, base in ALGORITHM_CASES]
 
 
 def f32(arrays):
@@ -152,7 +169,7 @@ _NO_GROUP_LR = set()
 
 
 def make(name, base, params, values=SAVED_VALUES):
-    opt = autolr.Optimizer(name, params, groups=GROUPS, **({"base": base} if base else {}))
+    opt = autolr.Optimizer(name, params, groups=GROUPS, **bases(base))
     if values is SAVED_VALUES:
         set_values(opt, values, per_group_lr=None if (name, base) in _NO_GROUP_LR else 0.03)
     elif values:
@@ -238,7 +255,7 @@ def input_cases():
 
 
 CASES = input_cases()
-IDS = [(name if base is None else f"{name}-{base}") + ("" if keys is None else "[" + "+".join(keys or ("grads",)) + "]")
+IDS = [case_id(name, base) + ("" if keys is None else "[" + "+".join(keys or ("grads",)) + "]")
        for name, base, keys in CASES]
 
 
@@ -354,9 +371,12 @@ def mismatched(name, base):
     shapes = list(SHAPES)
     shapes[2] = (4, 3)
     out["other tensor sizes"] = make(name, base, [np.zeros(s, np.float32) for s in shapes]).state_dict()
-    out["other groups"] = autolr.Optimizer(name, init_params(), **({"base": base} if base else {})).state_dict()
-    out["fewer tensors"] = autolr.Optimizer(name, init_params()[:2], groups=[0, 1], **({"base": base} if base else {})).state_dict()
-    if base is not None:
+    out["other groups"] = autolr.Optimizer(name, init_params(), **bases(base)).state_dict()
+    out["fewer tensors"] = autolr.Optimizer(name, init_params()[:2], groups=[0, 1], **bases(base)).state_dict()
+    if isinstance(base, tuple):
+        other_base = (base[0], "adam" if base[1] != "adam" else "sgd")
+        out[f"{name} over gi over {other_base[1]}"] = make(name, other_base, init_params()).state_dict()
+    elif base is not None:
         other_base = "adam" if base != "adam" else "sgd"
         out[f"gi over {other_base}"] = make(name, other_base, init_params()).state_dict()
     return out

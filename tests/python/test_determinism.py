@@ -20,21 +20,26 @@ rng = np.random.default_rng(3)
 # floats an element) to be split over three workers.
 large = sys.argv[3] == "large"
 shapes = [(1 << 20,)] if large else [(37, 11), (11,), (5000,)]
-names = ["auto-sgd", "auto-adam", "auto-adagrad", "gi"] if large else autolr.ALGORITHMS
+# Every algorithm, GI over auto-adam, and schedule-free over gi over auto-adam (its φ_y pass).
+names = ["auto-sgd", "auto-adam", "auto-adagrad", "gi"] if large else [*autolr.ALGORITHMS, "schedule-free over gi"]
 steps = 4 if large else 25
 digest = hashlib.sha256()
-for name in names:
-    extra = {"base": "auto-adam"} if name == "gi" else {}
+for label in names:
+    if label == "schedule-free over gi":
+        name, extra = "schedule-free", {"base": "gi", "base_base": "auto-adam"}
+    else:
+        name, extra = label, {"base": "auto-adam"} if label == "gi" else {}
+    gi = name == "gi" or extra.get("base") == "gi"
     params = [np.ones(s, np.float32) * 0.1 for s in shapes]
     opt = autolr.Optimizer(name, params, **extra)
     for t in range(steps):
         rows = [(p * 0.5 + rng.standard_normal((8,) + s)).astype(np.float32) for p, s in zip(params, shapes)]
         kw = {}
-        if name.startswith("auto-") or name.startswith("vsgd") or name == "gi":
+        if name.startswith("auto-") or name.startswith("vsgd") or gi:
             kw.update(per_sample=rows)
         if name.startswith("vsgd"):
             kw.update(curvature=[np.full(s, 0.5, np.float32) for s in shapes])
-        if name == "gi":
+        if gi:
             kw.update(loss=1.0 / (t + 1), closure=lambda: 0.9 / (t + 1))
         opt.step([r.mean(axis=0) for r in rows], **kw)
     for p in params:

@@ -483,6 +483,19 @@ def test_checkpoint_of_another_configuration(adam):
         assert_fails(opt, params, "ALR_BAD_CHECKPOINT", lambda: opt.load_state_dict(buf))
 
 
+def test_checkpoint_of_schedule_free_over_another_gi_base():
+    """Schedule-free over gi's checkpoint names GI's base (base_base) in GI's part: one of another
+    base_base is refused, with nothing changed, and the message says which base this one has."""
+    params = make_params()
+    opt = autolr.Optimizer("schedule-free", params, groups=GROUPS, base="gi", base_base="adam")
+    opt.step(make_grads(params, 0), loss=_loss(params), closure=lambda: _loss(params))
+    for base_base, needle in (("adamw", "'adam' where this optimizer's 'adamw'"), ("sgd", "another base_base than this optimizer's 'sgd'")):
+        other_params = make_params()
+        other = autolr.Optimizer("schedule-free", other_params, groups=GROUPS, base="gi", base_base=base_base)
+        buf = opt.state_dict()
+        assert_fails(other, other_params, "ALR_BAD_CHECKPOINT", lambda: other.load_state_dict(buf), needle)
+
+
 # --- ALR_PANIC ------------------------------------------------------------------------------------
 
 def test_panic_is_an_error_and_the_library_survives(adam):
@@ -586,6 +599,47 @@ def test_gi_wrong_state():
         opt.report_loss(_loss(params))
     assert info.value.status == "ALR_WRONG_STATE"
     opt.state_dict()
+
+
+def test_schedule_free_over_gi_wrong_state_and_bad_input():
+    """Schedule-free over gi (docs/algorithms.md §3.3) keeps GI's protocol: the loss is required
+    on an adapting step; while a step waits for its report, a step, a save and eval() are refused
+    with nothing changed (eval would rewrite the parameters GI's report is about); a report
+    without a waiting step is refused; base_base exists only over gi, and not after a step; the
+    unused curvature is refused; a failing loss callback leaves the move standing."""
+    params = make_params()
+    with pytest.raises(autolr.Error, match="set base = 'gi' first") as info:
+        autolr.Optimizer("schedule-free", params, groups=GROUPS, base_base="adam")
+    assert info.value.status == "ALR_INVALID_ARGUMENT"
+    opt = autolr.Optimizer("schedule-free", params, groups=GROUPS, base="gi", base_base="adam", base_lr=0.01)
+    assert_fails(opt, params, "ALR_WRONG_STATE", lambda: opt.report_loss(1.0), "no gi step is waiting")
+    assert_fails(opt, params, "ALR_INVALID_ARGUMENT", lambda: opt.step(make_grads(params, 0)), "pass loss")
+    assert_fails(opt, params, "ALR_UNSUPPORTED", lambda: opt.step(make_grads(params, 0), loss=_loss(params), curvature=make_grads(params, 0)), "curvature")
+    assert_fails(opt, params, "ALR_NON_FINITE", lambda: opt.step(make_grads(params, 0), loss=float("nan")), "loss")
+    opt.step(make_grads(params, 0), loss=_loss(params), closure=lambda: _loss(params))
+    assert_fails(opt, params, "ALR_WRONG_STATE", lambda: opt.set_option("base_base", "sgd"), "base_base")
+    opt.step(make_grads(params, 1), loss=_loss(params))  # two-phase: waits for report_loss
+    moved = [p.tobytes() for p in params]
+    for call in (lambda: opt.step(make_grads(params, 2), loss=_loss(params)), opt.state_dict, opt.eval):
+        with pytest.raises(autolr.Error, match="report") as info:
+            call()
+        assert info.value.status == "ALR_WRONG_STATE"
+        assert [p.tobytes() for p in params] == moved
+    opt.report_loss(_loss(params))
+    assert_fails(opt, params, "ALR_WRONG_STATE", lambda: opt.report_loss(1.0), "no gi step is waiting")
+    opt.eval()
+    assert [p.tobytes() for p in params] != moved
+    opt.train()
+
+    def closure():
+        raise Boom("loss evaluation failed")
+
+    before = [p.tobytes() for p in params]
+    with pytest.raises(autolr.Error) as info:
+        opt.step(make_grads(params, 3), loss=_loss(params), closure=closure)
+    assert info.value.status == "ALR_CALLBACK_FAILED" and isinstance(info.value.__cause__, Boom)
+    assert [p.tobytes() for p in params] != before, "the move of a step whose callback failed did not stand"
+    opt.step(make_grads(params, 4), loss=_loss(params), closure=lambda: _loss(params))
 
 
 # --- values C can send that Rust types could not hold, re-entry, sizes -------------------------

@@ -178,6 +178,40 @@ def test_modes_and_checkpoints():
         assert all(np.array_equal(a, b) for a, b in zip(plain, start))
 
 
+def test_over_gi_resumes_bit_exactly_in_either_mode():
+    """Schedule-free over gi (docs/algorithms.md §3.3): a checkpoint in eval mode, with the caller's
+    x, resumes to the same bits as going on (its φ_y and GI's η included), and saves to the same
+    bytes; the loss is the same quadratic's at whatever the parameters hold."""
+    rng = np.random.default_rng(7)
+    start = [rng.standard_normal(s).astype(np.float32) for s in SHAPES]
+    loss = lambda ps: float(sum(0.5 * np.sum(np.linspace(0.5, 2.0, p.size).reshape(p.shape) * (p.astype(np.float64) - 0.3) ** 2) for p in ps))
+    options = dict(base="gi", base_base="momentum", base_lr=0.05, hi=1.1, lo=0.9)
+    params = [p.copy() for p in start]
+    opt = autolr.Optimizer("schedule-free", params, groups=GROUPS, **options)
+    noise = [[0.3 * rng.standard_normal(p.shape).astype(np.float32) for p in start] for _ in range(12)]
+
+    def step(o, ps, t):
+        grads = [(np.linspace(0.5, 2.0, p.size, dtype=np.float32).reshape(p.shape) * (p - 0.3) + n).astype(np.float32) for p, n in zip(ps, noise[t])]
+        o.step(grads, loss=loss(ps), closure=lambda: loss(ps))
+
+    for t in range(6):
+        step(opt, params, t)
+    opt.eval()
+    state = opt.state_dict()
+    params2 = [p.copy() for p in params]
+    opt2 = autolr.Optimizer("schedule-free", params2, groups=GROUPS, **options)
+    opt2.load_state_dict(state)
+    assert opt2.state_dict() == state and not opt2.training
+    assert opt2.telemetry()["phi_y"] == opt.telemetry()["phi_y"] != [0.0] * 2
+    for o, ps in ((opt, params), (opt2, params2)):
+        o.train()
+        for t in range(6, 12):
+            step(o, ps, t)
+    assert all(np.array_equal(a, b) for a, b in zip(params, params2))
+    assert opt.state_dict() == opt2.state_dict()
+    assert opt.telemetry()["eta"] != [0.05] * 2, "η never adapted"
+
+
 def test_torch_adapter_follows_the_reference():
     """autolr.torch.AdamWScheduleFree with the reference's protocol (train(), steps, eval()), in a
     closed loop (each side's gradients at its own parameters, so rounding differences feed back):

@@ -39,18 +39,23 @@ REDUCING = {
     "dog": {},
     "ldog": {},
     "sf-over-auto-adam": dict(base="auto-adam"),
+    "sf-over-gi-adam": dict(base="gi", base_base="adam", base_lr=0.01),
+    "sf-over-gi-auto-adam": dict(base="gi", base_base="auto-adam"),
 }
 # Calls to the communicator in 50 steps (README "More than one process"): AutoOpt one per step;
 # TLR one per step that trains α (from step 2; with window 3 at steps 7, 10, …, 49); vsgd-g/-b
 # two (the sums, and h⁺'s maximum); GI one for φ after its base's; prodigy, dadapt-adam, dog and
-# ldog one (pass 1's sums); schedule-free its base's.
+# ldog one (pass 1's sums); schedule-free its base's, over gi GI's and then φ_y's on every adapting
+# step (docs/algorithms.md §3.3).
 CALLS = {"auto-sgd": 50, "auto-adam": 50, "auto-adagrad": 50, "tlr": 49, "tlr-window": 15, "vsgd-g": 100, "vsgd-b": 100,
-         "gi-adam": 50, "gi-auto-adam": 100, "prodigy": 50, "dadapt-adam": 50, "dog": 50, "ldog": 50, "sf-over-auto-adam": 50}
+         "gi-adam": 50, "gi-auto-adam": 100, "prodigy": 50, "dadapt-adam": 50, "dog": 50, "ldog": 50, "sf-over-auto-adam": 50,
+         "sf-over-gi-adam": 100, "sf-over-gi-auto-adam": 150}
 WITHOUT = {"adam": dict(lr=0.01), "vsgd-l": dict(n0=2, slow_start_c=20.0), "sf-adamw": {}}
 
 
 def algorithm(case):
-    return {"tlr-window": "tlr", "gi-adam": "gi", "gi-auto-adam": "gi", "sf-over-auto-adam": "schedule-free"}.get(case, case)
+    return {"tlr-window": "tlr", "gi-adam": "gi", "gi-auto-adam": "gi", "sf-over-auto-adam": "schedule-free",
+            "sf-over-gi-adam": "schedule-free", "sf-over-gi-auto-adam": "schedule-free"}.get(case, case)
 
 
 class World:
@@ -139,13 +144,13 @@ class Problem:
 
 def step_kwargs(case, problem, step, theta, grads, sum_sq, curvature, loss_of):
     name = algorithm(case)
-    if name.startswith("auto") or case in ("gi-auto-adam", "sf-over-auto-adam"):
+    if name.startswith("auto") or case in ("gi-auto-adam", "sf-over-auto-adam", "sf-over-gi-auto-adam"):
         kwargs = dict(sum_sq=sum_sq, batch_size=N)
     elif name.startswith("vsgd"):
         kwargs = dict(curvature=curvature)
     else:
         kwargs = {}
-    if name == "gi":
+    if name == "gi" or case.startswith("sf-over-gi"):
         kwargs.update(loss=loss_of(theta), closure=lambda: loss_of(theta))
     return kwargs
 
@@ -221,7 +226,8 @@ def test_sharded_run_equals_the_whole_run(case, world_size):
                 assert np.allclose(a, b, rtol=1e-6, atol=0), f"{case} rank {rank} step {step}: lr {a} vs {b}"
 
 
-@pytest.mark.parametrize("case, step", [(c, 5) for c in ("auto-adam", "tlr", "vsgd-b", "gi-auto-adam", "gi-adam", "prodigy", "dadapt-adam", "dog", "ldog")]
+@pytest.mark.parametrize("case, step", [(c, 5) for c in ("auto-adam", "tlr", "vsgd-b", "gi-auto-adam", "gi-adam", "prodigy", "dadapt-adam", "dog", "ldog",
+                                                       "sf-over-gi-adam", "sf-over-gi-auto-adam")]
                          + [("prodigy", 0), ("dadapt-adam", 0)])
 def test_bad_input_on_one_process_is_an_error_on_every_process(case, step):
     """A NaN gradient on rank 1 at `step` (0: before prodigy's and dadapt-adam's state exists):
@@ -235,7 +241,7 @@ def test_bad_input_on_one_process_is_an_error_on_every_process(case, step):
             assert "process" in str(error), str(error)
 
 
-@pytest.mark.parametrize("case", ["auto-sgd", "tlr", "vsgd-g", "prodigy", "dog", "ldog", "gi-adam", "gi-auto-adam"])
+@pytest.mark.parametrize("case", ["auto-sgd", "tlr", "vsgd-g", "prodigy", "dog", "ldog", "gi-adam", "gi-auto-adam", "sf-over-gi-adam", "sf-over-gi-auto-adam"])
 def test_a_failing_callback_is_an_error_on_every_process(case):
     """The communicator fails on rank 2 (at its first call, step 1 or 2): every rank's step
     returns an error with nothing changed there, and no rank hangs."""
@@ -294,3 +300,43 @@ def test_gi_failing_phi_reduction_changes_nothing(base):
     assert error.status == "ALR_CALLBACK_FAILED" and untouched
     assert "nothing changed" in str(error), str(error)
     assert np.array_equal(clean, retried), f"the retried step differs from a clean run by {np.max(np.abs(clean - retried)):.1e}"
+
+
+def test_schedule_free_over_gi_failing_reductions():
+    """Schedule-free over gi (docs/algorithms.md §3.3) reduces φ before the move and φ_y after it.
+    A failed φ changes nothing (z and the averages go back, GI's base's state is restored), so a
+    retried step equals a clean run bit for bit; a failed φ_y leaves the move standing and η not
+    adapted, as a failed loss callback does, and says so."""
+    def run(fail_at):
+        theta = [np.linspace(-1, 1, 5, dtype=np.float32)]
+        calls = [0]
+
+        def reduce(values, op):
+            calls[0] += 1
+            if calls[0] == fail_at:
+                raise RuntimeError("the communicator failed")
+        opt = autolr.Optimizer("schedule-free", theta, reduce=reduce, base="gi", base_base="adam", base_lr=0.1)
+        rng = np.random.default_rng(3)
+        errors = []
+        for _ in range(3):
+            g = [rng.standard_normal(5).astype(np.float32)]
+            for _attempt in range(2):
+                before, state = theta[0].copy(), opt.state_dict()
+                try:
+                    opt.step(g, loss=1.0, closure=lambda: 0.0)  # ρ ≫ hi: every adapted step grows η
+                    break
+                except autolr.Error as e:
+                    errors.append((e, np.array_equal(before, theta[0]) and opt.state_dict() == state))
+                    if "φ_y" in str(e):
+                        break  # the move stands: not retried
+        return theta[0], opt.telemetry()["eta"][0], errors
+
+    clean, clean_eta, none = run(None)
+    assert not none
+    retried, retried_eta, errors = run(3)  # step 2's φ
+    assert len(errors) == 1 and errors[0][0].status == "ALR_CALLBACK_FAILED" and errors[0][1], errors
+    assert np.array_equal(clean, retried) and clean_eta == retried_eta, "the retried step differs from a clean run"
+    moved, moved_eta, errors = run(4)  # step 2's φ_y
+    assert len(errors) == 1 and errors[0][0].status == "ALR_CALLBACK_FAILED" and not errors[0][1], errors
+    assert "the parameters were moved, η was not adapted" in str(errors[0][0])
+    assert moved_eta == pytest.approx(clean_eta / 1.2, rel=1e-12) and not np.array_equal(clean, moved), "the step whose φ_y failed adapted η"

@@ -194,6 +194,51 @@ def test_gi_closure_matches_the_two_phase_protocol(with_backward_kwarg):
         assert calls["backward"] == 30
 
 
+def test_schedule_free_over_gi_closure_matches_the_two_phase_protocol():
+    """alt.ScheduleFree(base="gi", base_base=...) routes step(closure) as alt.GI does (docs/
+    algorithms.md §3.3: the closure's second call sees y'), step for step the numpy optimizer fed
+    loss= and report_loss; eval() waits for a due report, and gives the same x."""
+    a, b = mlp(4), mlp(4)
+    options = dict(base="gi", base_base="adam", base_lr=1e-2, hi=1.1, lo=0.9)
+    opt_a = alt.ScheduleFree(a.parameters(), **options)
+    b_params = [p.detach().numpy() for p in b.parameters()]
+    opt_b = autolr.Optimizer("schedule-free", b_params, groups=[0] * len(b_params), **options)
+    seen = []
+    for t in range(15):
+        x, y = data(seed=40 + t)
+
+        def closure(backward=True):
+            opt_a.zero_grad()
+            loss = F.cross_entropy(a(x), y)
+            if backward:
+                loss.backward()
+            else:
+                seen.append(params_of(a))
+            return loss
+        opt_a.step(closure)
+        assert all(torch.equal(s, p) for s, p in zip(seen[-1], params_of(a))), f"step {t}: the closure did not see y'"
+
+        b.zero_grad()
+        loss_b = F.cross_entropy(b(x), y)
+        loss_b.backward()
+        opt_b.step([p.grad.numpy().copy() for p in b.parameters()], loss=float(loss_b.detach()))
+        with pytest.raises(autolr.Error, match="report") as info:
+            opt_b.eval()
+        assert info.value.status == "ALR_WRONG_STATE"
+        with torch.no_grad():
+            opt_b.report_loss(float(F.cross_entropy(b(x), y)))
+        assert_params_close(a, b, rtol=1e-5, what=f"schedule-free over gi step {t}")
+    eta_a, eta_b = opt_a.telemetry()["eta"], opt_b.telemetry()["eta"]
+    assert eta_a == pytest.approx(eta_b, rel=1e-5)
+    assert eta_a[0] != pytest.approx(1e-2), "η never adapted"
+    assert opt_a.telemetry()["phi_y"] == pytest.approx(opt_b.telemetry()["phi_y"], rel=1e-5)
+    opt_a.eval()
+    opt_b.eval()
+    assert_params_close(a, b, rtol=1e-5, what="schedule-free over gi, x")
+    opt_a.train()
+    opt_b.train()
+
+
 def test_gi_closure_exception_surfaces():
     model = mlp()
     opt = alt.GI(model.parameters(), base="sgd", lr=0.1)

@@ -86,9 +86,12 @@ class _Handle:
         _check(lib.alr_create(ctypes.byref(args), ctypes.byref(handle)))
         self._handle = handle
         self.algorithm = algorithm
-        base = options.pop("base", None)
-        if base is not None:
-            self.set_option("base", base)
+        # The bases first, outermost first: setting one resets every option (and base_base,
+        # GI's base under schedule-free over gi, follows base).
+        for name in ("base", "base_base"):
+            value = options.pop(name, None)
+            if value is not None:
+                self.set_option(name, value)
         for name, value in options.items():
             self.set_option(name, value)
 

@@ -174,6 +174,9 @@ class AutoLR(torch.optim.Optimizer):
         super().__init__(params, dict(numbers))
         self._building = False
         self.algorithm = algorithm
+        # GI takes the loss and re-evaluates it after the move, on its own and under schedule-free
+        # (docs/algorithms.md §3.3: there at y', the parameters the step leaves).
+        self._runs_gi = algorithm == "gi" or (algorithm == "schedule-free" and strings.get("base") == "gi")
         tensors, groups = [], []
         for g, group in enumerate(self.param_groups):
             for p in group["params"]:
@@ -370,7 +373,8 @@ class AutoLR(torch.optim.Optimizer):
         run (under ``torch.enable_grad``) before the step and its backward pass gives the
         gradients. Algorithms that re-evaluate call it again during the step:
 
-        * GI: after the move, for the loss at the new parameters. If the closure takes a
+        * GI (also as schedule-free's base, where the new parameters are y'): after the move,
+          for the loss at the new parameters. If the closure takes a
           ``backward`` keyword, that call is ``closure(backward=False)`` under ``torch.no_grad``
           (cheap: forward only); otherwise it is ``closure()`` with gradients enabled, so a plain
           closure works at the cost of one more backward pass (``.grad`` then holds the gradient
@@ -400,7 +404,7 @@ class AutoLR(torch.optim.Optimizer):
     def _step(self, closure, loss, sum_sq, per_sample, per_sample_scale, batch_size, curvature):
         self._check_storage()
         self._sync_options()
-        gi = self.algorithm == "gi"
+        gi = self._runs_gi
         vsgd = self.algorithm.startswith("vsgd-")
         result = None
         if closure is not None:
@@ -727,7 +731,10 @@ _CLOSED_FORM = (torch.nn.Linear, torch.nn.Embedding, torch.nn.LayerNorm, torch.n
 
 class ScheduleFree(AutoLR):
     """Schedule-free over any other algorithm (``base``, default ``"adamw"``): call ``train()``
-    before training and ``eval()`` before evaluating or saving, as with ``schedulefree``."""
+    before training and ``eval()`` before evaluating or saving, as with ``schedulefree``.
+    Over ``base="gi"`` (docs/algorithms.md §3.3) GI's base is ``base_base`` and its initial η
+    ``base_lr``, and ``step(closure)`` takes the loss as ``autolr.torch.GI`` does (or ``loss=``
+    then ``report_loss``, before the next step, a save or ``eval()``)."""
 
     def __init__(self, params, base="adamw", **options):
         super().__init__(params, "schedule-free", base=base, **options)

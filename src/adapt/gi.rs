@@ -127,7 +127,11 @@ impl Gi {
     }
 
     /// φ's sum `Σ g·s` over every process (sharded), from this process's.
+    /// On whole tensors a non-finite φ is not an error but §3.1's plain step.
     fn reduced(&self, g_dot_s: f64) -> Result<f64> {
+        if self.shards.is_none() {
+            return Ok(g_dot_s);
+        }
         let sum = self.summed(g_dot_s).map_err(reduce_failed)?;
         if !sum.is_finite() {
             // Every process sees the same sum, so every process refuses the step alike.

@@ -1,5 +1,7 @@
 """GI (docs/algorithms.md §3) over every base, against the float64 reference; the paper's
 Rosenbrock and logistic-regression claims; the callback and two-phase protocols."""
+import math
+
 import numpy as np
 import pytest
 
@@ -195,6 +197,18 @@ def test_non_finite_loss_after_the_move_halves_eta():
     opt.step([np.ones(3, np.float32)], loss=1.5, closure=lambda: float("nan"))
     assert opt.telemetry()["eta"][0] == pytest.approx(0.05)
     assert np.all(np.isfinite(p[0]))
+
+
+def test_overflowing_phi_on_whole_tensors_is_the_plain_step():
+    """φ = η·g·s overflowing (s = g + λθ with λ = 1e300) is §3.1's plain step, counted, not an
+    error (found by the options fuzzer: a refusal there came after the base had advanced)."""
+    p = [np.full(3, 0.5, np.float32)]
+    opt = autolr.Optimizer("gi", p, base="sgd", lr=1e-3, weight_decay=1e300)
+    calls = []
+    opt.step([np.full(3, 0.25, np.float32)], loss=1.0, closure=lambda: calls.append(1) or 1.0)
+    tele = opt.telemetry()
+    assert not math.isfinite(tele["phi"][0]) and tele["skipped"][0] == 1 and not calls
+    assert tele["eta"][0] == 1e-3
 
 
 def test_two_phase_protocol_matches_the_callback():

@@ -48,7 +48,7 @@ use std::marker::PhantomData;
 
 use crate::adapt::gi::{Gi, Move};
 use crate::algorithm::{Accepts, Algorithm, Context};
-use crate::backend::{Commit, Device, DotRule, ElementRule, KernelRule, NestedRule, Record, SolveRule, TensorMut};
+use crate::backend::{Commit, Device, DotRule, ElementRule, KernelRule, Memory, NestedRule, Record, SolveRule, TensorMut};
 use crate::base::{adagrad::Adagrad, adam::Adam, momentum::Momentum, rmsprop::RmsProp, sgd::Sgd, Fixed, FixedRate, Rule, WEIGHT_DECAY};
 use crate::checkpoint::{Reader, Writer};
 use crate::error::{Error, Result};
@@ -573,6 +573,15 @@ fn interpolate<D: Device>(
     Ok(())
 }
 
+/// Undoes an automatic base's refused step: z ← its copy from before the step (`previous`,
+/// written by `decay_at_y`), the averages ← `before`.
+fn restore<D: Device>(device: &D, z: &mut [D::State<f32>], previous: &[D::State<f32>], averages: &mut D::Records<Average>, before: &[Average]) -> Result<()> {
+    for (z, previous) in z.iter_mut().zip(previous) {
+        device.with_state(previous, |values| device.write_state(z, values))??;
+    }
+    device.write_records(averages, before)
+}
+
 pub struct ScheduleFree<D: Device> {
     name: &'static str,
     base_name: String,
@@ -710,9 +719,12 @@ impl<D: Device> Algorithm for ScheduleFree<D> {
         }
         // Over gi, an adapting step's GI with its move and this process's part of φ_y.
         let mut adapting = None;
-        // GI's move may be refused after the averages advanced (see below); GI runs on the CPU
-        // only, so this read costs no device synchronisation.
-        let averages_before = if matches!(base, Base::Gi(_)) { device.read_records(averages)? } else { Vec::new() };
+        // An automatic base's step (GI's too) may be refused by a reduction over shards after
+        // the averages advanced and z was decayed (§7: another process's inputs were bad):
+        // both go back then, so that nothing changed. The averages are kept for that in host
+        // memory only: on a GPU this read would synchronise every step.
+        let restorable = !matches!(base, Base::Fused(_)) && device.memory() == Memory::Host;
+        let averages_before = if restorable { device.read_records(averages)? } else { Vec::new() };
         device.solve::<Advance>(&(), average_options, averages, sums)?;
         match base {
             Base::Fused(base) => {
@@ -722,9 +734,15 @@ impl<D: Device> Algorithm for ScheduleFree<D> {
             }
             Base::Own(base) => {
                 decay_at_y(device, o, layout, averages, params, z, previous)?;
-                {
+                let stepped = {
                     let mut zs: Vec<TensorMut> = z.iter_mut().map(|z| device.state_view(z)).collect();
-                    base.step_scaled(&base_ctx, &mut zs, inputs, callbacks, scale)?;
+                    base.step_scaled(&base_ctx, &mut zs, inputs, callbacks, scale)
+                };
+                if let Err(refused) = stepped {
+                    if restorable {
+                        restore(device, z, previous, averages, &averages_before)?;
+                    }
+                    return Err(refused);
                 }
                 interpolate(device, o, layout, beta_name, averages, params, z, previous)?;
             }
@@ -740,12 +758,8 @@ impl<D: Device> Algorithm for ScheduleFree<D> {
                     Ok(moved) => moved,
                     Err(refused) => {
                         // Refused before the move (a reduction of φ or of the base's sums over
-                        // shards, §7): z and the averages go back to what they were, so that
-                        // nothing changed.
-                        for (z, previous) in z.iter_mut().zip(previous.iter()) {
-                            device.with_state(previous, |values| device.write_state(z, values))??;
-                        }
-                        device.write_records(averages, &averages_before)?;
+                        // shards, §7). GI runs on the CPU only, so its averages are restorable.
+                        restore(device, z, previous, averages, &averages_before)?;
                         return Err(refused);
                     }
                 };

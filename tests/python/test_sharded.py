@@ -227,7 +227,7 @@ def test_sharded_run_equals_the_whole_run(case, world_size):
 
 
 @pytest.mark.parametrize("case, step", [(c, 5) for c in ("auto-adam", "tlr", "vsgd-b", "gi-auto-adam", "gi-adam", "prodigy", "dadapt-adam", "dog", "ldog",
-                                                       "sf-over-gi-adam", "sf-over-gi-auto-adam")]
+                                                       "sf-over-auto-adam", "sf-over-gi-adam", "sf-over-gi-auto-adam")]
                          + [("prodigy", 0), ("dadapt-adam", 0)])
 def test_bad_input_on_one_process_is_an_error_on_every_process(case, step):
     """A NaN gradient on rank 1 at `step` (0: before prodigy's and dadapt-adam's state exists):
@@ -241,7 +241,8 @@ def test_bad_input_on_one_process_is_an_error_on_every_process(case, step):
             assert "process" in str(error), str(error)
 
 
-@pytest.mark.parametrize("case", ["auto-sgd", "tlr", "vsgd-g", "prodigy", "dog", "ldog", "gi-adam", "gi-auto-adam", "sf-over-gi-adam", "sf-over-gi-auto-adam"])
+@pytest.mark.parametrize("case", ["auto-sgd", "tlr", "vsgd-g", "prodigy", "dog", "ldog", "gi-adam", "gi-auto-adam", "sf-over-auto-adam", "sf-over-gi-adam",
+                                  "sf-over-gi-auto-adam"])
 def test_a_failing_callback_is_an_error_on_every_process(case):
     """The communicator fails on rank 2 (at its first call, step 1 or 2): every rank's step
     returns an error with nothing changed there, and no rank hangs."""

@@ -168,6 +168,17 @@ static AlrStatus fix_step(Fix *fx, int step) {
     return alr_step(fx->opt, &fx->args);
 }
 
+/* alr_set_mode's arguments over the fixture's parameters. */
+static AlrModeArgs fix_mode_args(Fix *fx, AlrMode mode) {
+    AlrModeArgs m;
+    memset(&m, 0, sizeof m);
+    m.struct_size = sizeof m;
+    m.n_tensors = NT;
+    m.params = fx->pp;
+    m.mode = mode;
+    return m;
+}
+
 /* ---------------------------------------------------------------------------------------- */
 /* snapshots: parameters + saved state bytes                                                */
 
@@ -1374,12 +1385,7 @@ static void test_callback_failed(void) {
 static void test_modes(void) {
     Fix fx;
     if (!fix_open(&fx, "sf-sgd")) return;
-    AlrModeArgs m;
-    memset(&m, 0, sizeof m);
-    m.struct_size = sizeof m;
-    m.n_tensors = NT;
-    m.params = fx.pp;
-    m.mode = ALR_MODE_TRAIN;
+    AlrModeArgs m = fix_mode_args(&fx, ALR_MODE_TRAIN);
     EXPECT(alr_set_mode(fx.opt, &m), ALR_OK, "sf-sgd: ALR_MODE_TRAIN before the first step");
     for (int k = 0; k < 4; k++) EXPECT(fix_step(&fx, k), ALR_OK, "sf-sgd: alr_step");
     float y[NT][MAXLEN];
@@ -1502,12 +1508,7 @@ static void test_schedule_free_over_gi(void) {
         size_t n = 0;
         EXPECT(alr_step(fx.opt, &fx.args), ALR_WRONG_STATE, "schedule-free over gi: alr_step while a loss report is due");
         EXPECT(alr_save_size(fx.opt, &n), ALR_WRONG_STATE, "schedule-free over gi: alr_save_size while a loss report is due");
-        AlrModeArgs m;
-        memset(&m, 0, sizeof m);
-        m.struct_size = sizeof m;
-        m.n_tensors = NT;
-        m.params = fx.pp;
-        m.mode = ALR_MODE_EVAL;
+        AlrModeArgs m = fix_mode_args(&fx, ALR_MODE_EVAL);
         EXPECT(alr_set_mode(fx.opt, &m), ALR_WRONG_STATE, "schedule-free over gi: ALR_MODE_EVAL while a loss report is due");
         MSG_HAS("alr_report_loss");
         CHECK(memcmp(moved, fx.p, sizeof moved) == 0, "schedule-free over gi: a refused call moved the parameters");
@@ -1693,12 +1694,7 @@ static void peer_bad_input(const PeerCase *pc) {
 
     /* the two parameter views: the same mode twice and a step in eval mode are refused for
        schedule-free; for the others both modes are no-ops and a step is allowed */
-    AlrModeArgs m;
-    memset(&m, 0, sizeof m);
-    m.struct_size = sizeof m;
-    m.n_tensors = NT;
-    m.params = fx.pp;
-    m.mode = ALR_MODE_EVAL;
+    AlrModeArgs m = fix_mode_args(&fx, ALR_MODE_EVAL);
     float y[NT][MAXLEN];
     memcpy(y, fx.p, sizeof y);
     EXPECT(alr_set_mode(fx.opt, &m), ALR_OK, WHAT("%s: ALR_MODE_EVAL", alg));

@@ -264,6 +264,18 @@ def test_vsgd_over_shards_needs_its_slow_start_constant(name):
     assert np.array_equal(theta[0], np.ones(4, np.float32))
 
 
+def communicator_failing_at(call):
+    """A reduce callback over one process (the sum is the value) that raises at its `call`-th
+    call (never with None)."""
+    calls = [0]
+
+    def reduce(values, op):
+        calls[0] += 1
+        if calls[0] == call:
+            raise RuntimeError("the communicator failed")
+    return reduce
+
+
 @pytest.mark.parametrize("base", ["adam", "auto-adam"])
 def test_gi_failing_phi_reduction_changes_nothing(base):
     """GI reduces φ after its base's proposal advanced the base's state (src/adapt/gi.rs); a
@@ -273,12 +285,7 @@ def test_gi_failing_phi_reduction_changes_nothing(base):
     phi_call = 2 if base == "adam" else 4  # step 2's φ: after the base's own call over auto-adam
     def run(fail_at):
         theta = [np.linspace(-1, 1, 5, dtype=np.float32)]
-        calls = [0]
-
-        def reduce(values, op):
-            calls[0] += 1
-            if calls[0] == fail_at:
-                raise RuntimeError("the communicator failed")
+        reduce = communicator_failing_at(fail_at)
         opt = autolr.Optimizer("gi", theta, reduce=reduce, base=base, lr=0.1)
         rng = np.random.default_rng(3)
         errors = []
@@ -310,12 +317,7 @@ def test_schedule_free_over_gi_failing_reductions():
     adapted, as a failed loss callback does, and says so."""
     def run(fail_at):
         theta = [np.linspace(-1, 1, 5, dtype=np.float32)]
-        calls = [0]
-
-        def reduce(values, op):
-            calls[0] += 1
-            if calls[0] == fail_at:
-                raise RuntimeError("the communicator failed")
+        reduce = communicator_failing_at(fail_at)
         opt = autolr.Optimizer("schedule-free", theta, reduce=reduce, base="gi", base_base="adam", base_lr=0.1)
         rng = np.random.default_rng(3)
         errors = []

@@ -75,6 +75,23 @@ def make(kind):
         return conv_model([nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 6, 3, padding="same", padding_mode="reflect", dilation=2, groups=2)], (2, 7, 7)), torch.randn(n, 2, 7, 7, generator=g), None
     if kind == "conv3d":
         return conv_model([nn.Conv3d(2, 3, (2, 3, 2), stride=(1, 2, 1), padding=(1, 0, 1), bias=True)], (2, 4, 5, 4)), torch.randn(n, 2, 4, 5, 4, generator=g), None
+    if kind == "conv-one-channel":  # one input channel: the strided-windows form, 1d, 2d and 3d side by side
+        class OneChannel(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.c1 = nn.Conv1d(1, 3, 3, stride=2, padding=1, dilation=2)
+                self.c2 = nn.Conv2d(1, 4, (3, 2), stride=(2, 1), padding=(1, 2), dilation=(1, 2))
+                self.c2r = nn.Conv2d(1, 2, 3, padding="same", padding_mode="reflect", bias=False)
+                self.c3 = nn.Conv3d(1, 2, 2, padding=(0, 1, 0))
+                self.out = nn.LazyLinear(3)
+
+            def forward(self, x):
+                parts = [self.c1(x.reshape(x.shape[0], 1, -1)), self.c2(x), self.c2r(x), self.c3(x.reshape(x.shape[0], 1, 2, 3, 6))]
+                return self.out(torch.cat([torch.tanh(p).flatten(1) for p in parts], 1))
+        model = OneChannel()
+        x = torch.randn(n, 1, 6, 6, generator=g)
+        model(x[:1])  # the lazy layer takes its shape
+        return model, x, None
     if kind == "groupnorm":
         return conv_model([nn.Conv2d(2, 4, 3), nn.GroupNorm(2, 4)], (2, 6, 6)), torch.randn(n, 2, 6, 6, generator=g), None
     if kind == "batchnorm-eval":
@@ -98,7 +115,7 @@ def make(kind):
     raise AssertionError(kind)
 
 
-KINDS = ["mlp", "linear-seq", "conv1d", "conv2d", "conv3d", "groupnorm", "batchnorm-eval", "layernorm-2d",
+KINDS = ["mlp", "linear-seq", "conv1d", "conv2d", "conv3d", "conv-one-channel", "groupnorm", "batchnorm-eval", "layernorm-2d",
          "transformer", "attention-seq-first-kdim", "fallback"]
 
 
@@ -160,7 +177,7 @@ def test_sum_sq_matches_brute_force(kind, reduction):
     assert_close(sgs.sum_sq(params), expected, f"{kind} {reduction}, two micro-batches, clipped")
 
 
-@pytest.mark.parametrize("kind", ["linear-seq", "conv1d", "conv2d", "conv3d", "fallback"])
+@pytest.mark.parametrize("kind", ["linear-seq", "conv1d", "conv2d", "conv3d", "conv-one-channel", "fallback"])
 def test_sum_sq_in_chunks_of_one_sample_matches_brute_force(kind):
     """max_chunk_elements=1: every chunked form takes the samples one at a time (and the chunks add up)."""
     model, x, _ = make(kind)

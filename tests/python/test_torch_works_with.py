@@ -13,6 +13,7 @@ from conftest import import_torch
 torch = import_torch()
 
 import autolr.torch as alt  # noqa: E402
+from torch.optim.optimizer import register_optimizer_step_post_hook  # noqa: E402
 
 nn = torch.nn
 F = torch.nn.functional
@@ -95,6 +96,42 @@ def test_grad_scaler_skips_a_step_with_inf_gradients():
     assert scaler.get_scale() < 1e38
     for p, q in zip(model.parameters(), before):
         assert torch.equal(p.detach(), q), "a step with inf gradients moved the parameters"
+
+
+def test_step_hooks_and_the_profiler_see_the_step():
+    """torch's step observers: the optimizer's and the global pre/post hooks (a pre-hook may
+    replace the arguments), and a profiler's Optimizer.step range; once removed, none runs."""
+    model = mlp()
+    opt = alt.SGD(model.parameters(), lr=0.1)
+    calls = []
+    x, y = batch(0)
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        return loss
+
+    def pre(o, args, kwargs):
+        calls.append(("pre", o is opt, len(args), dict(kwargs)))
+        return (o, closure), kwargs  # the step then runs the closure
+
+    handles = [opt.register_step_pre_hook(pre),
+               opt.register_step_post_hook(lambda o, a, k: calls.append(("post", o is opt))),
+               register_optimizer_step_post_hook(lambda o, a, k: calls.append(("global post", o is opt)))]
+    before = [p.detach().clone() for p in model.parameters()]
+    assert opt.step() is not None, "the closure the pre-hook put in was not run"
+    assert calls == [("pre", True, 1, {}), ("post", True), ("global post", True)]
+    assert any(not torch.equal(p, q) for p, q in zip(model.parameters(), before))
+    for h in handles:
+        h.remove()
+    calls.clear()
+    opt.step()
+    assert calls == []
+
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        opt.step()
+    assert "Optimizer.step#SGD.step" in {e.key for e in prof.key_averages()}
 
 
 def test_torch_compiled_model():

@@ -43,6 +43,7 @@ checksummed) as a 1-D uint8 tensor, so ``torch.load(weights_only=True)`` reads i
 ``load_state_dict`` restores both (and still takes the bytes older versions saved).
 """
 import ctypes
+import importlib
 import inspect
 import math
 import warnings
@@ -97,6 +98,7 @@ def _to_array(x, what, copy=False):
 
 _F32 = torch.float32
 _STRIDED = torch.strided
+_data_ptr = torch.Tensor.data_ptr
 _PtrArray = ctypes.POINTER(ctypes.POINTER(ctypes.c_float))
 
 
@@ -147,6 +149,32 @@ def _accepts_backward_kwarg(fn):
     if code is not None and inspect.isfunction(fn):
         _BACKWARD_KWARG[code] = takes
     return takes
+
+
+_OPTIMIZER_MODULE = importlib.import_module("torch.optim.optimizer")
+_profiler_enabled = torch._C._autograd._profiler_enabled
+
+
+def _observed(opt):
+    """Whether a step of `opt` has an observer: a step hook (its own or a global one) or a running
+    profiler (what torch's step wrapper serves)."""
+    return bool(opt._optimizer_step_pre_hooks or opt._optimizer_step_post_hooks
+                or _OPTIMIZER_MODULE._global_optimizer_pre_hooks or _OPTIMIZER_MODULE._global_optimizer_post_hooks
+                or _profiler_enabled())
+
+
+def _observable_step(self, closure=None, **inputs):
+    return self._unobserved_step(closure, **inputs)
+
+
+_torch_wrapped_step = torch.optim.Optimizer.profile_hook_step(_observable_step)
+
+
+def _torch_observed_step(opt, closure, **inputs):
+    """The step under torch's own wrapper (profiler range, hooks), given the arguments the caller
+    gave (a hook sees no keyword left at its default)."""
+    args = (opt,) if closure is None else (opt, closure)
+    return _torch_wrapped_step(*args, **{k: v for k, v in inputs.items() if v is not None})
 
 
 class AutoLR(torch.optim.Optimizer):
@@ -276,7 +304,7 @@ class AutoLR(torch.optim.Optimizer):
 
     # the step -------------------------------------------------------------------------------------
     def _check_storage(self):
-        if tuple(p.data_ptr() for p in self._tensors) == self._pointer_key:
+        if tuple(map(_data_ptr, self._tensors)) == self._pointer_key:
             return  # the storage the library updates is still the parameters' (dtype and device with it)
         for i, (p, ptr) in enumerate(zip(self._tensors, self._pointers)):
             if p.data_ptr() != ptr or p.device != self._device or p.dtype != torch.float32:
@@ -322,7 +350,7 @@ class AutoLR(torch.optim.Optimizer):
         """A C array of float pointers to `tensors` (CPU float32 contiguous, one per parameter of
         `leading` × its size). `cache` names a slot that keeps the array while the pointers stay
         the same (gradients usually live in the same storage from step to step)."""
-        ptrs = tuple(t.data_ptr() for t in tensors)
+        ptrs = tuple(map(_data_ptr, tensors))
         if cache is not None:
             key, array = self._arrays.get(cache, (None, None))
             if key == ptrs:
@@ -369,6 +397,11 @@ class AutoLR(torch.optim.Optimizer):
              batch_size=None, curvature=None):
         """One step over every parameter; returns the closure's loss (or None).
 
+        Observed as torch's optimizers are: step pre/post hooks (this optimizer's and the global
+        ones) and, while a profiler runs, the ``Optimizer.step#<class>.step`` range. torch's own
+        wrapper for that enters a profiler range on every step, profiler or not (a dispatcher
+        call, most of a small model's step), so it is taken only when something observes.
+
         ``closure``: as in torch, re-evaluates the model on the batch and returns the loss; it is
         run (under ``torch.enable_grad``) before the step and its backward pass gives the
         gradients. Algorithms that re-evaluate call it again during the step:
@@ -389,8 +422,17 @@ class AutoLR(torch.optim.Optimizer):
         ``per_sample_scale`` "sample" or "mean" (default: the helper's, else "sample");
         ``batch_size`` N. ``curvature``: list of diagonal curvature tensors (vSGD).
         """
-        if closure is None and self._views is not None and all(
-                x is None for x in (loss, sum_sq, per_sample, per_sample_scale, batch_size, curvature)):
+        if _observed(self):
+            return _torch_observed_step(self, closure, loss=loss, sum_sq=sum_sq, per_sample=per_sample,
+                                        per_sample_scale=per_sample_scale, batch_size=batch_size, curvature=curvature)
+        return self._unobserved_step(closure, loss, sum_sq, per_sample, per_sample_scale, batch_size, curvature)
+
+    step.hooked = True  # torch.optim.Optimizer wraps a step without this mark in its own observer
+
+    def _unobserved_step(self, closure=None, loss=None, sum_sq=None, per_sample=None, per_sample_scale=None,
+                         batch_size=None, curvature=None):
+        if (closure is None and self._views is not None and loss is None and sum_sq is None and per_sample is None
+                and per_sample_scale is None and batch_size is None and curvature is None):
             # The plain loop's step (CPU, the gradients alone) hands the library pointers and runs
             # no torch operation autograd could record, so it needs no torch.no_grad (entering
             # it is a tenth of such a step's cost on a small model).
@@ -791,7 +833,9 @@ class SumGradSquared:
       (``torch.nn.grad.conv*d_weight``), a chunk of samples at a time as the groups of one
       convolution over their channels side by side (sample i is group i, or groups i·G … for
       a grouped conv): memory ``chunk·(C·K·L + O·(C/groups)·K)`` floats at most (K = kernel
-      elements, L = output positions; the kernel's own workspace, which may be less).
+      elements, L = output positions; the kernel's own workspace, which may be less). With one
+      input channel (C = 1) instead the input's windows (a strided view, copied a chunk at a
+      time) times δ in one batched matmul, which is faster there: the same memory bound.
     * ``Embedding``: per sample, the rows of the indices it uses get the sum of their δ
       (index_add over (sample, index) pairs): memory of one δ-sized tensor; never a (V, D) per
       sample. ``padding_idx`` rows get no gradient; ``scale_grad_by_freq`` couples the samples
@@ -991,17 +1035,37 @@ class SumGradSquared:
             mode = "constant" if module.padding_mode == "zeros" else module.padding_mode
             if any(module._reversed_padding_repeated_twice):
                 a = F.pad(a, module._reversed_padding_repeated_twice, mode=mode)
-        weight_grad = _CONV_WEIGHT_GRAD[nd]
-        per_sample_weight = module.weight.shape[1:]
-        sw = torch.zeros(module.weight.numel(), dtype=d.dtype, device=d.device)
-        # Sample i of the batch is group i of one convolution over the samples' channels side by
-        # side, so its weight gradient (torch's own kernel) is sample i's: chunk·O × C/G × K.
         positions = math.prod(d.shape[2:])
+        if in_ch == 1:
+            # One input channel (a grayscale image's first layer): torch's weight-gradient kernel
+            # is slow there, for the model's own backward too; the input's windows (a strided
+            # view, copied once) times δ in one batched matmul are faster.
+            if padding != 0 and any(padding):
+                a = F.pad(a, tuple(q for q in reversed(padding) for _ in range(2)))
+            windows = a
+            for i, (k, stride, dilation) in enumerate(zip(module.kernel_size, module.stride, module.dilation)):
+                windows = windows.unfold(2 + i, dilation * (k - 1) + 1, stride)
+            windows = windows[(Ellipsis, *(slice(None, None, dil) for dil in module.dilation))]
+            windows = windows.permute(0, 1, *range(2 + nd, 2 + 2 * nd), *range(2, 2 + nd))  # n × 1 × K × positions
+
+            def per_sample_weight_grads(s, e):
+                m = e - s
+                return torch.bmm(d[s:e].reshape(m, out_ch, positions), windows[s:e].reshape(m, -1, positions).transpose(1, 2)).reshape(m, -1)
+        else:
+            weight_grad = _CONV_WEIGHT_GRAD[nd]
+            per_sample_weight = module.weight.shape[1:]
+
+            def per_sample_weight_grads(s, e):
+                # Sample i of the batch is group i of one convolution over the samples' channels
+                # side by side, so its weight gradient (torch's own kernel) is sample i's:
+                # chunk·O × C/G × K.
+                m = e - s
+                return weight_grad(a[s:e].reshape(1, m * in_ch, *a.shape[2:]), (m * out_ch, *per_sample_weight),
+                                   d[s:e].reshape(1, m * out_ch, *d.shape[2:]), stride=module.stride, padding=padding,
+                                   dilation=module.dilation, groups=m * groups).reshape(m, -1)
+        sw = torch.zeros(module.weight.numel(), dtype=d.dtype, device=d.device)
         for s, e in self._chunks(n, module.weight.numel() + in_ch * math.prod(module.kernel_size) * positions):
-            m = e - s
-            g = weight_grad(a[s:e].reshape(1, m * in_ch, *a.shape[2:]), (m * out_ch, *per_sample_weight),
-                            d[s:e].reshape(1, m * out_ch, *d.shape[2:]), stride=module.stride, padding=padding,
-                            dilation=module.dilation, groups=m * groups).reshape(m, -1)
+            g = per_sample_weight_grads(s, e)
             sw += (g * g).sum(0)
         gb = d.reshape(n, out_ch, positions).sum(-1)
         self._add(module.weight, sw.reshape(module.weight.shape), n)

@@ -48,7 +48,7 @@ use std::marker::PhantomData;
 
 use crate::adapt::gi::{Gi, Move};
 use crate::algorithm::{Accepts, Algorithm, Context};
-use crate::backend::{Commit, Device, DotRule, ElementRule, KernelRule, Memory, NestedRule, Record, SolveRule, TensorMut};
+use crate::backend::{Commit, Device, DotRule, ElementRule, KernelRule, NestedRule, Record, SolveRule, TensorMut};
 use crate::base::{adagrad::Adagrad, adam::Adam, momentum::Momentum, rmsprop::RmsProp, sgd::Sgd, Fixed, FixedRate, Rule, WEIGHT_DECAY};
 use crate::checkpoint::{Reader, Writer};
 use crate::error::{Error, Result};
@@ -574,12 +574,18 @@ fn interpolate<D: Device>(
 }
 
 /// Undoes an automatic base's refused step: z ← its copy from before the step (`previous`,
-/// written by `decay_at_y`), the averages ← `before`.
-fn restore<D: Device>(device: &D, z: &mut [D::State<f32>], previous: &[D::State<f32>], averages: &mut D::Records<Average>, before: &[Average]) -> Result<()> {
+/// written by `decay_at_y`), the averages ← `before` (device copies: no synchronisation).
+fn restore<D: Device>(
+    device: &D,
+    z: &mut [D::State<f32>],
+    previous: &[D::State<f32>],
+    averages: &mut D::Records<Average>,
+    before: &D::Records<Average>,
+) -> Result<()> {
     for (z, previous) in z.iter_mut().zip(previous) {
-        device.with_state(previous, |values| device.write_state(z, values))??;
+        device.copy_state(z, previous)?;
     }
-    device.write_records(averages, before)
+    device.copy_records(averages, before)
 }
 
 pub struct ScheduleFree<D: Device> {
@@ -596,6 +602,9 @@ pub struct ScheduleFree<D: Device> {
     previous: Vec<D::State<f32>>,
     units: Vec<D::State<()>>,
     averages: D::Records<Average>,
+    /// The averages before the step being taken, for an automatic base (gi too) only (scratch,
+    /// as `previous`); none over a fixed-rate base.
+    averages_before: D::Records<Average>,
     average_options: D::Records<AverageOptions>,
     sums: D::Sums,
     no_record: D::Records<()>,
@@ -611,12 +620,12 @@ impl<D: Device> ScheduleFree<D> {
         check_base(base_name)?;
         let lens = &layout.lens;
         let n_groups = layout.n_groups();
-        let previous = match &base {
+        let (previous, averages_before) = match &base {
             Base::Fused(fused) => {
                 device.require(&[fused.step_kernel()])?;
-                Vec::new()
+                (Vec::new(), device.records(&[])?)
             }
-            Base::Own(_) | Base::Gi(_) => device.alloc_per_tensor(lens)?,
+            Base::Own(_) | Base::Gi(_) => (device.alloc_per_tensor(lens)?, device.records(&crate::backend::filled(n_groups, Average::default())?)?),
         };
         Ok(ScheduleFree {
             name,
@@ -627,6 +636,7 @@ impl<D: Device> ScheduleFree<D> {
             previous,
             units: device.alloc_per_tensor(lens)?,
             averages: device.records(&crate::backend::filled(n_groups, Average::default())?)?,
+            averages_before,
             average_options: device.records(&crate::backend::filled(n_groups, AverageOptions::default())?)?,
             sums: device.sums(lens, &layout.members)?,
             no_record: device.records(&[()])?,
@@ -711,7 +721,7 @@ impl<D: Device> Algorithm for ScheduleFree<D> {
         let base_ctx = Context { layout, options: &base_opts };
         let beta_name = beta_name(&self.base_name);
         let scale = scheduled(o.get(0, "lr"), self.steps, o.get(0, "warmup_steps")) as f32;
-        let ScheduleFree { device, base, z, previous, averages, average_options, sums, no_record, steps, .. } = self;
+        let ScheduleFree { device, base, z, previous, averages, averages_before, average_options, sums, no_record, steps, .. } = self;
         if *steps == 0 {
             for (t, z) in z.iter_mut().enumerate() {
                 device.dots::<InitZ>(&(), no_record, 0, &params[t].view(), &inputs.grads[t], z, sums, t, Commit::Write)?;
@@ -721,10 +731,10 @@ impl<D: Device> Algorithm for ScheduleFree<D> {
         let mut adapting = None;
         // An automatic base's step (GI's too) may be refused by a reduction over shards after
         // the averages advanced and z was decayed (§7: another process's inputs were bad):
-        // both go back then, so that nothing changed. The averages are kept for that in host
-        // memory only: on a GPU this read would synchronise every step.
-        let restorable = !matches!(base, Base::Fused(_)) && device.memory() == Memory::Host;
-        let averages_before = if restorable { device.read_records(averages)? } else { Vec::new() };
+        // both go back then, so that nothing changed.
+        if !matches!(base, Base::Fused(_)) {
+            device.copy_records(averages_before, averages)?;
+        }
         device.solve::<Advance>(&(), average_options, averages, sums)?;
         match base {
             Base::Fused(base) => {
@@ -739,9 +749,7 @@ impl<D: Device> Algorithm for ScheduleFree<D> {
                     base.step_scaled(&base_ctx, &mut zs, inputs, callbacks, scale)
                 };
                 if let Err(refused) = stepped {
-                    if restorable {
-                        restore(device, z, previous, averages, &averages_before)?;
-                    }
+                    restore(device, z, previous, averages, averages_before)?;
                     return Err(refused);
                 }
                 interpolate(device, o, layout, beta_name, averages, params, z, previous)?;
@@ -758,8 +766,8 @@ impl<D: Device> Algorithm for ScheduleFree<D> {
                     Ok(moved) => moved,
                     Err(refused) => {
                         // Refused before the move (a reduction of φ or of the base's sums over
-                        // shards, §7). GI runs on the CPU only, so its averages are restorable.
-                        restore(device, z, previous, averages, &averages_before)?;
+                        // shards, §7).
+                        restore(device, z, previous, averages, averages_before)?;
                         return Err(refused);
                     }
                 };

@@ -911,6 +911,10 @@ impl Device for Cpu {
         Ok(())
     }
 
+    fn copy_state<S: ElemState>(&self, dst: &mut Vec<S>, src: &Vec<S>) -> Result<()> {
+        self.write_state(dst, src)
+    }
+
     fn records<R: Record>(&self, values: &[R]) -> Result<Vec<R>> {
         Ok(values.to_vec())
     }
@@ -923,6 +927,10 @@ impl Device for Cpu {
         same_len("records", records.len(), values.len())?;
         records.copy_from_slice(values);
         Ok(())
+    }
+
+    fn copy_records<R: Record>(&self, dst: &mut Vec<R>, src: &Vec<R>) -> Result<()> {
+        self.write_records(dst, src)
     }
 
     fn state_view<'s>(&self, state: &'s mut Vec<f32>) -> TensorMut<'s> {

@@ -150,6 +150,23 @@ pub struct Typed<T> {
     _values: PhantomData<T>,
 }
 
+impl<T> Typed<T> {
+    /// `self ← src` (as many values), enqueued on `stream`: no wait.
+    fn copy_from(&mut self, src: &Typed<T>, stream: sys::CUstream) -> Result<()> {
+        if src.len != self.len {
+            return Err(Error::shape(format!("a device copy of {} values into {}", src.len, self.len)));
+        }
+        let bytes = self.len * std::mem::size_of::<T>();
+        if bytes == 0 {
+            return Ok(());
+        }
+        // SAFETY: both buffers hold `len` values of T (at least `bytes` bytes) in this context,
+        // and stay allocated while the stream runs: they are freed only with their optimizer,
+        // after its work.
+        driver(unsafe { result::memcpy_dtod_async(self.buffer.ptr, src.buffer.ptr, bytes, stream) }, "copying on the device")
+    }
+}
+
 /// The partial sums of a reduction pass: per tensor a contiguous run of blocks' partials (4 f64
 /// each), the runs of a record's tensors adjacent, and per record its four sums.
 pub struct Sums {
@@ -388,6 +405,11 @@ impl Device for Cuda {
         state.buffer.upload(self.stream(), values)
     }
 
+    fn copy_state<S: ElemState>(&self, dst: &mut Typed<S>, src: &Typed<S>) -> Result<()> {
+        self.bind()?;
+        dst.copy_from(src, self.stream())
+    }
+
     fn records<R: Record>(&self, values: &[R]) -> Result<Typed<R>> {
         let mut records = self.alloc_records::<R>(values.len())?;
         self.write_records(&mut records, values)?;
@@ -405,6 +427,11 @@ impl Device for Cuda {
         }
         self.bind()?;
         records.buffer.upload(self.stream(), values)
+    }
+
+    fn copy_records<R: Record>(&self, dst: &mut Typed<R>, src: &Typed<R>) -> Result<()> {
+        self.bind()?;
+        dst.copy_from(src, self.stream())
     }
 
     fn state_view<'s>(&self, state: &'s mut Typed<f32>) -> TensorMut<'s> {

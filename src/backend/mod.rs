@@ -487,9 +487,15 @@ pub trait Device: Clone + Send + Sync + 'static {
     fn with_state<S: ElemState, T>(&self, state: &Self::State<S>, f: impl FnOnce(&[S]) -> T) -> Result<T>;
     fn write_state<S: ElemState>(&self, state: &mut Self::State<S>, values: &[S]) -> Result<()>;
 
+    /// `dst ← src` (states of one length), after the work enqueued so far: a GPU copies on its
+    /// stream without waiting for it.
+    fn copy_state<S: ElemState>(&self, dst: &mut Self::State<S>, src: &Self::State<S>) -> Result<()>;
+
     fn records<R: Record>(&self, values: &[R]) -> Result<Self::Records<R>>;
     fn read_records<R: Record>(&self, records: &Self::Records<R>) -> Result<Vec<R>>;
     fn write_records<R: Record>(&self, records: &mut Self::Records<R>, values: &[R]) -> Result<()>;
+    /// `dst ← src` (as many records), as `copy_state`: no host synchronisation.
+    fn copy_records<R: Record>(&self, dst: &mut Self::Records<R>, src: &Self::Records<R>) -> Result<()>;
 
     /// Sums for tensors of `lens`, where record `r` adds the tensors `owners[r]` in that order.
     fn sums(&self, lens: &[usize], owners: &[Vec<usize>]) -> Result<Self::Sums>;

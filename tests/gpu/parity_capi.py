@@ -49,6 +49,9 @@ same library's CPU optimizer on the same inputs. For a machine with an NVIDIA GP
   second eval() refused with ALR_WRONG_STATE and the parameters untouched, checkpoints taken in
   eval mode moved both ways (the CPU one resumes the GPU optimizer), then train() back to y and
   the remaining steps.
+- Sharded schedule-free over auto-adam (one process, a device reduce callback): a step whose
+  base's reduction fails is ALR_CALLBACK_FAILED, the parameters and the checkpoint are those of
+  before it, and the next steps equal the unsharded CPU optimizer's.
 
 These drive every kernel in cuda/ through the library's CUDA device (src/backend/cuda.rs), which
 loads them by name; there is no other way in.
@@ -362,6 +365,39 @@ def schedule_free(name, options, rng, stream):
                 f"sentinels={pair.intact()}")
 
 
+def sharded_refusal(rng, stream):
+    """Sharded schedule-free over auto-adam on CUDA (one process): a step whose base's reduction
+    fails (the device callback raises, as when another process's inputs were refused) is
+    ALR_CALLBACK_FAILED and changes nothing — the parameters and the checkpoint are those of
+    before it (z and the averages put back by device copies) — and the next steps run as on an
+    optimizer that never saw it."""
+    failing = [False]
+
+    def reduce(pointer, n, op, stream_handle):  # one process: the local sums are the sums
+        if failing[0]:
+            raise RuntimeError("another process refused this step")
+    options = dict(base="auto-adam", warmup_steps=2)
+    pair = Pair("schedule-free", rng, stream, options)
+    with torch.cuda.stream(stream):
+        pair.gpu = autolr.CudaOptimizer("schedule-free", LENS, groups=GROUPS, device=0, stream=stream.cuda_stream, reduce=reduce, **options)
+    worst = 0.0
+    for t in range(6):
+        grads, per_sample = batch(rng, 8, "sum_sq", "sample")
+        if t == 3:
+            before, saved = pair.params(), bytes(pair.gpu.state_dict())
+            failing[0] = True
+            status = status_of(lambda: pair.gpu_step(grads, **per_sample))
+            failing[0] = False
+            pair.stream.synchronize()
+            unchanged = all(np.array_equal(a, b) for a, b in zip(pair.params(), before)) and bytes(pair.gpu.state_dict()) == saved
+            if status != "ALR_CALLBACK_FAILED" or not unchanged:
+                return False, f"refused step: status {status}, parameters and checkpoint unchanged={unchanged}"
+            grads, per_sample = batch(rng, 8, "sum_sq", "sample")
+        pair.step(grads, **per_sample)
+        worst = max(worst, rel(pair.params(), pair.host))
+    return worst < 1e-4 and pair.intact(), f"refused step changed nothing; params rel to the unsharded CPU={worst:.1e} sentinels={pair.intact()}"
+
+
 def nan_then_eval(rng, stream):
     """A NaN gradient in sf-adamw's first step (which then never runs on the GPU): eval() reports
     it and changes nothing; the next eval() and train() are those of an optimizer that has not
@@ -587,6 +623,7 @@ def checks(small, rng, stream):
     for section, name in bad:
         yield section, f"{name:12s} NaN gradient: reported on read-back, step skipped", lambda name=name: bad_input(name, rng, stream)
     yield "schedule-free", "sf-adamw NaN gradient at step 1: eval() reports it, nothing swapped", lambda: nan_then_eval(rng, stream)
+    yield "schedule-free", "sharded sf over auto-adam: a step its base's reduction refuses changes nothing", lambda: sharded_refusal(rng, stream)
     yield "autoopt", "auto-adam negative sum_sq: reported on read-back, step skipped", lambda: negative_sum_sq(rng, stream)
     if not small:
         yield "autoopt", "CUDA graph capture + replay of an auto-adam step through the C ABI", lambda: graph_replay(rng, stream)

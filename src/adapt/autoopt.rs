@@ -16,7 +16,10 @@
 use std::marker::PhantomData;
 
 use crate::algorithm::{Accepts, Algorithm, Context, Shards};
-use crate::backend::{abstain, reduced_pass, Device, ElemState, ElementRule, KernelRule, MomentRule, Record, SampleTensor, SampleView, SolveRule, TensorMut};
+use crate::backend::{
+    abstain, reduced_pass, refuse_own_bad_inputs, Device, ElemState, ElementRule, KernelRule, Memory, MomentRule, Record, SampleTensor, SampleView, SolveRule,
+    TensorMut,
+};
 use crate::base::adam::adam_specs;
 use crate::checkpoint::{Reader, Writer};
 use crate::error::{Error, Result};
@@ -523,6 +526,22 @@ impl<P: Precond> ElementRule for Update<P> {
     }
 }
 
+/// Which input made a group's sums non-finite (none: an overflow): the same checks and messages
+/// as the optimizer's own validation, which AutoOpt skips (`checks_own_inputs`).
+fn bad_input<D: Device>(device: &D, inputs: &StepInputs, members: &[usize]) -> Option<Error> {
+    let samples = inputs.samples.as_ref().expect("checked: AutoOpt has per-sample data");
+    members.iter().find_map(|&t| {
+        let (what, data) = match &samples.data {
+            SampleData::SumSq(s) => ("sum_sq", s[t]),
+            SampleData::PerSample(rows) => ("per_sample", rows[t]),
+        };
+        [("grad", inputs.grads[t]), (what, data)]
+            .iter()
+            .find_map(|(what, x)| device.check(what, t, x, false).err())
+            .or_else(|| matches!(samples.data, SampleData::SumSq(_)).then(|| device.check("sum_sq", t, &data, true).err()).flatten())
+    })
+}
+
 pub struct AutoOpt<P: Precond, D: Device> {
     device: D,
     /// Per tensor, per element.
@@ -559,9 +578,9 @@ impl<P: Precond, D: Device> AutoOpt<P, D> {
         let samples = inputs.samples.as_ref().expect("checked: AutoOpt has per-sample data");
         // Each entry of the caller's data is k·g_i: k = 1 ("sample") or N ("mean", g_i/N given).
         let k = samples.square_scale().sqrt();
-        let (device, states, groups) = (&self.device, &self.states, &self.groups);
+        let (device, states, groups, comm) = (&self.device, &self.states, &self.groups, self.shards.as_deref());
         // Pass 1 only reads the state: a failed reduction over shards changes nothing.
-        reduced_pass::<Solve, D>(device, &mut self.sums, self.shards.as_deref(), false, |sums, _| {
+        reduced_pass::<Solve, D>(device, &mut self.sums, comm, false, |sums, _| {
             for (t, state) in states.iter().enumerate() {
                 let group = ctx.layout.groups[t];
                 let data = match &samples.data {
@@ -572,34 +591,19 @@ impl<P: Precond, D: Device> AutoOpt<P, D> {
                 let options = GroupOptions::of(ctx.options, group);
                 device.moments::<Moments<P>>(&options, groups, group, &inputs.grads[t], state, &view, sums, t)?;
             }
+            // Sharded, a bad input here would make every process's reduced sums non-finite:
+            // this process names it (the others learn that some process refused).
+            if comm.is_some() && device.memory() == Memory::Host {
+                refuse_own_bad_inputs::<Solve, D>(device, sums, comm, 0..4, |group| bad_input(device, inputs, &ctx.layout.members[group]))?;
+            }
             Ok(())
         })?;
         let params = SolveParams { n: samples.batch_size as f64 };
         match self.device.solve::<Solve>(&params, &self.options, &mut self.groups, &mut self.sums)? {
             None => Ok(()),
-            Some(group) => Err(self.bad_inputs(inputs, &ctx.layout.members[group])),
+            Some(group) => Err(bad_input(&self.device, inputs, &ctx.layout.members[group])
+                .unwrap_or_else(|| Error::non_finite("the per-sample variance overflowed: per-sample gradients are too large for float32 products"))),
         }
-    }
-
-    /// Which input made a group's sums non-finite (called only then): the same checks and
-    /// messages as the optimizer's own validation, which AutoOpt skips (`checks_own_inputs`).
-    fn bad_inputs(&self, inputs: &StepInputs, members: &[usize]) -> Error {
-        let samples = inputs.samples.as_ref().expect("checked: AutoOpt has per-sample data");
-        for &t in members {
-            let (what, data) = match &samples.data {
-                SampleData::SumSq(s) => ("sum_sq", s[t]),
-                SampleData::PerSample(rows) => ("per_sample", rows[t]),
-            };
-            for (what, x) in [("grad", inputs.grads[t]), (what, data)] {
-                if let Err(e) = self.device.check(what, t, &x, false) {
-                    return e;
-                }
-            }
-            if let (SampleData::SumSq(_), Err(e)) = (&samples.data, self.device.check("sum_sq", t, &data, true)) {
-                return e;
-            }
-        }
-        Error::non_finite("the per-sample variance overflowed: per-sample gradients are too large for float32 products")
     }
 
     /// One step: pass 1 and the solve, then pass 2 (its displacement scaled by a wrapper's

@@ -19,7 +19,7 @@
 
 use crate::adapt::prodigy::{displacement, fma32};
 use crate::algorithm::{Accepts, Algorithm, Context, Shards};
-use crate::backend::{abstain, reduced_pass, Device, DotRule, ElementRule, KernelRule, Record, SolveRule, TensorMut};
+use crate::backend::{abstain, reduced_pass, refuse_own_bad_inputs, Device, DotRule, ElementRule, KernelRule, Memory, Record, SolveRule, TensorMut};
 use crate::base::WEIGHT_DECAY;
 use crate::checkpoint::{Reader, Writer};
 use crate::error::{Error, Result};
@@ -212,6 +212,8 @@ pub struct Dog<D: Device> {
     sums: D::Sums,
     /// Sharded: the communicator that adds the distance and gradient sums over the processes.
     shards: Shards,
+    /// x0 holds the first step's θ: from then on pass 1 only reads.
+    begun: bool,
 }
 
 impl<D: Device> Dog<D> {
@@ -239,7 +241,17 @@ impl<D: Device> Dog<D> {
             device: device.clone(),
             blocks,
             shards,
+            begun: false,
         })
+    }
+
+    /// Whether this step's pass 1 checks the gradients itself: once it only reads (x0 is set),
+    /// and on the CPU, which can name the bad element at once. Σ (g + λθ)² in f64 is finite
+    /// exactly when every g is (a float32 square cannot overflow f64), unless g + λθ overflows
+    /// float32 — then each g is read again, as the optimizer would have, and a finite one lets
+    /// the step go on as the reference does.
+    fn checks_own_gradients(&self) -> bool {
+        self.begun && self.device.memory() == Memory::Host
     }
 
     fn record(&self, group: usize) -> Result<GroupRecord> {
@@ -257,15 +269,24 @@ impl<D: Device> Dog<D> {
     }
 
     fn distances(&mut self, ctx: &Context, params: &[TensorMut], inputs: &StepInputs) -> Result<()> {
-        let (device, x0s, groups, blocks) = (&self.device, &mut self.x0, &self.groups, self.blocks);
-        reduced_pass::<Solve, D>(device, &mut self.sums, self.shards.as_deref(), true, |sums, commit| {
+        let checks = self.checks_own_gradients() && ctx.options.flag(0, "check_finite");
+        let (device, x0s, groups, blocks, comm) = (&self.device, &mut self.x0, &self.groups, self.blocks, self.shards.as_deref());
+        // Only the first step's pass 1 writes (x0).
+        reduced_pass::<Solve, D>(device, &mut self.sums, comm, !self.begun, |sums, commit| {
             for (t, x0) in x0s.iter_mut().enumerate() {
                 let lambda = Self::lambda(ctx, ctx.layout.groups[t]);
                 device.dots::<Distance>(&lambda, groups, blocks.record_of(ctx, t), &params[t].view(), &inputs.grads[t], x0, sums, t, commit)?;
             }
-            Ok(())
+            if !checks {
+                return Ok(());
+            }
+            // Slot 1, Σ (g + λθ)²: the first non-finite gradient of the record's tensors.
+            refuse_own_bad_inputs::<Solve, D>(device, sums, comm, 1..2, |record| {
+                (0..ctx.layout.lens.len()).filter(|&t| blocks.record_of(ctx, t) == record).find_map(|t| device.check("grad", t, &inputs.grads[t], false).err())
+            })
         })?;
         self.device.solve::<Solve>(&(), &self.options, &mut self.groups, &mut self.sums)?;
+        self.begun = true;
         Ok(())
     }
 
@@ -297,7 +318,7 @@ impl<D: Device> Algorithm for Dog<D> {
     }
 
     fn accepts(&self, _ctx: &Context) -> Accepts {
-        Accepts::default()
+        Accepts { checks_own_inputs: self.checks_own_gradients(), ..Accepts::default() }
     }
 
     fn check(&self, _ctx: &Context, _inputs: &StepInputs, _cb: &Callbacks) -> Result<()> {
@@ -427,7 +448,9 @@ impl<D: Device> Algorithm for Dog<D> {
         for (b, v) in self.x0.iter_mut().zip(&x0) {
             self.device.write_state(b, v)?;
         }
-        self.device.write_records(&mut self.groups, &records)
+        self.device.write_records(&mut self.groups, &records)?;
+        self.begun = records.first().is_some_and(|r| r.steps > 0);
+        Ok(())
     }
 }
 

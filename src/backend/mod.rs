@@ -234,6 +234,30 @@ pub fn abstain<S: SolveRule, D: Device>(device: &D, sums: &D::Sums, comm: Option
     true
 }
 
+/// Inside a reduction pass, before its reduction: when this process's own sums of a record are
+/// not finite in `slots` (read at once: call it on the CPU only), `culprit(record)` names the
+/// input that made them so; then the process abstains from the reduction (sharded: the others
+/// refuse the step too, §7) and returns that error. A record without a culprit (an overflow)
+/// is left to the step.
+pub fn refuse_own_bad_inputs<S: SolveRule, D: Device>(
+    device: &D,
+    sums: &D::Sums,
+    comm: Option<&dyn Communicator>,
+    slots: std::ops::Range<usize>,
+    culprit: impl Fn(usize) -> Option<Error>,
+) -> Result<()> {
+    for (record, totals) in device.totals(sums)?.iter().enumerate() {
+        if totals[slots.clone()].iter().all(|v| v.is_finite()) {
+            continue;
+        }
+        if let Some(refused) = culprit(record) {
+            abstain::<S, D>(device, sums, comm);
+            return Err(refused);
+        }
+    }
+    Ok(())
+}
+
 /// The error of a reduce callback that failed.
 pub fn reduce_failed(why: String) -> Error {
     Error::callback(format!("the reduce callback failed ({why}); nothing changed on this process"))

@@ -239,6 +239,8 @@ def test_bad_input_on_one_process_is_an_error_on_every_process(case, step):
         assert untouched, f"rank {rank}: the refused step changed the parameters or the state"
         if rank != 1:
             assert "process" in str(error), str(error)
+        else:
+            assert error.status == "ALR_NON_FINITE" and "grad" in str(error), f"rank 1 is told of its own bad gradient: {error.status} {error}"
 
 
 @pytest.mark.parametrize("case", ["auto-sgd", "tlr", "vsgd-g", "prodigy", "dog", "ldog", "gi-adam", "gi-auto-adam", "sf-over-auto-adam", "sf-over-gi-adam",

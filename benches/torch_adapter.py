@@ -1,6 +1,6 @@
 """autolr.torch against torch's own optimizers, in one run, on one thread, on the same tensors.
 
-    .venv-torch/bin/python benches/torch_adapter.py [--quick] [--training-only] [--clock wall|thread]
+    .venv-torch/bin/python benches/torch_adapter.py [--quick] [--training-only | --sum-sq-only] [--clock wall|thread]
 
 Prints Markdown tables (README "torch adapter speed"):
 1. fixed-rate steps at p = 1e7 in 1 and in 100 tensors: autolr.torch Adam/SGD, with the NaN/Inf
@@ -12,7 +12,9 @@ Prints Markdown tables (README "torch adapter speed"):
 3. full training steps on the Fashion-MNIST MLP 784-120-10 and a small CNN (batch 128):
    Adam (zero_grad, forward, backward, step) against GI over auto-adam (closure + the GI
    re-evaluation forward + Σg² hooks + step), interleaved, with the parts of the GI step timed
-   inside it (training_table's docstring).
+   inside it (training_table's docstring);
+4. Σg² of single layers (convolutions from 1 to 256 channels, a linear layer over positions) at
+   two chunk budgets, beside the layer's own weight gradient (sum_sq_table's docstring).
 
 Each number is the median of `--reps` timed calls after warm-up; the optimizers compared in a row
 step in rotation, one step of each per repetition, so that the machine's drift hits them alike.
@@ -200,11 +202,58 @@ def training_table(reps):
               f"{hooks:.2f} | {med['re-evaluation']:.2f} | {library:.2f} | {adapter:.2f} |")
 
 
+SUM_SQ_LAYERS = [  # (label, layer, input shape without the batch), batch 32
+    ("conv 1→8, 5×5, 28×28", lambda: nn.Conv2d(1, 8, 5), (1, 28, 28)),
+    ("conv 8→16, 5×5, 12×12", lambda: nn.Conv2d(8, 16, 5), (8, 12, 12)),
+    ("conv 32→32, 3×3, 32×32", lambda: nn.Conv2d(32, 32, 3, padding=1), (32, 32, 32)),
+    ("conv 128→128, 3×3, 8×8", lambda: nn.Conv2d(128, 128, 3, padding=1), (128, 8, 8)),
+    ("conv 256→256, 3×3, 4×4", lambda: nn.Conv2d(256, 256, 3, padding=1), (256, 4, 4)),
+    ("linear 256→256, 64 positions", lambda: nn.Linear(256, 256), (64, 256)),
+]
+
+
+def sum_sq_table(reps, budgets=(1 << 24, 1 << 20, 1 << 18)):
+    """Σg² of one layer (SumGradSquared's hook on a saved input and δ, batch 32) at each chunk
+    budget (`max_chunk_elements`), beside the layer's own weight gradient (what its backward
+    pass computes for the summed gradient): the cost of the per-sample form."""
+    n = 32
+    print("| layer | own weight gradient (ms) | " + " | ".join(f"Σg², chunks of ≤ 2^{b.bit_length() - 1} floats (ms)" for b in budgets) + " |")
+    print("|---|---|" + "---|" * len(budgets))
+    for label, make, shape in SUM_SQ_LAYERS:
+        torch.manual_seed(0)
+        layer = make()
+        x = torch.randn(n, *shape, requires_grad=False)
+        out = layer(x)
+        delta = torch.randn_like(out)
+        helpers = [alt.SumGradSquared(layer, max_chunk_elements=b) for b in budgets]
+        for h in helpers:
+            h.remove()
+
+        def own_weight_gradient():  # the backward pass alone, through the graph kept from the forward
+            torch.autograd.grad(out, layer.weight, delta, retain_graph=True)
+
+        def collect(h):
+            with torch.no_grad():
+                h._collect(layer, x, delta)
+            h.zero_()
+        steps = {"own": own_weight_gradient, **{b: (lambda h=h: collect(h)) for b, h in zip(budgets, helpers)}}
+        times = {k: [] for k in steps}
+        for rep in range(reps + 2):
+            for k, step in steps.items():
+                t0 = clock()
+                step()
+                if rep >= 2:
+                    times[k].append(clock() - t0)
+        med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
+        print(f"| {label} | {med['own']:.2f} | " + " | ".join(f"{med[b]:.2f}" for b in budgets) + " |")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--reps", type=int, default=15)
     parser.add_argument("--quick", action="store_true", help="few repetitions (a smoke run)")
     parser.add_argument("--training-only", action="store_true", help="only the full-training-step table")
+    parser.add_argument("--sum-sq-only", action="store_true", help="only the Σg²-per-layer table")
     parser.add_argument("--clock", choices=("wall", "thread"), default="wall",
                         help="wall time, or this thread's CPU time (leaves out preemption on a shared machine)")
     args = parser.parse_args()
@@ -213,13 +262,17 @@ def main():
     clock = time.thread_time if args.clock == "thread" else time.perf_counter
     torch.set_num_threads(1)
     print(f"torch {torch.__version__}, torch threads {torch.get_num_threads()}, AUTOLR_NUM_THREADS={os.environ['AUTOLR_NUM_THREADS']}, median of {reps}, {args.clock} clock\n")
-    if not args.training_only:
+    if not (args.training_only or args.sum_sq_only):
         print("Fixed-rate step, p = 1e7 (float32):\n")
         fixed_rate_table(reps)
         print("\nPer-step overhead (tiny tensors):\n")
         overhead_table(reps)
-    print("\nFull training step, batch 128:\n")
-    training_table(reps)
+    if not args.sum_sq_only:
+        print("\nFull training step, batch 128:\n")
+        training_table(reps)
+    if not args.training_only:
+        print("\nΣg² of one layer, batch 32:\n")
+        sum_sq_table(reps)
 
 
 if __name__ == "__main__":

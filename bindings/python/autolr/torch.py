@@ -857,6 +857,10 @@ class SumGradSquared:
       samples independently and work under ``torch.func.vmap``, else its error is raised with
       the module named).
 
+    ``max_chunk_elements`` (default 2^20 floats, 4 MiB) bounds every chunk. The default keeps a
+    chunk's per-sample gradients in cache while they are squared and summed; a larger bound
+    sends them to memory and is slower, not faster (benches/torch_adapter.py --sum-sq-only).
+
     **FSDP2** (``fully_shard``; README "More than one process"): created after ``fully_shard``,
     the helper holds the DTensor parameters; its hooks see the unsharded parameters FSDP2 swaps
     in for the forward and backward passes, so S is formed per whole parameter, and read back
@@ -868,7 +872,7 @@ class SumGradSquared:
     of each call's S, not the S of the summed gradient. ``remove()`` takes the hooks off.
     """
 
-    def __init__(self, model, reduction="mean", max_chunk_elements=1 << 24, scaler=None):
+    def __init__(self, model, reduction="mean", max_chunk_elements=1 << 20, scaler=None):
         if reduction not in ("mean", "sum"):
             raise Error(f"reduction is {reduction!r}; accepted: 'mean' (L = (1/N) Σ ℓ_i) or 'sum' (L = Σ ℓ_i)")
         if int(max_chunk_elements) < 1:

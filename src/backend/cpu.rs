@@ -206,41 +206,42 @@ mod kernels {
         }
     }
 
-    /// Elements whose deltas one loop forms before a second loop adds their products into the
+    /// Elements whose f64 products one loop forms before a second loop adds them into the
     /// lanes. The loop over a block vectorises a rule's arithmetic at the full vector width;
     /// a `LANES`-wide body, unrolled, was vectorised only in part for rules with a square root
     /// or a division (Adam's, Adagrad's, RMSprop's, AutoOpt's), and ran at half their speed.
-    /// Rules with neither (SGD, DoG) pay for the deltas' round trip through the block instead.
     const BLOCK: usize = 32 * LANES;
 
-    /// `lanes[i % LANES] += a[i]·b[i]` in f64, in increasing i (`reduce`'s order); `a` starts
-    /// at an element whose index is a multiple of `LANES`.
+    /// `lanes[i % LANES] += values[i]`, in increasing i; `values` starts at an element whose
+    /// index is a multiple of `LANES`.
     #[inline(always)]
-    fn add_products(lanes: &mut [f64; LANES], a: &[f32], b: &[f32]) {
-        let (mut a, mut b) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
-        for (x, y) in (&mut a).zip(&mut b) {
-            let (x, y) = (lanes_of(x), lanes_of(y));
-            for k in 0..LANES {
-                lanes[k] += f64::from(x[k]) * f64::from(y[k]);
-            }
+    fn add_values(lanes: &mut [f64; LANES], values: &[f64]) {
+        let mut sums = *lanes;
+        let mut runs = values.chunks_exact(LANES);
+        for run in &mut runs {
+            let run = lanes_of(run);
+            // A whole run's sum in one expression: one vector add (a `+=` per lane was kept
+            // as eight scalar adds).
+            sums = std::array::from_fn(|k| sums[k] + run[k]);
         }
-        for (k, (x, y)) in a.remainder().iter().zip(b.remainder()).enumerate() {
-            lanes[k] += f64::from(*x) * f64::from(*y);
+        for (k, v) in runs.remainder().iter().enumerate() {
+            sums[k] += v;
         }
+        *lanes = sums;
     }
 
     #[inline(always)]
     pub fn advance_dot<S: Copy, F: Fn(f32, f32, &mut S) -> f32>(param: &[f32], grad: &[f32], state: &mut [S], step: F) -> f64 {
         let mut lanes = [0.0f64; LANES];
-        let mut deltas = [0.0f32; BLOCK];
+        let mut products = [0.0f64; BLOCK];
         for ((p, g), st) in param.chunks(BLOCK).zip(grad.chunks(BLOCK)).zip(state.chunks_mut(BLOCK)) {
             // Indexed over slices of one length: the form the loop vectoriser takes.
             let n = p.len();
-            let (g, st, deltas) = (&g[..n], &mut st[..n], &mut deltas[..n]);
+            let (g, st, products) = (&g[..n], &mut st[..n], &mut products[..n]);
             for i in 0..n {
-                deltas[i] = step(g[i], p[i], &mut st[i]);
+                products[i] = f64::from(g[i]) * f64::from(step(g[i], p[i], &mut st[i]));
             }
-            add_products(&mut lanes, g, deltas);
+            add_values(&mut lanes, products);
         }
         sum_lanes(&lanes)
     }

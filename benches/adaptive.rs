@@ -3,7 +3,8 @@
 //! - AutoOpt with Σg² input at p = 1e7: time / adam time (target ≤ 2.0);
 //! - AutoOpt with the N × len per-sample matrix (N = 32): effective bandwidth / memcpy (target ≥ 0.8);
 //! - GI's own overhead over its base (its loss callback returns a constant, so the caller's
-//!   extra forward pass is excluded; that pass is the model's cost, measured by the main job).
+//!   extra forward pass is excluded; that pass is the model's cost, measured by the main job),
+//!   at p = 1e7 and in cache (the Fashion-MNIST MLP's parameter count).
 //!
 //! The per-sample reduction, and AutoOpt's update pass on tensors of over 2^20 floats per worker,
 //! run on `autolr::backend::cpu::threads()` workers (every core, or `AUTOLR_NUM_THREADS`); the
@@ -103,6 +104,27 @@ fn step_once(opt: &mut Optimizer, setup: &mut Setup, per_sample: Option<&[f32]>,
     opt.step(&mut [&mut params[..]], &inputs, &mut callbacks).expect("step");
 }
 
+/// Prints GI's step time over each base beside the base's own step, on `setup`'s one tensor
+/// (ms at 10^7 floats and more, else µs).
+fn gi_overhead(setup: &mut Setup, bases: &[&str], reps: usize) {
+    let p = setup.params.len();
+    let (unit, scale) = if p >= 10_000_000 { ("ms", 1e3) } else { ("µs", 1e6) };
+    let mut time = |name: &str, base: Option<&str>, n: usize, gi: bool| {
+        let mut opt = Optimizer::new(name, &[p], None).expect("create");
+        if let Some(base) = base {
+            opt.set_option_str("base", base).expect("base");
+        }
+        median_seconds(|| step_once(&mut opt, setup, None, n, gi), reps)
+    };
+    println!("| base | base step ({unit}) | gi step ({unit}) | gi / base |\n|---|---|---|---|");
+    for &base in bases {
+        let n = if base.starts_with("auto") { 32 } else { 0 };
+        let alone = time(base, None, n, false);
+        let wrapped = time("gi", Some(base), n, true);
+        println!("| {base} | {:.2} | {:.2} | {:.2} |", alone * scale, wrapped * scale, wrapped / alone);
+    }
+}
+
 fn main() {
     let p: usize = 10_000_000;
     let reps = 15;
@@ -129,13 +151,13 @@ fn main() {
     }
 
     println!("\nGI overhead over its base (loss callback excluded):\n");
-    println!("| base | base step (ms) | gi step (ms) | gi / base |\n|---|---|---|---|");
-    for base in ["sgd", "adam", "auto-sgd", "auto-adam"] {
-        let n = if base.starts_with("auto") { 32 } else { 0 };
-        let alone = time(base, None, None, n, false);
-        let wrapped = time("gi", Some(base), None, n, true);
-        println!("| {base} | {:.2} | {:.2} | {:.2} |", alone * 1e3, wrapped * 1e3, wrapped / alone);
-    }
+    gi_overhead(&mut setup, &["sgd", "adam", "auto-sgd", "auto-adam"], reps);
+    // In cache: the Fashion-MNIST MLP's (784-120-10) parameter count, where the passes'
+    // arithmetic rather than memory sets the time.
+    let p_cached = 784 * 120 + 120 + 120 * 10 + 10;
+    let mut cached = Setup { params: filled(p_cached, 1), grad: filled(p_cached, 2), sum_sq: filled(p_cached, 3).iter().map(|x| x * x * 40.0).collect() };
+    println!("\nThe same in cache (p = {p_cached}, median of 301 steps, µs):\n");
+    gi_overhead(&mut cached, &["sgd", "momentum", "adam", "adagrad", "rmsprop", "auto-sgd", "auto-adam", "prodigy", "dog", "tlr"], 301);
 
     // The per-sample matrix: read once (N·4 bytes per element) plus g, θ, d (and v) read and θ, d (v) written.
     let p_matrix = 2_000_000;

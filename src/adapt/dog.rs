@@ -17,7 +17,7 @@
 //! a record per tensor instead of per group ("the DoG formula … for each layer separately"):
 //! r̄, G and η of tensor t from ‖θ_t‖, ‖θ_t − x0_t‖ and ‖g_t‖ alone (`Blocks::Tensor`).
 
-use crate::adapt::prodigy::{displacement, fma32};
+use crate::adapt::prodigy::{chosen, displacement, fma32};
 use crate::algorithm::{Accepts, Algorithm, Context, Shards};
 use crate::backend::{abstain, reduced_pass, refuse_own_bad_inputs, Device, DotRule, ElementRule, KernelRule, Memory, Record, SolveRule, TensorMut};
 use crate::base::WEIGHT_DECAY;
@@ -98,12 +98,8 @@ impl DotRule for Distance {
     fn dot(p: &DistancePrepared, g: f32, theta: f32, x0: &mut f32) -> [f64; 2] {
         // `p.grad.add_(p, alpha=weight_decay)`: fused, as torch forms it (see prodigy::fma32).
         let g = f64::from(if p.lambda != 0.0 { fma32(theta, p.lambda, g) } else { g });
-        let r = if p.first {
-            *x0 = theta;
-            f64::from(theta)
-        } else {
-            f64::from(theta - *x0)
-        };
+        let r = f64::from(if p.first { theta } else { theta - *x0 });
+        *x0 = chosen(p.first, theta, *x0);
         [r * r, g * g]
     }
 }

@@ -17,9 +17,9 @@
 //! a record per tensor instead of per group ("the DoG formula … for each layer separately"):
 //! r̄, G and η of tensor t from ‖θ_t‖, ‖θ_t − x0_t‖ and ‖g_t‖ alone (`Blocks::Tensor`).
 
-use crate::adapt::prodigy::{chosen, displacement, fma32};
+use crate::adapt::prodigy::{displacement, fma32};
 use crate::algorithm::{Accepts, Algorithm, Context, Shards};
-use crate::backend::{abstain, reduced_pass, refuse_own_bad_inputs, Device, DotRule, ElementRule, KernelRule, Memory, Record, SolveRule, TensorMut};
+use crate::backend::{abstain, chosen, reduced_pass, refuse_own_bad_inputs, Device, DotRule, ElementRule, KernelRule, Memory, Record, SolveRule, TensorMut};
 use crate::base::WEIGHT_DECAY;
 use crate::checkpoint::{Reader, Writer};
 use crate::error::{Error, Result};

@@ -29,7 +29,7 @@
 use std::marker::PhantomData;
 
 use crate::algorithm::{Accepts, Algorithm, Context, Shards};
-use crate::backend::{abstain, reduced_pass, Device, DotRule, ElemState, ElementRule, KernelRule, Record, SolveRule, TensorMut};
+use crate::backend::{abstain, chosen, reduced_pass, Device, DotRule, ElemState, ElementRule, KernelRule, Record, SolveRule, TensorMut};
 use crate::base::WEIGHT_DECAY;
 use crate::checkpoint::{Reader, Writer};
 use crate::error::{Error, Result};
@@ -103,17 +103,6 @@ pub fn bias_correction(on: bool, beta1: f64, beta2: f64, k: u64) -> f64 {
 #[inline(always)]
 pub fn fma32(a: f32, b: f32, c: f32) -> f32 {
     (f64::from(a) * f64::from(b) + f64::from(c)) as f32
-}
-
-/// `new` where `take` holds, else `old`, chosen with bit operations: a pass that stores
-/// `new` only at its first step (`p0 ← θ`, DoG's `x0 ← θ`) and writes it as a branch or a
-/// select is compiled into a masked store, which AVX-512 makes a scatter on every element and
-/// every step (Prodigy's pass 1 ran at about 60% of its speed that way); a store of this value
-/// is a plain one.
-#[inline(always)]
-pub fn chosen(take: bool, new: f32, old: f32) -> f32 {
-    let mask = u32::from(take).wrapping_neg();
-    f32::from_bits((new.to_bits() & mask) | (old.to_bits() & !mask))
 }
 
 /// The displacement `θ − θ_new` that makes the device's `θ ← θ − displacement` land on

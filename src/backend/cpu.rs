@@ -1298,6 +1298,33 @@ mod tests {
     }
 
     #[test]
+    fn advance_dot_gives_the_bits_of_reduce() {
+        // Blocks of BLOCK elements, a partial last block and a tail of a run: the sum must be
+        // reduce's (element i in lane i % LANES), bit for bit, on every build.
+        for n in [5, 1003, 2 * 256 + 19] {
+            let grad: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin() * 10f32.powi((i % 9) as i32 - 4)).collect();
+            let param: Vec<f32> = (0..n).map(|i| (i as f32 * 0.11).cos()).collect();
+            let step = |g: f32, theta: f32, v: &mut f32| {
+                *v = 0.99 * *v + 0.01 * g * g;
+                0.1 * g / (v.sqrt() + 1e-8) + 1e-3 * theta
+            };
+            let (mut v1, mut v2) = (vec![0.25f32; n], vec![0.25f32; n]);
+            let want = reduce::<1, _>(n, |i| [f64::from(grad[i]) * f64::from(step(grad[i], param[i], &mut v1[i]))])[0];
+            let got = advance_dot(&param, &grad, &mut v2, step);
+            assert_eq!(v1, v2, "n = {n}");
+            assert_eq!(want.to_bits(), got.to_bits(), "n = {n}");
+        }
+    }
+
+    #[test]
+    fn chosen_keeps_every_bit() {
+        for (new, old) in [(1.5f32, -0.0f32), (f32::NAN, 2.0), (f32::INFINITY, f32::from_bits(0x7fc0_1234)), (-0.0, f32::MIN_POSITIVE / 4.0)] {
+            assert_eq!(super::super::chosen(true, new, old).to_bits(), new.to_bits());
+            assert_eq!(super::super::chosen(false, new, old).to_bits(), old.to_bits());
+        }
+    }
+
+    #[test]
     fn advance_dot_matches_update() {
         let grad: Vec<f32> = (0..37).map(|i| i as f32 - 10.0).collect();
         let mut p1 = vec![1.0f32; 37];

@@ -1317,6 +1317,17 @@ mod tests {
     }
 
     #[test]
+    fn advance_dot_sums_a_tail_in_its_own_lanes() {
+        // Products 2^53 in lane 0 and 1 in lanes 1, 2, 3 (the tail of a run): in their lanes
+        // they sum to 2^53 + 2 exactly; added into one lane they would round to 2^53.
+        let mut grad = vec![0.0f32; 12];
+        grad[0] = 2f32.powi(53);
+        grad[9..].fill(1.0);
+        let got = advance_dot(&[0.0; 12], &grad, &mut [(); 12], |_, _, _| 1.0);
+        assert_eq!(got, 2f64.powi(53) + 2.0);
+    }
+
+    #[test]
     fn chosen_keeps_every_bit() {
         for (new, old) in [(1.5f32, -0.0f32), (f32::NAN, 2.0), (f32::INFINITY, f32::from_bits(0x7fc0_1234)), (-0.0, f32::MIN_POSITIVE / 4.0)] {
             assert_eq!(super::super::chosen(true, new, old).to_bits(), new.to_bits());

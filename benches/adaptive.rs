@@ -84,6 +84,13 @@ struct Setup {
     sum_sq: Vec<f32>,
 }
 
+impl Setup {
+    /// One tensor of `p` parameters with its gradient and a Σg² consistent with N = 32 samples.
+    fn new(p: usize) -> Self {
+        Setup { params: filled(p, 1), grad: filled(p, 2), sum_sq: filled(p, 3).iter().map(|x| x * x * 40.0).collect() }
+    }
+}
+
 /// One step of `opt` on `setup`'s tensors.
 fn step_once(opt: &mut Optimizer, setup: &mut Setup, per_sample: Option<&[f32]>, n: usize, gi: bool) {
     let Setup { params, grad, sum_sq } = setup;
@@ -104,23 +111,24 @@ fn step_once(opt: &mut Optimizer, setup: &mut Setup, per_sample: Option<&[f32]>,
     opt.step(&mut [&mut params[..]], &inputs, &mut callbacks).expect("step");
 }
 
+/// Median step time of a fresh `name` optimizer (over `base`, for a wrapper) on `setup`.
+fn median_step(setup: &mut Setup, name: &str, base: Option<&str>, n: usize, gi: bool, reps: usize) -> f64 {
+    let mut opt = Optimizer::new(name, &[setup.params.len()], None).expect("create");
+    if let Some(base) = base {
+        opt.set_option_str("base", base).expect("base");
+    }
+    median_seconds(|| step_once(&mut opt, setup, None, n, gi), reps)
+}
+
 /// Prints GI's step time over each base beside the base's own step, on `setup`'s one tensor
 /// (ms at 10^7 floats and more, else µs).
 fn gi_overhead(setup: &mut Setup, bases: &[&str], reps: usize) {
-    let p = setup.params.len();
-    let (unit, scale) = if p >= 10_000_000 { ("ms", 1e3) } else { ("µs", 1e6) };
-    let mut time = |name: &str, base: Option<&str>, n: usize, gi: bool| {
-        let mut opt = Optimizer::new(name, &[p], None).expect("create");
-        if let Some(base) = base {
-            opt.set_option_str("base", base).expect("base");
-        }
-        median_seconds(|| step_once(&mut opt, setup, None, n, gi), reps)
-    };
+    let (unit, scale) = if setup.params.len() >= 10_000_000 { ("ms", 1e3) } else { ("µs", 1e6) };
     println!("| base | base step ({unit}) | gi step ({unit}) | gi / base |\n|---|---|---|---|");
     for &base in bases {
         let n = if base.starts_with("auto") { 32 } else { 0 };
-        let alone = time(base, None, n, false);
-        let wrapped = time("gi", Some(base), n, true);
+        let alone = median_step(setup, base, None, n, false, reps);
+        let wrapped = median_step(setup, "gi", Some(base), n, true, reps);
         println!("| {base} | {:.2} | {:.2} | {:.2} |", alone * scale, wrapped * scale, wrapped / alone);
     }
 }
@@ -129,24 +137,17 @@ fn main() {
     let p: usize = 10_000_000;
     let reps = 15;
     let n_matrix = 32;
-    let mut setup = Setup { params: filled(p, 1), grad: filled(p, 2), sum_sq: filled(p, 3).iter().map(|x| x * x * 40.0).collect() };
-    let mut time = |name: &str, base: Option<&str>, per_sample: Option<&[f32]>, n: usize, gi: bool| {
-        let mut opt = Optimizer::new(name, &[p], None).expect("create");
-        if let Some(base) = base {
-            opt.set_option_str("base", base).expect("base");
-        }
-        median_seconds(|| step_once(&mut opt, &mut setup, per_sample, n, gi), reps)
-    };
+    let mut setup = Setup::new(p);
 
     let workers = autolr::backend::cpu::threads();
     println!("p = {p} float32 parameters in one tensor, median of {reps} steps; reductions on {workers} thread(s)\n");
     // The first optimizer of the process pays for cold caches and frequency ramp-up: discard it.
-    time("adam", None, None, 0, false);
-    let adam = time("adam", None, None, 0, false);
+    median_step(&mut setup, "adam", None, 0, false, reps);
+    let adam = median_step(&mut setup, "adam", None, 0, false, reps);
     println!("| step | time (ms) | ratio to adam |\n|---|---|---|");
     println!("| adam | {:.2} | 1.00 |", adam * 1e3);
     for name in ["auto-sgd", "auto-adam", "auto-adagrad"] {
-        let t = time(name, None, None, 32, false);
+        let t = median_step(&mut setup, name, None, 32, false, reps);
         println!("| {name} (Σg² input, N = 32) | {:.2} | {:.2} |", t * 1e3, t / adam);
     }
 
@@ -155,7 +156,7 @@ fn main() {
     // In cache: the Fashion-MNIST MLP's (784-120-10) parameter count, where the passes'
     // arithmetic rather than memory sets the time.
     let p_cached = 784 * 120 + 120 + 120 * 10 + 10;
-    let mut cached = Setup { params: filled(p_cached, 1), grad: filled(p_cached, 2), sum_sq: filled(p_cached, 3).iter().map(|x| x * x * 40.0).collect() };
+    let mut cached = Setup::new(p_cached);
     println!("\nThe same in cache (p = {p_cached}, median of 301 steps, µs):\n");
     gi_overhead(&mut cached, &["sgd", "momentum", "adam", "adagrad", "rmsprop", "auto-sgd", "auto-adam", "prodigy", "dog", "tlr"], 301);
 

@@ -208,8 +208,8 @@ mod kernels {
 
     /// Elements whose f64 products one loop forms before a second loop adds them into the
     /// lanes. The loop over a block vectorises a rule's arithmetic at the full vector width;
-    /// a `LANES`-wide body, unrolled, was vectorised only in part for rules with a square root
-    /// or a division (Adam's, Adagrad's, RMSprop's, AutoOpt's), and ran at half their speed.
+    /// a `LANES`-wide body, unrolled, is vectorised only in part for rules with a square root
+    /// or a division (Adam's, Adagrad's, RMSprop's, AutoOpt's).
     const BLOCK: usize = 32 * LANES;
 
     /// `lanes[i % LANES] += values[i]`, in increasing i; `values` starts at an element whose

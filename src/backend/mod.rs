@@ -130,8 +130,8 @@ pub trait NestedRule: KernelRule<State = f32> {
 /// `new` where `take` holds, else `old`, chosen with bit operations: a rule that stores `new`
 /// only under a flag the same for every element (Prodigy's `p0 ← θ` and DoG's `x0 ← θ` at the
 /// first step) and writes it as a branch or a select is compiled into a masked store, which
-/// AVX-512 makes a scatter on every element and every step (Prodigy's pass 1 ran at about 60%
-/// of its speed that way); a store of this value is a plain one.
+/// AVX-512 makes a scatter on every element and every step; a store of this value is a plain
+/// one.
 #[inline(always)]
 pub fn chosen(take: bool, new: f32, old: f32) -> f32 {
     let mask = u32::from(take).wrapping_neg();

@@ -345,3 +345,38 @@ def test_schedule_free_over_gi_failing_reductions():
     assert len(errors) == 1 and errors[0][0].status == "ALR_CALLBACK_FAILED" and not errors[0][1], errors
     assert "the parameters were moved, η was not adapted" in str(errors[0][0])
     assert moved_eta == pytest.approx(clean_eta / 1.2, rel=1e-12) and not np.array_equal(clean, moved), "the step whose φ_y failed adapted η"
+
+
+@pytest.mark.parametrize("case", ["prodigy", "auto-adam", "vsgd-g"])
+def test_a_reduce_that_takes_the_values_alone_sums(case):
+    """DESIGN.md's form `reduce(values)` (sums in place): the run is the two-argument run's bits
+    for an algorithm that only sums; vsgd-g, which also takes a maximum, refuses the step with an
+    error that says which form to give, nothing changed."""
+    options, problem = REDUCING[case], Problem(seed=5)
+    runs = {}
+    for form in ("values, op", "values"):
+        world = World(2)
+
+        def rank_run(rank):
+            reduce = world.reduce(rank)
+            sums_only = (lambda values: reduce(values, "sum")) if form == "values" else reduce
+            cut = [slices(2)[t][rank] for t in range(len(LENS))]
+            theta = [p[a:b].copy() for p, (a, b) in zip(problem.theta0, cut)]
+            opt = autolr.Optimizer(algorithm(case), theta, groups=GROUPS, reduce=sums_only, **options)
+            for step in range(5):
+                grads, sum_sq, curvature = problem.inputs(step, theta, cut)
+                before = [p.copy() for p in theta]
+                try:
+                    opt.step(grads, **step_kwargs(case, problem, step, theta, grads, sum_sq, curvature, None))
+                except autolr.Error as e:
+                    return e, all(np.array_equal(a, b) for a, b in zip(before, theta))
+            return theta
+        runs[form] = world.run(rank_run)
+    if case == "vsgd-g":
+        for error, untouched in runs["values"]:
+            assert isinstance(error, autolr.Error) and error.status == "ALR_CALLBACK_FAILED", repr(error)
+            assert "reduce(values, op)" in str(error) and untouched, str(error)
+        return
+    for two, one in zip(runs["values, op"], runs["values"]):
+        assert isinstance(one, list), f"the one-argument run failed: {one!r}"
+        assert all(np.array_equal(a, b) for a, b in zip(two, one))

@@ -4,6 +4,7 @@ Pure ctypes over the C ABI; needs only numpy. Parameters are C-contiguous float3
 updated in place (zero-copy). See DESIGN.md's "Python API" for the contract.
 """
 import ctypes
+import inspect
 
 import numpy as np
 
@@ -19,6 +20,18 @@ ABI_VERSION = lib.alr_abi_version()
 # GPU needs a library built with the `cuda` feature); the others run on the CPU only.
 ALGORITHMS = tuple(lib.alr_algorithms(_ffi.ALR_DEVICE_CPU).decode().split(","))
 CUDA_ALGORITHMS = tuple(lib.alr_algorithms(_ffi.ALR_DEVICE_CUDA).decode().split(","))
+
+
+def _takes_two_arguments(fn):
+    """Whether `fn` can be called as fn(values, op); a callable without a signature (a builtin)
+    is taken to have the documented form."""
+    try:
+        inspect.signature(fn).bind(None, None)
+    except TypeError:
+        return False
+    except ValueError:
+        return True
+    return True
 
 
 class Error(ValueError):
@@ -97,19 +110,26 @@ class _Handle:
 
     def _reduce_callback(self, reduce, on_device=False):
         """The C callback around `reduce(values, op)` (values: a float64 array to combine in place
-        over the processes, op: "sum" or "max"), or on a CUDA optimizer `reduce(pointer, n, op,
-        stream)` (n float64 values at device address `pointer`, combined in place in order on
-        `stream`, an int cudaStream_t, 0 the default one); an exception it raises fails the step,
-        and the step re-raises it."""
+        over the processes, op: "sum" or "max"; a `reduce(values)` that takes the array alone
+        sums, DESIGN.md's form, and an algorithm that also needs a maximum says so), or on a CUDA
+        optimizer `reduce(pointer, n, op, stream)` (n float64 values at device address `pointer`,
+        combined in place in order on `stream`, an int cudaStream_t, 0 the default one); an
+        exception it raises fails the step, and the step re-raises it."""
         self._reduce_raised = []
+        takes_op = on_device or _takes_two_arguments(reduce)
 
         def call(_user, values, n, op, stream):
             try:
                 name = "sum" if op == _ffi.ALR_REDUCE_SUM else "max"
                 if on_device:
                     reduce(ctypes.cast(values, ctypes.c_void_p).value, int(n), name, int(stream or 0))
-                else:
+                elif takes_op:
                     reduce(np.ctypeslib.as_array(values, shape=(n,)), name)
+                elif name == "sum":
+                    reduce(np.ctypeslib.as_array(values, shape=(n,)))
+                else:
+                    raise Error(f"'{self.algorithm}' also combines a maximum over the processes: give reduce(values, op), "
+                                "which takes op \"sum\" or \"max\", instead of reduce(values), which only sums")
                 return 0
             except BaseException as e:  # re-raised by the step, after the library returns
                 self._reduce_raised.append(e)
@@ -221,7 +241,8 @@ class Optimizer(_Handle):
     def __init__(self, algorithm, params, groups=None, reduce=None, **options):
         """`reduce`: the arrays are this process's shards of tensors split over processes, and
         `reduce(values, op)` combines a float64 array in place over them (op "sum" or "max"; e.g.
-        `torch.distributed.all_reduce`); see README "More than one process"."""
+        `torch.distributed.all_reduce`), or `reduce(values)` sums it (for every algorithm but
+        vsgd-g and vsgd-b, which also take a maximum); see README "More than one process"."""
         self._params = [_as_f32(p, f"params[{i}]", writable=True) for i, p in enumerate(params)]
         self._shapes = [p.shape for p in self._params]
         self._create(algorithm, [p.size for p in self._params], groups, options, reduce=reduce)

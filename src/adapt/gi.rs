@@ -214,7 +214,7 @@ impl Gi {
         let factor = 2.0 * delta_f / (phi + options.get(0, "R"));
         // With f* set, a negative φ (the base's step points uphill on this batch) still has the
         // paper's move, which reverses it and keeps the iterates independent of η (paper 003,
-        // Fig. 4); docs/algorithms.md §3 would take the plain base step — see the README's note.
+        // Fig. 4): decision 18a, docs/algorithms.md §3.1.
         let reversed = !f_star.is_nan() && phi < 0.0;
         let usable = (phi > 0.0 || reversed) && phi.is_finite() && factor.is_finite();
         if usable {

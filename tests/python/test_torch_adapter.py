@@ -62,6 +62,27 @@ def test_matches_torch_step_by_step(ours, theirs, options):
     assert opt_a.lr == pytest.approx([options["lr"], 3e-3])
 
 
+@pytest.mark.parametrize("layout", ["transposed", "strided"])
+def test_a_gradient_that_is_not_contiguous_float32_gives_the_bits_of_one_that_is(layout):
+    """A `.grad` the adapter must convert (a transposed view, a strided slice) steps as
+    its contiguous float32 copy does: the converted copy lives until the library has read it
+    (the plain step once handed the library a pointer to a freed copy)."""
+    def run(convert):
+        w, b = nn.Parameter(torch.zeros(64, 64)), nn.Parameter(torch.zeros(64))
+        opt = alt.Adam([w, b], lr=0.1)
+        for t in range(3):
+            g = torch.arange(64 * 64, dtype=torch.float32).reshape(64, 64) / 4096.0 + t
+            if convert:
+                w.grad = {"transposed": lambda: g.t().contiguous().t(), "strided": lambda: torch.stack([g, g], -1)[..., 0]}[layout]()
+                assert not w.grad.is_contiguous()
+            else:
+                w.grad = g.clone()
+            b.grad = torch.ones(64)
+            opt.step()
+        return w.detach().clone()
+    assert torch.equal(run(convert=True), run(convert=False))
+
+
 def test_params_are_updated_in_place_zero_copy():
     model = mlp()
     pointers = [p.data_ptr() for p in model.parameters()]

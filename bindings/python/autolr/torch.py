@@ -438,7 +438,10 @@ class AutoLR(torch.optim.Optimizer):
             # it is a tenth of such a step's cost on a small model).
             self._check_storage()
             self._sync_options()
-            self._core._step_raw(self._param_array, self._pointer_array(self._grads(copy=False), "grads", cache="grads"))
+            # Held here until the library returns: a gradient that is not float32 and contiguous
+            # is a converted copy, which only this list keeps alive (the array holds bare pointers).
+            grads = self._grads(copy=False)
+            self._core._step_raw(self._param_array, self._pointer_array(grads, "grads", cache="grads"))
             return None
         with torch.no_grad():
             return self._step(closure, loss, sum_sq, per_sample, per_sample_scale, batch_size, curvature)

@@ -83,6 +83,24 @@ def test_a_gradient_that_is_not_contiguous_float32_gives_the_bits_of_one_that_is
     assert torch.equal(run(convert=True), run(convert=False))
 
 
+def test_a_param_group_value_the_library_refuses_changes_no_option():
+    """Options reach the library group by group; when one is refused, the ones sent before it
+    are put back, so the refused step leaves options and state as they were."""
+    a, b = nn.Parameter(torch.randn(4)), nn.Parameter(torch.randn(3))
+    opt = alt.Prodigy([{"params": [a]}, {"params": [b]}])
+    a.grad, b.grad = torch.ones(4), torch.ones(3)
+    opt.step()
+    before, params = opt._core.state_dict(), (a.detach().clone(), b.detach().clone())
+    opt.param_groups[0]["lr"], opt.param_groups[1]["lr"] = 0.5, float("nan")
+    with pytest.raises(autolr.Error, match="lr"):
+        opt.step()
+    assert opt._core.state_dict() == before and opt._core.get_option("lr", group=0) == 1.0
+    assert torch.equal(a, params[0]) and torch.equal(b, params[1])
+    opt.param_groups[1]["lr"] = 0.5
+    opt.step()
+    assert opt._core.get_option("lr", group=0) == opt._core.get_option("lr", group=1) == 0.5
+
+
 def test_params_are_updated_in_place_zero_copy():
     model = mlp()
     pointers = [p.data_ptr() for p in model.parameters()]

@@ -264,26 +264,37 @@ class AutoLR(torch.optim.Optimizer):
     def _sync_options(self, initial=None):
         """Sends param-group values that differ from what the library holds. At construction an
         unknown name is an error (the library lists the accepted ones); later, keys that are not
-        options of this algorithm (e.g. an LR scheduler's "initial_lr") are left alone."""
-        for g, group in enumerate(self.param_groups):
-            synced = self._synced[g]
-            for name, value in group.items():
-                if name == "params" or name in self._foreign:
-                    continue
-                if isinstance(value, torch.Tensor) and value.numel() == 1:
-                    value = float(value)
-                if isinstance(value, str) or not isinstance(value, (bool, int, float, np.floating, np.integer)):
-                    continue
-                if name in synced and synced[name] == value:
-                    continue
-                if initial is not None and name in initial and initial[name] == value:
-                    synced[name] = value  # already set for every group
-                    continue
-                if initial is None and not self._is_option(name):
-                    self._foreign.add(name)
-                    continue
-                self._core.set_option(name, value, group=g)
-                synced[name] = value
+        options of this algorithm (e.g. an LR scheduler's "initial_lr") are left alone. All or
+        nothing: a value the library refuses puts back the ones already sent, so a refused step
+        changes no option either."""
+        sent = []  # (group, name, value, the library's value before)
+        try:
+            for g, group in enumerate(self.param_groups):
+                synced = self._synced[g]
+                for name, value in group.items():
+                    if name == "params" or name in self._foreign:
+                        continue
+                    if isinstance(value, torch.Tensor) and value.numel() == 1:
+                        value = float(value)
+                    if isinstance(value, str) or not isinstance(value, (bool, int, float, np.floating, np.integer)):
+                        continue
+                    if name in synced and synced[name] == value:
+                        continue
+                    if initial is not None and name in initial and initial[name] == value:
+                        synced[name] = value  # already set for every group
+                        continue
+                    if initial is None and not self._is_option(name):
+                        self._foreign.add(name)
+                        continue
+                    before = self._core.get_option(name, group=g)
+                    self._core.set_option(name, value, group=g)
+                    sent.append((g, name, value, before))
+        except Error:
+            for g, name, _, before in reversed(sent):
+                self._core.set_option(name, before, group=g)
+            raise
+        for g, name, value, _ in sent:
+            self._synced[g][name] = value
 
     def _is_option(self, name):
         try:

@@ -101,7 +101,8 @@ typedef struct AlrOptimizer AlrOptimizer;
 typedef int32_t (*AlrReduceFn)(void *user_data, double *values, size_t n, int32_t op, void *stream);
 
 // Arguments of `alr_create`. Set `struct_size = sizeof(AlrCreateArgs)`: fields may be
-// appended in later versions, and the library reads only the first `struct_size` bytes.
+// appended in later versions, and the library reads only the fields it knows, no more than
+// `struct_size` bytes (a larger size, a newer header's, is read up to this version's fields).
 typedef struct AlrCreateArgs {
   size_t struct_size;
   // Algorithm name, e.g. "adam", "auto-sgd", "gi" (NUL-terminated; borrowed for the call).
@@ -261,8 +262,8 @@ const char *alr_algorithms(int32_t device);
 // without CUDA kernels: `alr_algorithms(ALR_DEVICE_CUDA)` lists those with them; `sharded` for
 // an algorithm that does not reduce over shards yet), ALR_CUDA_ERROR (no CUDA driver, no such
 // device, or a CUDA call failed). ALR_INVALID_ARGUMENT also for `sharded` not 0 or 1, or set
-// without `reduce` (or `reduce` without it), and for a struct_size that is neither version's
-// (`offsetof(AlrCreateArgs, sharded)`, before sharding, or `sizeof(AlrCreateArgs)`).
+// without `reduce` (or `reduce` without it), and for a struct_size below `sizeof(AlrCreateArgs)`
+// other than `offsetof(AlrCreateArgs, sharded)` (the version before sharding).
 enum AlrStatus alr_create(const struct AlrCreateArgs *args, struct AlrOptimizer **out);
 
 // Frees an optimizer. NULL is a no-op. Returns ALR_OK, or ALR_INVALID_ARGUMENT for a handle

@@ -443,9 +443,6 @@ impl Optimizer {
                 return Err(Error::shape(format!("tensor {t}: param has {} elements, registered {len}", p.len())));
             }
         }
-        if self.algorithm.awaiting_report() {
-            return Err(Error::wrong_state("the last step is waiting for its loss: call alr_report_loss first"));
-        }
         // A GPU step that found bad input changed nothing, but the host counted it: forget it
         // before the swap reads the step count (else a first step that never ran would swap
         // with a z never set). The error is returned, and the caller's next call swaps.

@@ -803,6 +803,10 @@ impl<D: Device> Algorithm for ScheduleFree<D> {
     }
 
     fn set_mode(&mut self, ctx: &Context, params: &mut [TensorMut], train: bool) -> Result<()> {
+        // Over gi the report is about y', which eval would overwrite with x.
+        if self.awaiting_report() {
+            return Err(Error::wrong_state("the last step is waiting for its loss: call alr_report_loss first"));
+        }
         if train == self.train {
             // The reference's protocol calls train() before the first step; that one is fine.
             if train && self.steps == 0 {

@@ -60,7 +60,8 @@ pub struct AlrModeArgs {
 }
 
 /// Arguments of `alr_create`. Set `struct_size = sizeof(AlrCreateArgs)`: fields may be
-/// appended in later versions, and the library reads only the first `struct_size` bytes.
+/// appended in later versions, and the library reads only the fields it knows, no more than
+/// `struct_size` bytes (a larger size, a newer header's, is read up to this version's fields).
 #[repr(C)]
 pub struct AlrCreateArgs {
     pub struct_size: usize,
@@ -302,8 +303,8 @@ pub extern "C" fn alr_algorithms(device: i32) -> *const c_char {
 /// without CUDA kernels: `alr_algorithms(ALR_DEVICE_CUDA)` lists those with them; `sharded` for
 /// an algorithm that does not reduce over shards yet), ALR_CUDA_ERROR (no CUDA driver, no such
 /// device, or a CUDA call failed). ALR_INVALID_ARGUMENT also for `sharded` not 0 or 1, or set
-/// without `reduce` (or `reduce` without it), and for a struct_size that is neither version's
-/// (`offsetof(AlrCreateArgs, sharded)`, before sharding, or `sizeof(AlrCreateArgs)`).
+/// without `reduce` (or `reduce` without it), and for a struct_size below `sizeof(AlrCreateArgs)`
+/// other than `offsetof(AlrCreateArgs, sharded)` (the version before sharding).
 #[no_mangle]
 pub extern "C" fn alr_create(args: *const AlrCreateArgs, out: *mut *mut AlrOptimizer) -> AlrStatus {
     guard("alr_create", || {

@@ -274,12 +274,27 @@ pub fn check_started(flag: bool, trained: bool) -> Result<()> {
     Ok(())
 }
 
+/// How a refused checkpoint's message ends. A value that is NaN or Inf is also what a run that
+/// diverged leaves (an overflow of finite inputs — a learning rate or weight decay far too large
+/// — or NaN gradients with check_finite = 0): `alr_save` writes such a state, for inspection,
+/// but no step could go on from it, so it is not loaded.
+pub fn doubt(non_finite: bool) -> &'static str {
+    if non_finite {
+        "(NaN or Inf: the state of a run that diverged, which cannot be resumed — resume from an earlier checkpoint with a smaller learning rate or weight decay — or a corrupted checkpoint)"
+    } else {
+        "(corrupted?)"
+    }
+}
+
 /// Checks that every loaded value of a state is one the algorithm can produce; the error names
 /// the first that is not, and the rule it breaks.
-pub fn check_values<T: Copy + std::fmt::Debug>(values: &[T], what: &str, possible: impl Fn(T) -> bool, rule: &str) -> Result<()> {
+pub fn check_values<T: Copy + std::fmt::Debug + Into<f64>>(values: &[T], what: &str, possible: impl Fn(T) -> bool, rule: &str) -> Result<()> {
     match values.iter().position(|&v| !possible(v)) {
         None => Ok(()),
-        Some(i) => Err(Error::checkpoint(format!("checkpoint {what}[{i}] = {:?} is impossible: {rule} (corrupted?)", values[i]))),
+        Some(i) => {
+            let doubt = doubt(!values[i].into().is_finite());
+            Err(Error::checkpoint(format!("checkpoint {what}[{i}] = {:?} is impossible: {rule} {doubt}", values[i])))
+        }
     }
 }
 
@@ -298,9 +313,8 @@ pub fn read_elem_states<S: crate::backend::cpu::ElemState>(
         let elems: Vec<S> = crate::backend::cpu::states_from_floats(&floats, len);
         if let Some(i) = elems.iter().position(|s| !possible(s)) {
             let values = &floats[i * S::FLOATS..(i + 1) * S::FLOATS];
-            return Err(Error::checkpoint(format!(
-                "checkpoint state of tensor {t}, element {i} = {values:?} is impossible for '{algorithm}': {rule} (corrupted?)"
-            )));
+            let doubt = doubt(values.iter().any(|v| !v.is_finite()));
+            return Err(Error::checkpoint(format!("checkpoint state of tensor {t}, element {i} = {values:?} is impossible for '{algorithm}': {rule} {doubt}")));
         }
         states.push(elems);
     }

@@ -491,7 +491,8 @@ impl<D: Device> Algorithm for DAdaptAdam<D> {
         let v = r.f64s_exact(5, "D-Adapt Adam estimates")?;
         let e = Estimate { d: v[0], numerator: v[1], sk_l1: v[2], d_hat: v[3], dlr: v[4], begun, k: counts[0], skips: counts[1], moved: 0, pad: 0 };
         // d only grows from d0; the rest is finite, Σ|s| and dlr ≥ 0, every begun step counted once.
-        let bad = |why: String| Err(Error::checkpoint(format!("checkpoint D-Adapt Adam estimate: {why} (corrupted?)")));
+        let non_finite = [e.d, e.numerator, e.sk_l1, e.d_hat, e.dlr].iter().any(|v| !v.is_finite());
+        let bad = |why: String| Err(Error::checkpoint(format!("checkpoint D-Adapt Adam estimate: {why} {}", crate::checkpoint::doubt(non_finite))));
         let d0 = ctx.options.get(0, "d0");
         if !(e.d.is_finite() && e.d >= d0) {
             return bad(format!("d = {} is not finite and ≥ d0 = {d0}", e.d));

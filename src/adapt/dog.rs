@@ -413,7 +413,8 @@ impl<D: Device> Algorithm for Dog<D> {
         let block = if self.blocks == Blocks::Group { "group" } else { "tensor" };
         let mut records = Vec::with_capacity(n);
         for g in 0..n {
-            let bad = |why: &str| Err(Error::checkpoint(format!("checkpoint DoG {block} {g}: {why} (corrupted?)")));
+            let non_finite = [rbar[g], g_sum[g], eta[g]].iter().any(|v| !v.is_finite());
+            let bad = |why: &str| Err(Error::checkpoint(format!("checkpoint DoG {block} {g}: {why} {}", crate::checkpoint::doubt(non_finite))));
             // Every step steps every record.
             if steps[g] != steps[0] {
                 return bad(&format!("{} steps where {block} 0 took {}", steps[g], steps[0]));

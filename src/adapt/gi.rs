@@ -393,7 +393,8 @@ impl Algorithm for Gi {
             eta if eta.is_finite() && eta >= 0.0 && steps > 0 => Some(eta),
             eta => {
                 return Err(Error::checkpoint(format!(
-                    "checkpoint GI η = {eta} after {steps} steps is impossible: η is unset before the first step, then finite and ≥ 0 (corrupted?)"
+                    "checkpoint GI η = {eta} after {steps} steps is impossible: η is unset before the first step, then finite and ≥ 0 {}",
+                    crate::checkpoint::doubt(!eta.is_finite() && steps > 0)
                 )))
             }
         };

@@ -766,12 +766,14 @@ impl<D: Device> Algorithm for Prodigy<D> {
     }
 }
 
-/// What every step keeps true: `0 < d ≤ d_max`, `d_max ≥ d0` (it only grows from d0), the
-/// numerator finite, `Σ|s| ≥ 0`, `dlr ≥ 0`, and every begun step either taken or skipped.
+/// What every step keeps true: `0 ≤ d ≤ d_max` (d shrinks, to 0 by underflow, under a growth
+/// rate below 1), `d_max ≥ d0` (it only grows from d0), the numerator finite, `Σ|s| ≥ 0`,
+/// `dlr ≥ 0`, and every begun step either taken or skipped.
 fn check_estimate(e: &Estimate, d0: f64) -> Result<()> {
-    let bad = |why: &str| Err(Error::checkpoint(format!("checkpoint Prodigy estimate: {why} (corrupted?)")));
-    if !(e.d.is_finite() && e.d > 0.0 && e.d_max.is_finite() && e.d <= e.d_max && e.d_max >= d0) {
-        return bad(&format!("d = {} and d_max = {} break 0 < d ≤ d_max, d_max ≥ d0 = {d0}", e.d, e.d_max));
+    let non_finite = [e.d, e.d_max, e.d_numerator, e.d_denom, e.d_hat, e.dlr].iter().any(|v| !v.is_finite());
+    let bad = |why: &str| Err(Error::checkpoint(format!("checkpoint Prodigy estimate: {why} {}", crate::checkpoint::doubt(non_finite))));
+    if !(e.d.is_finite() && e.d >= 0.0 && e.d_max.is_finite() && e.d <= e.d_max && e.d_max >= d0) {
+        return bad(&format!("d = {} and d_max = {} break 0 ≤ d ≤ d_max, d_max ≥ d0 = {d0}", e.d, e.d_max));
     }
     if !(e.d_numerator.is_finite() && e.d_hat.is_finite()) {
         return bad("the numerator or d_hat is not finite");
@@ -868,6 +870,7 @@ mod tests {
             Estimate { d: 4e-6, ..good },
             Estimate { d: f64::NAN, ..good },
             Estimate { d: -1.0, ..good },
+            Estimate { d: 4e-6, d_max: 3e-6, ..good },
             Estimate { d_max: 5e-7, d: 4e-7, ..good },
             Estimate { d_numerator: f64::INFINITY, ..good },
             Estimate { d_denom: -1.0, ..good },

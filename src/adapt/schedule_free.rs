@@ -953,7 +953,8 @@ impl<D: Device> Algorithm for ScheduleFree<D> {
         for (g, a) in averages.iter().enumerate() {
             let fresh = Average::default();
             if (steps == 0 && *a != fresh) || (steps > 0 && (a.lr_max < 0.0 || a.weight > a.weight_sum)) {
-                return Err(Error::checkpoint(format!("checkpoint schedule-free group {g} scalars {a:?} are impossible after {steps} steps (corrupted?)")));
+                let doubt = crate::checkpoint::doubt([a.lr, a.lr_max, a.weight, a.weight_sum, a.ckp1].iter().any(|v| !v.is_finite()));
+                return Err(Error::checkpoint(format!("checkpoint schedule-free group {g} scalars {a:?} are impossible after {steps} steps {doubt}")));
             }
         }
         let mut zs = Vec::new();

@@ -956,9 +956,11 @@ impl<D: Device> Algorithm for Vsgd<D> {
                 let v = r.f64s_exact(3 * *n_units, "vSGD unit scalars")?;
                 let loaded: Vec<Unit> = v.chunks_exact(3).map(|c| Unit { l: c[0], tau: c[1], eta: c[2] }).collect();
                 if let Some(u) = loaded.iter().position(|u| !u.possible()) {
+                    let Unit { l, tau, eta } = loaded[u];
                     return Err(Error::checkpoint(format!(
-                        "checkpoint vSGD unit {u} = {:?} is impossible: l and η ≥ 0 and finite, τ ≥ 1 (corrupted?)",
-                        loaded[u]
+                        "checkpoint vSGD unit {u} = {:?} is impossible: l and η ≥ 0 and finite, τ ≥ 1 {}",
+                        loaded[u],
+                        crate::checkpoint::doubt([l, tau, eta].iter().any(|v| !v.is_finite()))
                     )));
                 }
                 for (e, v) in elems.iter_mut().zip(&values) {

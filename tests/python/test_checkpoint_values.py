@@ -91,11 +91,11 @@ def trained(name, steps=3, **options):
 
 
 def refused(opt, params, bad, what):
-    before = ([p.tobytes() for p in params], opt.state_dict(), opt.lr, opt.momentum)
+    before = ([p.tobytes() for p in params], opt.state_dict(), repr(opt.lr), repr(opt.momentum))  # repr: NaN == NaN
     with pytest.raises(autolr.Error) as info:
         opt.load_state_dict(bad)
     assert info.value.status == "ALR_BAD_CHECKPOINT", f"{what}: {info.value.status}: {info.value}"
-    after = ([p.tobytes() for p in params], opt.state_dict(), opt.lr, opt.momentum)
+    after = ([p.tobytes() for p in params], opt.state_dict(), repr(opt.lr), repr(opt.momentum))
     assert after == before, f"{what}: a refused load changed something"
     return str(info.value)
 
@@ -228,3 +228,30 @@ def test_the_state_section_names_its_algorithm():
     forged = head.body[:head.pos - name_len - 8] + section.body[section.pos - len("auto-adam") - 8:]
     message = refused(adagrad, params, reseal(forged), "auto-adam state under an auto-adagrad header")
     assert "auto-adam" in message
+
+
+def test_prodigy_at_d_zero_resumes():
+    """A growth rate below 1 shrinks d, to 0 by underflow: a state accepted steps reach, so its
+    checkpoint loads and resumes bit for bit."""
+    opt, params = trained("prodigy", steps=4, growth_rate=5e-324)
+    assert opt.telemetry()["d"] == [0.0, 0.0]  # d is global: each group reports it
+    saved, at = opt.state_dict(), [p.copy() for p in params]
+    twin, twin_params = trained("prodigy", steps=0, growth_rate=5e-324)
+    for p, q in zip(twin_params, at):
+        p[...] = q
+    twin.load_state_dict(saved)
+    g = [np.full(s, 0.1, np.float32) for s in SHAPES]
+    opt.step(g)
+    twin.step(g)
+    assert all(np.array_equal(a, b) for a, b in zip(params, twin_params)) and opt.state_dict() == twin.state_dict()
+
+
+@pytest.mark.parametrize("name, options", [("sf-sgd", dict(r=1e10)), ("dog", dict(weight_decay=1e300)), ("prodigy", dict(d_coef=1e300))])
+def test_a_diverged_state_is_refused_as_one(name, options):
+    """Options far too large make a run overflow through accepted steps; its checkpoint saves
+    (for inspection) and is refused on load with a message that says the run diverged, not
+    only that the bytes may be corrupted."""
+    opt, params = trained(name, steps=4, **options)
+    saved = opt.state_dict()
+    message = refused(opt, params, saved, f"{name} {options}")
+    assert "diverged" in message and "earlier checkpoint" in message, message

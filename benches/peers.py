@@ -31,8 +31,8 @@ price, the difference between the two autolr columns):
 - sf-sgd: read g, y, z; write y, z: 20 B.
 
 Prodigy's and DoG's move needs this step's sums over the whole group (d, η), so one pass cannot
-do it: the least a two-pass step moves is printed too (prodigy: pass 1 reads g, θ, p0, m, v, s and
-writes m, v, s, pass 2 reads θ, m, v and writes θ: 52 B; dog: 12 B, then read g, θ, write θ: 24 B).
+do it: the least a two-pass step moves is printed too (prodigy: pass 1 reads g, θ, s, p0 and writes
+s, pass 2 reads g, θ, m, v and writes θ, m, v: 52 B; dog: 12 B, then read g, θ, write θ: 24 B).
 """
 import argparse
 import ctypes

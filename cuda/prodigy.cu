@@ -1,6 +1,7 @@
 // Prodigy's rules on the device (docs/algorithms.md §6.1), the twins of src/adapt/prodigy.rs:
-// pass 1 (`Absorb`, a dot pass: p0 at the first step, the moments absorb g, [Σ g·(p0 − θ), Σ|s|]),
-// the d update (one record, `Solve`), pass 2 (`Step`, coefficients read from the record). d, the
+// pass 1 (`Absorb`, a dot pass over s and p0: p0 at the first step, s absorbs g, [Σ g·(p0 − θ),
+// Σ|s|]), the d update (one record, `Solve`), pass 2 (`Step`, over the moments: they absorb g,
+// then θ moves; coefficients read from the record). d, the
 // numerator and dlr live in the record on the device: no step reads anything back.
 //
 // The elementwise arithmetic is the Rust's, operation for operation; the sums are reduced in
@@ -23,37 +24,39 @@ struct ProdigyEstimate {
     double d, d_max, d_numerator, d_denom, d_hat, dlr;
     unsigned long long begun, k, skips;
     unsigned moved, pad;
+    double d_before;  // d before the step's solve: what pass 2's moments absorb g with
 };
-ALR_SIZE(ProdigyEstimate, 80);
+ALR_SIZE(ProdigyEstimate, 88);
 ALR_FIELD(ProdigyEstimate, d_numerator, 16);
 ALR_FIELD(ProdigyEstimate, dlr, 40);
 ALR_FIELD(ProdigyEstimate, begun, 48);
 ALR_FIELD(ProdigyEstimate, skips, 64);
 ALR_FIELD(ProdigyEstimate, moved, 72);
+ALR_FIELD(ProdigyEstimate, d_before, 80);
 
 // `dlr = d · lr · bias` of the step the record is about to take.
 __device__ inline double prodigy_dlr(const ProdigyGlobal& g, const ProdigyEstimate& r) {
     return r.d * g.lr * bias_correction(g.bias_correction != 0, g.beta1, g.beta2, r.k);
 }
 
-// One element: {m, v, s, p0}, or {v, s, p0} at β1 = 0 (prodigy::WithM / NoM).
-struct ProdigyWithM {
-    float m, v, s, p0;
+// Pass 1's share of an element: s and p0 (prodigy::Estimator); pass 2's: the moments {m, v},
+// or {v} at β1 = 0 (prodigy::WithM / NoM), kept apart so that pass 2 reads only them.
+struct ProdigyEstimator {
+    float s, p0;
 };
-ALR_SIZE(ProdigyWithM, 16);
-ALR_FIELD(ProdigyWithM, p0, 12);
+ALR_SIZE(ProdigyEstimator, 8);
+ALR_FIELD(ProdigyEstimator, p0, 4);
+
+struct ProdigyWithM {
+    float m, v;
+};
+ALR_SIZE(ProdigyWithM, 8);
+ALR_FIELD(ProdigyWithM, v, 4);
 
 struct ProdigyNoM {
-    float v, s, p0;
+    float v;
 };
-ALR_SIZE(ProdigyNoM, 12);
-ALR_FIELD(ProdigyNoM, p0, 8);
-
-// `m ← β1 m + coef g` and the step's direction (m, or g itself without m).
-__device__ inline void prodigy_absorb_m(ProdigyWithM* st, float beta1, float coef, float g) { st->m = fma32(g, coef, beta1 * st->m); }
-__device__ inline void prodigy_absorb_m(ProdigyNoM*, float, float, float) {}
-__device__ inline float prodigy_direction(const ProdigyWithM& st, float) { return st.m; }
-__device__ inline float prodigy_direction(const ProdigyNoM&, float g) { return g; }
+ALR_SIZE(ProdigyNoM, 4);
 
 // prodigy::AbsorbCoeffs
 struct ProdigyAbsorbCoeffs {
@@ -67,14 +70,14 @@ ALR_FIELD(ProdigyAbsorbCoeffs, safeguard_warmup, 72);
 ALR_FIELD(ProdigyAbsorbCoeffs, active, 76);
 
 struct ProdigyAbsorbPrepared {
-    float lambda, beta1, coef_m, beta2, coef_v, beta3, coef_s;
+    float lambda, beta3, coef_s;
     bool active, first;
 };
 
-// Pass 1: p0 ← θ at the first step; the moments absorb g; [g·(p0 − θ), |s|].
-template <typename M>
+// Pass 1: p0 ← θ at the first step; s absorbs g; [g·(p0 − θ), |s|] (the moments absorb g in
+// pass 2, with this step's old d).
 struct ProdigyAbsorb {
-    typedef M State;
+    typedef ProdigyEstimator State;
     typedef ProdigyAbsorbCoeffs Coeffs;
     typedef ProdigyEstimate Record;
     typedef ProdigyAbsorbPrepared Prepared;
@@ -82,17 +85,11 @@ struct ProdigyAbsorb {
     __device__ static ProdigyAbsorbPrepared prepare(const ProdigyAbsorbCoeffs& c, const ProdigyEstimate& r) {
         const ProdigyGlobal& g = c.global;
         const double d = r.d, dlr = prodigy_dlr(g, r);
-        return ProdigyAbsorbPrepared{(float)c.coupled_decay,
-                                     (float)g.beta1,
-                                     (float)(d * (1.0 - g.beta1)),
-                                     (float)g.beta2,
-                                     (float)(d * d * (1.0 - g.beta2)),
-                                     (float)g.beta3,
-                                     (float)((d / g.d0) * (c.safeguard_warmup != 0 ? d : dlr)),
-                                     c.active != 0,
+        return ProdigyAbsorbPrepared{(float)c.coupled_decay, (float)g.beta3,
+                                     (float)((d / g.d0) * (c.safeguard_warmup != 0 ? d : dlr)), c.active != 0,
                                      r.begun == 0};
     }
-    __device__ static void dot(const ProdigyAbsorbPrepared& p, float g, float theta, M* st, double* d0, double* d1) {
+    __device__ static void dot(const ProdigyAbsorbPrepared& p, float g, float theta, ProdigyEstimator* st, double* d0, double* d1) {
         if (p.first) st->p0 = theta;
         if (!p.active) {
             *d0 = 0.0;
@@ -100,9 +97,7 @@ struct ProdigyAbsorb {
             return;
         }
         if (p.lambda != 0.0f) g = fma32(theta, p.lambda, g);
-        prodigy_absorb_m(st, p.beta1, p.coef_m, g);
         *d0 = (double)g * (double)(st->p0 - theta);
-        st->v = fma32(p.coef_v * g, g, p.beta2 * st->v);
         st->s = fma32(g, p.coef_s, p.beta3 * st->s);
         *d1 = (double)fabsf(st->s);
     }
@@ -118,6 +113,7 @@ struct ProdigySolve {
         const double numerator = g.beta3 * r->d_numerator + (d / g.d0) * dlr * sums[0];
         const double den = sums[1];
         r->begun += 1;
+        r->d_before = d;
         if (den == 0.0) {
             // The reference returns before the step: k, d and the numerator are not stored.
             r->moved = 0;
@@ -144,18 +140,35 @@ struct ProdigySolve {
 
 // prodigy::StepCoeffs
 struct ProdigyStepCoeffs {
-    double eps, coupled_decay, decoupled_decay;
+    double eps, coupled_decay, decoupled_decay, beta1, beta2;
+    unsigned active, pad;
 };
-ALR_SIZE(ProdigyStepCoeffs, 24);
+ALR_SIZE(ProdigyStepCoeffs, 48);
 ALR_FIELD(ProdigyStepCoeffs, decoupled_decay, 16);
+ALR_FIELD(ProdigyStepCoeffs, beta2, 32);
+ALR_FIELD(ProdigyStepCoeffs, active, 40);
 
 struct ProdigyStepPrepared {
+    bool active;
+    float beta1, coef_m, beta2, coef_v;
     bool moved;
     float scale, eps, decay, lambda;
 };
 
-// Pass 2: θ ← θ − dlr λ θ, then θ ← θ − scale · direction / (√v + d ε), with the record's old
-// dlr and new d; the displacement θ − θ_new (the Rust's `displacement`).
+// `m ← β1 m + coef_m g`, `v ← β2 v + coef_v g²` (no m without m), and the step's direction (m,
+// or g itself without m).
+__device__ inline float prodigy_absorbed_v(const ProdigyStepPrepared& p, float v, float g) { return fma32(p.coef_v * g, g, p.beta2 * v); }
+__device__ inline void prodigy_absorb(const ProdigyStepPrepared& p, ProdigyWithM* st, float g) {
+    st->m = fma32(g, p.coef_m, p.beta1 * st->m);
+    st->v = prodigy_absorbed_v(p, st->v, g);
+}
+__device__ inline void prodigy_absorb(const ProdigyStepPrepared& p, ProdigyNoM* st, float g) { st->v = prodigy_absorbed_v(p, st->v, g); }
+__device__ inline float prodigy_direction(const ProdigyWithM& st, float) { return st.m; }
+__device__ inline float prodigy_direction(const ProdigyNoM&, float g) { return g; }
+
+// Pass 2: the moments absorb g with the step's old d, then θ ← θ − dlr λ θ and
+// θ ← θ − scale · direction / (√v + d ε), with the record's old dlr and new d; the displacement
+// θ − θ_new (the Rust's `displacement`).
 template <typename M>
 struct ProdigyStep {
     typedef M State;
@@ -165,12 +178,22 @@ struct ProdigyStep {
     __device__ static ProdigyStepPrepared prepare(const ProdigyStepCoeffs& c, const ProdigyEstimate& r) {
         // torch's `value=-dlr` (with m) or `value=-dlr * d` (without).
         const bool has_m = std::is_same<M, ProdigyWithM>::value;
-        return ProdigyStepPrepared{r.moved != 0, has_m ? (float)r.dlr : (float)(r.dlr * r.d), (float)(r.d * c.eps),
-                                   (float)(c.decoupled_decay * r.dlr), (float)c.coupled_decay};
+        const double d = r.d_before;
+        return ProdigyStepPrepared{c.active != 0,
+                                   (float)c.beta1,
+                                   (float)(d * (1.0 - c.beta1)),
+                                   (float)c.beta2,
+                                   (float)(d * d * (1.0 - c.beta2)),
+                                   r.moved != 0,
+                                   has_m ? (float)r.dlr : (float)(r.dlr * r.d),
+                                   (float)(r.d * c.eps),
+                                   (float)(c.decoupled_decay * r.dlr),
+                                   (float)c.coupled_decay};
     }
     __device__ static float advance(const ProdigyStepPrepared& p, float g, float theta, M* st) {
-        if (!p.moved) return 0.0f;
         if (p.lambda != 0.0f) g = fma32(theta, p.lambda, g);
+        if (p.active) prodigy_absorb(p, st, g);
+        if (!p.moved) return 0.0f;
         const float decayed = p.decay != 0.0f ? fma32(theta, -p.decay, theta) : theta;
         return theta - (decayed - p.scale * prodigy_direction(*st, g) / (sqrtf(st->v) + p.eps));
     }
@@ -183,8 +206,7 @@ struct ProdigyStep {
     }
 };
 
-ALR_DOT_KERNEL(alr_prodigy_absorb_m, ProdigyAbsorb<ProdigyWithM>)
-ALR_DOT_KERNEL(alr_prodigy_absorb, ProdigyAbsorb<ProdigyNoM>)
+ALR_DOT_KERNEL(alr_prodigy_absorb, ProdigyAbsorb)
 ALR_SOLVE_KERNEL(alr_prodigy_solve, ProdigySolve)
 ALR_ELEMENT_KERNEL(alr_prodigy_step_m, ProdigyStep<ProdigyWithM>)
 ALR_ELEMENT_KERNEL(alr_prodigy_step, ProdigyStep<ProdigyNoM>)

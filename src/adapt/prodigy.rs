@@ -22,9 +22,13 @@
 //!     θ ← θ − dlr λ θ (decoupled decay);  θ ← θ − dlr · m / (√v + d ε)   (β1 = 0: dlr · d · g)
 //! ```
 //!
-//! On a device every scalar lives in one `#[repr(C)]` record: pass 1 (`Absorb`, a dot pass)
-//! advances the moments and reduces `[Σ g·(p0 − θ), Σ |s|]`; the solve updates the record; pass
-//! 2 (`Step`) reads its coefficients from the record. Nothing is read back to the host.
+//! On a device every scalar lives in one `#[repr(C)]` record: pass 1 (`Absorb`, a dot pass over
+//! s and p0) advances s and reduces `[Σ g·(p0 − θ), Σ |s|]`; the solve updates the record; pass 2
+//! (`Step`, over the moments, a buffer of their own) absorbs g into m and v with the step's old d
+//! — which is what the reference's first loop does, and the moments enter no sum — then moves θ,
+//! its coefficients read from the record. So pass 1 reads g, θ, s, p0 and writes s; pass 2 reads
+//! g, θ, m, v and writes θ, m, v: each buffer is read once and written once where it changes,
+//! the least two passes can move. Nothing is read back to the host.
 
 use std::marker::PhantomData;
 
@@ -191,6 +195,8 @@ pub struct Estimate {
     /// 1: the step being taken moves θ.
     pub moved: u32,
     pub pad: u32,
+    /// d before the step's solve: what pass 2's moments absorb g with (not saved: a step's).
+    pub d_before: f64,
 }
 
 impl Record for Estimate {}
@@ -201,110 +207,145 @@ impl Estimate {
     }
 }
 
-/// One element's state: `[m, v, s, p0]`, or `[v, s, p0]` when β1 = 0 (the reference's buffers,
-/// nothing more).
-pub trait Elem: ElemState {
+/// Pass 1's share of an element: `s` and `p0`, the buffers d's estimate reads (the reference's
+/// `s` and `p0`). Kept apart from the moments, so that pass 2 reads only what it needs.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Estimator {
+    pub s: f32,
+    pub p0: f32,
+}
+
+impl ElemState for Estimator {
+    const FLOATS: usize = 2;
+    fn write(&self, out: &mut Vec<f32>) {
+        out.extend_from_slice(&[self.s, self.p0]);
+    }
+    fn read(x: &[f32]) -> Self {
+        Estimator { s: x[0], p0: x[1] }
+    }
+}
+
+impl Estimator {
+    fn possible(&self) -> bool {
+        self.s.is_finite() && self.p0.is_finite()
+    }
+}
+
+/// Pass 2's share of an element: the moments, `[m, v]`, or `[v]` when β1 = 0 (the reference's
+/// `exp_avg`, `exp_avg_sq`, and no `exp_avg` at β1 = 0).
+pub trait Moments: ElemState {
     const HAS_M: bool;
-    const ABSORB_KERNEL: &'static str;
     const STEP_KERNEL: &'static str;
-    /// `m ← β1 m + coef g` (nothing without m).
-    fn absorb_m(&mut self, beta1: f32, coef: f32, g: f32);
+    /// `m ← β1 m + coef_m g`, `v ← β2 v + coef_v g²` (no m without m) where the group is
+    /// active, stored through `chosen` either way: a store under a branch is a masked scatter
+    /// on every element where the compiler vectorises the pass.
+    fn absorb(&mut self, p: &StepPrepared, g: f32);
     /// What the step divides by `√v + dε`: m, or g itself without m.
     fn direction(&self, g: f32) -> f32;
-    /// `(v, s, p0)`.
-    fn vsp(&mut self) -> (&mut f32, &mut f32, &mut f32);
     fn v(&self) -> f32;
     fn possible(&self) -> bool;
 }
 
-/// `[m, v, s, p0]`.
+/// `[m, v]`.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct WithM {
     pub m: f32,
     pub v: f32,
-    pub s: f32,
-    pub p0: f32,
 }
 
-/// `[v, s, p0]` (β1 = 0).
+/// `[v]` (β1 = 0).
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct NoM {
     pub v: f32,
-    pub s: f32,
-    pub p0: f32,
 }
 
 impl ElemState for WithM {
-    const FLOATS: usize = 4;
+    const FLOATS: usize = 2;
     fn write(&self, out: &mut Vec<f32>) {
-        out.extend_from_slice(&[self.m, self.v, self.s, self.p0]);
+        out.extend_from_slice(&[self.m, self.v]);
     }
     fn read(x: &[f32]) -> Self {
-        WithM { m: x[0], v: x[1], s: x[2], p0: x[3] }
+        WithM { m: x[0], v: x[1] }
     }
 }
 
 impl ElemState for NoM {
-    const FLOATS: usize = 3;
+    const FLOATS: usize = 1;
     fn write(&self, out: &mut Vec<f32>) {
-        out.extend_from_slice(&[self.v, self.s, self.p0]);
+        out.push(self.v);
     }
     fn read(x: &[f32]) -> Self {
-        NoM { v: x[0], s: x[1], p0: x[2] }
+        NoM { v: x[0] }
     }
 }
 
-fn possible_vsp(v: f32, s: f32, p0: f32) -> bool {
-    crate::checkpoint::second_moment(v) && s.is_finite() && p0.is_finite()
+/// The reference's `exp_avg_sq.mul_(β2).addcmul_(grad, grad, value=…)` where the group is active.
+#[inline(always)]
+fn absorbed_v(p: &StepPrepared, v: f32, g: f32) -> f32 {
+    chosen(p.active, fma32(p.coef_v * g, g, p.beta2 * v), v)
 }
 
-impl Elem for WithM {
+impl Moments for WithM {
     const HAS_M: bool = true;
-    const ABSORB_KERNEL: &'static str = "alr_prodigy_absorb_m";
     const STEP_KERNEL: &'static str = "alr_prodigy_step_m";
     #[inline(always)]
-    fn absorb_m(&mut self, beta1: f32, coef: f32, g: f32) {
-        self.m = fma32(g, coef, beta1 * self.m);
+    fn absorb(&mut self, p: &StepPrepared, g: f32) {
+        // `exp_avg.mul_(β1).add_(grad, alpha=…)`.
+        self.m = chosen(p.active, fma32(g, p.coef_m, p.beta1 * self.m), self.m);
+        self.v = absorbed_v(p, self.v, g);
     }
     #[inline(always)]
     fn direction(&self, _g: f32) -> f32 {
         self.m
     }
     #[inline(always)]
-    fn vsp(&mut self) -> (&mut f32, &mut f32, &mut f32) {
-        (&mut self.v, &mut self.s, &mut self.p0)
-    }
-    #[inline(always)]
     fn v(&self) -> f32 {
         self.v
     }
     fn possible(&self) -> bool {
-        self.m.is_finite() && possible_vsp(self.v, self.s, self.p0)
+        self.m.is_finite() && crate::checkpoint::second_moment(self.v)
     }
 }
 
-impl Elem for NoM {
+impl Moments for NoM {
     const HAS_M: bool = false;
-    const ABSORB_KERNEL: &'static str = "alr_prodigy_absorb";
     const STEP_KERNEL: &'static str = "alr_prodigy_step";
     #[inline(always)]
-    fn absorb_m(&mut self, _beta1: f32, _coef: f32, _g: f32) {}
+    fn absorb(&mut self, p: &StepPrepared, g: f32) {
+        self.v = absorbed_v(p, self.v, g);
+    }
     #[inline(always)]
     fn direction(&self, g: f32) -> f32 {
         g
     }
     #[inline(always)]
-    fn vsp(&mut self) -> (&mut f32, &mut f32, &mut f32) {
-        (&mut self.v, &mut self.s, &mut self.p0)
-    }
-    #[inline(always)]
     fn v(&self) -> f32 {
         self.v
     }
     fn possible(&self) -> bool {
-        possible_vsp(self.v, self.s, self.p0)
+        crate::checkpoint::second_moment(self.v)
+    }
+}
+
+/// One element as a checkpoint holds it: the moments, then s and p0 (`[m, v, s, p0]`, or
+/// `[v, s, p0]` at β1 = 0: the reference's buffers, in one record per element).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct Saved<M> {
+    moments: M,
+    estimator: Estimator,
+}
+
+impl<M: Moments> ElemState for Saved<M> {
+    const FLOATS: usize = M::FLOATS + Estimator::FLOATS;
+    fn write(&self, out: &mut Vec<f32>) {
+        self.moments.write(out);
+        self.estimator.write(out);
+    }
+    fn read(x: &[f32]) -> Self {
+        Saved { moments: M::read(&x[..M::FLOATS]), estimator: Estimator::read(&x[M::FLOATS..]) }
     }
 }
 
@@ -335,35 +376,28 @@ impl AbsorbCoeffs {
 #[derive(Debug, Clone, Copy)]
 pub struct AbsorbPrepared {
     lambda: f32,
-    beta1: f32,
-    coef_m: f32,
-    beta2: f32,
-    coef_v: f32,
     beta3: f32,
     coef_s: f32,
     active: bool,
     first: bool,
 }
 
-/// Pass 1: `p0 ← θ` at the first step; the moments absorb g; `[g·(p0 − θ), |s|]`.
-pub struct Absorb<M>(PhantomData<M>);
+/// Pass 1: `p0 ← θ` at the first step; s absorbs g; `[g·(p0 − θ), |s|]`. (The moments absorb
+/// g in pass 2, with this step's old d: they do not enter the sums.)
+pub struct Absorb;
 
-impl<M: Elem> KernelRule for Absorb<M> {
-    type State = M;
+impl KernelRule for Absorb {
+    type State = Estimator;
     type Coeffs = AbsorbCoeffs;
     type Record = Estimate;
     type Prepared = AbsorbPrepared;
-    const KERNEL: &'static str = M::ABSORB_KERNEL;
+    const KERNEL: &'static str = "alr_prodigy_absorb";
     fn prepare(c: &AbsorbCoeffs, r: &Estimate) -> AbsorbPrepared {
         let g = &c.global;
         let (d, dlr) = (r.d, g.dlr(r));
         // Each f32 coefficient is the reference's Python float, rounded once (torch's `alpha`).
         AbsorbPrepared {
             lambda: c.coupled_decay as f32,
-            beta1: g.beta1 as f32,
-            coef_m: (d * (1.0 - g.beta1)) as f32,
-            beta2: g.beta2 as f32,
-            coef_v: (d * d * (1.0 - g.beta2)) as f32,
             beta3: g.beta3 as f32,
             coef_s: ((d / g.d0) * if c.safeguard_warmup != 0 { d } else { dlr }) as f32,
             active: c.active != 0,
@@ -372,23 +406,21 @@ impl<M: Elem> KernelRule for Absorb<M> {
     }
 }
 
-impl<M: Elem> DotRule for Absorb<M> {
+impl DotRule for Absorb {
     #[inline(always)]
-    fn dot(p: &AbsorbPrepared, g: f32, theta: f32, st: &mut M) -> [f64; 2] {
-        let p0 = st.vsp().2;
-        *p0 = chosen(p.first, theta, *p0);
-        if !p.active {
-            return [0.0, 0.0];
-        }
-        // The reference's `grad.add_(p, alpha=decay)`, `exp_avg.mul_(β1).add_(grad, alpha=…)`,
-        // `exp_avg_sq.mul_(β2).addcmul_(grad, grad, value=…)`, `s.mul_(β3).add_(grad, alpha=…)`.
+    fn dot(p: &AbsorbPrepared, g: f32, theta: f32, st: &mut Estimator) -> [f64; 2] {
+        let p0 = chosen(p.first, theta, st.p0);
+        // The reference's `grad.add_(p, alpha=decay)`, then `s.mul_(β3).add_(grad, alpha=…)`; a
+        // group with lr 0 absorbs nothing and adds 0 (a select: a store under a branch is a
+        // masked scatter where the pass is vectorised).
         let g = if p.lambda != 0.0 { fma32(theta, p.lambda, g) } else { g };
-        st.absorb_m(p.beta1, p.coef_m, g);
-        let (v, s, p0) = st.vsp();
-        let num = f64::from(g) * f64::from(*p0 - theta);
-        *v = fma32(p.coef_v * g, g, p.beta2 * *v);
-        *s = fma32(g, p.coef_s, p.beta3 * *s);
-        [num, f64::from(s.abs())]
+        let s = chosen(p.active, fma32(g, p.coef_s, p.beta3 * st.s), st.s);
+        *st = Estimator { s, p0 };
+        if p.active {
+            [f64::from(g) * f64::from(p0 - theta), f64::from(s.abs())]
+        } else {
+            [0.0, 0.0]
+        }
     }
 }
 
@@ -407,6 +439,7 @@ impl SolveRule for Solve {
         let numerator = g.beta3 * r.d_numerator + (d / g.d0) * dlr * sums[0];
         let den = sums[1];
         r.begun += 1;
+        r.d_before = d;
         if den == 0.0 {
             // The reference returns before the step: k, d and the numerator are not stored.
             r.moved = 0;
@@ -433,17 +466,35 @@ pub struct StepCoeffs {
     pub eps: f64,
     pub coupled_decay: f64,
     pub decoupled_decay: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    /// The group's lr is > 0: its moments absorb g (a group with lr 0 keeps them, and moves).
+    pub active: u32,
+    pub pad: u32,
 }
 
 impl StepCoeffs {
     fn of(o: &Options, group: usize) -> Self {
         let (decouple, lambda) = (o.flag(0, "decouple"), o.get(group, "weight_decay"));
-        StepCoeffs { eps: o.get(group, "eps"), coupled_decay: if decouple { 0.0 } else { lambda }, decoupled_decay: if decouple { lambda } else { 0.0 } }
+        StepCoeffs {
+            eps: o.get(group, "eps"),
+            coupled_decay: if decouple { 0.0 } else { lambda },
+            decoupled_decay: if decouple { lambda } else { 0.0 },
+            beta1: o.get(0, "beta1"),
+            beta2: o.get(0, "beta2"),
+            active: u32::from(o.get(group, "lr") > 0.0),
+            pad: 0,
+        }
     }
 }
 
 #[derive(Debug, Clone, Copy)]
 pub struct StepPrepared {
+    active: bool,
+    beta1: f32,
+    coef_m: f32,
+    beta2: f32,
+    coef_v: f32,
     moved: bool,
     scale: f32,
     eps: f32,
@@ -451,18 +502,27 @@ pub struct StepPrepared {
     lambda: f32,
 }
 
-/// Pass 2: `θ ← θ − dlr λ θ`, then `θ ← θ − scale · direction / (√v + d ε)` (the reference's two
-/// roundings), with the record's old dlr and new d.
+/// Pass 2: the moments absorb g with this step's old d (`m ← β1 m + d(1−β1) g`,
+/// `v ← β2 v + d²(1−β2) g²`, as the reference's first loop does), then `θ ← θ − dlr λ θ` and
+/// `θ ← θ − scale · direction / (√v + d ε)` (the reference's two roundings) with the record's old
+/// dlr and new d.
 pub struct Step<M>(PhantomData<M>);
 
-impl<M: Elem> KernelRule for Step<M> {
+impl<M: Moments> KernelRule for Step<M> {
     type State = M;
     type Coeffs = StepCoeffs;
     type Record = Estimate;
     type Prepared = StepPrepared;
     const KERNEL: &'static str = M::STEP_KERNEL;
     fn prepare(c: &StepCoeffs, r: &Estimate) -> StepPrepared {
+        let d = r.d_before;
         StepPrepared {
+            active: c.active != 0,
+            // Each f32 coefficient is the reference's Python float, rounded once (torch's `alpha`).
+            beta1: c.beta1 as f32,
+            coef_m: (d * (1.0 - c.beta1)) as f32,
+            beta2: c.beta2 as f32,
+            coef_v: (d * d * (1.0 - c.beta2)) as f32,
             moved: r.moved != 0,
             // torch's `value=-dlr` (with m) or `value=-dlr * d` (without).
             scale: if M::HAS_M { r.dlr as f32 } else { (r.dlr * r.d) as f32 },
@@ -473,14 +533,15 @@ impl<M: Elem> KernelRule for Step<M> {
     }
 }
 
-impl<M: Elem> ElementRule for Step<M> {
+impl<M: Moments> ElementRule for Step<M> {
     /// The reference's new θ, as the displacement that lands on it.
     #[inline(always)]
     fn advance(p: &StepPrepared, g: f32, theta: f32, st: &mut M) -> f32 {
+        let g = if p.lambda != 0.0 { fma32(theta, p.lambda, g) } else { g };
+        st.absorb(p, g);
         if !p.moved {
             return 0.0;
         }
-        let g = if p.lambda != 0.0 { fma32(theta, p.lambda, g) } else { g };
         // `p.add_(p, alpha=-decay·dlr)`, then `p.addcdiv_(m, denom, value=-dlr)`.
         let decayed = if p.decay != 0.0 { fma32(theta, -p.decay, theta) } else { theta };
         displacement(theta, decayed - p.scale * st.direction(g) / (st.v().sqrt() + p.eps))
@@ -503,8 +564,8 @@ impl<M: Elem> ElementRule for Step<M> {
     }
 }
 
-/// The per-element buffers, by layout.
-enum Elems<D: Device> {
+/// The moments, by layout.
+enum AllMoments<D: Device> {
     WithM(Vec<D::State<WithM>>),
     NoM(Vec<D::State<NoM>>),
 }
@@ -514,7 +575,9 @@ struct State<D: Device> {
     estimate: D::Records<Estimate>,
     no_coeffs: D::Records<()>,
     sums: D::Sums,
-    elems: Elems<D>,
+    /// Per tensor: s and p0 (pass 1's), and the moments (pass 2's).
+    estimators: Vec<D::State<Estimator>>,
+    moments: AllMoments<D>,
 }
 
 /// Pass 1's sums of every tensor in one record (d is global), group by group, in registration
@@ -531,7 +594,12 @@ impl<D: Device> State<D> {
             estimate: device.records(&[Estimate::fresh(ctx.options.get(0, "d0"))])?,
             no_coeffs: device.records(&[()])?,
             sums: global_sums(device, ctx)?,
-            elems: if ctx.options.get(0, "beta1") > 0.0 { Elems::WithM(device.alloc_per_tensor(lens)?) } else { Elems::NoM(device.alloc_per_tensor(lens)?) },
+            estimators: device.alloc_per_tensor(lens)?,
+            moments: if ctx.options.get(0, "beta1") > 0.0 {
+                AllMoments::WithM(device.alloc_per_tensor(lens)?)
+            } else {
+                AllMoments::NoM(device.alloc_per_tensor(lens)?)
+            },
         })
     }
 }
@@ -545,7 +613,7 @@ pub struct Prodigy<D: Device> {
 
 impl<D: Device> Prodigy<D> {
     pub fn new(device: &D, shards: Shards) -> Result<Self> {
-        device.require(&[WithM::ABSORB_KERNEL, WithM::STEP_KERNEL, NoM::ABSORB_KERNEL, NoM::STEP_KERNEL, Solve::KERNEL])?;
+        device.require(&[Absorb::KERNEL, WithM::STEP_KERNEL, NoM::STEP_KERNEL, Solve::KERNEL])?;
         Ok(Prodigy { device: device.clone(), state: None, shards })
     }
 
@@ -568,17 +636,14 @@ impl<D: Device> Prodigy<D> {
         let (device, shards, fresh) = (self.device.clone(), self.shards.clone(), self.state.is_none());
         let global = Global::of(ctx.options);
         let s = self.state(ctx)?;
-        let (elems, estimate) = (&mut s.elems, &s.estimate);
+        let (estimators, estimate) = (&mut s.estimators, &s.estimate);
         // Only this step's sums are reduced; the running numerator is the record's (§7).
         let reduced = reduced_pass::<Solve, D>(&device, &mut s.sums, shards.as_deref(), true, |sums, commit| {
             for (group, members) in ctx.layout.members.iter().enumerate() {
                 let c = AbsorbCoeffs::of(ctx.options, group, global);
                 for &t in members {
                     let (param, grad) = (params[t].view(), &inputs.grads[t]);
-                    match elems {
-                        Elems::WithM(e) => device.dots::<Absorb<WithM>>(&c, estimate, 0, &param, grad, &mut e[t], sums, t, commit)?,
-                        Elems::NoM(e) => device.dots::<Absorb<NoM>>(&c, estimate, 0, &param, grad, &mut e[t], sums, t, commit)?,
-                    }
+                    device.dots::<Absorb>(&c, estimate, 0, &param, grad, &mut estimators[t], sums, t, commit)?;
                 }
             }
             Ok(())
@@ -597,9 +662,9 @@ impl<D: Device> Prodigy<D> {
     fn take_step(&mut self, ctx: &Context, params: &mut [TensorMut], inputs: &StepInputs, scale: Option<f32>) -> Result<()> {
         self.absorb(ctx, params, inputs)?;
         let (d, s) = (&self.device, self.state.as_mut().expect("absorb built it"));
-        match &mut s.elems {
-            Elems::WithM(e) => each_tensor(ctx, |c, t| d.update_by::<Step<WithM>>(c, &s.estimate, 0, &mut params[t], &inputs.grads[t], &mut e[t], scale))?,
-            Elems::NoM(e) => each_tensor(ctx, |c, t| d.update_by::<Step<NoM>>(c, &s.estimate, 0, &mut params[t], &inputs.grads[t], &mut e[t], scale))?,
+        match &mut s.moments {
+            AllMoments::WithM(e) => each_tensor(ctx, |c, t| d.update_by::<Step<WithM>>(c, &s.estimate, 0, &mut params[t], &inputs.grads[t], &mut e[t], scale))?,
+            AllMoments::NoM(e) => each_tensor(ctx, |c, t| d.update_by::<Step<NoM>>(c, &s.estimate, 0, &mut params[t], &inputs.grads[t], &mut e[t], scale))?,
         };
         Ok(())
     }
@@ -656,18 +721,18 @@ impl<D: Device> Algorithm for Prodigy<D> {
     fn propose(&mut self, ctx: &Context, params: &[TensorMut], inputs: &StepInputs, _cb: &mut Callbacks) -> Result<f64> {
         self.absorb(ctx, params, inputs)?;
         let (d, s) = (&self.device, self.state.as_mut().expect("absorb built it"));
-        let dots = match &mut s.elems {
-            Elems::WithM(e) => each_tensor(ctx, |c, t| d.advance_dot::<Step<WithM>>(c, &s.estimate, 0, &params[t], &inputs.grads[t], &mut e[t]))?,
-            Elems::NoM(e) => each_tensor(ctx, |c, t| d.advance_dot::<Step<NoM>>(c, &s.estimate, 0, &params[t], &inputs.grads[t], &mut e[t]))?,
+        let dots = match &mut s.moments {
+            AllMoments::WithM(e) => each_tensor(ctx, |c, t| d.advance_dot::<Step<WithM>>(c, &s.estimate, 0, &params[t], &inputs.grads[t], &mut e[t]))?,
+            AllMoments::NoM(e) => each_tensor(ctx, |c, t| d.advance_dot::<Step<NoM>>(c, &s.estimate, 0, &params[t], &inputs.grads[t], &mut e[t]))?,
         };
         Ok(dots.iter().sum())
     }
 
     fn apply(&self, ctx: &Context, params: &mut [TensorMut], inputs: &StepInputs, scale: f32) -> Result<()> {
         let (d, s) = (&self.device, self.state.as_ref().expect("apply follows propose, which builds the state"));
-        match &s.elems {
-            Elems::WithM(e) => each_tensor(ctx, |c, t| d.apply_scaled::<Step<WithM>>(c, &s.estimate, 0, &mut params[t], &inputs.grads[t], &e[t], scale))?,
-            Elems::NoM(e) => each_tensor(ctx, |c, t| d.apply_scaled::<Step<NoM>>(c, &s.estimate, 0, &mut params[t], &inputs.grads[t], &e[t], scale))?,
+        match &s.moments {
+            AllMoments::WithM(e) => each_tensor(ctx, |c, t| d.apply_scaled::<Step<WithM>>(c, &s.estimate, 0, &mut params[t], &inputs.grads[t], &e[t], scale))?,
+            AllMoments::NoM(e) => each_tensor(ctx, |c, t| d.apply_scaled::<Step<NoM>>(c, &s.estimate, 0, &mut params[t], &inputs.grads[t], &e[t], scale))?,
         };
         Ok(())
     }
@@ -718,11 +783,10 @@ impl<D: Device> Algorithm for Prodigy<D> {
         w.u64(e.begun);
         w.counts(&[e.k, e.skips]);
         w.f64s(&[e.d, e.d_max, e.d_numerator, e.d_denom, e.d_hat, e.dlr]);
-        match &s.elems {
-            Elems::WithM(b) => b.iter().try_for_each(|b| d.with_state(b, |b| w.elem_states(b)))?,
-            Elems::NoM(b) => b.iter().try_for_each(|b| d.with_state(b, |b| w.elem_states(b)))?,
+        match &s.moments {
+            AllMoments::WithM(m) => save_elements(d, m, &s.estimators, w),
+            AllMoments::NoM(m) => save_elements(d, m, &s.estimators, w),
         }
-        Ok(())
     }
 
     fn load(&mut self, ctx: &Context, r: &mut Reader) -> Result<()> {
@@ -745,25 +809,47 @@ impl<D: Device> Algorithm for Prodigy<D> {
             skips: counts[1],
             moved: 0,
             pad: 0,
+            d_before: 0.0,
         };
         check_estimate(&e, ctx.options.get(0, "d0"))?;
         let mut s = State::new(&self.device, ctx)?;
-        let lens = &ctx.layout.lens;
-        let rule = "m, s and p0 must be finite, v ≥ 0";
-        match &mut s.elems {
-            Elems::WithM(b) => {
-                let states = crate::checkpoint::read_elem_states(r, lens, "prodigy", WithM::possible, rule)?;
-                b.iter_mut().zip(&states).try_for_each(|(b, v)| self.device.write_state(b, v))?;
-            }
-            Elems::NoM(b) => {
-                let states = crate::checkpoint::read_elem_states(r, lens, "prodigy", NoM::possible, rule)?;
-                b.iter_mut().zip(&states).try_for_each(|(b, v)| self.device.write_state(b, v))?;
-            }
+        let (d, lens) = (&self.device, &ctx.layout.lens);
+        match &mut s.moments {
+            AllMoments::WithM(m) => load_elements(d, r, lens, m, &mut s.estimators)?,
+            AllMoments::NoM(m) => load_elements(d, r, lens, m, &mut s.estimators)?,
         }
         self.device.write_records(&mut s.estimate, &[e])?;
         self.state = Some(s);
         Ok(())
     }
+}
+
+/// Every tensor's elements as a checkpoint holds them (`Saved`: the moments, s, p0).
+fn save_elements<D: Device, M: Moments>(d: &D, moments: &[D::State<M>], estimators: &[D::State<Estimator>], w: &mut Writer) -> Result<()> {
+    for (m, e) in moments.iter().zip(estimators) {
+        let saved =
+            d.with_state(m, |m| d.with_state(e, |e| m.iter().zip(e).map(|(&moments, &estimator)| Saved { moments, estimator }).collect::<Vec<_>>()))??;
+        w.elem_states(&saved);
+    }
+    Ok(())
+}
+
+/// `save_elements`' inverse, each element checked before anything is written.
+fn load_elements<D: Device, M: Moments>(
+    d: &D,
+    r: &mut Reader,
+    lens: &[usize],
+    moments: &mut [D::State<M>],
+    estimators: &mut [D::State<Estimator>],
+) -> Result<()> {
+    let possible = |s: &Saved<M>| s.moments.possible() && s.estimator.possible();
+    let states = crate::checkpoint::read_elem_states(r, lens, "prodigy", possible, "m, s and p0 must be finite, v ≥ 0")?;
+    for ((m, e), saved) in moments.iter_mut().zip(estimators.iter_mut()).zip(&states) {
+        let (ms, es): (Vec<M>, Vec<Estimator>) = saved.iter().map(|s| (s.moments, s.estimator)).unzip();
+        d.write_state(m, &ms)?;
+        d.write_state(e, &es)?;
+    }
+    Ok(())
 }
 
 /// What every step keeps true: `0 ≤ d ≤ d_max` (d shrinks, to 0 by underflow, under a growth
@@ -826,8 +912,13 @@ mod tests {
         let mut r = Estimate::fresh(1e-6);
         Solve::solve(&global(), &(), &[0.0, 0.0, 0.0, 0.0], &mut r);
         assert_eq!((r.begun, r.k, r.skips, r.moved, r.d, r.d_numerator), (1, 0, 1, 0, 1e-6, 0.0));
-        let p = <Step<WithM> as KernelRule>::prepare(&StepCoeffs { eps: 1e-8, coupled_decay: 0.0, decoupled_decay: 0.1 }, &r);
-        assert_eq!(Step::<WithM>::delta(&p, 1.0, 2.0, &WithM { m: 1.0, v: 1.0, s: 0.0, p0: 0.0 }), 0.0, "no move, not even decay");
+        let c = StepCoeffs { eps: 1e-8, coupled_decay: 0.0, decoupled_decay: 0.1, beta1: 0.9, beta2: 0.999, active: 1, pad: 0 };
+        let p = <Step<WithM> as KernelRule>::prepare(&c, &r);
+        assert_eq!(Step::<WithM>::delta(&p, 1.0, 2.0, &WithM { m: 1.0, v: 1.0 }), 0.0, "no move, not even decay");
+        // The moments still absorb g, with the d the step began with (the reference's first loop).
+        let mut moments = WithM { m: 1.0, v: 1.0 };
+        assert_eq!(Step::<WithM>::advance(&p, 1.0, 2.0, &mut moments), 0.0);
+        assert_eq!(moments, WithM { m: fma32(1.0, (1e-6 * 0.1f64) as f32, 0.9), v: fma32((1e-12 * (1.0 - 0.999f64)) as f32, 1.0, 0.999) });
     }
 
     #[test]
@@ -864,7 +955,20 @@ mod tests {
 
     #[test]
     fn a_loaded_estimate_must_be_possible() {
-        let good = Estimate { d: 2e-6, d_max: 3e-6, d_numerator: 1.0, d_denom: 2.0, d_hat: 3e-6, dlr: 1e-6, begun: 5, k: 4, skips: 1, moved: 0, pad: 0 };
+        let good = Estimate {
+            d: 2e-6,
+            d_max: 3e-6,
+            d_numerator: 1.0,
+            d_denom: 2.0,
+            d_hat: 3e-6,
+            dlr: 1e-6,
+            begun: 5,
+            k: 4,
+            skips: 1,
+            moved: 0,
+            pad: 0,
+            d_before: 0.0,
+        };
         check_estimate(&good, 1e-6).unwrap();
         let bad = [
             Estimate { d: 4e-6, ..good },

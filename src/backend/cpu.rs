@@ -270,7 +270,9 @@ mod kernels {
 
     /// Two sums of `dot(g, θ, &mut state)` in one pass, element i + lane in lane `lane` of its
     /// run of `LANES` (`reduce`'s order, so the same bits), a whole run at a time so that `dot`
-    /// is vectorised across the lanes (indexing each buffer per element was not).
+    /// is vectorised across the lanes (indexing each buffer per element was not). The run's
+    /// states are copied in and out whole: a state of two floats (Prodigy's s and p0) written
+    /// in place field by field was stored one lane at a time.
     #[inline(always)]
     pub fn dot_pass<S: Copy, F: Fn(f32, f32, &mut S) -> [f64; 2]>(param: &[f32], grad: &[f32], state: &mut [S], dot: F) -> [f64; 2] {
         let mut lanes = [[0.0f64; LANES]; 2];
@@ -278,11 +280,13 @@ mod kernels {
         for ((p, g), st) in &mut chunks {
             let (p, g): (&[f32; LANES], &[f32; LANES]) = (lanes_of(p), lanes_of(g));
             let st: &mut [S; LANES] = st.try_into().expect("chunks_exact_mut yields LANES elements");
+            let mut run = *st;
             for k in 0..LANES {
-                let [a, b] = dot(g[k], p[k], &mut st[k]);
+                let [a, b] = dot(g[k], p[k], &mut run[k]);
                 lanes[0][k] += a;
                 lanes[1][k] += b;
             }
+            *st = run;
         }
         let tail = param.len() - param.len() % LANES;
         for i in tail..param.len() {

@@ -102,6 +102,11 @@ impl DotRule for Distance {
         *x0 = chosen(p.first, theta, *x0);
         [r * r, g * g]
     }
+    /// x0 is set at the first step only.
+    #[inline(always)]
+    fn changes_state(p: &DistancePrepared) -> bool {
+        p.first
+    }
 }
 
 pub struct Solve;

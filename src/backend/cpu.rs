@@ -140,11 +140,12 @@ pub fn apply_scaled<S: Copy, F: Fn(f32, f32, &S) -> f32>(param: &mut [f32], grad
 }
 
 /// `[Σ_i x_i, Σ_i y_i]` with `[x_i, y_i] = dot(g_i, θ_i, &mut state_i)`, in f64 lanes (the
-/// reduction passes of the peers, docs/algorithms.md §6).
+/// reduction passes of the peers, docs/algorithms.md §6); the advanced states are stored back
+/// only with `write` (a pass that only reads its state then writes nothing to memory).
 #[inline]
-pub fn dot_pass<S: Copy, F: Fn(f32, f32, &mut S) -> [f64; 2]>(param: &[f32], grad: &[f32], state: &mut [S], dot: F) -> [f64; 2] {
+pub fn dot_pass<S: Copy, F: Fn(f32, f32, &mut S) -> [f64; 2]>(param: &[f32], grad: &[f32], state: &mut [S], write: bool, dot: F) -> [f64; 2] {
     assert!(param.len() == state.len() && grad.len() == state.len(), "dot_pass: lengths differ");
-    dispatch!(dot_pass(param, grad, state, dot))
+    dispatch!(dot_pass(param, grad, state, write, dot))
 }
 
 /// The weighted inner products of AutoOpt-style solves, with the weight `w` and the second
@@ -274,27 +275,48 @@ mod kernels {
     /// states are copied in and out whole: a state of two floats (Prodigy's s and p0) written
     /// in place field by field was stored one lane at a time.
     #[inline(always)]
-    pub fn dot_pass<S: Copy, F: Fn(f32, f32, &mut S) -> [f64; 2]>(param: &[f32], grad: &[f32], state: &mut [S], dot: F) -> [f64; 2] {
+    pub fn dot_pass<S: Copy, F: Fn(f32, f32, &mut S) -> [f64; 2]>(param: &[f32], grad: &[f32], state: &mut [S], write: bool, dot: F) -> [f64; 2] {
         let mut lanes = [[0.0f64; LANES]; 2];
         let mut chunks = param.chunks_exact(LANES).zip(grad.chunks_exact(LANES)).zip(state.chunks_exact_mut(LANES));
         for ((p, g), st) in &mut chunks {
             let (p, g): (&[f32; LANES], &[f32; LANES]) = (lanes_of(p), lanes_of(g));
             let st: &mut [S; LANES] = st.try_into().expect("chunks_exact_mut yields LANES elements");
-            let mut run = *st;
-            for k in 0..LANES {
-                let [a, b] = dot(g[k], p[k], &mut run[k]);
-                lanes[0][k] += a;
-                lanes[1][k] += b;
+            if std::mem::size_of::<S>() > std::mem::size_of::<f32>() {
+                // A record of several floats: the run is copied in and out whole (advanced in
+                // place, its fields were stored one lane at a time).
+                let mut run = *st;
+                add_run(&mut lanes, |k| dot(g[k], p[k], &mut run[k]));
+                if write {
+                    *st = run;
+                }
+            } else if write {
+                // One float: in place is what vectorises (a copied run was not).
+                add_run(&mut lanes, |k| dot(g[k], p[k], &mut st[k]));
+            } else {
+                add_run(&mut lanes, |k| dot(g[k], p[k], &mut st[k].clone()));
             }
-            *st = run;
         }
         let tail = param.len() - param.len() % LANES;
         for i in tail..param.len() {
-            let [a, b] = dot(grad[i], param[i], &mut state[i]);
+            let mut st = state[i];
+            let [a, b] = dot(grad[i], param[i], &mut st);
+            if write {
+                state[i] = st;
+            }
             lanes[0][i - tail] += a;
             lanes[1][i - tail] += b;
         }
         [sum_lanes(&lanes[0]), sum_lanes(&lanes[1])]
+    }
+
+    /// `f(k)`'s two terms added into lane k of each sum, for every lane of a run.
+    #[inline(always)]
+    fn add_run(lanes: &mut [[f64; LANES]; 2], mut f: impl FnMut(usize) -> [f64; 2]) {
+        for k in 0..LANES {
+            let [a, b] = f(k);
+            lanes[0][k] += a;
+            lanes[1][k] += b;
+        }
     }
 
     #[inline(always)]
@@ -500,8 +522,8 @@ macro_rules! compiled_with {
         }
 
         #[target_feature(enable = $feature)]
-        pub unsafe fn dot_pass<S: Copy, F: Fn(f32, f32, &mut S) -> [f64; 2]>(param: &[f32], grad: &[f32], state: &mut [S], dot: F) -> [f64; 2] {
-            kernels::dot_pass(param, grad, state, dot)
+        pub unsafe fn dot_pass<S: Copy, F: Fn(f32, f32, &mut S) -> [f64; 2]>(param: &[f32], grad: &[f32], state: &mut [S], write: bool, dot: F) -> [f64; 2] {
+            kernels::dot_pass(param, grad, state, write, dot)
         }
 
         #[target_feature(enable = $feature)]
@@ -1096,10 +1118,10 @@ impl Device for Cpu {
         let (param, grad) = (host(param)?, host(grad)?);
         same_len("dots", param.len(), state.len())?;
         same_len("dots", grad.len(), state.len())?;
-        let [x, y] = match commit {
-            Commit::Write => dot_pass(param, grad, state, |g, theta, st| R::dot(&p, g, theta, st)),
-            Commit::Measure => dot_pass(param, grad, state, |g, theta, st| R::dot(&p, g, theta, &mut st.clone())),
-        };
+        // A measuring pass (sharded) leaves the state as it was; so does one whose rule says this
+        // launch changes nothing (DoG after its first step).
+        let write = commit == Commit::Write && R::changes_state(&p);
+        let [x, y] = dot_pass(param, grad, state, write, |g, theta, st| R::dot(&p, g, theta, st));
         sums.per_tensor[tensor] = [x, y, 0.0, 0.0];
         Ok(())
     }
@@ -1294,11 +1316,15 @@ mod tests {
             *s = 0.9 * *s + g;
             [f64::from(g) * f64::from(theta), f64::from(s.abs()) / 3.0]
         };
-        let (mut s1, mut s2) = (vec![0.25f32; 1003], vec![0.25f32; 1003]);
+        let (mut s1, mut s2, mut s3) = (vec![0.25f32; 1003], vec![0.25f32; 1003], vec![0.25f32; 1003]);
         let want = reduce::<2, _>(grad.len(), |i| dot(grad[i], param[i], &mut s1[i]));
-        let got = dot_pass(&param, &grad, &mut s2, dot);
+        let got = dot_pass(&param, &grad, &mut s2, true, dot);
         assert_eq!(s1, s2);
         assert_eq!(want.map(f64::to_bits), got.map(f64::to_bits));
+        // Without `write`, the same sums and the state untouched (runs and tail).
+        let read = dot_pass(&param, &grad, &mut s3, false, dot);
+        assert_eq!(want.map(f64::to_bits), read.map(f64::to_bits));
+        assert!(s3.iter().all(|&s| s == 0.25));
     }
 
     #[test]

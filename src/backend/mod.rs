@@ -142,6 +142,12 @@ pub fn chosen(take: bool, new: f32, old: f32) -> f32 {
 /// state on the way: `Σ_i dot(g_i, θ_i, state_i)`.
 pub trait DotRule: KernelRule {
     fn dot(p: &Self::Prepared, g: f32, theta: f32, state: &mut Self::State) -> [f64; 2];
+    /// Whether `dot` may change the state in this launch: one that cannot (DoG after its first
+    /// step, which only reads x0) writes no state back on the CPU.
+    #[inline(always)]
+    fn changes_state(_p: &Self::Prepared) -> bool {
+        true
+    }
 }
 
 /// The weights of the spread moments: per element `(w, y) = weights(state, g)` for the sums

@@ -286,7 +286,8 @@ class AutoLR(torch.optim.Optimizer):
                     if initial is None and not self._is_option(name):
                         self._foreign.add(name)
                         continue
-                    before = self._core.get_option(name, group=g)
+                    # What the library holds: the value last sent, else (not sent yet) read once.
+                    before = synced[name] if name in synced else self._core.get_option(name, group=g)
                     self._core.set_option(name, value, group=g)
                     sent.append((g, name, value, before))
         except Error:

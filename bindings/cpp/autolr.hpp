@@ -292,6 +292,9 @@ inline std::int32_t grad_trampoline(void* user_data, const float* const* params,
 
 /// An optimizer over a fixed list of float32 tensors, owning one `AlrOptimizer` handle.
 /// Move-only; a moved-from Optimizer holds no handle and throws ALR_WRONG_STATE when used.
+/// Do not destroy or assign to an Optimizer from inside one of its own callbacks (a loss or
+/// gradient callback its `step` is running): the library refuses to destroy a handle in the
+/// middle of its step, so that handle would never be freed.
 class Optimizer {
 public:
     /// Creates an optimizer for `algorithm` ("adam", "auto-sgd", "gi", …) over tensors of
@@ -546,13 +549,17 @@ private:
 
     void reset() noexcept {
         if (handle_ != nullptr) {
-            alr_destroy(handle_);  // cannot fail for a live handle
+            // Refused only for a handle in the middle of its own step (destroying or assigning
+            // an Optimizer from inside one of its callbacks, which the class documents as not
+            // allowed): the handle is then left to the library, not freed.
+            alr_destroy(handle_);
             handle_ = nullptr;
         }
     }
 
     template <typename V>
     void check_views(const std::vector<span<V>>& views, const char* what, std::size_t rows) const {
+        handle();  // a moved-from object says so before any argument check
         if (views.size() != lens_.size())
             throw Error(ALR_SHAPE_MISMATCH, std::string(what) + " has " + std::to_string(views.size()) +
                                                 " tensors, the optimizer has " + std::to_string(lens_.size()));

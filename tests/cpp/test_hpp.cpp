@@ -148,6 +148,9 @@ void test_move() {
     CHECK(b.lens().size() == 2 && a.lens().empty(), "lens not moved");             // NOLINT
     CHECK(std::fabs(b.get_option("lr") - 0.05) < 1e-12, "option lost in the move: %g", b.get_option("lr"));
     expect_error("use after move", ALR_WRONG_STATE, "moved from", [&] { a.lr(0); });  // NOLINT
+    // Calls that take buffers say so too, before checking them against the (now empty) lens.
+    expect_error("step after move", ALR_WRONG_STATE, "moved from", [&] { a.step({pr.p0, pr.p1}, {pr.g0, pr.g1}); });  // NOLINT
+    expect_error("train after move", ALR_WRONG_STATE, "moved from", [&] { a.train({pr.p0, pr.p1}); });  // NOLINT
     pr.grads();
     b.step({pr.p0, pr.p1}, {pr.g0, pr.g1});
 

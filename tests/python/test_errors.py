@@ -133,6 +133,13 @@ def test_bad_group_ids(groups, needle):
     assert_fails(None, params, "ALR_INVALID_ARGUMENT", lambda: autolr.Optimizer("adam", params, groups=groups), needle)
 
 
+@pytest.mark.parametrize("bad", [2**32, 1.7, -1, True])
+def test_a_group_id_a_c_uint32_cannot_hold_is_refused_not_wrapped(bad):
+    """2^32 once reached the library as group 0, 1.7 as group 1."""
+    params = make_params()
+    assert_fails(None, params, "ALR_INVALID_ARGUMENT", lambda: autolr.Optimizer("adam", params, groups=[0, 1, bad]), "groups[2]")
+
+
 def test_huge_group_id_is_an_error_not_an_abort():
     """A group id of 4e9 must be refused like any other unused id. It runs in a subprocess because
     a library that sizes an allocation by the largest id aborts the whole process (OOM)."""
@@ -220,6 +227,8 @@ def test_option_errors(adam):
     assert_fails(opt, params, "ALR_INVALID_ARGUMENT", lambda: opt.get_option("momentum"), "momentum")
     assert_fails(opt, params, "ALR_INVALID_ARGUMENT", lambda: opt.get_option("lr", group=2), "group 2")
     assert_fails(opt, params, "ALR_INVALID_ARGUMENT", lambda: opt.set_option("base", "sgd", group=0), "base")
+    assert_fails(opt, params, "ALR_INVALID_ARGUMENT", lambda: opt.set_option("lr", None), "lr", "number")
+    assert_fails(opt, params, "ALR_INVALID_ARGUMENT", lambda: opt.set_option("betas", (0.9, 0.99)), "beta1")
 
 
 def test_option_errors_in_constructor():
@@ -251,6 +260,9 @@ def test_step_argument_errors(adam):
     assert_fails(opt, params, "ALR_INVALID_ARGUMENT", lambda: opt.step(grads, per_sample_scale="batch"), "per_sample_scale")
     assert_fails(opt, params, "ALR_INVALID_ARGUMENT", lambda: opt.step(grads, sum_sq=sq), "batch_size")
     assert_fails(opt, params, "ALR_INVALID_ARGUMENT", lambda: opt.step(grads, sum_sq=sq, batch_size=-3), "batch_size")
+    # N is a C size_t: a larger value is refused, not wrapped (2^64 + 16 once stepped as N = 16)
+    assert_fails(opt, params, "ALR_INVALID_ARGUMENT", lambda: opt.step(grads, sum_sq=sq, batch_size=2**64 + 16), "batch_size")
+    assert_fails(opt, params, "ALR_INVALID_ARGUMENT", lambda: opt.step(grads, sum_sq=sq, batch_size=16.5), "batch_size")
     per_sample = [np.stack([g] * 4) for g in grads]
     assert_fails(opt, params, "ALR_INVALID_ARGUMENT", lambda: opt.step(grads, sum_sq=sq, per_sample=per_sample, batch_size=4), "not both")
 

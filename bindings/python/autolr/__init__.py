@@ -5,6 +5,8 @@ updated in place (zero-copy). See DESIGN.md's "Python API" for the contract.
 """
 import ctypes
 import inspect
+import numbers
+import operator
 
 import numpy as np
 
@@ -42,6 +44,37 @@ class Error(ValueError):
     def __init__(self, message, status="ALR_INVALID_ARGUMENT"):
         super().__init__(message)
         self.status = status
+
+
+def _number(name, value):
+    """An option's value as the C double it is passed as (a bool is 0 or 1)."""
+    if isinstance(value, numbers.Real) or (isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "biuf"):
+        return float(value)
+    if name == "betas":
+        raise Error("autolr takes Adam's betas as two options: beta1=..., beta2=... (docs/algorithms.md)")
+    raise Error(f"option '{name}' takes a number, got {value!r}")
+
+
+def _index(value, what, bound):
+    """A non-negative integer below `bound` (what a C unsigned field holds), or an error."""
+    try:
+        index = None if isinstance(value, bool) else operator.index(value)
+    except TypeError:
+        index = None
+    if index is None or not 0 <= index < bound:
+        raise Error(f"{what} is {value!r}; it takes an integer from 0 to {bound - 1}")
+    return index
+
+
+def _batch_size(value):
+    """N as the C size_t it is passed as."""
+    try:
+        return _index(value, "batch_size (the number of samples N)", 2**64)
+    except Error:
+        # A float that is a whole number (N from a mean, a tensor's size as a float) is taken as it.
+        if isinstance(value, numbers.Real) and not isinstance(value, bool) and float(value).is_integer() and 0 <= value < 2**64:
+            return int(value)
+        raise
 
 
 def _check(rc):
@@ -88,7 +121,7 @@ class _Handle:
         if groups is not None:
             if len(groups) != n:
                 raise Error(f"groups has {len(groups)} ids for {n} tensors", "ALR_SHAPE_MISMATCH")
-            args.groups = (ctypes.c_uint32 * n)(*[int(g) for g in groups])
+            args.groups = (ctypes.c_uint32 * n)(*[_index(g, f"groups[{i}]", 2**32) for i, g in enumerate(groups)])
         args.device = device
         args.device_ordinal = int(ordinal)
         args.stream = ctypes.c_void_p(int(stream) or None)
@@ -152,9 +185,9 @@ class _Handle:
                 raise Error(f"string option '{name}' cannot be set per group")
             _check(lib.alr_set_option_str(self._handle, name.encode(), value.encode()))
         elif group is None:
-            _check(lib.alr_set_option(self._handle, name.encode(), float(value)))
+            _check(lib.alr_set_option(self._handle, name.encode(), _number(name, value)))
         else:
-            _check(lib.alr_set_group_option(self._handle, int(group), name.encode(), float(value)))
+            _check(lib.alr_set_group_option(self._handle, _index(group, "group", 2**64), name.encode(), _number(name, value)))
 
     def get_option(self, name, group=0):
         out = ctypes.c_double()
@@ -297,9 +330,7 @@ class Optimizer(_Handle):
         if per_sample is not None:
             args.per_sample = per_sample
         if batch_size is not None:
-            if int(batch_size) < 0:
-                raise Error(f"batch_size is {batch_size}; it must be the number of samples N >= 1")
-            args.batch_size = int(batch_size)
+            args.batch_size = _batch_size(batch_size)
         if curvature is not None:
             args.curvature = curvature
         if loss is not None:
@@ -400,7 +431,7 @@ class CudaOptimizer(_Handle):
         if per_sample is not None:
             args.per_sample = pointers("per_sample", per_sample)
         if batch_size is not None:
-            args.batch_size = int(batch_size)
+            args.batch_size = _batch_size(batch_size)
         if curvature is not None:
             args.curvature = pointers("curvature", curvature)
         _check(lib.alr_step(self._handle, ctypes.byref(args)))

@@ -28,20 +28,25 @@ the device makes that step and later ones no-ops and is raised by the next read 
 ``momentum``, ``telemetry()`` or ``state_dict()``. On the CPU the optimizer keeps zero-copy numpy
 views of their storage (``tensor.detach().numpy()`` shares memory) and the library updates them
 in place, so parameters must not be re-allocated after the optimizer is created (``model.to()``,
-``.half()``, ``p.data = ...``): ``step`` detects a moved storage and raises ``autolr.Error``.
+``.half()``, ``p.data = ...``): ``step`` detects a moved storage (or a parameter re-viewed in
+place, ``p.data = p.data[:2]``) and raises ``autolr.Error``.
 Create the optimizer after moving the model. ``model.load_state_dict`` copies in place and is fine.
 
 Param groups: each torch param group is one autolr group. Options given to the constructor
 are set for every group; a key of a param group whose value differs from them is set for that
 group only (``set_option(name, value, group=g)``), so ``[{"params": a}, {"params": b, "lr": 0.1}]``
 works as in torch. A changed ``param_groups[g][name]`` (an LR scheduler's ``lr``) is sent to the
-library at the next ``step``. ``param_groups[g]["lr"]`` stays the setting; the learning rate the
+library at the next ``step`` (so is one that differs after ``load_state_dict``: the library then
+holds the options its checkpoint saved). torch's ``betas=(b1, b2)`` is autolr's ``beta1`` and
+``beta2``. A value of an autolr option that is not a number is an error; other keys are left
+alone. ``param_groups[g]["lr"]`` stays the setting; the learning rate the
 algorithm actually used is ``opt.lr[g]`` (and ``opt.momentum[g]``, ``opt.telemetry()``).
 
 ``state_dict()`` is torch's dict plus ``"autolr"``: the library's checkpoint (versioned,
 checksummed) as a 1-D uint8 tensor, so ``torch.load(weights_only=True)`` reads it back.
 ``load_state_dict`` restores both (and still takes the bytes older versions saved).
 """
+import contextlib
 import ctypes
 import importlib
 import inspect
@@ -99,6 +104,8 @@ def _to_array(x, what, copy=False):
 _F32 = torch.float32
 _STRIDED = torch.strided
 _data_ptr = torch.Tensor.data_ptr
+_numel = torch.Tensor.numel
+_is_contiguous = torch.Tensor.is_contiguous
 _PtrArray = ctypes.POINTER(ctypes.POINTER(ctypes.c_float))
 
 
@@ -130,6 +137,38 @@ def _to_device(x, what, device):
 
 def _as_float(value):
     return float(value.detach()) if isinstance(value, torch.Tensor) else float(value)
+
+
+@contextlib.contextmanager
+def _held(params):
+    """Puts `params` back as they were when the block ends: torch's optimizers leave a parameter
+    without a gradient alone (frozen, or unused by this step's loss), while the library steps
+    every tensor it was created over (with a zero gradient there, which weight decay, momentum
+    or schedule-free's averaging would still move)."""
+    if not params:
+        yield
+        return
+    kept = [p.detach().clone() for p in params]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for p, value in zip(params, kept):
+                p.copy_(value)
+
+
+def _option_items(group):
+    """A param group's (or the constructor's) options by autolr name: torch's ``betas=(b1, b2)``
+    (what Adam-style optimizers take, and what OneCycleLR's momentum cycling writes) is
+    autolr's ``beta1`` and ``beta2``."""
+    for name, value in group.items():
+        if name == "params":
+            continue
+        if name == "betas" and isinstance(value, (tuple, list)) and len(value) == 2:
+            yield "beta1", value[0]
+            yield "beta2", value[1]
+        else:
+            yield name, value
 
 
 _BACKWARD_KWARG = {}  # code object -> whether its function takes `backward`
@@ -182,7 +221,10 @@ class AutoLR(torch.optim.Optimizer):
 
     ``params``: ``model.parameters()`` or a list of param-group dicts. ``algorithm``: one of
     ``autolr.ALGORITHMS``. ``options``: by name (docs/algorithms.md), e.g. ``lr=1e-3``, ``nu=0.9``,
-    ``base="adam"`` for GI. Unused parameters (``.grad is None``) step with a zero gradient.
+    ``base="adam"`` for GI. A parameter whose ``.grad`` is None (frozen, or unused by the step's
+    loss) is not moved, as torch leaves it; its state in the library still takes the step with a
+    zero gradient (the library steps every tensor it was created over: Adam's moments decay,
+    say), and the adapter copies the parameter before the step and back after it.
 
     More than one process (README "More than one process"): ``reduce`` makes the parameters
     this process's shards of tensors split over processes, ``reduce(values, op)`` combining the
@@ -220,6 +262,7 @@ class AutoLR(torch.optim.Optimizer):
         self._tensors = tensors
         self._pointers = [p.data_ptr() for p in tensors]
         self._pointer_key = tuple(self._pointers)
+        self._numels = tuple(p.numel() for p in tensors)
         self._arrays = {}  # cache slot -> (pointers, C array)
         self._zeros = {}
         self._grad_copies = None  # the step's gradients when its closure runs again during it
@@ -239,6 +282,7 @@ class AutoLR(torch.optim.Optimizer):
             # The C array of the parameters' storage, valid while _check_storage passes.
             self._param_array = ctypes.cast((ctypes.c_void_p * len(tensors))(*self._pointers), _PtrArray)
             self._core = _Core(algorithm, self._views, groups=groups, reduce=reduce, **strings)
+        numbers = dict(_option_items(numbers))
         for name, value in numbers.items():
             self._core.set_option(name, value)
         self._synced = [{} for _ in self.param_groups]
@@ -271,15 +315,20 @@ class AutoLR(torch.optim.Optimizer):
         try:
             for g, group in enumerate(self.param_groups):
                 synced = self._synced[g]
-                for name, value in group.items():
-                    if name == "params" or name in self._foreign:
+                for name, value in _option_items(group):
+                    if name in self._foreign:
                         continue
                     if isinstance(value, torch.Tensor) and value.numel() == 1:
                         value = float(value)
-                    if isinstance(value, str) or not isinstance(value, (bool, int, float, np.floating, np.integer)):
-                        continue
                     if name in synced and synced[name] == value:
                         continue
+                    if not isinstance(value, (bool, int, float, np.floating, np.integer)):
+                        # Not a number: another library's key (a name, a scheduler's list) is left
+                        # alone; one of this algorithm's options is an error, not a silent skip.
+                        if not self._is_option(name):
+                            self._foreign.add(name)
+                            continue
+                        raise Error(f"param_groups[{g}][{name!r}] is {value!r}; autolr's option {name!r} takes a number")
                     if initial is not None and name in initial and initial[name] == value:
                         synced[name] = value  # already set for every group
                         continue
@@ -310,17 +359,25 @@ class AutoLR(torch.optim.Optimizer):
         targets = range(len(self.param_groups)) if group is None else [group]
         if not isinstance(value, str):
             for g in targets:
-                if name in self.param_groups[g]:
-                    self.param_groups[g][name] = value
-                    self._synced[g][name] = value
+                group = self.param_groups[g]
+                if name in group:
+                    group[name] = value
+                elif name in ("beta1", "beta2") and "betas" in group:
+                    betas = list(group["betas"])
+                    betas[name == "beta2"] = value
+                    group["betas"] = tuple(betas)
+                self._synced[g][name] = value
 
     # the step -------------------------------------------------------------------------------------
     def _check_storage(self):
-        if tuple(map(_data_ptr, self._tensors)) == self._pointer_key:
-            return  # the storage the library updates is still the parameters' (dtype and device with it)
-        for i, (p, ptr) in enumerate(zip(self._tensors, self._pointers)):
-            if p.data_ptr() != ptr or p.device != self._device or p.dtype != torch.float32:
-                raise Error(f"{_describe(i, p)} was re-allocated after the optimizer was created "
+        # The same address, size and contiguity: the library updates the elements it was created
+        # over (a `p.data = p.data[:2]` or `.t()` keeps the address; dtype and device come with it).
+        if (tuple(map(_data_ptr, self._tensors)) == self._pointer_key and tuple(map(_numel, self._tensors)) == self._numels
+                and all(map(_is_contiguous, self._tensors))):
+            return
+        for i, (p, ptr, n) in enumerate(zip(self._tensors, self._pointers, self._numels)):
+            if p.data_ptr() != ptr or p.numel() != n or not p.is_contiguous() or p.device != self._device or p.dtype != torch.float32:
+                raise Error(f"{_describe(i, p)} was re-allocated or re-viewed after the optimizer was created "
                             "(model.to(), .half(), p.data = ...); autolr.torch keeps views of the "
                             "original storage: create the optimizer after moving the model", "ALR_WRONG_STATE")
 
@@ -330,12 +387,16 @@ class AutoLR(torch.optim.Optimizer):
             return _to_device(x, what, self._device)
         return _to_cpu_tensor(x, what, copy=copy)
 
-    def _grads(self, copy):
+    def _grads(self, copy, unmoved=None):
+        """Each parameter's gradient as the library takes it; a missing one (``.grad`` None) is
+        zeros, and its parameter goes into `unmoved` (see `_held`)."""
         out = []
         on_cpu = self._views is not None
         for i, p in enumerate(self._tensors):
             g = p.grad
             if g is None:
+                if unmoved is not None:
+                    unmoved.append(p)
                 z = self._zeros.get(i)
                 if z is None:
                     z = self._zeros[i] = self._input(torch.zeros_like(p), "zeros")
@@ -401,6 +462,7 @@ class AutoLR(torch.optim.Optimizer):
         batch_size = kwargs.get("batch_size")
         if batch_size is None and per_sample:
             batch_size = per_sample[0].shape[0] if per_sample[0].dim() else 0
+        self._check_shapes(kwargs, batch_size)
         self._core.step(pointers(self._tensors), pointers(grads), sum_sq=pointers(kwargs["sum_sq"]),
                         per_sample=pointers(per_sample), per_sample_scale=kwargs["per_sample_scale"],
                         batch_size=batch_size)
@@ -452,8 +514,10 @@ class AutoLR(torch.optim.Optimizer):
             self._sync_options()
             # Held here until the library returns: a gradient that is not float32 and contiguous
             # is a converted copy, which only this list keeps alive (the array holds bare pointers).
-            grads = self._grads(copy=False)
-            self._core._step_raw(self._param_array, self._pointer_array(grads, "grads", cache="grads"))
+            unmoved = []
+            grads = self._grads(copy=False, unmoved=unmoved)
+            with _held(unmoved):
+                self._core._step_raw(self._param_array, self._pointer_array(grads, "grads", cache="grads"))
             return None
         with torch.no_grad():
             return self._step(closure, loss, sum_sq, per_sample, per_sample_scale, batch_size, curvature)
@@ -470,7 +534,8 @@ class AutoLR(torch.optim.Optimizer):
             if result is None and gi:
                 raise Error("the closure returned None; GI needs the loss it computes")
         reruns = closure is not None and (gi or (vsgd and curvature is None))
-        grads = self._grads(copy=False)
+        unmoved = []
+        grads = self._grads(copy=False, unmoved=unmoved)
         if reruns:
             grads = self._kept_copies(grads)
         kwargs = {}
@@ -507,10 +572,11 @@ class AutoLR(torch.optim.Optimizer):
             kwargs["closure"] = after
         if closure is not None and vsgd and curvature is None:
             kwargs["grad_closure"] = lambda points: self._grad_at(closure, points)
-        if self._views is None:
-            self._step_cuda(grads, kwargs)
-        else:
-            self._step_cpu(grads, kwargs)
+        with _held(unmoved):
+            if self._views is None:
+                self._step_cuda(grads, kwargs)
+            else:
+                self._step_cpu(grads, kwargs)
         if helper is not None:
             self._helpers[id(helper)] = helper
             helper.zero_()  # consumed, as the next zero_grad() would: a new batch starts
@@ -540,16 +606,24 @@ class AutoLR(torch.optim.Optimizer):
             batch_size = per_sample[0].shape[0] if per_sample and per_sample[0].dim() else 0
         if kwargs["sum_sq"] is not None and batch_size is None:
             raise Error("sum_sq needs batch_size (the number of samples N)")
-        if per_sample is not None:
-            for i, (t, p) in enumerate(zip(per_sample, self._tensors)):
-                if tuple(t.shape) != (int(batch_size), *p.shape):
-                    raise Error(f"per_sample[{i}] has shape {tuple(t.shape)}, expected {(int(batch_size), *p.shape)}", "ALR_SHAPE_MISMATCH")
+        self._check_shapes(kwargs, batch_size)
         arrays = {name: None if kwargs[name] is None else self._pointer_array(kwargs[name], name, leading)
                   for name, leading in (("sum_sq", 1), ("curvature", 1), ("per_sample", int(batch_size or 0)))}
         self._core._step_raw(
             self._param_array, self._pointer_array(grads, "grads", cache="grads"),
             per_sample_scale=kwargs["per_sample_scale"], batch_size=batch_size,
             loss=kwargs.get("loss"), closure=kwargs.get("closure"), grad_closure=kwargs.get("grad_closure"), **arrays)
+
+    def _check_shapes(self, kwargs, batch_size):
+        """Σg² and curvature have each parameter's shape, per-sample gradients (N, *shape)."""
+        for name, leading in (("sum_sq", ()), ("curvature", ()), ("per_sample", None)):
+            if kwargs[name] is None:
+                continue
+            if leading is None:
+                leading = (int(batch_size),)
+            for i, (t, p) in enumerate(zip(kwargs[name], self._tensors)):
+                if tuple(t.shape) != (*leading, *p.shape):
+                    raise Error(f"{name}[{i}] has shape {tuple(t.shape)}, expected {(*leading, *p.shape)}", "ALR_SHAPE_MISMATCH")
 
     def _grad_at(self, closure, points):
         """The gradient at `points` (the library's shifted copies) through the closure."""
@@ -635,10 +709,30 @@ class AutoLR(torch.optim.Optimizer):
                 raise Error(f"the state_dict's 'autolr' entry is a {blob.dtype} tensor of shape {tuple(blob.shape)}, "
                             "not the 1-D uint8 checkpoint autolr.torch saves", "ALR_BAD_CHECKPOINT")
             blob = blob.cpu().numpy().tobytes()
-        self._core.load_state_dict(bytes(blob))  # checked first: on failure nothing changes
-        super().load_state_dict(state)
-        # The library's checkpoint holds its options; param_groups now hold the same values.
-        self._synced = [{k: v for k, v in group.items() if k != "params"} for group in self.param_groups]
+        for key in ("state", "param_groups"):
+            if key not in state:
+                raise Error(f"this state_dict has no {key!r} entry: give the whole dict state_dict() returned", "ALR_BAD_CHECKPOINT")
+        before = self._core.state_dict()
+        self._core.load_state_dict(bytes(blob))  # checked here: on failure nothing has changed
+        try:
+            super().load_state_dict(state)  # torch's own checks (groups and their sizes)
+        except BaseException:
+            self._core.load_state_dict(before)
+            raise
+        # The library holds the options its checkpoint saved, which are the values it was last
+        # sent: a param-group value changed since (an LR scheduler's step after the last step, or
+        # an edited dict) is sent at the next step, as it would have been without the save.
+        self._synced = [{} for _ in self.param_groups]
+        for g, group in enumerate(self.param_groups):
+            for name, _ in _option_items(group):
+                if name not in self._foreign and self._is_option(name):
+                    self._synced[g][name] = self._core.get_option(name, group=g)
+
+    def __getstate__(self):
+        # torch's would keep param_groups and state alone: a copy without the library's handle
+        # that fails at its first step.
+        raise Error(f"an autolr.torch optimizer cannot be copied or pickled (its state is the library's): "
+                    "save opt.state_dict() and load it into a new optimizer over the copied parameters")
 
 
 # Thin named classes ------------------------------------------------------------------------------

@@ -1,0 +1,195 @@
+"""autolr.torch used as torch users use torch.optim, including the ways that go wrong: each case
+behaves as torch's optimizers do, or is refused with an autolr.Error that changes nothing."""
+import copy
+import pickle
+
+import pytest
+
+from conftest import import_torch
+
+torch = import_torch()
+
+import autolr  # noqa: E402
+import autolr.torch as alt  # noqa: E402
+
+nn = torch.nn
+
+
+def two_params():
+    torch.manual_seed(0)
+    return nn.Parameter(torch.randn(6)), nn.Parameter(torch.randn(2, 3))
+
+
+# -- the parameters' storage ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("change", ["shrunk", "transposed"])
+def test_a_parameter_re_viewed_in_place_is_refused(change):
+    """`p.data = p.data[:2]` or `.t()` keeps the storage's address: the library's view of it
+    would read past the new size or update the wrong elements."""
+    a, b = two_params()
+    opt = alt.SGD([a, b], lr=1.0)
+    if change == "shrunk":
+        a.data = a.data[:2]
+    else:
+        b.data = b.data.t()
+    a.grad, b.grad = torch.ones_like(a), torch.ones_like(b)
+    before = (a.detach().clone(), b.detach().clone())
+    with pytest.raises(autolr.Error, match="re-viewed"):
+        opt.step()
+    assert torch.equal(a, before[0]) and torch.equal(b, before[1])
+
+
+# -- parameters without a gradient ------------------------------------------------------------------
+
+@pytest.mark.parametrize("ours,theirs,options", [
+    (alt.AdamW, torch.optim.AdamW, dict(lr=0.1, weight_decay=0.1)),
+    (alt.Adam, torch.optim.Adam, dict(lr=0.1)),
+    (alt.Momentum, torch.optim.SGD, dict(lr=0.1, momentum=0.9)),
+], ids=["adamw-frozen", "adam", "momentum"])
+def test_a_parameter_without_a_gradient_is_left_alone_as_torch_leaves_it(ours, theirs, options):
+    """A frozen parameter (weight decay would shrink it) and one whose gradient is None for a
+    step (momentum would carry it on) stay where they are, in torch and here."""
+    def run(make):
+        torch.manual_seed(0)
+        w, frozen = nn.Parameter(torch.randn(5)), nn.Parameter(torch.randn(3), requires_grad=False)
+        opt = make([w, frozen], **options)
+        trace = []
+        for t in range(6):
+            w.grad = None if t in (2, 3) else torch.full((5,), 0.5 + t)
+            opt.step()
+            trace.append((w.detach().clone(), frozen.detach().clone()))
+        return trace
+    mine, torchs = run(ours), run(theirs)
+    for trace in (mine, torchs):
+        assert all(torch.equal(f, trace[0][1]) for _, f in trace), "the frozen parameter moved"
+        assert torch.equal(trace[2][0], trace[1][0]) and torch.equal(trace[3][0], trace[1][0]), "moved without a gradient"
+    for t in (0, 1):  # before the steps without a gradient, torch's steps
+        torch.testing.assert_close(mine[t][0], torchs[t][0], rtol=1e-6, atol=1e-7)
+    assert not torch.equal(mine[4][0], mine[3][0]), "a gradient again moves it"
+
+
+# -- options from param groups ----------------------------------------------------------------------
+
+def test_torch_betas_are_autolr_beta1_and_beta2():
+    """`betas=(b1, b2)` as torch's Adam takes it, in the constructor and in a param group, steps
+    as torch does; OneCycleLR's momentum cycling writes group["betas"] and the library follows."""
+    def make(cls, params):
+        a, b = params
+        return cls([{"params": [a]}, {"params": [b], "betas": (0.5, 0.9)}], lr=0.05, betas=(0.8, 0.99))
+    ours, theirs = two_params(), two_params()
+    opt_a, opt_b = make(alt.Adam, ours), make(torch.optim.Adam, theirs)
+    for t in range(10):
+        for (a, b), opt in ((ours, opt_a), (theirs, opt_b)):
+            a.grad, b.grad = torch.sin(a.detach() + t), torch.cos(b.detach() - t)
+            opt.step()
+        for x, y in zip(ours, theirs):
+            torch.testing.assert_close(x.detach(), y.detach(), rtol=1e-6, atol=1e-7)
+    assert [opt_a._core.get_option("beta1", group=g) for g in (0, 1)] == [0.8, 0.5]
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt_a, max_lr=0.1, total_steps=20)
+    for _ in range(5):
+        opt_a.step()
+        sched.step()
+    opt_a.step()
+    assert opt_a._core.get_option("beta1", group=0) == pytest.approx(opt_a.param_groups[0]["betas"][0])
+    assert opt_a._core.get_option("beta1", group=0) != 0.8
+
+
+def test_a_param_group_option_that_is_not_a_number_is_an_error():
+    """A value torch would take (lr as a string, None) is not silently ignored; a key that is no
+    autolr option (a group's name) is left alone."""
+    a, b = two_params()
+    opt = alt.SGD([{"params": [a], "name": "encoder"}, {"params": [b]}], lr=0.1)
+    a.grad, b.grad = torch.ones_like(a), torch.ones_like(b)
+    opt.step()
+    before = (a.detach().clone(), opt._core.state_dict())
+    for bad in ("0.5", None):
+        opt.param_groups[0]["lr"] = bad
+        with pytest.raises(autolr.Error, match=r"param_groups\[0\]\['lr'\]"):
+            opt.step()
+        assert torch.equal(a, before[0]) and opt._core.state_dict() == before[1]
+    opt.param_groups[0]["lr"] = 0.5
+    opt.step()
+    assert opt.lr == pytest.approx([0.5, 0.1])
+    with pytest.raises(autolr.Error, match="lr"):
+        alt.SGD([a], lr=None)
+
+
+def test_sum_sq_and_curvature_must_have_the_parameters_shapes():
+    a = nn.Parameter(torch.randn(3, 4))
+    a.grad = torch.ones(3, 4)
+    opt = alt.AutoSGD([a])
+    with pytest.raises(autolr.Error, match=r"sum_sq\[0\] has shape \(4, 3\)"):
+        opt.step(sum_sq=[torch.ones(4, 3)], batch_size=16)
+    opt = alt.VSGD([a])
+    with pytest.raises(autolr.Error, match=r"curvature\[0\] has shape \(12,\)"):
+        opt.step(curvature=[torch.ones(12)])
+
+
+# -- checkpoints and copies -------------------------------------------------------------------------
+
+def train(opt, sched, params, steps, start=0):
+    for t in range(start, start + steps):
+        for p in params:
+            p.grad = torch.sin(p.detach() * (t + 1))
+        opt.step()
+        sched.step()
+
+
+def test_resume_sends_what_the_param_groups_say_since_the_last_step():
+    """The usual loop saves after `sched.step()`, whose new lr the library gets at the next step:
+    the resumed run is the uninterrupted one, bit for bit; an edited state_dict's lr is honoured."""
+    def make(params):
+        opt = alt.Momentum(params, lr=0.1, momentum=0.9)
+        return opt, torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.1)
+    whole = two_params()
+    opt, sched = make(whole)
+    train(opt, sched, whole, 6)
+
+    part = two_params()
+    opt, sched = make(part)
+    train(opt, sched, part, 4)  # the 4th sched.step() changes lr: the library has the old one
+    saved = (opt.state_dict(), sched.state_dict())
+    assert saved[0]["param_groups"][0]["lr"] != opt._core.get_option("lr")
+    resumed = [nn.Parameter(p.detach().clone()) for p in part]
+    opt, sched = make(resumed)
+    opt.load_state_dict(saved[0])
+    sched.load_state_dict(saved[1])
+    train(opt, sched, resumed, 2, start=4)
+    assert all(torch.equal(x, y) for x, y in zip(whole, resumed))
+
+    edited = dict(saved[0], param_groups=[dict(g, lr=0.05) for g in saved[0]["param_groups"]])
+    opt, _ = make([nn.Parameter(p.detach().clone()) for p in part])
+    opt.load_state_dict(edited)
+    for p in opt._tensors:
+        p.grad = torch.ones_like(p)
+    opt.step()
+    assert opt.lr == pytest.approx([0.05])
+
+
+def test_a_refused_load_changes_nothing():
+    a, b = two_params()
+    opt = alt.Adam([a, b], lr=0.1)
+    a.grad, b.grad = torch.ones_like(a), torch.ones_like(b)
+    opt.step()
+    other = alt.Adam([nn.Parameter(a.detach().clone()), nn.Parameter(b.detach().clone())], lr=0.1)
+    for p in other._tensors:
+        p.grad = -torch.ones_like(p)
+    other.step()
+    other.step()
+    before = opt._core.state_dict()
+    wrong_groups = dict(other.state_dict(), param_groups=[dict(other.state_dict()["param_groups"][0], params=[0])])
+    with pytest.raises(ValueError):
+        opt.load_state_dict(wrong_groups)
+    assert opt._core.state_dict() == before
+    no_groups = {k: v for k, v in other.state_dict().items() if k != "param_groups"}
+    with pytest.raises(autolr.Error, match="param_groups"):
+        opt.load_state_dict(no_groups)
+    assert opt._core.state_dict() == before
+
+
+@pytest.mark.parametrize("how", ["deepcopy", "pickle"])
+def test_copying_an_optimizer_is_refused_with_what_to_do(how):
+    a, b = two_params()
+    opt = alt.Adam([a, b], lr=0.1)
+    with pytest.raises(autolr.Error, match="state_dict"):
+        copy.deepcopy(opt) if how == "deepcopy" else pickle.dumps(opt)

@@ -5,7 +5,7 @@ use crate::algorithm::{Accepts, Algorithm, Context, Shards};
 use crate::backend::{AnyDevice, DeviceSpec, Memory, Tensor, TensorMut};
 use crate::checkpoint::{self, Reader, Writer};
 use crate::error::{Error, Result};
-use crate::options::Options;
+use crate::options::{Options, Structure};
 use crate::registry;
 
 /// Which tensors exist and how they are grouped.
@@ -247,13 +247,16 @@ impl Optimizer {
 
     /// Sets an option for every group (`group = None`) or one group.
     pub fn set_option(&mut self, name: &str, group: Option<usize>, value: f64) -> Result<()> {
-        let structural = self.options.spec(name, &self.name)?.structural;
-        if structural && self.started {
-            return Err(Error::wrong_state(format!("option '{name}' shapes the optimizer's state: set it before the first step")));
-        }
+        let structure = self.options.spec(name, &self.name)?.structure;
         let mut options = self.options.clone();
         options.set(&self.name, name, group, value)?;
-        if structural {
+        // The group is valid now; a structural option is global, so group 0 holds it.
+        let reshapes = structure.reshapes(self.options.get(group.unwrap_or(0), name), value);
+        if reshapes && self.started {
+            let which = if structure == Structure::ZeroOrNot { "whether it is 0 " } else { "" };
+            return Err(Error::wrong_state(format!("option '{name}': {which}shapes the optimizer's state: set it before the first step")));
+        }
+        if reshapes {
             // Rebuild so the state matches the new shape; nothing has been learned yet.
             self.algorithm = self.build(&self.base, &self.base_base, &options)?;
         } else {

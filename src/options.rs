@@ -27,13 +27,36 @@ pub struct OptionSpec {
     pub hi_open: bool,
     /// May differ between groups (like torch's param_groups); otherwise one value for all.
     pub per_group: bool,
-    /// Changes the shape of the state: may only be set before the first step.
-    pub structural: bool,
+    /// Whether a value shapes the state, and so may only be set before the first step.
+    pub structure: Structure,
+}
+
+/// Whether an option's value shapes the algorithm's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Structure {
+    /// It does not: set at any time.
+    Free,
+    /// It does: set before the first step only.
+    Fixed,
+    /// Only whether it is 0 does (Prodigy's β1 = 0 keeps no exp_avg): a change that keeps it 0,
+    /// or keeps it other than 0, may come at any time (an LR scheduler's momentum cycling).
+    ZeroOrNot,
+}
+
+impl Structure {
+    /// Whether changing the value from `old` to `new` changes the state's shape.
+    pub fn reshapes(self, old: f64, new: f64) -> bool {
+        match self {
+            Structure::Free => false,
+            Structure::Fixed => true,
+            Structure::ZeroOrNot => (old == 0.0) != (new == 0.0),
+        }
+    }
 }
 
 impl OptionSpec {
     pub const fn real(name: &'static str, default: f64, lo: f64, hi: f64) -> Self {
-        OptionSpec { name, default, kind: Kind::Real, lo, lo_open: false, hi, hi_open: false, per_group: true, structural: false }
+        OptionSpec { name, default, kind: Kind::Real, lo, lo_open: false, hi, hi_open: false, per_group: true, structure: Structure::Free }
     }
     /// A positive real (`lo` excluded).
     pub const fn positive(name: &'static str, default: f64) -> Self {
@@ -56,7 +79,11 @@ impl OptionSpec {
         OptionSpec { per_group: false, ..self }
     }
     pub const fn structural(self) -> Self {
-        OptionSpec { structural: true, per_group: false, ..self }
+        OptionSpec { structure: Structure::Fixed, per_group: false, ..self }
+    }
+    /// Structural only in whether it is 0 (`Structure::ZeroOrNot`).
+    pub const fn structural_at_zero(self) -> Self {
+        OptionSpec { structure: Structure::ZeroOrNot, per_group: false, ..self }
     }
     pub const fn unset_by_default(self) -> Self {
         OptionSpec { kind: Kind::RealOrUnset, default: f64::NAN, ..self }

@@ -45,7 +45,7 @@ pub fn specs() -> Vec<OptionSpec> {
         // Per group, but every group's lr must be the largest one or 0 (the reference's rule).
         OptionSpec::non_negative("lr", 1.0),
         // Structural: the m buffer exists only when β1 > 0 (as in the reference).
-        OptionSpec::fraction("beta1", 0.9).structural(),
+        OptionSpec::fraction("beta1", 0.9).structural_at_zero(),
         OptionSpec::fraction("beta2", 0.999).global(),
         // Unset (NaN): √β2, the reference's `beta3=None`.
         OptionSpec::real("beta3", f64::NAN, 0.0, 1.0).unset_by_default().global(),

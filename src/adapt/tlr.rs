@@ -31,13 +31,13 @@ use crate::base::WEIGHT_DECAY;
 use crate::checkpoint::{Reader, Writer};
 use crate::error::{Error, Result};
 use crate::optimizer::{Callbacks, StepInputs};
-use crate::options::OptionSpec;
+use crate::options::{OptionSpec, Structure};
 
 pub fn specs() -> Vec<OptionSpec> {
     vec![
         // The initial α seeds the trained state, so it is fixed once training starts; it may
         // still differ per group (with per_group).
-        OptionSpec { structural: true, ..OptionSpec::positive("lr", 0.01) },
+        OptionSpec { structure: Structure::Fixed, ..OptionSpec::positive("lr", 0.01) },
         OptionSpec::positive("c", 0.25),
         // Structural: the momentum buffer exists only when μ > 0.
         OptionSpec::fraction("momentum", 0.0).structural(),

@@ -246,3 +246,39 @@ def test_torch_classes_step_like_the_reference(name):
         err = max(rel(a.detach().numpy(), b.numpy()) for a, b in zip(ours, theirs))
         assert err <= PARAM_RTOL[name], f"{name} step {t + 1}: parameters differ by {err:.2e} relative"
     assert opt.algorithm == name and not all(np.array_equal(a.detach().numpy(), s) for a, s in zip(ours, problem.start))
+
+
+@pytest.mark.parametrize("name", ["prodigy", "dadapt-adam"])
+def test_betas_cycled_by_one_cycle_lr_follow_the_reference(name):
+    """OneCycleLR with cycle_momentum writes every group's betas each step (the one-cycle policy
+    for Adam-style optimizers); autolr.torch sends the global β1 once for all groups, and
+    Prodigy's β1, whose being 0 or not shapes the state, may change while it stays above 0."""
+    import autolr.torch as alt
+
+    cls = {"prodigy": alt.Prodigy, "dadapt-adam": alt.DAdaptAdam}[name]
+    problem = Problem()
+    ours = [torch.nn.Parameter(torch.tensor(p.copy())) for p in problem.start]
+    theirs = [torch.tensor(p.copy()) for p in problem.start]
+    split = lambda ps: [{"params": [p for p, k in zip(ps, GROUPS) if k == g]} for g in range(2)]  # noqa: E731
+    opt = cls(split(ours), betas=(0.9, 0.99))
+    ref = (prodigyopt.Prodigy if name == "prodigy" else dadaptation.DAdaptAdam)(split(theirs), lr=1.0, betas=(0.9, 0.99))
+    scheds = [torch.optim.lr_scheduler.OneCycleLR(o, max_lr=1.0, total_steps=40, base_momentum=0.8, max_momentum=0.95)
+              for o in (opt, ref)]
+    seen = set()
+    for t in range(30):
+        grads = problem.grads([p.detach().numpy() for p in theirs], t)
+        for a, b, g in zip(ours, theirs, grads):
+            a.grad = torch.from_numpy(g.copy())
+            b.grad = torch.from_numpy(g.copy())
+        opt.step()
+        ref.step()
+        seen.add(opt._core.get_option("beta1"))
+        for s in scheds:
+            s.step()
+        err = max(rel(a.detach().numpy(), b.numpy()) for a, b in zip(ours, theirs))
+        assert err <= PARAM_RTOL[name], f"{name} step {t + 1}: parameters differ by {err:.2e} relative"
+    assert len(seen) > 20, "β1 did not follow the scheduler"
+    if name == "prodigy":
+        with pytest.raises(autolr.Error, match="whether it is 0") as info:
+            opt.set_option("beta1", 0.0)
+        assert info.value.status == "ALR_WRONG_STATE"

@@ -193,3 +193,93 @@ def test_copying_an_optimizer_is_refused_with_what_to_do(how):
     opt = alt.Adam([a, b], lr=0.1)
     with pytest.raises(autolr.Error, match="state_dict"):
         copy.deepcopy(opt) if how == "deepcopy" else pickle.dumps(opt)
+
+
+def test_gi_re_evaluates_where_a_parameter_without_a_gradient_stays():
+    """GI's loss after the move is taken at the parameters the step leaves: a frozen one is
+    back in place before the closure's second call (weight decay would have moved it)."""
+    torch.manual_seed(0)
+    w, f = nn.Parameter(torch.randn(4)), nn.Parameter(torch.randn(4), requires_grad=False)
+    opt = alt.GI([w, f], base="sgd", lr=0.1, weight_decay=0.5)
+    seen = []
+
+    def closure():
+        opt.zero_grad()
+        seen.append(f.detach().clone())
+        loss = ((w * f) ** 2).sum()
+        loss.backward()
+        return loss
+    f0 = f.detach().clone()
+    opt.step(closure)
+    assert len(seen) == 2 and all(torch.equal(s, f0) for s in seen) and torch.equal(f, f0)
+
+
+def test_schedule_free_views_keep_a_parameter_that_never_had_a_gradient():
+    """schedulefree's eval() and train() leave a parameter no step had a gradient for (it made
+    no z for it); under weight decay the library's z for it still decays, and the adapter keeps
+    the parameter as it is in both views."""
+    schedulefree = pytest.importorskip("schedulefree")
+
+    def run(cls):
+        torch.manual_seed(0)
+        w, frozen = nn.Parameter(torch.randn(5)), nn.Parameter(torch.randn(3), requires_grad=False)
+        opt = cls([w, frozen], lr=0.1, weight_decay=0.1)
+        opt.train()
+        for t in range(5):
+            w.grad = torch.sin(w.detach() + t)
+            opt.step()
+        opt.eval()
+        views = [(w.detach().clone(), frozen.detach().clone())]
+        opt.train()
+        views.append((w.detach().clone(), frozen.detach().clone()))
+        return views
+    ours, theirs = run(alt.AdamWScheduleFree), run(schedulefree.AdamWScheduleFree)
+    for (w_a, f_a), (w_b, f_b) in zip(ours, theirs):
+        assert torch.equal(f_a, f_b)
+        torch.testing.assert_close(w_a, w_b, rtol=1e-5, atol=1e-6)
+
+
+def test_tensor_options_and_betas_as_torch_takes_them():
+    """A 0-d tensor lr (torch.optim takes one) and betas as a 2-element tensor step as torch's
+    Adam; betas of another length is an error, as in torch."""
+    ours, theirs = two_params(), two_params()
+    opt_a = alt.Adam(ours, lr=torch.tensor(0.05), betas=torch.tensor([0.7, 0.95]))
+    opt_b = torch.optim.Adam(theirs, lr=0.05, betas=(0.7, 0.95))
+    for t in range(5):
+        for (a, b), opt in ((ours, opt_a), (theirs, opt_b)):
+            a.grad, b.grad = torch.sin(a.detach() + t), torch.cos(b.detach() - t)
+            opt.step()
+    for x, y in zip(ours, theirs):
+        torch.testing.assert_close(x.detach(), y.detach(), rtol=1e-6, atol=1e-7)
+    for bad in ((0.5,), (0.5, 0.6, 0.7), "0.5"):
+        with pytest.raises(autolr.Error, match="betas"):
+            alt.Adam(two_params(), betas=bad)
+
+
+def test_a_step_refused_for_its_arguments_changes_no_option():
+    """Options are sent before the library checks the step's inputs; a refused step (a Σg² of
+    the wrong shape, a batch size that is no count) puts them back."""
+    a = nn.Parameter(torch.randn(3, 4))
+    opt = alt.AutoSGD([a])
+    a.grad = torch.ones(3, 4)
+    opt.step(sum_sq=[torch.ones(3, 4)], batch_size=16)
+    before = opt._core.state_dict()
+    opt.param_groups[0]["nu"] = 0.5
+    for kwargs in (dict(sum_sq=[torch.ones(4, 3)], batch_size=16), dict(sum_sq=[torch.ones(3, 4)], batch_size="four")):
+        with pytest.raises(autolr.Error):
+            opt.step(**kwargs)
+        assert opt._core.state_dict() == before
+    opt.step(sum_sq=[torch.ones(3, 4)], batch_size=16)
+    assert opt._core.get_option("nu") == 0.5
+
+
+def test_gi_loads_a_state_dict_while_a_step_waits_for_its_loss():
+    a, b = two_params()
+    opt = alt.GI([a, b], base="sgd", lr=0.1)
+    a.grad, b.grad = torch.ones_like(a), torch.ones_like(b)
+    opt.step(loss=1.0)
+    opt.report_loss(0.5)
+    saved = opt.state_dict()
+    opt.step(loss=1.0)  # waits for report_loss: nothing can be saved now
+    opt.load_state_dict(saved)
+    assert opt._core.state_dict() == bytes(saved["autolr"].numpy())

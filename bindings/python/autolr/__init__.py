@@ -46,9 +46,22 @@ class Error(ValueError):
         self.status = status
 
 
+def _is_number(value):
+    """Whether `value` is an option's value: a real number (a bool is 0 or 1) or a 0-d array or
+    tensor of one (torch.optim takes a tensor lr)."""
+    if isinstance(value, (str, bytes)):
+        return False
+    if isinstance(value, numbers.Real):
+        return True
+    if isinstance(value, np.ndarray):
+        return value.ndim == 0 and value.dtype.kind in "biuf"
+    # A 0-d tensor of a real dtype (torch's; this module does not import torch).
+    return getattr(value, "shape", None) == () and not getattr(value, "is_complex", lambda: True)()
+
+
 def _number(name, value):
     """An option's value as the C double it is passed as (a bool is 0 or 1)."""
-    if isinstance(value, numbers.Real) or (isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "biuf"):
+    if _is_number(value):
         return float(value)
     if name == "betas":
         raise Error("autolr takes Adam's betas as two options: beta1=..., beta2=... (docs/algorithms.md)")
@@ -191,7 +204,7 @@ class _Handle:
 
     def get_option(self, name, group=0):
         out = ctypes.c_double()
-        _check(lib.alr_get_option(self._handle, int(group), name.encode(), ctypes.byref(out)))
+        _check(lib.alr_get_option(self._handle, _index(group, "group", 2**64), name.encode(), ctypes.byref(out)))
         return out.value
 
     # read-back --------------------------------------------------------------------------------
@@ -404,7 +417,7 @@ class CudaOptimizer(_Handle):
         """`reduce`: the tensors are this process's shards, and `reduce(pointer, n, op, stream)`
         combines n float64 values at a device address in place over the processes, ordered on
         `stream` (README "More than one process")."""
-        self._sizes = [int(n) for n in sizes]
+        self._sizes = [_index(n, f"sizes[{i}]", 2**64) for i, n in enumerate(sizes)]
         self._create(algorithm, self._sizes, groups, options, _ffi.ALR_DEVICE_CUDA, device, stream, reduce=reduce)
 
     def step(self, params, grads, sum_sq=None, per_sample=None, per_sample_scale="sample", batch_size=None, curvature=None):

@@ -46,7 +46,6 @@ algorithm actually used is ``opt.lr[g]`` (and ``opt.momentum[g]``, ``opt.telemet
 checksummed) as a 1-D uint8 tensor, so ``torch.load(weights_only=True)`` reads it back.
 ``load_state_dict`` restores both (and still takes the bytes older versions saved).
 """
-import contextlib
 import ctypes
 import importlib
 import inspect
@@ -60,6 +59,7 @@ import torch.nn.functional as F
 from . import CudaOptimizer as _CudaCore
 from . import Error
 from . import Optimizer as _Core
+from . import _batch_size, _is_number
 
 __all__ = [
     "Auto", "AutoLR", "SGD", "Momentum", "Adam", "AdamW", "Adagrad", "RMSprop", "AutoSGD", "AutoAdam",
@@ -139,22 +139,29 @@ def _as_float(value):
     return float(value.detach()) if isinstance(value, torch.Tensor) else float(value)
 
 
-@contextlib.contextmanager
-def _held(params):
-    """Puts `params` back as they were when the block ends: torch's optimizers leave a parameter
-    without a gradient alone (frozen, or unused by this step's loss), while the library steps
-    every tensor it was created over (with a zero gradient there, which weight decay, momentum
-    or schedule-free's averaging would still move)."""
-    if not params:
-        yield
-        return
-    kept = [p.detach().clone() for p in params]
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            for p, value in zip(params, kept):
-                p.copy_(value)
+class _Held:
+    """Puts `params` back as they were (`restore`, and when the block ends): torch's optimizers
+    leave a parameter without a gradient alone (frozen, or unused by this step's loss), while the
+    library steps every tensor it was created over (with a zero gradient there, which weight
+    decay, momentum or schedule-free's averaging would still move)."""
+
+    def __init__(self, params):
+        self._params = params
+        self._kept = None
+
+    def __enter__(self):
+        if self._params:
+            self._kept = [p.detach().clone() for p in self._params]
+        return self
+
+    def restore(self):
+        if self._kept is not None:
+            with torch.no_grad():
+                for p, value in zip(self._params, self._kept):
+                    p.copy_(value)
+
+    def __exit__(self, *_):
+        self.restore()
 
 
 def _option_items(group):
@@ -164,9 +171,15 @@ def _option_items(group):
     for name, value in group.items():
         if name == "params":
             continue
-        if name == "betas" and isinstance(value, (tuple, list)) and len(value) == 2:
-            yield "beta1", value[0]
-            yield "beta2", value[1]
+        if name == "betas":
+            try:
+                beta1, beta2 = (None, None) if isinstance(value, (str, bytes)) else value
+            except (TypeError, ValueError):
+                beta1 = beta2 = None
+            if beta1 is None or beta2 is None:
+                raise Error(f"betas is {value!r}; it takes two numbers, (beta1, beta2)")
+            yield "beta1", beta1
+            yield "beta2", beta2
         else:
             yield name, value
 
@@ -222,9 +235,11 @@ class AutoLR(torch.optim.Optimizer):
     ``params``: ``model.parameters()`` or a list of param-group dicts. ``algorithm``: one of
     ``autolr.ALGORITHMS``. ``options``: by name (docs/algorithms.md), e.g. ``lr=1e-3``, ``nu=0.9``,
     ``base="adam"`` for GI. A parameter whose ``.grad`` is None (frozen, or unused by the step's
-    loss) is not moved, as torch leaves it; its state in the library still takes the step with a
-    zero gradient (the library steps every tensor it was created over: Adam's moments decay,
-    say), and the adapter copies the parameter before the step and back after it.
+    loss) is not moved, as torch leaves it: the adapter copies it before the step and back after
+    it (and before GI's re-evaluation). Its state in the library still takes the step with a zero
+    gradient (the library steps every tensor it was created over: Adam's moments decay, say,
+    and schedule-free's z, from which eval() forms x for a parameter that had gradients before;
+    one that never had a gradient keeps its value in both views).
 
     More than one process (README "More than one process"): ``reduce`` makes the parameters
     this process's shards of tensors split over processes, ``reduce(values, op)`` combining the
@@ -260,6 +275,9 @@ class AutoLR(torch.optim.Optimizer):
             if p.device != self._device:
                 raise Error(f"{_describe(i, p)} is on {p.device}, parameter 0 on {self._device}: put every parameter on one device")
         self._tensors = tensors
+        # Parameters that have not had a gradient at any step yet: schedule-free's eval() and
+        # train() leave them as they are (`_set_mode`).
+        self._never_stepped = list(tensors)
         self._pointers = [p.data_ptr() for p in tensors]
         self._pointer_key = tuple(self._pointers)
         self._numels = tuple(p.numel() for p in tensors)
@@ -287,6 +305,7 @@ class AutoLR(torch.optim.Optimizer):
             self._core.set_option(name, value)
         self._synced = [{} for _ in self.param_groups]
         self._foreign = set()
+        self._global = set()  # options the library holds once for every group
         self._sync_options(initial=numbers)
         # Fixed-rate algorithms (and TLR, GI) have an `lr` option: show it in every group, so that
         # torch's LR schedulers, which read and write param_groups[g]["lr"], work.
@@ -306,12 +325,13 @@ class AutoLR(torch.optim.Optimizer):
 
     # options --------------------------------------------------------------------------------------
     def _sync_options(self, initial=None):
-        """Sends param-group values that differ from what the library holds. At construction an
-        unknown name is an error (the library lists the accepted ones); later, keys that are not
-        options of this algorithm (e.g. an LR scheduler's "initial_lr") are left alone. All or
-        nothing: a value the library refuses puts back the ones already sent, so a refused step
-        changes no option either."""
-        sent = []  # (group, name, value, the library's value before)
+        """Sends param-group values that differ from what the library holds, and returns what it
+        sent (for `_unsync`). At construction an unknown name is an error (the library lists the
+        accepted ones); later, keys that are not options of this algorithm (e.g. an LR
+        scheduler's "initial_lr") are left alone. An option the library holds once for the
+        whole optimizer (Prodigy's betas, say) is sent once, when every group holds the same
+        value. All or nothing: a value the library refuses puts back the ones already sent."""
+        sent = []  # (group or None for every group, name, value, the library's value before)
         try:
             for g, group in enumerate(self.param_groups):
                 synced = self._synced[g]
@@ -322,7 +342,7 @@ class AutoLR(torch.optim.Optimizer):
                         value = float(value)
                     if name in synced and synced[name] == value:
                         continue
-                    if not isinstance(value, (bool, int, float, np.floating, np.integer)):
+                    if not _is_number(value):
                         # Not a number: another library's key (a name, a scheduler's list) is left
                         # alone; one of this algorithm's options is an error, not a silent skip.
                         if not self._is_option(name):
@@ -337,14 +357,35 @@ class AutoLR(torch.optim.Optimizer):
                         continue
                     # What the library holds: the value last sent, else (not sent yet) read once.
                     before = synced[name] if name in synced else self._core.get_option(name, group=g)
-                    self._core.set_option(name, value, group=g)
-                    sent.append((g, name, value, before))
+                    target = None if name in self._global else g
+                    if target is not None:
+                        try:
+                            self._core.set_option(name, value, group=g)
+                        except Error as e:
+                            if "one value for the whole optimizer" not in str(e):
+                                raise
+                            self._global.add(name)
+                            target = None
+                    if target is None:
+                        values = {float(v) for grp in self.param_groups for n, v in _option_items(grp) if n == name}
+                        if len(values) != 1:
+                            raise Error(f"'{name}' is one value for the whole '{self.algorithm}' optimizer, but the param "
+                                        f"groups hold {sorted(values)}: give every group the same value") from None
+                        self._core.set_option(name, value)
+                    sent.append((target, name, value, before))
+                    for h in range(len(self.param_groups)) if target is None else (g,):
+                        self._synced[h][name] = value
         except Error:
-            for g, name, _, before in reversed(sent):
-                self._core.set_option(name, before, group=g)
+            self._unsync(sent)
             raise
-        for g, name, value, _ in sent:
-            self._synced[g][name] = value
+        return sent
+
+    def _unsync(self, sent):
+        """Puts back the options `_sync_options` sent (a refused step changes no option)."""
+        for target, name, _, before in reversed(sent):
+            self._core.set_option(name, before, group=target)
+            for h in range(len(self.param_groups)) if target is None else (target,):
+                self._synced[h][name] = before
 
     def _is_option(self, name):
         try:
@@ -389,7 +430,7 @@ class AutoLR(torch.optim.Optimizer):
 
     def _grads(self, copy, unmoved=None):
         """Each parameter's gradient as the library takes it; a missing one (``.grad`` None) is
-        zeros, and its parameter goes into `unmoved` (see `_held`)."""
+        zeros, and its parameter goes into `unmoved` (see `_Held`)."""
         out = []
         on_cpu = self._views is not None
         for i, p in enumerate(self._tensors):
@@ -462,6 +503,8 @@ class AutoLR(torch.optim.Optimizer):
         batch_size = kwargs.get("batch_size")
         if batch_size is None and per_sample:
             batch_size = per_sample[0].shape[0] if per_sample[0].dim() else 0
+        if batch_size is not None:
+            batch_size = _batch_size(batch_size)
         self._check_shapes(kwargs, batch_size)
         self._core.step(pointers(self._tensors), pointers(grads), sum_sq=pointers(kwargs["sum_sq"]),
                         per_sample=pointers(per_sample), per_sample_scale=kwargs["per_sample_scale"],
@@ -511,20 +554,38 @@ class AutoLR(torch.optim.Optimizer):
             # no torch operation autograd could record, so it needs no torch.no_grad (entering
             # it is a tenth of such a step's cost on a small model).
             self._check_storage()
-            self._sync_options()
-            # Held here until the library returns: a gradient that is not float32 and contiguous
-            # is a converted copy, which only this list keeps alive (the array holds bare pointers).
-            unmoved = []
-            grads = self._grads(copy=False, unmoved=unmoved)
-            with _held(unmoved):
-                self._core._step_raw(self._param_array, self._pointer_array(grads, "grads", cache="grads"))
+            sent = self._sync_options()
+            try:
+                # Held here until the library returns: a gradient that is not float32 and
+                # contiguous is a converted copy, which only this list keeps alive (the array
+                # holds bare pointers).
+                unmoved = []
+                grads = self._grads(copy=False, unmoved=unmoved)
+                with _Held(unmoved):
+                    self._core._step_raw(self._param_array, self._pointer_array(grads, "grads", cache="grads"))
+            except BaseException:
+                self._unsync(sent)
+                raise
+            self._note_gradients(unmoved)
             return None
         with torch.no_grad():
-            return self._step(closure, loss, sum_sq, per_sample, per_sample_scale, batch_size, curvature)
+            self._check_storage()
+            sent = self._sync_options()
+            try:
+                result = self._step(closure, loss, sum_sq, per_sample, per_sample_scale, batch_size, curvature)
+            except BaseException:
+                self._unsync(sent)  # a refused step changes no option either
+                raise
+            return result
+
+    def _note_gradients(self, unmoved):
+        """After a step: forgets, among the parameters no step had a gradient for, those this
+        one had (`unmoved`: the step's parameters without one)."""
+        if self._never_stepped:
+            without = {id(p) for p in unmoved}
+            self._never_stepped = [p for p in self._never_stepped if id(p) in without]
 
     def _step(self, closure, loss, sum_sq, per_sample, per_sample_scale, batch_size, curvature):
-        self._check_storage()
-        self._sync_options()
         gi = self._runs_gi
         vsgd = self.algorithm.startswith("vsgd-")
         result = None
@@ -536,6 +597,7 @@ class AutoLR(torch.optim.Optimizer):
         reruns = closure is not None and (gi or (vsgd and curvature is None))
         unmoved = []
         grads = self._grads(copy=False, unmoved=unmoved)
+        held = _Held(unmoved)
         if reruns:
             grads = self._kept_copies(grads)
         kwargs = {}
@@ -561,18 +623,22 @@ class AutoLR(torch.optim.Optimizer):
         elif gi and result is not None:
             kwargs["loss"] = self._mean_loss(_as_float(result))
         if closure is not None and gi:
+            # The loss after the move is taken where the step leaves the parameters: those held
+            # still are put back first.
             if _accepts_backward_kwarg(closure):
                 def after():
+                    held.restore()
                     with torch.no_grad():
                         return self._mean_loss(_as_float(closure(backward=False)))
             else:
                 def after():
+                    held.restore()
                     with torch.enable_grad():
                         return self._mean_loss(_as_float(closure()))
             kwargs["closure"] = after
         if closure is not None and vsgd and curvature is None:
             kwargs["grad_closure"] = lambda points: self._grad_at(closure, points)
-        with _held(unmoved):
+        with held:
             if self._views is None:
                 self._step_cuda(grads, kwargs)
             else:
@@ -580,6 +646,7 @@ class AutoLR(torch.optim.Optimizer):
         if helper is not None:
             self._helpers[id(helper)] = helper
             helper.zero_()  # consumed, as the next zero_grad() would: a new batch starts
+        self._note_gradients(unmoved)
         return result
 
     def zero_grad(self, set_to_none=True):
@@ -606,6 +673,8 @@ class AutoLR(torch.optim.Optimizer):
             batch_size = per_sample[0].shape[0] if per_sample and per_sample[0].dim() else 0
         if kwargs["sum_sq"] is not None and batch_size is None:
             raise Error("sum_sq needs batch_size (the number of samples N)")
+        if batch_size is not None:
+            batch_size = _batch_size(batch_size)
         self._check_shapes(kwargs, batch_size)
         arrays = {name: None if kwargs[name] is None else self._pointer_array(kwargs[name], name, leading)
                   for name, leading in (("sum_sq", 1), ("curvature", 1), ("per_sample", int(batch_size or 0)))}
@@ -620,7 +689,7 @@ class AutoLR(torch.optim.Optimizer):
             if kwargs[name] is None:
                 continue
             if leading is None:
-                leading = (int(batch_size),)
+                leading = (_batch_size(batch_size),)
             for i, (t, p) in enumerate(zip(kwargs[name], self._tensors)):
                 if tuple(t.shape) != (*leading, *p.shape):
                     raise Error(f"{name}[{i}] has shape {tuple(t.shape)}, expected {(*leading, *p.shape)}", "ALR_SHAPE_MISMATCH")
@@ -671,7 +740,10 @@ class AutoLR(torch.optim.Optimizer):
             return
         self._check_storage()
         mode = 0 if train else 1  # ALR_MODE_TRAIN, ALR_MODE_EVAL
-        self._core._set_mode(self._param_array, len(self._tensors), mode)
+        # A parameter no step has had a gradient for has not moved (as the reference, which never
+        # made its z): its views stay what it is, though the library's z took weight decay.
+        with _Held(self._never_stepped):
+            self._core._set_mode(self._param_array, len(self._tensors), mode)
 
     # read-back ------------------------------------------------------------------------------------
     @property
@@ -712,12 +784,21 @@ class AutoLR(torch.optim.Optimizer):
         for key in ("state", "param_groups"):
             if key not in state:
                 raise Error(f"this state_dict has no {key!r} entry: give the whole dict state_dict() returned", "ALR_BAD_CHECKPOINT")
-        before = self._core.state_dict()
+        groups = state["param_groups"]
+        # torch's own checks, before anything changes (its load_state_dict makes them too)
+        if len(groups) != len(self.param_groups) or any(len(a.get("params", ())) != len(b["params"]) for a, b in zip(groups, self.param_groups)):
+            raise ValueError("loaded state dict has a different number of parameter groups, or a group of another size, "
+                             "than this optimizer")
+        try:
+            before = self._core.state_dict()
+        except Error:
+            before = None  # nothing to put back can be saved (GI waiting for its loss): replaced
         self._core.load_state_dict(bytes(blob))  # checked here: on failure nothing has changed
         try:
-            super().load_state_dict(state)  # torch's own checks (groups and their sizes)
+            super().load_state_dict(state)
         except BaseException:
-            self._core.load_state_dict(before)
+            if before is not None:
+                self._core.load_state_dict(before)
             raise
         # The library holds the options its checkpoint saved, which are the values it was last
         # sent: a param-group value changed since (an LR scheduler's step after the last step, or

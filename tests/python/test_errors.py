@@ -229,6 +229,7 @@ def test_option_errors(adam):
     assert_fails(opt, params, "ALR_INVALID_ARGUMENT", lambda: opt.set_option("base", "sgd", group=0), "base")
     assert_fails(opt, params, "ALR_INVALID_ARGUMENT", lambda: opt.set_option("lr", None), "lr", "number")
     assert_fails(opt, params, "ALR_INVALID_ARGUMENT", lambda: opt.set_option("betas", (0.9, 0.99)), "beta1")
+    assert_fails(opt, params, "ALR_INVALID_ARGUMENT", lambda: opt.set_option("lr", 10**400), "lr", "C double")
 
 
 def test_option_errors_in_constructor():

@@ -283,3 +283,119 @@ def test_gi_loads_a_state_dict_while_a_step_waits_for_its_loss():
     opt.step(loss=1.0)  # waits for report_loss: nothing can be saved now
     opt.load_state_dict(saved)
     assert opt._core.state_dict() == bytes(saved["autolr"].numpy())
+
+
+@pytest.mark.parametrize("saved_in", ["train", "eval"])
+def test_schedule_free_resumed_swaps_views_as_the_uninterrupted_run(saved_in):
+    """The state dict says which parameters never had a gradient; a resumed optimizer's eval()
+    and train() then move exactly those the uninterrupted one moves."""
+    def make():
+        torch.manual_seed(0)
+        return nn.Linear(4, 3)
+    x = torch.randn(8, 4)
+    m = make()
+    opt = alt.AdamWScheduleFree(m.parameters(), lr=0.05)
+    for _ in range(5):
+        opt.zero_grad()
+        m(x).pow(2).sum().backward()
+        opt.step()
+    if saved_in == "eval":
+        opt.eval()
+    saved = opt.state_dict()
+    m2 = make()
+    m2.load_state_dict(m.state_dict())
+    opt2 = alt.AdamWScheduleFree(m2.parameters(), lr=0.05)
+    opt2.load_state_dict(saved)
+    for swap in (["eval", "train"] if saved_in == "train" else ["train"]):
+        getattr(opt, swap)()
+        getattr(opt2, swap)()
+        assert all(torch.equal(a, b) for a, b in zip(m.parameters(), m2.parameters())), swap
+
+
+def test_a_step_taken_in_part_keeps_its_options_and_says_why():
+    """GI's move happens before its loss at the new parameters is taken; when that fails the
+    library reports the move (ALR_CALLBACK_FAILED) and the options it used stay sent."""
+    torch.manual_seed(0)
+    w = nn.Parameter(torch.randn(5))
+    opt = alt.GI([w], base="adam", lr=1e-3)
+    opt.param_groups[0]["lr"] = 2e-3  # GI's initial η: may change until the first step
+    calls = []
+
+    def closure():
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("the re-evaluation failed")
+        opt.zero_grad()
+        loss = (w ** 2).sum()
+        loss.backward()
+        return loss
+    with pytest.raises(autolr.Error, match="were moved") as info:
+        opt.step(closure)
+    assert info.value.status == "ALR_CALLBACK_FAILED"
+    assert opt._core.get_option("lr") == opt.param_groups[0]["lr"] == 2e-3
+
+
+@pytest.mark.parametrize("cls", [alt.Adam, alt.Momentum, alt.Prodigy, alt.AdamWScheduleFree, alt.SGDScheduleFree])
+def test_one_cycle_lr_takes_the_classes_as_they_come(cls):
+    """OneCycleLR (cycle_momentum) needs betas or momentum in the defaults, as torch's Adam and
+    SGD and the reference packages have them; each group shows the library's values."""
+    a, b = two_params()
+    opt = cls([a, b], lr=0.01)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=10)
+    key = "betas" if "betas" in opt.param_groups[0] else "momentum"
+    name = "beta1" if key == "betas" else "momentum"
+    for t in range(4):
+        a.grad, b.grad = torch.sin(a.detach() + t), torch.cos(b.detach() + t)
+        opt.step()
+        sched.step()
+    opt.step()
+    shown = opt.param_groups[0][key]
+    assert opt._core.get_option(name) == pytest.approx(shown[0] if key == "betas" else shown)
+
+
+def test_a_scheduler_s_own_keys_are_not_sent_as_options():
+    """OneCycleLR keeps its momentum range in `base_momentum` and `max_momentum`; schedule-free
+    over momentum has an option `base_momentum`, which the scheduler must not overwrite."""
+    a, b = two_params()
+    opt = alt.ScheduleFree([a, b], base="momentum", base_momentum=0.5, lr=0.01)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=10)
+    a.grad, b.grad = torch.ones_like(a), torch.ones_like(b)
+    opt.step()
+    sched.step()
+    opt.step()
+    assert opt.param_groups[0]["base_momentum"] != 0.5 and opt._core.get_option("base_momentum") == 0.5
+
+
+def test_a_new_base_sends_the_param_groups_again():
+    """Setting `base` resets the library's options to their defaults; the param groups still
+    hold the user's values, which the next step sends."""
+    w = nn.Parameter(torch.randn(4))
+    opt = alt.GI([w], base="sgd", lr=0.01, weight_decay=0.1)
+    opt.set_option("base", "momentum")
+    w.grad = torch.ones(4)
+    opt.step(loss=1.0)
+    assert opt._core.get_option("lr") == 0.01 and opt._core.get_option("weight_decay") == 0.1
+
+
+@pytest.mark.parametrize("bad", [10 ** 400, "nan-string"], ids=["huge-int", "string"])
+def test_a_value_no_c_double_holds_is_an_autolr_error_that_changes_nothing(bad):
+    a, b = two_params()
+    opt = alt.SGD([{"params": [a]}, {"params": [b]}], lr=0.1)
+    a.grad, b.grad = torch.ones_like(a), torch.ones_like(b)
+    opt.step()
+    before = opt._core.state_dict()
+    opt.param_groups[0]["lr"] = 0.2
+    opt.param_groups[1]["weight_decay"] = bad
+    with pytest.raises(autolr.Error, match="weight_decay"):
+        opt.step()
+    assert opt._core.state_dict() == before
+
+
+def test_unset_global_options_in_every_group():
+    """NaN is an unset option (Prodigy's beta3: √β2); the same NaN in every group is one value."""
+    a, b = two_params()
+    opt = alt.Prodigy([{"params": [a], "beta3": float("nan")}, {"params": [b], "beta3": float("nan")}])
+    for _ in range(3):
+        a.grad, b.grad = torch.ones_like(a), torch.ones_like(b)
+        opt.step()
+    assert opt._core.get_option("beta3") != opt._core.get_option("beta3")

@@ -5,6 +5,7 @@ updated in place (zero-copy). See DESIGN.md's "Python API" for the contract.
 """
 import ctypes
 import inspect
+import math
 import numbers
 import operator
 
@@ -51,7 +52,7 @@ def _is_number(value):
     tensor of one (torch.optim takes a tensor lr)."""
     if isinstance(value, (str, bytes)):
         return False
-    if isinstance(value, numbers.Real):
+    if isinstance(value, (numbers.Real, np.bool_)):
         return True
     if isinstance(value, np.ndarray):
         return value.ndim == 0 and value.dtype.kind in "biuf"
@@ -62,7 +63,12 @@ def _is_number(value):
 def _number(name, value):
     """An option's value as the C double it is passed as (a bool is 0 or 1)."""
     if _is_number(value):
-        return float(value)
+        # A tensor that requires grad is read without autograd (float() of it warns).
+        value = value.detach() if hasattr(value, "detach") else value
+        try:
+            return float(value)
+        except (OverflowError, RuntimeError, ValueError) as e:
+            raise Error(f"option '{name}' = {value!r} is not a number a C double holds ({e})") from None
     if name == "betas":
         raise Error("autolr takes Adam's betas as two options: beta1=..., beta2=... (docs/algorithms.md)")
     raise Error(f"option '{name}' takes a number, got {value!r}")
@@ -84,9 +90,14 @@ def _batch_size(value):
     try:
         return _index(value, "batch_size (the number of samples N)", 2**64)
     except Error:
-        # A float that is a whole number (N from a mean, a tensor's size as a float) is taken as it.
-        if isinstance(value, numbers.Real) and not isinstance(value, bool) and float(value).is_integer() and 0 <= value < 2**64:
-            return int(value)
+        # A whole number as a float (N from a mean, a 0-d float array or tensor) is taken as it.
+        if _is_number(value) and not isinstance(value, (bool, np.bool_)):
+            try:
+                n = float(value.detach() if hasattr(value, "detach") else value)
+            except (OverflowError, RuntimeError, ValueError):
+                n = math.nan
+            if n.is_integer() and 0 <= n < 2**64:
+                return int(n)
         raise
 
 

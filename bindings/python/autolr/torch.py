@@ -59,7 +59,7 @@ import torch.nn.functional as F
 from . import CudaOptimizer as _CudaCore
 from . import Error
 from . import Optimizer as _Core
-from . import _batch_size, _is_number
+from . import _batch_size, _is_number, _number
 
 __all__ = [
     "Auto", "AutoLR", "SGD", "Momentum", "Adam", "AdamW", "Adagrad", "RMSprop", "AutoSGD", "AutoAdam",
@@ -164,6 +164,11 @@ class _Held:
         self.restore()
 
 
+def _same(a, b):
+    """Whether two option values are the same setting (an unset, NaN, one included)."""
+    return a == b or (a != a and b != b)
+
+
 def _option_items(group):
     """A param group's (or the constructor's) options by autolr name: torch's ``betas=(b1, b2)``
     (what Adam-style optimizers take, and what OneCycleLR's momentum cycling writes) is
@@ -255,6 +260,8 @@ class AutoLR(torch.optim.Optimizer):
     def __init__(self, params, algorithm, reduce=None, data_parallel=None, **options):
         strings = {k: v for k, v in options.items() if isinstance(v, str)}
         numbers = {k: v for k, v in options.items() if not isinstance(v, str)}
+        if "betas" in numbers and ("beta1" in numbers or "beta2" in numbers):
+            raise Error("give betas=(beta1, beta2) or beta1= and beta2=, not both")
         self._building = True
         super().__init__(params, dict(numbers))
         self._building = False
@@ -304,7 +311,10 @@ class AutoLR(torch.optim.Optimizer):
         for name, value in numbers.items():
             self._core.set_option(name, value)
         self._synced = [{} for _ in self.param_groups]
-        self._foreign = set()
+        # Keys torch's schedulers keep in param groups for themselves (OneCycleLR's and
+        # CyclicLR's momentum range), one of them also an option name (schedule-free's
+        # base_momentum, which the constructor or set_option then sets).
+        self._foreign = {"base_momentum", "max_momentum"}
         self._global = set()  # options the library holds once for every group
         self._sync_options(initial=numbers)
         # Fixed-rate algorithms (and TLR, GI) have an `lr` option: show it in every group, so that
@@ -316,6 +326,25 @@ class AutoLR(torch.optim.Optimizer):
                 except Error:
                     break  # this algorithm has no lr option (auto-*, vsgd-*)
                 self._synced[g]["lr"] = group["lr"]
+        self._show_momentum()
+
+    def _show_momentum(self):
+        """torch's schedulers that cycle momentum (OneCycleLR, CyclicLR) read and write
+        ``param_groups[g]["betas"]`` (Adam-style) or ``["momentum"]``, and refuse an optimizer
+        whose defaults have neither: every group shows the library's values, as torch's Adam
+        and SGD do."""
+        groups = self.param_groups
+        if any(k in grp for grp in groups for k in ("betas", "beta1", "beta2", "momentum")):
+            return  # given: the user's (or the scheduler's) own
+        if self._is_option("beta1") and self._is_option("beta2"):
+            for g, grp in enumerate(groups):
+                grp["betas"] = (self._core.get_option("beta1", group=g), self._core.get_option("beta2", group=g))
+                self._synced[g]["beta1"], self._synced[g]["beta2"] = grp["betas"]
+            self.defaults["betas"] = groups[0]["betas"]
+        elif self._is_option("momentum"):
+            for g, grp in enumerate(groups):
+                grp["momentum"] = self._synced[g]["momentum"] = self._core.get_option("momentum", group=g)
+            self.defaults["momentum"] = groups[0]["momentum"]
 
     def add_param_group(self, param_group):
         if not getattr(self, "_building", False):
@@ -338,10 +367,10 @@ class AutoLR(torch.optim.Optimizer):
                 for name, value in _option_items(group):
                     if name in self._foreign:
                         continue
-                    if isinstance(value, torch.Tensor) and value.numel() == 1:
-                        value = float(value)
-                    if name in synced and synced[name] == value:
-                        continue
+                    if type(value) in (float, int) and name in synced and synced[name] == value:
+                        continue  # the common case, unchanged
+                    if isinstance(value, torch.Tensor):
+                        value = value.detach()
                     if not _is_number(value):
                         # Not a number: another library's key (a name, a scheduler's list) is left
                         # alone; one of this algorithm's options is an error, not a silent skip.
@@ -349,7 +378,10 @@ class AutoLR(torch.optim.Optimizer):
                             self._foreign.add(name)
                             continue
                         raise Error(f"param_groups[{g}][{name!r}] is {value!r}; autolr's option {name!r} takes a number")
-                    if initial is not None and name in initial and initial[name] == value:
+                    value = _number(name, value)
+                    if name in synced and _same(synced[name], value):
+                        continue
+                    if initial is not None and name in initial and _same(_number(name, initial[name]), value):
                         synced[name] = value  # already set for every group
                         continue
                     if initial is None and not self._is_option(name):
@@ -367,23 +399,34 @@ class AutoLR(torch.optim.Optimizer):
                             self._global.add(name)
                             target = None
                     if target is None:
-                        values = {float(v) for grp in self.param_groups for n, v in _option_items(grp) if n == name}
-                        if len(values) != 1:
+                        values = [_number(name, v) for grp in self.param_groups for n, v in _option_items(grp) if n == name]
+                        if not all(_same(v, value) for v in values):
                             raise Error(f"'{name}' is one value for the whole '{self.algorithm}' optimizer, but the param "
-                                        f"groups hold {sorted(values)}: give every group the same value") from None
+                                        f"groups hold {values}: give every group the same value") from None
                         self._core.set_option(name, value)
                     sent.append((target, name, value, before))
                     for h in range(len(self.param_groups)) if target is None else (g,):
                         self._synced[h][name] = value
-        except Error:
+        except Exception:
             self._unsync(sent)
             raise
         return sent
 
-    def _unsync(self, sent):
-        """Puts back the options `_sync_options` sent (a refused step changes no option)."""
+    def _unsync(self, sent, error=None):
+        """Puts back the options `_sync_options` sent when the step they were sent for was
+        refused (`error`), so that it changes no option either; not after a step the library
+        says it took in part (GI's move, when the loss after it could not be taken), which used
+        them."""
+        if isinstance(error, Error) and error.status == "ALR_CALLBACK_FAILED" and "were moved" in str(error):
+            return
         for target, name, _, before in reversed(sent):
-            self._core.set_option(name, before, group=target)
+            try:
+                self._core.set_option(name, before, group=target)
+            except Error:
+                # Not put back (a structural option once the step began): read afresh next time.
+                for h in range(len(self.param_groups)) if target is None else (target,):
+                    self._synced[h].pop(name, None)
+                continue
             for h in range(len(self.param_groups)) if target is None else (target,):
                 self._synced[h][name] = before
 
@@ -397,17 +440,20 @@ class AutoLR(torch.optim.Optimizer):
     def set_option(self, name, value, group=None):
         """Sets an autolr option directly (every group, or one); mirrors ``autolr.Optimizer``."""
         self._core.set_option(name, value, group=group)
-        targets = range(len(self.param_groups)) if group is None else [group]
-        if not isinstance(value, str):
-            for g in targets:
-                group = self.param_groups[g]
-                if name in group:
-                    group[name] = value
-                elif name in ("beta1", "beta2") and "betas" in group:
-                    betas = list(group["betas"])
-                    betas[name == "beta2"] = value
-                    group["betas"] = tuple(betas)
-                self._synced[g][name] = value
+        if isinstance(value, str):
+            # A base resets every option to its default: the param groups' values are sent again.
+            self._synced = [{} for _ in self.param_groups]
+            return
+        value = _number(name, value)
+        for g in range(len(self.param_groups)) if group is None else [group]:
+            params = self.param_groups[g]
+            if name in params:
+                params[name] = value
+            elif name in ("beta1", "beta2") and "betas" in params:
+                betas = list(params["betas"])
+                betas[name == "beta2"] = value
+                params["betas"] = tuple(betas)
+            self._synced[g][name] = value
 
     # the step -------------------------------------------------------------------------------------
     def _check_storage(self):
@@ -563,8 +609,8 @@ class AutoLR(torch.optim.Optimizer):
                 grads = self._grads(copy=False, unmoved=unmoved)
                 with _Held(unmoved):
                     self._core._step_raw(self._param_array, self._pointer_array(grads, "grads", cache="grads"))
-            except BaseException:
-                self._unsync(sent)
+            except BaseException as e:
+                self._unsync(sent, e)
                 raise
             self._note_gradients(unmoved)
             return None
@@ -573,8 +619,8 @@ class AutoLR(torch.optim.Optimizer):
             sent = self._sync_options()
             try:
                 result = self._step(closure, loss, sum_sq, per_sample, per_sample_scale, batch_size, curvature)
-            except BaseException:
-                self._unsync(sent)  # a refused step changes no option either
+            except BaseException as e:
+                self._unsync(sent, e)  # a refused step changes no option either
                 raise
             return result
 
@@ -766,12 +812,17 @@ class AutoLR(torch.optim.Optimizer):
         # A uint8 tensor, not bytes: torch.load(weights_only=True) (torch >= 2.6's default) accepts it.
         state["autolr"] = torch.frombuffer(bytearray(self._core.state_dict()), dtype=torch.uint8)
         state["autolr_algorithm"] = self.algorithm
+        # Which parameters no step has had a gradient for (schedule-free's views keep them).
+        held = {id(p) for p in self._never_stepped}
+        state["autolr_never_stepped"] = [i for i, p in enumerate(self._tensors) if id(p) in held]
         return state
 
     def load_state_dict(self, state_dict):
         state = dict(state_dict)
         blob = state.pop("autolr", None)
         algorithm = state.pop("autolr_algorithm", self.algorithm)
+        # A state dict from before this entry existed: every parameter is taken to have had one.
+        never_stepped = state.pop("autolr_never_stepped", [])
         if blob is None:
             raise Error("this state_dict has no 'autolr' entry: it was not saved by an autolr.torch optimizer", "ALR_BAD_CHECKPOINT")
         if algorithm != self.algorithm:
@@ -800,6 +851,7 @@ class AutoLR(torch.optim.Optimizer):
             if before is not None:
                 self._core.load_state_dict(before)
             raise
+        self._never_stepped = [self._tensors[i] for i in never_stepped if isinstance(i, int) and 0 <= i < len(self._tensors)]
         # The library holds the options its checkpoint saved, which are the values it was last
         # sent: a param-group value changed since (an LR scheduler's step after the last step, or
         # an edited dict) is sent at the next step, as it would have been without the save.

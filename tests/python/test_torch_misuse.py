@@ -399,3 +399,68 @@ def test_unset_global_options_in_every_group():
         a.grad, b.grad = torch.ones_like(a), torch.ones_like(b)
         opt.step()
     assert opt._core.get_option("beta3") != opt._core.get_option("beta3")
+
+
+def test_schedule_free_views_use_the_groups_current_beta():
+    """schedulefree's eval() reads betas[0] from the param group (OneCycleLR changes it after
+    each step); so does autolr.torch's, sending the groups' values first."""
+    schedulefree = pytest.importorskip("schedulefree")
+
+    def run(cls):
+        torch.manual_seed(0)
+        p = nn.Parameter(torch.randn(6))
+        opt = cls([p], lr=0.01)
+        opt.train()
+        for _ in range(5):
+            opt.zero_grad()
+            p.pow(2).sum().backward()
+            opt.step()
+        opt.param_groups[0]["betas"] = (0.5, 0.999)
+        opt.eval()
+        return p.detach().clone()
+    torch.testing.assert_close(run(alt.AdamWScheduleFree), run(schedulefree.AdamWScheduleFree), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("entry,bad", [("betas", (0.9,)), ("betas", "ab"), ("never_stepped", [True]), ("never_stepped", [5]),
+                                       ("never_stepped", "1")])
+def test_a_state_dict_with_a_bad_entry_is_refused_before_anything_changes(entry, bad):
+    a, b = two_params()
+    opt = alt.Adam([a, b], lr=0.1)
+    a.grad, b.grad = torch.ones_like(a), torch.ones_like(b)
+    opt.step()
+    saved = opt.state_dict()
+    opt.step()
+    before, groups = opt._core.state_dict(), [dict(g) for g in opt.param_groups]
+    if entry == "betas":
+        saved["param_groups"][0]["betas"] = bad
+    else:
+        saved["autolr_never_stepped"] = bad
+    with pytest.raises(autolr.Error, match="betas" if entry == "betas" else "never_stepped"):
+        opt.load_state_dict(saved)
+    assert opt._core.state_dict() == before and [dict(g) for g in opt.param_groups] == groups
+
+
+def test_a_new_base_learns_its_options_again():
+    """sgd has no beta1: while it is GI's base (before the first step) the groups' betas are no
+    options; back over adam they are sent again."""
+    a = nn.Parameter(torch.ones(2))
+    opt = alt.GI([a], base="adam")
+    opt.set_option("base", "sgd")
+    a.grad = torch.ones(2)
+    with pytest.raises(autolr.Error, match="loss"):
+        opt.step()  # refused (GI needs the loss): betas were found to be no option of GI over sgd
+    opt.set_option("base", "adam")
+    opt.param_groups[0]["betas"] = (0.3, 0.999)
+    opt.step(loss=1.0)
+    assert opt._core.get_option("beta1") == 0.3
+
+
+def test_every_group_without_its_own_betas_shows_the_library_s():
+    """torch's Adam takes groups of which only some give betas, and OneCycleLR then cycles every
+    group's; betas and beta1 in one group are refused."""
+    a, b = two_params()
+    opt = alt.Adam([{"params": [a], "betas": (0.8, 0.99)}, {"params": [b]}])
+    assert opt.param_groups[1]["betas"] == (opt._core.get_option("beta1", group=1), opt._core.get_option("beta2", group=1))
+    torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=10)
+    with pytest.raises(autolr.Error, match="not both"):
+        alt.Adam([{"params": [a], "betas": (0.8, 0.99), "beta1": 0.7}])

@@ -164,6 +164,17 @@ class _Held:
         self.restore()
 
 
+# Keys torch's schedulers keep in param groups for themselves (OneCycleLR's and CyclicLR's momentum
+# range); one is also an option name (schedule-free's base_momentum: constructor or set_option).
+_SCHEDULER_KEYS = ("base_momentum", "max_momentum")
+
+
+def _taken_in_part(error):
+    """Whether the library reports a step it took in part (GI's move stands; the loss after it
+    could not be taken): ALR_CALLBACK_FAILED saying that the parameters were moved."""
+    return isinstance(error, Error) and error.status == "ALR_CALLBACK_FAILED" and "were moved" in str(error)
+
+
 def _same(a, b):
     """Whether two option values are the same setting (an unset, NaN, one included)."""
     return a == b or (a != a and b != b)
@@ -173,6 +184,8 @@ def _option_items(group):
     """A param group's (or the constructor's) options by autolr name: torch's ``betas=(b1, b2)``
     (what Adam-style optimizers take, and what OneCycleLR's momentum cycling writes) is
     autolr's ``beta1`` and ``beta2``."""
+    if "betas" in group and ("beta1" in group or "beta2" in group):
+        raise Error("a param group holds betas and beta1/beta2: give betas=(beta1, beta2) or beta1= and beta2=, not both")
     for name, value in group.items():
         if name == "params":
             continue
@@ -285,6 +298,7 @@ class AutoLR(torch.optim.Optimizer):
         # Parameters that have not had a gradient at any step yet: schedule-free's eval() and
         # train() leave them as they are (`_set_mode`).
         self._never_stepped = list(tensors)
+        self._step_unmoved = []  # the current step's parameters without a gradient
         self._pointers = [p.data_ptr() for p in tensors]
         self._pointer_key = tuple(self._pointers)
         self._numels = tuple(p.numel() for p in tensors)
@@ -311,10 +325,7 @@ class AutoLR(torch.optim.Optimizer):
         for name, value in numbers.items():
             self._core.set_option(name, value)
         self._synced = [{} for _ in self.param_groups]
-        # Keys torch's schedulers keep in param groups for themselves (OneCycleLR's and
-        # CyclicLR's momentum range), one of them also an option name (schedule-free's
-        # base_momentum, which the constructor or set_option then sets).
-        self._foreign = {"base_momentum", "max_momentum"}
+        self._foreign = set(_SCHEDULER_KEYS)
         self._global = set()  # options the library holds once for every group
         self._sync_options(initial=numbers)
         # Fixed-rate algorithms (and TLR, GI) have an `lr` option: show it in every group, so that
@@ -333,18 +344,19 @@ class AutoLR(torch.optim.Optimizer):
         ``param_groups[g]["betas"]`` (Adam-style) or ``["momentum"]``, and refuse an optimizer
         whose defaults have neither: every group shows the library's values, as torch's Adam
         and SGD do."""
-        groups = self.param_groups
-        if any(k in grp for grp in groups for k in ("betas", "beta1", "beta2", "momentum")):
-            return  # given: the user's (or the scheduler's) own
+        given = ("betas", "beta1", "beta2", "momentum")  # a group's own (its user's, or a scheduler's)
         if self._is_option("beta1") and self._is_option("beta2"):
-            for g, grp in enumerate(groups):
-                grp["betas"] = (self._core.get_option("beta1", group=g), self._core.get_option("beta2", group=g))
-                self._synced[g]["beta1"], self._synced[g]["beta2"] = grp["betas"]
-            self.defaults["betas"] = groups[0]["betas"]
+            for g, grp in enumerate(self.param_groups):
+                if not any(k in grp for k in given):
+                    grp["betas"] = (self._core.get_option("beta1", group=g), self._core.get_option("beta2", group=g))
+                    self._synced[g]["beta1"], self._synced[g]["beta2"] = grp["betas"]
+            if not any(k in self.defaults for k in given):
+                self.defaults["betas"] = (self._core.get_option("beta1"), self._core.get_option("beta2"))
         elif self._is_option("momentum"):
-            for g, grp in enumerate(groups):
-                grp["momentum"] = self._synced[g]["momentum"] = self._core.get_option("momentum", group=g)
-            self.defaults["momentum"] = groups[0]["momentum"]
+            for g, grp in enumerate(self.param_groups):
+                if "momentum" not in grp:
+                    grp["momentum"] = self._synced[g]["momentum"] = self._core.get_option("momentum", group=g)
+            self.defaults.setdefault("momentum", self._core.get_option("momentum"))
 
     def add_param_group(self, param_group):
         if not getattr(self, "_building", False):
@@ -384,7 +396,7 @@ class AutoLR(torch.optim.Optimizer):
                     if initial is not None and name in initial and _same(_number(name, initial[name]), value):
                         synced[name] = value  # already set for every group
                         continue
-                    if initial is None and not self._is_option(name):
+                    if initial is None and name not in synced and not self._is_option(name):
                         self._foreign.add(name)
                         continue
                     # What the library holds: the value last sent, else (not sent yet) read once.
@@ -417,7 +429,7 @@ class AutoLR(torch.optim.Optimizer):
         refused (`error`), so that it changes no option either; not after a step the library
         says it took in part (GI's move, when the loss after it could not be taken), which used
         them."""
-        if isinstance(error, Error) and error.status == "ALR_CALLBACK_FAILED" and "were moved" in str(error):
+        if _taken_in_part(error):
             return
         for target, name, _, before in reversed(sent):
             try:
@@ -441,13 +453,19 @@ class AutoLR(torch.optim.Optimizer):
         """Sets an autolr option directly (every group, or one); mirrors ``autolr.Optimizer``."""
         self._core.set_option(name, value, group=group)
         if isinstance(value, str):
-            # A base resets every option to its default: the param groups' values are sent again.
+            # A base resets every option to its default and has options of its own: the param
+            # groups' values are sent again, and which keys are options is learnt again.
             self._synced = [{} for _ in self.param_groups]
+            self._foreign, self._global = set(_SCHEDULER_KEYS), set()
+            if name == "base":
+                self._runs_gi = self.algorithm == "gi" or (self.algorithm == "schedule-free" and value == "gi")
             return
         value = _number(name, value)
         for g in range(len(self.param_groups)) if group is None else [group]:
             params = self.param_groups[g]
-            if name in params:
+            if name in _SCHEDULER_KEYS:
+                pass  # the scheduler's key of that name is its own
+            elif name in params:
                 params[name] = value
             elif name in ("beta1", "beta2") and "betas" in params:
                 betas = list(params["betas"])
@@ -621,6 +639,8 @@ class AutoLR(torch.optim.Optimizer):
                 result = self._step(closure, loss, sum_sq, per_sample, per_sample_scale, batch_size, curvature)
             except BaseException as e:
                 self._unsync(sent, e)  # a refused step changes no option either
+                if _taken_in_part(e):
+                    self._note_gradients(self._step_unmoved)
                 raise
             return result
 
@@ -641,7 +661,7 @@ class AutoLR(torch.optim.Optimizer):
             if result is None and gi:
                 raise Error("the closure returned None; GI needs the loss it computes")
         reruns = closure is not None and (gi or (vsgd and curvature is None))
-        unmoved = []
+        unmoved = self._step_unmoved = []
         grads = self._grads(copy=False, unmoved=unmoved)
         held = _Held(unmoved)
         if reruns:
@@ -786,10 +806,16 @@ class AutoLR(torch.optim.Optimizer):
             return
         self._check_storage()
         mode = 0 if train else 1  # ALR_MODE_TRAIN, ALR_MODE_EVAL
-        # A parameter no step has had a gradient for has not moved (as the reference, which never
-        # made its z): its views stay what it is, though the library's z took weight decay.
-        with _Held(self._never_stepped):
-            self._core._set_mode(self._param_array, len(self._tensors), mode)
+        # The swap uses the interpolation β the groups hold now (the reference reads it there).
+        sent = self._sync_options()
+        try:
+            # A parameter no step has had a gradient for has not moved (as the reference, which
+            # never made its z): its views stay what it is, though the library's z took decay.
+            with _Held(self._never_stepped):
+                self._core._set_mode(self._param_array, len(self._tensors), mode)
+        except BaseException as e:
+            self._unsync(sent, e)
+            raise
 
     # read-back ------------------------------------------------------------------------------------
     @property
@@ -840,6 +866,12 @@ class AutoLR(torch.optim.Optimizer):
         if len(groups) != len(self.param_groups) or any(len(a.get("params", ())) != len(b["params"]) for a, b in zip(groups, self.param_groups)):
             raise ValueError("loaded state dict has a different number of parameter groups, or a group of another size, "
                              "than this optimizer")
+        for group in groups:
+            list(_option_items(group))  # its betas readable, before anything changes
+        n = len(self._tensors)
+        if not isinstance(never_stepped, (list, tuple)) or not all(type(i) is int and 0 <= i < n for i in never_stepped):
+            raise Error(f"the state_dict's 'autolr_never_stepped' entry is {never_stepped!r}, not the list of parameter "
+                        f"indices (0 to {n - 1}) autolr.torch saves", "ALR_BAD_CHECKPOINT")
         try:
             before = self._core.state_dict()
         except Error:
@@ -851,7 +883,7 @@ class AutoLR(torch.optim.Optimizer):
             if before is not None:
                 self._core.load_state_dict(before)
             raise
-        self._never_stepped = [self._tensors[i] for i in never_stepped if isinstance(i, int) and 0 <= i < len(self._tensors)]
+        self._never_stepped = [self._tensors[i] for i in never_stepped]
         # The library holds the options its checkpoint saved, which are the values it was last
         # sent: a param-group value changed since (an LR scheduler's step after the last step, or
         # an edited dict) is sent at the next step, as it would have been without the save.
@@ -860,6 +892,7 @@ class AutoLR(torch.optim.Optimizer):
             for name, _ in _option_items(group):
                 if name not in self._foreign and self._is_option(name):
                     self._synced[g][name] = self._core.get_option(name, group=g)
+        self._show_momentum()  # a state dict whose groups have no betas (saved before they were shown)
 
     def __getstate__(self):
         # torch's would keep param_groups and state alone: a copy without the library's handle

@@ -221,6 +221,18 @@ def test_state_is_the_references_buffers(name, options, floats):
     assert size(10) - size(0) == 10 * floats * 4
 
 
+def step_both(problem, t, ours, opt, theirs, ref):
+    """Step t of `problem` on autolr.torch's `opt` and the reference's `ref`, the same gradients
+    in both (the gradient at the reference's parameters); the parameters' relative difference."""
+    grads = problem.grads([p.detach().numpy() for p in theirs], t)
+    for a, b, g in zip(ours, theirs, grads):
+        a.grad = torch.from_numpy(g.copy())
+        b.grad = torch.from_numpy(g.copy())
+    opt.step()
+    ref.step()
+    return max(rel(a.detach().numpy(), b.numpy()) for a, b in zip(ours, theirs))
+
+
 @pytest.mark.parametrize("name", list(CASES))
 def test_torch_classes_step_like_the_reference(name):
     """autolr.torch's Prodigy, DAdaptAdam, DoG and LDoG (a drop-in for the reference's class, the
@@ -237,13 +249,7 @@ def test_torch_classes_step_like_the_reference(name):
     opt = cls(groups, **global_opts)
     ref = reference(name, theirs, global_opts, group_opts)
     for t in range(20):
-        grads = problem.grads([p.detach().numpy() for p in theirs], t)
-        for a, b, g in zip(ours, theirs, grads):
-            a.grad = torch.from_numpy(g.copy())
-            b.grad = torch.from_numpy(g.copy())
-        opt.step()
-        ref.step()
-        err = max(rel(a.detach().numpy(), b.numpy()) for a, b in zip(ours, theirs))
+        err = step_both(problem, t, ours, opt, theirs, ref)
         assert err <= PARAM_RTOL[name], f"{name} step {t + 1}: parameters differ by {err:.2e} relative"
     assert opt.algorithm == name and not all(np.array_equal(a.detach().numpy(), s) for a, s in zip(ours, problem.start))
 
@@ -266,16 +272,10 @@ def test_betas_cycled_by_one_cycle_lr_follow_the_reference(name):
               for o in (opt, ref)]
     seen = set()
     for t in range(30):
-        grads = problem.grads([p.detach().numpy() for p in theirs], t)
-        for a, b, g in zip(ours, theirs, grads):
-            a.grad = torch.from_numpy(g.copy())
-            b.grad = torch.from_numpy(g.copy())
-        opt.step()
-        ref.step()
+        err = step_both(problem, t, ours, opt, theirs, ref)
         seen.add(opt._core.get_option("beta1"))
         for s in scheds:
             s.step()
-        err = max(rel(a.detach().numpy(), b.numpy()) for a, b in zip(ours, theirs))
         assert err <= PARAM_RTOL[name], f"{name} step {t + 1}: parameters differ by {err:.2e} relative"
     assert len(seen) > 20, "β1 did not follow the scheduler"
     if name == "prodigy":

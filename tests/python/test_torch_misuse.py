@@ -20,6 +20,17 @@ def two_params():
     return nn.Parameter(torch.randn(6)), nn.Parameter(torch.randn(2, 3))
 
 
+def step_like_torch(ours, opt_a, theirs, opt_b, steps):
+    """`steps` steps of autolr.torch's `opt_a` and torch's `opt_b` on the same gradients of two
+    parameters each; they agree after every step."""
+    for t in range(steps):
+        for (a, b), opt in ((ours, opt_a), (theirs, opt_b)):
+            a.grad, b.grad = torch.sin(a.detach() + t), torch.cos(b.detach() - t)
+            opt.step()
+        for x, y in zip(ours, theirs):
+            torch.testing.assert_close(x.detach(), y.detach(), rtol=1e-6, atol=1e-7)
+
+
 # -- the parameters' storage ------------------------------------------------------------------------
 
 @pytest.mark.parametrize("change", ["shrunk", "transposed"])
@@ -78,12 +89,7 @@ def test_torch_betas_are_autolr_beta1_and_beta2():
         return cls([{"params": [a]}, {"params": [b], "betas": (0.5, 0.9)}], lr=0.05, betas=(0.8, 0.99))
     ours, theirs = two_params(), two_params()
     opt_a, opt_b = make(alt.Adam, ours), make(torch.optim.Adam, theirs)
-    for t in range(10):
-        for (a, b), opt in ((ours, opt_a), (theirs, opt_b)):
-            a.grad, b.grad = torch.sin(a.detach() + t), torch.cos(b.detach() - t)
-            opt.step()
-        for x, y in zip(ours, theirs):
-            torch.testing.assert_close(x.detach(), y.detach(), rtol=1e-6, atol=1e-7)
+    step_like_torch(ours, opt_a, theirs, opt_b, 10)
     assert [opt_a._core.get_option("beta1", group=g) for g in (0, 1)] == [0.8, 0.5]
     sched = torch.optim.lr_scheduler.OneCycleLR(opt_a, max_lr=0.1, total_steps=20)
     for _ in range(5):
@@ -245,12 +251,7 @@ def test_tensor_options_and_betas_as_torch_takes_them():
     ours, theirs = two_params(), two_params()
     opt_a = alt.Adam(ours, lr=torch.tensor(0.05), betas=torch.tensor([0.7, 0.95]))
     opt_b = torch.optim.Adam(theirs, lr=0.05, betas=(0.7, 0.95))
-    for t in range(5):
-        for (a, b), opt in ((ours, opt_a), (theirs, opt_b)):
-            a.grad, b.grad = torch.sin(a.detach() + t), torch.cos(b.detach() - t)
-            opt.step()
-    for x, y in zip(ours, theirs):
-        torch.testing.assert_close(x.detach(), y.detach(), rtol=1e-6, atol=1e-7)
+    step_like_torch(ours, opt_a, theirs, opt_b, 5)
     for bad in ((0.5,), (0.5, 0.6, 0.7), "0.5"):
         with pytest.raises(autolr.Error, match="betas"):
             alt.Adam(two_params(), betas=bad)

@@ -138,6 +138,8 @@ def test_a_group_id_a_c_uint32_cannot_hold_is_refused_not_wrapped(bad):
     """2^32 once reached the library as group 0, 1.7 as group 1."""
     params = make_params()
     assert_fails(None, params, "ALR_INVALID_ARGUMENT", lambda: autolr.Optimizer("adam", params, groups=[0, 1, bad]), "groups[2]")
+    # A whole number as a float is that number (np.zeros gives float ids).
+    assert autolr.Optimizer("adam", params, groups=np.array([0.0, 1.0, 1.0])).n_groups == 2
 
 
 def test_huge_group_id_is_an_error_not_an_abort():

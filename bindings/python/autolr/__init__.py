@@ -75,11 +75,19 @@ def _number(name, value):
 
 
 def _index(value, what, bound):
-    """A non-negative integer below `bound` (what a C unsigned field holds), or an error."""
-    try:
-        index = None if isinstance(value, bool) else operator.index(value)
-    except TypeError:
-        index = None
+    """A non-negative integer below `bound` (what a C unsigned field holds), or an error; a whole
+    number given as a float (16.0, a 0-d float array or tensor) counts as one."""
+    index = None
+    if not isinstance(value, (bool, np.bool_)):
+        try:
+            index = operator.index(value)
+        except TypeError:
+            if _is_number(value):
+                try:
+                    whole = float(value.detach() if hasattr(value, "detach") else value)
+                except (OverflowError, RuntimeError, ValueError):
+                    whole = math.nan
+                index = int(whole) if whole.is_integer() else None
     if index is None or not 0 <= index < bound:
         raise Error(f"{what} is {value!r}; it takes an integer from 0 to {bound - 1}")
     return index
@@ -87,18 +95,7 @@ def _index(value, what, bound):
 
 def _batch_size(value):
     """N as the C size_t it is passed as."""
-    try:
-        return _index(value, "batch_size (the number of samples N)", 2**64)
-    except Error:
-        # A whole number as a float (N from a mean, a 0-d float array or tensor) is taken as it.
-        if _is_number(value) and not isinstance(value, (bool, np.bool_)):
-            try:
-                n = float(value.detach() if hasattr(value, "detach") else value)
-            except (OverflowError, RuntimeError, ValueError):
-                n = math.nan
-            if n.is_integer() and 0 <= n < 2**64:
-                return int(n)
-        raise
+    return _index(value, "batch_size (the number of samples N)", 2**64)
 
 
 def _check(rc):

@@ -3,6 +3,7 @@ behaves as torch's optimizers do, or is refused with an autolr.Error that change
 import copy
 import pickle
 
+import numpy as np
 import pytest
 
 from conftest import import_torch
@@ -465,3 +466,67 @@ def test_every_group_without_its_own_betas_shows_the_library_s():
     torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=10)
     with pytest.raises(autolr.Error, match="not both"):
         alt.Adam([{"params": [a], "betas": (0.8, 0.99), "beta1": 0.7}])
+
+
+def test_set_option_takes_a_group_given_as_a_whole_float():
+    a, b = two_params()
+    opt = alt.Adam([{"params": [a]}, {"params": [b]}], lr=0.1)
+    opt.set_option("lr", 0.5, group=torch.tensor(1.0))
+    a.grad, b.grad = torch.ones_like(a), torch.ones_like(b)
+    opt.step()
+    assert opt.param_groups[1]["lr"] == 0.5 and opt.lr == pytest.approx([0.1, 0.5])
+
+
+def test_a_loss_that_is_no_number_is_an_autolr_error_and_an_interrupt_stays_one():
+    w = nn.Parameter(torch.randn(4))
+    opt = alt.GI([w], base="sgd", lr=0.1)
+    w.grad = torch.ones(4)
+    for bad in ("abc", torch.tensor([1.0, 2.0]), torch.tensor(1 + 0j)):
+        with pytest.raises(autolr.Error, match="loss"):
+            opt.step(loss=bad)
+    calls = []
+
+    def closure():
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        opt.zero_grad()
+        loss = (w ** 2).sum()
+        loss.backward()
+        return loss
+    with pytest.raises(KeyboardInterrupt):
+        opt.step(closure)
+
+
+def test_eval_and_train_do_nothing_for_an_algorithm_with_one_view():
+    """Not even send the groups' options (a value the library would refuse stays the step's to
+    report)."""
+    a, b = two_params()
+    opt = alt.Adam([a, b], lr=0.1)
+    a.grad, b.grad = torch.ones_like(a), torch.ones_like(b)
+    opt.step()
+    opt.param_groups[0]["lr"] = -1.0
+    opt.eval()
+    opt.train()
+    assert opt._core.get_option("lr") == 0.1
+
+
+def test_a_new_base_shows_its_own_momentum():
+    """schedule-free over adamw shows betas; over sgd its interpolation is `momentum`."""
+    a, b = two_params()
+    opt = alt.ScheduleFree([a, b], base="adamw")
+    assert "betas" in opt.param_groups[0]
+    opt.set_option("base", "sgd")
+    assert "betas" not in opt.param_groups[0] and opt.param_groups[0]["momentum"] == opt._core.get_option("momentum")
+    torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=10)
+
+
+def test_numbers_as_torch_takes_them_and_bools_as_no_index():
+    a = nn.Parameter(torch.randn(3))
+    opt = alt.Adam([a], lr=torch.tensor([0.01]))  # torch.optim takes a one-element tensor lr
+    assert opt._core.get_option("lr") == pytest.approx(0.01)
+    for bad in (np.array(True), torch.tensor(True)):
+        with pytest.raises(autolr.Error, match="group"):
+            opt.set_option("lr", 0.1, group=bad)
+    with pytest.raises(autolr.Error, match="lr"):
+        alt.Adam([a], lr=np.timedelta64(1))

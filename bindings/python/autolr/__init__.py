@@ -52,12 +52,14 @@ def _is_number(value):
     tensor of one (torch.optim takes a tensor lr)."""
     if isinstance(value, (str, bytes)):
         return False
-    if isinstance(value, (numbers.Real, np.bool_)):
-        return True
-    if isinstance(value, np.ndarray):
+    if isinstance(value, (np.generic, np.ndarray)):
         return value.ndim == 0 and value.dtype.kind in "biuf"
-    # A 0-d tensor of a real dtype (torch's; this module does not import torch).
-    return getattr(value, "shape", None) == () and not getattr(value, "is_complex", lambda: True)()
+    if isinstance(value, numbers.Real):
+        return True
+    # A one-element tensor of a real dtype (torch's, which takes lr=tensor(0.01) and
+    # tensor([0.01]); this module does not import torch).
+    numel = getattr(value, "numel", None)
+    return callable(numel) and hasattr(value, "is_complex") and numel() == 1 and not value.is_complex()
 
 
 def _number(name, value):
@@ -78,7 +80,7 @@ def _index(value, what, bound):
     """A non-negative integer below `bound` (what a C unsigned field holds), or an error; a whole
     number given as a float (16.0, a 0-d float array or tensor) counts as one."""
     index = None
-    if not isinstance(value, (bool, np.bool_)):
+    if not isinstance(value, (bool, np.bool_)) and str(getattr(value, "dtype", "")) not in ("bool", "torch.bool"):
         try:
             index = operator.index(value)
         except TypeError:
@@ -356,7 +358,7 @@ class Optimizer(_Handle):
             args.curvature = curvature
         if loss is not None:
             args.has_loss = 1
-            args.loss = float(loss)
+            args.loss = _number("loss", loss)
         raised = []
         keep = []
         if closure is not None:
@@ -391,13 +393,17 @@ class Optimizer(_Handle):
         raised += getattr(self, "_reduce_raised", [])
         self._reduce_raised = []
         if raised:
+            # An interrupt (Ctrl-C) or an exit stays what it is, once the library has returned:
+            # a loop that catches autolr.Error must not swallow it.
+            if not isinstance(raised[0], Exception):
+                raise raised[0]
             err = Error(f"{lib.alr_last_error().decode()} ({type(raised[0]).__name__}: {raised[0]})", "ALR_CALLBACK_FAILED")
             raise err from raised[0]
         _check(rc)
 
     def report_loss(self, loss_after):
         """GI's second phase: the loss on the same batch after the last step moved the parameters."""
-        _check(lib.alr_report_loss(self._handle, float(loss_after)))
+        _check(lib.alr_report_loss(self._handle, _number("loss_after", loss_after)))
 
     def eval(self):
         """Rewrites the parameters (the arrays this optimizer was created with) in place to the

@@ -59,7 +59,7 @@ import torch.nn.functional as F
 from . import CudaOptimizer as _CudaCore
 from . import Error
 from . import Optimizer as _Core
-from . import _batch_size, _is_number, _number
+from . import _batch_size, _index, _is_number, _number
 
 __all__ = [
     "Auto", "AutoLR", "SGD", "Momentum", "Adam", "AdamW", "Adagrad", "RMSprop", "AutoSGD", "AutoAdam",
@@ -136,7 +136,8 @@ def _to_device(x, what, device):
 
 
 def _as_float(value):
-    return float(value.detach()) if isinstance(value, torch.Tensor) else float(value)
+    """A loss as a float (a one-element tensor, or a number), or an autolr.Error."""
+    return _number("loss", value)
 
 
 class _Held:
@@ -345,18 +346,22 @@ class AutoLR(torch.optim.Optimizer):
         whose defaults have neither: every group shows the library's values, as torch's Adam
         and SGD do."""
         given = ("betas", "beta1", "beta2", "momentum")  # a group's own (its user's, or a scheduler's)
+        self._shown = {"betas": {}, "momentum": {}}  # key -> {id(group or defaults): the value shown}
         if self._is_option("beta1") and self._is_option("beta2"):
             for g, grp in enumerate(self.param_groups):
                 if not any(k in grp for k in given):
                     grp["betas"] = (self._core.get_option("beta1", group=g), self._core.get_option("beta2", group=g))
                     self._synced[g]["beta1"], self._synced[g]["beta2"] = grp["betas"]
+                    self._shown["betas"][id(grp)] = grp["betas"]
             if not any(k in self.defaults for k in given):
-                self.defaults["betas"] = (self._core.get_option("beta1"), self._core.get_option("beta2"))
+                self.defaults["betas"] = self._shown["betas"][id(self.defaults)] = (self._core.get_option("beta1"), self._core.get_option("beta2"))
         elif self._is_option("momentum"):
             for g, grp in enumerate(self.param_groups):
                 if "momentum" not in grp:
                     grp["momentum"] = self._synced[g]["momentum"] = self._core.get_option("momentum", group=g)
-            self.defaults.setdefault("momentum", self._core.get_option("momentum"))
+                    self._shown["momentum"][id(grp)] = grp["momentum"]
+            if "momentum" not in self.defaults:
+                self.defaults["momentum"] = self._shown["momentum"][id(self.defaults)] = self._core.get_option("momentum")
 
     def add_param_group(self, param_group):
         if not getattr(self, "_building", False):
@@ -451,6 +456,8 @@ class AutoLR(torch.optim.Optimizer):
 
     def set_option(self, name, value, group=None):
         """Sets an autolr option directly (every group, or one); mirrors ``autolr.Optimizer``."""
+        if group is not None:
+            group = _index(group, "group", 2**64)
         self._core.set_option(name, value, group=group)
         if isinstance(value, str):
             # A base resets every option to its default and has options of its own: the param
@@ -459,6 +466,12 @@ class AutoLR(torch.optim.Optimizer):
             self._foreign, self._global = set(_SCHEDULER_KEYS), set()
             if name == "base":
                 self._runs_gi = self.algorithm == "gi" or (self.algorithm == "schedule-free" and value == "gi")
+            # What the groups showed of the old base's (betas or momentum) goes; the new one's shows.
+            for params in [*self.param_groups, self.defaults]:
+                for key, shown in self._shown.items():
+                    if params.get(key) == shown.get(id(params)):
+                        params.pop(key, None)
+            self._show_momentum()
             return
         value = _number(name, value)
         for g in range(len(self.param_groups)) if group is None else [group]:
@@ -802,8 +815,8 @@ class AutoLR(torch.optim.Optimizer):
     def _set_mode(self, train):
         # The library knows which algorithms have two views ("auto" may stand for one); for the
         # others the mode stays "train" and alr_set_mode is a no-op.
-        if self._core.training == train:
-            return
+        if self._core.training == train or "train_mode" not in self._core.telemetry():
+            return  # already in that view, or an algorithm with one view
         self._check_storage()
         mode = 0 if train else 1  # ALR_MODE_TRAIN, ALR_MODE_EVAL
         # The swap uses the interpolation β the groups hold now (the reference reads it there).

@@ -46,6 +46,7 @@ algorithm actually used is ``opt.lr[g]`` (and ``opt.momentum[g]``, ``opt.telemet
 checksummed) as a 1-D uint8 tensor, so ``torch.load(weights_only=True)`` reads it back.
 ``load_state_dict`` restores both (and still takes the bytes older versions saved).
 """
+import contextlib
 import ctypes
 import importlib
 import inspect
@@ -422,30 +423,29 @@ class AutoLR(torch.optim.Optimizer):
                                         f"groups hold {values}: give every group the same value") from None
                         self._core.set_option(name, value)
                     sent.append((target, name, value, before))
-                    for h in range(len(self.param_groups)) if target is None else (g,):
+                    for h in self._groups_of(target):
                         self._synced[h][name] = value
         except Exception:
             self._unsync(sent)
             raise
         return sent
 
-    def _unsync(self, sent, error=None):
-        """Puts back the options `_sync_options` sent when the step they were sent for was
-        refused (`error`), so that it changes no option either; not after a step the library
-        says it took in part (GI's move, when the loss after it could not be taken), which used
-        them."""
-        if _taken_in_part(error):
-            return
+    def _unsync(self, sent):
+        """Puts back the options `_sync_options` sent (`_options_sent`)."""
         for target, name, _, before in reversed(sent):
             try:
                 self._core.set_option(name, before, group=target)
             except Error:
                 # Not put back (a structural option once the step began): read afresh next time.
-                for h in range(len(self.param_groups)) if target is None else (target,):
+                for h in self._groups_of(target):
                     self._synced[h].pop(name, None)
                 continue
-            for h in range(len(self.param_groups)) if target is None else (target,):
+            for h in self._groups_of(target):
                 self._synced[h][name] = before
+
+    def _groups_of(self, target):
+        """The groups an option sent to `target` (a group, or None: every group) reaches."""
+        return range(len(self.param_groups)) if target is None else (target,)
 
     def _is_option(self, name):
         try:
@@ -631,8 +631,7 @@ class AutoLR(torch.optim.Optimizer):
             # no torch operation autograd could record, so it needs no torch.no_grad (entering
             # it is a tenth of such a step's cost on a small model).
             self._check_storage()
-            sent = self._sync_options()
-            try:
+            with self._options_sent():
                 # Held here until the library returns: a gradient that is not float32 and
                 # contiguous is a converted copy, which only this list keeps alive (the array
                 # holds bare pointers).
@@ -640,22 +639,27 @@ class AutoLR(torch.optim.Optimizer):
                 grads = self._grads(copy=False, unmoved=unmoved)
                 with _Held(unmoved):
                     self._core._step_raw(self._param_array, self._pointer_array(grads, "grads", cache="grads"))
-            except BaseException as e:
-                self._unsync(sent, e)
-                raise
             self._note_gradients(unmoved)
             return None
         with torch.no_grad():
             self._check_storage()
-            sent = self._sync_options()
-            try:
-                result = self._step(closure, loss, sum_sq, per_sample, per_sample_scale, batch_size, curvature)
-            except BaseException as e:
-                self._unsync(sent, e)  # a refused step changes no option either
-                if _taken_in_part(e):
-                    self._note_gradients(self._step_unmoved)
-                raise
-            return result
+            with self._options_sent():
+                return self._step(closure, loss, sum_sq, per_sample, per_sample_scale, batch_size, curvature)
+
+    @contextlib.contextmanager
+    def _options_sent(self):
+        """The param groups' options sent to the library for the call in the block, and put back
+        when it raises (a refused call changes no option either), except after a step the
+        library took in part, which used them (and whose gradients `_step` noted)."""
+        sent = self._sync_options()
+        try:
+            yield
+        except BaseException as e:
+            if _taken_in_part(e):
+                self._note_gradients(self._step_unmoved)
+            else:
+                self._unsync(sent)
+            raise
 
     def _note_gradients(self, unmoved):
         """After a step: forgets, among the parameters no step had a gradient for, those this
@@ -820,15 +824,10 @@ class AutoLR(torch.optim.Optimizer):
         self._check_storage()
         mode = 0 if train else 1  # ALR_MODE_TRAIN, ALR_MODE_EVAL
         # The swap uses the interpolation β the groups hold now (the reference reads it there).
-        sent = self._sync_options()
-        try:
-            # A parameter no step has had a gradient for has not moved (as the reference, which
-            # never made its z): its views stay what it is, though the library's z took decay.
-            with _Held(self._never_stepped):
-                self._core._set_mode(self._param_array, len(self._tensors), mode)
-        except BaseException as e:
-            self._unsync(sent, e)
-            raise
+        # A parameter no step has had a gradient for has not moved (as the reference, which never
+        # made its z): its views stay what it is, though the library's z took weight decay.
+        with self._options_sent(), _Held(self._never_stepped):
+            self._core._set_mode(self._param_array, len(self._tensors), mode)
 
     # read-back ------------------------------------------------------------------------------------
     @property
@@ -1659,7 +1658,6 @@ def all_reduce(group=None, timeout=None):
     tensor viewing the library's device memory, all-reduced (NCCL) in order on the optimizer's
     stream, with no host synchronisation (NCCL's ``wait`` orders the stream, not the host).
     Never run: no GPU has been lent (tests/gpu/parity_capi.py has the check)."""
-    import contextlib
     import torch.distributed as dist
     ops = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}
 

@@ -44,7 +44,8 @@ pub fn specs() -> Vec<OptionSpec> {
     vec![
         // Per group, but every group's lr must be the largest one or 0 (the reference's rule).
         OptionSpec::non_negative("lr", 1.0),
-        // Structural: the m buffer exists only when β1 > 0 (as in the reference).
+        // Whether it is 0 is structural: the m buffer exists only when β1 > 0 (as in the
+        // reference, which reads β1 each step, so a scheduler may change it above 0).
         OptionSpec::fraction("beta1", 0.9).structural_at_zero(),
         OptionSpec::fraction("beta2", 0.999).global(),
         // Unset (NaN): √β2, the reference's `beta3=None`.

@@ -1639,6 +1639,13 @@ static void peer_bad_input(const PeerCase *pc) {
         FAILS(&fx, &s, alr_set_option(fx.opt, pc->structural, 2e-6), ALR_WRONG_STATE, WHAT("%s: alr_set_option %s after the first step", alg, pc->structural));
         MSG_HAS(pc->structural);
     }
+    if (strcmp(alg, "prodigy") == 0) {
+        /* beta1 shapes the state only by being 0 or not: it may change above 0, not to 0 */
+        FAILS(&fx, &s, alr_set_option(fx.opt, "beta1", 0.0), ALR_WRONG_STATE, WHAT("prodigy: alr_set_option beta1 = 0 after the first step"));
+        MSG_HAS("whether it is 0");
+        EXPECT(alr_set_option(fx.opt, "beta1", 0.8), ALR_OK, "prodigy: alr_set_option beta1 = 0.8 after the first step");
+        EXPECT(alr_set_option(fx.opt, "beta1", 0.9), ALR_OK, "prodigy: alr_set_option beta1 back to 0.9");
+    }
     FAILS(&fx, &s, alr_set_option_str(fx.opt, "base", "sgd"), pc->schedule_free && strcmp(alg, "schedule-free") == 0 ? ALR_WRONG_STATE : ALR_INVALID_ARGUMENT,
           WHAT("%s: alr_set_option_str base after the first step", alg));
     FAILS(&fx, &s, alr_report_loss(fx.opt, 1.0), ALR_WRONG_STATE, WHAT("%s: alr_report_loss", alg));
